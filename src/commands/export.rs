@@ -1,0 +1,92 @@
+//! `mvc export FILE STAGE DIR`: a stage's outputs as ordinary files, `DIR/<item>/<output>`,
+//! plus `DIR/index.json` listing items, keys and files.
+
+use crate::exec::resolve::{Engine, State};
+use crate::exec::workdir::safe_relative;
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize)]
+pub struct ExportReport {
+    pub items: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Items skipped because they failed.
+    pub failed: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct IndexEntry<'a> {
+    item: &'a str,
+    key: String,
+    files: Vec<&'a str>,
+}
+
+pub fn export(engine: &Engine, pipeline_file: &Path, stage: &str, dir: &Path) -> Result<ExportReport> {
+    let g = &engine.graph;
+    let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
+        let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
+        bail!("no stage `{stage}` in this pipeline (stages: {})", names.join(", "));
+    };
+    let missing: Vec<u32> = node
+        .tasks()
+        .filter(|&t| matches!(engine.state[t as usize], State::ToRun | State::Pending))
+        .collect();
+    if let Some(&first) = missing.first() {
+        bail!(
+            "stage `{stage}`: {} of {} tasks are not in the cache (e.g. {}: {}); run the pipeline \
+             first (`mvc run {}`)",
+            missing.len(),
+            node.len(),
+            g.task_label(first),
+            engine.cause(first).unwrap_or_default(),
+            pipeline_file.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut report = ExportReport::default();
+    let mut results = Vec::new();
+    for t in node.tasks() {
+        let item = g.item(t);
+        if engine.state[t as usize] != State::Cached {
+            report.failed.push(item.to_string());
+            continue;
+        }
+        let key = engine.keys[t as usize];
+        let result = engine
+            .store
+            .result(&key)?
+            .with_context(|| format!("the result of {stage}/{item} vanished from the index"))?;
+        for output in &result.outputs {
+            let rel = safe_relative(&output.name)
+                .with_context(|| format!("{stage}/{item}: output name `{}` is unsafe", output.name))?;
+            let dest = dir.join(item).join(rel);
+            if let Err(e) = engine.store.materialize_output(output, &dest) {
+                if e.is_missing_or_corrupt() {
+                    engine.store.forget_result(&key)?;
+                    engine.store.flush()?;
+                }
+                bail!(
+                    "{stage}/{item}: output `{}`: {e}; run the pipeline again to recompute it",
+                    output.name
+                );
+            }
+            report.files += 1;
+            report.bytes += output.size;
+        }
+        report.items += 1;
+        results.push((item, key, result));
+    }
+    let entries: Vec<IndexEntry> = results
+        .iter()
+        .map(|(item, key, result)| IndexEntry {
+            item,
+            key: key.to_hex(),
+            files: result.outputs.iter().map(|o| o.name.as_str()).collect(),
+        })
+        .collect();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&entries)?)
+        .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
+    Ok(report)
+}

@@ -1,0 +1,148 @@
+//! `mvc status`: what the cache holds, its last runs, and (with a pipeline) where each
+//! stage stands; `--verify` re-hashes everything.
+
+use super::human_bytes;
+use crate::exec::plan::{PlanReport, group_digits};
+use crate::store::Store;
+use crate::store::index::Tree;
+use crate::store::records::{RunOutcome, RunRecord, decode, format_time};
+use crate::store::verify::VerifyReport;
+use anyhow::Result;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Debug, Serialize)]
+pub struct CacheSummary {
+    pub cache: String,
+    pub results: usize,
+    pub failures: usize,
+    pub records: usize,
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    pub index_bytes: u64,
+    pub runs: Vec<RunLine>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunLine {
+    pub pipeline: String,
+    pub started: String,
+    pub seconds: f64,
+    pub outcome: RunOutcome,
+    pub ran: u64,
+    pub cached: u64,
+    pub failed: u64,
+}
+
+pub fn summarize(store: &Store, last_runs: usize) -> Result<CacheSummary> {
+    let index = store.index();
+    let listing = store.blobs().list()?;
+    let mut runs: Vec<RunRecord> = Vec::new();
+    for entry in index.scan(Tree::Runs, b"") {
+        let (_, value) = entry?;
+        runs.push(decode(&value, "run record")?);
+    }
+    let runs = runs
+        .iter()
+        .rev()
+        .take(last_runs)
+        .map(|r| RunLine {
+            pipeline: r.pipeline.clone(),
+            started: format_time(r.started_ms),
+            seconds: r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0,
+            outcome: r.outcome,
+            ran: r.stages.values().map(|s| s.ran).sum(),
+            cached: r.stages.values().map(|s| s.cached).sum(),
+            failed: r.stages.values().map(|s| s.failed).sum(),
+        })
+        .collect();
+    Ok(CacheSummary {
+        cache: store.dir().display().to_string(),
+        results: index.len(Tree::Tasks),
+        failures: index.len(Tree::Failures),
+        records: index.len(Tree::Records),
+        blobs: listing.blobs.len(),
+        blob_bytes: listing.blobs.iter().map(|b| b.1).sum(),
+        index_bytes: index.size_on_disk(),
+        runs,
+    })
+}
+
+pub fn to_text(
+    summary: &CacheSummary,
+    plan: Option<&PlanReport>,
+    verify: Option<&VerifyReport>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "cache {}", summary.cache);
+    let _ = writeln!(
+        out,
+        "  {} results, {} recorded failures, {} blobs ({}), index {}",
+        group_digits(summary.results as u64),
+        group_digits(summary.failures as u64),
+        group_digits(summary.blobs as u64),
+        human_bytes(summary.blob_bytes),
+        human_bytes(summary.index_bytes)
+    );
+    if summary.runs.is_empty() {
+        let _ = writeln!(out, "  no runs yet");
+    } else {
+        let _ = writeln!(out, "last runs:");
+        for r in &summary.runs {
+            let _ = writeln!(
+                out,
+                "  {}  {:<16} {:<11} {:>8.1}s  ran {}, cached {}, failed {}",
+                r.started,
+                r.pipeline,
+                format!("{:?}", r.outcome).to_lowercase(),
+                r.seconds,
+                group_digits(r.ran),
+                group_digits(r.cached),
+                group_digits(r.failed)
+            );
+        }
+    }
+    if let Some(plan) = plan {
+        let _ = writeln!(out, "\npipeline stages:");
+        let width = plan.stages.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        for (name, s) in &plan.stages {
+            let _ = writeln!(
+                out,
+                "  {name:<width$}  {}/{} cached, {} to run, {} failed",
+                group_digits(s.cached),
+                group_digits(s.total),
+                group_digits(s.to_run),
+                group_digits(s.failed_skipped)
+            );
+        }
+    }
+    if let Some(v) = verify {
+        let _ = writeln!(
+            out,
+            "\nverify: {} blobs ({}) re-hashed, {} results checked",
+            group_digits(v.blobs),
+            human_bytes(v.blob_bytes),
+            group_digits(v.results)
+        );
+        if v.clean() {
+            let _ = writeln!(out, "  clean");
+        } else {
+            for p in &v.problems {
+                let _ = writeln!(out, "  problem: {p}");
+            }
+            let _ = writeln!(
+                out,
+                "  {} problem(s); the next `mvc run` recomputes what they affect",
+                v.problems.len()
+            );
+        }
+        if v.temp_files > 0 {
+            let _ = writeln!(
+                out,
+                "  {} temp file(s) of interrupted writes (harmless; `mvc gc` removes them)",
+                v.temp_files
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,289 @@
+//! The task graph: every stage expanded into its items, each item a task, with the edges
+//! from each task to the upstream tasks it reads.
+//!
+//! Tasks are numbered densely (a stage's tasks are contiguous) and the graph is stored in
+//! flat arrays, so a million tasks cost tens of megabytes, not hundreds.
+
+use crate::pipeline::Pipeline;
+use crate::stages::{Binding, ExpandCtx, ParamCtx, StageKind};
+use crate::store::Store;
+use crate::task::{Digest, ParamSlice, slice_digest};
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Marks an item input whose upstream stage has no item of that id.
+pub const MISSING: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+pub struct InputEdge {
+    pub stage: usize,
+    pub binding: Binding,
+}
+
+#[derive(Debug)]
+pub struct StageNode {
+    pub name: String,
+    pub kind: Arc<dyn StageKind>,
+    /// Global index of the stage's first task.
+    pub start: u32,
+    pub items: Vec<Box<str>>,
+    /// Parameters of items that have their own (most have none).
+    pub item_params: HashMap<u32, ParamSlice>,
+    pub inputs: Vec<InputEdge>,
+    /// Positions in `inputs` of the per-item inputs.
+    pub item_inputs: Vec<usize>,
+    /// Offset of this stage's rows in [`TaskGraph::item_deps`].
+    pub deps_base: usize,
+    pub shared: ParamSlice,
+    pub shared_digest: Digest,
+    /// Tasks (of other stages) that read this whole stage at once.
+    pub all_consumers: Vec<u32>,
+}
+
+impl StageNode {
+    pub fn len(&self) -> u32 {
+        self.items.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn tasks(&self) -> std::ops::Range<u32> {
+        self.start..self.start + self.len()
+    }
+}
+
+#[derive(Debug)]
+pub struct TaskGraph {
+    /// Indexed like `Pipeline::stages` (declaration order).
+    pub stages: Vec<StageNode>,
+    /// Topological order of stage indices.
+    pub order: Vec<usize>,
+    /// Stage index of each task.
+    pub task_stage: Vec<u32>,
+    /// For each task, for each of its stage's per-item inputs: the upstream task (or MISSING).
+    pub item_deps: Vec<u32>,
+    /// Per-item dependents of each task, as offsets into `dependents` (CSR layout).
+    pub dependents_off: Vec<u32>,
+    pub dependents: Vec<u32>,
+}
+
+impl TaskGraph {
+    /// Expands every stage (upstream first) and keys its shared parameters.
+    pub fn build(pipeline: &Pipeline, store: &Store) -> Result<TaskGraph> {
+        let n = pipeline.stages.len();
+        let mut stages: Vec<Option<StageNode>> = (0..n).map(|_| None).collect();
+        let mut next_task: u64 = 0;
+        let mut deps_len = 0usize;
+        // Stages must be numbered in topological order so that a task's upstream tasks
+        // always have smaller indices; assign `start` in that order.
+        for &s in &pipeline.order {
+            let stage = &pipeline.stages[s];
+            let inputs: Vec<usize> = stage
+                .inputs
+                .iter()
+                .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
+                .collect();
+            let ctx = ExpandCtx {
+                stage: &stage.name,
+                inputs: inputs
+                    .iter()
+                    .map(|&u| {
+                        let node = stages[u].as_ref().expect("upstream expanded first");
+                        (node.name.as_str(), node.items.as_slice())
+                    })
+                    .collect(),
+            };
+            let expansion = stage
+                .kind
+                .expand(&ctx)
+                .with_context(|| format!("expanding stage `{}`", stage.name))?;
+            let shared = stage
+                .kind
+                .shared_params(&ParamCtx { store })
+                .with_context(|| format!("reading the parameters of stage `{}`", stage.name))?;
+            let mut items = Vec::with_capacity(expansion.items.len());
+            let mut item_params = HashMap::new();
+            for (i, item) in expansion.items.into_iter().enumerate() {
+                if !item.params.is_empty() {
+                    item_params.insert(i as u32, item.params);
+                }
+                items.push(item.id.into_boxed_str());
+            }
+            let edges: Vec<InputEdge> = inputs
+                .iter()
+                .zip(&expansion.bindings)
+                .map(|(&stage, &binding)| InputEdge { stage, binding })
+                .collect();
+            let item_inputs: Vec<usize> = edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.binding == Binding::Item)
+                .map(|(i, _)| i)
+                .collect();
+            let start = next_task;
+            next_task += items.len() as u64;
+            if next_task >= MISSING as u64 {
+                anyhow::bail!("the pipeline expands to more than {} tasks", MISSING - 1);
+            }
+            let node = StageNode {
+                name: stage.name.clone(),
+                kind: stage.kind.clone(),
+                start: start as u32,
+                deps_base: deps_len,
+                shared_digest: slice_digest(&shared),
+                shared,
+                items,
+                item_params,
+                inputs: edges,
+                item_inputs,
+                all_consumers: Vec::new(),
+            };
+            deps_len += node.items.len() * node.item_inputs.len();
+            stages[s] = Some(node);
+        }
+        let mut stages: Vec<StageNode> = stages.into_iter().map(|s| s.unwrap()).collect();
+
+        let total = next_task as usize;
+        let mut task_stage = vec![0u32; total];
+        for (s, node) in stages.iter().enumerate() {
+            for t in node.tasks() {
+                task_stage[t as usize] = s as u32;
+            }
+        }
+
+        // Per-item edges: join on item id (a direct index when the lists line up, which they
+        // do for `per_item` stages reading their first input).
+        let mut item_deps = vec![MISSING; deps_len];
+        let mut lookups: HashMap<usize, HashMap<&str, u32>> = HashMap::new();
+        for node in &stages {
+            for (k, &input) in node.item_inputs.iter().enumerate() {
+                let up = &stages[node.inputs[input].stage];
+                let stride = node.item_inputs.len();
+                for (local, item) in node.items.iter().enumerate() {
+                    let dep = if up.items.get(local) == Some(item) {
+                        up.start + local as u32
+                    } else {
+                        let map = lookups.entry(node.inputs[input].stage).or_insert_with(|| {
+                            up.items
+                                .iter()
+                                .enumerate()
+                                .map(|(i, id)| (&**id, up.start + i as u32))
+                                .collect()
+                        });
+                        map.get(&**item).copied().unwrap_or(MISSING)
+                    };
+                    item_deps[node.deps_base + local * stride + k] = dep;
+                }
+            }
+        }
+        drop(lookups);
+
+        // Dependents in CSR form.
+        let mut counts = vec![0u32; total + 1];
+        for &dep in &item_deps {
+            if dep != MISSING {
+                counts[dep as usize + 1] += 1;
+            }
+        }
+        for i in 0..total {
+            counts[i + 1] += counts[i];
+        }
+        let mut fill = counts.clone();
+        let mut dependents = vec![0u32; item_deps.len()];
+        for node in &stages {
+            let stride = node.item_inputs.len();
+            for local in 0..node.items.len() {
+                for k in 0..stride {
+                    let dep = item_deps[node.deps_base + local * stride + k];
+                    if dep != MISSING {
+                        dependents[fill[dep as usize] as usize] = node.start + local as u32;
+                        fill[dep as usize] += 1;
+                    }
+                }
+            }
+        }
+        dependents.truncate(counts[total] as usize);
+
+        // Whole-stage consumers.
+        let mut consumers: Vec<Vec<u32>> = vec![Vec::new(); stages.len()];
+        for node in &stages {
+            for edge in &node.inputs {
+                if edge.binding == Binding::All {
+                    consumers[edge.stage].extend(node.tasks());
+                }
+            }
+        }
+        for (node, c) in stages.iter_mut().zip(consumers) {
+            node.all_consumers = c;
+        }
+
+        Ok(TaskGraph {
+            stages,
+            order: pipeline.order.clone(),
+            task_stage,
+            item_deps,
+            dependents_off: counts,
+            dependents,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.task_stage.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.task_stage.is_empty()
+    }
+
+    pub fn stage_of(&self, task: u32) -> &StageNode {
+        &self.stages[self.task_stage[task as usize] as usize]
+    }
+
+    pub fn item(&self, task: u32) -> &str {
+        let node = self.stage_of(task);
+        &node.items[(task - node.start) as usize]
+    }
+
+    pub fn item_params(&self, task: u32) -> ParamSlice {
+        let node = self.stage_of(task);
+        node.item_params
+            .get(&(task - node.start))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The upstream task of `task` for its stage's `k`-th per-item input.
+    pub fn item_dep(&self, task: u32, k: usize) -> u32 {
+        let node = self.stage_of(task);
+        let stride = node.item_inputs.len();
+        self.item_deps[node.deps_base + (task - node.start) as usize * stride + k]
+    }
+
+    pub fn dependents_of(&self, task: u32) -> &[u32] {
+        let a = self.dependents_off[task as usize] as usize;
+        let b = self.dependents_off[task as usize + 1] as usize;
+        &self.dependents[a..b]
+    }
+
+    /// Number of upstream edges a task waits for (one per item input that exists, one per
+    /// whole-stage input).
+    pub fn dep_count(&self, task: u32) -> u32 {
+        let node = self.stage_of(task);
+        let items = (0..node.item_inputs.len())
+            .filter(|&k| self.item_dep(task, k) != MISSING)
+            .count();
+        let alls = node
+            .inputs
+            .iter()
+            .filter(|e| e.binding == Binding::All)
+            .count();
+        (items + alls) as u32
+    }
+
+    pub fn task_label(&self, task: u32) -> String {
+        format!("{}/{}", self.stage_of(task).name, self.item(task))
+    }
+}

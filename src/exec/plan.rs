@@ -1,0 +1,163 @@
+//! `mvc plan`: expand, key and look up every task, and say what would run and why.
+
+use super::graph::TaskGraph;
+use super::resolve::{Engine, Mode, State};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::store::index::Tree;
+use crate::store::records::latest_key;
+use anyhow::Result;
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StagePlan {
+    pub total: u64,
+    pub cached: u64,
+    pub to_run: u64,
+    pub failed_skipped: u64,
+    /// Cause → number of tasks to run for that cause, most frequent first.
+    pub reasons: IndexMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PlanReport {
+    pub stages: IndexMap<String, StagePlan>,
+}
+
+impl PlanReport {
+    pub fn to_run(&self) -> u64 {
+        self.stages.values().map(|s| s.to_run).sum()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plans always serialise")
+    }
+
+    pub fn to_text(&self, pipeline: &Pipeline, cache: &std::path::Path) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "plan for {} ({}), cache {}",
+            pipeline.name,
+            pipeline.path.display(),
+            cache.display()
+        );
+        let width = self.stages.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "stage", "total", "cached", "to run", "failed"
+        );
+        for (name, s) in &self.stages {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
+                name,
+                group_digits(s.total),
+                group_digits(s.cached),
+                group_digits(s.to_run),
+                group_digits(s.failed_skipped)
+            );
+        }
+        let mut any = false;
+        for (name, s) in &self.stages {
+            if s.reasons.is_empty() {
+                continue;
+            }
+            if !any {
+                let _ = writeln!(out, "\nwhy:");
+                any = true;
+            }
+            let reasons: Vec<String> = s
+                .reasons
+                .iter()
+                .map(|(cause, n)| format!("{} {cause}", group_digits(*n)))
+                .collect();
+            let _ = writeln!(out, "  {name}: {}", reasons.join("; "));
+        }
+        if self.stages.values().any(|s| s.reasons.keys().any(|c| c.starts_with("upstream reruns"))) {
+            let _ = writeln!(
+                out,
+                "  (\"upstream reruns\" tasks run only if their inputs come out different: an \
+                 upstream rerun that reproduces the same bytes leaves them cached)"
+            );
+        }
+        let total = self.to_run();
+        let _ = writeln!(
+            out,
+            "\n{} to run.",
+            if total == 0 {
+                "nothing".to_string()
+            } else {
+                format!("{} task{}", group_digits(total), if total == 1 { "" } else { "s" })
+            }
+        );
+        out
+    }
+}
+
+/// Plans a pipeline: every task keyed and looked up, nothing run.
+pub fn plan(pipeline: &Pipeline, store: Arc<Store>, retry_failed: bool) -> Result<(Engine, PlanReport)> {
+    let graph = TaskGraph::build(pipeline, &store)?;
+    let mut engine = Engine::new(graph, store, Mode::Plan, retry_failed)?;
+    engine.resolve_ready()?;
+    let report = report(&engine)?;
+    Ok((engine, report))
+}
+
+pub fn report(engine: &Engine) -> Result<PlanReport> {
+    let g = &engine.graph;
+    let mut stages = IndexMap::new();
+    for &s in &g.order {
+        let node = &g.stages[s];
+        let counts = &engine.counts[s];
+        let mut reasons: HashMap<String, u64> = HashMap::new();
+        if counts.to_run + counts.pending > 0 {
+            // A stage the index has never recorded: every task is new, without a lookup each.
+            let never_seen = engine
+                .store
+                .index()
+                .scan(Tree::Latest, &latest_key(&node.name, ""))
+                .next()
+                .is_none();
+            for t in node.tasks() {
+                let cause = match engine.state[t as usize] {
+                    State::ToRun if never_seen => "new item".to_string(),
+                    State::ToRun | State::Pending => engine.cause(t)?,
+                    _ => continue,
+                };
+                *reasons.entry(cause).or_default() += 1;
+            }
+        }
+        let mut reasons: Vec<(String, u64)> = reasons.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        stages.insert(
+            node.name.clone(),
+            StagePlan {
+                total: node.len() as u64,
+                cached: counts.cached,
+                to_run: counts.to_run + counts.pending,
+                failed_skipped: counts.known_failed + counts.blocked,
+                reasons: reasons.into_iter().collect(),
+            },
+        );
+    }
+    Ok(PlanReport { stages })
+}
+
+/// 1234567 → "1,234,567".
+pub fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,599 @@
+//! Resolution: computing each task's key once its inputs are known, and looking it up.
+//!
+//! Shared by `plan` (which treats every task to run as resolved, its dependents "pending")
+//! and `run` (which resolves a task to run only when it has run). Keys depend on the output
+//! digests of upstream tasks, never on whether they ran: that is early cutoff.
+
+use super::graph::{MISSING, TaskGraph};
+use crate::stages::Binding;
+use crate::store::Store;
+use crate::store::memo::{KeyMap, MemoValue, StageMemo};
+use crate::task::{Digest, FieldChange, KEY_SCHEMA, KeyRecord, TaskKey, cause_of, diff_fields};
+use anyhow::Result;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Some input is not resolved yet.
+    Waiting,
+    /// Its result is in the cache.
+    Cached,
+    /// Its key is known and not in the cache: it must run.
+    ToRun,
+    Running,
+    /// It ran and its result is recorded.
+    Done,
+    /// It ran and failed (recorded in the negative cache).
+    Failed,
+    /// A failure recorded by an earlier run, not retried.
+    KnownFailure,
+    /// Cannot run: an upstream item failed or is missing.
+    Blocked,
+    /// (plan) Its key depends on upstream tasks that will run first.
+    Pending,
+}
+
+impl State {
+    pub fn is_success(self) -> bool {
+        matches!(self, State::Cached | State::Done)
+    }
+    pub fn is_failure(self) -> bool {
+        matches!(self, State::Failed | State::KnownFailure | State::Blocked)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Plan,
+    Run,
+}
+
+/// Per-stage tallies, kept as tasks change state (progress reads them without a scan).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub cached: u64,
+    /// Ran and succeeded.
+    pub ran: u64,
+    /// Ran and failed.
+    pub failed: u64,
+    /// Failed in an earlier run (negative cache), not retried.
+    pub known_failed: u64,
+    /// Blocked by a failed or missing upstream item.
+    pub blocked: u64,
+    /// Keyed and not cached: to run, or running.
+    pub to_run: u64,
+    /// (plan) Waiting on upstream tasks that will run.
+    pub pending: u64,
+}
+
+impl Counts {
+    pub fn resolved(&self) -> u64 {
+        self.cached + self.ran + self.failed + self.known_failed + self.blocked
+    }
+    pub fn all_failed(&self) -> u64 {
+        self.failed + self.known_failed + self.blocked
+    }
+}
+
+/// What a whole upstream stage contributes to the key of a task that reads all of it.
+#[derive(Clone, Debug)]
+enum Aggregate {
+    Digest(Digest),
+    Pending(String),
+    Failed(String),
+}
+
+/// The outcome of resolving one task.
+#[derive(Debug)]
+enum Resolution {
+    Cached {
+        key: TaskKey,
+        manifest: Digest,
+        /// Set when the hit came from the index rather than the memo.
+        memo_value: Option<MemoValue>,
+    },
+    KnownFailure {
+        key: TaskKey,
+        error: String,
+    },
+    ToRun {
+        key: TaskKey,
+        blobs_missing: bool,
+    },
+    Blocked(String),
+    Pending(String),
+}
+
+/// Why a record could not be built yet.
+pub enum NotKeyed {
+    Blocked(String),
+    Pending(String),
+}
+
+pub struct Engine {
+    pub graph: TaskGraph,
+    pub store: Arc<Store>,
+    pub mode: Mode,
+    retry_failed: bool,
+    memos: Vec<StageMemo>,
+    pub state: Vec<State>,
+    pub counts: Vec<Counts>,
+    left: Vec<u32>,
+    pub keys: Vec<TaskKey>,
+    pub manifests: Vec<Digest>,
+    stage_left: Vec<u32>,
+    stage_completed: Vec<bool>,
+    aggregates: Vec<Option<Aggregate>>,
+    /// Memo values learnt outside the memo (index hits, fresh results, new failures).
+    pub fresh: KeyMap<MemoValue>,
+    /// Per task: why it is blocked, pending, failed, or to run.
+    pub notes: HashMap<u32, String>,
+    /// Tasks whose cached outputs were missing (they run again).
+    blobs_missing: HashSet<u32>,
+    /// Producers re-opened because a blob of theirs failed verification.
+    reopened: HashSet<u32>,
+    /// Tasks waiting on a re-opened producer, by producer.
+    reopened_waiters: HashMap<u32, Vec<u32>>,
+    /// Tasks waiting for a re-opened stage to complete again, by stage.
+    stage_waiters: HashMap<usize, Vec<u32>>,
+    ready: Vec<u32>,
+}
+
+impl Engine {
+    pub fn new(graph: TaskGraph, store: Arc<Store>, mode: Mode, retry_failed: bool) -> Result<Engine> {
+        let n = graph.len();
+        let memos = graph
+            .stages
+            .iter()
+            .map(|s| StageMemo::load(store.index(), store.blobs(), &s.name))
+            .collect::<Result<Vec<_>>>()?;
+        let left: Vec<u32> = (0..n as u32).map(|t| graph.dep_count(t)).collect();
+        let stage_left: Vec<u32> = graph.stages.iter().map(|s| s.len()).collect();
+        let n_stages = graph.stages.len();
+        let mut engine = Engine {
+            state: vec![State::Waiting; n],
+            counts: vec![Counts::default(); n_stages],
+            keys: vec![Digest::default(); n],
+            manifests: vec![Digest::default(); n],
+            stage_completed: vec![false; n_stages],
+            aggregates: vec![None; n_stages],
+            stage_left,
+            left,
+            memos,
+            graph,
+            store,
+            mode,
+            retry_failed,
+            fresh: KeyMap::default(),
+            notes: HashMap::new(),
+            blobs_missing: HashSet::new(),
+            reopened: HashSet::new(),
+            reopened_waiters: HashMap::new(),
+            stage_waiters: HashMap::new(),
+            ready: Vec::new(),
+        };
+        // Tasks with nothing to wait for (their items may still be blocked by a missing
+        // upstream item: resolution says so).
+        engine.ready = (0..n as u32).filter(|&t| engine.left[t as usize] == 0).collect();
+        for s in 0..n_stages {
+            if engine.stage_left[s] == 0 {
+                engine.complete_stage(s);
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Resolves everything that can be resolved now. Returns the tasks that must run (in
+    /// `Run` mode they stay unresolved until [`Engine::finish`] is called for them).
+    pub fn resolve_ready(&mut self) -> Result<Vec<u32>> {
+        let mut to_run = Vec::new();
+        while !self.ready.is_empty() {
+            let mut batch = std::mem::take(&mut self.ready);
+            batch.sort_unstable();
+            let this = &*self;
+            let resolutions: Vec<Result<Resolution>> = if batch.len() >= 256 {
+                batch.par_iter().map(|&t| this.resolve_one(t)).collect()
+            } else {
+                batch.iter().map(|&t| this.resolve_one(t)).collect()
+            };
+            for (t, resolution) in batch.into_iter().zip(resolutions) {
+                self.apply(t, resolution?, &mut to_run);
+            }
+        }
+        Ok(to_run)
+    }
+
+    fn apply(&mut self, t: u32, resolution: Resolution, to_run: &mut Vec<u32>) {
+        let i = t as usize;
+        match resolution {
+            Resolution::Cached {
+                key,
+                manifest,
+                memo_value,
+            } => {
+                self.keys[i] = key;
+                self.manifests[i] = manifest;
+                self.state[i] = State::Cached;
+                self.stage_counts(t).cached += 1;
+                if let Some(v) = memo_value {
+                    self.fresh.insert(key, v);
+                }
+                self.resolved(t);
+            }
+            Resolution::KnownFailure { key, error } => {
+                self.keys[i] = key;
+                self.state[i] = State::KnownFailure;
+                self.stage_counts(t).known_failed += 1;
+                self.notes.insert(t, error);
+                self.fresh.insert(key, MemoValue::Failed);
+                self.resolved(t);
+            }
+            Resolution::ToRun { key, blobs_missing } => {
+                self.keys[i] = key;
+                self.state[i] = State::ToRun;
+                self.stage_counts(t).to_run += 1;
+                if blobs_missing {
+                    self.blobs_missing.insert(t);
+                }
+                to_run.push(t);
+                if self.mode == Mode::Plan {
+                    self.resolved(t);
+                }
+            }
+            Resolution::Blocked(why) => {
+                self.state[i] = State::Blocked;
+                self.stage_counts(t).blocked += 1;
+                self.notes.insert(t, why);
+                self.resolved(t);
+            }
+            Resolution::Pending(why) => {
+                self.state[i] = State::Pending;
+                self.stage_counts(t).pending += 1;
+                self.notes.insert(t, why);
+                self.resolved(t);
+            }
+        }
+    }
+
+    /// Records that a task to run has run: `Some(manifest)` on success, `None` on failure.
+    pub fn finish(&mut self, t: u32, outcome: Result<(Digest, MemoValue), String>) {
+        let i = t as usize;
+        self.stage_counts(t).to_run -= 1;
+        match outcome {
+            Ok((manifest, value)) => {
+                self.state[i] = State::Done;
+                self.stage_counts(t).ran += 1;
+                self.manifests[i] = manifest;
+                self.fresh.insert(self.keys[i], value);
+            }
+            Err(error) => {
+                self.state[i] = State::Failed;
+                self.stage_counts(t).failed += 1;
+                self.notes.insert(t, error);
+                self.fresh.insert(self.keys[i], MemoValue::Failed);
+            }
+        }
+        self.resolved(t);
+    }
+
+    fn stage_counts(&mut self, t: u32) -> &mut Counts {
+        &mut self.counts[self.graph.task_stage[t as usize] as usize]
+    }
+
+    /// Marks a task as dispatched.
+    pub fn start(&mut self, t: u32) {
+        self.state[t as usize] = State::Running;
+    }
+
+    /// Puts a dispatched task back (it was cancelled before it finished).
+    pub fn unrun(&mut self, t: u32) {
+        self.state[t as usize] = State::ToRun;
+    }
+
+    fn resolved(&mut self, t: u32) {
+        let s = self.graph.task_stage[t as usize] as usize;
+        if self.reopened.remove(&t) {
+            // A re-opened producer: only the tasks that waited on it again are told; its
+            // other dependents were told the first time.
+            let waiters = self.reopened_waiters.remove(&t).unwrap_or_default();
+            self.stage_left[s] -= 1;
+            if self.stage_left[s] == 0 {
+                self.complete_stage(s);
+            }
+            for w in waiters {
+                self.release(w);
+            }
+            return;
+        }
+        for k in 0..self.graph.dependents_of(t).len() {
+            let d = self.graph.dependents_of(t)[k];
+            self.release(d);
+        }
+        self.stage_left[s] -= 1;
+        if self.stage_left[s] == 0 {
+            self.complete_stage(s);
+        }
+    }
+
+    fn release(&mut self, t: u32) {
+        let i = t as usize;
+        if self.state[i] != State::Waiting {
+            return;
+        }
+        self.left[i] -= 1;
+        if self.left[i] == 0 {
+            self.ready.push(t);
+        }
+    }
+
+    fn complete_stage(&mut self, s: usize) {
+        let node = &self.graph.stages[s];
+        let mut pending = false;
+        let mut failed = 0usize;
+        let mut pairs: Vec<(&str, &Digest)> = Vec::with_capacity(node.items.len());
+        for t in node.tasks() {
+            match self.state[t as usize] {
+                State::Cached | State::Done => {
+                    pairs.push((&*node.items[(t - node.start) as usize], &self.manifests[t as usize]))
+                }
+                State::ToRun | State::Pending | State::Running | State::Waiting => pending = true,
+                _ => failed += 1,
+            }
+        }
+        self.aggregates[s] = Some(if pending {
+            Aggregate::Pending(format!("upstream reruns: {}", node.name))
+        } else if failed > 0 && pairs.is_empty() {
+            // Failed items are left out of what downstream reads; with none left there is
+            // nothing to read.
+            Aggregate::Failed(format!("every item of upstream `{}` failed", node.name))
+        } else {
+            pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            Aggregate::Digest(Digest::of(
+                &postcard::to_stdvec(&pairs).expect("aggregates always encode"),
+            ))
+        });
+        let first = !self.stage_completed[s];
+        self.stage_completed[s] = true;
+        if first {
+            for k in 0..self.graph.stages[s].all_consumers.len() {
+                let c = self.graph.stages[s].all_consumers[k];
+                self.release(c);
+            }
+        }
+        if let Some(waiters) = self.stage_waiters.remove(&s) {
+            for w in waiters {
+                self.release(w);
+            }
+        }
+    }
+
+    /// Builds the key record of a task whose inputs are resolved.
+    pub fn record_of(&self, t: u32) -> Result<KeyRecord, NotKeyed> {
+        let g = &self.graph;
+        let node = g.stage_of(t);
+        let mut inputs = BTreeMap::new();
+        let mut item_k = 0;
+        for edge in &node.inputs {
+            let up = &g.stages[edge.stage];
+            let digest = match edge.binding {
+                Binding::Item => {
+                    let u = g.item_dep(t, item_k);
+                    item_k += 1;
+                    if u == MISSING {
+                        return Err(NotKeyed::Blocked(format!(
+                            "input `{}` has no item `{}`",
+                            up.name,
+                            g.item(t)
+                        )));
+                    }
+                    match self.state[u as usize] {
+                        State::Cached | State::Done => self.manifests[u as usize],
+                        State::Failed | State::KnownFailure | State::Blocked => {
+                            return Err(NotKeyed::Blocked(format!(
+                                "upstream {} failed",
+                                g.task_label(u)
+                            )));
+                        }
+                        _ => {
+                            return Err(NotKeyed::Pending(format!("upstream reruns: {}", up.name)));
+                        }
+                    }
+                }
+                Binding::All => match &self.aggregates[edge.stage] {
+                    Some(Aggregate::Digest(d)) => *d,
+                    Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
+                    Some(Aggregate::Failed(why)) => return Err(NotKeyed::Blocked(why.clone())),
+                    None => {
+                        return Err(NotKeyed::Pending(format!("upstream reruns: {}", up.name)));
+                    }
+                },
+            };
+            inputs.insert(up.name.clone(), digest);
+        }
+        Ok(KeyRecord {
+            schema: KEY_SCHEMA,
+            kind: node.kind.kind().to_string(),
+            kind_version: node.kind.version(),
+            item: g.item(t).to_string(),
+            shared: node.shared_digest,
+            item_params: g.item_params(t),
+            inputs,
+        })
+    }
+
+    fn resolve_one(&self, t: u32) -> Result<Resolution> {
+        let record = match self.record_of(t) {
+            Ok(r) => r,
+            Err(NotKeyed::Blocked(why)) => return Ok(Resolution::Blocked(why)),
+            Err(NotKeyed::Pending(why)) => return Ok(Resolution::Pending(why)),
+        };
+        let key = record.key();
+        let s = self.graph.task_stage[t as usize] as usize;
+        let mut blobs_missing = false;
+        match self.memos[s].get(&key) {
+            Some(MemoValue::Done { manifest, blobs }) => {
+                if self.store.outputs_present(blobs.iter().copied()) {
+                    return Ok(Resolution::Cached {
+                        key,
+                        manifest: *manifest,
+                        memo_value: None,
+                    });
+                }
+                blobs_missing = true;
+            }
+            Some(MemoValue::Failed) if !self.retry_failed => {
+                if let Some(f) = self.store.failure(&key)? {
+                    return Ok(Resolution::KnownFailure { key, error: f.error });
+                }
+            }
+            _ => {}
+        }
+        if !blobs_missing && let Some(result) = self.store.result(&key)? {
+            if self.store.outputs_present(result.blob_outputs()) {
+                return Ok(Resolution::Cached {
+                    key,
+                    manifest: result.manifest,
+                    memo_value: Some(MemoValue::Done {
+                        manifest: result.manifest,
+                        blobs: result.blob_outputs().collect(),
+                    }),
+                });
+            }
+            blobs_missing = true;
+        }
+        if !self.retry_failed
+            && let Some(f) = self.store.failure(&key)?
+        {
+            return Ok(Resolution::KnownFailure { key, error: f.error });
+        }
+        Ok(Resolution::ToRun { key, blobs_missing })
+    }
+
+    /// Why a task is to run, grouped as `mvc plan` reports it.
+    pub fn cause(&self, t: u32) -> Result<String> {
+        let i = t as usize;
+        match self.state[i] {
+            State::Pending | State::Blocked => {
+                return Ok(self.notes.get(&t).cloned().unwrap_or_default());
+            }
+            State::ToRun | State::Running | State::Done | State::Failed => {}
+            _ => return Ok(String::new()),
+        }
+        if self.blobs_missing.contains(&t) {
+            return Ok("blob missing or corrupt".into());
+        }
+        let node = self.graph.stage_of(t);
+        let Some(latest) = self.store.latest(&node.name, self.graph.item(t))? else {
+            return Ok("new item".into());
+        };
+        if latest.key == self.keys[i] {
+            return Ok(if self.retry_failed {
+                "retrying a failed item".into()
+            } else {
+                "result missing from the cache".into()
+            });
+        }
+        let changes = self.changes_since(t, &latest.key)?;
+        Ok(match changes {
+            Some(changes) => cause_of(&changes),
+            None => "new item (earlier record unavailable)".into(),
+        })
+    }
+
+    /// Field changes of a task's record against the record stored under `old`.
+    pub fn changes_since(&self, t: u32, old: &TaskKey) -> Result<Option<Vec<FieldChange>>> {
+        let Some(old_record) = self.store.record(old)? else {
+            return Ok(None);
+        };
+        let Ok(new_record) = self.record_of(t) else {
+            return Ok(None);
+        };
+        let node = self.graph.stage_of(t);
+        let old_shared = self.store.shared_params(&old_record.shared)?;
+        let old_fields = old_record.fields(old_shared.as_ref());
+        let new_fields = new_record.fields(Some(&node.shared));
+        Ok(Some(diff_fields(&old_fields, &new_fields)))
+    }
+
+    /// Re-opens a producer whose output blob failed verification while `consumer` read it:
+    /// its result is forgotten, it runs again, and the consumer waits for it.
+    pub fn reopen(&mut self, producer: u32, consumer: u32, all_binding: bool) -> Result<bool> {
+        let p = producer as usize;
+        let c = consumer as usize;
+        let reopen_producer = self.state[p].is_success();
+        if reopen_producer {
+            self.store.forget_result(&self.keys[p])?;
+            let was_cached = self.state[p] == State::Cached;
+            let counts = self.stage_counts(producer);
+            if was_cached {
+                counts.cached -= 1;
+            } else {
+                counts.ran -= 1;
+            }
+            counts.to_run += 1;
+            self.state[p] = State::ToRun;
+            self.blobs_missing.insert(producer);
+            self.reopened.insert(producer);
+            let s = self.graph.task_stage[p] as usize;
+            self.stage_left[s] += 1;
+            self.aggregates[s] = None;
+        }
+        self.stage_counts(consumer).to_run -= 1;
+        self.state[c] = State::Waiting;
+        self.left[c] = 1;
+        if all_binding {
+            let s = self.graph.task_stage[p] as usize;
+            self.stage_waiters.entry(s).or_default().push(consumer);
+        } else {
+            self.reopened_waiters.entry(producer).or_default().push(consumer);
+        }
+        Ok(reopen_producer)
+    }
+
+    /// Saves each stage's memo when it learnt something new this run.
+    pub fn save_memos(&self) -> Result<()> {
+        for (s, node) in self.graph.stages.iter().enumerate() {
+            let mut list = Vec::with_capacity(node.items.len());
+            let mut learnt = false;
+            for t in node.tasks() {
+                let i = t as usize;
+                let key = self.keys[i];
+                let value = match self.state[i] {
+                    State::Cached | State::Done | State::Failed | State::KnownFailure => {
+                        if let Some(v) = self.fresh.get(&key) {
+                            learnt = true;
+                            v.clone()
+                        } else if let Some(v) = self.memos[s].get(&key) {
+                            v.clone()
+                        } else {
+                            continue;
+                        }
+                    }
+                    _ => continue,
+                };
+                list.push((key, value));
+            }
+            // A memo that already holds exactly these keys is kept as it is.
+            if learnt || list.len() != self.memos[s].entries.len() {
+                StageMemo::save(self.store.index(), self.store.blobs(), &node.name, list)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Task keys this run (or plan) reached, sorted: what `gc` keeps.
+    pub fn reached_keys(&self) -> Vec<TaskKey> {
+        let mut keys: Vec<TaskKey> = self
+            .state
+            .iter()
+            .zip(&self.keys)
+            .filter(|(s, _)| !matches!(s, State::Waiting | State::Blocked | State::Pending))
+            .map(|(_, k)| *k)
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}

@@ -1,0 +1,669 @@
+//! `mvc run`: the local executor. Resolves tasks as their inputs become known, runs the
+//! ones not cached in units on tokio within the resource slots, and records every result
+//! as soon as it exists, so that an interrupted run loses only what was running.
+
+use super::graph::{MISSING, TaskGraph};
+use super::progress::{PLAIN_INTERVAL, Progress};
+use super::resolve::{Counts, Engine, Mode, State};
+use super::slots::Resources;
+use super::workdir::InputData;
+use crate::pipeline::Pipeline;
+use crate::stages::{Binding, ExecCtx, TaskOutcome, UnitTask};
+use crate::store::Store;
+use crate::store::index::Tree;
+use crate::store::memo::MemoValue;
+use crate::store::records::{
+    Failure, RunOutcome, RunRecord, StageCounts, TaskResult, encode, manifest_digest, now_ms,
+};
+use crate::task::{Digest, KeyRecord, TaskKey};
+use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub slots: Resources,
+    /// Keep dispatching after an item fails (the default); off, the first failure stops
+    /// new work and lets running work finish.
+    pub keep_going: bool,
+    pub retry_failed: bool,
+    /// How long running tasks may finish after Ctrl-C before they are killed.
+    pub grace: Duration,
+    /// No progress bars or lines.
+    pub quiet: bool,
+}
+
+/// One failed task, for the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureLine {
+    pub stage: String,
+    pub item: String,
+    pub error: String,
+    /// `true` when the failure was recorded by an earlier run (not retried).
+    pub earlier: bool,
+    /// `true` when the task did not run because an upstream item failed.
+    pub blocked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub stages: IndexMap<String, StageCounts>,
+    /// Tasks left unrun per stage (only after an interruption or a stop on failure).
+    pub not_run: IndexMap<String, u64>,
+    pub outcome: RunOutcome,
+    pub failures: Vec<FailureLine>,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.outcome == RunOutcome::Ok
+    }
+
+    /// The final JSON line of `mvc run --json`.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            stages: &'a IndexMap<String, StageCounts>,
+            ok: bool,
+            interrupted: bool,
+            failures: &'a [FailureLine],
+        }
+        serde_json::to_string(&Json {
+            stages: &self.stages,
+            ok: self.ok(),
+            interrupted: self.outcome == RunOutcome::Interrupted,
+            failures: &self.failures,
+        })
+        .expect("reports always serialise")
+    }
+
+    pub fn to_text(&self) -> String {
+        use super::plan::group_digits as g;
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let width = self.stages.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "stage", "total", "cached", "ran", "failed"
+        );
+        for (name, c) in &self.stages {
+            let _ = write!(
+                out,
+                "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
+                name,
+                g(c.total),
+                g(c.cached),
+                g(c.ran),
+                g(c.failed)
+            );
+            match self.not_run.get(name) {
+                Some(n) if *n > 0 => {
+                    let _ = writeln!(out, "  ({} not run)", g(*n));
+                }
+                _ => out.push('\n'),
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\nfailed:");
+            const SHOWN: usize = 20;
+            for f in self.failures.iter().take(SHOWN) {
+                let when = if f.earlier {
+                    " (recorded by an earlier run; --retry-failed to retry)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "  {}/{}: {}{when}", f.stage, f.item, f.error);
+                if let Some(log) = &f.log {
+                    let _ = writeln!(out, "      stderr: {log}");
+                }
+            }
+            if self.failures.len() > SHOWN {
+                let _ = writeln!(out, "  … and {} more", self.failures.len() - SHOWN);
+            }
+        }
+        let verdict = match self.outcome {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
+        };
+        let _ = writeln!(out, "\n{verdict} in {:.1}s", self.elapsed.as_secs_f64());
+        out
+    }
+}
+
+/// What a finished unit reports back to the scheduler.
+struct UnitDone {
+    slots: Resources,
+    outcomes: Vec<(u32, Reported)>,
+}
+
+enum Reported {
+    Success(Digest, MemoValue),
+    Failed(String),
+    InputCorrupt {
+        stage: String,
+        item: String,
+        error: String,
+    },
+    Cancelled,
+}
+
+pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Result<RunReport> {
+    let started_ms = now_ms();
+    let graph = TaskGraph::build(pipeline, &store)?;
+    for &s in &graph.order {
+        let node = &graph.stages[s];
+        if node.is_empty() {
+            continue;
+        }
+        if let Some((slot, need, have)) = opts.slots.shortfall(&node.kind.resources()) {
+            bail!(
+                "stage `{}` needs {slot} = {need} per task but this executor has {have} {slot} \
+                 slot{}; set `{slot}` in the [executor] table or pass --slots {slot}={need}",
+                node.name,
+                if have == 1 { "" } else { "s" }
+            );
+        }
+    }
+    let mut engine = Engine::new(graph, store.clone(), Mode::Run, opts.retry_failed)?;
+    let order = engine.graph.order.clone();
+    let shown: Vec<(String, u64)> = order
+        .iter()
+        .map(|&s| {
+            let node = &engine.graph.stages[s];
+            (node.name.clone(), node.len() as u64)
+        })
+        .collect();
+    let mut progress = Progress::new(&shown, opts.quiet);
+
+    let n_stages = engine.graph.stages.len();
+    let mut queues: Vec<VecDeque<u32>> = vec![VecDeque::new(); n_stages];
+    let mut free = opts.slots;
+    let mut running = 0usize;
+    let mut stopping = false;
+    let mut interrupted = false;
+    let mut shared_saved: HashSet<usize> = HashSet::new();
+    let kill = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel::<UnitDone>();
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut ticker = tokio::time::interval(PLAIN_INTERVAL.min(Duration::from_millis(250)));
+    let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(grace);
+
+    loop {
+        for t in engine.resolve_ready()? {
+            let s = engine.graph.task_stage[t as usize] as usize;
+            queues[s].push_back(t);
+        }
+        progress.update(&ordered(&engine.counts, &order));
+
+        if !stopping {
+            for &s in &order {
+                let need = engine.graph.stages[s].kind.resources();
+                while !queues[s].is_empty() && free.fits(&need) {
+                    let unit = take_unit(&engine, &mut queues[s]);
+                    if shared_saved.insert(s) {
+                        store.put_shared_params(&engine.graph.stages[s].shared)?;
+                    }
+                    let prepared = prepare_unit(&engine, &unit)?;
+                    for &t in &unit {
+                        engine.start(t);
+                    }
+                    free.take(&need);
+                    running += 1;
+                    spawn_unit(
+                        &engine,
+                        s,
+                        prepared,
+                        need,
+                        store.clone(),
+                        kill.clone(),
+                        tx.clone(),
+                    );
+                }
+            }
+        }
+
+        let queued: usize = queues.iter().map(|q| q.len()).sum();
+        if running == 0 && (stopping || queued == 0) {
+            break;
+        }
+
+        tokio::select! {
+            Some(done) = rx.recv() => {
+                running -= 1;
+                free.give(&done.slots);
+                for (t, reported) in done.outcomes {
+                    match reported {
+                        Reported::Success(manifest, value) => engine.finish(t, Ok((manifest, value))),
+                        Reported::Failed(error) => {
+                            engine.finish(t, Err(error));
+                            if !opts.keep_going && !stopping {
+                                stopping = true;
+                                progress.println(
+                                    "a task failed: letting running tasks finish, starting no \
+                                     new ones (--keep-going continues past failures)",
+                                );
+                            }
+                        }
+                        Reported::Cancelled => engine.unrun(t),
+                        Reported::InputCorrupt { stage, item, error } => {
+                            let again = reopen_producer(&mut engine, t, &stage, &item)?;
+                            progress.println(&format!(
+                                "warning: {error}; {stage}/{item} was treated as a cache miss \
+                                 and {}, then {} runs",
+                                if again { "runs again" } else { "is already running again" },
+                                engine.graph.task_label(t)
+                            ));
+                            if let Some(p) = again.then(|| find_item(&engine, &stage, &item)).flatten() {
+                                let s = engine.graph.task_stage[p as usize] as usize;
+                                queues[s].push_back(p);
+                            }
+                        }
+                    }
+                }
+            }
+            _ = sigint.recv() => {
+                on_signal(&mut stopping, &mut interrupted, &kill, running, &opts, &progress, grace.as_mut());
+            }
+            _ = sigterm.recv() => {
+                on_signal(&mut stopping, &mut interrupted, &kill, running, &opts, &progress, grace.as_mut());
+            }
+            _ = &mut grace, if stopping && interrupted && !kill.is_cancelled() => {
+                progress.println("grace period over: stopping running tasks");
+                kill.cancel();
+            }
+            _ = ticker.tick() => {}
+        }
+    }
+    progress.update(&ordered(&engine.counts, &order));
+    progress.close();
+
+    engine.save_memos()?;
+    let report = summarize(&engine, &order, interrupted, progress.elapsed());
+    let reach = store
+        .blobs()
+        .put_bytes(&encode(&engine.reached_keys()))
+        .context("recording what this run reached")?;
+    let record = RunRecord {
+        pipeline: pipeline.name.clone(),
+        pipeline_path: pipeline.path.display().to_string(),
+        started_ms,
+        ended_ms: now_ms(),
+        outcome: report.outcome,
+        stages: report.stages.clone(),
+        reach,
+    };
+    let mut run_id = started_ms.to_be_bytes().to_vec();
+    run_id.extend_from_slice(&std::process::id().to_be_bytes());
+    store.index().put(Tree::Runs, &run_id, &encode(&record))?;
+    store.flush()?;
+    Ok(report)
+}
+
+fn ordered(counts: &[Counts], order: &[usize]) -> Vec<Counts> {
+    order.iter().map(|&s| counts[s]).collect()
+}
+
+fn on_signal(
+    stopping: &mut bool,
+    interrupted: &mut bool,
+    kill: &CancellationToken,
+    running: usize,
+    opts: &RunOptions,
+    progress: &Progress,
+    grace: std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    if *interrupted {
+        progress.println("interrupted again: stopping running tasks now");
+        kill.cancel();
+        return;
+    }
+    *stopping = true;
+    *interrupted = true;
+    if running > 0 {
+        progress.println(&format!(
+            "interrupted: starting no new tasks; waiting up to {:.0}s for {running} running \
+             unit{} to finish (Ctrl-C again to stop them now)",
+            opts.grace.as_secs_f64(),
+            if running == 1 { "" } else { "s" }
+        ));
+    }
+    grace.reset(tokio::time::Instant::now() + opts.grace);
+}
+
+/// Takes the next unit from a stage's queue: the front task, and every queued task of the
+/// same unit group when the kind groups them.
+fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
+    let first = queue.pop_front().expect("queue is not empty");
+    let node = engine.graph.stage_of(first);
+    let Some(group) = node.kind.unit_group(engine.graph.item(first)) else {
+        return vec![first];
+    };
+    let mut unit = vec![first];
+    queue.retain(|&t| {
+        if node.kind.unit_group(engine.graph.item(t)).as_deref() == Some(group.as_str()) {
+            unit.push(t);
+            false
+        } else {
+            true
+        }
+    });
+    unit
+}
+
+/// A task of a unit with what the scheduler knows of it; the upstream results themselves
+/// are read from the index inside the unit's own task, off the scheduler.
+struct PreparedTask {
+    task: u32,
+    key: TaskKey,
+    record: KeyRecord,
+    item: String,
+    inputs: Vec<(String, Binding, Vec<(String, TaskKey)>)>,
+}
+
+fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
+    let g = &engine.graph;
+    unit.iter()
+        .map(|&t| {
+            let node = g.stage_of(t);
+            let record = engine
+                .record_of(t)
+                .map_err(|_| anyhow::anyhow!("internal: {} dispatched before its inputs", g.task_label(t)))?;
+            let mut inputs = Vec::with_capacity(node.inputs.len());
+            let mut item_k = 0;
+            for edge in &node.inputs {
+                let up = &g.stages[edge.stage];
+                let items: Vec<(String, TaskKey)> = match edge.binding {
+                    Binding::Item => {
+                        let u = g.item_dep(t, item_k);
+                        item_k += 1;
+                        debug_assert!(u != MISSING);
+                        vec![(g.item(u).to_string(), engine.keys[u as usize])]
+                    }
+                    Binding::All => {
+                        let mut items: Vec<(String, TaskKey)> = up
+                            .tasks()
+                            .filter(|&u| engine.state[u as usize].is_success())
+                            .map(|u| (g.item(u).to_string(), engine.keys[u as usize]))
+                            .collect();
+                        items.sort_by(|a, b| a.0.cmp(&b.0));
+                        items
+                    }
+                };
+                inputs.push((up.name.clone(), edge.binding, items));
+            }
+            Ok(PreparedTask {
+                task: t,
+                key: engine.keys[t as usize],
+                record,
+                item: g.item(t).to_string(),
+                inputs,
+            })
+        })
+        .collect()
+}
+
+fn spawn_unit(
+    engine: &Engine,
+    stage: usize,
+    prepared: Vec<PreparedTask>,
+    slots: Resources,
+    store: Arc<Store>,
+    kill: CancellationToken,
+    tx: mpsc::UnboundedSender<UnitDone>,
+) {
+    let node = &engine.graph.stages[stage];
+    let kind = node.kind.clone();
+    let stage_name = node.name.clone();
+    let input_names: Vec<String> = node
+        .inputs
+        .iter()
+        .map(|e| engine.graph.stages[e.stage].name.clone())
+        .collect();
+    let item_params: Vec<_> = prepared.iter().map(|p| engine.graph.item_params(p.task)).collect();
+    tokio::spawn(async move {
+        let ctx = ExecCtx {
+            store: store.clone(),
+            stage: stage_name.clone(),
+            input_names,
+            kill,
+        };
+        let outcomes = match load_inputs(&store, &prepared).await {
+            Ok(inputs) => {
+                let unit: Vec<UnitTask> = prepared
+                    .iter()
+                    .zip(inputs)
+                    .zip(item_params)
+                    .map(|((p, inputs), item_params)| UnitTask {
+                        key: p.key,
+                        item: p.item.clone(),
+                        item_params,
+                        inputs,
+                    })
+                    .collect();
+                kind.execute(&ctx, unit).await
+            }
+            Err((stage, item, error)) => prepared
+                .iter()
+                .map(|_| TaskOutcome::InputCorrupt {
+                    stage: stage.clone(),
+                    item: item.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
+        };
+        let commit = tokio::task::spawn_blocking(move || {
+            prepared
+                .iter()
+                .zip(outcomes)
+                .map(|(p, outcome)| (p.task, commit_outcome(&store, &stage_name, p, outcome)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let outcomes = match commit {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("recording results failed: {e}");
+                Vec::new()
+            }
+        };
+        let _ = tx.send(UnitDone { slots, outcomes });
+    });
+}
+
+type MissingInput = (String, String, String);
+
+/// Reads the upstream results a unit's tasks need from the index.
+async fn load_inputs(
+    store: &Arc<Store>,
+    prepared: &[PreparedTask],
+) -> Result<Vec<Vec<InputData>>, MissingInput> {
+    let wanted: Vec<Vec<(String, Binding, Vec<(String, TaskKey)>)>> =
+        prepared.iter().map(|p| p.inputs.clone()).collect();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|inputs| {
+                inputs
+                    .into_iter()
+                    .map(|(stage, binding, items)| {
+                        let mut loaded = Vec::with_capacity(items.len());
+                        for (item, key) in items {
+                            match store.result(&key) {
+                                Ok(Some(result)) => loaded.push((item, result)),
+                                Ok(None) => {
+                                    return Err((
+                                        stage.clone(),
+                                        item.clone(),
+                                        format!("the result of {stage}/{item} is gone from the index"),
+                                    ));
+                                }
+                                Err(e) => return Err((stage.clone(), item.clone(), format!("{e:#}"))),
+                            }
+                        }
+                        Ok(InputData {
+                            stage,
+                            binding,
+                            items: loaded,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .unwrap_or_else(|e| Err((String::new(), String::new(), e.to_string())))
+}
+
+/// Records an outcome in the index (the commit point of a task) and says what happened.
+fn commit_outcome(store: &Store, stage: &str, p: &PreparedTask, outcome: TaskOutcome) -> Reported {
+    match outcome {
+        TaskOutcome::Success {
+            outputs,
+            stdout,
+            stderr,
+            started_ms,
+            duration_ms,
+        } => {
+            let manifest = manifest_digest(&outputs);
+            let result = TaskResult {
+                stage: stage.to_string(),
+                item: p.item.clone(),
+                manifest,
+                stdout,
+                stderr,
+                started_ms,
+                duration_ms,
+                host: "local".into(),
+                outputs,
+            };
+            match store.commit_success(&p.key, &p.record, &result) {
+                Ok(()) => Reported::Success(
+                    manifest,
+                    MemoValue::Done {
+                        manifest,
+                        blobs: result.blob_outputs().collect(),
+                    },
+                ),
+                Err(e) => Reported::Failed(format!("recording the result failed: {e:#}")),
+            }
+        }
+        TaskOutcome::Failed { error, stderr } => {
+            let failure = Failure {
+                stage: stage.to_string(),
+                item: p.item.clone(),
+                error: error.clone(),
+                stderr,
+                when_ms: now_ms(),
+            };
+            if let Err(e) = store.commit_failure(&p.key, &p.record, &failure) {
+                tracing::warn!("could not record the failure of {stage}/{}: {e:#}", p.item);
+            }
+            Reported::Failed(error)
+        }
+        TaskOutcome::InputCorrupt { stage, item, error } => {
+            Reported::InputCorrupt { stage, item, error }
+        }
+        TaskOutcome::Cancelled => Reported::Cancelled,
+    }
+}
+
+fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<u32> {
+    let node = engine.graph.stages.iter().find(|s| s.name == stage)?;
+    node.tasks().find(|&t| engine.graph.item(t) == item)
+}
+
+/// A consumer found an input blob corrupt: its producer runs again and the consumer waits.
+/// Returns whether the producer was re-opened now (false when it already was).
+fn reopen_producer(engine: &mut Engine, consumer: u32, stage: &str, item: &str) -> Result<bool> {
+    let Some(producer) = find_item(engine, stage, item) else {
+        bail!("internal: input {stage}/{item} of {} is not a task", engine.graph.task_label(consumer));
+    };
+    let node = engine.graph.stage_of(consumer);
+    let all = node
+        .inputs
+        .iter()
+        .any(|e| engine.graph.stages[e.stage].name == stage && e.binding == Binding::All);
+    let reopened = engine.reopen(producer, consumer, all)?;
+    if !reopened && engine.state[producer as usize] == State::ToRun {
+        // Re-opened by another consumer and still queued or running: just wait for it.
+        return Ok(false);
+    }
+    Ok(reopened)
+}
+
+fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Duration) -> RunReport {
+    let g = &engine.graph;
+    let mut stages = IndexMap::new();
+    let mut not_run = IndexMap::new();
+    let mut failures = Vec::new();
+    let mut new_failures = false;
+    for &s in order {
+        let node = &g.stages[s];
+        let c = &engine.counts[s];
+        stages.insert(
+            node.name.clone(),
+            StageCounts {
+                total: node.len() as u64,
+                cached: c.cached,
+                ran: c.ran,
+                failed: c.all_failed(),
+            },
+        );
+        not_run.insert(node.name.clone(), node.len() as u64 - c.resolved());
+        // Blocked tasks trace back to a failure: a new one counts there; one recorded by an
+        // earlier run (a permanently broken item) does not fail every later run.
+        if c.failed > 0 {
+            new_failures = true;
+        }
+        if c.all_failed() == 0 {
+            continue;
+        }
+        for t in node.tasks() {
+            let state = engine.state[t as usize];
+            if !state.is_failure() {
+                continue;
+            }
+            let log = (state != State::Blocked)
+                .then(|| engine.store.failure(&engine.keys[t as usize]).ok().flatten())
+                .flatten()
+                .and_then(|f| f.stderr)
+                .map(|d| engine.store.blobs().path(&d).display().to_string());
+            failures.push(FailureLine {
+                stage: node.name.clone(),
+                item: g.item(t).to_string(),
+                error: engine.notes.get(&t).cloned().unwrap_or_default(),
+                earlier: state == State::KnownFailure,
+                blocked: state == State::Blocked,
+                log,
+            });
+        }
+    }
+    let outcome = if interrupted {
+        RunOutcome::Interrupted
+    } else if new_failures || not_run.values().any(|n| *n > 0) {
+        RunOutcome::Failed
+    } else {
+        RunOutcome::Ok
+    };
+    RunReport {
+        stages,
+        not_run,
+        outcome,
+        failures,
+        elapsed,
+    }
+}

@@ -1,0 +1,179 @@
+//! Resource slots: `cpu`, `gpu`, `blender`, `net`. A task holds the slots its stage declares
+//! while it runs; the executor has a fixed number of each.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub const SLOT_NAMES: [&str; 4] = ["cpu", "gpu", "blender", "net"];
+
+/// Counts per slot kind (what a task needs, or what an executor has).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpu: u32,
+    #[serde(default)]
+    pub gpu: u32,
+    #[serde(default)]
+    pub blender: u32,
+    #[serde(default)]
+    pub net: u32,
+}
+
+impl Resources {
+    pub const ONE_CPU: Resources = Resources {
+        cpu: 1,
+        gpu: 0,
+        blender: 0,
+        net: 0,
+    };
+
+    pub fn as_array(&self) -> [u32; 4] {
+        [self.cpu, self.gpu, self.blender, self.net]
+    }
+
+    pub fn from_array(a: [u32; 4]) -> Resources {
+        Resources {
+            cpu: a[0],
+            gpu: a[1],
+            blender: a[2],
+            net: a[3],
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.as_array().iter().all(|n| *n == 0)
+    }
+
+    /// Whether `need` fits in what is free now.
+    pub fn fits(&self, need: &Resources) -> bool {
+        self.as_array()
+            .iter()
+            .zip(need.as_array())
+            .all(|(have, need)| *have >= need)
+    }
+
+    pub fn take(&mut self, need: &Resources) {
+        let mut a = self.as_array();
+        for (have, need) in a.iter_mut().zip(need.as_array()) {
+            *have -= need;
+        }
+        *self = Resources::from_array(a);
+    }
+
+    pub fn give(&mut self, need: &Resources) {
+        let mut a = self.as_array();
+        for (have, need) in a.iter_mut().zip(need.as_array()) {
+            *have += need;
+        }
+        *self = Resources::from_array(a);
+    }
+
+    /// The first slot kind where `need` exceeds `self` (the capacity): (name, need, have).
+    pub fn shortfall(&self, need: &Resources) -> Option<(&'static str, u32, u32)> {
+        SLOT_NAMES
+            .iter()
+            .zip(self.as_array().into_iter().zip(need.as_array()))
+            .find(|(_, (have, need))| need > have)
+            .map(|(name, (have, need))| (*name, need, have))
+    }
+
+    /// This machine's defaults: one cpu slot per core, one gpu slot per visible GPU, one
+    /// Blender process (Cycles already uses every core), eight concurrent downloads.
+    pub fn machine_defaults() -> Resources {
+        Resources {
+            cpu: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            gpu: visible_gpus(),
+            blender: 1,
+            net: 8,
+        }
+    }
+
+    /// Parses `cpu=4,gpu=1` (the `--slots` flag).
+    pub fn parse_overrides(text: &str, base: Resources) -> Result<Resources, String> {
+        let mut a = base.as_array();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not NAME=COUNT (e.g. cpu=4,gpu=1)"))?;
+            let idx = SLOT_NAMES
+                .iter()
+                .position(|n| *n == name.trim())
+                .ok_or_else(|| {
+                    format!(
+                        "unknown slot `{}`; slots are {}",
+                        name.trim(),
+                        SLOT_NAMES.join(", ")
+                    )
+                })?;
+            a[idx] = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("slot count `{}` is not a whole number", value.trim()))?;
+        }
+        Ok(Resources::from_array(a))
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = SLOT_NAMES
+            .iter()
+            .zip(self.as_array())
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else the NVIDIA device nodes.
+fn visible_gpus() -> u32 {
+    if let Ok(visible) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        let visible = visible.trim();
+        if visible.is_empty() || visible == "-1" || visible.eq_ignore_ascii_case("none") {
+            return 0;
+        }
+        return visible.split(',').filter(|s| !s.trim().is_empty()).count() as u32;
+    }
+    std::fs::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.strip_prefix("nvidia")
+                        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+                })
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_and_name_bad_slots() {
+        let base = Resources::ONE_CPU;
+        let r = Resources::parse_overrides("cpu=4, gpu=1", base).unwrap();
+        assert_eq!((r.cpu, r.gpu, r.net), (4, 1, 0));
+        let err = Resources::parse_overrides("gpus=1", base).unwrap_err();
+        assert!(err.contains("unknown slot `gpus`"), "{err}");
+    }
+
+    #[test]
+    fn shortfall_names_the_slot() {
+        let have = Resources::ONE_CPU;
+        let need = Resources {
+            gpu: 1,
+            ..Resources::default()
+        };
+        assert_eq!(have.shortfall(&need), Some(("gpu", 1, 0)));
+        assert!(have.fits(&Resources::ONE_CPU));
+    }
+}

@@ -1,0 +1,11 @@
+//! mvc: a content-addressed job-graph orchestrator for multi-view CLIP consistency studies.
+//!
+//! The library holds everything; `src/main.rs` is the command line over it, and the tests
+//! drive both.
+
+pub mod commands;
+pub mod exec;
+pub mod pipeline;
+pub mod stages;
+pub mod store;
+pub mod task;

@@ -1,0 +1,295 @@
+//! The `mvc` command line.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mvc::commands;
+use mvc::exec::plan::plan;
+use mvc::exec::run::{RunOptions, run};
+use mvc::pipeline::Pipeline;
+use mvc::store::Store;
+use mvc::store::records::RunOutcome;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "mvc",
+    version,
+    about = "Content-addressed pipelines for multi-view CLIP consistency studies",
+    long_about = "Runs pipeline files of stages whose tasks are cached by content: after a \
+                  change, only the tasks it invalidated run, and `mvc plan` says which and why."
+)]
+struct Cli {
+    /// Cache directory (default: the pipeline's `cache`, else ./cache).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// More log output (-v: info, -vv: debug); MVC_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: plan it, then execute every task that is not cached.
+    Run {
+        file: PathBuf,
+        /// Print a JSON summary as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        /// CPU slots (concurrent cpu tasks); default: the number of cores.
+        #[arg(short, long)]
+        jobs: Option<u32>,
+        /// Slot counts, e.g. `cpu=4,gpu=1,blender=2,net=8`.
+        #[arg(long, value_name = "SLOTS")]
+        slots: Option<String>,
+        /// Continue past item failures (the default).
+        #[arg(long, conflicts_with = "fail_fast")]
+        keep_going: bool,
+        /// Stop starting new tasks after the first failure.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Run again the items whose failure an earlier run recorded.
+        #[arg(long)]
+        retry_failed: bool,
+        /// Seconds running tasks get to finish after Ctrl-C before they are killed.
+        #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+        grace: f64,
+        /// No progress display.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Say what `run` would do and why, without running anything.
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Plan as if --retry-failed were given to run.
+        #[arg(long)]
+        retry_failed: bool,
+    },
+    /// Show a task's key record and what changed since the last record for its item.
+    #[command(
+        override_usage = "mvc why FILE STAGE ITEM\n       mvc why KEY",
+        arg_required_else_help = true
+    )]
+    Why {
+        /// FILE STAGE ITEM, or a task KEY (64 hex digits or a unique prefix).
+        #[arg(num_args = 1..=3, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// What the cache holds and its last runs; with FILE, where each stage stands.
+    Status {
+        file: Option<PathBuf>,
+        /// Re-hash every blob and check every index entry.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete what the last runs did not reach.
+    Gc {
+        /// A pipeline file, to use its cache directory.
+        file: Option<PathBuf>,
+        /// Report what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Runs to keep per pipeline.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        keep_runs: usize,
+    },
+    /// Write a stage's outputs as ordinary files: DIR/<item>/<output>.
+    Export {
+        file: PathBuf,
+        stage: String,
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MVC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+fn cache_dir(flag: &Option<PathBuf>, pipeline: Option<&Pipeline>) -> PathBuf {
+    flag.clone()
+        .or_else(|| pipeline.map(|p| p.cache_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("cache"))
+}
+
+fn load(file: &Path) -> Result<Pipeline> {
+    Ok(Pipeline::load(file)?)
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            file,
+            json,
+            jobs,
+            slots,
+            keep_going: _,
+            fail_fast,
+            retry_failed,
+            grace,
+            quiet,
+        } => {
+            let pipeline = load(&file)?;
+            let slots = pipeline
+                .slots(jobs, slots.as_deref())
+                .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+            let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
+            let opts = RunOptions {
+                slots,
+                keep_going: !fail_fast,
+                retry_failed,
+                grace: Duration::from_secs_f64(grace.max(0.0)),
+                quiet,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(run(&pipeline, store, opts))?;
+            if json {
+                eprint!("{}", report.to_text());
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(match report.outcome {
+                RunOutcome::Ok => ExitCode::SUCCESS,
+                RunOutcome::Failed => ExitCode::from(1),
+                RunOutcome::Interrupted => ExitCode::from(130),
+            })
+        }
+        Command::Plan {
+            file,
+            json,
+            retry_failed,
+        } => {
+            let pipeline = load(&file)?;
+            let dir = cache_dir(&cli.cache, Some(&pipeline));
+            let store = Arc::new(Store::open(&dir)?);
+            let (_, report) = plan(&pipeline, store, retry_failed)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text(&pipeline, &dir));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Why { args } => match args.as_slice() {
+            [key] => {
+                let store = Store::open(&cache_dir(&cli.cache, None))?;
+                print!("{}", commands::why::why_key(&store, key)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            [file, stage, item] => {
+                let pipeline = load(Path::new(file))?;
+                let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
+                let (engine, _) = plan(&pipeline, store, false)?;
+                print!("{}", commands::why::why_task(&engine, stage, item)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => anyhow::bail!("usage: mvc why FILE STAGE ITEM, or mvc why KEY"),
+        },
+        Command::Status { file, verify, json } => {
+            let pipeline = file.as_deref().map(load).transpose()?;
+            let dir = cache_dir(&cli.cache, pipeline.as_ref());
+            if !dir.exists() {
+                anyhow::bail!(
+                    "there is no cache at {} yet (a first `mvc run` creates it)",
+                    dir.display()
+                );
+            }
+            let store = Arc::new(Store::open(&dir)?);
+            let summary = commands::status::summarize(&store, 5)?;
+            let plan_report = match &pipeline {
+                Some(p) => Some(plan(p, store.clone(), false)?.1),
+                None => None,
+            };
+            let verify_report = verify.then(|| mvc::store::verify::verify(&store)).transpose()?;
+            if json {
+                let value = serde_json::json!({
+                    "cache": summary,
+                    "stages": plan_report.as_ref().map(|p| &p.stages),
+                    "verify": verify_report.as_ref().map(|v| serde_json::json!({
+                        "clean": v.clean(),
+                        "problems": v.problems,
+                        "blobs": v.blobs,
+                        "results": v.results,
+                    })),
+                });
+                println!("{value}");
+            } else {
+                print!(
+                    "{}",
+                    commands::status::to_text(&summary, plan_report.as_ref(), verify_report.as_ref())
+                );
+            }
+            Ok(match verify_report {
+                Some(v) if !v.clean() => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            })
+        }
+        Command::Gc {
+            file,
+            dry_run,
+            keep_runs,
+        } => {
+            let pipeline = file.as_deref().map(load).transpose()?;
+            let store = Store::open(&cache_dir(&cli.cache, pipeline.as_ref()))?;
+            let report = mvc::store::gc::gc(&store, keep_runs.max(1), dry_run)?;
+            print!("{}", commands::gc::to_text(&report, keep_runs.max(1)));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { file, stage, dir } => {
+            let pipeline = load(&file)?;
+            let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
+            let (engine, _) = plan(&pipeline, store, false)?;
+            let report = commands::export::export(&engine, &file, &stage, &dir)?;
+            println!(
+                "exported {} item(s), {} file(s) ({}) of stage `{stage}` to {}",
+                report.items,
+                report.files,
+                commands::human_bytes(report.bytes),
+                dir.display()
+            );
+            if !report.failed.is_empty() {
+                println!(
+                    "skipped {} failed item(s): {}",
+                    report.failed.len(),
+                    report.failed.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

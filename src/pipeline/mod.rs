@@ -1,0 +1,156 @@
+//! Pipeline files: schema, validation and the stage graph.
+//!
+//! Relative paths in a pipeline file (the cache, `items_file`, `files`) are relative to the
+//! directory mvc runs in, as in Snakemake and Nextflow: `mvc run pipelines/full.toml` from
+//! the repository root uses `./cache`.
+
+pub mod graph;
+pub mod parse;
+
+use crate::exec::slots::Resources;
+use crate::stages::StageKind;
+use crate::stages::command::CommandStage;
+use parse::{ExecutorTable, StageParams};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An error in a pipeline file, with its position when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineError {
+    pub file: PathBuf,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl PipelineError {
+    pub fn whole(file: &Path, message: impl Into<String>) -> PipelineError {
+        PipelineError {
+            file: file.to_path_buf(),
+            position: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn at(file: &Path, src: &str, offset: usize, message: impl Into<String>) -> PipelineError {
+        PipelineError {
+            file: file.to_path_buf(),
+            position: Some(line_col(src, offset)),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, src[line_start..offset].chars().count() + 1)
+}
+
+/// A validated stage.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    /// Line of its `[stage.NAME]` table.
+    pub line: usize,
+    /// Upstream stage names, in the order written.
+    pub inputs: Vec<String>,
+    pub kind: Arc<dyn StageKind>,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub name: String,
+    pub cache_dir: PathBuf,
+    pub executor: ExecutorTable,
+    /// In declaration order.
+    pub stages: Vec<Stage>,
+    /// Stage indices in a topological order (upstream first; ties in declaration order).
+    pub order: Vec<usize>,
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file; nothing runs before this succeeds.
+    pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            PipelineError::whole(path, format!("cannot read the pipeline file: {e}"))
+        })?;
+        Pipeline::parse(path, &src)
+    }
+
+    pub fn parse(path: &Path, src: &str) -> Result<Pipeline, PipelineError> {
+        let raw = parse::parse(path, src)?;
+        let order = graph::check(path, src, &raw.stages)?;
+        let mut stages = Vec::with_capacity(raw.stages.len());
+        for stage in raw.stages {
+            let line = line_col(src, stage.span.start).0;
+            let fail = |e: anyhow::Error| {
+                PipelineError::at(path, src, stage.span.start, format!("{e:#}"))
+            };
+            let inputs: Vec<String> = stage
+                .params
+                .inputs()
+                .iter()
+                .map(|i| i.get_ref().clone())
+                .collect();
+            let kind: Arc<dyn StageKind> = match stage.params {
+                StageParams::Command(p) => {
+                    Arc::new(CommandStage::new(&stage.name, p).map_err(fail)?)
+                }
+            };
+            stages.push(Stage {
+                name: stage.name,
+                line,
+                inputs,
+                kind,
+            });
+        }
+        let name = raw.pipeline.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "pipeline".into())
+        });
+        let cache_dir = PathBuf::from(raw.pipeline.cache.as_deref().unwrap_or("cache"));
+        Ok(Pipeline {
+            path: path.to_path_buf(),
+            name,
+            cache_dir,
+            executor: raw.executor.unwrap_or_default(),
+            stages,
+            order,
+        })
+    }
+
+    pub fn stage_index(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    /// The executor's slots: machine defaults, then `[executor]`, then flags.
+    pub fn slots(&self, jobs: Option<u32>, overrides: Option<&str>) -> Result<Resources, String> {
+        let mut slots = self.executor.apply(Resources::machine_defaults());
+        if let Some(jobs) = jobs {
+            slots.cpu = jobs;
+        }
+        if let Some(text) = overrides {
+            slots = Resources::parse_overrides(text, slots)?;
+        }
+        Ok(slots)
+    }
+}

@@ -1,0 +1,554 @@
+//! Stage kind `command`: runs a shell command per item, with declared inputs and outputs.
+//!
+//! Each task runs `sh -c CMD` in a fresh directory with:
+//! - `MVC_ITEM`: the item id;
+//! - `MVC_OUT`: a directory it fills; every file left there becomes an output;
+//! - `MVC_IN_<UPSTREAM>`: the upstream item's output files (per item), or one sub-directory
+//!   per upstream item (all at once);
+//! - `MVC_PARAM_<NAME>`: each entry of `params` (strings as they are, other values as JSON);
+//! - `MVC_FILE_<NAME>`: the absolute path of each entry of `files`.
+
+use super::{
+    Binding, ExecCtx, ExpandCtx, Expansion, ItemDecl, ParamCtx, PlannedItem, StageKind, TaskOutcome,
+    UnitTask, env_name, validate_item_id,
+};
+use crate::exec::slots::Resources;
+use crate::exec::workdir::{ingest_outputs, materialize_input, safe_relative};
+use crate::store::records::now_ms;
+use crate::task::{ParamSlice, canonical_json, flatten_into};
+use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use toml::Spanned;
+
+/// Bump when the same command and inputs would give different outputs (environment,
+/// input layout, output rules).
+const VERSION: u32 = 1;
+
+/// The id of the single task of an all-at-once stage without items of its own.
+pub const ALL_ITEM: &str = "all";
+
+/// The `[stage.NAME]` table of a `command` stage, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandParams {
+    pub kind: String,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    pub cmd: String,
+    pub items: Option<Vec<ItemDecl>>,
+    pub items_file: Option<String>,
+    pub per_item: Option<bool>,
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default)]
+    pub files: IndexMap<String, String>,
+    pub outputs: Option<Vec<String>>,
+    pub resources: Option<Resources>,
+    /// Seconds a task may run before it is killed and counted as failed.
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct CommandStage {
+    stage: String,
+    cmd: String,
+    has_inputs: bool,
+    items: Option<Vec<ItemDecl>>,
+    item_params: HashMap<String, toml::Table>,
+    items_file: Option<PathBuf>,
+    per_item: bool,
+    params: toml::Table,
+    files: IndexMap<String, PathBuf>,
+    outputs: Option<Vec<String>>,
+    resources: Resources,
+    timeout: Option<Duration>,
+}
+
+impl CommandStage {
+    /// Checks a command stage's table; errors name the stage and say what to write.
+    pub fn new(stage: &str, p: CommandParams) -> Result<CommandStage> {
+        if p.cmd.trim().is_empty() {
+            bail!("stage `{stage}`: `cmd` is empty; give the shell command each task runs");
+        }
+        if p.items.is_some() && p.items_file.is_some() {
+            bail!("stage `{stage}`: give either `items` or `items_file`, not both");
+        }
+        let own_items = p.items.is_some() || p.items_file.is_some();
+        if !own_items && p.inputs.is_empty() {
+            bail!(
+                "stage `{stage}` has nothing to fan out over: give `items = [\"a\", \"b\"]`, \
+                 `items_file = \"ids.txt\"`, or `inputs = [\"upstream\"]`"
+            );
+        }
+        if own_items && p.per_item == Some(true) {
+            bail!(
+                "stage `{stage}`: `per_item = true` takes its items from the inputs, so it \
+                 cannot be combined with `items` or `items_file`"
+            );
+        }
+        if p.per_item.is_some() && p.inputs.is_empty() {
+            bail!("stage `{stage}`: `per_item` says how to read inputs, but the stage has none");
+        }
+        let mut item_params = HashMap::new();
+        if let Some(items) = &p.items {
+            let mut seen = HashSet::new();
+            for item in items {
+                validate_item_id(&item.id).map_err(|e| anyhow::anyhow!("stage `{stage}`: {e}"))?;
+                if !seen.insert(item.id.as_str()) {
+                    bail!("stage `{stage}`: item `{}` is listed twice in `items`", item.id);
+                }
+                check_param_names(stage, &item.params)?;
+                if !item.params.is_empty() {
+                    item_params.insert(item.id.clone(), item.params.clone());
+                }
+            }
+        }
+        check_param_names(stage, &p.params)?;
+        let mut file_envs = HashMap::new();
+        for name in p.files.keys() {
+            if let Some(other) = file_envs.insert(env_name(name), name) {
+                bail!(
+                    "stage `{stage}`: files `{other}` and `{name}` both become MVC_FILE_{}; \
+                     rename one",
+                    env_name(name)
+                );
+            }
+        }
+        if let Some(outputs) = &p.outputs {
+            for name in outputs {
+                if safe_relative(name).is_none() {
+                    bail!(
+                        "stage `{stage}`: output `{name}` must be a relative path inside \
+                         $MVC_OUT (no `..`, not absolute)"
+                    );
+                }
+            }
+        }
+        let resources = p.resources.unwrap_or(Resources::ONE_CPU);
+        if resources.is_zero() {
+            bail!(
+                "stage `{stage}`: `resources` holds no slot; a task must hold at least one \
+                 (e.g. resources = {{ cpu = 1 }})"
+            );
+        }
+        let timeout = match p.timeout {
+            Some(t) if !(t > 0.0 && t.is_finite()) => {
+                bail!("stage `{stage}`: `timeout` must be a positive number of seconds")
+            }
+            Some(t) => Some(Duration::from_secs_f64(t)),
+            None => None,
+        };
+        Ok(CommandStage {
+            stage: stage.to_string(),
+            cmd: p.cmd,
+            has_inputs: !p.inputs.is_empty(),
+            per_item: !own_items && p.per_item.unwrap_or(true),
+            items: p.items,
+            item_params,
+            items_file: p.items_file.map(PathBuf::from),
+            params: p.params,
+            files: p.files.into_iter().map(|(k, v)| (k, PathBuf::from(v))).collect(),
+            outputs: p.outputs,
+            resources,
+            timeout,
+        })
+    }
+
+    fn own_items(&self) -> Result<Option<Vec<PlannedItem>>> {
+        if let Some(items) = &self.items {
+            return Ok(Some(
+                items
+                    .iter()
+                    .map(|i| PlannedItem {
+                        id: i.id.clone(),
+                        params: item_slice(&i.params),
+                    })
+                    .collect(),
+            ));
+        }
+        let Some(path) = &self.items_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "stage `{}`: reading items_file {} (paths are relative to the directory mvc \
+                 runs in)",
+                self.stage,
+                path.display()
+            )
+        })?;
+        let mut seen = HashSet::new();
+        let mut items = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let id = line.trim();
+            if id.is_empty() || id.starts_with('#') {
+                continue;
+            }
+            validate_item_id(id).map_err(|e| {
+                anyhow::anyhow!("{}:{}: {e} (stage `{}`)", path.display(), n + 1, self.stage)
+            })?;
+            if !seen.insert(id.to_string()) {
+                bail!(
+                    "{}:{}: item `{id}` is listed twice (stage `{}`)",
+                    path.display(),
+                    n + 1,
+                    self.stage
+                );
+            }
+            items.push(PlannedItem {
+                id: id.to_string(),
+                params: ParamSlice::new(),
+            });
+        }
+        Ok(Some(items))
+    }
+
+    fn env_params(&self, item: &str) -> Vec<(String, String)> {
+        let mut merged = self.params.clone();
+        if let Some(own) = self.item_params.get(item) {
+            merge_tables(&mut merged, own);
+        }
+        merged
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => canonical_json(other),
+                };
+                (format!("MVC_PARAM_{}", env_name(k)), text)
+            })
+            .collect()
+    }
+
+    async fn run_task(&self, ctx: &ExecCtx, task: UnitTask) -> TaskOutcome {
+        let dir = ctx.store.tmp_dir().join(task.key.to_hex());
+        let outcome = self.run_in(ctx, &task, &dir).await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        outcome.unwrap_or_else(|e| TaskOutcome::Failed {
+            error: format!("{e:#}"),
+            stderr: None,
+        })
+    }
+
+    async fn run_in(&self, ctx: &ExecCtx, task: &UnitTask, dir: &Path) -> Result<TaskOutcome> {
+        let _ = tokio::fs::remove_dir_all(dir).await;
+        let work = dir.join("work");
+        let out = dir.join("out");
+        for d in [&work, &out] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .with_context(|| format!("creating {}", d.display()))?;
+        }
+        let mut env: Vec<(String, String)> = vec![
+            ("MVC_ITEM".into(), task.item.clone()),
+            ("MVC_OUT".into(), out.display().to_string()),
+        ];
+        for input in &task.inputs {
+            let in_dir = dir.join("in").join(&input.stage);
+            std::fs::create_dir_all(&in_dir)?;
+            let store = ctx.store.clone();
+            let input_data = input.clone();
+            let target = in_dir.clone();
+            let materialized = tokio::task::spawn_blocking(move || {
+                materialize_input(&store, &target, &input_data)
+            })
+            .await?;
+            if let Err(corrupt) = materialized {
+                return Ok(TaskOutcome::InputCorrupt {
+                    stage: corrupt.stage,
+                    item: corrupt.item,
+                    error: corrupt.error.to_string(),
+                });
+            }
+            env.push((
+                format!("MVC_IN_{}", env_name(&input.stage)),
+                in_dir.display().to_string(),
+            ));
+        }
+        env.extend(self.env_params(&task.item));
+        for (name, path) in &self.files {
+            let abs = std::path::absolute(path)?;
+            env.push((format!("MVC_FILE_{}", env_name(name)), abs.display().to_string()));
+        }
+
+        let stdout_path = dir.join("stdout");
+        let stderr_path = dir.join("stderr");
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.cmd)
+            .current_dir(&work)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path)?)
+            .stderr(std::fs::File::create(&stderr_path)?)
+            // Its own process group: a terminal's Ctrl-C reaches mvc only, which decides
+            // whether running tasks finish or are killed (as a group, children included).
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
+        // and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // If mvc is killed (even by SIGKILL) its tasks die with it instead of
+                // finishing unobserved and racing the next run.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let started_ms = now_ms();
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .context("starting `sh` (is a POSIX shell on PATH?)")?;
+        let pid = child.id().map(|p| p as i32);
+        let timeout = async {
+            match self.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => status?,
+            _ = ctx.kill.cancelled() => {
+                kill_group(pid);
+                let _ = child.wait().await;
+                return Ok(TaskOutcome::Cancelled);
+            }
+            _ = timeout => {
+                kill_group(pid);
+                let _ = child.wait().await;
+                let stderr = store_log(ctx, &stderr_path);
+                return Ok(TaskOutcome::Failed {
+                    error: format!(
+                        "timed out after {:.1}s (the stage's `timeout`)",
+                        self.timeout.unwrap_or_default().as_secs_f64()
+                    ),
+                    stderr,
+                });
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let stdout = store_log(ctx, &stdout_path);
+        let stderr = store_log(ctx, &stderr_path);
+        if !status.success() {
+            let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                (Some(code), _) => format!("exit status {code}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => status.to_string(),
+            };
+            let tail = last_lines(&stderr_path, 3);
+            let error = if tail.is_empty() {
+                format!("command failed with {how} (no stderr)")
+            } else {
+                format!("command failed with {how}: {tail}")
+            };
+            return Ok(TaskOutcome::Failed { error, stderr });
+        }
+
+        let store = ctx.store.clone();
+        let out_dir = out.clone();
+        let outputs = tokio::task::spawn_blocking(move || ingest_outputs(&store, &out_dir)).await?;
+        let outputs = match outputs {
+            Ok(o) => o,
+            Err(error) => return Ok(TaskOutcome::Failed { error, stderr }),
+        };
+        match &self.outputs {
+            None if outputs.is_empty() => {
+                return Ok(TaskOutcome::Failed {
+                    error: format!(
+                        "the command wrote nothing into $MVC_OUT; every file it leaves there \
+                         becomes an output. Write its results there, or set `outputs = []` on \
+                         stage `{}` if it has none",
+                        self.stage
+                    ),
+                    stderr,
+                });
+            }
+            Some(required) => {
+                let missing: Vec<&str> = required
+                    .iter()
+                    .filter(|r| !outputs.iter().any(|o| o.name == **r))
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    return Ok(TaskOutcome::Failed {
+                        error: format!(
+                            "the command did not write the declared output(s) {} into $MVC_OUT",
+                            missing
+                                .iter()
+                                .map(|m| format!("`{m}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        stderr,
+                    });
+                }
+            }
+            None => {}
+        }
+        Ok(TaskOutcome::Success {
+            outputs,
+            stdout,
+            stderr,
+            started_ms,
+            duration_ms,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl StageKind for CommandStage {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn version(&self) -> u32 {
+        VERSION
+    }
+
+    fn resources(&self) -> Resources {
+        self.resources
+    }
+
+    fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice> {
+        let mut slice = ParamSlice::new();
+        slice.insert("cmd".into(), serde_json::to_string(&self.cmd)?);
+        if self.has_inputs {
+            slice.insert("per_item".into(), self.per_item.to_string());
+        }
+        if let Some(outputs) = &self.outputs {
+            slice.insert("outputs".into(), serde_json::to_string(outputs)?);
+        }
+        for (k, v) in &self.params {
+            flatten_into(&mut slice, &format!("params.{k}"), v);
+        }
+        for (name, path) in &self.files {
+            let digest = ctx.file_digest(path).with_context(|| {
+                format!(
+                    "stage `{}`: file `{name}` ({}) (paths are relative to the directory mvc \
+                     runs in)",
+                    self.stage,
+                    path.display()
+                )
+            })?;
+            slice.insert(format!("files.{name}"), format!("\"{}\"", digest.to_hex()));
+        }
+        Ok(slice)
+    }
+
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
+        let n_inputs = ctx.inputs.len();
+        if let Some(items) = self.own_items()? {
+            return Ok(Expansion {
+                items,
+                bindings: vec![Binding::All; n_inputs],
+            });
+        }
+        if self.per_item {
+            let (_, first) = ctx.inputs[0];
+            Ok(Expansion {
+                items: first
+                    .iter()
+                    .map(|id| PlannedItem {
+                        id: id.to_string(),
+                        params: ParamSlice::new(),
+                    })
+                    .collect(),
+                bindings: vec![Binding::Item; n_inputs],
+            })
+        } else {
+            Ok(Expansion {
+                items: vec![PlannedItem {
+                    id: ALL_ITEM.to_string(),
+                    params: ParamSlice::new(),
+                }],
+                bindings: vec![Binding::All; n_inputs],
+            })
+        }
+    }
+
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::with_capacity(unit.len());
+        for task in unit {
+            outcomes.push(self.run_task(ctx, task).await);
+        }
+        outcomes
+    }
+}
+
+fn item_slice(params: &toml::Table) -> ParamSlice {
+    let mut slice = ParamSlice::new();
+    for (k, v) in params {
+        flatten_into(&mut slice, &format!("params.{k}"), v);
+    }
+    slice
+}
+
+fn check_param_names(stage: &str, params: &toml::Table) -> Result<()> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for name in params.keys() {
+        if let Some(other) = seen.insert(env_name(name), name) {
+            bail!(
+                "stage `{stage}`: params `{other}` and `{name}` both become MVC_PARAM_{}; \
+                 rename one",
+                env_name(name)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn kill_group(pid: Option<i32>) {
+    if let Some(pid) = pid {
+        // SAFETY: signalling a process group we created; a stale id only gets ESRCH.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Stores a non-empty log file as a blob.
+fn store_log(ctx: &ExecCtx, path: &Path) -> Option<crate::task::Digest> {
+    let bytes = std::fs::read(path).ok().filter(|b| !b.is_empty())?;
+    match ctx.store.blobs().put_bytes(&bytes) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!("could not keep the log {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// The last `n` non-empty lines of a text file, joined with " | ", at most 400 characters.
+fn last_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    if tail.chars().count() > 400 {
+        let skip = tail.chars().count() - 400;
+        format!("…{}", tail.chars().skip(skip).collect::<String>())
+    } else {
+        tail
+    }
+}

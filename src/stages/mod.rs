@@ -1,0 +1,148 @@
+//! Stage kinds: what a stage of each `kind` reads, fans out over, and does.
+//!
+//! The engine knows stages only through [`StageKind`]: items and how they bind to inputs,
+//! the parameter slices that go into keys, the resources a task holds, how tasks group into
+//! execution units, and how a unit executes.
+
+pub mod command;
+mod item_decl;
+
+use crate::exec::slots::Resources;
+use crate::exec::workdir::InputData;
+use crate::store::Store;
+use crate::store::records::Output;
+use crate::task::{Digest, ParamSlice, TaskKey};
+use anyhow::Result;
+use std::path::Path;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub use item_decl::{ItemDecl, validate_item_id};
+
+/// The kinds this build of mvc can run.
+pub const KINDS: &[&str] = &["command"];
+
+/// Kinds the design names that later versions add; asked for here they get a clear message.
+pub const PLANNED_KINDS: &[&str] = &[
+    "download", "render", "embed", "split", "train", "evaluate", "report",
+];
+
+/// How a task reads one of its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The upstream task with the same item id.
+    Item,
+    /// Every (successful) task of the upstream stage at once.
+    All,
+}
+
+/// An item of a stage: its stable id and the parameters that belong to it alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedItem {
+    pub id: String,
+    pub params: ParamSlice,
+}
+
+/// What a stage fans out over, and how each of its inputs binds.
+#[derive(Debug)]
+pub struct Expansion {
+    pub items: Vec<PlannedItem>,
+    /// One per input, in the order of `inputs`.
+    pub bindings: Vec<Binding>,
+}
+
+/// What a kind may consult while expanding: its upstream stages' item ids.
+pub struct ExpandCtx<'a> {
+    pub stage: &'a str,
+    pub inputs: Vec<(&'a str, &'a [Box<str>])>,
+}
+
+/// What a kind may consult while computing its shared parameters (file digests go through
+/// the stat cache).
+pub struct ParamCtx<'a> {
+    pub store: &'a Store,
+}
+
+impl ParamCtx<'_> {
+    pub fn file_digest(&self, path: &Path) -> Result<Digest> {
+        Ok(self.store.file_digest(path)?.0)
+    }
+}
+
+/// One task of a unit, with everything needed to execute it.
+pub struct UnitTask {
+    pub key: TaskKey,
+    pub item: String,
+    pub item_params: ParamSlice,
+    /// One per input, in the order of `inputs`.
+    pub inputs: Vec<InputData>,
+}
+
+/// What executing one task gave.
+#[derive(Debug)]
+pub enum TaskOutcome {
+    Success {
+        outputs: Vec<Output>,
+        stdout: Option<Digest>,
+        stderr: Option<Digest>,
+        started_ms: u64,
+        duration_ms: u64,
+    },
+    /// A permanent item failure: recorded in the negative cache.
+    Failed {
+        error: String,
+        stderr: Option<Digest>,
+    },
+    /// An input blob failed verification while being read: not this task's fault. Its
+    /// producer is re-run and this task waits for it.
+    InputCorrupt {
+        stage: String,
+        item: String,
+        error: String,
+    },
+    /// Stopped by Ctrl-C: nothing is recorded.
+    Cancelled,
+}
+
+/// What a unit runs with.
+pub struct ExecCtx {
+    pub store: Arc<Store>,
+    pub stage: String,
+    pub input_names: Vec<String>,
+    /// Fired when running work must stop now (second Ctrl-C, or the grace period ended).
+    pub kill: CancellationToken,
+}
+
+#[async_trait::async_trait]
+pub trait StageKind: Send + Sync + std::fmt::Debug {
+    /// The `kind` string of the pipeline file.
+    fn kind(&self) -> &'static str;
+    /// Bumped whenever the kind's outputs change for the same inputs.
+    fn version(&self) -> u32;
+    /// The slots one task holds while it runs.
+    fn resources(&self) -> Resources;
+    /// The parameters every task of the stage reads (they go into every key).
+    fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice>;
+    /// The stage's items and how its inputs bind.
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion>;
+    /// Tasks whose group is the same `Some` run together in one unit (one Blender process
+    /// for all missing views of an object); `None` runs the task alone.
+    fn unit_group(&self, _item: &str) -> Option<String> {
+        None
+    }
+    /// Runs one unit; returns one outcome per task, in order.
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome>;
+}
+
+/// Upper-cases a name for an environment variable: letters and digits kept, others `_`.
+pub fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,306 @@
+//! The content-addressed blob store: `blobs/ab/cdef…`, named by the blake3 of the content.
+//!
+//! Writes go to a temp file in the blob's own directory, are fsynced, then renamed, so a
+//! reader never sees half a blob and a killed process leaves at most a `.tmp` file behind.
+//! Reads verify the digest; a blob that fails is removed, so the caller treats it as a miss.
+
+use crate::task::Digest;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} is missing from the cache")]
+    Missing(Digest),
+    #[error(
+        "blob {digest} failed verification (its content hashes to {actual}); it was removed \
+         and will be treated as a cache miss"
+    )]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error("reading blob {digest}: {source}")]
+    Io { digest: Digest, source: io::Error },
+}
+
+impl BlobError {
+    pub fn is_missing_or_corrupt(&self) -> bool {
+        matches!(self, BlobError::Missing(_) | BlobError::Corrupt { .. })
+    }
+}
+
+/// Prefix of temp files; anything starting with it is not a blob.
+const TMP_PREFIX: &str = ".tmp";
+const CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    pub fn new(dir: PathBuf) -> BlobStore {
+        BlobStore { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+
+    fn shard(&self, digest: &Digest) -> io::Result<PathBuf> {
+        let shard = self.dir.join(&digest.to_hex()[..2]);
+        fs::create_dir_all(&shard)?;
+        Ok(shard)
+    }
+
+    /// Size of the blob if it is present (a cheap check: no read).
+    pub fn size(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.path(digest)).ok().map(|m| m.len())
+    }
+
+    pub fn put_bytes(&self, bytes: &[u8]) -> io::Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.size(&digest) == Some(bytes.len() as u64) {
+            return Ok(digest);
+        }
+        let shard = self.shard(&digest)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(&shard)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(self.path(&digest)).map_err(|e| e.error)?;
+        sync_dir(&shard)?;
+        Ok(digest)
+    }
+
+    /// Moves `src` (a file on the same file system, such as a task's output) into the store.
+    pub fn put_file(&self, src: &Path) -> io::Result<(Digest, u64)> {
+        let mut file = File::open(src)?;
+        let mut hasher = blake3::Hasher::new();
+        let size = io::copy(&mut file, &mut hasher)?;
+        let digest = Digest::from_hasher(&hasher);
+        if self.size(&digest) == Some(size) {
+            fs::remove_file(src)?;
+            return Ok((digest, size));
+        }
+        // The task may still hold the file open for writing in theory; we own it now.
+        file.sync_all()?;
+        drop(file);
+        let shard = self.shard(&digest)?;
+        let dest = self.path(&digest);
+        match fs::rename(src, &dest) {
+            Ok(()) => {}
+            // Different file system (a cache on another mount than its tmp dir): copy.
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let bytes = fs::read(src)?;
+                self.put_bytes(&bytes)?;
+                fs::remove_file(src)?;
+            }
+            Err(e) => return Err(e),
+        }
+        // Blobs are immutable; make accidental writes through a hard link less likely.
+        let _ = fs::set_permissions(&dest, readonly());
+        sync_dir(&shard)?;
+        Ok((digest, size))
+    }
+
+    /// Reads a blob whole and verifies it.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
+        let path = self.path(digest);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing(*digest));
+            }
+            Err(source) => {
+                return Err(BlobError::Io {
+                    digest: *digest,
+                    source,
+                });
+            }
+        };
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            self.quarantine(digest);
+            return Err(BlobError::Corrupt {
+                digest: *digest,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Copies a blob to `dest`, verifying it on the way; a corrupt blob leaves no `dest`.
+    pub fn copy_to(&self, digest: &Digest, dest: &Path) -> Result<u64, BlobError> {
+        let io_err = |source| BlobError::Io {
+            digest: *digest,
+            source,
+        };
+        let mut src = match File::open(self.path(digest)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing(*digest));
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let mut out = File::create(dest).map_err(io_err)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = src.read(&mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err)?;
+            total += n as u64;
+        }
+        let actual = Digest::from_hasher(&hasher);
+        if actual != *digest {
+            drop(out);
+            let _ = fs::remove_file(dest);
+            self.quarantine(digest);
+            return Err(BlobError::Corrupt {
+                digest: *digest,
+                actual,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Hashes a blob in place; `Ok(true)` when it verifies.
+    pub fn verify(&self, digest: &Digest) -> Result<bool, BlobError> {
+        let mut file = match File::open(self.path(digest)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::Missing(*digest));
+            }
+            Err(source) => {
+                return Err(BlobError::Io {
+                    digest: *digest,
+                    source,
+                });
+            }
+        };
+        let mut hasher = blake3::Hasher::new();
+        io::copy(&mut file, &mut hasher).map_err(|source| BlobError::Io {
+            digest: *digest,
+            source,
+        })?;
+        Ok(Digest::from_hasher(&hasher) == *digest)
+    }
+
+    /// Removes a blob that failed verification, so it is never served again.
+    pub fn quarantine(&self, digest: &Digest) {
+        let path = self.path(digest);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove corrupt blob {}: {e}", path.display());
+        }
+    }
+
+    pub fn remove(&self, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every blob (digest and size), and every leftover temp file, in the store.
+    pub fn list(&self) -> io::Result<BlobListing> {
+        let mut listing = BlobListing::default();
+        let shards = match fs::read_dir(&self.dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => return Err(e),
+        };
+        for shard in shards {
+            let shard = shard?;
+            let shard_name = shard.file_name().to_string_lossy().to_string();
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(TMP_PREFIX) {
+                    listing.temp_files.push(entry.path());
+                    continue;
+                }
+                match format!("{shard_name}{name}").parse::<Digest>() {
+                    Ok(digest) => listing.blobs.push((digest, entry.metadata()?.len())),
+                    Err(_) => listing.strays.push(entry.path()),
+                }
+            }
+        }
+        listing.blobs.sort();
+        Ok(listing)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct BlobListing {
+    pub blobs: Vec<(Digest, u64)>,
+    /// Temp files of writes that never finished (a killed process).
+    pub temp_files: Vec<PathBuf>,
+    /// Files that are not blobs at all.
+    pub strays: Vec<PathBuf>,
+}
+
+fn readonly() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o444)
+}
+
+/// fsync a directory so that a rename into it survives a power loss, not just a kill.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_read_and_detect_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(tmp.path().join("blobs"));
+        let d = store.put_bytes(b"hello").unwrap();
+        assert_eq!(store.read(&d).unwrap(), b"hello");
+        assert_eq!(store.put_bytes(b"hello").unwrap(), d, "idempotent");
+
+        let path = store.path(&d);
+        fs::set_permissions(&path, {
+            use std::os::unix::fs::PermissionsExt;
+            fs::Permissions::from_mode(0o644)
+        })
+        .unwrap();
+        fs::write(&path, b"hellO").unwrap();
+        let err = store.read(&d).unwrap_err();
+        assert!(err.to_string().contains("failed verification"), "{err}");
+        assert!(matches!(store.read(&d), Err(BlobError::Missing(_))));
+    }
+
+    #[test]
+    fn put_file_moves_and_lists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(tmp.path().join("blobs"));
+        let src = tmp.path().join("out.bin");
+        fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let (d, size) = store.put_file(&src).unwrap();
+        assert_eq!(size, 100_000);
+        assert!(!src.exists());
+        let dest = tmp.path().join("copy.bin");
+        assert_eq!(store.copy_to(&d, &dest).unwrap(), 100_000);
+        assert_eq!(fs::read(&dest).unwrap(), vec![7u8; 100_000]);
+        let listing = store.list().unwrap();
+        assert_eq!(listing.blobs, vec![(d, 100_000)]);
+    }
+}

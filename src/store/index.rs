@@ -1,0 +1,144 @@
+//! The index: small, ordered key-value trees. One trait, one backend (sled), so that the
+//! backend can be replaced in one file if sled's known problems (space growth, crash
+//! recovery) bite.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// The trees of the index (DESIGN.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tree {
+    /// Index-wide facts: the schema version.
+    Meta,
+    /// Task key → task result (output manifest, logs, timing).
+    Tasks,
+    /// Task key → key record, for `mvc why` and plan reasons.
+    Records,
+    /// Shared-parameter digest → parameter slice (stored once per stage version).
+    Params,
+    /// `stage \0 item` → the key of the last result recorded for that item.
+    Latest,
+    /// Task key → permanent item failure (the negative cache).
+    Failures,
+    /// Absolute path → (size, mtime, inode) → digest: the stat cache.
+    Stats,
+    /// Run id → run summary.
+    Runs,
+    /// Stage name → digest of the stage's plan memo blob.
+    Memos,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 9] = [
+        Tree::Meta,
+        Tree::Tasks,
+        Tree::Records,
+        Tree::Params,
+        Tree::Latest,
+        Tree::Failures,
+        Tree::Stats,
+        Tree::Runs,
+        Tree::Memos,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Tasks => "tasks",
+            Tree::Records => "records",
+            Tree::Params => "params",
+            Tree::Latest => "latest",
+            Tree::Failures => "failures",
+            Tree::Stats => "stats",
+            Tree::Runs => "runs",
+            Tree::Memos => "memos",
+        }
+    }
+}
+
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+pub trait Index: Send + Sync {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()>;
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<()>;
+    /// Entries whose key starts with `prefix`, in key order.
+    fn scan<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+    fn len(&self, tree: Tree) -> usize;
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<()>;
+    /// Bytes the index occupies on disk.
+    fn size_on_disk(&self) -> u64;
+}
+
+pub struct SledIndex {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl SledIndex {
+    pub fn open(dir: &Path) -> Result<SledIndex> {
+        let db = sled::Config::new()
+            .path(dir)
+            // sled's default page cache is 1 GiB; plans of a million tasks must stay under
+            // 1 GB in all, and the plan memos (not sled) carry the bulk lookups.
+            .cache_capacity(128 << 20)
+            .flush_every_ms(Some(500))
+            .open()
+            .with_context(|| format!("opening the index at {}", dir.display()))?;
+        let trees = Tree::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("opening the index trees at {}", dir.display()))?;
+        Ok(SledIndex { db, trees })
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[Tree::ALL.iter().position(|t| *t == tree).unwrap()]
+    }
+}
+
+impl Index for SledIndex {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tree(tree).insert(key, value)?;
+        Ok(())
+    }
+
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<()> {
+        self.tree(tree).remove(key)?;
+        Ok(())
+    }
+
+    fn scan<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        Box::new(self.tree(tree).scan_prefix(prefix).map(|r| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(anyhow::Error::from)
+        }))
+    }
+
+    fn len(&self, tree: Tree) -> usize {
+        self.tree(tree).len()
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().context("flushing the index")?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}

@@ -1,0 +1,253 @@
+//! The cache (DESIGN.md §3): a sled index behind the [`Index`] trait, a content-addressed
+//! blob store, a stat cache, plan memos, and the lock that keeps it to one process.
+//!
+//! Layout of a cache directory:
+//! - `LOCK`: held by the process that has the cache open (pid and command inside);
+//! - `index/`: sled;
+//! - `blobs/ab/cdef…`: content-addressed files;
+//! - `tmp/`: work directories of running tasks (emptied whenever the cache is opened).
+
+pub mod blobs;
+pub mod gc;
+pub mod index;
+pub mod lock;
+pub mod memo;
+pub mod records;
+pub mod stat_cache;
+pub mod verify;
+
+use crate::task::{Digest, KeyRecord, ParamSlice, TaskKey, slice_digest};
+use anyhow::{Context, Result, bail};
+use blobs::{BlobError, BlobStore};
+use index::{Index, SledIndex, Tree};
+use lock::CacheLock;
+use records::{Failure, Latest, Output, TaskResult, decode, encode, latest_key, now_ms};
+use std::path::{Path, PathBuf};
+
+/// Version of the index's own layout (trees and value encodings). An index written by a newer
+/// mvc is refused rather than misread.
+pub const INDEX_SCHEMA: u32 = 1;
+
+pub struct Store {
+    dir: PathBuf,
+    index: Box<dyn Index>,
+    blobs: BlobStore,
+    tmp: PathBuf,
+    _lock: CacheLock,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache at `dir`, taking its lock.
+    pub fn open(dir: &Path) -> Result<Store> {
+        // Absolute, because tasks run in their own directories and get paths into the cache.
+        let dir = &std::path::absolute(dir)
+            .with_context(|| format!("resolving the cache path {}", dir.display()))?;
+        if dir.exists() && !dir.is_dir() {
+            bail!(
+                "the cache path {} is a file, not a directory; remove it or pass --cache DIR \
+                 (or set `cache` in the [pipeline] table) to use another directory",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+        let lock = CacheLock::acquire(dir)?;
+        let tmp = dir.join("tmp");
+        // We hold the lock: whatever is in tmp/ belongs to a process that died.
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("clearing leftovers in {}", tmp.display()))?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let index = SledIndex::open(&dir.join("index"))?;
+        check_schema(&index, dir)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            index: Box::new(index),
+            blobs: BlobStore::new(dir.join("blobs")),
+            tmp,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn index(&self) -> &dyn Index {
+        self.index.as_ref()
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Where running tasks get their work directories (same file system as the blobs, so
+    /// outputs are moved into the store, not copied).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn result(&self, key: &TaskKey) -> Result<Option<TaskResult>> {
+        self.index
+            .get(Tree::Tasks, &key.0)?
+            .map(|b| decode(&b, "task result"))
+            .transpose()
+    }
+
+    pub fn failure(&self, key: &TaskKey) -> Result<Option<Failure>> {
+        self.index
+            .get(Tree::Failures, &key.0)?
+            .map(|b| decode(&b, "failure record"))
+            .transpose()
+    }
+
+    pub fn record(&self, key: &TaskKey) -> Result<Option<KeyRecord>> {
+        self.index
+            .get(Tree::Records, &key.0)?
+            .map(|b| KeyRecord::decode(&b).context("the index holds an unreadable key record"))
+            .transpose()
+    }
+
+    pub fn shared_params(&self, digest: &Digest) -> Result<Option<ParamSlice>> {
+        self.index
+            .get(Tree::Params, &digest.0)?
+            .map(|b| decode(&b, "parameter slice"))
+            .transpose()
+    }
+
+    pub fn put_shared_params(&self, slice: &ParamSlice) -> Result<Digest> {
+        let digest = slice_digest(slice);
+        if self.index.get(Tree::Params, &digest.0)?.is_none() {
+            self.index.put(Tree::Params, &digest.0, &encode(slice))?;
+        }
+        Ok(digest)
+    }
+
+    pub fn latest(&self, stage: &str, item: &str) -> Result<Option<Latest>> {
+        self.index
+            .get(Tree::Latest, &latest_key(stage, item))?
+            .map(|b| decode(&b, "latest entry"))
+            .transpose()
+    }
+
+    /// Records a completed task. The `tasks` entry is written after its record and before
+    /// `latest`: a kill at any point leaves either no result or a complete one, and `latest`
+    /// never names a key whose result was never written.
+    pub fn commit_success(
+        &self,
+        key: &TaskKey,
+        record: &KeyRecord,
+        result: &TaskResult,
+    ) -> Result<()> {
+        self.index.put(Tree::Records, &key.0, &record.encode())?;
+        self.index.put(Tree::Tasks, &key.0, &encode(result))?;
+        self.set_latest(&result.stage, &result.item, key)?;
+        self.index.delete(Tree::Failures, &key.0)?;
+        Ok(())
+    }
+
+    /// Records a permanent item failure under its key (the negative cache).
+    pub fn commit_failure(
+        &self,
+        key: &TaskKey,
+        record: &KeyRecord,
+        failure: &Failure,
+    ) -> Result<()> {
+        self.index.put(Tree::Records, &key.0, &record.encode())?;
+        self.index.put(Tree::Failures, &key.0, &encode(failure))?;
+        self.set_latest(&failure.stage, &failure.item, key)?;
+        Ok(())
+    }
+
+    fn set_latest(&self, stage: &str, item: &str, key: &TaskKey) -> Result<()> {
+        let previous = self.latest(stage, item)?;
+        let previous = match previous {
+            Some(p) if p.key == *key => p.previous,
+            Some(p) => Some(p.key),
+            None => None,
+        };
+        let latest = Latest {
+            key: *key,
+            previous,
+            when_ms: now_ms(),
+        };
+        self.index
+            .put(Tree::Latest, &latest_key(stage, item), &encode(&latest))
+    }
+
+    /// Forgets a result whose outputs are gone or corrupt, so its task runs again.
+    pub fn forget_result(&self, key: &TaskKey) -> Result<()> {
+        self.index.delete(Tree::Tasks, &key.0)
+    }
+
+    /// The bytes of an output, verified.
+    pub fn read_output(&self, output: &Output) -> Result<Vec<u8>, BlobError> {
+        match &output.inline {
+            Some(bytes) => {
+                let actual = Digest::of(bytes);
+                if actual != output.digest {
+                    return Err(BlobError::Corrupt {
+                        digest: output.digest,
+                        actual,
+                    });
+                }
+                Ok(bytes.clone())
+            }
+            None => self.blobs.read(&output.digest),
+        }
+    }
+
+    /// Writes an output to `dest` (creating parent directories), verified.
+    pub fn materialize_output(&self, output: &Output, dest: &Path) -> Result<(), BlobError> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| BlobError::Io {
+                digest: output.digest,
+                source,
+            })?;
+        }
+        match &output.inline {
+            Some(_) => {
+                let bytes = self.read_output(output)?;
+                std::fs::write(dest, bytes).map_err(|source| BlobError::Io {
+                    digest: output.digest,
+                    source,
+                })
+            }
+            None => self.blobs.copy_to(&output.digest, dest).map(|_| ()),
+        }
+    }
+
+    /// Whether every blob output of a result is present with its recorded size (a `stat`
+    /// each, no read: content is verified when a reader uses it).
+    pub fn outputs_present(&self, blobs: impl Iterator<Item = (Digest, u64)>) -> bool {
+        blobs
+            .into_iter()
+            .all(|(d, size)| self.blobs.size(&d) == Some(size))
+    }
+
+    pub fn file_digest(&self, path: &Path) -> Result<(Digest, stat_cache::Hashed)> {
+        stat_cache::file_digest(self.index.as_ref(), path)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.index.flush()
+    }
+}
+
+fn check_schema(index: &dyn Index, dir: &Path) -> Result<()> {
+    match index.get(Tree::Meta, b"schema")? {
+        None => index.put(Tree::Meta, b"schema", &INDEX_SCHEMA.to_le_bytes()),
+        Some(bytes) => {
+            let found = u32::from_le_bytes(bytes.as_slice().try_into().unwrap_or([0xff; 4]));
+            if found > INDEX_SCHEMA {
+                bail!(
+                    "the cache {} was written by a newer mvc (index schema {found}, this mvc \
+                     reads {INDEX_SCHEMA}); upgrade mvc or pass --cache DIR",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The typed values kept in the index trees (postcard-encoded).
+
+use crate::task::{Digest, TaskKey};
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// Outputs up to this size live inline in the index rather than as blob files: a million
+/// small outputs (embeddings, scores) would otherwise be a million files.
+pub const INLINE_MAX: u64 = 4096;
+
+/// One output file of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// Relative path under the task's output directory, `/`-separated.
+    pub name: String,
+    pub digest: Digest,
+    pub size: u64,
+    /// The bytes, for outputs of at most [`INLINE_MAX`] bytes; `None` means a blob.
+    pub inline: Option<Vec<u8>>,
+}
+
+/// The digest of a list of outputs: what downstream keys depend on (early cutoff: same
+/// bytes under the same names give the same manifest digest, whatever ran to make them).
+pub fn manifest_digest(outputs: &[Output]) -> Digest {
+    let pairs: Vec<(&str, &Digest)> = outputs.iter().map(|o| (o.name.as_str(), &o.digest)).collect();
+    Digest::of(&postcard::to_stdvec(&pairs).expect("manifests always encode"))
+}
+
+/// A completed task (the `tasks` tree).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub stage: String,
+    pub item: String,
+    pub outputs: Vec<Output>,
+    pub manifest: Digest,
+    pub stdout: Option<Digest>,
+    pub stderr: Option<Digest>,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// Where it ran: `local` or a worker's name.
+    pub host: String,
+}
+
+impl TaskResult {
+    /// Digests and sizes of the blob files this result needs (inline outputs excluded).
+    pub fn blob_outputs(&self) -> impl Iterator<Item = (Digest, u64)> + '_ {
+        self.outputs
+            .iter()
+            .filter(|o| o.inline.is_none())
+            .map(|o| (o.digest, o.size))
+    }
+
+    /// Every blob this result refers to, logs included (what `gc` must keep).
+    pub fn referenced_blobs(&self) -> impl Iterator<Item = Digest> + '_ {
+        self.blob_outputs()
+            .map(|(d, _)| d)
+            .chain(self.stdout)
+            .chain(self.stderr)
+    }
+}
+
+/// A permanent item failure (the `failures` tree): not retried until its key changes or
+/// `--retry-failed` is given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub stage: String,
+    pub item: String,
+    pub error: String,
+    pub stderr: Option<Digest>,
+    pub when_ms: u64,
+}
+
+/// The last key recorded for a (stage, item) (the `latest` tree), and the one it replaced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Latest {
+    pub key: TaskKey,
+    pub previous: Option<TaskKey>,
+    pub when_ms: u64,
+}
+
+pub fn latest_key(stage: &str, item: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stage.len() + item.len() + 1);
+    k.extend_from_slice(stage.as_bytes());
+    k.push(0);
+    k.extend_from_slice(item.as_bytes());
+    k
+}
+
+/// Per-stage counts of a run, as `mvc run --json` prints them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageCounts {
+    pub total: u64,
+    pub cached: u64,
+    pub ran: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    Ok,
+    Failed,
+    Interrupted,
+}
+
+/// A run summary (the `runs` tree, keyed by big-endian start time so scans are in order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub pipeline: String,
+    pub pipeline_path: String,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub outcome: RunOutcome,
+    pub stages: IndexMap<String, StageCounts>,
+    /// Blob holding the sorted task keys this run's plan reached: what `gc` keeps.
+    pub reach: Digest,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn format_time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("index values always encode")
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> anyhow::Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| anyhow::anyhow!("the index holds an unreadable {what}: {e}"))
+}

@@ -1,0 +1,138 @@
+//! `mvc status --verify`: every blob re-hashed, every index entry decoded and its blobs
+//! checked. Read-only: it reports, and the next run recomputes what is broken.
+
+use super::Store;
+use super::index::Tree;
+use super::records::{Failure, Latest, RunRecord, TaskResult, decode};
+use crate::task::{Digest, KeyRecord};
+use anyhow::Result;
+use std::collections::HashMap;
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub results: u64,
+    pub problems: Vec<String>,
+    /// Temp files of interrupted writes (harmless; `mvc gc` removes them).
+    pub temp_files: u64,
+}
+
+impl VerifyReport {
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub fn verify(store: &Store) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let listing = store.blobs().list()?;
+    report.temp_files = listing.temp_files.len() as u64;
+    let mut sizes: HashMap<Digest, u64> = HashMap::with_capacity(listing.blobs.len());
+    for (digest, size) in &listing.blobs {
+        report.blobs += 1;
+        report.blob_bytes += size;
+        match store.blobs().verify(digest) {
+            Ok(true) => {
+                sizes.insert(*digest, *size);
+            }
+            Ok(false) => report
+                .problems
+                .push(format!("blob {digest} does not match its digest (corrupt)")),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    for stray in &listing.strays {
+        report
+            .problems
+            .push(format!("{} is not a blob (stray file in the blob store)", stray.display()));
+    }
+    let need_blob = |what: String, digest: &Digest, size: Option<u64>, problems: &mut Vec<String>| {
+        match (sizes.get(digest), size) {
+            (None, _) => problems.push(format!("{what}: blob {digest} is missing or corrupt")),
+            (Some(have), Some(want)) if *have != want => problems.push(format!(
+                "{what}: blob {digest} has {have} bytes, the index says {want}"
+            )),
+            _ => {}
+        }
+    };
+
+    for entry in store.index().scan(Tree::Tasks, b"") {
+        let (key, value) = entry?;
+        report.results += 1;
+        let result: TaskResult = match decode(&value, "task result") {
+            Ok(r) => r,
+            Err(e) => {
+                report.problems.push(format!("task {}: {e}", hex(&key)));
+                continue;
+            }
+        };
+        let label = format!("{}/{}", result.stage, result.item);
+        for output in &result.outputs {
+            match &output.inline {
+                Some(bytes) => {
+                    if Digest::of(bytes) != output.digest {
+                        report
+                            .problems
+                            .push(format!("{label}: inline output `{}` is corrupt", output.name));
+                    }
+                }
+                None => need_blob(
+                    format!("{label} output `{}`", output.name),
+                    &output.digest,
+                    Some(output.size),
+                    &mut report.problems,
+                ),
+            }
+        }
+        for log in result.stdout.iter().chain(&result.stderr) {
+            need_blob(format!("{label} log"), log, None, &mut report.problems);
+        }
+        if store.record(&digest_of(&key))?.is_none() {
+            report
+                .problems
+                .push(format!("{label}: result {} has no key record", hex(&key)));
+        }
+    }
+    for entry in store.index().scan(Tree::Records, b"") {
+        let (key, value) = entry?;
+        if let Err(e) = KeyRecord::decode(&value) {
+            report.problems.push(format!("record {}: {e}", hex(&key)));
+        }
+    }
+    for entry in store.index().scan(Tree::Failures, b"") {
+        let (key, value) = entry?;
+        if let Err(e) = decode::<Failure>(&value, "failure record") {
+            report.problems.push(format!("failure {}: {e}", hex(&key)));
+        }
+    }
+    for entry in store.index().scan(Tree::Latest, b"") {
+        let (key, value) = entry?;
+        if let Err(e) = decode::<Latest>(&value, "latest entry") {
+            report
+                .problems
+                .push(format!("latest {}: {e}", String::from_utf8_lossy(&key)));
+        }
+    }
+    for entry in store.index().scan(Tree::Runs, b"") {
+        let (_, value) = entry?;
+        match decode::<RunRecord>(&value, "run record") {
+            Ok(run) => need_blob(
+                format!("run of {} at {}", run.pipeline, super::records::format_time(run.started_ms)),
+                &run.reach,
+                None,
+                &mut report.problems,
+            ),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    Ok(report)
+}
+
+fn digest_of(key: &[u8]) -> Digest {
+    Digest(key.try_into().unwrap_or([0; 32]))
+}
+
+fn hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
