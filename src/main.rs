@@ -235,7 +235,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Some(p) => Some(plan(p, store.clone(), false)?.1),
                 None => None,
             };
-            let verify_report = verify.then(|| mvc::store::verify::verify(&store)).transpose()?;
+            let verify_report = verify
+                .then(|| mvc::store::verify::verify(&store))
+                .transpose()?;
             if json {
                 let value = serde_json::json!({
                     "cache": summary,
@@ -251,7 +253,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!(
                     "{}",
-                    commands::status::to_text(&summary, plan_report.as_ref(), verify_report.as_ref())
+                    commands::status::to_text(
+                        &summary,
+                        plan_report.as_ref(),
+                        verify_report.as_ref()
+                    )
                 );
             }
             Ok(match verify_report {
@@ -286,7 +292,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 println!(
                     "skipped {} failed item(s): {}",
                     report.failed.len(),
-                    report.failed.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                    report
+                        .failed
+                        .iter()
+                        .take(10)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             Ok(ExitCode::SUCCESS)

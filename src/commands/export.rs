@@ -23,11 +23,19 @@ struct IndexEntry<'a> {
     files: Vec<&'a str>,
 }
 
-pub fn export(engine: &Engine, pipeline_file: &Path, stage: &str, dir: &Path) -> Result<ExportReport> {
+pub fn export(
+    engine: &Engine,
+    pipeline_file: &Path,
+    stage: &str,
+    dir: &Path,
+) -> Result<ExportReport> {
     let g = &engine.graph;
     let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
         let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!("no stage `{stage}` in this pipeline (stages: {})", names.join(", "));
+        bail!(
+            "no stage `{stage}` in this pipeline (stages: {})",
+            names.join(", ")
+        );
     };
     let missing: Vec<u32> = node
         .tasks()
@@ -59,8 +67,9 @@ pub fn export(engine: &Engine, pipeline_file: &Path, stage: &str, dir: &Path) ->
             .result(&key)?
             .with_context(|| format!("the result of {stage}/{item} vanished from the index"))?;
         for output in &result.outputs {
-            let rel = safe_relative(&output.name)
-                .with_context(|| format!("{stage}/{item}: output name `{}` is unsafe", output.name))?;
+            let rel = safe_relative(&output.name).with_context(|| {
+                format!("{stage}/{item}: output name `{}` is unsafe", output.name)
+            })?;
             let dest = dir.join(item).join(rel);
             if let Err(e) = engine.store.materialize_output(output, &dest) {
                 if e.is_missing_or_corrupt() {

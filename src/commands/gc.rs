@@ -41,7 +41,11 @@ pub fn to_text(report: &GcReport, keep_runs: usize) -> String {
         out,
         "blob files: {} {} ({}); {} failure record(s), {} key record(s), {} temp file(s)",
         group_digits(report.blobs_deleted),
-        if report.dry_run { "would be deleted" } else { "deleted" },
+        if report.dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        },
         human_bytes(report.blob_bytes_freed),
         report.failures_deleted,
         report.records_deleted,

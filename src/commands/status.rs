@@ -104,7 +104,13 @@ pub fn to_text(
     }
     if let Some(plan) = plan {
         let _ = writeln!(out, "\npipeline stages:");
-        let width = plan.stages.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        let width = plan
+            .stages
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         for (name, s) in &plan.stages {
             let _ = writeln!(
                 out,

@@ -14,7 +14,10 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
     let g = &engine.graph;
     let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
         let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!("no stage `{stage}` in this pipeline (stages: {})", names.join(", "));
+        bail!(
+            "no stage `{stage}` in this pipeline (stages: {})",
+            names.join(", ")
+        );
     };
     let Some(t) = node.tasks().find(|&t| g.item(t) == item) else {
         let sample: Vec<&str> = node.items.iter().take(5).map(|s| &**s).collect();
@@ -26,7 +29,12 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
     };
     let store = &engine.store;
     let mut out = String::new();
-    let _ = writeln!(out, "task {stage}/{item} (kind {} v{})", node.kind.kind(), node.kind.version());
+    let _ = writeln!(
+        out,
+        "task {stage}/{item} (kind {} v{})",
+        node.kind.kind(),
+        node.kind.version()
+    );
 
     let (fields, key) = match engine.record_of(t) {
         Ok(record) => {
@@ -63,14 +71,21 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
             let _ = writeln!(out, "key: not yet known");
         }
     }
-    let _ = writeln!(out, "status: {}", status_line(engine, t, state, key.as_ref())?);
+    let _ = writeln!(
+        out,
+        "status: {}",
+        status_line(engine, t, state, key.as_ref())?
+    );
     let _ = writeln!(out, "\nkey record:");
     write_fields(&mut out, &fields);
 
     let latest = store.latest(stage, item)?;
     match (latest, key) {
         (None, _) => {
-            let _ = writeln!(out, "\nno earlier record for {stage}/{item}: it is a new item");
+            let _ = writeln!(
+                out,
+                "\nno earlier record for {stage}/{item}: it is a new item"
+            );
         }
         (Some(latest), Some(key)) if latest.key == key => match latest.previous {
             Some(previous) => {
@@ -120,7 +135,10 @@ fn status_line(engine: &Engine, t: u32, state: State, key: Option<&TaskKey>) -> 
             "failed in an earlier run, not retried (--retry-failed retries): {}",
             engine.notes.get(&t).cloned().unwrap_or_default()
         ),
-        State::Blocked => format!("blocked: {}", engine.notes.get(&t).cloned().unwrap_or_default()),
+        State::Blocked => format!(
+            "blocked: {}",
+            engine.notes.get(&t).cloned().unwrap_or_default()
+        ),
         State::Pending => format!(
             "to run once its upstream has run ({})",
             engine.notes.get(&t).cloned().unwrap_or_default()
@@ -181,7 +199,13 @@ pub fn why_key(store: &Store, key_text: &str) -> Result<String> {
             result.host
         );
         for o in &result.outputs {
-            let _ = writeln!(out, "  output {} ({} bytes, {})", o.name, o.size, o.digest.short());
+            let _ = writeln!(
+                out,
+                "  output {} ({} bytes, {})",
+                o.name,
+                o.size,
+                o.digest.short()
+            );
         }
     } else if let Some(failure) = store.failure(&key)? {
         let _ = writeln!(
@@ -193,7 +217,10 @@ pub fn why_key(store: &Store, key_text: &str) -> Result<String> {
             failure.error
         );
     } else {
-        let _ = writeln!(out, "status: no result (the task did not finish, or gc removed it)");
+        let _ = writeln!(
+            out,
+            "status: no result (the task did not finish, or gc removed it)"
+        );
     }
     let shared = store.shared_params(&record.shared)?;
     let _ = writeln!(out, "\nkey record:");

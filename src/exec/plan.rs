@@ -46,7 +46,13 @@ impl PlanReport {
             pipeline.path.display(),
             cache.display()
         );
-        let width = self.stages.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        let width = self
+            .stages
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         let _ = writeln!(
             out,
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
@@ -79,7 +85,11 @@ impl PlanReport {
                 .collect();
             let _ = writeln!(out, "  {name}: {}", reasons.join("; "));
         }
-        if self.stages.values().any(|s| s.reasons.keys().any(|c| c.starts_with("upstream reruns"))) {
+        if self
+            .stages
+            .values()
+            .any(|s| s.reasons.keys().any(|c| c.starts_with("upstream reruns")))
+        {
             let _ = writeln!(
                 out,
                 "  (\"upstream reruns\" tasks run only if their inputs come out different: an \
@@ -93,7 +103,11 @@ impl PlanReport {
             if total == 0 {
                 "nothing".to_string()
             } else {
-                format!("{} task{}", group_digits(total), if total == 1 { "" } else { "s" })
+                format!(
+                    "{} task{}",
+                    group_digits(total),
+                    if total == 1 { "" } else { "s" }
+                )
             }
         );
         out
@@ -101,7 +115,11 @@ impl PlanReport {
 }
 
 /// Plans a pipeline: every task keyed and looked up, nothing run.
-pub fn plan(pipeline: &Pipeline, store: Arc<Store>, retry_failed: bool) -> Result<(Engine, PlanReport)> {
+pub fn plan(
+    pipeline: &Pipeline,
+    store: Arc<Store>,
+    retry_failed: bool,
+) -> Result<(Engine, PlanReport)> {
     let graph = TaskGraph::build(pipeline, &store)?;
     let mut engine = Engine::new(graph, store, Mode::Plan, retry_failed)?;
     engine.resolve_ready()?;
@@ -154,7 +172,7 @@ pub fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -142,7 +142,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(graph: TaskGraph, store: Arc<Store>, mode: Mode, retry_failed: bool) -> Result<Engine> {
+    pub fn new(
+        graph: TaskGraph,
+        store: Arc<Store>,
+        mode: Mode,
+        retry_failed: bool,
+    ) -> Result<Engine> {
         let n = graph.len();
         let memos = graph
             .stages
@@ -176,7 +181,9 @@ impl Engine {
         };
         // Tasks with nothing to wait for (their items may still be blocked by a missing
         // upstream item: resolution says so).
-        engine.ready = (0..n as u32).filter(|&t| engine.left[t as usize] == 0).collect();
+        engine.ready = (0..n as u32)
+            .filter(|&t| engine.left[t as usize] == 0)
+            .collect();
         for s in 0..n_stages {
             if engine.stage_left[s] == 0 {
                 engine.complete_stage(s);
@@ -335,9 +342,10 @@ impl Engine {
         let mut pairs: Vec<(&str, &Digest)> = Vec::with_capacity(node.items.len());
         for t in node.tasks() {
             match self.state[t as usize] {
-                State::Cached | State::Done => {
-                    pairs.push((&*node.items[(t - node.start) as usize], &self.manifests[t as usize]))
-                }
+                State::Cached | State::Done => pairs.push((
+                    &*node.items[(t - node.start) as usize],
+                    &self.manifests[t as usize],
+                )),
                 State::ToRun | State::Pending | State::Running | State::Waiting => pending = true,
                 _ => failed += 1,
             }
@@ -445,7 +453,10 @@ impl Engine {
             }
             Some(MemoValue::Failed) if !self.retry_failed => {
                 if let Some(f) = self.store.failure(&key)? {
-                    return Ok(Resolution::KnownFailure { key, error: f.error });
+                    return Ok(Resolution::KnownFailure {
+                        key,
+                        error: f.error,
+                    });
                 }
             }
             _ => {}
@@ -466,7 +477,10 @@ impl Engine {
         if !self.retry_failed
             && let Some(f) = self.store.failure(&key)?
         {
-            return Ok(Resolution::KnownFailure { key, error: f.error });
+            return Ok(Resolution::KnownFailure {
+                key,
+                error: f.error,
+            });
         }
         Ok(Resolution::ToRun { key, blobs_missing })
     }
@@ -547,7 +561,10 @@ impl Engine {
             let s = self.graph.task_stage[p] as usize;
             self.stage_waiters.entry(s).or_default().push(consumer);
         } else {
-            self.reopened_waiters.entry(producer).or_default().push(consumer);
+            self.reopened_waiters
+                .entry(producer)
+                .or_default()
+                .push(consumer);
         }
         Ok(reopen_producer)
     }

@@ -90,7 +90,13 @@ impl RunReport {
         use super::plan::group_digits as g;
         use std::fmt::Write as _;
         let mut out = String::new();
-        let width = self.stages.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+        let width = self
+            .stages
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         let _ = writeln!(
             out,
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
@@ -261,7 +267,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
                         Reported::InputCorrupt { stage, item, error } => {
                             let again = reopen_producer(&mut engine, t, &stage, &item)?;
                             progress.println(&format!(
-                                "warning: {error}; {stage}/{item} was treated as a cache miss \
+                                "warning: {error}; {stage}/{item} is treated as a cache miss \
                                  and {}, then {} runs",
                                 if again { "runs again" } else { "is already running again" },
                                 engine.graph.task_label(t)
@@ -363,6 +369,10 @@ fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
     unit
 }
 
+/// What a task reads from one input: the upstream stage, how it binds, and the (item, key)
+/// of each upstream task it reads.
+type InputKeys = (String, Binding, Vec<(String, TaskKey)>);
+
 /// A task of a unit with what the scheduler knows of it; the upstream results themselves
 /// are read from the index inside the unit's own task, off the scheduler.
 struct PreparedTask {
@@ -370,7 +380,7 @@ struct PreparedTask {
     key: TaskKey,
     record: KeyRecord,
     item: String,
-    inputs: Vec<(String, Binding, Vec<(String, TaskKey)>)>,
+    inputs: Vec<InputKeys>,
 }
 
 fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
@@ -378,9 +388,9 @@ fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
     unit.iter()
         .map(|&t| {
             let node = g.stage_of(t);
-            let record = engine
-                .record_of(t)
-                .map_err(|_| anyhow::anyhow!("internal: {} dispatched before its inputs", g.task_label(t)))?;
+            let record = engine.record_of(t).map_err(|_| {
+                anyhow::anyhow!("internal: {} dispatched before its inputs", g.task_label(t))
+            })?;
             let mut inputs = Vec::with_capacity(node.inputs.len());
             let mut item_k = 0;
             for edge in &node.inputs {
@@ -432,7 +442,10 @@ fn spawn_unit(
         .iter()
         .map(|e| engine.graph.stages[e.stage].name.clone())
         .collect();
-    let item_params: Vec<_> = prepared.iter().map(|p| engine.graph.item_params(p.task)).collect();
+    let item_params: Vec<_> = prepared
+        .iter()
+        .map(|p| engine.graph.item_params(p.task))
+        .collect();
     tokio::spawn(async move {
         let ctx = ExecCtx {
             store: store.clone(),
@@ -490,8 +503,7 @@ async fn load_inputs(
     store: &Arc<Store>,
     prepared: &[PreparedTask],
 ) -> Result<Vec<Vec<InputData>>, MissingInput> {
-    let wanted: Vec<Vec<(String, Binding, Vec<(String, TaskKey)>)>> =
-        prepared.iter().map(|p| p.inputs.clone()).collect();
+    let wanted: Vec<Vec<InputKeys>> = prepared.iter().map(|p| p.inputs.clone()).collect();
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         wanted
@@ -508,10 +520,14 @@ async fn load_inputs(
                                     return Err((
                                         stage.clone(),
                                         item.clone(),
-                                        format!("the result of {stage}/{item} is gone from the index"),
+                                        format!(
+                                            "the result of {stage}/{item} is gone from the index"
+                                        ),
                                     ));
                                 }
-                                Err(e) => return Err((stage.clone(), item.clone(), format!("{e:#}"))),
+                                Err(e) => {
+                                    return Err((stage.clone(), item.clone(), format!("{e:#}")));
+                                }
                             }
                         }
                         Ok(InputData {
@@ -590,7 +606,10 @@ fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<u32> {
 /// Returns whether the producer was re-opened now (false when it already was).
 fn reopen_producer(engine: &mut Engine, consumer: u32, stage: &str, item: &str) -> Result<bool> {
     let Some(producer) = find_item(engine, stage, item) else {
-        bail!("internal: input {stage}/{item} of {} is not a task", engine.graph.task_label(consumer));
+        bail!(
+            "internal: input {stage}/{item} of {} is not a task",
+            engine.graph.task_label(consumer)
+        );
     };
     let node = engine.graph.stage_of(consumer);
     let all = node
@@ -638,7 +657,13 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
                 continue;
             }
             let log = (state != State::Blocked)
-                .then(|| engine.store.failure(&engine.keys[t as usize]).ok().flatten())
+                .then(|| {
+                    engine
+                        .store
+                        .failure(&engine.keys[t as usize])
+                        .ok()
+                        .flatten()
+                })
                 .flatten()
                 .and_then(|f| f.stderr)
                 .map(|d| engine.store.blobs().path(&d).display().to_string());

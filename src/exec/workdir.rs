@@ -64,10 +64,7 @@ pub fn materialize_input(store: &Store, dir: &Path, input: &InputData) -> Result
 /// A relative path with no `..`, root or prefix components.
 pub fn safe_relative(name: &str) -> Option<PathBuf> {
     let path = Path::new(name);
-    let ok = !name.is_empty()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
+    let ok = !name.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
     ok.then(|| path.to_path_buf())
 }
 

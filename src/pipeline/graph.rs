@@ -155,5 +155,9 @@ fn cycle_through(graph: &DiGraph<usize, ()>, start: NodeIndex) -> Vec<usize> {
         .min_by_key(|(_, s)| **s)
         .map(|(i, _)| i)
         .unwrap_or(0);
-    members[first..].iter().chain(&members[..first]).copied().collect()
+    members[first..]
+        .iter()
+        .chain(&members[..first])
+        .copied()
+        .collect()
 }

@@ -45,7 +45,9 @@ impl PipelineError {
 impl fmt::Display for PipelineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -101,9 +103,8 @@ impl Pipeline {
         let mut stages = Vec::with_capacity(raw.stages.len());
         for stage in raw.stages {
             let line = line_col(src, stage.span.start).0;
-            let fail = |e: anyhow::Error| {
-                PipelineError::at(path, src, stage.span.start, format!("{e:#}"))
-            };
+            let fail =
+                |e: anyhow::Error| PipelineError::at(path, src, stage.span.start, format!("{e:#}"));
             let inputs: Vec<String> = stage
                 .params
                 .inputs()

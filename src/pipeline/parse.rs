@@ -10,8 +10,8 @@ use crate::exec::slots::Resources;
 use crate::stages::command::CommandParams;
 use crate::stages::{KINDS, PLANNED_KINDS};
 use indexmap::IndexMap;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -77,8 +77,13 @@ pub struct RawPipeline {
 
 const TOP_FIELDS: &[&str] = &["pipeline", "executor", "stage"];
 
+/// Pass 1: top-level names checked, each stage's `kind` read, everything else skipped.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct Probe {
+    pipeline: Option<de::IgnoredAny>,
+    executor: Option<de::IgnoredAny>,
     #[serde(default)]
     stage: IndexMap<String, Spanned<StageProbe>>,
 }

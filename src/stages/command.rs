@@ -9,8 +9,8 @@
 //! - `MVC_FILE_<NAME>`: the absolute path of each entry of `files`.
 
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ItemDecl, ParamCtx, PlannedItem, StageKind, TaskOutcome,
-    UnitTask, env_name, validate_item_id,
+    Binding, ExecCtx, ExpandCtx, Expansion, ItemDecl, ParamCtx, PlannedItem, StageKind,
+    TaskOutcome, UnitTask, env_name, validate_item_id,
 };
 use crate::exec::slots::Resources;
 use crate::exec::workdir::{ingest_outputs, materialize_input, safe_relative};
@@ -100,7 +100,10 @@ impl CommandStage {
             for item in items {
                 validate_item_id(&item.id).map_err(|e| anyhow::anyhow!("stage `{stage}`: {e}"))?;
                 if !seen.insert(item.id.as_str()) {
-                    bail!("stage `{stage}`: item `{}` is listed twice in `items`", item.id);
+                    bail!(
+                        "stage `{stage}`: item `{}` is listed twice in `items`",
+                        item.id
+                    );
                 }
                 check_param_names(stage, &item.params)?;
                 if !item.params.is_empty() {
@@ -152,7 +155,11 @@ impl CommandStage {
             item_params,
             items_file: p.items_file.map(PathBuf::from),
             params: p.params,
-            files: p.files.into_iter().map(|(k, v)| (k, PathBuf::from(v))).collect(),
+            files: p
+                .files
+                .into_iter()
+                .map(|(k, v)| (k, PathBuf::from(v)))
+                .collect(),
             outputs: p.outputs,
             resources,
             timeout,
@@ -273,7 +280,10 @@ impl CommandStage {
         env.extend(self.env_params(&task.item));
         for (name, path) in &self.files {
             let abs = std::path::absolute(path)?;
-            env.push((format!("MVC_FILE_{}", env_name(name)), abs.display().to_string()));
+            env.push((
+                format!("MVC_FILE_{}", env_name(name)),
+                abs.display().to_string(),
+            ));
         }
 
         let stdout_path = dir.join("stdout");
@@ -340,7 +350,10 @@ impl CommandStage {
         let stdout = store_log(ctx, &stdout_path);
         let stderr = store_log(ctx, &stderr_path);
         if !status.success() {
-            let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            let how = match (
+                status.code(),
+                std::os::unix::process::ExitStatusExt::signal(&status),
+            ) {
                 (Some(code), _) => format!("exit status {code}"),
                 (None, Some(sig)) => format!("killed by signal {sig}"),
                 _ => status.to_string(),
@@ -543,7 +556,11 @@ fn store_log(ctx: &ExecCtx, path: &Path) -> Option<crate::task::Digest> {
 fn last_lines(path: &Path, n: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
     if tail.chars().count() > 400 {
         let skip = tail.chars().count() - 400;

@@ -1,8 +1,8 @@
 //! An entry of a stage's `items`: a bare id (`"a"`) or a table with parameters of its own
 //! (`{ id = "a", params = { scale = 2 } }`).
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -54,9 +54,14 @@ pub fn validate_item_id(id: &str) -> Result<(), String> {
         return Err(format!("item id `{}…` is longer than 200 bytes", &id[..40]));
     }
     if id == "." || id == ".." || id.starts_with('.') {
-        return Err(format!("item id `{id}` starts with `.`; ids name directories"));
+        return Err(format!(
+            "item id `{id}` starts with `.`; ids name directories"
+        ));
     }
-    if let Some(c) = id.chars().find(|c| *c == '/' || *c == '\\' || c.is_control()) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| *c == '/' || *c == '\\' || c.is_control())
+    {
         return Err(format!(
             "item id `{}` contains {:?}; ids name directories, so `/`, `\\` and control \
              characters are not allowed",

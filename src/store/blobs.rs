@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 pub enum BlobError {
     #[error("blob {0} is missing from the cache")]
     Missing(Digest),
-    #[error(
-        "blob {digest} failed verification (its content hashes to {actual}); it was removed \
-         and will be treated as a cache miss"
-    )]
+    #[error("blob {digest} failed verification (its content hashes to {actual}) and was removed")]
     Corrupt { digest: Digest, actual: Digest },
     #[error("reading blob {digest}: {source}")]
     Io { digest: Digest, source: io::Error },

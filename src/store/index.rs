@@ -75,6 +75,11 @@ pub trait Index: Send + Sync {
     fn size_on_disk(&self) -> u64;
 }
 
+/// How often sled writes its buffers out. A SIGKILL loses the results recorded in the last
+/// interval (their tasks run again); sled's default of 500 ms made that up to half a second
+/// of work.
+const FLUSH_EVERY_MS: u64 = 100;
+
 pub struct SledIndex {
     db: sled::Db,
     trees: Vec<sled::Tree>,
@@ -87,7 +92,7 @@ impl SledIndex {
             // sled's default page cache is 1 GiB; plans of a million tasks must stay under
             // 1 GB in all, and the plan memos (not sled) carry the bulk lookups.
             .cache_capacity(128 << 20)
-            .flush_every_ms(Some(500))
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()
             .with_context(|| format!("opening the index at {}", dir.display()))?;
         let trees = Tree::ALL

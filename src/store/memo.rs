@@ -88,7 +88,7 @@ impl StageMemo {
         stage: &str,
         mut list: Vec<(TaskKey, MemoValue)>,
     ) -> Result<()> {
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list.sort_by_key(|e| e.0);
         let digest = blobs.put_bytes(&postcard::to_stdvec(&list)?)?;
         index.put(Tree::Memos, stage.as_bytes(), &digest.0)?;
         Ok(())

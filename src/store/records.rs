@@ -22,7 +22,10 @@ pub struct Output {
 /// The digest of a list of outputs: what downstream keys depend on (early cutoff: same
 /// bytes under the same names give the same manifest digest, whatever ran to make them).
 pub fn manifest_digest(outputs: &[Output]) -> Digest {
-    let pairs: Vec<(&str, &Digest)> = outputs.iter().map(|o| (o.name.as_str(), &o.digest)).collect();
+    let pairs: Vec<(&str, &Digest)> = outputs
+        .iter()
+        .map(|o| (o.name.as_str(), &o.digest))
+        .collect();
     Digest::of(&postcard::to_stdvec(&pairs).expect("manifests always encode"))
 }
 
@@ -133,5 +136,6 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> anyhow::Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| anyhow::anyhow!("the index holds an unreadable {what}: {e}"))
+    postcard::from_bytes(bytes)
+        .map_err(|e| anyhow::anyhow!("the index holds an unreadable {what}: {e}"))
 }

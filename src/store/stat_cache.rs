@@ -35,8 +35,7 @@ pub enum Hashed {
 const RACY_WINDOW_NS: i128 = 1_000_000_000;
 
 pub fn file_digest(index: &dyn Index, path: &Path) -> Result<(Digest, Hashed)> {
-    let abs = std::path::absolute(path)
-        .with_context(|| format!("resolving {}", path.display()))?;
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let meta = std::fs::metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
     let key = abs.as_os_str().as_encoded_bytes();
     let stat = |digest| StatEntry {

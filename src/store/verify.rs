@@ -43,18 +43,21 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         }
     }
     for stray in &listing.strays {
-        report
-            .problems
-            .push(format!("{} is not a blob (stray file in the blob store)", stray.display()));
+        report.problems.push(format!(
+            "{} is not a blob (stray file in the blob store)",
+            stray.display()
+        ));
     }
-    let need_blob = |what: String, digest: &Digest, size: Option<u64>, problems: &mut Vec<String>| {
-        match (sizes.get(digest), size) {
-            (None, _) => problems.push(format!("{what}: blob {digest} is missing or corrupt")),
-            (Some(have), Some(want)) if *have != want => problems.push(format!(
-                "{what}: blob {digest} has {have} bytes, the index says {want}"
-            )),
-            _ => {}
-        }
+    let need_blob = |what: String,
+                     digest: &Digest,
+                     size: Option<u64>,
+                     problems: &mut Vec<String>| match (sizes.get(digest), size)
+    {
+        (None, _) => problems.push(format!("{what}: blob {digest} is missing or corrupt")),
+        (Some(have), Some(want)) if *have != want => problems.push(format!(
+            "{what}: blob {digest} has {have} bytes, the index says {want}"
+        )),
+        _ => {}
     };
 
     for entry in store.index().scan(Tree::Tasks, b"") {
@@ -72,9 +75,10 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             match &output.inline {
                 Some(bytes) => {
                     if Digest::of(bytes) != output.digest {
-                        report
-                            .problems
-                            .push(format!("{label}: inline output `{}` is corrupt", output.name));
+                        report.problems.push(format!(
+                            "{label}: inline output `{}` is corrupt",
+                            output.name
+                        ));
                     }
                 }
                 None => need_blob(
@@ -118,7 +122,11 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         let (_, value) = entry?;
         match decode::<RunRecord>(&value, "run record") {
             Ok(run) => need_blob(
-                format!("run of {} at {}", run.pipeline, super::records::format_time(run.started_ms)),
+                format!(
+                    "run of {} at {}",
+                    run.pipeline,
+                    super::records::format_time(run.started_ms)
+                ),
                 &run.reach,
                 None,
                 &mut report.problems,

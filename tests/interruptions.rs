@@ -1,0 +1,250 @@
+//! Acceptance 4: `mvc run` killed with SIGKILL at different moments; every following run
+//! completes, never reruns a task that had completed (was recorded in the index), and the
+//! index and blobs verify clean. Also Ctrl-C: it lets running tasks finish and loses nothing.
+
+mod common;
+use common::{Sandbox, signal};
+use libc::{SIGINT, SIGKILL};
+use mvc::store::Store;
+use mvc::store::index::Tree;
+use mvc::store::records::{TaskResult, decode};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const ITEMS: usize = 240;
+
+fn pipeline(log: &str) -> String {
+    format!(
+        r#"[executor]
+cpu = 4
+
+[stage.gen]
+kind = "command"
+items_file = "items.txt"
+params = {{ log = "{log}" }}
+cmd = 'echo "gen:$MVC_ITEM" >> "$MVC_PARAM_LOG"; sleep 0.05; echo "$MVC_ITEM" > "$MVC_OUT/v.txt"'
+
+[stage.sq]
+kind = "command"
+inputs = ["gen"]
+params = {{ log = "{log}" }}
+cmd = 'echo "sq:$MVC_ITEM" >> "$MVC_PARAM_LOG"; cat "$MVC_IN_GEN/v.txt" "$MVC_IN_GEN/v.txt" > "$MVC_OUT/w.txt"'
+
+[stage.all]
+kind = "command"
+inputs = ["sq"]
+per_item = false
+params = {{ log = "{log}" }}
+cmd = 'echo "all:all" >> "$MVC_PARAM_LOG"; cat "$MVC_IN_SQ"/*/w.txt | wc -l > "$MVC_OUT/n.txt"'
+"#
+    )
+}
+
+/// `stage:item` of every result recorded in the index (read with the library, as the next
+/// run will see it).
+fn committed(sb: &Sandbox) -> BTreeSet<String> {
+    if !sb.cache().exists() {
+        return BTreeSet::new();
+    }
+    let store = Store::open(&sb.cache()).expect("the cache opens after a kill");
+    store
+        .index()
+        .scan(Tree::Tasks, b"")
+        .map(|e| {
+            let (_, v) = e.unwrap();
+            let r: TaskResult = decode(&v, "task result").unwrap();
+            format!("{}:{}", r.stage, r.item)
+        })
+        .collect()
+}
+
+fn ran_counts(sb: &Sandbox) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(sb.path().join("ran.log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        *counts.entry(line.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn assert_no_rerun(
+    before: &BTreeSet<String>,
+    old: &BTreeMap<String, usize>,
+    new: &BTreeMap<String, usize>,
+    when: &str,
+) {
+    for label in before {
+        assert_eq!(
+            old.get(label),
+            new.get(label),
+            "{label} had completed before the {when} run, which ran it again"
+        );
+    }
+}
+
+#[test]
+fn sigkill_at_any_moment_loses_no_completed_task() {
+    let sb = Sandbox::new();
+    let log = sb.path().join("ran.log");
+    sb.write("p.toml", &pipeline(&log.display().to_string()));
+    let items: Vec<String> = (0..ITEMS).map(|i| format!("obj{i:03}")).collect();
+    sb.write("items.txt", &(items.join("\n") + "\n"));
+
+    // Kill at varied moments until a run gets to finish on its own.
+    let delays_ms = [300u64, 800, 550, 1100, 650, 950, 1300, 450];
+    let mut kills_with_progress = 0;
+    for round in 0..24 {
+        let delay_ms = delays_ms[round % delays_ms.len()];
+        let before = committed(&sb);
+        let old = ran_counts(&sb);
+        let mut child = sb.spawn(&["run", "p.toml", "--json"]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let finished = child.try_wait().unwrap().is_some();
+        signal(&child, SIGKILL);
+        child.wait().unwrap();
+        // Children die with mvc; give the kernel a moment to reap them.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_no_rerun(
+            &before,
+            &old,
+            &ran_counts(&sb),
+            &format!("killed (round {round})"),
+        );
+        let after = committed(&sb);
+        assert!(after.is_superset(&before), "a kill lost recorded results");
+        eprintln!(
+            "round {round}: killed after {delay_ms} ms{}, {} results recorded",
+            if finished { " (already finished)" } else { "" },
+            after.len()
+        );
+        if finished {
+            break;
+        }
+        if after.len() > before.len() {
+            kills_with_progress += 1;
+        }
+    }
+    assert!(
+        kills_with_progress >= 4,
+        "only {kills_with_progress} kills landed mid-run after some progress"
+    );
+
+    let before = committed(&sb);
+    let old = ran_counts(&sb);
+    let last = sb.mvc(&["run", "p.toml", "--json"]);
+    last.assert_ok();
+    assert_no_rerun(&before, &old, &ran_counts(&sb), "final");
+    assert_eq!(
+        last.count("gen", "ran") + before.iter().filter(|l| l.starts_with("gen:")).count() as u64,
+        ITEMS as u64
+    );
+    assert_eq!(committed(&sb).len(), 2 * ITEMS + 1);
+
+    sb.mvc(&["export", "p.toml", "all", "out"]).assert_ok();
+    assert_eq!(sb.read("out/all/n.txt").trim(), (2 * ITEMS).to_string());
+    let verify = sb.mvc(&["status", "--verify"]);
+    verify.assert_ok();
+    assert!(verify.stdout.contains("clean"), "{}", verify.stdout);
+    let again = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(
+        again.count("gen", "ran") + again.count("sq", "ran") + again.count("all", "ran"),
+        0
+    );
+}
+
+#[test]
+fn ctrl_c_lets_running_tasks_finish_and_loses_nothing() {
+    let sb = Sandbox::new();
+    let log = sb.path().join("ran.log");
+    let items: Vec<String> = (0..12).map(|i| format!("\"i{i:02}\"")).collect();
+    sb.write(
+        "p.toml",
+        &format!(
+            "[executor]\ncpu = 2\n[stage.slow]\nkind = \"command\"\nitems = [{}]\n\
+             params = {{ log = \"{}\" }}\n\
+             cmd = 'echo \"slow:$MVC_ITEM\" >> \"$MVC_PARAM_LOG\"; sleep 0.4; echo > \"$MVC_OUT/o\"'\n",
+            items.join(", "),
+            log.display()
+        ),
+    );
+    let child = sb.spawn(&["run", "p.toml", "--json", "--grace", "20"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(&child, SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(json["interrupted"], true);
+    let done_first = json["stages"]["slow"]["ran"].as_u64().unwrap();
+    assert!(
+        done_first > 0 && done_first < 12,
+        "ran {done_first} before stopping"
+    );
+
+    let rest = sb.mvc(&["run", "p.toml", "--json"]);
+    rest.assert_ok();
+    assert_eq!(rest.count("slow", "ran") + done_first, 12);
+    let counts = ran_counts(&sb);
+    assert_eq!(counts.len(), 12);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "every task ran exactly once: {counts:?}"
+    );
+    sb.mvc(&["status", "--verify"]).assert_ok();
+}
+
+#[test]
+fn second_ctrl_c_stops_running_tasks_now() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[executor]\ncpu = 2\n[stage.slow]\nkind = \"command\"\nitems = [\"a\", \"b\", \"c\"]\n\
+         cmd = 'sleep 20; echo > \"$MVC_OUT/o\"'\n",
+    );
+    let started = Instant::now();
+    let child = sb.spawn(&["run", "p.toml", "--json"]);
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it did not wait for the tasks"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopping running tasks now"), "{stderr}");
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(
+        plan.count("slow", "to_run"),
+        3,
+        "killed tasks are not recorded"
+    );
+    assert_eq!(plan.count("slow", "failed_skipped"), 0);
+    sb.mvc(&["status", "--verify"]).assert_ok();
+}
+
+#[test]
+fn killed_run_leaves_no_orphans_writing_later() {
+    let sb = Sandbox::new();
+    let marker = sb.path().join("late.txt");
+    sb.write(
+        "p.toml",
+        &format!(
+            "[stage.slow]\nkind = \"command\"\nitems = [\"a\"]\n\
+             cmd = 'sleep 1; echo late > \"{}\"; echo > \"$MVC_OUT/o\"'\n",
+            marker.display()
+        ),
+    );
+    let mut child = sb.spawn(&["run", "p.toml"]);
+    std::thread::sleep(Duration::from_millis(400));
+    signal(&child, SIGKILL);
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!marker.exists(), "a task outlived the mvc that started it");
+}

@@ -1,0 +1,155 @@
+//! Bad pipeline files: each error names the file, line and column, and says what to do.
+
+mod common;
+use common::Sandbox;
+
+/// Plans `text` as `p.toml` and returns the error line mvc printed.
+fn plan_error(text: &str) -> String {
+    let sb = Sandbox::new();
+    sb.write("p.toml", text);
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "expected a failure; stdout:\n{}",
+        ran.stdout
+    );
+    assert!(
+        !sb.cache().exists(),
+        "an invalid pipeline must be rejected before the cache is touched"
+    );
+    ran.stderr.trim().to_string()
+}
+
+#[test]
+fn malformed_toml_names_file_line_and_column() {
+    let err = plan_error("[stage.a]\nkind = \"command\"\ncmd = \"echo\nitems = [\"x\"]\n");
+    assert!(err.starts_with("error: p.toml:3:"), "{err}");
+}
+
+#[test]
+fn unknown_field_names_the_closest_valid_one() {
+    let err = plan_error("[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmdd = \"echo\"\n");
+    assert!(
+        err.starts_with("error: p.toml:4:1: unknown field `cmdd`"),
+        "{err}"
+    );
+    assert!(err.contains("the closest valid name is `cmd`"), "{err}");
+}
+
+#[test]
+fn unknown_top_level_table_names_the_closest_valid_one() {
+    let err = plan_error("[stages.a]\nkind = \"command\"\n");
+    assert!(err.contains("unknown field `stages`"), "{err}");
+    assert!(err.contains("the closest valid name is `stage`"), "{err}");
+}
+
+#[test]
+fn unknown_kind_lists_the_valid_kinds() {
+    let err = plan_error("[stage.a]\nkind = \"comand\"\ncmd = \"x\"\n");
+    assert!(
+        err.starts_with("error: p.toml:2:8: unknown stage kind `comand`"),
+        "{err}"
+    );
+    assert!(err.contains("valid kinds: command"), "{err}");
+    assert!(err.contains("did you mean `command`?"), "{err}");
+}
+
+#[test]
+fn planned_kind_says_it_is_not_available_yet() {
+    let err = plan_error("[stage.r]\nkind = \"render\"\n");
+    assert!(
+        err.contains("stage kind `render` is not available in this version"),
+        "{err}"
+    );
+    assert!(err.contains("valid kinds: command"), "{err}");
+}
+
+#[test]
+fn missing_kind_names_the_stage() {
+    let err = plan_error("[pipeline]\nname = \"x\"\n\n[stage.gen]\ncmd = \"x\"\n");
+    assert!(
+        err.starts_with("error: p.toml:4:1: stage `gen` has no `kind`"),
+        "{err}"
+    );
+    assert!(err.contains("command"), "{err}");
+}
+
+#[test]
+fn input_naming_a_missing_stage() {
+    let err = plan_error(
+        "[stage.gen]\nkind = \"command\"\nitems = [\"a\"]\ncmd = \"x\"\n\n\
+         [stage.use]\nkind = \"command\"\ninputs = [\"gne\"]\ncmd = \"x\"\n",
+    );
+    assert!(err.starts_with("error: p.toml:8:11:"), "{err}");
+    assert!(
+        err.contains("input `gne` is not a stage of this pipeline"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `gen`?"), "{err}");
+}
+
+#[test]
+fn cycle_names_its_stages_in_order() {
+    let err = plan_error(
+        "[stage.a]\nkind = \"command\"\ninputs = [\"c\"]\ncmd = \"x\"\n\
+         [stage.b]\nkind = \"command\"\ninputs = [\"a\"]\ncmd = \"x\"\n\
+         [stage.c]\nkind = \"command\"\ninputs = [\"b\"]\ncmd = \"x\"\n",
+    );
+    assert!(
+        err.contains("the stages form a cycle: a → b → c → a"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`a` at line 1, `b` at line 5, `c` at line 9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_pipeline_says_what_to_add() {
+    let err = plan_error("[pipeline]\nname = \"empty\"\n");
+    assert!(
+        err.contains("p.toml: the pipeline declares no stages"),
+        "{err}"
+    );
+    assert!(err.contains("[stage.NAME]"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_line_and_column() {
+    let err = plan_error(
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"x\"\ntimeout = \"soon\"\n",
+    );
+    assert!(err.starts_with("error: p.toml:5:11:"), "{err}");
+    assert!(err.contains("expected f64"), "{err}");
+}
+
+#[test]
+fn stage_without_items_or_inputs_says_what_to_give() {
+    let err = plan_error("[stage.a]\nkind = \"command\"\ncmd = \"x\"\n");
+    assert!(
+        err.starts_with("error: p.toml:1:1: stage `a` has nothing to fan out over"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_item_is_named() {
+    let err =
+        plan_error("[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\", \"x\"]\ncmd = \"x\"\n");
+    assert!(err.contains("item `x` is listed twice"), "{err}");
+}
+
+#[test]
+fn missing_pipeline_file() {
+    let sb = Sandbox::new();
+    let ran = sb.mvc(&["plan", "nope.toml"]);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr
+            .contains("nope.toml: cannot read the pipeline file"),
+        "{}",
+        ran.stderr
+    );
+}
