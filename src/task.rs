@@ -254,12 +254,17 @@ pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => J::Bool(*b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect()),
-        // serde_json's map is a BTreeMap (no preserve_order feature): keys come out sorted.
-        toml::Value::Table(t) => J::Object(
-            t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        ),
+        // Inserted in sorted order, so the text is sorted whether serde_json's map keeps
+        // insertion order (its `preserve_order` feature) or sorts.
+        toml::Value::Table(t) => {
+            let sorted: BTreeMap<&String, &toml::Value> = t.iter().collect();
+            J::Object(
+                sorted
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                    .collect(),
+            )
+        }
     }
 }
 
