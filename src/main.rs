@@ -110,6 +110,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `mvc plan … | head` should end quietly, not panic on a closed pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == mvc::exec::launcher::LAUNCHER_ARG)
+    {
+        mvc::exec::launcher::helper_main();
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match dispatch(cli) {

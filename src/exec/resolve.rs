@@ -294,6 +294,16 @@ impl Engine {
         self.state[t as usize] = State::Running;
     }
 
+    /// A task that could not run for reasons outside its item: failed in this run, but not
+    /// remembered as failed.
+    pub fn finish_unrecorded(&mut self, t: u32, error: String) {
+        self.stage_counts(t).to_run -= 1;
+        self.stage_counts(t).failed += 1;
+        self.state[t as usize] = State::Failed;
+        self.notes.insert(t, error);
+        self.resolved(t);
+    }
+
     /// Puts a dispatched task back (it was cancelled before it finished).
     pub fn unrun(&mut self, t: u32) {
         self.state[t as usize] = State::ToRun;

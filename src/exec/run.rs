@@ -3,6 +3,7 @@
 //! as soon as it exists, so that an interrupted run loses only what was running.
 
 use super::graph::{MISSING, TaskGraph};
+use super::launcher::Launcher;
 use super::progress::{PLAIN_INTERVAL, Progress};
 use super::resolve::{Counts, Engine, Mode, State};
 use super::slots::Resources;
@@ -162,6 +163,7 @@ enum Reported {
         error: String,
     },
     Cancelled,
+    Aborted(String),
 }
 
 pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Result<RunReport> {
@@ -200,6 +202,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
     let mut interrupted = false;
     let mut shared_saved: HashSet<usize> = HashSet::new();
     let kill = CancellationToken::new();
+    let launcher = Arc::new(Launcher::start());
     let (tx, mut rx) = mpsc::unbounded_channel::<UnitDone>();
     let mut sigint = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -235,6 +238,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
                         need,
                         store.clone(),
                         kill.clone(),
+                        launcher.clone(),
                         tx.clone(),
                     );
                 }
@@ -264,6 +268,13 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
                             }
                         }
                         Reported::Cancelled => engine.unrun(t),
+                        Reported::Aborted(error) => {
+                            progress.println(&format!(
+                                "error: {} could not run: {error}",
+                                engine.graph.task_label(t)
+                            ));
+                            engine.finish_unrecorded(t, error);
+                        }
                         Reported::InputCorrupt { stage, item, error } => {
                             let again = reopen_producer(&mut engine, t, &stage, &item)?;
                             progress.println(&format!(
@@ -432,6 +443,7 @@ fn spawn_unit(
     slots: Resources,
     store: Arc<Store>,
     kill: CancellationToken,
+    launcher: Arc<Launcher>,
     tx: mpsc::UnboundedSender<UnitDone>,
 ) {
     let node = &engine.graph.stages[stage];
@@ -452,6 +464,7 @@ fn spawn_unit(
             stage: stage_name.clone(),
             input_names,
             kill,
+            launcher,
         };
         let outcomes = match load_inputs(&store, &prepared).await {
             Ok(inputs) => {
@@ -477,21 +490,12 @@ fn spawn_unit(
                 })
                 .collect(),
         };
-        let commit = tokio::task::spawn_blocking(move || {
-            prepared
-                .iter()
-                .zip(outcomes)
-                .map(|(p, outcome)| (p.task, commit_outcome(&store, &stage_name, p, outcome)))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let outcomes = match commit {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!("recording results failed: {e}");
-                Vec::new()
-            }
-        };
+        // A few index writes per task: cheaper here than a hop to the blocking pool.
+        let outcomes: Vec<(u32, Reported)> = prepared
+            .iter()
+            .zip(outcomes)
+            .map(|(p, outcome)| (p.task, commit_outcome(&store, &stage_name, p, outcome)))
+            .collect();
         let _ = tx.send(UnitDone { slots, outcomes });
     });
 }
@@ -505,7 +509,12 @@ async fn load_inputs(
 ) -> Result<Vec<Vec<InputData>>, MissingInput> {
     let wanted: Vec<Vec<InputKeys>> = prepared.iter().map(|p| p.inputs.clone()).collect();
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
+    let lookups: usize = wanted
+        .iter()
+        .flatten()
+        .map(|(_, _, items)| items.len())
+        .sum();
+    super::blocking_if(lookups > 64, move || {
         wanted
             .into_iter()
             .map(|inputs| {
@@ -541,7 +550,6 @@ async fn load_inputs(
             .collect::<Result<Vec<_>, _>>()
     })
     .await
-    .unwrap_or_else(|e| Err((String::new(), String::new(), e.to_string())))
 }
 
 /// Records an outcome in the index (the commit point of a task) and says what happened.
@@ -594,6 +602,7 @@ fn commit_outcome(store: &Store, stage: &str, p: &PreparedTask, outcome: TaskOut
             Reported::InputCorrupt { stage, item, error }
         }
         TaskOutcome::Cancelled => Reported::Cancelled,
+        TaskOutcome::Aborted(error) => Reported::Aborted(error),
     }
 }
 

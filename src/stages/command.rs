@@ -12,6 +12,8 @@ use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ItemDecl, ParamCtx, PlannedItem, StageKind,
     TaskOutcome, UnitTask, env_name, validate_item_id,
 };
+use crate::exec::blocking_if;
+use crate::exec::launcher::{Event, LaunchRequest};
 use crate::exec::slots::Resources;
 use crate::exec::workdir::{ingest_outputs, materialize_input, safe_relative};
 use crate::store::records::now_ms;
@@ -21,7 +23,6 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use toml::Spanned;
 
@@ -235,7 +236,7 @@ impl CommandStage {
     async fn run_task(&self, ctx: &ExecCtx, task: UnitTask) -> TaskOutcome {
         let dir = ctx.store.tmp_dir().join(task.key.to_hex());
         let outcome = self.run_in(ctx, &task, &dir).await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
         outcome.unwrap_or_else(|e| TaskOutcome::Failed {
             error: format!("{e:#}"),
             stderr: None,
@@ -243,13 +244,11 @@ impl CommandStage {
     }
 
     async fn run_in(&self, ctx: &ExecCtx, task: &UnitTask, dir: &Path) -> Result<TaskOutcome> {
-        let _ = tokio::fs::remove_dir_all(dir).await;
+        let _ = std::fs::remove_dir_all(dir);
         let work = dir.join("work");
         let out = dir.join("out");
         for d in [&work, &out] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .with_context(|| format!("creating {}", d.display()))?;
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let mut env: Vec<(String, String)> = vec![
             ("MVC_ITEM".into(), task.item.clone()),
@@ -261,10 +260,11 @@ impl CommandStage {
             let store = ctx.store.clone();
             let input_data = input.clone();
             let target = in_dir.clone();
-            let materialized = tokio::task::spawn_blocking(move || {
+            let heavy = input.items.len() > 16;
+            let materialized = blocking_if(heavy, move || {
                 materialize_input(&store, &target, &input_data)
             })
-            .await?;
+            .await;
             if let Err(corrupt) = materialized {
                 return Ok(TaskOutcome::InputCorrupt {
                     stage: corrupt.stage,
@@ -288,54 +288,50 @@ impl CommandStage {
 
         let stdout_path = dir.join("stdout");
         let stderr_path = dir.join("stderr");
-        let mut command = tokio::process::Command::new("sh");
-        command
-            .arg("-c")
-            .arg(&self.cmd)
-            .current_dir(&work)
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout_path)?)
-            .stderr(std::fs::File::create(&stderr_path)?)
-            // Its own process group: a terminal's Ctrl-C reaches mvc only, which decides
-            // whether running tasks finish or are killed (as a group, children included).
-            .process_group(0)
-            .kill_on_drop(true);
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
-        // and exec.
-        unsafe {
-            command.pre_exec(|| {
-                // If mvc is killed (even by SIGKILL) its tasks die with it instead of
-                // finishing unobserved and racing the next run.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() == 1 {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
         let started_ms = now_ms();
         let started = Instant::now();
-        let mut child = command
-            .spawn()
-            .context("starting `sh` (is a POSIX shell on PATH?)")?;
-        let pid = child.id().map(|p| p as i32);
+        let launched = ctx
+            .launcher
+            .launch(LaunchRequest {
+                cmd: self.cmd.clone(),
+                cwd: work.clone(),
+                env,
+                stdout: stdout_path.clone(),
+                stderr: stderr_path.clone(),
+            })
+            .await;
+        let mut launched = match launched {
+            Ok(l) => l,
+            // Not the item's fault: nothing is recorded, the task stays to run.
+            Err(e) => {
+                return Ok(TaskOutcome::Aborted(format!(
+                    "could not start the task: {e}"
+                )));
+            }
+        };
+        let pid = Some(launched.pid);
         let timeout = async {
             match self.timeout {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
         };
-        let status = tokio::select! {
-            status = child.wait() => status?,
+        let (code, signal) = tokio::select! {
+            event = launched.events.recv() => match event {
+                Some(Event::Exited { code, signal }) => (code, signal),
+                Some(Event::Error { message }) => return Ok(TaskOutcome::Aborted(message)),
+                Some(Event::Started { .. }) | None => {
+                    return Ok(TaskOutcome::Aborted("lost track of the task".into()));
+                }
+            },
             _ = ctx.kill.cancelled() => {
                 kill_group(pid);
-                let _ = child.wait().await;
+                let _ = launched.events.recv().await;
                 return Ok(TaskOutcome::Cancelled);
             }
             _ = timeout => {
                 kill_group(pid);
-                let _ = child.wait().await;
+                let _ = launched.events.recv().await;
                 let stderr = store_log(ctx, &stderr_path);
                 return Ok(TaskOutcome::Failed {
                     error: format!(
@@ -349,14 +345,11 @@ impl CommandStage {
         let duration_ms = started.elapsed().as_millis() as u64;
         let stdout = store_log(ctx, &stdout_path);
         let stderr = store_log(ctx, &stderr_path);
-        if !status.success() {
-            let how = match (
-                status.code(),
-                std::os::unix::process::ExitStatusExt::signal(&status),
-            ) {
+        if code != Some(0) {
+            let how = match (code, signal) {
                 (Some(code), _) => format!("exit status {code}"),
                 (None, Some(sig)) => format!("killed by signal {sig}"),
-                _ => status.to_string(),
+                _ => "an unknown status".to_string(),
             };
             let tail = last_lines(&stderr_path, 3);
             let error = if tail.is_empty() {
@@ -369,7 +362,8 @@ impl CommandStage {
 
         let store = ctx.store.clone();
         let out_dir = out.clone();
-        let outputs = tokio::task::spawn_blocking(move || ingest_outputs(&store, &out_dir)).await?;
+        let heavy = dir_holds_blobs(&out);
+        let outputs = blocking_if(heavy, move || ingest_outputs(&store, &out_dir)).await;
         let outputs = match outputs {
             Ok(o) => o,
             Err(error) => return Ok(TaskOutcome::Failed { error, stderr }),
@@ -496,6 +490,21 @@ impl StageKind for CommandStage {
         }
         outcomes
     }
+}
+
+/// Whether an output directory holds a file large enough to become a blob (its ingestion
+/// then copies and fsyncs: work for the blocking pool).
+fn dir_holds_blobs(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| match e.file_type() {
+        Ok(t) if t.is_dir() => dir_holds_blobs(&e.path()),
+        Ok(_) => e
+            .metadata()
+            .is_ok_and(|m| m.len() > crate::store::records::INLINE_MAX),
+        Err(_) => false,
+    })
 }
 
 fn item_slice(params: &toml::Table) -> ParamSlice {

@@ -7,6 +7,7 @@
 pub mod command;
 mod item_decl;
 
+use crate::exec::launcher::Launcher;
 use crate::exec::slots::Resources;
 use crate::exec::workdir::InputData;
 use crate::store::Store;
@@ -102,6 +103,9 @@ pub enum TaskOutcome {
     },
     /// Stopped by Ctrl-C: nothing is recorded.
     Cancelled,
+    /// Could not run for reasons outside the item (the task could not be started): counted
+    /// as failed in this run, not recorded, so the next run tries again.
+    Aborted(String),
 }
 
 /// What a unit runs with.
@@ -111,6 +115,8 @@ pub struct ExecCtx {
     pub input_names: Vec<String>,
     /// Fired when running work must stop now (second Ctrl-C, or the grace period ended).
     pub kill: CancellationToken,
+    /// Starts task processes.
+    pub launcher: Arc<Launcher>,
 }
 
 #[async_trait::async_trait]
