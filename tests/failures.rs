@@ -318,3 +318,33 @@ fn truncated_or_missing_blob_is_planned_as_a_miss() {
     assert_eq!(r.count("down", "ran"), 0, "same bytes again: early cutoff");
     sb.mvc(&["status", "--verify"]).assert_ok();
 }
+
+#[test]
+fn slots_that_cannot_run_a_stage_are_named() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[executor]\ngpu = 0\n[stage.train]\nkind = \"command\"\nitems = [\"a\"]\n\
+         resources = { gpu = 1 }\ncmd = 'echo > $MVC_OUT/o'\n",
+    );
+    let r = sb.mvc(&["run", "p.toml"]);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains("stage `train` needs gpu = 1 per task but this executor has 0 gpu slots"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--slots gpu=1"), "{}", r.stderr);
+    // Granting the slot (there is no GPU to use: the command does not need one) runs it.
+    sb.mvc(&["run", "p.toml", "--slots", "gpu=1"]).assert_ok();
+
+    let r = sb.mvc(&["run", "p.toml", "--slots", "gpus=1"]);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains("unknown slot `gpus`; slots are cpu, gpu, blender, net"),
+        "{}",
+        r.stderr
+    );
+}

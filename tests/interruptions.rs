@@ -248,3 +248,38 @@ fn killed_run_leaves_no_orphans_writing_later() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!marker.exists(), "a task outlived the mvc that started it");
 }
+
+#[test]
+fn tasks_die_with_mvc_when_forked_directly_too() {
+    // MVC_LAUNCHER=direct forks tasks from mvc itself (what a library user gets).
+    let sb = Sandbox::new();
+    let marker = sb.path().join("late.txt");
+    sb.write(
+        "p.toml",
+        &format!(
+            "[stage.slow]\nkind = \"command\"\nitems = [\"a\", \"b\"]\n\
+             cmd = 'sleep 1; echo late > \"{}\"; echo > \"$MVC_OUT/o\"'\n",
+            marker.display()
+        ),
+    );
+    let mut child = sb
+        .command(&["run", "p.toml"])
+        .env("MVC_LAUNCHER", "direct")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    signal(&child, SIGKILL);
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!marker.exists(), "a task outlived the mvc that started it");
+    let r = sb
+        .command(&["run", "p.toml", "--json"])
+        .env("MVC_LAUNCHER", "direct")
+        .output()
+        .unwrap();
+    let r: common::Ran = r.into();
+    r.assert_ok();
+    assert_eq!(r.count("slow", "ran"), 2);
+}

@@ -190,6 +190,11 @@ fn export_writes_files_and_an_index() {
     assert!(r.stderr.contains("mvc run p.toml"), "{}", r.stderr);
 
     sb.mvc(&["run", "p.toml"]).assert_ok();
+    // Every run leaves a readable summary in runs/<pipeline>/.
+    let run: serde_json::Value = serde_json::from_str(&sb.read("runs/p/run.json")).unwrap();
+    assert_eq!(run["pipeline"], "p");
+    assert_eq!(run["stages"]["gen"]["ran"], 2);
+    assert!(sb.read("runs/p/run.md").contains("gen"));
     let r = sb.mvc(&["export", "p.toml", "gen", "out"]);
     r.assert_ok();
     assert!(

@@ -1,6 +1,6 @@
 //! Progress: one indicatif bar per stage on a terminal (done / cached / failed / total, rate,
-//! ETA); plain log lines on stderr otherwise (a line per stage when it finishes, and a
-//! status line for unfinished stages every ten seconds).
+//! ETA). When stdout is not a terminal, plain log lines on stderr instead: a line per stage
+//! when it finishes, and a status line for unfinished stages every ten seconds.
 
 use super::plan::group_digits;
 use super::resolve::Counts;
@@ -25,7 +25,10 @@ impl Progress {
     pub fn new(stages: &[(String, u64)], quiet: bool) -> Progress {
         let names: Vec<String> = stages.iter().map(|s| s.0.clone()).collect();
         let totals: Vec<u64> = stages.iter().map(|s| s.1).collect();
-        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        // Bars only when someone watches a terminal: with stdout redirected (a log file, a
+        // pipe into jq), plain lines are what the reader of that output can use.
+        let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let bars = (!quiet && watched).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
             let width = names.iter().map(|n| n.len()).max().unwrap_or(5);
             let style = ProgressStyle::with_template(&format!(

@@ -87,6 +87,28 @@ impl RunReport {
         .expect("reports always serialise")
     }
 
+    /// Writes `run.json` and `run.md` into the pipeline's results folder.
+    pub fn write_results(&self, pipeline: &Pipeline, record: &RunRecord) -> Result<()> {
+        let dir = &pipeline.results_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut json: serde_json::Value = serde_json::from_str(&self.to_json())?;
+        json["pipeline"] = pipeline.name.clone().into();
+        json["pipeline_file"] = pipeline.path.display().to_string().into();
+        json["started"] = crate::store::records::format_time(record.started_ms).into();
+        json["ended"] = crate::store::records::format_time(record.ended_ms).into();
+        std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&json)?)?;
+        let md = format!(
+            "# Run of `{}`\n\n{} to {} ({})\n\n```\n{}```\n",
+            pipeline.name,
+            crate::store::records::format_time(record.started_ms),
+            crate::store::records::format_time(record.ended_ms),
+            pipeline.path.display(),
+            self.to_text()
+        );
+        std::fs::write(dir.join("run.md"), md)?;
+        Ok(())
+    }
+
     pub fn to_text(&self) -> String {
         use super::plan::group_digits as g;
         use std::fmt::Write as _;
@@ -326,6 +348,12 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
     run_id.extend_from_slice(&std::process::id().to_be_bytes());
     store.index().put(Tree::Runs, &run_id, &encode(&record))?;
     store.flush()?;
+    if let Err(e) = report.write_results(pipeline, &record) {
+        tracing::warn!(
+            "could not write the run summary to {}: {e:#}",
+            pipeline.results_dir.display()
+        );
+    }
     Ok(report)
 }
 

@@ -81,6 +81,8 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub name: String,
     pub cache_dir: PathBuf,
+    /// The run's human-readable results folder, `runs/<name>/` by default.
+    pub results_dir: PathBuf,
     pub executor: ExecutorTable,
     /// In declaration order.
     pub stages: Vec<Stage>,
@@ -129,10 +131,13 @@ impl Pipeline {
                 .unwrap_or_else(|| "pipeline".into())
         });
         let cache_dir = PathBuf::from(raw.pipeline.cache.as_deref().unwrap_or("cache"));
+        let results_dir =
+            PathBuf::from(raw.pipeline.results.as_deref().unwrap_or("runs")).join(&name);
         Ok(Pipeline {
             path: path.to_path_buf(),
             name,
             cache_dir,
+            results_dir,
             executor: raw.executor.unwrap_or_default(),
             stages,
             order,

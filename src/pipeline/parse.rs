@@ -23,6 +23,8 @@ use toml::Spanned;
 pub struct PipelineTable {
     pub name: Option<String>,
     pub cache: Option<String>,
+    /// Where each run writes its human-readable results: `<results>/<name>/`.
+    pub results: Option<String>,
 }
 
 /// The `[executor]` table: slots per resource (defaults from the machine).
