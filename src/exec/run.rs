@@ -224,8 +224,13 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
     let mut interrupted = false;
     let mut shared_saved: HashSet<usize> = HashSet::new();
     let kill = CancellationToken::new();
-    let launcher = Arc::new(Launcher::start());
     let (tx, mut rx) = mpsc::unbounded_channel::<UnitDone>();
+    let shared = UnitShared {
+        store: store.clone(),
+        kill: kill.clone(),
+        launcher: Arc::new(Launcher::start()),
+        done: tx,
+    };
     let mut sigint = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(PLAIN_INTERVAL.min(Duration::from_millis(250)));
@@ -253,16 +258,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
                     }
                     free.take(&need);
                     running += 1;
-                    spawn_unit(
-                        &engine,
-                        s,
-                        prepared,
-                        need,
-                        store.clone(),
-                        kill.clone(),
-                        launcher.clone(),
-                        tx.clone(),
-                    );
+                    spawn_unit(&engine, s, prepared, need, &shared);
                 }
             }
         }
@@ -464,16 +460,25 @@ fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
         .collect()
 }
 
+/// What every unit runs with, whatever its stage.
+struct UnitShared {
+    store: Arc<Store>,
+    kill: CancellationToken,
+    launcher: Arc<Launcher>,
+    done: mpsc::UnboundedSender<UnitDone>,
+}
+
 fn spawn_unit(
     engine: &Engine,
     stage: usize,
     prepared: Vec<PreparedTask>,
     slots: Resources,
-    store: Arc<Store>,
-    kill: CancellationToken,
-    launcher: Arc<Launcher>,
-    tx: mpsc::UnboundedSender<UnitDone>,
+    shared: &UnitShared,
 ) {
+    let store = shared.store.clone();
+    let kill = shared.kill.clone();
+    let launcher = shared.launcher.clone();
+    let tx = shared.done.clone();
     let node = &engine.graph.stages[stage];
     let kind = node.kind.clone();
     let stage_name = node.name.clone();
