@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GEN_CMD: &str = r#"echo "$MVC_ITEM" > "$MVC_OUT/o""#;
+const COPY_CMD: &str = r#"cp "$MVC_IN_GEN/o" "$MVC_OUT/o""#;
 
 fn main() {
     let tasks: usize = std::env::var("MVC_BENCH_TASKS")
@@ -89,16 +90,16 @@ fn main() {
         peak / 1024
     );
 
-    // Overhead per task of the first run, against spawning the same commands directly with
-    // the same parallelism (a sample of the gen commands, no orchestration at all).
+    // Overhead per task of the first run, against running the same commands directly with
+    // the same parallelism (a sample of the items: gen then copy each, no orchestration).
     if ran > 0 {
-        let sample = items.min(20_000);
+        let sample = items.min(10_000);
         let baseline = baseline_spawns(&dir, sample, cores);
         let per_task_mvc = first.wall.as_secs_f64() / ran as f64;
-        let per_task_raw = baseline.as_secs_f64() / sample as f64;
+        let per_task_raw = baseline.as_secs_f64() / (2 * sample) as f64;
         println!(
-            "first run per task: {:.3} ms; bare `sh -c` per command ({} spawns, {cores} at a \
-             time): {:.3} ms; ratio {:.2}x, overhead {:.3} ms per task",
+            "first run per task: {:.3} ms; the same commands run directly ({} gen + copy \
+             pairs, {cores} at a time): {:.3} ms; ratio {:.2}x, overhead {:.3} ms per task",
             per_task_mvc * 1e3,
             group(sample as u64),
             per_task_raw * 1e3,
@@ -134,7 +135,7 @@ cmd = '{GEN_CMD}'
 [stage.copy]
 kind = "command"
 inputs = ["gen"]
-cmd = 'cp "$MVC_IN_GEN/o" "$MVC_OUT/o"'
+cmd = '{COPY_CMD}'
 
 [stage.count]
 kind = "command"
@@ -202,7 +203,8 @@ fn mvc_timed(mvc: &str, dir: &Path, args: &[&str]) -> Timed {
     }
 }
 
-/// Spawns `sample` gen commands directly, `parallel` at a time, each in its own directory.
+/// Runs the gen and copy commands of `sample` items directly, `parallel` items at a time,
+/// each in its own directories.
 fn baseline_spawns(dir: &Path, sample: usize, parallel: usize) -> Duration {
     let base = dir.join("baseline");
     let _ = std::fs::remove_dir_all(&base);
@@ -217,13 +219,24 @@ fn baseline_spawns(dir: &Path, sample: usize, parallel: usize) -> Duration {
                     if i >= sample {
                         break;
                     }
-                    let out = base.join(format!("obj{i:07}"));
-                    std::fs::create_dir_all(&out).unwrap();
+                    let item = format!("obj{i:07}");
+                    let generated = base.join("gen").join(&item);
+                    let copied = base.join("copy").join(&item);
+                    std::fs::create_dir_all(&generated).unwrap();
+                    std::fs::create_dir_all(&copied).unwrap();
                     let status = Command::new("sh")
                         .arg("-c")
                         .arg(GEN_CMD)
-                        .env("MVC_ITEM", format!("obj{i:07}"))
-                        .env("MVC_OUT", &out)
+                        .env("MVC_ITEM", &item)
+                        .env("MVC_OUT", &generated)
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                    let status = Command::new("sh")
+                        .arg("-c")
+                        .arg(COPY_CMD)
+                        .env("MVC_IN_GEN", &generated)
+                        .env("MVC_OUT", &copied)
                         .status()
                         .unwrap();
                     assert!(status.success());

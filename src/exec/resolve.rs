@@ -8,10 +8,13 @@ use super::graph::{MISSING, TaskGraph};
 use crate::stages::Binding;
 use crate::store::Store;
 use crate::store::memo::{KeyMap, MemoValue, StageMemo};
-use crate::task::{Digest, FieldChange, KEY_SCHEMA, KeyRecord, TaskKey, cause_of, diff_fields};
+use crate::task::{
+    Digest, FieldChange, KEY_SCHEMA, KeyRecord, KeyRecordRef, ParamSlice, TaskKey, cause_of,
+    diff_fields,
+};
 use anyhow::Result;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,11 +390,11 @@ impl Engine {
         }
     }
 
-    /// Builds the key record of a task whose inputs are resolved.
-    pub fn record_of(&self, t: u32) -> Result<KeyRecord, NotKeyed> {
+    /// The digests a task reads from each input, sorted by input name.
+    fn input_digests(&self, t: u32) -> Result<Vec<(&str, Digest)>, NotKeyed> {
         let g = &self.graph;
         let node = g.stage_of(t);
-        let mut inputs = BTreeMap::new();
+        let mut inputs = Vec::with_capacity(node.inputs.len());
         let mut item_k = 0;
         for edge in &node.inputs {
             let up = &g.stages[edge.stage];
@@ -428,34 +431,62 @@ impl Engine {
                     }
                 },
             };
-            inputs.insert(up.name.clone(), digest);
+            inputs.push((up.name.as_str(), digest));
         }
+        inputs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Ok(inputs)
+    }
+
+    /// The key record of a task whose inputs are resolved.
+    pub fn record_of(&self, t: u32) -> Result<KeyRecord, NotKeyed> {
+        let node = self.graph.stage_of(t);
+        let inputs = self.input_digests(t)?;
         Ok(KeyRecord {
             schema: KEY_SCHEMA,
             kind: node.kind.kind().to_string(),
             kind_version: node.kind.version(),
-            item: g.item(t).to_string(),
+            item: self.graph.item(t).to_string(),
             shared: node.shared_digest,
-            item_params: g.item_params(t),
-            inputs,
+            item_params: self.graph.item_params(t),
+            inputs: inputs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         })
     }
 
+    /// The key of a task whose inputs are resolved, without building its record.
+    fn key_of(&self, t: u32) -> Result<TaskKey, NotKeyed> {
+        let node = self.graph.stage_of(t);
+        let inputs = self.input_digests(t)?;
+        let local = t - node.start;
+        let no_params = ParamSlice::new();
+        Ok(KeyRecordRef {
+            schema: KEY_SCHEMA,
+            kind: node.kind.kind(),
+            kind_version: node.kind.version(),
+            item: &node.items[local as usize],
+            shared: &node.shared_digest,
+            item_params: node.item_params.get(&local).unwrap_or(&no_params),
+            inputs: &inputs,
+        }
+        .key())
+    }
+
     fn resolve_one(&self, t: u32) -> Result<Resolution> {
-        let record = match self.record_of(t) {
-            Ok(r) => r,
+        let key = match self.key_of(t) {
+            Ok(k) => k,
             Err(NotKeyed::Blocked(why)) => return Ok(Resolution::Blocked(why)),
             Err(NotKeyed::Pending(why)) => return Ok(Resolution::Pending(why)),
         };
-        let key = record.key();
         let s = self.graph.task_stage[t as usize] as usize;
         let mut blobs_missing = false;
         match self.memos[s].get(&key) {
             Some(MemoValue::Done { manifest, blobs }) => {
-                if self.store.outputs_present(blobs.iter().copied()) {
+                if self.store.outputs_present(blobs.into_iter()) {
                     return Ok(Resolution::Cached {
                         key,
-                        manifest: *manifest,
+                        manifest,
                         memo_value: None,
                     });
                 }
@@ -593,7 +624,7 @@ impl Engine {
                             learnt = true;
                             v.clone()
                         } else if let Some(v) = self.memos[s].get(&key) {
-                            v.clone()
+                            v
                         } else {
                             continue;
                         }
@@ -603,7 +634,7 @@ impl Engine {
                 list.push((key, value));
             }
             // A memo that already holds exactly these keys is kept as it is.
-            if learnt || list.len() != self.memos[s].entries.len() {
+            if learnt || list.len() != self.memos[s].len() {
                 StageMemo::save(self.store.index(), self.store.blobs(), &node.name, list)?;
             }
         }

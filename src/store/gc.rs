@@ -139,11 +139,8 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport> {
         let (stage, _) = entry?;
         let stage = String::from_utf8_lossy(&stage).to_string();
         let memo = StageMemo::load(index, store.blobs(), &stage)?;
-        let kept: Vec<(TaskKey, MemoValue)> = memo
-            .entries
-            .into_iter()
-            .filter(|(k, _)| keep.contains(k))
-            .collect();
+        let kept: Vec<(TaskKey, MemoValue)> =
+            memo.iter().filter(|(k, _)| keep.contains(k)).collect();
         memos.push((stage, kept));
     }
 

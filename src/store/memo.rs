@@ -6,16 +6,22 @@
 //! of a million cached tasks spent over three seconds in the index alone. A memo is read
 //! sequentially and verified in one go. It only ever holds keys that were committed to the
 //! index; a key it lacks falls back to the index, and `gc` rewrites memos when it deletes.
+//!
+//! The format is a flat table searched in place (no decoding: loading a memo of half a
+//! million entries is one read and one hash):
+//! - header: `mvcmemo1`, entry count (u64 LE);
+//! - entries sorted by key, 80 bytes each: key (32), manifest (32), status (1: 0 done,
+//!   1 failed), padding (7), first blob index (u32 LE), blob count (u32 LE);
+//! - blob table, 40 bytes each: digest (32), size (u64 LE).
 
 use super::blobs::BlobStore;
 use super::index::{Index, Tree};
 use crate::task::{Digest, TaskKey};
-use anyhow::Result;
-use serde::{Deserialize, Serialize};
+use anyhow::{Result, bail};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemoValue {
     Done {
         manifest: Digest,
@@ -47,14 +53,117 @@ impl Hasher for KeyHasher {
 pub type KeyMap<V> = HashMap<TaskKey, V, BuildHasherDefault<KeyHasher>>;
 pub type KeySet = HashSet<TaskKey, BuildHasherDefault<KeyHasher>>;
 
+const MAGIC: &[u8; 8] = b"mvcmemo1";
+const HEADER: usize = 16;
+const ENTRY: usize = 80;
+const BLOB: usize = 40;
+const BUCKETS: usize = 1 << 16;
+
+fn bucket_of(first_two: &[u8]) -> usize {
+    (first_two[0] as usize) << 8 | first_two[1] as usize
+}
+
+fn bucket(key: &TaskKey) -> usize {
+    bucket_of(&key.0[..2])
+}
+
 #[derive(Default)]
 pub struct StageMemo {
-    pub entries: KeyMap<MemoValue>,
+    bytes: Vec<u8>,
+    count: usize,
+    /// `buckets[b]..buckets[b + 1]`: the entries whose key starts with the 16 bits `b`
+    /// (keys are uniformly random, so a lookup scans a handful of entries).
+    buckets: Vec<u32>,
 }
 
 impl StageMemo {
-    pub fn get(&self, key: &TaskKey) -> Option<&MemoValue> {
-        self.entries.get(key)
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn entry(&self, i: usize) -> &[u8] {
+        &self.bytes[HEADER + i * ENTRY..HEADER + (i + 1) * ENTRY]
+    }
+
+    fn value(&self, entry: &[u8]) -> MemoValue {
+        if entry[64] == 1 {
+            return MemoValue::Failed;
+        }
+        let first = u32::from_le_bytes(entry[72..76].try_into().unwrap()) as usize;
+        let n = u32::from_le_bytes(entry[76..80].try_into().unwrap()) as usize;
+        let table = HEADER + self.count * ENTRY;
+        let blobs = (first..first + n)
+            .map(|b| {
+                let at = table + b * BLOB;
+                let digest = Digest(self.bytes[at..at + 32].try_into().unwrap());
+                let size = u64::from_le_bytes(self.bytes[at + 32..at + 40].try_into().unwrap());
+                (digest, size)
+            })
+            .collect();
+        MemoValue::Done {
+            manifest: Digest(entry[32..64].try_into().unwrap()),
+            blobs,
+        }
+    }
+
+    pub fn get(&self, key: &TaskKey) -> Option<MemoValue> {
+        if self.count == 0 {
+            return None;
+        }
+        let b = bucket(key);
+        let prefix = u64::from_be_bytes(key.0[..8].try_into().unwrap());
+        (self.buckets[b] as usize..self.buckets[b + 1] as usize)
+            .map(|i| self.entry(i))
+            .find(|e| u64::from_be_bytes(e[..8].try_into().unwrap()) == prefix && e[..32] == key.0)
+            .map(|e| self.value(e))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (TaskKey, MemoValue)> + '_ {
+        (0..self.count).map(|i| {
+            let entry = self.entry(i);
+            (Digest(entry[..32].try_into().unwrap()), self.value(entry))
+        })
+    }
+
+    fn parse(bytes: Vec<u8>) -> Result<StageMemo> {
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            bail!("not a plan memo");
+        }
+        let count = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        let table = HEADER + count * ENTRY;
+        if bytes.len() < table || (bytes.len() - table) % BLOB != 0 {
+            bail!("truncated plan memo");
+        }
+        let mut memo = StageMemo {
+            bytes,
+            count,
+            buckets: Vec::new(),
+        };
+        let mut buckets = vec![0u32; BUCKETS + 1];
+        let blobs = (memo.bytes.len() - table) / BLOB;
+        let mut previous: Option<&[u8]> = None;
+        for i in 0..count {
+            let e = memo.entry(i);
+            if previous.is_some_and(|p| p >= &e[..32]) {
+                bail!("plan memo entries are not sorted");
+            }
+            previous = Some(&e[..32]);
+            buckets[bucket_of(&e[..2]) + 1] += 1;
+            let first = u32::from_le_bytes(e[72..76].try_into().unwrap()) as usize;
+            let n = u32::from_le_bytes(e[76..80].try_into().unwrap()) as usize;
+            if first + n > blobs {
+                bail!("plan memo entry {i} points past its blob table");
+            }
+        }
+        for b in 0..BUCKETS {
+            buckets[b + 1] += buckets[b];
+        }
+        memo.buckets = buckets;
+        Ok(memo)
     }
 
     /// The memo saved for `stage`, or an empty one when there is none or it does not verify
@@ -73,24 +182,88 @@ impl StageMemo {
                 return Ok(StageMemo::default());
             }
         };
-        let list: Vec<(TaskKey, MemoValue)> = match postcard::from_bytes(&bytes) {
-            Ok(list) => list,
-            Err(_) => return Ok(StageMemo::default()),
-        };
-        let mut entries = KeyMap::with_capacity_and_hasher(list.len(), Default::default());
-        entries.extend(list);
-        Ok(StageMemo { entries })
+        Ok(StageMemo::parse(bytes).unwrap_or_default())
+    }
+
+    pub fn encode(mut list: Vec<(TaskKey, MemoValue)>) -> Vec<u8> {
+        list.sort_unstable_by_key(|e| e.0);
+        list.dedup_by_key(|e| e.0);
+        let mut bytes = Vec::with_capacity(HEADER + list.len() * ENTRY);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(list.len() as u64).to_le_bytes());
+        let mut table: Vec<u8> = Vec::new();
+        let mut next_blob = 0u32;
+        for (key, value) in &list {
+            bytes.extend_from_slice(&key.0);
+            match value {
+                MemoValue::Done { manifest, blobs } => {
+                    bytes.extend_from_slice(&manifest.0);
+                    bytes.extend_from_slice(&[0u8; 8]);
+                    bytes.extend_from_slice(&next_blob.to_le_bytes());
+                    bytes.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+                    for (digest, size) in blobs {
+                        table.extend_from_slice(&digest.0);
+                        table.extend_from_slice(&size.to_le_bytes());
+                    }
+                    next_blob += blobs.len() as u32;
+                }
+                MemoValue::Failed => {
+                    bytes.extend_from_slice(&[0u8; 32]);
+                    bytes.extend_from_slice(&[1u8, 0, 0, 0, 0, 0, 0, 0]);
+                    bytes.extend_from_slice(&[0u8; 8]);
+                }
+            }
+        }
+        bytes.extend_from_slice(&table);
+        bytes
     }
 
     pub fn save(
         index: &dyn Index,
         blobs: &BlobStore,
         stage: &str,
-        mut list: Vec<(TaskKey, MemoValue)>,
+        list: Vec<(TaskKey, MemoValue)>,
     ) -> Result<()> {
-        list.sort_by_key(|e| e.0);
-        let digest = blobs.put_bytes(&postcard::to_stdvec(&list)?)?;
+        let digest = blobs.put_bytes(&StageMemo::encode(list))?;
         index.put(Tree::Memos, stage.as_bytes(), &digest.0)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_round_trips_and_finds_every_key() {
+        let list: Vec<(TaskKey, MemoValue)> = (0..1000u32)
+            .map(|i| {
+                let key = Digest::of(&i.to_le_bytes());
+                let value = match i % 3 {
+                    0 => MemoValue::Failed,
+                    1 => MemoValue::Done {
+                        manifest: Digest::of(b"m"),
+                        blobs: vec![],
+                    },
+                    _ => MemoValue::Done {
+                        manifest: Digest::of(&[i as u8]),
+                        blobs: vec![(Digest::of(b"b1"), i as u64), (Digest::of(b"b2"), 7)],
+                    },
+                };
+                (key, value)
+            })
+            .collect();
+        let memo = StageMemo::parse(StageMemo::encode(list.clone())).unwrap();
+        assert_eq!(memo.len(), 1000);
+        for (key, value) in &list {
+            assert_eq!(memo.get(key).as_ref(), Some(value));
+        }
+        assert_eq!(memo.get(&Digest::of(b"absent")), None);
+        let mut listed: Vec<_> = memo.iter().collect();
+        let mut expected = list;
+        listed.sort_by_key(|e| e.0);
+        expected.sort_by_key(|e| e.0);
+        assert_eq!(listed, expected);
+        assert!(StageMemo::parse(b"mvcmemo1\x05\0\0\0\0\0\0\0".to_vec()).is_err());
     }
 }
