@@ -135,7 +135,7 @@ impl StageMemo {
         }
         let count = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
         let table = HEADER + count * ENTRY;
-        if bytes.len() < table || (bytes.len() - table) % BLOB != 0 {
+        if bytes.len() < table || !(bytes.len() - table).is_multiple_of(BLOB) {
             bail!("truncated plan memo");
         }
         let mut memo = StageMemo {
