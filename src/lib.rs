@@ -9,3 +9,4 @@ pub mod pipeline;
 pub mod stages;
 pub mod store;
 pub mod task;
+pub mod text;

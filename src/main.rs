@@ -154,6 +154,14 @@ fn cache_dir(flag: &Option<PathBuf>, pipeline: Option<&Pipeline>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cache"))
 }
 
+/// Makes the index durable and leaves the plan's memory to the operating system: freeing a
+/// million tasks' allocations one by one took a tenth of a second of a two-second plan.
+fn exit_without_freeing(engine: mvc::exec::resolve::Engine) -> Result<()> {
+    engine.store.flush()?;
+    std::mem::forget(engine);
+    Ok(())
+}
+
 fn load(file: &Path) -> Result<Pipeline> {
     Ok(Pipeline::load(file)?)
 }
@@ -208,12 +216,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let pipeline = load(&file)?;
             let dir = cache_dir(&cli.cache, Some(&pipeline));
             let store = Arc::new(Store::open(&dir)?);
-            let (_, report) = plan(&pipeline, store, retry_failed)?;
+            let (engine, report) = plan(&pipeline, store, retry_failed)?;
             if json {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.to_text(&pipeline, &dir));
             }
+            exit_without_freeing(engine)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Why { args } => match args.as_slice() {
@@ -296,7 +305,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "exported {} item(s), {} file(s) ({}) of stage `{stage}` to {}",
                 report.items,
                 report.files,
-                commands::human_bytes(report.bytes),
+                mvc::text::human_bytes(report.bytes),
                 dir.display()
             );
             if !report.failed.is_empty() {

@@ -80,6 +80,20 @@ fn thousand_items_rerun_exactly_what_changed() {
     let sb = Sandbox::new();
     sb.write("p.toml", &pipeline(&[]));
 
+    // Before anything ran: every task is new; downstream waits on its upstream.
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    plan.assert_ok();
+    let json = plan.json();
+    assert_eq!(
+        json["stages"]["gen"]["reasons"],
+        serde_json::json!({"new item": 1000})
+    );
+    assert_eq!(json["stages"]["double"]["to_run"], 1000);
+    assert_eq!(
+        json["stages"]["total"]["reasons"],
+        serde_json::json!({"upstream reruns: double": 1})
+    );
+
     // First run: everything runs.
     let first = sb.mvc(&["run", "p.toml", "--json"]);
     first.assert_ok();

@@ -1,8 +1,7 @@
 //! `mvc gc` output.
 
-use super::human_bytes;
-use crate::exec::plan::group_digits;
 use crate::store::gc::GcReport;
+use crate::text::{group_digits, human_bytes, name_width};
 use std::fmt::Write as _;
 
 pub fn to_text(report: &GcReport, keep_runs: usize) -> String {
@@ -17,7 +16,7 @@ pub fn to_text(report: &GcReport, keep_runs: usize) -> String {
     stages.sort();
     stages.dedup();
     if !stages.is_empty() {
-        let width = stages.iter().map(|s| s.len()).max().unwrap_or(5).max(5);
+        let width = name_width(stages.iter().copied());
         let _ = writeln!(
             out,
             "{:<width$}  {:>10}  {:>10}  {:>12}  {:>12}",

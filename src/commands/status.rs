@@ -1,12 +1,12 @@
 //! `mvc status`: what the cache holds, its last runs, and (with a pipeline) where each
 //! stage stands; `--verify` re-hashes everything.
 
-use super::human_bytes;
-use crate::exec::plan::{PlanReport, group_digits};
+use crate::exec::plan::PlanReport;
 use crate::store::Store;
 use crate::store::index::Tree;
 use crate::store::records::{RunOutcome, RunRecord, decode, format_time};
 use crate::store::verify::VerifyReport;
+use crate::text::{group_digits, human_bytes, name_width};
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -104,13 +104,7 @@ pub fn to_text(
     }
     if let Some(plan) = plan {
         let _ = writeln!(out, "\npipeline stages:");
-        let width = plan
-            .stages
-            .keys()
-            .map(|k| k.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let width = name_width(plan.stages.keys());
         for (name, s) in &plan.stages {
             let _ = writeln!(
                 out,

@@ -27,7 +27,8 @@ pub struct StageNode {
     pub kind: Arc<dyn StageKind>,
     /// Global index of the stage's first task.
     pub start: u32,
-    pub items: Vec<Box<str>>,
+    /// Shared with the stages that fan out over the same items (no copy per stage).
+    pub items: Vec<Arc<str>>,
     /// Parameters of items that have their own (most have none).
     pub item_params: HashMap<u32, ParamSlice>,
     pub inputs: Vec<InputEdge>,
@@ -110,7 +111,7 @@ impl TaskGraph {
                 if !item.params.is_empty() {
                     item_params.insert(i as u32, item.params);
                 }
-                items.push(item.id.into_boxed_str());
+                items.push(item.id);
             }
             let edges: Vec<InputEdge> = inputs
                 .iter()

@@ -6,6 +6,7 @@ use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::store::index::Tree;
 use crate::store::records::latest_key;
+use crate::text::{group_digits, name_width};
 use anyhow::Result;
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -46,13 +47,7 @@ impl PlanReport {
             pipeline.path.display(),
             cache.display()
         );
-        let width = self
-            .stages
-            .keys()
-            .map(|k| k.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let width = name_width(self.stages.keys());
         let _ = writeln!(
             out,
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
@@ -165,17 +160,4 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
         );
     }
     Ok(PlanReport { stages })
-}
-
-/// 1234567 → "1,234,567".
-pub fn group_digits(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -2,8 +2,8 @@
 //! ETA). When stdout is not a terminal, plain log lines on stderr instead: a line per stage
 //! when it finishes, and a status line for unfinished stages every ten seconds.
 
-use super::plan::group_digits;
 use super::resolve::Counts;
+use crate::text::group_digits;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

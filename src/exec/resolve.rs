@@ -110,9 +110,19 @@ enum Resolution {
 }
 
 /// Why a record could not be built yet.
+#[derive(Clone)]
 pub enum NotKeyed {
     Blocked(String),
     Pending(String),
+}
+
+impl From<NotKeyed> for Resolution {
+    fn from(why: NotKeyed) -> Resolution {
+        match why {
+            NotKeyed::Blocked(why) => Resolution::Blocked(why),
+            NotKeyed::Pending(why) => Resolution::Pending(why),
+        }
+    }
 }
 
 pub struct Engine {
@@ -370,7 +380,10 @@ impl Engine {
             // nothing to read.
             Aggregate::Failed(format!("every item of upstream `{}` failed", node.name))
         } else {
-            pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            // Items usually arrive sorted (ids files are): checking is cheaper than sorting.
+            if !pairs.is_sorted_by(|a, b| a.0 <= b.0) {
+                pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            }
             Aggregate::Digest(Digest::of(
                 &postcard::to_stdvec(&pairs).expect("aggregates always encode"),
             ))
@@ -474,11 +487,13 @@ impl Engine {
     }
 
     fn resolve_one(&self, t: u32) -> Result<Resolution> {
-        let key = match self.key_of(t) {
-            Ok(k) => k,
-            Err(NotKeyed::Blocked(why)) => return Ok(Resolution::Blocked(why)),
-            Err(NotKeyed::Pending(why)) => return Ok(Resolution::Pending(why)),
-        };
+        match self.key_of(t) {
+            Ok(key) => self.look_up(t, key),
+            Err(why) => Ok(why.into()),
+        }
+    }
+
+    fn look_up(&self, t: u32, key: TaskKey) -> Result<Resolution> {
         let s = self.graph.task_stage[t as usize] as usize;
         let mut blobs_missing = false;
         match self.memos[s].get(&key) {

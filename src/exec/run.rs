@@ -110,16 +110,10 @@ impl RunReport {
     }
 
     pub fn to_text(&self) -> String {
-        use super::plan::group_digits as g;
+        use crate::text::group_digits as g;
         use std::fmt::Write as _;
         let mut out = String::new();
-        let width = self
-            .stages
-            .keys()
-            .map(|k| k.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let width = crate::text::name_width(self.stages.keys());
         let _ = writeln!(
             out,
             "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",

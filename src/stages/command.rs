@@ -23,6 +23,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toml::Spanned;
 
@@ -173,7 +174,7 @@ impl CommandStage {
                 items
                     .iter()
                     .map(|i| PlannedItem {
-                        id: i.id.clone(),
+                        id: Arc::from(i.id.as_str()),
                         params: item_slice(&i.params),
                     })
                     .collect(),
@@ -190,8 +191,7 @@ impl CommandStage {
                 path.display()
             )
         })?;
-        let mut seen = HashSet::new();
-        let mut items = Vec::new();
+        let mut ids: Vec<(&str, usize)> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let id = line.trim();
             if id.is_empty() || id.starts_with('#') {
@@ -200,19 +200,33 @@ impl CommandStage {
             validate_item_id(id).map_err(|e| {
                 anyhow::anyhow!("{}:{}: {e} (stage `{}`)", path.display(), n + 1, self.stage)
             })?;
-            if !seen.insert(id.to_string()) {
+            ids.push((id, n + 1));
+        }
+        // Duplicates, found by sorting (ids files of a million lines are common, and usually
+        // sorted already, which makes this one pass).
+        if !ids.is_sorted_by(|a, b| a.0 < b.0) {
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            if let Some((id, line)) = sorted
+                .windows(2)
+                .filter(|w| w[0].0 == w[1].0)
+                .map(|w| w[1])
+                .min_by_key(|(_, line)| *line)
+            {
                 bail!(
-                    "{}:{}: item `{id}` is listed twice (stage `{}`)",
+                    "{}:{line}: item `{id}` is listed twice (stage `{}`)",
                     path.display(),
-                    n + 1,
                     self.stage
                 );
             }
-            items.push(PlannedItem {
-                id: id.to_string(),
-                params: ParamSlice::new(),
-            });
         }
+        let items = ids
+            .into_iter()
+            .map(|(id, _)| PlannedItem {
+                id: Arc::from(id),
+                params: ParamSlice::new(),
+            })
+            .collect();
         Ok(Some(items))
     }
 
@@ -466,7 +480,7 @@ impl StageKind for CommandStage {
                 items: first
                     .iter()
                     .map(|id| PlannedItem {
-                        id: id.to_string(),
+                        id: id.clone(),
                         params: ParamSlice::new(),
                     })
                     .collect(),
@@ -475,7 +489,7 @@ impl StageKind for CommandStage {
         } else {
             Ok(Expansion {
                 items: vec![PlannedItem {
-                    id: ALL_ITEM.to_string(),
+                    id: Arc::from(ALL_ITEM),
                     params: ParamSlice::new(),
                 }],
                 bindings: vec![Binding::All; n_inputs],

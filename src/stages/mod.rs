@@ -40,7 +40,7 @@ pub enum Binding {
 /// An item of a stage: its stable id and the parameters that belong to it alone.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedItem {
-    pub id: String,
+    pub id: Arc<str>,
     pub params: ParamSlice,
 }
 
@@ -55,7 +55,7 @@ pub struct Expansion {
 /// What a kind may consult while expanding: its upstream stages' item ids.
 pub struct ExpandCtx<'a> {
     pub stage: &'a str,
-    pub inputs: Vec<(&'a str, &'a [Box<str>])>,
+    pub inputs: Vec<(&'a str, &'a [Arc<str>])>,
 }
 
 /// What a kind may consult while computing its shared parameters (file digests go through
