@@ -69,6 +69,23 @@ fn ran_counts(sb: &Sandbox) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Waits until `path` has at least `n` lines (tasks announce themselves there).
+fn wait_for_lines(path: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} tasks started in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn assert_no_rerun(
     before: &BTreeSet<String>,
     old: &BTreeMap<String, usize>,
@@ -170,7 +187,8 @@ fn ctrl_c_lets_running_tasks_finish_and_loses_nothing() {
         ),
     );
     let child = sb.spawn(&["run", "p.toml", "--json", "--grace", "20"]);
-    std::thread::sleep(Duration::from_millis(1000));
+    // Two slots: the third task starts only once the first has finished and been recorded.
+    wait_for_lines(&log, 3);
     signal(&child, SIGINT);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -200,14 +218,18 @@ fn ctrl_c_lets_running_tasks_finish_and_loses_nothing() {
 #[test]
 fn second_ctrl_c_stops_running_tasks_now() {
     let sb = Sandbox::new();
+    let log = sb.path().join("started.log");
     sb.write(
         "p.toml",
-        "[executor]\ncpu = 2\n[stage.slow]\nkind = \"command\"\nitems = [\"a\", \"b\", \"c\"]\n\
-         cmd = 'sleep 20; echo > \"$MVC_OUT/o\"'\n",
+        &format!(
+            "[executor]\ncpu = 2\n[stage.slow]\nkind = \"command\"\nitems = [\"a\", \"b\", \"c\"]\n\
+             cmd = 'echo $MVC_ITEM >> \"{}\"; sleep 20; echo > \"$MVC_OUT/o\"'\n",
+            log.display()
+        ),
     );
     let started = Instant::now();
     let child = sb.spawn(&["run", "p.toml", "--json"]);
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for_lines(&log, 2);
     signal(&child, SIGINT);
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, SIGINT);
@@ -229,57 +251,50 @@ fn second_ctrl_c_stops_running_tasks_now() {
     sb.mvc(&["status", "--verify"]).assert_ok();
 }
 
-#[test]
-fn killed_run_leaves_no_orphans_writing_later() {
+/// Kills `mvc run` with SIGKILL while its tasks sleep, and checks that none of them lives
+/// on to write its marker; then runs the pipeline to the end. `launcher`: MVC_LAUNCHER.
+fn assert_tasks_die_with_mvc(launcher: &str) {
     let sb = Sandbox::new();
     let marker = sb.path().join("late.txt");
+    let log = sb.path().join("started.log");
     sb.write(
         "p.toml",
         &format!(
-            "[stage.slow]\nkind = \"command\"\nitems = [\"a\"]\n\
-             cmd = 'sleep 1; echo late > \"{}\"; echo > \"$MVC_OUT/o\"'\n",
-            marker.display()
-        ),
-    );
-    let mut child = sb.spawn(&["run", "p.toml"]);
-    std::thread::sleep(Duration::from_millis(400));
-    signal(&child, SIGKILL);
-    child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(!marker.exists(), "a task outlived the mvc that started it");
-}
-
-#[test]
-fn tasks_die_with_mvc_when_forked_directly_too() {
-    // MVC_LAUNCHER=direct forks tasks from mvc itself (what a library user gets).
-    let sb = Sandbox::new();
-    let marker = sb.path().join("late.txt");
-    sb.write(
-        "p.toml",
-        &format!(
-            "[stage.slow]\nkind = \"command\"\nitems = [\"a\", \"b\"]\n\
-             cmd = 'sleep 1; echo late > \"{}\"; echo > \"$MVC_OUT/o\"'\n",
+            "[executor]\ncpu = 2\n[stage.slow]\nkind = \"command\"\nitems = [\"a\", \"b\"]\n\
+             cmd = 'echo $MVC_ITEM >> \"{}\"; sleep 1; echo late > \"{}\"; echo > \"$MVC_OUT/o\"'\n",
+            log.display(),
             marker.display()
         ),
     );
     let mut child = sb
         .command(&["run", "p.toml"])
-        .env("MVC_LAUNCHER", "direct")
+        .env("MVC_LAUNCHER", launcher)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    wait_for_lines(&log, 2);
     signal(&child, SIGKILL);
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!marker.exists(), "a task outlived the mvc that started it");
-    let r = sb
+    let r: common::Ran = sb
         .command(&["run", "p.toml", "--json"])
-        .env("MVC_LAUNCHER", "direct")
+        .env("MVC_LAUNCHER", launcher)
         .output()
-        .unwrap();
-    let r: common::Ran = r.into();
+        .unwrap()
+        .into();
     r.assert_ok();
     assert_eq!(r.count("slow", "ran"), 2);
+}
+
+#[test]
+fn killed_run_leaves_no_orphans_writing_later() {
+    assert_tasks_die_with_mvc("helper");
+}
+
+#[test]
+fn tasks_die_with_mvc_when_forked_directly_too() {
+    // MVC_LAUNCHER=direct forks tasks from mvc itself (what a library user gets).
+    assert_tasks_die_with_mvc("direct");
 }
