@@ -476,11 +476,6 @@ fn spawn_unit(
     let node = &engine.graph.stages[stage];
     let kind = node.kind.clone();
     let stage_name = node.name.clone();
-    let input_names: Vec<String> = node
-        .inputs
-        .iter()
-        .map(|e| engine.graph.stages[e.stage].name.clone())
-        .collect();
     let item_params: Vec<_> = prepared
         .iter()
         .map(|p| engine.graph.item_params(p.task))
@@ -488,8 +483,6 @@ fn spawn_unit(
     tokio::spawn(async move {
         let ctx = ExecCtx {
             store: store.clone(),
-            stage: stage_name.clone(),
-            input_names,
             kill,
             launcher,
         };
@@ -652,12 +645,8 @@ fn reopen_producer(engine: &mut Engine, consumer: u32, stage: &str, item: &str) 
         .inputs
         .iter()
         .any(|e| engine.graph.stages[e.stage].name == stage && e.binding == Binding::All);
-    let reopened = engine.reopen(producer, consumer, all)?;
-    if !reopened && engine.state[producer as usize] == State::ToRun {
-        // Re-opened by another consumer and still queued or running: just wait for it.
-        return Ok(false);
-    }
-    Ok(reopened)
+    // False when another consumer re-opened it already: the consumer just waits for it.
+    engine.reopen(producer, consumer, all)
 }
 
 fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Duration) -> RunReport {

@@ -111,8 +111,6 @@ pub enum TaskOutcome {
 /// What a unit runs with.
 pub struct ExecCtx {
     pub store: Arc<Store>,
-    pub stage: String,
-    pub input_names: Vec<String>,
     /// Fired when running work must stop now (second Ctrl-C, or the grace period ended).
     pub kill: CancellationToken,
     /// Starts task processes.
