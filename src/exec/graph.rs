@@ -5,7 +5,7 @@
 //! flat arrays, so a million tasks cost tens of megabytes, not hundreds.
 
 use crate::pipeline::Pipeline;
-use crate::stages::{Binding, ExpandCtx, ParamCtx, StageKind};
+use crate::stages::{Binding, ExpandCtx, Expansion, ParamCtx, StageKind, StageOutputs};
 use crate::store::Store;
 use crate::task::{Digest, ParamSlice, slice_digest};
 use anyhow::{Context, Result};
@@ -14,6 +14,10 @@ use std::sync::Arc;
 
 /// Marks an item input whose upstream stage has no item of that id.
 pub const MISSING: u32 = u32::MAX;
+
+/// Results of fully resolved stages (by stage index), for the stages that expand from
+/// their inputs' outputs. A graph is built again when more of them become known.
+pub type Sources = HashMap<usize, Arc<StageOutputs>>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct InputEdge {
@@ -31,6 +35,11 @@ pub struct StageNode {
     pub items: Vec<Arc<str>>,
     /// Parameters of items that have their own (most have none).
     pub item_params: HashMap<u32, ParamSlice>,
+    /// Expected bytes of items that declare them (progress only).
+    pub item_bytes: HashMap<u32, u64>,
+    /// Set when the stage's items are not known yet (they come from upstream results that
+    /// do not exist yet): why. Such a stage has no tasks in this graph.
+    pub deferred: Option<String>,
     pub inputs: Vec<InputEdge>,
     /// Positions in `inputs` of the per-item inputs.
     pub item_inputs: Vec<usize>,
@@ -72,8 +81,10 @@ pub struct TaskGraph {
 }
 
 impl TaskGraph {
-    /// Expands every stage (upstream first) and keys its shared parameters.
-    pub fn build(pipeline: &Pipeline, store: &Store) -> Result<TaskGraph> {
+    /// Expands every stage (upstream first) and keys its shared parameters. A stage that
+    /// expands from outputs its `sources` lack, and every stage downstream of it, is left
+    /// deferred (no tasks).
+    pub fn build(pipeline: &Pipeline, store: &Store, sources: &Sources) -> Result<TaskGraph> {
         let n = pipeline.stages.len();
         let mut stages: Vec<Option<StageNode>> = (0..n).map(|_| None).collect();
         let mut next_task: u64 = 0;
@@ -87,29 +98,60 @@ impl TaskGraph {
                 .iter()
                 .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
                 .collect();
-            let ctx = ExpandCtx {
-                stage: &stage.name,
-                inputs: inputs
-                    .iter()
-                    .map(|&u| {
-                        let node = stages[u].as_ref().expect("upstream expanded first");
-                        (node.name.as_str(), node.items.as_slice())
-                    })
-                    .collect(),
+            let upstream = |u: usize| stages[u].as_ref().expect("upstream expanded first");
+            let dynamic = stage.kind.expands_from_outputs();
+            let deferred = inputs.iter().find_map(|&u| {
+                let up = upstream(u);
+                if let Some(why) = &up.deferred {
+                    return Some(why.clone());
+                }
+                if !dynamic {
+                    return None;
+                }
+                match sources.get(&u) {
+                    None => Some(format!("items known once `{}` has run", up.name)),
+                    Some(out) if out.items.is_empty() && !up.is_empty() => {
+                        Some(format!("`{}` has no successful result", up.name))
+                    }
+                    Some(_) => None,
+                }
+            });
+            let expansion = if deferred.is_some() {
+                Expansion {
+                    items: Vec::new(),
+                    bindings: vec![Binding::Item; inputs.len()],
+                }
+            } else {
+                let ctx = ExpandCtx {
+                    stage: &stage.name,
+                    inputs: inputs
+                        .iter()
+                        .map(|&u| (upstream(u).name.as_str(), upstream(u).items.as_slice()))
+                        .collect(),
+                    outputs: inputs
+                        .iter()
+                        .map(|u| dynamic.then(|| sources.get(u).map(|o| &**o)).flatten())
+                        .collect(),
+                    store,
+                };
+                stage
+                    .kind
+                    .expand(&ctx)
+                    .with_context(|| format!("expanding stage `{}`", stage.name))?
             };
-            let expansion = stage
-                .kind
-                .expand(&ctx)
-                .with_context(|| format!("expanding stage `{}`", stage.name))?;
             let shared = stage
                 .kind
                 .shared_params(&ParamCtx { store })
                 .with_context(|| format!("reading the parameters of stage `{}`", stage.name))?;
             let mut items = Vec::with_capacity(expansion.items.len());
             let mut item_params = HashMap::new();
+            let mut item_bytes = HashMap::new();
             for (i, item) in expansion.items.into_iter().enumerate() {
                 if !item.params.is_empty() {
                     item_params.insert(i as u32, item.params);
+                }
+                if let Some(bytes) = item.bytes {
+                    item_bytes.insert(i as u32, bytes);
                 }
                 items.push(item.id);
             }
@@ -138,6 +180,8 @@ impl TaskGraph {
                 shared,
                 items,
                 item_params,
+                item_bytes,
+                deferred,
                 inputs: edges,
                 item_inputs,
                 all_consumers: Vec::new(),
@@ -246,6 +290,20 @@ impl TaskGraph {
     pub fn item(&self, task: u32) -> &str {
         let node = self.stage_of(task);
         &node.items[(task - node.start) as usize]
+    }
+
+    /// Expected bytes of a task (0 when its item declares none).
+    pub fn item_bytes(&self, task: u32) -> u64 {
+        let node = self.stage_of(task);
+        node.item_bytes
+            .get(&(task - node.start))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether some stage's items are not known yet.
+    pub fn has_deferred(&self) -> bool {
+        self.stages.iter().any(|s| s.deferred.is_some())
     }
 
     pub fn item_params(&self, task: u32) -> ParamSlice {

@@ -1,7 +1,7 @@
 //! `mvc plan`: expand, key and look up every task, and say what would run and why.
 
-use super::graph::TaskGraph;
-use super::resolve::{Engine, Mode, State};
+use super::graph::{Sources, TaskGraph};
+use super::resolve::{Carry, Engine, Mode, State};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::store::index::Tree;
@@ -22,6 +22,9 @@ pub struct StagePlan {
     pub failed_skipped: u64,
     /// Cause → number of tasks to run for that cause, most frequent first.
     pub reasons: IndexMap<String, u64>,
+    /// Set when the stage's items are not known yet: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_expanded: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -54,6 +57,10 @@ impl PlanReport {
             "stage", "total", "cached", "to run", "failed"
         );
         for (name, s) in &self.stages {
+            if let Some(why) = &s.not_expanded {
+                let _ = writeln!(out, "{name:<width$}  {:>9}  ({why})", "?");
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
@@ -115,11 +122,30 @@ pub fn plan(
     store: Arc<Store>,
     retry_failed: bool,
 ) -> Result<(Engine, PlanReport)> {
-    let graph = TaskGraph::build(pipeline, &store)?;
-    let mut engine = Engine::new(graph, store, Mode::Plan, retry_failed)?;
-    engine.resolve_ready()?;
-    let report = report(&engine)?;
-    Ok((engine, report))
+    // Rounds as in a run: stages that expand from upstream results are expanded when those
+    // results are cached; otherwise the plan says they are not known yet.
+    let mut sources = Sources::new();
+    loop {
+        let graph = TaskGraph::build(pipeline, &store, &sources)?;
+        let mut engine = Engine::new(
+            graph,
+            store.clone(),
+            Mode::Plan,
+            retry_failed,
+            Carry::default(),
+        )?;
+        engine.resolve_ready()?;
+        let more = if engine.graph.has_deferred() {
+            engine.sources(&sources)?
+        } else {
+            sources.clone()
+        };
+        if more.len() == sources.len() {
+            let report = report(&engine)?;
+            return Ok((engine, report));
+        }
+        sources = more;
+    }
 }
 
 pub fn report(engine: &Engine) -> Result<PlanReport> {
@@ -156,6 +182,7 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
                 to_run: counts.to_run + counts.pending,
                 failed_skipped: counts.known_failed + counts.blocked,
                 reasons: reasons.into_iter().collect(),
+                not_expanded: node.deferred.clone(),
             },
         );
     }

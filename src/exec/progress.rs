@@ -17,6 +17,10 @@ pub struct Progress {
     started: Instant,
     stage_started: Vec<Option<Instant>>,
     finished: Vec<bool>,
+    /// Stages whose items are not known yet: never finished, whatever their counts.
+    deferred: Vec<bool>,
+    /// Bytes (done, total) per stage, for kinds that transfer data.
+    bytes: Vec<(u64, u64)>,
     last_plain: Instant,
 }
 
@@ -56,8 +60,30 @@ impl Progress {
             started: Instant::now(),
             stage_started: vec![None; n],
             finished: vec![false; n],
+            deferred: vec![false; n],
+            bytes: vec![(0, 0); n],
             last_plain: Instant::now(),
         }
+    }
+
+    /// New totals for the stages (a run's graph grows when deferred stages expand);
+    /// `deferred[i]` marks a stage whose items are not known yet.
+    pub fn set_stages(&mut self, totals: &[u64], deferred: &[Option<String>]) {
+        for (i, (total, why)) in totals.iter().zip(deferred).enumerate() {
+            self.totals[i] = *total;
+            self.deferred[i] = why.is_some();
+            if let Some((_, bars)) = &self.bars {
+                bars[i].set_length(*total);
+                if let Some(why) = why {
+                    bars[i].set_message(format!("waiting: {why}"));
+                }
+            }
+        }
+    }
+
+    /// Bytes (done, total) per stage, in the order of `new`.
+    pub fn set_bytes(&mut self, bytes: Vec<(u64, u64)>) {
+        self.bytes = bytes;
     }
 
     /// Redraws from the current counts (`counts[i]` belongs to stage `i` of `new`).
@@ -67,12 +93,16 @@ impl Progress {
             if self.stage_started[i].is_none() && (resolved > 0 || c.to_run > 0) {
                 self.stage_started[i] = Some(Instant::now());
             }
+            if self.deferred[i] {
+                continue;
+            }
             if let Some((_, bars)) = &self.bars {
                 bars[i].set_position(resolved);
                 bars[i].set_message(format!(
-                    "cached {} · failed {}",
+                    "cached {} · failed {}{}",
                     group_digits(c.cached),
-                    group_digits(c.all_failed())
+                    group_digits(c.all_failed()),
+                    self.bytes_text(i)
                 ));
             }
             if !self.finished[i] && resolved == self.totals[i] {
@@ -109,6 +139,7 @@ impl Progress {
             group_digits(c.ran),
             group_digits(c.all_failed())
         );
+        line.push_str(&self.bytes_text(i));
         if resolved == total {
             line.push_str(&format!(" in {elapsed:.1}s"));
         } else if c.ran + c.failed > 0 && elapsed > 0.0 {
@@ -120,6 +151,18 @@ impl Progress {
             ));
         }
         line
+    }
+
+    /// ` · 1.2 MB of 3.4 MB` for stages that transfer data, else nothing.
+    fn bytes_text(&self, i: usize) -> String {
+        match self.bytes.get(i) {
+            Some(&(done, total)) if total > 0 || done > 0 => format!(
+                " · {} of {}",
+                crate::text::human_bytes(done),
+                crate::text::human_bytes(total.max(done))
+            ),
+            _ => String::new(),
+        }
     }
 
     /// Prints a line without tearing the bars.

@@ -4,8 +4,8 @@
 //! and `run` (which resolves a task to run only when it has run). Keys depend on the output
 //! digests of upstream tasks, never on whether they ran: that is early cutoff.
 
-use super::graph::{MISSING, TaskGraph};
-use crate::stages::Binding;
+use super::graph::{MISSING, Sources, TaskGraph};
+use crate::stages::{Binding, StageOutputs};
 use crate::store::Store;
 use crate::store::memo::{KeyMap, MemoValue, StageMemo};
 use crate::task::{
@@ -125,8 +125,18 @@ impl From<NotKeyed> for Resolution {
     }
 }
 
+/// What earlier rounds of the same run did. A run whose graph grows (a stage expanding from
+/// outputs that did not exist when it started) builds its graph again; tasks that ran in an
+/// earlier round count as run, not cached, and tasks that failed are not run twice.
+#[derive(Debug, Default)]
+pub struct Carry {
+    pub ran: HashSet<TaskKey>,
+    pub failed: HashMap<TaskKey, String>,
+}
+
 pub struct Engine {
     pub graph: TaskGraph,
+    carry: Carry,
     pub store: Arc<Store>,
     pub mode: Mode,
     retry_failed: bool,
@@ -160,6 +170,7 @@ impl Engine {
         store: Arc<Store>,
         mode: Mode,
         retry_failed: bool,
+        carry: Carry,
     ) -> Result<Engine> {
         let n = graph.len();
         let memos = graph
@@ -181,6 +192,7 @@ impl Engine {
             left,
             memos,
             graph,
+            carry,
             store,
             mode,
             retry_failed,
@@ -235,11 +247,32 @@ impl Engine {
             } => {
                 self.keys[i] = key;
                 self.manifests[i] = manifest;
-                self.state[i] = State::Cached;
-                self.stage_counts(t).cached += 1;
+                if self.carry.ran.contains(&key) {
+                    self.state[i] = State::Done;
+                    self.stage_counts(t).ran += 1;
+                } else {
+                    self.state[i] = State::Cached;
+                    self.stage_counts(t).cached += 1;
+                }
                 if let Some(v) = memo_value {
                     self.fresh.insert(key, v);
                 }
+                self.resolved(t);
+            }
+            Resolution::KnownFailure { key, error } if self.carry.failed.contains_key(&key) => {
+                self.keys[i] = key;
+                self.state[i] = State::Failed;
+                self.stage_counts(t).failed += 1;
+                self.notes.insert(t, error);
+                self.resolved(t);
+            }
+            Resolution::ToRun { key, .. } if self.carry.failed.contains_key(&key) => {
+                // Failed in an earlier round of this run (perhaps without being recorded):
+                // not tried twice.
+                self.keys[i] = key;
+                self.state[i] = State::Failed;
+                self.stage_counts(t).failed += 1;
+                self.notes.insert(t, self.carry.failed[&key].clone());
                 self.resolved(t);
             }
             Resolution::KnownFailure { key, error } => {
@@ -435,6 +468,7 @@ impl Engine {
                         }
                     }
                 }
+                Binding::Expansion => continue,
                 Binding::All => match &self.aggregates[edge.stage] {
                     Some(Aggregate::Digest(d)) => *d,
                     Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
@@ -623,6 +657,64 @@ impl Engine {
                 .push(consumer);
         }
         Ok(reopen_producer)
+    }
+
+    /// What this round did, for the next round of the same run.
+    pub fn carry_forward(&mut self) -> Carry {
+        let mut carry = std::mem::take(&mut self.carry);
+        for (t, state) in self.state.iter().enumerate() {
+            match state {
+                State::Done => {
+                    carry.ran.insert(self.keys[t]);
+                }
+                State::Failed => {
+                    let note = self.notes.get(&(t as u32)).cloned().unwrap_or_default();
+                    carry.failed.insert(self.keys[t], note);
+                }
+                _ => {}
+            }
+        }
+        carry
+    }
+
+    /// `known`, plus the results of every stage that a stage expanding from outputs reads
+    /// and whose tasks are now all resolved (in a plan, a task to run is not).
+    pub fn sources(&self, known: &Sources) -> Result<Sources> {
+        let g = &self.graph;
+        let mut sources = known.clone();
+        for node in &g.stages {
+            if !node.kind.expands_from_outputs() {
+                continue;
+            }
+            for edge in &node.inputs {
+                let up = &g.stages[edge.stage];
+                if sources.contains_key(&edge.stage) || up.deferred.is_some() {
+                    continue;
+                }
+                let settled = up.tasks().all(|t| {
+                    let state = self.state[t as usize];
+                    state.is_success() || state.is_failure()
+                });
+                if !settled {
+                    continue;
+                }
+                let mut outputs = StageOutputs::default();
+                for t in up.tasks() {
+                    let item = up.items[(t - up.start) as usize].clone();
+                    if !self.state[t as usize].is_success() {
+                        outputs.failed.push(item);
+                        continue;
+                    }
+                    let Some(result) = self.store.result(&self.keys[t as usize])? else {
+                        anyhow::bail!("the result of {} is gone from the index", g.task_label(t));
+                    };
+                    outputs.items.push((item, result.outputs));
+                }
+                outputs.items.sort_by(|a, b| a.0.cmp(&b.0));
+                sources.insert(edge.stage, Arc::new(outputs));
+            }
+        }
+        Ok(sources)
     }
 
     /// Saves each stage's memo when it learnt something new this run.

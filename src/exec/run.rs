@@ -2,14 +2,14 @@
 //! ones not cached in units on tokio within the resource slots, and records every result
 //! as soon as it exists, so that an interrupted run loses only what was running.
 
-use super::graph::{MISSING, TaskGraph};
+use super::graph::{MISSING, Sources, TaskGraph};
 use super::launcher::Launcher;
 use super::progress::{PLAIN_INTERVAL, Progress};
-use super::resolve::{Counts, Engine, Mode, State};
+use super::resolve::{Carry, Counts, Engine, Mode, State};
 use super::slots::Resources;
 use super::workdir::InputData;
 use crate::pipeline::Pipeline;
-use crate::stages::{Binding, ExecCtx, TaskOutcome, UnitTask};
+use crate::stages::{Binding, ByteMeter, ExecCtx, TaskOutcome, UnitTask};
 use crate::store::Store;
 use crate::store::index::Tree;
 use crate::store::memo::MemoValue;
@@ -59,6 +59,8 @@ pub struct RunReport {
     pub stages: IndexMap<String, StageCounts>,
     /// Tasks left unrun per stage (only after an interruption or a stop on failure).
     pub not_run: IndexMap<String, u64>,
+    /// Stages whose items never became known (their source failed or did not run): why.
+    pub deferred: IndexMap<String, String>,
     pub outcome: RunOutcome,
     pub failures: Vec<FailureLine>,
     pub elapsed: Duration,
@@ -74,12 +76,15 @@ impl RunReport {
         #[derive(Serialize)]
         struct Json<'a> {
             stages: &'a IndexMap<String, StageCounts>,
+            #[serde(skip_serializing_if = "IndexMap::is_empty")]
+            not_expanded: &'a IndexMap<String, String>,
             ok: bool,
             interrupted: bool,
             failures: &'a [FailureLine],
         }
         serde_json::to_string(&Json {
             stages: &self.stages,
+            not_expanded: &self.deferred,
             ok: self.ok(),
             interrupted: self.outcome == RunOutcome::Interrupted,
             failures: &self.failures,
@@ -129,8 +134,11 @@ impl RunReport {
                 g(c.ran),
                 g(c.failed)
             );
-            match self.not_run.get(name) {
-                Some(n) if *n > 0 => {
+            match (self.not_run.get(name), self.deferred.get(name)) {
+                (_, Some(why)) => {
+                    let _ = writeln!(out, "  (not expanded: {why})");
+                }
+                (Some(n), _) if *n > 0 => {
                     let _ = writeln!(out, "  ({} not run)", g(*n));
                 }
                 _ => out.push('\n'),
@@ -184,143 +192,69 @@ enum Reported {
 
 pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Result<RunReport> {
     let started_ms = now_ms();
-    let graph = TaskGraph::build(pipeline, &store)?;
-    for &s in &graph.order {
-        let node = &graph.stages[s];
-        if node.is_empty() {
-            continue;
-        }
-        if let Some((slot, need, have)) = opts.slots.shortfall(&node.kind.resources()) {
-            bail!(
-                "stage `{}` needs {slot} = {need} per task but this executor has {have} {slot} \
-                 slot{}; set `{slot}` in the [executor] table or pass --slots {slot}={need}",
-                node.name,
-                if have == 1 { "" } else { "s" }
-            );
-        }
-    }
-    let mut engine = Engine::new(graph, store.clone(), Mode::Run, opts.retry_failed)?;
-    let order = engine.graph.order.clone();
+    let order = pipeline.order.clone();
     let shown: Vec<(String, u64)> = order
         .iter()
-        .map(|&s| {
-            let node = &engine.graph.stages[s];
-            (node.name.clone(), node.len() as u64)
-        })
+        .map(|&s| (pipeline.stages[s].name.clone(), 0))
         .collect();
-    let mut progress = Progress::new(&shown, opts.quiet);
-
-    let n_stages = engine.graph.stages.len();
-    let mut queues: Vec<VecDeque<u32>> = vec![VecDeque::new(); n_stages];
-    let mut free = opts.slots;
-    let mut running = 0usize;
-    let mut stopping = false;
-    let mut interrupted = false;
-    let mut shared_saved: HashSet<usize> = HashSet::new();
+    let (tx, rx) = mpsc::unbounded_channel::<UnitDone>();
     let kill = CancellationToken::new();
-    let (tx, mut rx) = mpsc::unbounded_channel::<UnitDone>();
-    let shared = UnitShared {
-        store: store.clone(),
-        kill: kill.clone(),
-        launcher: Arc::new(Launcher::start()),
-        done: tx,
+    let mut sched = Scheduler {
+        progress: Progress::new(&shown, opts.quiet),
+        meters: (0..pipeline.stages.len())
+            .map(|_| Arc::new(ByteMeter::default()))
+            .collect(),
+        shared: UnitShared {
+            store: store.clone(),
+            kill: kill.clone(),
+            launcher: Arc::new(Launcher::start()),
+            done: tx,
+        },
+        rx,
+        kill,
+        sigint: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
+        sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        stopping: false,
+        interrupted: false,
+        shared_saved: HashSet::new(),
+        opts: opts.clone(),
+        order: order.clone(),
     };
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut ticker = tokio::time::interval(PLAIN_INTERVAL.min(Duration::from_millis(250)));
-    let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
-    tokio::pin!(grace);
 
-    loop {
-        for t in engine.resolve_ready()? {
-            let s = engine.graph.task_stage[t as usize] as usize;
-            queues[s].push_back(t);
+    // Rounds: a stage whose items come from upstream results (a download's objects from its
+    // selection) is expanded once those results exist, so the graph is built again after a
+    // round that made them. Tasks resolved in an earlier round are cache hits in the next.
+    let mut sources = Sources::new();
+    let mut carry = Carry::default();
+    let engine = loop {
+        let graph = TaskGraph::build(pipeline, &store, &sources)?;
+        check_slots(&graph, &opts)?;
+        let mut engine = Engine::new(graph, store.clone(), Mode::Run, opts.retry_failed, carry)?;
+        let totals: Vec<u64> = order
+            .iter()
+            .map(|&s| engine.graph.stages[s].len() as u64)
+            .collect();
+        let deferred: Vec<Option<String>> = order
+            .iter()
+            .map(|&s| engine.graph.stages[s].deferred.clone())
+            .collect();
+        sched.progress.set_stages(&totals, &deferred);
+        sched.round(&mut engine).await?;
+        engine.save_memos()?;
+        if sched.stopping || !engine.graph.has_deferred() {
+            break engine;
         }
-        progress.update(&ordered(&engine.counts, &order));
-
-        if !stopping {
-            for &s in &order {
-                let need = engine.graph.stages[s].kind.resources();
-                while !queues[s].is_empty() && free.fits(&need) {
-                    let unit = take_unit(&engine, &mut queues[s]);
-                    if shared_saved.insert(s) {
-                        store.put_shared_params(&engine.graph.stages[s].shared)?;
-                    }
-                    let prepared = prepare_unit(&engine, &unit)?;
-                    for &t in &unit {
-                        engine.start(t);
-                    }
-                    free.take(&need);
-                    running += 1;
-                    spawn_unit(&engine, s, prepared, need, &shared);
-                }
-            }
+        let more = engine.sources(&sources)?;
+        if more.len() == sources.len() {
+            break engine;
         }
+        sources = more;
+        carry = engine.carry_forward();
+    };
+    let elapsed = sched.progress.elapsed();
+    sched.progress.close();
 
-        let queued: usize = queues.iter().map(|q| q.len()).sum();
-        if running == 0 && (stopping || queued == 0) {
-            break;
-        }
-
-        tokio::select! {
-            Some(done) = rx.recv() => {
-                running -= 1;
-                free.give(&done.slots);
-                for (t, reported) in done.outcomes {
-                    match reported {
-                        Reported::Success(manifest, value) => engine.finish(t, Ok((manifest, value))),
-                        Reported::Failed(error) => {
-                            engine.finish(t, Err(error));
-                            if !opts.keep_going && !stopping {
-                                stopping = true;
-                                progress.println(
-                                    "a task failed: letting running tasks finish, starting no \
-                                     new ones (--keep-going continues past failures)",
-                                );
-                            }
-                        }
-                        Reported::Cancelled => engine.unrun(t),
-                        Reported::Aborted(error) => {
-                            progress.println(&format!(
-                                "error: {} could not run: {error}",
-                                engine.graph.task_label(t)
-                            ));
-                            engine.finish_unrecorded(t, error);
-                        }
-                        Reported::InputCorrupt { stage, item, error } => {
-                            let again = reopen_producer(&mut engine, t, &stage, &item)?;
-                            progress.println(&format!(
-                                "warning: {error}; {stage}/{item} is treated as a cache miss \
-                                 and {}, then {} runs",
-                                if again { "runs again" } else { "is already running again" },
-                                engine.graph.task_label(t)
-                            ));
-                            if let Some(p) = again.then(|| find_item(&engine, &stage, &item)).flatten() {
-                                let s = engine.graph.task_stage[p as usize] as usize;
-                                queues[s].push_back(p);
-                            }
-                        }
-                    }
-                }
-            }
-            _ = sigint.recv() => {
-                on_signal(&mut stopping, &mut interrupted, &kill, running, &opts, &progress, grace.as_mut());
-            }
-            _ = sigterm.recv() => {
-                on_signal(&mut stopping, &mut interrupted, &kill, running, &opts, &progress, grace.as_mut());
-            }
-            _ = &mut grace, if stopping && interrupted && !kill.is_cancelled() => {
-                progress.println("grace period over: stopping running tasks");
-                kill.cancel();
-            }
-            _ = ticker.tick() => {}
-        }
-    }
-    progress.update(&ordered(&engine.counts, &order));
-    progress.close();
-
-    engine.save_memos()?;
-    let report = summarize(&engine, &order, interrupted, progress.elapsed());
+    let report = summarize(&engine, &order, sched.interrupted, elapsed);
     let reach = store
         .blobs()
         .put_bytes(&encode(&engine.reached_keys()))
@@ -345,6 +279,173 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
         );
     }
     Ok(report)
+}
+
+/// Refuses a graph with a stage whose tasks need more of a slot than the executor has.
+fn check_slots(graph: &TaskGraph, opts: &RunOptions) -> Result<()> {
+    for &s in &graph.order {
+        let node = &graph.stages[s];
+        if node.is_empty() {
+            continue;
+        }
+        if let Some((slot, need, have)) = opts.slots.shortfall(&node.kind.resources()) {
+            bail!(
+                "stage `{}` needs {slot} = {need} per task but this executor has {have} {slot} \
+                 slot{}; set `{slot}` in the [executor] table or pass --slots {slot}={need}",
+                node.name,
+                if have == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The run-wide state of the executor, kept across rounds.
+struct Scheduler {
+    progress: Progress,
+    /// Per stage (indexed like the pipeline's stages).
+    meters: Vec<Arc<ByteMeter>>,
+    shared: UnitShared,
+    rx: mpsc::UnboundedReceiver<UnitDone>,
+    kill: CancellationToken,
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    /// No new units are started (Ctrl-C, or a failure without --keep-going).
+    stopping: bool,
+    interrupted: bool,
+    shared_saved: HashSet<usize>,
+    opts: RunOptions,
+    order: Vec<usize>,
+}
+
+impl Scheduler {
+    fn update_progress(&mut self, engine: &Engine) {
+        let bytes = self.order.iter().map(|&s| self.meters[s].read()).collect();
+        self.progress.set_bytes(bytes);
+        self.progress.update(&ordered(&engine.counts, &self.order));
+    }
+
+    /// Runs everything the graph can run now; returns when nothing more can start.
+    async fn round(&mut self, engine: &mut Engine) -> Result<()> {
+        let n_stages = engine.graph.stages.len();
+        let mut queues: Vec<VecDeque<u32>> = vec![VecDeque::new(); n_stages];
+        let mut free = self.opts.slots;
+        let mut running = 0usize;
+        let store = self.shared.store.clone();
+        let mut ticker = tokio::time::interval(PLAIN_INTERVAL.min(Duration::from_millis(250)));
+        let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+        tokio::pin!(grace);
+        if self.interrupted {
+            grace
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.opts.grace);
+        }
+
+        loop {
+            for t in engine.resolve_ready()? {
+                let s = engine.graph.task_stage[t as usize] as usize;
+                self.meters[s].add_total(engine.graph.item_bytes(t));
+                queues[s].push_back(t);
+            }
+            self.update_progress(engine);
+
+            if !self.stopping {
+                for k in 0..self.order.len() {
+                    let s = self.order[k];
+                    let need = engine.graph.stages[s].kind.resources();
+                    while !queues[s].is_empty() && free.fits(&need) {
+                        let unit = take_unit(engine, &mut queues[s]);
+                        if self.shared_saved.insert(s) {
+                            store.put_shared_params(&engine.graph.stages[s].shared)?;
+                        }
+                        let prepared = prepare_unit(engine, &unit)?;
+                        for &t in &unit {
+                            engine.start(t);
+                        }
+                        free.take(&need);
+                        running += 1;
+                        spawn_unit(engine, s, prepared, need, &self.shared, &self.meters[s]);
+                    }
+                }
+            }
+
+            let queued: usize = queues.iter().map(|q| q.len()).sum();
+            if running == 0 && (self.stopping || queued == 0) {
+                break;
+            }
+
+            tokio::select! {
+                Some(done) = self.rx.recv() => {
+                    running -= 1;
+                    free.give(&done.slots);
+                    for (t, reported) in done.outcomes {
+                        self.take_outcome(engine, &mut queues, t, reported)?;
+                    }
+                }
+                _ = self.sigint.recv() => {
+                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, &self.progress, grace.as_mut());
+                }
+                _ = self.sigterm.recv() => {
+                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, &self.progress, grace.as_mut());
+                }
+                _ = &mut grace, if self.stopping && self.interrupted && !self.kill.is_cancelled() => {
+                    self.progress.println("grace period over: stopping running tasks");
+                    self.kill.cancel();
+                }
+                _ = ticker.tick() => {}
+            }
+        }
+        self.update_progress(engine);
+        Ok(())
+    }
+
+    fn take_outcome(
+        &mut self,
+        engine: &mut Engine,
+        queues: &mut [VecDeque<u32>],
+        t: u32,
+        reported: Reported,
+    ) -> Result<()> {
+        match reported {
+            Reported::Success(manifest, value) => engine.finish(t, Ok((manifest, value))),
+            Reported::Failed(error) => {
+                engine.finish(t, Err(error));
+                if !self.opts.keep_going && !self.stopping {
+                    self.stopping = true;
+                    self.progress.println(
+                        "a task failed: letting running tasks finish, starting no new ones \
+                         (--keep-going continues past failures)",
+                    );
+                }
+            }
+            Reported::Cancelled => engine.unrun(t),
+            Reported::Aborted(error) => {
+                self.progress.println(&format!(
+                    "error: {} could not run: {error}",
+                    engine.graph.task_label(t)
+                ));
+                engine.finish_unrecorded(t, error);
+            }
+            Reported::InputCorrupt { stage, item, error } => {
+                let again = reopen_producer(engine, t, &stage, &item)?;
+                self.progress.println(&format!(
+                    "warning: {error}; {stage}/{item} is treated as a cache miss and {}, then {} \
+                     runs",
+                    if again {
+                        "runs again"
+                    } else {
+                        "is already running again"
+                    },
+                    engine.graph.task_label(t)
+                ));
+                if let Some(p) = again.then(|| find_item(engine, &stage, &item)).flatten() {
+                    let s = engine.graph.task_stage[p as usize] as usize;
+                    queues[s].push_back(p);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn ordered(counts: &[Counts], order: &[usize]) -> Vec<Counts> {
@@ -424,6 +525,9 @@ fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
             let mut item_k = 0;
             for edge in &node.inputs {
                 let up = &g.stages[edge.stage];
+                if edge.binding == Binding::Expansion {
+                    continue;
+                }
                 let items: Vec<(String, TaskKey)> = match edge.binding {
                     Binding::Item => {
                         let u = g.item_dep(t, item_k);
@@ -431,6 +535,7 @@ fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
                         debug_assert!(u != MISSING);
                         vec![(g.item(u).to_string(), engine.keys[u as usize])]
                     }
+                    Binding::Expansion => unreachable!("skipped above"),
                     Binding::All => {
                         let mut items: Vec<(String, TaskKey)> = up
                             .tasks()
@@ -468,7 +573,9 @@ fn spawn_unit(
     prepared: Vec<PreparedTask>,
     slots: Resources,
     shared: &UnitShared,
+    meter: &Arc<ByteMeter>,
 ) {
+    let meter = meter.clone();
     let store = shared.store.clone();
     let kill = shared.kill.clone();
     let launcher = shared.launcher.clone();
@@ -483,6 +590,7 @@ fn spawn_unit(
     tokio::spawn(async move {
         let ctx = ExecCtx {
             store: store.clone(),
+            meter,
             kill,
             launcher,
         };
@@ -653,6 +761,7 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
     let g = &engine.graph;
     let mut stages = IndexMap::new();
     let mut not_run = IndexMap::new();
+    let mut deferred = IndexMap::new();
     let mut failures = Vec::new();
     let mut new_failures = false;
     for &s in order {
@@ -668,6 +777,9 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
             },
         );
         not_run.insert(node.name.clone(), node.len() as u64 - c.resolved());
+        if let Some(why) = &node.deferred {
+            deferred.insert(node.name.clone(), why.clone());
+        }
         // Blocked tasks trace back to a failure: a new one counts there; one recorded by an
         // earlier run (a permanently broken item) does not fail every later run.
         if c.failed > 0 {
@@ -704,7 +816,7 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
     }
     let outcome = if interrupted {
         RunOutcome::Interrupted
-    } else if new_failures || not_run.values().any(|n| *n > 0) {
+    } else if new_failures || not_run.values().any(|n| *n > 0) || !deferred.is_empty() {
         RunOutcome::Failed
     } else {
         RunOutcome::Ok
@@ -712,6 +824,7 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
     RunReport {
         stages,
         not_run,
+        deferred,
         outcome,
         failures,
         elapsed,

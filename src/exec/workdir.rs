@@ -32,7 +32,7 @@ pub fn materialize_input(store: &Store, dir: &Path, input: &InputData) -> Result
     for (item, result) in &input.items {
         let base = match input.binding {
             Binding::Item => dir.to_path_buf(),
-            Binding::All => dir.join(item),
+            Binding::All | Binding::Expansion => dir.join(item),
         };
         for output in &result.outputs {
             let dest = base.join(safe_relative(&output.name).ok_or_else(|| CorruptInput {
@@ -75,32 +75,53 @@ pub fn ingest_outputs(store: &Store, out_dir: &Path) -> Result<Vec<Output>, Stri
     files.sort();
     let mut outputs = Vec::with_capacity(files.len());
     for (name, path) in files {
-        let size = fs::metadata(&path)
-            .map_err(|e| format!("reading output `{name}`: {e}"))?
-            .len();
-        let output = if size <= INLINE_MAX {
-            let bytes = fs::read(&path).map_err(|e| format!("reading output `{name}`: {e}"))?;
-            Output {
-                name,
-                digest: Digest::of(&bytes),
-                size: bytes.len() as u64,
-                inline: Some(bytes),
-            }
-        } else {
-            let (digest, size) = store
-                .blobs()
-                .put_file(&path)
-                .map_err(|e| format!("storing output `{name}`: {e}"))?;
-            Output {
-                name,
-                digest,
-                size,
-                inline: None,
-            }
-        };
-        outputs.push(output);
+        outputs.push(output_from_file(store, name, &path)?);
     }
     Ok(outputs)
+}
+
+/// An output made of a file: moved into the store, or kept inline when small.
+pub fn output_from_file(store: &Store, name: String, path: &Path) -> Result<Output, String> {
+    let size = fs::metadata(path)
+        .map_err(|e| format!("reading output `{name}`: {e}"))?
+        .len();
+    if size <= INLINE_MAX {
+        let bytes = fs::read(path).map_err(|e| format!("reading output `{name}`: {e}"))?;
+        let _ = fs::remove_file(path);
+        return output_from_bytes(store, name, bytes);
+    }
+    let (digest, size) = store
+        .blobs()
+        .put_file(path)
+        .map_err(|e| format!("storing output `{name}`: {e}"))?;
+    Ok(Output {
+        name,
+        digest,
+        size,
+        inline: None,
+    })
+}
+
+/// An output made in memory: kept inline when small, else written to the store.
+pub fn output_from_bytes(store: &Store, name: String, bytes: Vec<u8>) -> Result<Output, String> {
+    if bytes.len() as u64 <= INLINE_MAX {
+        return Ok(Output {
+            name,
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+            inline: Some(bytes),
+        });
+    }
+    let digest = store
+        .blobs()
+        .put_bytes(&bytes)
+        .map_err(|e| format!("storing output `{name}`: {e}"))?;
+    Ok(Output {
+        name,
+        digest,
+        size: bytes.len() as u64,
+        inline: None,
+    })
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {

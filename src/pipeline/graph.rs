@@ -11,11 +11,17 @@ use std::path::Path;
 /// Checks inputs and acyclicity; returns stage indices in topological order (upstream first,
 /// ties broken by declaration order so plans print in a stable order).
 pub fn check(path: &Path, src: &str, stages: &[RawStage]) -> Result<Vec<usize>, PipelineError> {
-    let index: HashMap<&str, usize> = stages
+    let mut index: HashMap<String, usize> = stages
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
+        .map(|(i, s)| (s.name.clone(), i))
         .collect();
+    // A stage's sub-stages (`objects.select`) are read through the stage they belong to.
+    for (i, stage) in stages.iter().enumerate() {
+        for sub in stage.params.sub_stages() {
+            index.insert(format!("{}.{sub}", stage.name), i);
+        }
+    }
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
 
     let mut env_names: HashMap<String, &str> = HashMap::new();

@@ -10,6 +10,7 @@ pub mod parse;
 use crate::exec::slots::Resources;
 use crate::stages::StageKind;
 use crate::stages::command::CommandStage;
+use crate::stages::download;
 use parse::{ExecutorTable, StageParams};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,22 @@ impl fmt::Display for PipelineError {
 }
 
 impl std::error::Error for PipelineError {}
+
+/// An error about one value of a stage table: reported at that value's position rather
+/// than at the table's header.
+#[derive(Debug)]
+pub struct AtSpan {
+    pub span: std::ops::Range<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for AtSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AtSpan {}
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
@@ -103,28 +120,47 @@ impl Pipeline {
         let raw = parse::parse(path, src)?;
         let order = graph::check(path, src, &raw.stages)?;
         let mut stages = Vec::with_capacity(raw.stages.len());
+        // Graph stages of each raw stage, in the order they run (sub-stages first).
+        let mut expanded: Vec<Vec<usize>> = Vec::with_capacity(raw.stages.len());
         for stage in raw.stages {
             let line = line_col(src, stage.span.start).0;
-            let fail =
-                |e: anyhow::Error| PipelineError::at(path, src, stage.span.start, format!("{e:#}"));
+            let fail = |e: anyhow::Error| match e.downcast_ref::<AtSpan>() {
+                Some(at) => PipelineError::at(path, src, at.span.start, at.message.clone()),
+                None => PipelineError::at(path, src, stage.span.start, format!("{e:#}")),
+            };
             let inputs: Vec<String> = stage
                 .params
                 .inputs()
                 .iter()
                 .map(|i| i.get_ref().clone())
                 .collect();
-            let kind: Arc<dyn StageKind> = match stage.params {
-                StageParams::Command(p) => {
-                    Arc::new(CommandStage::new(&stage.name, p).map_err(fail)?)
-                }
+            let built: Vec<Stage> = match stage.params {
+                StageParams::Command(p) => vec![Stage {
+                    kind: Arc::new(CommandStage::new(&stage.name, *p).map_err(fail)?),
+                    name: stage.name,
+                    line,
+                    inputs,
+                }],
+                StageParams::Download(p) => download::graph_stages(&stage.name, *p)
+                    .map_err(fail)?
+                    .into_iter()
+                    .map(|(name, inputs, kind)| Stage {
+                        name,
+                        line,
+                        inputs,
+                        kind,
+                    })
+                    .collect(),
             };
-            stages.push(Stage {
-                name: stage.name,
-                line,
-                inputs,
-                kind,
-            });
+            expanded.push((stages.len()..stages.len() + built.len()).collect());
+            stages.extend(built);
         }
+        // Sub-stages read only each other and run just before their stage, so the raw order
+        // with each stage replaced by its graph stages is still topological.
+        let order: Vec<usize> = order
+            .iter()
+            .flat_map(|&raw| expanded[raw].iter().copied())
+            .collect();
         let name = raw.pipeline.name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().to_string())

@@ -8,6 +8,7 @@
 use super::PipelineError;
 use crate::exec::slots::Resources;
 use crate::stages::command::CommandParams;
+use crate::stages::download::DownloadParams;
 use crate::stages::{KINDS, PLANNED_KINDS};
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -51,13 +52,24 @@ impl ExecutorTable {
 /// A stage table, deserialised into its kind's parameters.
 #[derive(Debug)]
 pub enum StageParams {
-    Command(CommandParams),
+    Command(Box<CommandParams>),
+    Download(Box<DownloadParams>),
 }
 
 impl StageParams {
     pub fn inputs(&self) -> &[Spanned<String>] {
         match self {
             StageParams::Command(p) => &p.inputs,
+            StageParams::Download(_) => &[],
+        }
+    }
+
+    /// The stages a stage of this kind adds before itself, named `NAME.SUFFIX` (a download's
+    /// metadata and selection); other stages may read them as inputs.
+    pub fn sub_stages(&self) -> &'static [&'static str] {
+        match self {
+            StageParams::Command(_) => &[],
+            StageParams::Download(_) => crate::stages::download::SUB_STAGES,
         }
     }
 }
@@ -257,7 +269,8 @@ impl<'de> Visitor<'de> for StagesSeed<'_> {
                 .get(&name)
                 .ok_or_else(|| de::Error::custom(format!("stage `{name}` was not seen before")))?;
             let params = match kind.as_str() {
-                "command" => StageParams::Command(map.next_value::<CommandParams>()?),
+                "command" => StageParams::Command(map.next_value::<Box<CommandParams>>()?),
+                "download" => StageParams::Download(map.next_value::<Box<DownloadParams>>()?),
                 other => return Err(de::Error::custom(format!("unknown stage kind `{other}`"))),
             };
             stages.push(RawStage {

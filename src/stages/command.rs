@@ -176,6 +176,7 @@ impl CommandStage {
                     .map(|i| PlannedItem {
                         id: Arc::from(i.id.as_str()),
                         params: item_slice(&i.params),
+                        bytes: None,
                     })
                     .collect(),
             ));
@@ -225,6 +226,7 @@ impl CommandStage {
             .map(|(id, _)| PlannedItem {
                 id: Arc::from(id),
                 params: ParamSlice::new(),
+                bytes: None,
             })
             .collect();
         Ok(Some(items))
@@ -482,6 +484,7 @@ impl StageKind for CommandStage {
                     .map(|id| PlannedItem {
                         id: id.clone(),
                         params: ParamSlice::new(),
+                        bytes: None,
                     })
                     .collect(),
                 bindings: vec![Binding::Item; n_inputs],
@@ -491,6 +494,7 @@ impl StageKind for CommandStage {
                 items: vec![PlannedItem {
                     id: Arc::from(ALL_ITEM),
                     params: ParamSlice::new(),
+                    bytes: None,
                 }],
                 bindings: vec![Binding::All; n_inputs],
             })

@@ -5,6 +5,7 @@
 //! execution units, and how a unit executes.
 
 pub mod command;
+pub mod download;
 mod item_decl;
 
 use crate::exec::launcher::Launcher;
@@ -21,12 +22,10 @@ use tokio_util::sync::CancellationToken;
 pub use item_decl::{ItemDecl, validate_item_id};
 
 /// The kinds this build of mvc can run.
-pub const KINDS: &[&str] = &["command"];
+pub const KINDS: &[&str] = &["command", "download"];
 
 /// Kinds the design names that later versions add; asked for here they get a clear message.
-pub const PLANNED_KINDS: &[&str] = &[
-    "download", "render", "embed", "split", "train", "evaluate", "report",
-];
+pub const PLANNED_KINDS: &[&str] = &["render", "embed", "split", "train", "evaluate", "report"];
 
 /// How a task reads one of its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +34,10 @@ pub enum Binding {
     Item,
     /// Every (successful) task of the upstream stage at once.
     All,
+    /// Read only to find the stage's items (with [`StageKind::expands_from_outputs`]): the
+    /// tasks neither wait for it nor get it, and their keys do not depend on it (each
+    /// item's own parameters carry what it takes from there).
+    Expansion,
 }
 
 /// An item of a stage: its stable id and the parameters that belong to it alone.
@@ -42,6 +45,9 @@ pub enum Binding {
 pub struct PlannedItem {
     pub id: Arc<str>,
     pub params: ParamSlice,
+    /// Bytes the task is expected to transfer, when known: progress shows bytes done of
+    /// the bytes of the tasks that run. Not part of the key.
+    pub bytes: Option<u64>,
 }
 
 /// What a stage fans out over, and how each of its inputs binds.
@@ -52,10 +58,33 @@ pub struct Expansion {
     pub bindings: Vec<Binding>,
 }
 
-/// What a kind may consult while expanding: its upstream stages' item ids.
+/// The results of an upstream stage whose tasks have all been resolved: what a kind that
+/// expands from its inputs' outputs reads.
+#[derive(Debug, Default)]
+pub struct StageOutputs {
+    /// Successful tasks, sorted by item.
+    pub items: Vec<(Arc<str>, Vec<Output>)>,
+    /// Items that failed (or were blocked).
+    pub failed: Vec<Arc<str>>,
+}
+
+impl StageOutputs {
+    pub fn get(&self, item: &str) -> Option<&[Output]> {
+        self.items
+            .binary_search_by(|(i, _)| (**i).cmp(item))
+            .ok()
+            .map(|k| self.items[k].1.as_slice())
+    }
+}
+
+/// What a kind may consult while expanding: its upstream stages' item ids and, for kinds
+/// that [expand from outputs](StageKind::expands_from_outputs), their results.
 pub struct ExpandCtx<'a> {
     pub stage: &'a str,
     pub inputs: Vec<(&'a str, &'a [Arc<str>])>,
+    /// One per input, set only for kinds that expand from outputs.
+    pub outputs: Vec<Option<&'a StageOutputs>>,
+    pub store: &'a Store,
 }
 
 /// What a kind may consult while computing its shared parameters (file digests go through
@@ -75,7 +104,8 @@ pub struct UnitTask {
     pub key: TaskKey,
     pub item: String,
     pub item_params: ParamSlice,
-    /// One per input, in the order of `inputs`.
+    /// One per input read by the task (not those bound for expansion only), in the order
+    /// of `inputs`.
     pub inputs: Vec<InputData>,
 }
 
@@ -108,9 +138,33 @@ pub enum TaskOutcome {
     Aborted(String),
 }
 
+/// Bytes transferred by a stage's running tasks, for its progress bar.
+#[derive(Debug, Default)]
+pub struct ByteMeter {
+    done: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl ByteMeter {
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn add_total(&self, n: u64) {
+        self.total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// (done, total)
+    pub fn read(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.done.load(Relaxed), self.total.load(Relaxed))
+    }
+}
+
 /// What a unit runs with.
 pub struct ExecCtx {
     pub store: Arc<Store>,
+    /// The stage's byte counter (kinds that transfer data add to it).
+    pub meter: Arc<ByteMeter>,
     /// Fired when running work must stop now (second Ctrl-C, or the grace period ended).
     pub kill: CancellationToken,
     /// Starts task processes.
@@ -129,6 +183,12 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice>;
     /// The stage's items and how its inputs bind.
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion>;
+    /// Whether the items come from what the input stages made (a download's objects from
+    /// its selection): such a stage is expanded only once every task of its inputs has
+    /// been resolved, and until then its items are not known.
+    fn expands_from_outputs(&self) -> bool {
+        false
+    }
     /// Tasks whose group is the same `Some` run together in one unit (one Blender process
     /// for all missing views of an object); `None` runs the task alone.
     fn unit_group(&self, _item: &str) -> Option<String> {

@@ -1,0 +1,450 @@
+//! The four graph stages of a download stage, as stage kinds.
+
+use super::fetch::{check_glb, check_json_gz, fetch_output};
+use super::objaverse::{
+    Manifest, OBJECT_PATHS, SHARDS, read_cap3d, read_object_paths, shard_name, shard_of, shard_path,
+};
+use super::select::select;
+use super::{Cap3dSource, DownloadConfig};
+use crate::exec::blocking_if;
+use crate::exec::slots::Resources;
+use crate::exec::workdir::{InputData, output_from_bytes};
+use crate::stages::{
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, StageOutputs,
+    TaskOutcome, UnitTask,
+};
+use crate::store::Store;
+use crate::store::records::now_ms;
+use crate::task::ParamSlice;
+use anyhow::{Context, Result, anyhow};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bumped when a kind's outputs change for the same inputs.
+const PATHS_VERSION: u32 = 1;
+const METADATA_VERSION: u32 = 1;
+const SELECT_VERSION: u32 = 1;
+const OBJECTS_VERSION: u32 = 1;
+
+/// The item of the selection task.
+pub const SELECTION_ITEM: &str = "selection";
+pub const MANIFEST: &str = "manifest.json";
+pub const METADATA: &str = "metadata.json";
+
+const NET: Resources = Resources {
+    cpu: 0,
+    gpu: 0,
+    blender: 0,
+    net: 1,
+};
+
+/// What identifies a file of the dataset: which dataset, at which revision (never the
+/// endpoint: a mirror serves the same files).
+fn dataset_params(config: &DownloadConfig) -> ParamSlice {
+    ParamSlice::from([
+        ("dataset".to_string(), config.dataset.clone()),
+        ("revision".to_string(), config.revision.clone()),
+    ])
+}
+
+fn item(id: &str) -> PlannedItem {
+    PlannedItem {
+        id: Arc::from(id),
+        params: ParamSlice::new(),
+        bytes: None,
+    }
+}
+
+/// The bytes of output `name` of item `item` of an upstream stage's results.
+fn upstream_output(
+    store: &Store,
+    outputs: Option<&StageOutputs>,
+    item: &str,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let outputs = outputs
+        .and_then(|o| o.get(item))
+        .ok_or_else(|| anyhow!("internal: upstream item `{item}` has no result"))?;
+    let output = outputs
+        .iter()
+        .find(|o| o.name == name)
+        .ok_or_else(|| anyhow!("upstream item `{item}` has no output `{name}`"))?;
+    Ok(store.read_output(output)?)
+}
+
+/// `object-paths.json.gz`.
+#[derive(Debug)]
+pub struct PathsKind(pub Arc<DownloadConfig>);
+
+#[async_trait::async_trait]
+impl StageKind for PathsKind {
+    fn kind(&self) -> &'static str {
+        "download.paths"
+    }
+    fn version(&self) -> u32 {
+        PATHS_VERSION
+    }
+    fn resources(&self) -> Resources {
+        NET
+    }
+    fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
+        Ok(dataset_params(&self.0))
+    }
+    fn expand(&self, _: &ExpandCtx) -> Result<Expansion> {
+        Ok(Expansion {
+            items: vec![item(OBJECT_PATHS)],
+            bindings: vec![],
+        })
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::with_capacity(unit.len());
+        for _ in &unit {
+            outcomes.push(
+                fetch_output(
+                    ctx,
+                    &self.0,
+                    OBJECT_PATHS,
+                    None,
+                    OBJECT_PATHS.into(),
+                    check_json_gz,
+                )
+                .await,
+            );
+        }
+        outcomes
+    }
+}
+
+/// The metadata shards: all of them to select by category, those of the listed uids
+/// otherwise.
+#[derive(Debug)]
+pub struct MetadataKind(pub Arc<DownloadConfig>);
+
+#[async_trait::async_trait]
+impl StageKind for MetadataKind {
+    fn kind(&self) -> &'static str {
+        "download.metadata"
+    }
+    fn version(&self) -> u32 {
+        METADATA_VERSION
+    }
+    fn resources(&self) -> Resources {
+        NET
+    }
+    fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
+        Ok(dataset_params(&self.0))
+    }
+    fn expands_from_outputs(&self) -> bool {
+        true
+    }
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
+        let shards: Vec<String> = match &self.0.uids {
+            None => (0..SHARDS).map(shard_name).collect(),
+            Some(uids) => {
+                let bytes = upstream_output(ctx.store, ctx.outputs[0], OBJECT_PATHS, OBJECT_PATHS)?;
+                let wanted: HashSet<&str> = uids.iter().map(String::as_str).collect();
+                let paths = read_object_paths(&bytes, OBJECT_PATHS, &|u| wanted.contains(u))?;
+                let shards: BTreeSet<String> = paths
+                    .values()
+                    .filter_map(|p| shard_of(p).map(str::to_string))
+                    .collect();
+                shards.into_iter().collect()
+            }
+        };
+        Ok(Expansion {
+            items: shards.iter().map(|s| item(s)).collect(),
+            bindings: vec![Binding::Expansion],
+        })
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::with_capacity(unit.len());
+        for task in &unit {
+            outcomes.push(
+                fetch_output(
+                    ctx,
+                    &self.0,
+                    &shard_path(&task.item),
+                    None,
+                    format!("{}.json.gz", task.item),
+                    check_json_gz,
+                )
+                .await,
+            );
+        }
+        outcomes
+    }
+}
+
+/// `object-paths.json.gz`, and each metadata shard by name.
+type SelectInputs = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// The selection and captions.
+#[derive(Debug)]
+pub struct SelectKind(pub Arc<DownloadConfig>);
+
+impl SelectKind {
+    /// Reads the inputs' files; a corrupt blob names its producer, so it runs again.
+    fn read_inputs(store: &Store, inputs: &[InputData]) -> Result<SelectInputs, TaskOutcome> {
+        let mut paths = None;
+        let mut shards = Vec::new();
+        for (k, input) in inputs.iter().enumerate() {
+            for (item, result) in &input.items {
+                for output in &result.outputs {
+                    let bytes =
+                        store
+                            .read_output(output)
+                            .map_err(|e| TaskOutcome::InputCorrupt {
+                                stage: input.stage.clone(),
+                                item: item.clone(),
+                                error: e.to_string(),
+                            })?;
+                    if k == 0 {
+                        paths = Some(bytes);
+                    } else {
+                        shards.push((item.clone(), bytes));
+                    }
+                }
+            }
+        }
+        let paths = paths.ok_or_else(|| TaskOutcome::Failed {
+            error: format!("{OBJECT_PATHS} is missing from the inputs"),
+            stderr: None,
+        })?;
+        Ok((paths, shards))
+    }
+
+    async fn cap3d(&self, ctx: &ExecCtx) -> Result<Option<Vec<u8>>, TaskOutcome> {
+        let read_file = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| TaskOutcome::Failed {
+                error: format!("cannot read cap3d_csv `{}`: {e}", path.display()),
+                stderr: None,
+            })
+        };
+        match &self.0.cap3d {
+            None => Ok(None),
+            Some(Cap3dSource::File(path)) => read_file(path).map(Some),
+            Some(Cap3dSource::Url(url)) => {
+                let dest = ctx.store.tmp_dir().join(format!(
+                    "cap3d-{}.csv",
+                    blake3::hash(url.as_bytes()).to_hex()
+                ));
+                let client = self.0.client().map_err(TaskOutcome::Aborted)?;
+                match client
+                    .fetch_url_to_file(url, &dest, &ctx.meter, &ctx.kill)
+                    .await
+                {
+                    Ok(_) => {
+                        let bytes = read_file(&dest);
+                        let _ = std::fs::remove_file(&dest);
+                        bytes.map(Some)
+                    }
+                    Err(super::hub::FetchError::Permanent(error)) => Err(TaskOutcome::Failed {
+                        error: format!("cap3d_csv: {error}"),
+                        stderr: None,
+                    }),
+                    Err(super::hub::FetchError::Transient(error)) => {
+                        Err(TaskOutcome::Aborted(format!("cap3d_csv: {error}")))
+                    }
+                    Err(super::hub::FetchError::Cancelled) => Err(TaskOutcome::Cancelled),
+                }
+            }
+        }
+    }
+
+    async fn run(&self, ctx: &ExecCtx, task: &UnitTask) -> TaskOutcome {
+        let started_ms = now_ms();
+        let clock = Instant::now();
+        let (paths, shards) = match Self::read_inputs(&ctx.store, &task.inputs) {
+            Ok(x) => x,
+            Err(outcome) => return outcome,
+        };
+        let cap3d = match self.cap3d(ctx).await {
+            Ok(c) => c,
+            Err(outcome) => return outcome,
+        };
+        let config = self.0.clone();
+        let store = ctx.store.clone();
+        let made = blocking_if(true, move || -> Result<_> {
+            let what = match &config.cap3d {
+                Some(Cap3dSource::File(p)) => p.display().to_string(),
+                Some(Cap3dSource::Url(u)) => u.clone(),
+                None => String::new(),
+            };
+            let cap3d = cap3d.map(|b| read_cap3d(&b, &what)).transpose()?;
+            let (manifest, metadata) = select(&config, &paths, &shards, cap3d.as_ref())?;
+            let manifest = serde_json::to_vec_pretty(&manifest)?;
+            let outputs = vec![
+                output_from_bytes(&store, MANIFEST.into(), manifest).map_err(|e| anyhow!(e))?,
+                output_from_bytes(&store, METADATA.into(), metadata).map_err(|e| anyhow!(e))?,
+            ];
+            Ok(outputs)
+        })
+        .await;
+        match made {
+            Ok(outputs) => TaskOutcome::Success {
+                outputs,
+                stdout: None,
+                stderr: None,
+                started_ms,
+                duration_ms: clock.elapsed().as_millis() as u64,
+            },
+            Err(e) => TaskOutcome::Failed {
+                error: format!("{e:#}"),
+                stderr: None,
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StageKind for SelectKind {
+    fn kind(&self) -> &'static str {
+        "download.select"
+    }
+    fn version(&self) -> u32 {
+        SELECT_VERSION
+    }
+    fn resources(&self) -> Resources {
+        Resources::ONE_CPU
+    }
+    fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice> {
+        let c = &self.0;
+        let mut slice = dataset_params(c);
+        let list = |v: &[String]| v.join(",");
+        if let Some(categories) = &c.categories {
+            slice.insert("categories".into(), list(categories));
+        }
+        if let Some(uids) = &c.uids {
+            // A short list reads well in `mvc why`; a long one goes in as its digest.
+            let text = list(uids);
+            let value = if uids.len() <= 16 {
+                text
+            } else {
+                format!(
+                    "{} uids, blake3 {}",
+                    uids.len(),
+                    blake3::hash(text.as_bytes())
+                )
+            };
+            slice.insert("uids".into(), value);
+        }
+        if let Some(limit) = c.limit {
+            slice.insert("limit".into(), limit.to_string());
+        }
+        if let Some(licenses) = &c.licenses {
+            slice.insert("licenses".into(), list(licenses));
+        }
+        if let Some(max) = c.max_bytes {
+            slice.insert("max_bytes".into(), max.to_string());
+        }
+        slice.insert("caption".into(), c.caption.as_str().into());
+        match &c.cap3d {
+            Some(Cap3dSource::File(path)) => {
+                let digest = ctx.file_digest(path).with_context(|| {
+                    format!(
+                        "cap3d_csv `{}` (relative paths are from the directory mvc runs in)",
+                        path.display()
+                    )
+                })?;
+                slice.insert("cap3d_csv".into(), digest.to_string());
+            }
+            Some(Cap3dSource::Url(url)) => {
+                slice.insert("cap3d_csv".into(), url.clone());
+            }
+            None => {}
+        }
+        Ok(slice)
+    }
+    fn expand(&self, _: &ExpandCtx) -> Result<Expansion> {
+        Ok(Expansion {
+            items: vec![item(SELECTION_ITEM)],
+            bindings: vec![Binding::All, Binding::All],
+        })
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::with_capacity(unit.len());
+        for task in &unit {
+            outcomes.push(self.run(ctx, task).await);
+        }
+        outcomes
+    }
+}
+
+/// One task per selected object: its GLB.
+#[derive(Debug)]
+pub struct ObjectsKind(pub Arc<DownloadConfig>);
+
+#[async_trait::async_trait]
+impl StageKind for ObjectsKind {
+    fn kind(&self) -> &'static str {
+        "download"
+    }
+    fn version(&self) -> u32 {
+        OBJECTS_VERSION
+    }
+    fn resources(&self) -> Resources {
+        NET
+    }
+    fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
+        Ok(dataset_params(&self.0))
+    }
+    fn expands_from_outputs(&self) -> bool {
+        true
+    }
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
+        let bytes = upstream_output(ctx.store, ctx.outputs[0], SELECTION_ITEM, MANIFEST)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the {MANIFEST} of the selection"))?;
+        let mut items: Vec<PlannedItem> = manifest
+            .objects
+            .iter()
+            .map(|o| PlannedItem {
+                id: Arc::from(o.uid.as_str()),
+                params: ParamSlice::from([("path".to_string(), o.path.clone())]),
+                bytes: o.size,
+            })
+            .chain(manifest.missing.iter().map(|m| PlannedItem {
+                id: Arc::from(m.uid.as_str()),
+                params: ParamSlice::from([("missing".to_string(), m.reason.clone())]),
+                bytes: None,
+            }))
+            .collect();
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Expansion {
+            items,
+            bindings: vec![Binding::Expansion],
+        })
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::with_capacity(unit.len());
+        for task in &unit {
+            let outcome = match (
+                task.item_params.get("path"),
+                task.item_params.get("missing"),
+            ) {
+                (Some(path), _) => {
+                    fetch_output(
+                        ctx,
+                        &self.0,
+                        path,
+                        None,
+                        format!("{}.glb", task.item),
+                        check_glb,
+                    )
+                    .await
+                }
+                (None, Some(reason)) => TaskOutcome::Failed {
+                    error: reason.clone(),
+                    stderr: None,
+                },
+                (None, None) => TaskOutcome::Failed {
+                    error: "internal: the object has neither a path nor a reason".into(),
+                    stderr: None,
+                },
+            };
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+}
