@@ -37,6 +37,12 @@ pub fn export(
             names.join(", ")
         );
     };
+    if let Some(why) = &node.deferred {
+        bail!(
+            "stage `{stage}` has no items yet ({why}); run the pipeline first (`mvc run {}`)",
+            pipeline_file.display()
+        );
+    }
     let missing: Vec<u32> = node
         .tasks()
         .filter(|&t| matches!(engine.state[t as usize], State::ToRun | State::Pending))

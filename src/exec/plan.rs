@@ -99,9 +99,23 @@ impl PlanReport {
             );
         }
         let total = self.to_run();
+        let unknown: Vec<&str> = self
+            .stages
+            .iter()
+            .filter(|(_, s)| s.not_expanded.is_some())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let later = if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Then the tasks of {}, once the stages they come from have run.",
+                unknown.join(", ")
+            )
+        };
         let _ = writeln!(
             out,
-            "\n{} to run.",
+            "\n{} to run.{later}",
             if total == 0 {
                 "nothing".to_string()
             } else {

@@ -147,19 +147,41 @@ impl RunReport {
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nfailed:");
             const SHOWN: usize = 20;
-            for f in self.failures.iter().take(SHOWN) {
-                let when = if f.earlier {
+            // Items of a stage failing with the same error are one line.
+            let mut groups: IndexMap<(&str, &str, bool), Vec<&FailureLine>> = IndexMap::new();
+            for f in &self.failures {
+                groups
+                    .entry((f.stage.as_str(), f.error.as_str(), f.earlier))
+                    .or_default()
+                    .push(f);
+            }
+            for ((stage, error, earlier), lines) in groups.iter().take(SHOWN) {
+                let when = if *earlier {
                     " (recorded by an earlier run; --retry-failed to retry)"
                 } else {
                     ""
                 };
-                let _ = writeln!(out, "  {}/{}: {}{when}", f.stage, f.item, f.error);
+                let f = lines[0];
+                match lines.len() {
+                    1 => {
+                        let _ = writeln!(out, "  {stage}/{}: {error}{when}", f.item);
+                    }
+                    n => {
+                        let _ = writeln!(
+                            out,
+                            "  {stage}: {} items ({}, …): {error}{when}",
+                            g(n as u64),
+                            f.item
+                        );
+                    }
+                }
                 if let Some(log) = &f.log {
                     let _ = writeln!(out, "      stderr: {log}");
                 }
             }
-            if self.failures.len() > SHOWN {
-                let _ = writeln!(out, "  … and {} more", self.failures.len() - SHOWN);
+            if groups.len() > SHOWN {
+                let rest: usize = groups.values().skip(SHOWN).map(Vec::len).sum();
+                let _ = writeln!(out, "  … and {} more", g(rest as u64));
             }
         }
         let verdict = match self.outcome {
@@ -217,6 +239,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
         stopping: false,
         interrupted: false,
         shared_saved: HashSet::new(),
+        last_abort: None,
         opts: opts.clone(),
         order: order.clone(),
     };
@@ -314,6 +337,8 @@ struct Scheduler {
     stopping: bool,
     interrupted: bool,
     shared_saved: HashSet<usize>,
+    /// The error of the last task that could not run (printed once, not once per task).
+    last_abort: Option<String>,
     opts: RunOptions,
     order: Vec<usize>,
 }
@@ -420,10 +445,14 @@ impl Scheduler {
             }
             Reported::Cancelled => engine.unrun(t),
             Reported::Aborted(error) => {
-                self.progress.println(&format!(
-                    "error: {} could not run: {error}",
-                    engine.graph.task_label(t)
-                ));
+                // Many tasks failing for one reason (an unreachable server) say it once.
+                if self.last_abort.as_ref() != Some(&error) {
+                    self.progress.println(&format!(
+                        "error: {} could not run: {error}",
+                        engine.graph.task_label(t)
+                    ));
+                    self.last_abort = Some(error.clone());
+                }
                 engine.finish_unrecorded(t, error);
             }
             Reported::InputCorrupt { stage, item, error } => {

@@ -86,8 +86,21 @@ impl Sandbox {
         cmd.args(args)
             .current_dir(self.path())
             .env_remove("MVC_LOG")
+            // Tests never reach the real hub: download tests point HF_ENDPOINT at a mirror.
+            .env_remove("HF_ENDPOINT")
+            .env_remove("HF_TOKEN")
+            .env("NO_PROXY", "127.0.0.1,localhost")
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Runs `mvc ARGS` to completion with extra environment variables.
+    pub fn mvc_env(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running mvc").into()
     }
 
     /// Runs `mvc ARGS` to completion.
@@ -116,3 +129,4 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+pub mod mirror;

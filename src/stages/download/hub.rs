@@ -189,7 +189,9 @@ impl HubClient {
                          is {DEFAULT_ENDPOINT}) and the network",
                         self.endpoint
                     );
-                    *self.unreachable.lock().expect("not poisoned") = Some(why.clone());
+                    // Downloads failing at the same moment all report the first message.
+                    let mut known = self.unreachable.lock().expect("not poisoned");
+                    let why = known.get_or_insert(why).clone();
                     return Err(FetchError::Transient(why));
                 }
                 return Err(FetchError::Transient(message));
@@ -232,10 +234,18 @@ impl HubClient {
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request.send().await.map_err(|e| Attempt::Retry {
-            unreachable: e.is_connect(),
-            error: format!("{url}: {}", error_chain(&e)),
-            after: None,
+        let response = request.send().await.map_err(|e| match e.is_connect() {
+            // Said of the endpoint, not of the file: every download gets the same message.
+            true => Attempt::Retry {
+                unreachable: true,
+                error: error_chain(&e.without_url()),
+                after: None,
+            },
+            false => Attempt::Retry {
+                unreachable: false,
+                error: format!("{url}: {}", error_chain(&e)),
+                after: None,
+            },
         })?;
         let status = response.status();
         match status.as_u16() {

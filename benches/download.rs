@@ -1,0 +1,136 @@
+//! The download stage's overhead per object: `mvc run` fetching N generated GLBs of 1 MB
+//! from a local mirror, against the same N files fetched directly with reqwest at the same
+//! concurrency (the transfer time at loopback speed), in the same command.
+//!
+//!     cargo bench --bench download                      # N = 200
+//!     MVC_BENCH_OBJECTS=1000 cargo bench --bench download
+//!
+//! The catalog (object-paths, 160 shards, selection) is fetched by a first run with
+//! `limit = 1`; the timed run then selects all N and downloads the N - 1 GLBs left, so its
+//! time is the objects stage plus a rerun of the selection.
+
+#[path = "../tests/common/mirror.rs"]
+mod mirror;
+
+use mirror::{Mirror, Object};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const NET_SLOTS: usize = 8;
+
+fn main() {
+    let n: u32 = std::env::var("MVC_BENCH_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let size = 1 << 20;
+    let objects: Vec<Object> = (0..n)
+        .map(|i| Object::new(i, (i % 160) as usize, &["food-drink"], "Snack", size))
+        .collect();
+    let mirror = Mirror::start(&objects);
+    let dir = tempfile::tempdir().unwrap();
+    let mvc = env!("CARGO_BIN_EXE_mvc");
+    let run = |limit: &str| -> Duration {
+        std::fs::write(
+            dir.path().join("p.toml"),
+            format!(
+                "[executor]\nnet = {NET_SLOTS}\n[stage.objects]\nkind = \"download\"\n{limit}\n"
+            ),
+        )
+        .unwrap();
+        let start = Instant::now();
+        let out = Command::new(mvc)
+            .args(["run", "p.toml", "--json"])
+            .current_dir(dir.path())
+            .env("HF_ENDPOINT", &mirror.endpoint)
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+            .unwrap();
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "mvc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        took
+    };
+    run("limit = 1");
+    let timed = run("");
+
+    // The baseline: the same N - 1 files, fetched directly at the same concurrency.
+    let urls: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/datasets/{}/resolve/{}/{}",
+                mirror.endpoint,
+                mirror::DATASET,
+                mirror::REVISION,
+                o.path()
+            )
+        })
+        .collect();
+    let skip_first = {
+        // `limit = 1` took the smallest uid.
+        let mut uids: Vec<&str> = objects.iter().map(|o| o.uid.as_str()).collect();
+        uids.sort();
+        uids[0].to_string()
+    };
+    let urls: Vec<String> = urls
+        .into_iter()
+        .filter(|u| !u.contains(&skip_first))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let baseline = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let start = Instant::now();
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(NET_SLOTS));
+        let mut handles = Vec::new();
+        for url in urls.clone() {
+            let client = client.clone();
+            let sem = sem.clone();
+            handles.push(tokio::spawn(async move {
+                let _permit = sem.acquire().await.unwrap();
+                let bytes = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                assert_eq!(bytes.len() as u64 % 4, 0);
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        start.elapsed()
+    });
+    let fetched = urls.len() as f64;
+    let overhead = (timed.as_secs_f64() - baseline.as_secs_f64()) / fetched;
+    println!(
+        "objects: {} GLBs of {} KiB, net slots {NET_SLOTS}",
+        urls.len(),
+        size / 1024
+    );
+    println!(
+        "direct fetch (reqwest, same concurrency): {:.3} s",
+        baseline.as_secs_f64()
+    );
+    println!(
+        "mvc run (selection rerun + {} downloads): {:.3} s ({:.2}x direct)",
+        urls.len(),
+        timed.as_secs_f64(),
+        timed.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "overhead per object: {:.2} ms (process start, selection rerun, blake3, fsync, index \
+         writes included)",
+        overhead * 1000.0
+    );
+    println!(
+        "most requests in flight at once: {}",
+        mirror.max_in_flight()
+    );
+}

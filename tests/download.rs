@@ -1,0 +1,492 @@
+//! Stage kind `download` against a local mirror of the Objaverse dataset on 127.0.0.1:
+//! selection by category and by uid, faults survived or reported, what reruns after a
+//! change, and the bad inputs of the issue.
+
+mod common;
+
+use common::Sandbox;
+use common::mirror::{Fault, Mirror, Object, uid};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Five food objects (one whose GLB is gone), three others, over four shards.
+fn dataset() -> Vec<Object> {
+    vec![
+        Object::new(1, 0, &["food-drink"], "Banana", 3_000),
+        Object::new(2, 3, &["food-drink", "art-abstract"], "Cup of tea", 9_000),
+        Object::new(3, 159, &["food-drink"], "Pizza", 40_000),
+        Object::new(4, 3, &["food-drink"], "Burger", 12_000),
+        Object::new(5, 77, &["food-drink"], "Ghost donut", 4_000),
+        Object::new(6, 0, &["animals-pets"], "Cat", 3_000),
+        Object::new(7, 3, &["architecture"], "House", 3_000),
+        Object::new(8, 77, &[], "Uncategorised", 3_000),
+    ]
+}
+
+fn download_stage(extra: &str) -> String {
+    format!("[stage.objects]\nkind = \"download\"\nbackoff = 0.05\n{extra}\n")
+}
+
+fn run(sb: &Sandbox, mirror: &Mirror) -> common::Ran {
+    sb.mvc_env(
+        &["run", "p.toml", "--json"],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+}
+
+fn manifest(sb: &Sandbox, mirror: &Mirror) -> serde_json::Value {
+    let out = sb.path().join("export-select");
+    let _ = std::fs::remove_dir_all(&out);
+    sb.mvc_env(
+        &["export", "p.toml", "objects.select", out.to_str().unwrap()],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+    .assert_ok();
+    let text = std::fs::read_to_string(out.join("selection/manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn object_uids(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["uid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn selects_food_objects_survives_faults_and_downloads_nothing_twice() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    mirror.remove(&objects[4].path());
+    mirror.fault("metadata/000-003.json.gz", &[Fault::Truncate]);
+    mirror.fault(
+        &objects[3].path(),
+        &[Fault::Status(500), Fault::Status(500)],
+    );
+    mirror.fault(&objects[2].path(), &[Fault::DropHalf]);
+    mirror.fault(&objects[0].path(), &[Fault::RetryAfter(429, 1)]);
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(""));
+
+    let first = run(&sb, &mirror);
+    // The missing GLB is a new item failure: the run says so.
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    assert_eq!(first.count("objects.paths", "ran"), 1);
+    assert_eq!(first.count("objects.metadata", "ran"), 160);
+    assert_eq!(first.count("objects.select", "ran"), 1);
+    assert_eq!(first.count("objects", "total"), 5);
+    assert_eq!(first.count("objects", "ran"), 4);
+    assert_eq!(first.count("objects", "failed"), 1);
+    let failures = first.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["item"], uid(5).as_str());
+    assert!(
+        failures[0]["error"].as_str().unwrap().contains("404"),
+        "{failures:?}"
+    );
+
+    // Exactly the food objects were selected, captioned with their names.
+    let m = manifest(&sb, &mirror);
+    let food: Vec<String> = (1..=5).map(uid).collect();
+    let mut sorted = food.clone();
+    sorted.sort();
+    assert_eq!(object_uids(&m), sorted);
+    for o in m["objects"].as_array().unwrap() {
+        let src = objects.iter().find(|x| x.uid == o["uid"]).unwrap();
+        assert_eq!(o["caption"], src.name.as_str());
+        assert_eq!(o["size"], src.glb.len());
+    }
+    // Nothing of the other categories was fetched.
+    for other in &objects[5..] {
+        assert!(mirror.requests(&other.path()).is_empty());
+    }
+    // 500 twice, then the file.
+    assert_eq!(mirror.requests(&objects[3].path()).len(), 3);
+    // 429 with Retry-After: 1 was honoured.
+    let banana = mirror.requests(&objects[0].path());
+    assert_eq!(banana.len(), 2);
+    assert!(banana[1].at - banana[0].at >= Duration::from_millis(900));
+    // The dropped connection was resumed where it broke off.
+    let pizza = mirror.requests(&objects[2].path());
+    assert_eq!(pizza.len(), 2, "{pizza:?}");
+    assert_eq!(pizza[0].range, None);
+    let half = objects[2].glb.len() / 2;
+    assert_eq!(pizza[1].range.as_deref(), Some(&*format!("bytes={half}-")));
+    // The truncated shard was fetched again, not trusted.
+    assert_eq!(mirror.requests("metadata/000-003.json.gz").len(), 2);
+
+    // What is cached is byte for byte what the mirror serves.
+    let out = sb.path().join("export-objects");
+    sb.mvc_env(
+        &["export", "p.toml", "objects", out.to_str().unwrap()],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+    .assert_ok();
+    for o in &objects[..4] {
+        let got = std::fs::read(out.join(&o.uid).join(format!("{}.glb", o.uid))).unwrap();
+        assert!(got == *o.glb, "{} differs from the mirror's file", o.uid);
+    }
+
+    // A second run downloads nothing; the 404 stays a reported, remembered failure.
+    mirror.clear_log();
+    let second = run(&sb, &mirror);
+    second.assert_ok();
+    assert!(mirror.log().is_empty(), "{:?}", mirror.log());
+    assert_eq!(second.count("objects", "cached"), 4);
+    assert_eq!(second.count("objects", "ran"), 0);
+    assert_eq!(second.count("objects", "failed"), 1);
+    assert_eq!(second.json()["failures"][0]["earlier"], true);
+}
+
+#[test]
+fn adding_a_uid_downloads_one_glb_and_a_new_caption_rule_downloads_none() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    let with = |uids: &[u32], extra: &str| {
+        let list: Vec<String> = uids.iter().map(|&n| format!("\"{}\"", uid(n))).collect();
+        download_stage(&format!("uids = [{}]\n{extra}", list.join(", ")))
+    };
+    sb.write("p.toml", &with(&[1, 2], ""));
+    let first = sb.mvc_env(
+        &["run", "p.toml", "--json"],
+        &[("HF_ENDPOINT", &mirror.endpoint), ("HF_TOKEN", "hf_secret")],
+    );
+    first.assert_ok();
+    assert_eq!(first.count("objects", "ran"), 2);
+    // Only the shards of the listed objects were fetched, and the token went with every
+    // request.
+    let shards: BTreeSet<String> = mirror
+        .requests("metadata/")
+        .into_iter()
+        .map(|l| l.path)
+        .collect();
+    assert_eq!(
+        shards,
+        BTreeSet::from([
+            "metadata/000-000.json.gz".to_string(),
+            "metadata/000-003.json.gz".to_string()
+        ])
+    );
+    assert!(
+        mirror
+            .log()
+            .iter()
+            .all(|l| l.authorization.as_deref() == Some("Bearer hf_secret"))
+    );
+
+    // One more uid: exactly one more GLB.
+    mirror.clear_log();
+    sb.write("p.toml", &with(&[1, 2, 4], ""));
+    let second = run(&sb, &mirror);
+    second.assert_ok();
+    assert_eq!(second.count("objects", "ran"), 1);
+    assert_eq!(second.count("objects", "cached"), 2);
+    let glbs: Vec<String> = mirror
+        .requests("glbs/")
+        .into_iter()
+        .map(|l| l.path)
+        .collect();
+    assert_eq!(glbs, vec![objects[3].path()]);
+
+    // Captions from tags instead of names: the selection reruns, no GLB is fetched.
+    mirror.clear_log();
+    sb.write("p.toml", &with(&[1, 2, 4], "caption = \"tags\""));
+    let plan = sb.mvc_env(&["plan", "p.toml", "--json"], &[]);
+    plan.assert_ok();
+    assert_eq!(plan.count("objects.select", "to_run"), 1);
+    let third = run(&sb, &mirror);
+    third.assert_ok();
+    assert_eq!(third.count("objects.select", "ran"), 1);
+    assert_eq!(third.count("objects", "ran"), 0);
+    assert_eq!(third.count("objects", "cached"), 3);
+    assert!(mirror.requests("glbs/").is_empty());
+    let m = manifest(&sb, &mirror);
+    assert_eq!(m["objects"][0]["caption_source"], "tags");
+    let first_uid = m["objects"][0]["uid"].as_str().unwrap();
+    let n = (1..=8).find(|&n| uid(n) == first_uid).unwrap();
+    assert_eq!(m["objects"][0]["caption"], format!("tag{n}, model"));
+
+    // A uid the dataset lacks is an item failure that names it.
+    sb.write("p.toml", &with(&[1, 2, 4, 99], ""));
+    let fourth = run(&sb, &mirror);
+    assert_eq!(fourth.code, Some(1));
+    let failures = fourth.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["item"], uid(99).as_str());
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("uid `{}` is not in object-paths.json.gz", uid(99))),
+        "{error}"
+    );
+}
+
+#[test]
+fn two_hundred_objects_download_several_at_a_time() {
+    let objects: Vec<Object> = (0..200)
+        .map(|n| {
+            Object::new(
+                1000 + n,
+                (n % 160) as usize,
+                &["food-drink"],
+                "Snack",
+                1 << 20,
+            )
+        })
+        .collect();
+    let mirror = Mirror::start(&objects);
+    // Each GLB answer waits a little, so that requests in flight overlap visibly.
+    mirror.set_glb_latency(Duration::from_millis(20));
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(""));
+    let ran = run(&sb, &mirror);
+    ran.assert_ok();
+    assert_eq!(ran.count("objects", "ran"), 200);
+    assert!(
+        mirror.max_in_flight() >= 4,
+        "at most {} downloads ran at once",
+        mirror.max_in_flight()
+    );
+}
+
+fn plan_error(extra: &str) -> String {
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(extra));
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    ran.stderr
+}
+
+#[test]
+fn bad_settings_are_errors_that_point_at_the_value() {
+    let e = plan_error("categories = [\"food-drinks\"]");
+    assert!(e.contains("p.toml:4:"), "{e}");
+    assert!(e.contains("unknown category `food-drinks`"), "{e}");
+    assert!(
+        e.contains("animals-pets") && e.contains("weapons-military"),
+        "{e}"
+    );
+    assert!(e.contains("did you mean `food-drink`?"), "{e}");
+
+    let e = plan_error("limit = 0");
+    assert!(e.contains("p.toml:4:"), "{e}");
+    assert!(e.contains("`limit` must be at least 1"), "{e}");
+
+    let e = plan_error("uids = [\"not-a-uid\"]");
+    assert!(e.contains("`not-a-uid` is not an Objaverse uid"), "{e}");
+
+    let e = plan_error("caption = \"cap3d\"");
+    assert!(e.contains("needs `cap3d_csv`"), "{e}");
+
+    let e = plan_error("caption = \"title\"");
+    assert!(e.contains("unknown caption source `title`"), "{e}");
+    assert!(e.contains("name+description"), "{e}");
+
+    let e = plan_error("licenses = [\"gpl\"]");
+    assert!(e.contains("unknown license `gpl`"), "{e}");
+}
+
+#[test]
+fn an_unreachable_endpoint_is_one_clear_error() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage("retries = 1"));
+    let ran = sb.mvc_env(
+        &["run", "p.toml", "--json"],
+        &[("HF_ENDPOINT", &format!("http://127.0.0.1:{port}"))],
+    );
+    assert_eq!(ran.code, Some(1));
+    let json = ran.json();
+    let failures = json["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot reach HF_ENDPOINT http://127.0.0.1:"),
+        "{error}"
+    );
+    assert!(
+        json["not_expanded"]["objects"]
+            .as_str()
+            .unwrap()
+            .contains("objects.paths"),
+        "{json}"
+    );
+    // The next run tries again (a network failure is not remembered as the item's).
+    let again = sb.mvc_env(
+        &["run", "p.toml", "--json"],
+        &[("HF_ENDPOINT", &format!("http://127.0.0.1:{port}"))],
+    );
+    assert_eq!(again.json()["failures"][0]["earlier"], false);
+}
+
+#[test]
+fn a_web_page_instead_of_a_mirror_is_named() {
+    let mirror = Mirror::start(&dataset());
+    mirror.set_html_everywhere(true);
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(""));
+    let ran = run(&sb, &mirror);
+    assert_eq!(ran.code, Some(1));
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("object-paths.json.gz from http://127.0.0.1"),
+        "{error}"
+    );
+    assert!(error.contains("an HTML page"), "{error}");
+}
+
+#[test]
+fn cap3d_captions_and_an_invalid_cap3d_file() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "cap3d.csv",
+        &format!(
+            "{},\"A yellow, curved banana.\"\n{},A steaming cup of tea.\n",
+            uid(1),
+            uid(2)
+        ),
+    );
+    sb.write(
+        "p.toml",
+        &download_stage("caption = \"cap3d\"\ncap3d_csv = \"cap3d.csv\""),
+    );
+    run(&sb, &mirror);
+    let m = manifest(&sb, &mirror);
+    let banana = m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["uid"] == uid(1).as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(banana["caption"], "A yellow, curved banana.");
+    assert_eq!(banana["caption_source"], "cap3d");
+    // Objects Cap3D lacks keep their names.
+    let pizza = m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["uid"] == uid(3).as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(pizza["caption"], "Pizza");
+
+    sb.write("cap3d.csv", &format!("{},fine\nnot a uid,broken\n", uid(1)));
+    let ran = run(&sb, &mirror);
+    assert_eq!(ran.code, Some(1));
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures[0]["item"], "selection");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("cap3d.csv:2: `not a uid` is not an Objaverse uid"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_study_pipelines_begin_with_the_download_stage() {
+    // 40 food objects and a few others: quick takes the first 32 food objects by uid.
+    let mut objects: Vec<Object> = (0..40)
+        .map(|n| Object::new(200 + n, (n % 9) as usize, &["food-drink"], "Snack", 2_000))
+        .collect();
+    objects.extend((0..5).map(|n| Object::new(300 + n, 4, &["music"], "Drum", 2_000)));
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["full", "quick"] {
+        std::fs::create_dir_all(sb.path().join("pipelines")).unwrap();
+        std::fs::copy(
+            repo.join(format!("pipelines/{name}.toml")),
+            sb.path().join(format!("pipelines/{name}.toml")),
+        )
+        .unwrap();
+    }
+    let quick = sb.mvc_env(
+        &["run", "pipelines/quick.toml", "--json"],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    );
+    quick.assert_ok();
+    assert_eq!(quick.count("objects.metadata", "total"), 160);
+    assert_eq!(quick.count("objects", "ran"), 32);
+    let mut food: Vec<String> = objects[..40].iter().map(|o| o.uid.clone()).collect();
+    food.sort();
+    let downloaded: BTreeSet<String> = mirror
+        .requests("glbs/")
+        .into_iter()
+        .map(|l| {
+            l.path
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".glb")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(downloaded, food[..32].iter().cloned().collect());
+
+    // The full pipeline shares the cache: only the 8 objects quick did not take run.
+    let full = sb.mvc_env(
+        &["run", "pipelines/full.toml", "--json"],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    );
+    full.assert_ok();
+    assert_eq!(full.count("objects", "cached"), 32);
+    assert_eq!(full.count("objects", "ran"), 8);
+    assert_eq!(full.count("objects.metadata", "cached"), 160);
+}
+
+#[test]
+fn an_endpoint_lost_after_the_catalog_is_cached_is_one_error_too() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    let with = |uids: &[u32]| {
+        let list: Vec<String> = uids.iter().map(|&n| format!("\"{}\"", uid(n))).collect();
+        download_stage(&format!("retries = 1\nuids = [{}]", list.join(", ")))
+    };
+    sb.write("p.toml", &with(&[1, 2]));
+    run(&sb, &mirror).assert_ok();
+    // Three more objects from the shards already fetched, and the mirror is gone.
+    sb.write("p.toml", &with(&[1, 2, 4, 6, 7]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ran = sb.mvc_env(
+        &["run", "p.toml"],
+        &[("HF_ENDPOINT", &format!("http://127.0.0.1:{port}"))],
+    );
+    assert_eq!(ran.code, Some(1));
+    // The three failures are one line of the summary, and one line of the log.
+    let summary: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter(|l| l.contains("cannot reach HF_ENDPOINT"))
+        .collect();
+    assert_eq!(summary.len(), 1, "{}", ran.stdout);
+    assert!(summary[0].contains("objects: 3 items"), "{}", summary[0]);
+    assert_eq!(
+        ran.stderr.matches("cannot reach HF_ENDPOINT").count(),
+        1,
+        "{}",
+        ran.stderr
+    );
+}
