@@ -490,3 +490,77 @@ fn an_endpoint_lost_after_the_catalog_is_cached_is_one_error_too() {
         ran.stderr
     );
 }
+
+#[test]
+fn a_download_cut_off_in_one_run_resumes_in_the_next() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    // No retries: the broken transfer fails the run, keeping what arrived.
+    sb.write(
+        "p.toml",
+        &download_stage(&format!("retries = 0\nuids = [\"{}\"]", uid(3))),
+    );
+    mirror.fault(&objects[2].path(), &[Fault::DropHalf]);
+    let first = run(&sb, &mirror);
+    assert_eq!(first.code, Some(1));
+    let error = first.json()["failures"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("broke off after"), "{error}");
+    // Not remembered as the object's failure: the next run resumes the transfer.
+    let second = run(&sb, &mirror);
+    second.assert_ok();
+    let pizza = mirror.requests(&objects[2].path());
+    assert_eq!(pizza.len(), 2);
+    let half = objects[2].glb.len() / 2;
+    assert_eq!(pizza[1].range.as_deref(), Some(&*format!("bytes={half}-")));
+    let out = sb.path().join("out");
+    sb.mvc_env(
+        &["export", "p.toml", "objects", out.to_str().unwrap()],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+    .assert_ok();
+    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    assert!(got == *objects[2].glb);
+}
+
+#[test]
+fn ctrl_c_twice_during_downloads_keeps_the_cache_whole() {
+    let objects: Vec<Object> = (0..12)
+        .map(|n| Object::new(400 + n, n as usize, &["food-drink"], "Snack", 200_000))
+        .collect();
+    let mirror = Mirror::start(&objects);
+    mirror.set_glb_latency(Duration::from_millis(1500));
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage("[executor]\nnet = 4"));
+    let child = sb
+        .command(&["run", "p.toml", "--json"])
+        .env("HF_ENDPOINT", &mirror.endpoint)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mirror.requests("glbs/").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no GLB was requested");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    common::signal(&child, libc::SIGINT);
+    let out: common::Ran = child.wait_with_output().unwrap().into();
+    assert_eq!(out.code, Some(130), "{}", out.stderr);
+    assert_eq!(out.json()["interrupted"], true);
+    assert!(out.count("objects", "ran") < 12);
+
+    mirror.set_glb_latency(Duration::ZERO);
+    let again = run(&sb, &mirror);
+    again.assert_ok();
+    assert_eq!(
+        again.count("objects", "ran") + again.count("objects", "cached"),
+        12
+    );
+    sb.mvc(&["status", "p.toml", "--verify"]).assert_ok();
+}

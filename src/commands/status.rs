@@ -106,6 +106,10 @@ pub fn to_text(
         let _ = writeln!(out, "\npipeline stages:");
         let width = name_width(plan.stages.keys());
         for (name, s) in &plan.stages {
+            if let Some(why) = &s.not_expanded {
+                let _ = writeln!(out, "  {name:<width$}  items not known yet ({why})");
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "  {name:<width$}  {}/{} cached, {} to run, {} failed",

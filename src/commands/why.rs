@@ -19,6 +19,9 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
             names.join(", ")
         );
     };
+    if let Some(why) = &node.deferred {
+        bail!("stage `{stage}` has no items yet: {why}");
+    }
     let Some(t) = node.tasks().find(|&t| g.item(t) == item) else {
         let sample: Vec<&str> = node.items.iter().take(5).map(|s| &**s).collect();
         bail!(

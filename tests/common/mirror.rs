@@ -90,7 +90,7 @@ impl Object {
             description: format!("<p>A <b>{name}</b>&nbsp;model.</p>"),
             tags: vec![format!("tag{n}"), "model".into()],
             categories: categories.iter().map(|c| c.to_string()).collect(),
-            license: if n % 2 == 0 { "by" } else { "cc0" }.to_string(),
+            license: if n.is_multiple_of(2) { "by" } else { "cc0" }.to_string(),
             glb: Arc::new(make_glb(n, size)),
         }
     }

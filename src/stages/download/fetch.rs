@@ -7,7 +7,9 @@ use crate::exec::blocking_if;
 use crate::exec::workdir::output_from_file;
 use crate::stages::{ExecCtx, TaskOutcome};
 use crate::store::records::now_ms;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Times a file that arrived whole but failed its check is fetched again (a proxy that cut
@@ -17,12 +19,33 @@ const CONTENT_RETRIES: u32 = 2;
 /// What a fetched file must look like; returns why not.
 pub type Check = fn(&Path, &str) -> Result<(), String>;
 
+/// Partial files being written now. Two stages may fetch the same file at once (two
+/// download stages over overlapping objects); the second gets a file of its own.
+static CLAIMED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// A partial file claimed by one fetch; released (the file itself stays) when dropped.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        CLAIMED.lock().expect("not poisoned").remove(&self.0);
+    }
+}
+
 /// Where the partial download of a URL waits. Not under `tmp/` (cleared when a run
 /// starts): a killed run's partial files are resumed by the next.
-fn partial_path(ctx: &ExecCtx, url: &str) -> std::io::Result<PathBuf> {
+fn partial_path(ctx: &ExecCtx, url: &str) -> std::io::Result<Partial> {
     let dir = ctx.store.dir().join("partial");
     std::fs::create_dir_all(&dir)?;
-    Ok(dir.join(format!("{}.part", blake3::hash(url.as_bytes()).to_hex())))
+    let name = blake3::hash(url.as_bytes()).to_hex();
+    let mut claimed = CLAIMED.lock().expect("not poisoned");
+    let mut path = dir.join(format!("{name}.part"));
+    let mut n = 1;
+    while !claimed.insert(path.clone()) {
+        path = dir.join(format!("{name}.{n}.part"));
+        n += 1;
+    }
+    Ok(Partial(path))
 }
 
 /// Fetches `path` of the dataset (or `url` when given) into output `name`.
@@ -41,10 +64,11 @@ pub async fn fetch_output(
         Err(e) => return TaskOutcome::Aborted(e),
     };
     let url = url.map(str::to_string).unwrap_or_else(|| client.url(path));
-    let partial = match partial_path(ctx, &url) {
+    let claim = match partial_path(ctx, &url) {
         Ok(p) => p,
         Err(e) => return TaskOutcome::Aborted(format!("creating a partial file: {e}")),
     };
+    let partial = claim.0.clone();
     let mut checks_failed = 0;
     loop {
         match client

@@ -339,7 +339,8 @@ impl HubClient {
                 unreachable: false,
             });
         }
-        file.sync_all().map_err(local)?;
+        // No fsync here: the file is checked, then moved into the blob store, which syncs
+        // it before it counts (a crash before that leaves a partial file to resume).
         Ok(size)
     }
 }
