@@ -564,3 +564,111 @@ fn ctrl_c_twice_during_downloads_keeps_the_cache_whole() {
     );
     sb.mvc(&["status", "p.toml", "--verify"]).assert_ok();
 }
+
+#[test]
+fn a_damaged_shard_in_the_cache_is_fetched_again() {
+    // Long, varied descriptions make shard 5 large enough to be a blob, not inline.
+    let mut objects = dataset();
+    for n in 0..8u32 {
+        let mut o = Object::new(500 + n, 5, &["food-drink"], "Soup", 2_000);
+        o.description = (0..120)
+            .map(|k| format!("{:08x}", (n * 1000 + k).wrapping_mul(2_654_435_761)))
+            .collect();
+        objects.push(o);
+    }
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(""));
+    run(&sb, &mirror).assert_ok();
+
+    // Damage the one gzip blob in the cache: the shard.
+    let shard_blob = walk_files(&sb.cache().join("blobs"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b]))
+        .expect("shard 5 is stored as a blob");
+    let mut perms = std::fs::metadata(&shard_blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&shard_blob, perms).unwrap();
+    let mut bytes = std::fs::read(&shard_blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&shard_blob, bytes).unwrap();
+
+    // A new caption rule makes the selection read every shard again.
+    mirror.clear_log();
+    sb.write("p.toml", &download_stage("caption = \"name+description\""));
+    let ran = run(&sb, &mirror);
+    ran.assert_ok();
+    assert_eq!(mirror.requests("metadata/000-005.json.gz").len(), 1);
+    assert!(mirror.requests("glbs/").is_empty());
+    assert!(
+        ran.stderr.contains("treated as a cache miss"),
+        "{}",
+        ran.stderr
+    );
+    let m = manifest(&sb, &mirror);
+    assert_eq!(m["objects"].as_array().unwrap().len(), 13);
+    sb.mvc(&["status", "--verify"]).assert_ok();
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn files_that_stay_broken_are_reported_by_name() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    // A shard that always arrives cut short, and a GLB the server refuses.
+    mirror.fault("metadata/000-077.json.gz", &[Fault::Truncate; 3]);
+    mirror.fault(&objects[3].path(), &[Fault::Status(403)]);
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(""));
+    let first = run(&sb, &mirror);
+    assert_eq!(first.code, Some(1));
+    let failures = first.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!(failures[0]["stage"], "objects.metadata");
+    // Without all its shards the selection does not run (it would lose their objects).
+    assert_eq!(failures[1]["stage"], "objects.select");
+    assert_eq!(failures[1]["blocked"], true);
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("metadata/000-077.json.gz from http://127.0.0.1"),
+        "{error}"
+    );
+    assert!(error.contains("not valid gzip"), "{error}");
+    assert_eq!(mirror.requests("metadata/000-077.json.gz").len(), 3);
+    assert!(first.json()["not_expanded"]["objects"].is_string());
+
+    // The mirror is fixed: the shard comes, then the 403 is a recorded item failure.
+    let second = run(&sb, &mirror);
+    assert_eq!(second.code, Some(1));
+    let failures = second.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let refused = &failures[0];
+    assert_eq!(refused["item"], uid(4).as_str());
+    assert!(
+        refused["error"].as_str().unwrap().contains("HTTP 403"),
+        "{refused}"
+    );
+    assert!(
+        refused["error"].as_str().unwrap().contains("HF_TOKEN"),
+        "{refused}"
+    );
+    // A third run does not ask again for the refused file.
+    mirror.clear_log();
+    let third = run(&sb, &mirror);
+    third.assert_ok();
+    assert!(mirror.log().is_empty());
+}

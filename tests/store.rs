@@ -177,6 +177,25 @@ fn gc_keeps_what_the_last_run_reached() {
 }
 
 #[test]
+fn gc_after_a_failed_run_keeps_the_last_complete_one() {
+    let sb = Sandbox::new();
+    sb.write("p.toml", &TWO_STAGES.replace("VERSION", "one"));
+    sb.mvc(&["run", "p.toml"]).assert_ok();
+    // A broken version: every gen item fails, so this run reaches nothing of the first.
+    let broken = TWO_STAGES.replace("VERSION", "two; exit 3");
+    sb.write("p.toml", &broken);
+    assert_eq!(sb.mvc(&["run", "p.toml"]).code, Some(1));
+
+    let gc = sb.mvc(&["gc"]);
+    gc.assert_ok();
+    assert!(gc.stdout.contains("2 run(s) kept"), "{}", gc.stdout);
+    sb.write("p.toml", &TWO_STAGES.replace("VERSION", "one"));
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(plan.count("gen", "cached"), 2, "{}", plan.stdout);
+    assert_eq!(plan.count("all", "cached"), 1);
+}
+
+#[test]
 fn export_writes_files_and_an_index() {
     let sb = Sandbox::new();
     sb.write("p.toml", &TWO_STAGES.replace("VERSION", "one"));

@@ -148,6 +148,8 @@ pub struct Engine {
     pub manifests: Vec<Digest>,
     stage_left: Vec<u32>,
     stage_completed: Vec<bool>,
+    /// Failed (or blocked) items of each completed stage.
+    stage_failed: Vec<usize>,
     aggregates: Vec<Option<Aggregate>>,
     /// Memo values learnt outside the memo (index hits, fresh results, new failures).
     pub fresh: KeyMap<MemoValue>,
@@ -187,6 +189,7 @@ impl Engine {
             keys: vec![Digest::default(); n],
             manifests: vec![Digest::default(); n],
             stage_completed: vec![false; n_stages],
+            stage_failed: vec![0; n_stages],
             aggregates: vec![None; n_stages],
             stage_left,
             left,
@@ -421,6 +424,7 @@ impl Engine {
                 &postcard::to_stdvec(&pairs).expect("aggregates always encode"),
             ))
         });
+        self.stage_failed[s] = failed;
         let first = !self.stage_completed[s];
         self.stage_completed[s] = true;
         if first {
@@ -470,6 +474,17 @@ impl Engine {
                 }
                 Binding::Expansion => continue,
                 Binding::All => match &self.aggregates[edge.stage] {
+                    Some(Aggregate::Digest(_))
+                        if self.stage_failed[edge.stage] > 0 && node.kind.needs_every_item() =>
+                    {
+                        let n = self.stage_failed[edge.stage];
+                        return Err(NotKeyed::Blocked(format!(
+                            "{n} item{} of upstream `{}` failed, and `{}` needs every one",
+                            if n == 1 { "" } else { "s" },
+                            up.name,
+                            node.name
+                        )));
+                    }
                     Some(Aggregate::Digest(d)) => *d,
                     Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
                     Some(Aggregate::Failed(why)) => return Err(NotKeyed::Blocked(why.clone())),
@@ -720,6 +735,10 @@ impl Engine {
     /// Saves each stage's memo when it learnt something new this run.
     pub fn save_memos(&self) -> Result<()> {
         for (s, node) in self.graph.stages.iter().enumerate() {
+            if node.deferred.is_some() {
+                // Not expanded in this round: its memo stays as the last run left it.
+                continue;
+            }
             let mut list = Vec::with_capacity(node.items.len());
             let mut learnt = false;
             for t in node.tasks() {

@@ -189,6 +189,12 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn expands_from_outputs(&self) -> bool {
         false
     }
+    /// Whether a task reading a whole upstream stage needs every item of it: when one
+    /// failed, the task is blocked instead of reading the rest (a selection over metadata
+    /// shards must not silently lose a shard's objects).
+    fn needs_every_item(&self) -> bool {
+        false
+    }
     /// Tasks whose group is the same `Some` run together in one unit (one Blender process
     /// for all missing views of an object); `None` runs the task alone.
     fn unit_group(&self, _item: &str) -> Option<String> {

@@ -3,7 +3,7 @@
 use super::Store;
 use super::index::Tree;
 use super::memo::{KeySet, MemoValue, StageMemo};
-use super::records::{Failure, RunRecord, TaskResult, decode};
+use super::records::{Failure, RunOutcome, RunRecord, TaskResult, decode};
 use crate::task::{Digest, KeyRecord, TaskKey};
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
@@ -43,14 +43,18 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport> {
         let (id, value) = entry?;
         runs.push((id, decode(&value, "run record")?));
     }
-    let mut per_pipeline: HashMap<String, usize> = HashMap::new();
+    // Per pipeline: runs kept so far, and whether one of them finished `ok`.
+    let mut per_pipeline: HashMap<String, (usize, bool)> = HashMap::new();
     let mut keep_runs_ids = Vec::new();
     let mut drop_runs_ids = Vec::new();
-    // Newest first (ids are big-endian start times).
+    // Newest first (ids are big-endian start times). A run that was interrupted or failed
+    // may not have reached everything (stages it never expanded, tasks after a failure):
+    // runs are kept back to the last one that finished `ok`, even beyond `keep_runs`.
     for (id, run) in runs.iter().rev() {
-        let n = per_pipeline.entry(run.pipeline.clone()).or_default();
-        if *n < keep_runs {
+        let (n, complete) = per_pipeline.entry(run.pipeline.clone()).or_default();
+        if *n < keep_runs || !*complete {
             *n += 1;
+            *complete |= run.outcome == RunOutcome::Ok;
             keep_runs_ids.push((id.clone(), run.clone()));
         } else {
             drop_runs_ids.push(id.clone());

@@ -19,7 +19,7 @@ pub const DATASET: &str = "allenai/objaverse";
 pub const REVISION: &str = "main";
 
 /// One injected misbehaviour, used up by one request.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum Fault {
     Status(u16),
     /// A status with `Retry-After: SECS`.

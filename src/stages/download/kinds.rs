@@ -14,6 +14,7 @@ use crate::stages::{
     TaskOutcome, UnitTask,
 };
 use crate::store::Store;
+use crate::store::records::Output;
 use crate::store::records::now_ms;
 use crate::task::ParamSlice;
 use anyhow::{Context, Result, anyhow};
@@ -176,42 +177,69 @@ impl StageKind for MetadataKind {
     }
 }
 
-/// `object-paths.json.gz`, and each metadata shard by name.
-type SelectInputs = (Vec<u8>, Vec<(String, Vec<u8>)>);
+/// The selection's inputs: `object-paths.json.gz` (read whole) and the metadata shards
+/// (read one by one while selecting).
+struct SelectInputs {
+    object_paths: Vec<u8>,
+    shards: Vec<(String, Output)>,
+    shard_stage: String,
+}
+
+/// A metadata shard whose blob failed verification while the selection read it.
+#[derive(Debug)]
+struct CorruptShard {
+    stage: String,
+    item: String,
+    error: String,
+}
+
+impl std::fmt::Display for CorruptShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}: {}", self.stage, self.item, self.error)
+    }
+}
+
+impl std::error::Error for CorruptShard {}
 
 /// The selection and captions.
 #[derive(Debug)]
 pub struct SelectKind(pub Arc<DownloadConfig>);
 
 impl SelectKind {
-    /// Reads the inputs' files; a corrupt blob names its producer, so it runs again.
+    /// Reads `object-paths.json.gz`; a corrupt blob names its producer, so it runs again.
     fn read_inputs(store: &Store, inputs: &[InputData]) -> Result<SelectInputs, TaskOutcome> {
-        let mut paths = None;
-        let mut shards = Vec::new();
-        for (k, input) in inputs.iter().enumerate() {
-            for (item, result) in &input.items {
-                for output in &result.outputs {
-                    let bytes =
-                        store
-                            .read_output(output)
-                            .map_err(|e| TaskOutcome::InputCorrupt {
-                                stage: input.stage.clone(),
-                                item: item.clone(),
-                                error: e.to_string(),
-                            })?;
-                    if k == 0 {
-                        paths = Some(bytes);
-                    } else {
-                        shards.push((item.clone(), bytes));
-                    }
-                }
+        let corrupt = |input: &InputData, item: &str, e: crate::store::blobs::BlobError| {
+            TaskOutcome::InputCorrupt {
+                stage: input.stage.clone(),
+                item: item.to_string(),
+                error: e.to_string(),
             }
-        }
-        let paths = paths.ok_or_else(|| TaskOutcome::Failed {
-            error: format!("{OBJECT_PATHS} is missing from the inputs"),
+        };
+        let paths_input = &inputs[0];
+        let (item, result) = paths_input
+            .items
+            .first()
+            .ok_or_else(|| TaskOutcome::Failed {
+                error: format!("{OBJECT_PATHS} is missing from the inputs"),
+                stderr: None,
+            })?;
+        let output = result.outputs.first().ok_or_else(|| TaskOutcome::Failed {
+            error: format!("{OBJECT_PATHS} has no output"),
             stderr: None,
         })?;
-        Ok((paths, shards))
+        let object_paths = store
+            .read_output(output)
+            .map_err(|e| corrupt(paths_input, item, e))?;
+        let shards = inputs[1]
+            .items
+            .iter()
+            .filter_map(|(item, r)| r.outputs.first().map(|o| (item.clone(), o.clone())))
+            .collect();
+        Ok(SelectInputs {
+            object_paths,
+            shards,
+            shard_stage: inputs[1].stage.clone(),
+        })
     }
 
     async fn cap3d(&self, ctx: &ExecCtx) -> Result<Option<Vec<u8>>, TaskOutcome> {
@@ -255,7 +283,7 @@ impl SelectKind {
     async fn run(&self, ctx: &ExecCtx, task: &UnitTask) -> TaskOutcome {
         let started_ms = now_ms();
         let clock = Instant::now();
-        let (paths, shards) = match Self::read_inputs(&ctx.store, &task.inputs) {
+        let inputs = match Self::read_inputs(&ctx.store, &task.inputs) {
             Ok(x) => x,
             Err(outcome) => return outcome,
         };
@@ -272,7 +300,24 @@ impl SelectKind {
                 None => String::new(),
             };
             let cap3d = cap3d.map(|b| read_cap3d(&b, &what)).transpose()?;
-            let (manifest, metadata) = select(&config, &paths, &shards, cap3d.as_ref())?;
+            let names: Vec<String> = inputs.shards.iter().map(|(n, _)| n.clone()).collect();
+            let read = |name: &str| -> Result<Vec<u8>> {
+                let (_, output) = inputs
+                    .shards
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .expect("only listed shards are read");
+                store.read_output(output).map_err(|e| {
+                    CorruptShard {
+                        stage: inputs.shard_stage.clone(),
+                        item: name.to_string(),
+                        error: e.to_string(),
+                    }
+                    .into()
+                })
+            };
+            let (manifest, metadata) =
+                select(&config, &inputs.object_paths, &names, &read, cap3d.as_ref())?;
             let manifest = serde_json::to_vec_pretty(&manifest)?;
             let outputs = vec![
                 output_from_bytes(&store, MANIFEST.into(), manifest).map_err(|e| anyhow!(e))?,
@@ -289,9 +334,16 @@ impl SelectKind {
                 started_ms,
                 duration_ms: clock.elapsed().as_millis() as u64,
             },
-            Err(e) => TaskOutcome::Failed {
-                error: format!("{e:#}"),
-                stderr: None,
+            Err(e) => match e.downcast_ref::<CorruptShard>() {
+                Some(c) => TaskOutcome::InputCorrupt {
+                    stage: c.stage.clone(),
+                    item: c.item.clone(),
+                    error: c.error.clone(),
+                },
+                None => TaskOutcome::Failed {
+                    error: format!("{e:#}"),
+                    stderr: None,
+                },
             },
         }
     }
@@ -355,6 +407,9 @@ impl StageKind for SelectKind {
             None => {}
         }
         Ok(slice)
+    }
+    fn needs_every_item(&self) -> bool {
+        true
     }
     fn expand(&self, _: &ExpandCtx) -> Result<Expansion> {
         Ok(Expansion {

@@ -6,6 +6,7 @@ use super::objaverse::{
     read_shard, shard_of, shard_path,
 };
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -15,13 +16,48 @@ struct Candidate {
     raw: Box<RawValue>,
 }
 
-/// Selects objects from `object-paths.json.gz` and the metadata shards (name → bytes).
-/// Returns the manifest and `metadata.json` (uid → the full annotation of each selected
-/// object).
+/// Reads a metadata shard's file by shard name.
+pub type ShardReader<'a> = dyn Fn(&str) -> Result<Vec<u8>> + Sync + 'a;
+
+/// Reads the given shards (in parallel, one shard in memory per thread) and keeps the
+/// annotations `keep` accepts.
+fn scan_shards(
+    shards: &[String],
+    read: &ShardReader,
+    keep: &(dyn Fn(&str, &Annotation) -> bool + Sync),
+) -> Result<Vec<(String, Candidate)>> {
+    let per_shard: Vec<Result<Vec<(String, Candidate)>>> = shards
+        .par_iter()
+        .map(|name| {
+            let what = shard_path(name);
+            let mut kept = Vec::new();
+            for (uid, raw) in read_shard(&read(name)?, &what)? {
+                let annotation: Annotation =
+                    serde_json::from_str(raw.get()).with_context(|| {
+                        format!("{what}: the annotation of `{uid}` is not a Sketchfab record")
+                    })?;
+                if keep(&uid, &annotation) {
+                    kept.push((uid, Candidate { annotation, raw }));
+                }
+            }
+            Ok(kept)
+        })
+        .collect();
+    let mut all = Vec::new();
+    for shard in per_shard {
+        all.extend(shard?);
+    }
+    Ok(all)
+}
+
+/// Selects objects from `object-paths.json.gz` and the metadata shards `shards` (read
+/// through `read`). Returns the manifest and `metadata.json` (uid → the full annotation of
+/// each selected object).
 pub fn select(
     config: &DownloadConfig,
     object_paths: &[u8],
-    shards: &[(String, Vec<u8>)],
+    shards: &[String],
+    read: &ShardReader,
     cap3d: Option<&HashMap<String, String>>,
 ) -> Result<(Manifest, Vec<u8>)> {
     let mut manifest = Manifest {
@@ -29,65 +65,42 @@ pub fn select(
         revision: config.revision.clone(),
         ..Manifest::default()
     };
-    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Candidate>;
     let paths: BTreeMap<String, String>;
-    let parse = |uid: &str, raw: Box<RawValue>, shard: &str| -> Result<Candidate> {
-        let annotation: Annotation = serde_json::from_str(raw.get()).with_context(|| {
-            format!(
-                "{}: the annotation of `{uid}` is not a Sketchfab record",
-                shard_path(shard)
-            )
-        })?;
-        Ok(Candidate { annotation, raw })
-    };
 
     match &config.uids {
         Some(uids) => {
             let wanted: HashSet<&str> = uids.iter().map(String::as_str).collect();
             paths = read_object_paths(object_paths, OBJECT_PATHS, &|uid| wanted.contains(uid))?;
-            let mut by_shard: HashMap<&str, Vec<&str>> = HashMap::new();
+            candidates = scan_shards(shards, read, &|uid, _| wanted.contains(uid))?
+                .into_iter()
+                .collect();
+            let fetched: HashSet<&str> = shards.iter().map(String::as_str).collect();
             for uid in uids {
-                match paths.get(uid).map(|p| (p, shard_of(p))) {
-                    Some((_, Some(shard))) => by_shard.entry(shard).or_default().push(uid),
-                    Some((p, None)) => manifest.missing.push(Unavailable {
-                        uid: uid.clone(),
-                        reason: format!("its path in {OBJECT_PATHS}, `{p}`, is not under glbs/"),
-                    }),
-                    None => manifest.missing.push(Unavailable {
-                        uid: uid.clone(),
-                        reason: format!(
-                            "uid `{uid}` is not in {OBJECT_PATHS} of {}@{}; check the uid",
-                            config.dataset, config.revision
-                        ),
-                    }),
-                }
-            }
-            for (name, bytes) in shards {
-                let Some(want) = by_shard.remove(name.as_str()) else {
+                if candidates.contains_key(uid) {
                     continue;
-                };
-                let mut entries: HashMap<String, Box<RawValue>> =
-                    read_shard(bytes, &shard_path(name))?.into_iter().collect();
-                for uid in want {
-                    match entries.remove(uid) {
-                        Some(raw) => {
-                            candidates.insert(uid.to_string(), parse(uid, raw, name)?);
-                        }
-                        None => manifest.missing.push(Unavailable {
-                            uid: uid.to_string(),
-                            reason: format!("`{uid}` has no annotation in {}", shard_path(name)),
-                        }),
+                }
+                let reason = match paths.get(uid).map(|p| (p, shard_of(p))) {
+                    None => format!(
+                        "uid `{uid}` is not in {OBJECT_PATHS} of {}@{}; check the uid",
+                        config.dataset, config.revision
+                    ),
+                    Some((p, None)) => {
+                        format!("its path in {OBJECT_PATHS}, `{p}`, is not under glbs/")
                     }
-                }
+                    Some((_, Some(shard))) if !fetched.contains(shard) => {
+                        format!("its metadata shard {} was not fetched", shard_path(shard))
+                    }
+                    Some((_, Some(shard))) => {
+                        format!("`{uid}` has no annotation in {}", shard_path(shard))
+                    }
+                };
+                manifest.missing.push(Unavailable {
+                    uid: uid.clone(),
+                    reason,
+                });
             }
-            for (shard, uids) in by_shard {
-                for uid in uids {
-                    manifest.missing.push(Unavailable {
-                        uid: uid.to_string(),
-                        reason: format!("its metadata shard {} was not fetched", shard_path(shard)),
-                    });
-                }
-            }
+            candidates.retain(|uid, _| paths.contains_key(uid));
             if let Some(categories) = &config.categories {
                 candidates.retain(|uid, c| {
                     let keep = c.annotation.in_any_category(categories);
@@ -106,14 +119,9 @@ pub fn select(
                 .categories
                 .as_ref()
                 .expect("categories default when no uids are given");
-            for (name, bytes) in shards {
-                for (uid, raw) in read_shard(bytes, &shard_path(name))? {
-                    let candidate = parse(&uid, raw, name)?;
-                    if candidate.annotation.in_any_category(categories) {
-                        candidates.insert(uid, candidate);
-                    }
-                }
-            }
+            candidates = scan_shards(shards, read, &|_, a| a.in_any_category(categories))?
+                .into_iter()
+                .collect();
             paths = read_object_paths(object_paths, OBJECT_PATHS, &|uid| {
                 candidates.contains_key(uid)
             })?;
