@@ -21,6 +21,8 @@ pub struct Progress {
     deferred: Vec<bool>,
     /// Bytes (done, total) per stage, for kinds that transfer data.
     bytes: Vec<(u64, u64)>,
+    /// `-q`: neither bars nor plain lines.
+    quiet: bool,
     last_plain: Instant,
 }
 
@@ -62,6 +64,7 @@ impl Progress {
             finished: vec![false; n],
             deferred: vec![false; n],
             bytes: vec![(0, 0); n],
+            quiet,
             last_plain: Instant::now(),
         }
     }
@@ -109,11 +112,12 @@ impl Progress {
                 self.finished[i] = true;
                 match &self.bars {
                     Some((_, bars)) => bars[i].finish(),
-                    None => eprintln!("{}", self.stage_line(i, c)),
+                    None if !self.quiet => eprintln!("{}", self.stage_line(i, c)),
+                    None => {}
                 }
             }
         }
-        if self.bars.is_none() && self.last_plain.elapsed() >= PLAIN_INTERVAL {
+        if self.bars.is_none() && !self.quiet && self.last_plain.elapsed() >= PLAIN_INTERVAL {
             self.last_plain = Instant::now();
             for (i, c) in counts.iter().enumerate() {
                 if !self.finished[i] && self.stage_started[i].is_some() {

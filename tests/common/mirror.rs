@@ -95,6 +95,27 @@ impl Object {
         }
     }
 
+    /// A catalog entry outside the objects of interest (a category other than food,
+    /// or none), sharing one small GLB with every other filler object.
+    pub fn filler(n: u32, glb: &Arc<Vec<u8>>) -> Object {
+        const OTHER: [&str; 5] = ["animals-pets", "architecture", "music", "people", ""];
+        let category = OTHER[n as usize % OTHER.len()];
+        Object {
+            uid: uid(n),
+            shard: n as usize % 160,
+            name: format!("Object {n}"),
+            description: format!("Scanned object number {n}, with a longer description."),
+            tags: vec![format!("tag{n}"), "scan".into()],
+            categories: if category.is_empty() {
+                vec![]
+            } else {
+                vec![category.to_string()]
+            },
+            license: "by".into(),
+            glb: glb.clone(),
+        }
+    }
+
     pub fn path(&self) -> String {
         format!("glbs/{}/{}.glb", shard_name(self.shard), self.uid)
     }
@@ -175,6 +196,15 @@ pub fn make_glb(seed: u32, size: usize) -> Vec<u8> {
 
 /// A Sketchfab annotation of the shape Objaverse stores.
 fn annotation(o: &Object) -> serde_json::Value {
+    let thumbnails: Vec<serde_json::Value> = [256, 640, 1024, 1920]
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "url": format!("https://media.sketchfab.example/models/{}/thumbnails/{w}.jpeg", o.uid),
+                "width": w, "height": w * 9 / 16, "size": w * 40, "uid": format!("{:x}", w * 77),
+            })
+        })
+        .collect();
     serde_json::json!({
         "uri": format!("https://api.sketchfab.com/v3/models/{}", o.uid),
         "uid": o.uid,
@@ -190,7 +220,7 @@ fn annotation(o: &Object) -> serde_json::Value {
         "publishedAt": "2021-01-01T00:00:00.000000",
         "tags": o.tags.iter().map(|t| serde_json::json!({"name": t, "slug": t, "uri": ""})).collect::<Vec<_>>(),
         "categories": o.categories.iter().map(|c| serde_json::json!({"name": c, "uri": ""})).collect::<Vec<_>>(),
-        "thumbnails": {"images": [{"url": "https://example.invalid/t.jpg", "width": 256, "height": 256}]},
+        "thumbnails": {"images": thumbnails},
         "user": {"username": "tester"},
         "description": o.description,
         "faceCount": 4,

@@ -63,26 +63,32 @@ pub fn shard_of(glb_path: &str) -> Option<&str> {
     parts.next()
 }
 
-/// Decompresses a `.json.gz` file, saying plainly when it is not gzip at all (a web page
-/// where a mirror should serve the file).
-pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
-        let looks_html = start.trim_start().starts_with('<');
-        bail!(
-            "{what} is not gzip-compressed JSON: the server sent {} (starting `{}`); check that \
-             HF_ENDPOINT is the hub or a dataset mirror with the same paths",
-            if looks_html {
-                "an HTML page"
-            } else {
-                "something else"
-            },
-            start.trim()
-        );
+/// Checks the gzip magic number, saying plainly when the file is not gzip at all (a web
+/// page where a mirror should serve the file).
+fn check_gzip_magic(bytes: &[u8], what: &str) -> Result<()> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(());
     }
+    let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let looks_html = start.trim_start().starts_with('<');
+    bail!(
+        "{what} is not gzip-compressed JSON: the server sent {} (starting `{}`); check that \
+         HF_ENDPOINT is the hub or a dataset mirror with the same paths",
+        if looks_html {
+            "an HTML page"
+        } else {
+            "something else"
+        },
+        start.trim()
+    );
+}
+
+/// Decompresses a `.json.gz` file.
+pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    check_gzip_magic(bytes, what)?;
     let mut out = Vec::with_capacity(bytes.len() * 4);
     flate2::read::MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
@@ -90,13 +96,40 @@ pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Checks that a `.json.gz` file decompresses to a JSON object (without building it).
+/// Checks that a `.json.gz` file decompresses to a JSON object, streaming: nothing of it is
+/// kept (a check of the 60 MB `object-paths.json` costs no more memory than a small file).
 pub fn check_json_gz(bytes: &[u8], what: &str) -> Result<()> {
-    let json = gunzip(bytes, what)?;
-    // Keys are built and dropped: an object is all that is checked, at little cost.
-    serde_json::from_slice::<HashMap<String, serde::de::IgnoredAny>>(&json)
-        .with_context(|| format!("{what} does not hold a JSON object"))?;
-    Ok(())
+    struct AnObject;
+    impl<'de> serde::Deserialize<'de> for AnObject {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AnObject, D::Error> {
+            d.deserialize_map(AnObject)
+        }
+    }
+    impl<'de> Visitor<'de> for AnObject {
+        type Value = AnObject;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnObject, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(AnObject)
+        }
+    }
+    check_gzip_magic(bytes, what)?;
+    let reader =
+        std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(bytes));
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    AnObject::deserialize(&mut de)
+        .and_then(|_| de.end())
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Io => {
+                anyhow::anyhow!("{what} is not valid gzip (truncated or damaged): {e}")
+            }
+            _ => anyhow::anyhow!("{what} does not hold a JSON object: {e}"),
+        })
 }
 
 /// Reads `object-paths.json.gz`, keeping the entries `keep` accepts (the whole map holds
@@ -130,8 +163,11 @@ pub fn read_object_paths(
             Ok(out)
         }
     }
-    let json = gunzip(bytes, what)?;
-    let mut de = serde_json::Deserializer::from_slice(&json);
+    // Streamed: the 60 MB of JSON is never held whole.
+    check_gzip_magic(bytes, what)?;
+    let reader =
+        std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(bytes));
+    let mut de = serde_json::Deserializer::from_reader(reader);
     Filter(keep)
         .deserialize(&mut de)
         .with_context(|| format!("{what} is not a JSON object of uid → GLB path"))
