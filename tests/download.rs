@@ -283,6 +283,15 @@ fn bad_settings_are_errors_that_point_at_the_value() {
     let e = plan_error("uids = [\"not-a-uid\"]");
     assert!(e.contains("`not-a-uid` is not an Objaverse uid"), "{e}");
 
+    let e = plan_error("uids = 5");
+    assert!(e.contains("a list of uids, or the path of a file"), "{e}");
+
+    let e = plan_error("uids = \"no-such-file.txt\"");
+    assert!(
+        e.contains("cannot read the uids file `no-such-file.txt`"),
+        "{e}"
+    );
+
     let e = plan_error("caption = \"cap3d\"");
     assert!(e.contains("needs `cap3d_csv`"), "{e}");
 
@@ -671,4 +680,78 @@ fn files_that_stay_broken_are_reported_by_name() {
     let third = run(&sb, &mirror);
     third.assert_ok();
     assert!(mirror.log().is_empty());
+}
+
+#[test]
+fn later_stages_read_the_glbs_and_the_captions() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &format!(
+            "{}{}",
+            download_stage("limit = 2"),
+            r#"
+[stage.sizes]
+kind = "command"
+inputs = ["objects"]
+cmd = 'wc -c < "$MVC_IN_OBJECTS/$MVC_ITEM.glb" > "$MVC_OUT/size"'
+
+[stage.captions]
+kind = "command"
+inputs = ["objects.select"]
+per_item = false
+cmd = 'grep -c "\"caption\"" "$MVC_IN_OBJECTS_SELECT/selection/manifest.json" > "$MVC_OUT/n"'
+"#
+        ),
+    );
+    let ran = run(&sb, &mirror);
+    ran.assert_ok();
+    assert_eq!(ran.count("sizes", "ran"), 2);
+    assert_eq!(ran.count("captions", "ran"), 1);
+    let out = sb.path().join("out");
+    sb.mvc(&["export", "p.toml", "captions", out.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("all/n")).unwrap().trim(),
+        "2"
+    );
+    sb.mvc(&["export", "p.toml", "sizes", out.to_str().unwrap()])
+        .assert_ok();
+    let first = object_uids(&manifest(&sb, &mirror))[0].clone();
+    let o = objects.iter().find(|o| o.uid == first).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join(&first).join("size"))
+            .unwrap()
+            .trim(),
+        o.glb.len().to_string()
+    );
+}
+
+#[test]
+fn uids_can_come_from_a_file() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "uids.txt",
+        &format!("# two objects\n{}\n\n{}\n", uid(6), uid(3)),
+    );
+    sb.write("p.toml", &download_stage("uids = \"uids.txt\""));
+    let ran = run(&sb, &mirror);
+    ran.assert_ok();
+    let mut want = vec![uid(3), uid(6)];
+    want.sort();
+    assert_eq!(object_uids(&manifest(&sb, &mirror)), want);
+
+    sb.write("uids.txt", &format!("{}\nnot-a-uid\n", uid(6)));
+    let bad = sb.mvc(&["plan", "p.toml"]);
+    assert_eq!(bad.code, Some(1));
+    assert!(
+        bad.stderr
+            .contains("uids file `uids.txt` line 2: `not-a-uid` is not an Objaverse uid"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -67,7 +67,10 @@ pub struct DownloadParams {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a list of uids, or the path of a file with one uid a line"
+)]
 pub enum UidList {
     List(Vec<String>),
     File(String),
