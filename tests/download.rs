@@ -79,6 +79,19 @@ fn selects_food_objects_survives_faults_and_downloads_nothing_twice() {
     assert_eq!(first.count("objects", "total"), 5);
     assert_eq!(first.count("objects", "ran"), 4);
     assert_eq!(first.count("objects", "failed"), 1);
+    // Progress is in bytes: those that arrived, of the GLB sizes the metadata gives.
+    let progress = first
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("objects: 5/5 tasks"))
+        .unwrap_or_else(|| panic!("{}", first.stderr));
+    let size = |o: &[Object]| o.iter().map(|o| o.glb.len() as u64).sum::<u64>();
+    let expected = format!(
+        "· {} of {}",
+        mvc::text::human_bytes(size(&objects[..4])),
+        mvc::text::human_bytes(size(&objects[..5]))
+    );
+    assert!(progress.contains(&expected), "{progress} lacks {expected}");
     let failures = first.json()["failures"].as_array().unwrap().clone();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["item"], uid(5).as_str());
