@@ -768,3 +768,42 @@ fn uids_can_come_from_a_file() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_whole_file_left_before_it_was_stored_is_not_fetched_again() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &download_stage(&format!("uids = [\"{}\"]", uid(3))),
+    );
+    // As if a run had been killed after the download and before storing it.
+    let pizza = &objects[2];
+    let url = format!(
+        "{}/datasets/allenai/objaverse/resolve/main/{}",
+        mirror.endpoint,
+        pizza.path()
+    );
+    let partial = sb.cache().join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(
+        partial.join(format!("{}.part", blake3::hash(url.as_bytes()).to_hex())),
+        &*pizza.glb,
+    )
+    .unwrap();
+    run(&sb, &mirror).assert_ok();
+    let asked = mirror.requests(&pizza.path());
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].range.as_deref(),
+        Some(&*format!("bytes={}-", pizza.glb.len()))
+    );
+    let out = sb.path().join("out");
+    sb.mvc(&["export", "p.toml", "objects", out.to_str().unwrap()])
+        .assert_ok();
+    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    assert!(got == *pizza.glb);
+    // The partial file became the blob.
+    assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
+}

@@ -441,7 +441,14 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok());
     match start {
-        Some(start) if start >= file.len() => status(StatusCode::RANGE_NOT_SATISFIABLE),
+        Some(start) if start >= file.len() => {
+            let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{}", file.len())).unwrap(),
+            );
+            r
+        }
         Some(start) => Response::builder()
             .status(StatusCode::PARTIAL_CONTENT)
             .header(

@@ -44,7 +44,7 @@ pub enum FetchError {
     /// The server says the file is not there or not ours to read (401, 403, 404, 410, and
     /// other 4xx): retrying will not help.
     Permanent(String),
-    /// Still failing after every retry (connection errors, timeouts, 429, 5xx, cut-off
+    /// Still failing after every retry (connection errors, timeouts, 408, 429, 5xx, cut-off
     /// bodies), or the endpoint is known to be unreachable: worth trying in a later run.
     Transient(String),
     /// Stopped by Ctrl-C.
@@ -274,6 +274,17 @@ impl HubClient {
                 }
             }
             416 => {
+                // `bytes */TOTAL`: when we hold exactly TOTAL bytes, the file was whole already
+                // (a run stopped between the download and storing it).
+                let total = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes */"))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if total == Some(have) {
+                    return Ok(have);
+                }
                 // What we hold does not fit the file any more: start over.
                 file.set_len(0).map_err(local)?;
                 return Err(Attempt::Retry {
@@ -282,7 +293,7 @@ impl HubClient {
                     unreachable: false,
                 });
             }
-            429 | 500..=599 => {
+            408 | 429 | 500..=599 => {
                 return Err(Attempt::Retry {
                     error: format!("{url}: HTTP {status}"),
                     after: retry_after(response.headers()),
