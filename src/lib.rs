@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod exec;
 pub mod pipeline;
+pub mod render;
 pub mod stages;
 pub mod store;
 pub mod task;

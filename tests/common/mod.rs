@@ -129,4 +129,5 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+pub mod glb;
 pub mod mirror;

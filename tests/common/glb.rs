@@ -1,0 +1,178 @@
+//! Small binary glTF files for render tests: a textured cube placed off-centre and scaled
+//! (so normalisation shows), and broken files of the kinds Objaverse holds.
+#![allow(dead_code)]
+
+use serde_json::json;
+
+/// Packs a glTF JSON document and its binary buffer into a GLB.
+pub fn glb(mut json: serde_json::Value, bin: &[u8]) -> Vec<u8> {
+    let mut bin = bin.to_vec();
+    while !bin.len().is_multiple_of(4) {
+        bin.push(0);
+    }
+    if json.get("buffers").is_none() && !bin.is_empty() {
+        json["buffers"] = json!([{ "byteLength": bin.len() }]);
+    }
+    let mut text = serde_json::to_vec(&json).unwrap();
+    while !text.len().is_multiple_of(4) {
+        text.push(b' ');
+    }
+    let total = 12 + 8 + text.len() + if bin.is_empty() { 0 } else { 8 + bin.len() };
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(b"glTF");
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"JSON");
+    out.extend_from_slice(&text);
+    if !bin.is_empty() {
+        out.extend_from_slice(&(bin.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"BIN\0");
+        out.extend_from_slice(&bin);
+    }
+    out
+}
+
+/// A 4x4 red and white checker with one blue corner (so that no two views of a box are
+/// alike), as PNG bytes.
+fn checker_png() -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(4, 4, |x, y| {
+        if (x, y) == (0, 0) {
+            image::Rgba([30, 60, 220, 255])
+        } else if (x + y) % 2 == 0 {
+            image::Rgba([220, 30, 30, 255])
+        } else {
+            image::Rgba([240, 240, 240, 255])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// An axis-aligned box with half-sizes `half`, 24 vertices (4 per face, with UVs), 36
+/// indices. Returns (positions, uvs, indices).
+fn box_mesh(half: [f32; 3]) -> (Vec<[f32; 3]>, Vec<[f32; 2]>, Vec<u16>) {
+    let mut positions = Vec::new();
+    let mut uvs = Vec::new();
+    let mut indices = Vec::new();
+    // (axis, sign) of each face.
+    for axis in 0..3 {
+        for sign in [-1.0f32, 1.0] {
+            let (u_axis, v_axis) = ((axis + 1) % 3, (axis + 2) % 3);
+            let base = positions.len() as u16;
+            for (du, dv) in [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)] {
+                let mut p = [0.0f32; 3];
+                p[axis] = sign * half[axis];
+                p[u_axis] = du * half[u_axis];
+                p[v_axis] = dv * half[v_axis];
+                positions.push(p);
+                uvs.push([(du + 1.0) / 2.0, (dv + 1.0) / 2.0]);
+            }
+            indices.extend_from_slice(&[base, base + 1, base + 2, base, base + 2, base + 3]);
+        }
+    }
+    (positions, uvs, indices)
+}
+
+/// A textured box with half-sizes `half`, its node translated by `offset` and scaled by
+/// `scale`, so a renderer must normalise it to see it whole.
+pub fn box_glb(half: [f32; 3], offset: [f32; 3], scale: f32) -> Vec<u8> {
+    let (positions, uvs, indices) = box_mesh(half);
+    let mut bin = Vec::new();
+    for p in &positions {
+        for c in p {
+            bin.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    let uv_offset = bin.len();
+    for t in &uvs {
+        for c in t {
+            bin.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    let index_offset = bin.len();
+    for i in &indices {
+        bin.extend_from_slice(&i.to_le_bytes());
+    }
+    while !bin.len().is_multiple_of(4) {
+        bin.push(0);
+    }
+    let png = checker_png();
+    let png_offset = bin.len();
+    bin.extend_from_slice(&png);
+    let min = [-half[0], -half[1], -half[2]];
+    glb(
+        json!({
+            "asset": {"version": "2.0"},
+            "scene": 0,
+            "scenes": [{"nodes": [0]}],
+            "nodes": [{"children": [1], "translation": offset}, {"mesh": 0, "scale": [scale, scale, scale]}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "TEXCOORD_0": 1}, "indices": 2, "material": 0}]}],
+            "materials": [{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "baseColorFactor": [1, 1, 1, 1]}}],
+            "textures": [{"source": 0, "sampler": 0}],
+            "samplers": [{"magFilter": 9728, "minFilter": 9728}],
+            "images": [{"bufferView": 3, "mimeType": "image/png"}],
+            "accessors": [
+                {"bufferView": 0, "componentType": 5126, "count": positions.len(), "type": "VEC3", "min": min, "max": half},
+                {"bufferView": 1, "componentType": 5126, "count": uvs.len(), "type": "VEC2"},
+                {"bufferView": 2, "componentType": 5123, "count": indices.len(), "type": "SCALAR"}
+            ],
+            "bufferViews": [
+                {"buffer": 0, "byteOffset": 0, "byteLength": uv_offset},
+                {"buffer": 0, "byteOffset": uv_offset, "byteLength": index_offset - uv_offset},
+                {"buffer": 0, "byteOffset": index_offset, "byteLength": indices.len() * 2},
+                {"buffer": 0, "byteOffset": png_offset, "byteLength": png.len()}
+            ]
+        }),
+        &bin,
+    )
+}
+
+/// A triangle whose indices point past its vertices.
+pub fn out_of_range_glb() -> Vec<u8> {
+    let mut bin = Vec::new();
+    for c in [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    for i in [0u16, 1, 7, 0] {
+        bin.extend_from_slice(&i.to_le_bytes());
+    }
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+            "accessors": [
+                {"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0], "max": [1, 1, 0]},
+                {"bufferView": 1, "componentType": 5123, "count": 3, "type": "SCALAR"}
+            ],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36}, {"buffer": 0, "byteOffset": 36, "byteLength": 6}]
+        }),
+        &bin,
+    )
+}
+
+/// A triangle with an infinite coordinate.
+pub fn infinite_glb() -> Vec<u8> {
+    let mut bin = Vec::new();
+    for c in [0.0f32, 0.0, 0.0, f32::INFINITY, 0.0, 0.0, 0.0, 1.0, 0.0] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+            "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0], "max": [1, 1, 0]}],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36}]
+        }),
+        &bin,
+    )
+}
+
+/// A scene with a node and no mesh.
+pub fn empty_glb() -> Vec<u8> {
+    glb(
+        json!({"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"name": "nothing"}]}),
+        &[],
+    )
+}

@@ -1,0 +1,173 @@
+//! The built-in renderer and the camera conventions it shares with the Blender backend:
+//! framing (centred, not cropped), determinism (golden digests), the projection of a unit
+//! cube, and GLBs it must refuse with a clear message.
+
+mod common;
+
+use common::glb;
+use mvc::render::camera::{ViewSpec, study_fov};
+use mvc::render::raster::{LightRig, RasterSettings, render};
+use mvc::render::scene::Scene;
+
+fn settings() -> RasterSettings {
+    RasterSettings {
+        size: 224,
+        supersample: 2,
+        lights: LightRig::Study,
+    }
+}
+
+fn view(azimuth: f64, polar: f64) -> ViewSpec {
+    ViewSpec {
+        azimuth,
+        polar,
+        distance: 1.5,
+        fov: study_fov(),
+    }
+}
+
+/// The study's 36 views: 12 azimuths x polar 20, 50, 80.
+fn study_views() -> Vec<ViewSpec> {
+    [20.0, 50.0, 80.0]
+        .iter()
+        .flat_map(|&p| (0..12).map(move |i| view(i as f64 * 30.0, p)))
+        .collect()
+}
+
+/// (min x, min y, max x, max y) of pixels with alpha > 0.
+fn alpha_box(img: &image::RgbaImage) -> (u32, u32, u32, u32) {
+    let mut b = (u32::MAX, u32::MAX, 0, 0);
+    for (x, y, p) in img.enumerate_pixels() {
+        if p[3] > 0 {
+            b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
+        }
+    }
+    b
+}
+
+#[test]
+fn objects_are_centred_whole_and_differ_between_views() {
+    // Off-centre and scaled in the file: normalisation must bring it back.
+    let scene = Scene::from_glb(&glb::box_glb([0.5, 0.2, 0.3], [5.0, -2.0, 1.0], 3.0)).unwrap();
+    let (lo, hi) = scene.bounds();
+    let side = (0..3).map(|k| hi[k] - lo[k]).fold(0.0f32, f32::max);
+    assert!((side - 1.0).abs() < 1e-5, "longest side {side}");
+    for k in 0..3 {
+        assert!(
+            (lo[k] + hi[k]).abs() < 1e-5,
+            "bounding box centred on axis {k}"
+        );
+    }
+    let mut digests = std::collections::HashSet::new();
+    for v in study_views() {
+        let img = render(&scene, &v, &settings());
+        assert_eq!(img.dimensions(), (224, 224));
+        let (x0, y0, x1, y1) = alpha_box(&img);
+        assert!(
+            x0 > 0 && y0 > 0 && x1 < 223 && y1 < 223,
+            "{} is cropped",
+            v.id()
+        );
+        let (cx, cy) = ((x0 + x1) as f64 / 2.0, (y0 + y1) as f64 / 2.0);
+        assert!(
+            (cx - 112.0).abs() < 22.4 && (cy - 112.0).abs() < 22.4,
+            "{} is off-centre: ({cx}, {cy})",
+            v.id()
+        );
+        digests.insert(blake3::hash(img.as_raw()));
+    }
+    assert_eq!(digests.len(), 36, "every view differs from every other");
+}
+
+#[test]
+fn the_renderer_gives_the_same_bytes_every_time() {
+    // Golden digests: when the renderer's output changes on purpose, bump
+    // mvc::render::raster::VERSION (it is in every render task's key) and update these.
+    let scene = Scene::from_glb(&glb::box_glb([0.5, 0.2, 0.3], [5.0, -2.0, 1.0], 3.0)).unwrap();
+    let a = render(&scene, &view(30.0, 50.0), &settings());
+    let b = render(&scene, &view(30.0, 50.0), &settings());
+    assert_eq!(a.as_raw(), b.as_raw());
+    let four = RasterSettings {
+        lights: LightRig::FourSun,
+        ..settings()
+    };
+    let c = render(&scene, &view(300.0, 80.0), &four);
+    let got = [
+        blake3::hash(a.as_raw()).to_hex().to_string(),
+        blake3::hash(c.as_raw()).to_hex().to_string(),
+    ];
+    assert_eq!(mvc::render::raster::VERSION, 1);
+    assert_eq!(
+        got,
+        [
+            "4ca095ea365c46593342d2840f4f6718be70216f7fed624d31c191d6df7593fb",
+            "bf6591cd81d38ee27ddc2a7a58150811da418fd2976dba5da6874fbb1e3fa061"
+        ],
+        "renderer output changed"
+    );
+}
+
+#[test]
+fn the_silhouette_of_a_cube_matches_the_camera_model() {
+    // A cube of side 1 (already normalised): its 8 corners, projected by the camera model
+    // that the camera JSON records, must bound the rendered silhouette within 2 pixels.
+    // (At the study's distance of 1.5 a unit cube seen face-on overflows the frame, so the
+    // cameras here stand at 2.5.)
+    let scene = Scene::from_glb(&glb::box_glb([0.5, 0.5, 0.5], [0.0; 3], 1.0)).unwrap();
+    let far = |azimuth, polar| ViewSpec {
+        distance: 2.5,
+        ..view(azimuth, polar)
+    };
+    for v in [
+        far(0.0, 90.0),
+        far(30.0, 50.0),
+        far(135.0, 20.0),
+        far(250.0, 80.0),
+    ] {
+        let img = render(&scene, &v, &settings());
+        let (x0, y0, x1, y1) = alpha_box(&img);
+        let mut lo = [f64::INFINITY; 2];
+        let mut hi = [f64::NEG_INFINITY; 2];
+        for corner in 0..8 {
+            let p = [0, 1, 2].map(|k| if corner >> k & 1 == 1 { 0.5 } else { -0.5 });
+            let (uv, _) = v.project(224, p);
+            for k in 0..2 {
+                lo[k] = lo[k].min(uv[k]);
+                hi[k] = hi[k].max(uv[k]);
+            }
+        }
+        // Pixel i covers [i, i+1): the silhouette's first and last pixels.
+        let want = (
+            lo[0].floor(),
+            lo[1].floor(),
+            hi[0].ceil() - 1.0,
+            hi[1].ceil() - 1.0,
+        );
+        let got = (x0 as f64, y0 as f64, x1 as f64, y1 as f64);
+        for (g, w) in [
+            (got.0, want.0),
+            (got.1, want.1),
+            (got.2, want.2),
+            (got.3, want.3),
+        ] {
+            assert!(
+                (g - w).abs() <= 2.0,
+                "{}: silhouette {got:?}, camera model {want:?}",
+                v.id()
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_glbs_are_refused_with_the_reason() {
+    let err = |bytes: &[u8]| format!("{:#}", Scene::from_glb(bytes).unwrap_err());
+    let e = err(b"<html>not a model</html>");
+    assert!(e.contains("not a readable glTF 2.0 file"), "{e}");
+    let e = err(&glb::out_of_range_glb());
+    assert!(e.contains("index 7 is out of range"), "{e}");
+    let e = err(&glb::infinite_glb());
+    assert!(e.contains("not finite"), "{e}");
+    let e = err(&glb::empty_glb());
+    assert!(e.contains("no triangles to render"), "{e}");
+}
