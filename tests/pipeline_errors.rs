@@ -57,12 +57,15 @@ fn unknown_kind_lists_the_valid_kinds() {
 
 #[test]
 fn planned_kind_says_it_is_not_available_yet() {
-    let err = plan_error("[stage.r]\nkind = \"render\"\n");
+    let err = plan_error("[stage.r]\nkind = \"embed\"\n");
     assert!(
-        err.contains("stage kind `render` is not available in this version"),
+        err.contains("stage kind `embed` is not available in this version"),
         "{err}"
     );
-    assert!(err.contains("valid kinds: command"), "{err}");
+    assert!(
+        err.contains("valid kinds: command, download, render"),
+        "{err}"
+    );
 }
 
 #[test]

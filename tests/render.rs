@@ -171,3 +171,148 @@ fn broken_glbs_are_refused_with_the_reason() {
     let e = err(&glb::empty_glb());
     assert!(e.contains("no triangles to render"), "{e}");
 }
+
+/// Three objects made by a command stage (each writes its GLB), rendered by a render stage.
+fn render_pipeline(sb: &common::Sandbox, rings: &str, azimuths: &str) -> String {
+    for (name, half) in [
+        ("a", [0.5, 0.2, 0.3]),
+        ("b", [0.3, 0.3, 0.3]),
+        ("c", [0.1, 0.4, 0.2]),
+    ] {
+        std::fs::write(
+            sb.path().join(format!("{name}.glb")),
+            glb::box_glb(half, [0.0; 3], 1.0),
+        )
+        .unwrap();
+    }
+    format!(
+        r#"
+[stage.objects]
+kind = "command"
+items = ["a", "b", "c"]
+files = {{ a = "a.glb", b = "b.glb", c = "c.glb" }}
+cmd = 'eval cp "\$MVC_FILE_$(echo "$MVC_ITEM" | tr a-z A-Z)" "$MVC_OUT/model.glb"'
+
+[stage.views]
+kind = "render"
+inputs = ["objects"]
+backend = "builtin"
+azimuths = {azimuths}
+{rings}
+resolution = 64
+"#
+    )
+}
+
+fn units(ran: &common::Ran) -> Vec<String> {
+    ran.stderr
+        .lines()
+        .filter(|l| l.contains("in one unit"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_new_ring_renders_only_its_views_one_unit_per_object() {
+    let sb = common::Sandbox::new();
+    let six = "{ start = 0, step = 60, count = 6 }";
+    sb.write("p.toml", &render_pipeline(&sb, "polar = [20, 50]", six));
+    let first = sb.mvc(&["run", "p.toml", "--json", "-v"]);
+    first.assert_ok();
+    assert_eq!(first.count("views", "ran"), 36);
+    let u = units(&first);
+    assert_eq!(u.len(), 3, "{u:?}");
+    assert!(u.iter().all(|l| l.contains("12 views")), "{u:?}");
+
+    // A third ring: 3 x 6 new views, each object's in one unit.
+    sb.write("p.toml", &render_pipeline(&sb, "polar = [20, 50, 80]", six));
+    let second = sb.mvc(&["run", "p.toml", "--json", "-v"]);
+    second.assert_ok();
+    assert_eq!(second.count("views", "ran"), 18);
+    assert_eq!(second.count("views", "cached"), 36);
+    let u = units(&second);
+    assert_eq!(u.len(), 3, "{u:?}");
+    assert!(u.iter().all(|l| l.contains("6 views")), "{u:?}");
+
+    // Fewer rings, the same azimuths written another way and in another order: nothing runs.
+    sb.write(
+        "p.toml",
+        &render_pipeline(&sb, "elevations = [10, 40]", "[300, 0, 60, 120, 180, 240]"),
+    );
+    let third = sb.mvc(&["run", "p.toml", "--json"]);
+    third.assert_ok();
+    assert_eq!(third.count("views", "ran"), 0);
+    assert_eq!(third.count("views", "cached"), 36);
+
+    // Every view is a PNG of the asked size with its camera.
+    let out = sb.path().join("out");
+    sb.mvc(&["export", "p.toml", "views", out.to_str().unwrap()])
+        .assert_ok();
+    let dir = out.join("a@az060-pol050-d1.5-fov49.1343");
+    let png = image::open(dir.join("az060-pol050-d1.5-fov49.1343.png")).unwrap();
+    assert_eq!(png.width(), 64);
+    assert!(png.color().has_alpha());
+    let camera: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("az060-pol050-d1.5-fov49.1343.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(camera["elevation"], 40.0);
+    assert_eq!(camera["K"][0][2], 32.0);
+}
+
+#[test]
+fn bad_grids_and_models_are_reported() {
+    let sb = common::Sandbox::new();
+    let six = "[0, 60]";
+    let plan_err = |rings: &str, extra: &str| {
+        let mut text = render_pipeline(&sb, rings, six);
+        if !extra.is_empty() {
+            text = text.replace("backend = \"builtin\"", extra);
+        }
+        sb.write("p.toml", &text);
+        let ran = sb.mvc(&["plan", "p.toml"]);
+        assert_eq!(ran.code, Some(1), "{}", ran.stdout);
+        ran.stderr
+    };
+    let e = plan_err("polar = [20, 190]", "");
+    assert!(e.contains("polar angle 190 is outside [0, 180]"), "{e}");
+    assert!(e.contains("p.toml:13:"), "{e}");
+    let e = plan_err("polar = [20]\nelevations = [40]", "");
+    assert!(e.contains("either `polar`"), "{e}");
+    let e = plan_err("", "");
+    assert!(e.contains("give the camera rings"), "{e}");
+    let e = plan_err("polar = [20]", "backend = \"blender\"");
+    assert!(e.contains("Blender backend is not in this version"), "{e}");
+    assert!(e.contains("builtin"), "{e}");
+
+    // Duplicate angles are rendered once, with a warning.
+    sb.write(
+        "p.toml",
+        &render_pipeline(&sb, "polar = [50, 50]", "[0, 60, 0]"),
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    ran.assert_ok();
+    assert_eq!(ran.count("views", "total"), 6);
+    assert!(ran.stderr.contains("lists 0 twice"), "{}", ran.stderr);
+
+    // A broken model fails its views, with the reason; the others render.
+    let text = render_pipeline(&sb, "polar = [50]", "[0, 60]");
+    std::fs::write(sb.path().join("b.glb"), b"<html>not a model</html>").unwrap();
+    sb.write("p.toml", &text);
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(ran.code, Some(1));
+    assert_eq!(ran.count("views", "failed"), 2);
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["item"].as_str().unwrap().starts_with("b@"))
+    );
+    assert!(
+        failures[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a readable glTF 2.0 file"),
+        "{failures:?}"
+    );
+}

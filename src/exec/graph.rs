@@ -37,6 +37,8 @@ pub struct StageNode {
     pub item_params: HashMap<u32, ParamSlice>,
     /// Expected bytes of items that declare them (progress only).
     pub item_bytes: HashMap<u32, u64>,
+    /// The upstream item read through per-item inputs, for items where it is not their own.
+    pub item_sources: HashMap<u32, Arc<str>>,
     /// Set when the stage's items are not known yet (they come from upstream results that
     /// do not exist yet): why. Such a stage has no tasks in this graph.
     pub deferred: Option<String>,
@@ -146,7 +148,11 @@ impl TaskGraph {
             let mut items = Vec::with_capacity(expansion.items.len());
             let mut item_params = HashMap::new();
             let mut item_bytes = HashMap::new();
+            let mut item_sources = HashMap::new();
             for (i, item) in expansion.items.into_iter().enumerate() {
+                if let Some(source) = item.source {
+                    item_sources.insert(i as u32, source);
+                }
                 if !item.params.is_empty() {
                     item_params.insert(i as u32, item.params);
                 }
@@ -181,6 +187,7 @@ impl TaskGraph {
                 items,
                 item_params,
                 item_bytes,
+                item_sources,
                 deferred,
                 inputs: edges,
                 item_inputs,
@@ -207,7 +214,8 @@ impl TaskGraph {
             for (k, &input) in node.item_inputs.iter().enumerate() {
                 let up = &stages[node.inputs[input].stage];
                 let stride = node.item_inputs.len();
-                for (local, item) in node.items.iter().enumerate() {
+                for (local, own) in node.items.iter().enumerate() {
+                    let item = node.item_sources.get(&(local as u32)).unwrap_or(own);
                     let dep = if up.items.get(local) == Some(item) {
                         up.start + local as u32
                     } else {
@@ -290,6 +298,15 @@ impl TaskGraph {
     pub fn item(&self, task: u32) -> &str {
         let node = self.stage_of(task);
         &node.items[(task - node.start) as usize]
+    }
+
+    /// The upstream item a task's per-item inputs read (its own id unless it names another).
+    pub fn source_item(&self, task: u32) -> &str {
+        let node = self.stage_of(task);
+        match node.item_sources.get(&(task - node.start)) {
+            Some(source) => source,
+            None => self.item(task),
+        }
     }
 
     /// Expected bytes of a task (0 when its item declares none).

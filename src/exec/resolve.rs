@@ -456,7 +456,7 @@ impl Engine {
                         return Err(NotKeyed::Blocked(format!(
                             "input `{}` has no item `{}`",
                             up.name,
-                            g.item(t)
+                            g.source_item(t)
                         )));
                     }
                     match self.state[u as usize] {

@@ -11,6 +11,7 @@ use crate::exec::slots::Resources;
 use crate::stages::StageKind;
 use crate::stages::command::CommandStage;
 use crate::stages::download;
+use crate::stages::render::RenderStage;
 use parse::{ExecutorTable, StageParams};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,12 @@ impl Pipeline {
             let built: Vec<Stage> = match stage.params {
                 StageParams::Command(p) => vec![Stage {
                     kind: Arc::new(CommandStage::new(&stage.name, *p).map_err(fail)?),
+                    name: stage.name,
+                    line,
+                    inputs,
+                }],
+                StageParams::Render(p) => vec![Stage {
+                    kind: Arc::new(RenderStage::new(&stage.name, *p).map_err(fail)?),
                     name: stage.name,
                     line,
                     inputs,

@@ -9,6 +9,7 @@ use super::PipelineError;
 use crate::exec::slots::Resources;
 use crate::stages::command::CommandParams;
 use crate::stages::download::DownloadParams;
+use crate::stages::render::RenderParams;
 use crate::stages::{KINDS, PLANNED_KINDS};
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -54,6 +55,7 @@ impl ExecutorTable {
 pub enum StageParams {
     Command(Box<CommandParams>),
     Download(Box<DownloadParams>),
+    Render(Box<RenderParams>),
 }
 
 impl StageParams {
@@ -61,6 +63,7 @@ impl StageParams {
         match self {
             StageParams::Command(p) => &p.inputs,
             StageParams::Download(_) => &[],
+            StageParams::Render(p) => &p.inputs,
         }
     }
 
@@ -70,6 +73,7 @@ impl StageParams {
         match self {
             StageParams::Command(_) => &[],
             StageParams::Download(_) => crate::stages::download::SUB_STAGES,
+            StageParams::Render(_) => &[],
         }
     }
 }
@@ -271,6 +275,7 @@ impl<'de> Visitor<'de> for StagesSeed<'_> {
             let params = match kind.as_str() {
                 "command" => StageParams::Command(map.next_value::<Box<CommandParams>>()?),
                 "download" => StageParams::Download(map.next_value::<Box<DownloadParams>>()?),
+                "render" => StageParams::Render(map.next_value::<Box<RenderParams>>()?),
                 other => return Err(de::Error::custom(format!("unknown stage kind `{other}`"))),
             };
             stages.push(RawStage {

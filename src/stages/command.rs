@@ -177,6 +177,7 @@ impl CommandStage {
                         id: Arc::from(i.id.as_str()),
                         params: item_slice(&i.params),
                         bytes: None,
+                        source: None,
                     })
                     .collect(),
             ));
@@ -227,6 +228,7 @@ impl CommandStage {
                 id: Arc::from(id),
                 params: ParamSlice::new(),
                 bytes: None,
+                source: None,
             })
             .collect();
         Ok(Some(items))
@@ -485,6 +487,7 @@ impl StageKind for CommandStage {
                         id: id.clone(),
                         params: ParamSlice::new(),
                         bytes: None,
+                        source: None,
                     })
                     .collect(),
                 bindings: vec![Binding::Item; n_inputs],
@@ -495,6 +498,7 @@ impl StageKind for CommandStage {
                     id: Arc::from(ALL_ITEM),
                     params: ParamSlice::new(),
                     bytes: None,
+                    source: None,
                 }],
                 bindings: vec![Binding::All; n_inputs],
             })

@@ -7,6 +7,7 @@
 pub mod command;
 pub mod download;
 mod item_decl;
+pub mod render;
 
 use crate::exec::launcher::Launcher;
 use crate::exec::slots::Resources;
@@ -22,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 pub use item_decl::{ItemDecl, validate_item_id};
 
 /// The kinds this build of mvc can run.
-pub const KINDS: &[&str] = &["command", "download"];
+pub const KINDS: &[&str] = &["command", "download", "render"];
 
 /// Kinds the design names that later versions add; asked for here they get a clear message.
-pub const PLANNED_KINDS: &[&str] = &["render", "embed", "split", "train", "evaluate", "report"];
+pub const PLANNED_KINDS: &[&str] = &["embed", "split", "train", "evaluate", "report"];
 
 /// How a task reads one of its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,21 @@ pub struct PlannedItem {
     /// Bytes the task is expected to transfer, when known: progress shows bytes done of
     /// the bytes of the tasks that run. Not part of the key.
     pub bytes: Option<u64>,
+    /// The upstream item its per-item inputs read, when that is not the item's own id (a
+    /// render view `<uid>@<view>` reads the object `<uid>`).
+    pub source: Option<Arc<str>>,
+}
+
+impl PlannedItem {
+    /// An item with no parameters of its own.
+    pub fn new(id: impl Into<Arc<str>>) -> PlannedItem {
+        PlannedItem {
+            id: id.into(),
+            params: ParamSlice::new(),
+            bytes: None,
+            source: None,
+        }
+    }
 }
 
 /// What a stage fans out over, and how each of its inputs binds.

@@ -54,6 +54,7 @@ fn item(id: &str) -> PlannedItem {
         id: Arc::from(id),
         params: ParamSlice::new(),
         bytes: None,
+        source: None,
     }
 }
 
@@ -458,11 +459,13 @@ impl StageKind for ObjectsKind {
                 id: Arc::from(o.uid.as_str()),
                 params: ParamSlice::from([("path".to_string(), o.path.clone())]),
                 bytes: o.size,
+                source: None,
             })
             .chain(manifest.missing.iter().map(|m| PlannedItem {
                 id: Arc::from(m.uid.as_str()),
                 params: ParamSlice::from([("missing".to_string(), m.reason.clone())]),
                 bytes: None,
+                source: None,
             }))
             .collect();
         items.sort_by(|a, b| a.id.cmp(&b.id));

@@ -1,0 +1,456 @@
+//! Stage kind `render`: every object of the input stage from a grid of cameras. One task per
+//! (object, view), keyed by the view's camera spec (never its place in a list), so changing
+//! the grid renders only the new views; all missing views of one object run as one unit.
+//!
+//! Backends: `builtin` (the CPU rasterizer of `crate::render::raster`). The Blender backend
+//! (`workers/blender/render.py`, a pool of persistent Blender processes) is not in this
+//! version yet: `backend = "blender"` says so, and `auto` uses the built-in renderer.
+
+use super::{
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+};
+use crate::exec::blocking_if;
+use crate::exec::slots::Resources;
+use crate::exec::workdir::output_from_bytes;
+use crate::pipeline::AtSpan;
+use crate::render::camera::{ViewSpec, study_fov};
+use crate::render::raster::{self, LightRig, RasterSettings};
+use crate::render::scene::Scene;
+use crate::store::records::{Output, now_ms};
+use crate::task::ParamSlice;
+use anyhow::{Result, bail};
+use serde::Deserialize;
+use std::time::Instant;
+use toml::Spanned;
+
+/// Bump when this kind's outputs change for the same inputs (the rasterizer has its own
+/// version, also in every key).
+const VERSION: u32 = 1;
+
+/// Separates the object from the view in an item id: `<uid>@<view id>`.
+pub const VIEW_SEPARATOR: char = '@';
+
+/// The `[stage.NAME]` table of a `render` stage, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderParams {
+    pub kind: String,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    /// `builtin`, `blender` or `auto` (default).
+    pub backend: Option<Spanned<String>>,
+    /// Degrees: a list, or `{ start, step, count }`. Default: 0 to 330 in steps of 30.
+    pub azimuths: Option<Spanned<Angles>>,
+    /// Degrees from +Z (the study's convention). Give this or `elevations`.
+    pub polar: Option<Spanned<Angles>>,
+    /// Degrees above the horizon. Give this or `polar`.
+    pub elevations: Option<Spanned<Angles>>,
+    /// Camera distance from the object's centre (the object's longest side is 1).
+    pub distance: Option<f64>,
+    /// Field of view in degrees (default: the study's 35 mm lens on a 32 mm sensor).
+    pub fov: Option<f64>,
+    /// Image width and height in pixels (default 224).
+    pub resolution: Option<u32>,
+    /// `study` (default) or `four-sun`.
+    pub lights: Option<Spanned<String>>,
+    /// Built-in renderer: samples per pixel along each axis (default 2).
+    pub supersample: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of angles in degrees, or { start = .., step = .., count = .. }"
+)]
+pub enum Angles {
+    List(Vec<f64>),
+    Range { start: f64, step: f64, count: u32 },
+}
+
+impl Angles {
+    fn values(&self) -> Vec<f64> {
+        match self {
+            Angles::List(v) => v.clone(),
+            Angles::Range { start, step, count } => {
+                (0..*count).map(|i| start + step * i as f64).collect()
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RenderStage {
+    stage: String,
+    views: Vec<ViewSpec>,
+    resolution: u32,
+    lights: LightRig,
+    supersample: u32,
+}
+
+fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
+    Err(AtSpan { span, message }.into())
+}
+
+/// Angles with duplicates removed (first kept), warning about each.
+fn dedup(stage: &str, what: &str, angles: Vec<f64>) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::with_capacity(angles.len());
+    for a in angles {
+        if out.iter().any(|b| (a - b).abs() < 1e-9) {
+            tracing::warn!("stage `{stage}`: `{what}` lists {a} twice; rendering it once");
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+impl RenderStage {
+    pub fn new(stage: &str, p: RenderParams) -> Result<RenderStage> {
+        if p.inputs.len() != 1 {
+            bail!(
+                "stage `{stage}`: a render stage reads one input, the stage that holds the \
+                 GLB files (e.g. inputs = [\"objects\"])"
+            );
+        }
+        match p.backend.as_ref().map(|b| b.get_ref().as_str()) {
+            None | Some("auto") | Some("builtin") => {}
+            Some("blender") => {
+                let span = p.backend.as_ref().expect("given").span();
+                return at(
+                    span,
+                    format!(
+                        "stage `{stage}`: the Blender backend is not in this version of mvc \
+                         yet; use backend = \"builtin\" (or \"auto\")"
+                    ),
+                );
+            }
+            Some(other) => {
+                let span = p.backend.as_ref().expect("given").span();
+                return at(
+                    span,
+                    format!(
+                        "stage `{stage}`: unknown backend `{other}`; use \"builtin\", \
+                         \"blender\" or \"auto\""
+                    ),
+                );
+            }
+        }
+        let azimuths = match &p.azimuths {
+            None => (0..12).map(|i| i as f64 * 30.0).collect(),
+            Some(a) => {
+                let values = a.get_ref().values();
+                if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+                    return at(
+                        a.span(),
+                        format!("stage `{stage}`: `azimuths` must hold at least one finite angle"),
+                    );
+                }
+                values
+            }
+        };
+        let azimuths = dedup(stage, "azimuths", azimuths);
+        let polar = match (&p.polar, &p.elevations) {
+            (Some(_), Some(e)) => {
+                return at(
+                    e.span(),
+                    format!(
+                        "stage `{stage}`: give either `polar` (degrees from +Z, the study's \
+                         convention) or `elevations` (degrees above the horizon), not both"
+                    ),
+                );
+            }
+            (Some(pol), None) => {
+                let values = pol.get_ref().values();
+                if let Some(bad) = values.iter().find(|v| !(0.0..=180.0).contains(*v)) {
+                    return at(
+                        pol.span(),
+                        format!(
+                            "stage `{stage}`: polar angle {bad} is outside [0, 180] (degrees \
+                             from +Z: 0 looks straight down, 90 level, 180 up from below)"
+                        ),
+                    );
+                }
+                values
+            }
+            (None, Some(e)) => {
+                let values = e.get_ref().values();
+                if let Some(bad) = values.iter().find(|v| !(-90.0..=90.0).contains(*v)) {
+                    return at(
+                        e.span(),
+                        format!("stage `{stage}`: elevation {bad} is outside [-90, 90]"),
+                    );
+                }
+                values.iter().map(|e| 90.0 - e).collect()
+            }
+            (None, None) => {
+                bail!(
+                    "stage `{stage}`: give the camera rings as `polar = [20, 50, 80]` (degrees \
+                     from +Z, the study's convention) or `elevations = [70, 40, 10]` (degrees \
+                     above the horizon)"
+                )
+            }
+        };
+        if polar.is_empty() {
+            bail!("stage `{stage}`: the list of rings is empty");
+        }
+        let polar = dedup(stage, "polar", polar);
+        let distance = p.distance.unwrap_or(1.5);
+        if !(distance > 0.0 && distance.is_finite()) {
+            bail!("stage `{stage}`: `distance` must be a positive number");
+        }
+        let fov = p.fov.unwrap_or_else(study_fov);
+        if !(fov > 0.0 && fov < 180.0) {
+            bail!("stage `{stage}`: `fov` must be between 0 and 180 degrees");
+        }
+        let resolution = p.resolution.unwrap_or(224);
+        if !(8..=8192).contains(&resolution) {
+            bail!("stage `{stage}`: `resolution` must be between 8 and 8192 pixels");
+        }
+        let lights = match p.lights.as_ref().map(|l| l.get_ref().as_str()) {
+            None | Some("study") => LightRig::Study,
+            Some("four-sun") => LightRig::FourSun,
+            Some(other) => {
+                let span = p.lights.as_ref().expect("given").span();
+                return at(
+                    span,
+                    format!(
+                        "stage `{stage}`: unknown lights `{other}`; use \"study\" or \"four-sun\""
+                    ),
+                );
+            }
+        };
+        let supersample = p.supersample.unwrap_or(2);
+        if !(1..=8).contains(&supersample) {
+            bail!("stage `{stage}`: `supersample` must be between 1 and 8");
+        }
+        // Views in the study's order: ring by ring, azimuths within a ring.
+        let views = polar
+            .iter()
+            .flat_map(|&polar| {
+                azimuths.iter().map(move |&azimuth| ViewSpec {
+                    azimuth,
+                    polar,
+                    distance,
+                    fov,
+                })
+            })
+            .collect();
+        Ok(RenderStage {
+            stage: stage.to_string(),
+            views,
+            resolution,
+            lights,
+            supersample,
+        })
+    }
+
+    /// Renders one object's views; one outcome per task, in order.
+    fn render_object(
+        &self,
+        store: &crate::store::Store,
+        glb: &[u8],
+        views: &[ViewSpec],
+    ) -> Vec<TaskOutcome> {
+        let scene = match Scene::from_glb(glb) {
+            Ok(s) => s,
+            Err(e) => {
+                let error = format!("{e:#}");
+                return views
+                    .iter()
+                    .map(|_| TaskOutcome::Failed {
+                        error: error.clone(),
+                        stderr: None,
+                    })
+                    .collect();
+            }
+        };
+        let settings = RasterSettings {
+            size: self.resolution,
+            supersample: self.supersample,
+            lights: self.lights,
+        };
+        views
+            .iter()
+            .map(|view| {
+                let started_ms = now_ms();
+                let clock = Instant::now();
+                let image = raster::render(&scene, view, &settings);
+                let mut png = std::io::Cursor::new(Vec::new());
+                if let Err(e) = image.write_to(&mut png, image::ImageFormat::Png) {
+                    return TaskOutcome::Failed {
+                        error: format!("encoding the PNG: {e}"),
+                        stderr: None,
+                    };
+                }
+                let camera = serde_json::to_vec_pretty(&view.record(self.resolution))
+                    .expect("camera records serialise");
+                let id = view.id();
+                let outputs: Result<Vec<Output>, String> = [
+                    (format!("{id}.json"), camera),
+                    (format!("{id}.png"), png.into_inner()),
+                ]
+                .into_iter()
+                .map(|(name, bytes)| output_from_bytes(store, name, bytes))
+                .collect();
+                match outputs {
+                    Ok(outputs) => TaskOutcome::Success {
+                        outputs,
+                        stdout: None,
+                        stderr: None,
+                        started_ms,
+                        duration_ms: clock.elapsed().as_millis() as u64,
+                    },
+                    Err(error) => TaskOutcome::Aborted(error),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The `.glb` among an input item's outputs.
+fn glb_of(task: &UnitTask) -> Result<&Output, String> {
+    let Some(input) = task.inputs.first() else {
+        return Err("the task has no input".into());
+    };
+    let Some((item, result)) = input.items.first() else {
+        return Err("the input item has no result".into());
+    };
+    let glbs: Vec<&Output> = result
+        .outputs
+        .iter()
+        .filter(|o| o.name.to_ascii_lowercase().ends_with(".glb"))
+        .collect();
+    match glbs.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "{}/{item} has no .glb output (it has: {})",
+            input.stage,
+            result
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        _ => Err(format!(
+            "{}/{item} has {} .glb outputs; a render stage needs exactly one per item",
+            input.stage,
+            glbs.len()
+        )),
+    }
+}
+
+#[async_trait::async_trait]
+impl StageKind for RenderStage {
+    fn kind(&self) -> &'static str {
+        "render"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn resources(&self) -> Resources {
+        Resources::ONE_CPU
+    }
+    fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
+        let lights = match self.lights {
+            LightRig::Study => "study",
+            LightRig::FourSun => "four-sun",
+        };
+        Ok(ParamSlice::from([
+            ("backend".to_string(), "builtin".to_string()),
+            (
+                "renderer".to_string(),
+                format!("builtin v{}", raster::VERSION),
+            ),
+            ("resolution".to_string(), self.resolution.to_string()),
+            ("lights".to_string(), lights.to_string()),
+            ("supersample".to_string(), self.supersample.to_string()),
+        ]))
+    }
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
+        let (_, objects) = ctx.inputs[0];
+        let mut items = Vec::with_capacity(objects.len() * self.views.len());
+        for object in objects {
+            for view in &self.views {
+                let mut item = PlannedItem::new(format!("{object}{VIEW_SEPARATOR}{}", view.id()));
+                item.source = Some(object.clone());
+                item.params = ParamSlice::from([
+                    ("azimuth".to_string(), view.azimuth.to_string()),
+                    ("polar".to_string(), view.polar.to_string()),
+                    ("distance".to_string(), view.distance.to_string()),
+                    ("fov".to_string(), view.fov.to_string()),
+                ]);
+                items.push(item);
+            }
+        }
+        Ok(Expansion {
+            items,
+            bindings: vec![Binding::Item],
+        })
+    }
+    fn unit_group(&self, item: &str) -> Option<String> {
+        // All views of one object: one scene load (one Blender call, with that backend).
+        item.rsplit_once(VIEW_SEPARATOR)
+            .map(|(object, _)| object.to_string())
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let glb = match unit.first().map(glb_of) {
+            Some(Ok(output)) => output.clone(),
+            Some(Err(error)) => {
+                return unit
+                    .iter()
+                    .map(|_| TaskOutcome::Failed {
+                        error: error.clone(),
+                        stderr: None,
+                    })
+                    .collect();
+            }
+            None => return Vec::new(),
+        };
+        let bytes = match ctx.store.read_output(&glb) {
+            Ok(b) => b,
+            Err(e) => {
+                let input = &unit[0].inputs[0];
+                return unit
+                    .iter()
+                    .map(|_| TaskOutcome::InputCorrupt {
+                        stage: input.stage.clone(),
+                        item: input.items[0].0.clone(),
+                        error: e.to_string(),
+                    })
+                    .collect();
+            }
+        };
+        let views: Vec<ViewSpec> = unit
+            .iter()
+            .map(|t| {
+                let get = |k: &str| {
+                    t.item_params
+                        .get(k)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(f64::NAN)
+                };
+                ViewSpec {
+                    azimuth: get("azimuth"),
+                    polar: get("polar"),
+                    distance: get("distance"),
+                    fov: get("fov"),
+                }
+            })
+            .collect();
+        let this = RenderStage {
+            stage: self.stage.clone(),
+            views: Vec::new(),
+            resolution: self.resolution,
+            lights: self.lights,
+            supersample: self.supersample,
+        };
+        let store = ctx.store.clone();
+        tracing::info!(
+            "render: {} views of {} in one unit",
+            views.len(),
+            unit[0].inputs[0].items[0].0
+        );
+        blocking_if(true, move || this.render_object(&store, &bytes, &views)).await
+    }
+}
