@@ -248,7 +248,7 @@ fn a_new_ring_renders_only_its_views_one_unit_per_object() {
     let out = sb.path().join("out");
     sb.mvc(&["export", "p.toml", "views", out.to_str().unwrap()])
         .assert_ok();
-    let dir = out.join("a@az060-pol050-d1.5-fov49.1343");
+    let dir = out.join("a");
     let png = image::open(dir.join("az060-pol050-d1.5-fov49.1343.png")).unwrap();
     assert_eq!(png.width(), 64);
     assert!(png.color().has_alpha());
@@ -258,6 +258,10 @@ fn a_new_ring_renders_only_its_views_one_unit_per_object() {
     .unwrap();
     assert_eq!(camera["elevation"], 40.0);
     assert_eq!(camera["K"][0][2], 32.0);
+    let cameras: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cameras.json")).unwrap()).unwrap();
+    assert_eq!(cameras.as_object().unwrap().len(), 12);
+    assert_eq!(cameras["az060-pol050-d1.5-fov49.1343"], camera);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! `mvc export FILE STAGE DIR`: a stage's outputs as ordinary files, `DIR/<item>/<output>`,
-//! plus `DIR/index.json` listing items, keys and files.
+//! `mvc export FILE STAGE DIR`: a stage's outputs as ordinary files, `DIR/<item>/<output>`
+//! (a kind may choose another folder per item: a render view goes under its object), plus
+//! `DIR/index.json` listing items, keys and files.
 
 use crate::exec::resolve::{Engine, State};
 use crate::exec::workdir::safe_relative;
@@ -76,7 +77,7 @@ pub fn export(
             let rel = safe_relative(&output.name).with_context(|| {
                 format!("{stage}/{item}: output name `{}` is unsafe", output.name)
             })?;
-            let dest = dir.join(item).join(rel);
+            let dest = dir.join(node.kind.export_dir(item)).join(rel);
             if let Err(e) = engine.store.materialize_output(output, &dest) {
                 if e.is_missing_or_corrupt() {
                     engine.store.forget_result(&key)?;
@@ -103,5 +104,9 @@ pub fn export(
         .collect();
     std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&entries)?)
         .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
+    let exported: Vec<&str> = results.iter().map(|(item, _, _)| *item).collect();
+    node.kind
+        .export_finish(dir, &exported)
+        .with_context(|| format!("finishing the export of {stage}"))?;
     Ok(report)
 }

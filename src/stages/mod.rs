@@ -216,6 +216,15 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn unit_group(&self, _item: &str) -> Option<String> {
         None
     }
+    /// The folder under an export directory that holds an item's outputs.
+    fn export_dir(&self, item: &str) -> String {
+        item.to_string()
+    }
+    /// Writes what an export adds beyond the outputs (a render stage: `cameras.json` per
+    /// object), once every exported item's files are in place.
+    fn export_finish(&self, _dir: &Path, _items: &[&str]) -> Result<()> {
+        Ok(())
+    }
     /// Runs one unit; returns one outcome per task, in order.
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome>;
 }

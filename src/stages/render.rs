@@ -393,6 +393,34 @@ impl StageKind for RenderStage {
         item.rsplit_once(VIEW_SEPARATOR)
             .map(|(object, _)| object.to_string())
     }
+    fn export_dir(&self, item: &str) -> String {
+        // `<uid>/<view>.png`: the views of an object together.
+        self.unit_group(item).unwrap_or_else(|| item.to_string())
+    }
+    fn export_finish(&self, dir: &std::path::Path, items: &[&str]) -> Result<()> {
+        // Per object, `cameras.json`: every exported view's camera, in view-id order.
+        let mut by_object: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for item in items {
+            if let Some((object, view)) = item.rsplit_once(VIEW_SEPARATOR) {
+                by_object.entry(object.to_string()).or_default().push(view);
+            }
+        }
+        for (object, mut views) in by_object {
+            views.sort_unstable();
+            let mut cameras = serde_json::Map::new();
+            for view in views {
+                let path = dir.join(&object).join(format!("{view}.json"));
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                cameras.insert(view.to_string(), serde_json::from_str(&text)?);
+            }
+            std::fs::write(
+                dir.join(&object).join("cameras.json"),
+                serde_json::to_vec_pretty(&cameras)?,
+            )?;
+        }
+        Ok(())
+    }
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
         let glb = match unit.first().map(glb_of) {
             Some(Ok(output)) => output.clone(),

@@ -176,3 +176,55 @@ pub fn empty_glb() -> Vec<u8> {
         &[],
     )
 }
+
+/// An untextured UV sphere of radius 0.5 with `rings` x `segments` quads (2 triangles
+/// each): a mesh of the size of an average Objaverse object at rings = 50, segments = 50.
+pub fn sphere_glb(rings: u32, segments: u32) -> Vec<u8> {
+    let mut positions = Vec::new();
+    for r in 0..=rings {
+        let theta = std::f32::consts::PI * r as f32 / rings as f32;
+        for s in 0..=segments {
+            let phi = 2.0 * std::f32::consts::PI * s as f32 / segments as f32;
+            positions.push([
+                0.5 * theta.sin() * phi.cos(),
+                0.5 * theta.cos(),
+                0.5 * theta.sin() * phi.sin(),
+            ]);
+        }
+    }
+    let mut indices: Vec<u32> = Vec::new();
+    let row = segments + 1;
+    for r in 0..rings {
+        for s in 0..segments {
+            let (a, b) = (r * row + s, (r + 1) * row + s);
+            indices.extend_from_slice(&[a, b, a + 1, a + 1, b, b + 1]);
+        }
+    }
+    let mut bin = Vec::new();
+    for p in &positions {
+        for c in p {
+            bin.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    let index_offset = bin.len();
+    for i in &indices {
+        bin.extend_from_slice(&i.to_le_bytes());
+    }
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "material": 0}]}],
+            "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [0.9, 0.6, 0.2, 1.0]}}],
+            "accessors": [
+                {"bufferView": 0, "componentType": 5126, "count": positions.len(), "type": "VEC3",
+                 "min": [-0.5, -0.5, -0.5], "max": [0.5, 0.5, 0.5]},
+                {"bufferView": 1, "componentType": 5125, "count": indices.len(), "type": "SCALAR"}
+            ],
+            "bufferViews": [
+                {"buffer": 0, "byteOffset": 0, "byteLength": index_offset},
+                {"buffer": 0, "byteOffset": index_offset, "byteLength": indices.len() * 4}
+            ]
+        }),
+        &bin,
+    )
+}
