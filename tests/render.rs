@@ -5,6 +5,7 @@
 mod common;
 
 use common::glb;
+use common::glb::render_pipeline;
 use mvc::render::camera::{ViewSpec, study_fov};
 use mvc::render::raster::{LightRig, RasterSettings, render};
 use mvc::render::scene::Scene;
@@ -172,38 +173,6 @@ fn broken_glbs_are_refused_with_the_reason() {
     assert!(e.contains("no triangles to render"), "{e}");
 }
 
-/// Three objects made by a command stage (each writes its GLB), rendered by a render stage.
-fn render_pipeline(sb: &common::Sandbox, rings: &str, azimuths: &str) -> String {
-    for (name, half) in [
-        ("a", [0.5, 0.2, 0.3]),
-        ("b", [0.3, 0.3, 0.3]),
-        ("c", [0.1, 0.4, 0.2]),
-    ] {
-        std::fs::write(
-            sb.path().join(format!("{name}.glb")),
-            glb::box_glb(half, [0.0; 3], 1.0),
-        )
-        .unwrap();
-    }
-    format!(
-        r#"
-[stage.objects]
-kind = "command"
-items = ["a", "b", "c"]
-files = {{ a = "a.glb", b = "b.glb", c = "c.glb" }}
-cmd = 'eval cp "\$MVC_FILE_$(echo "$MVC_ITEM" | tr a-z A-Z)" "$MVC_OUT/model.glb"'
-
-[stage.views]
-kind = "render"
-inputs = ["objects"]
-backend = "builtin"
-azimuths = {azimuths}
-{rings}
-resolution = 64
-"#
-    )
-}
-
 fn units(ran: &common::Ran) -> Vec<String> {
     ran.stderr
         .lines()
@@ -216,7 +185,10 @@ fn units(ran: &common::Ran) -> Vec<String> {
 fn a_new_ring_renders_only_its_views_one_unit_per_object() {
     let sb = common::Sandbox::new();
     let six = "{ start = 0, step = 60, count = 6 }";
-    sb.write("p.toml", &render_pipeline(&sb, "polar = [20, 50]", six));
+    sb.write(
+        "p.toml",
+        &render_pipeline(sb.path(), "polar = [20, 50]", six),
+    );
     let first = sb.mvc(&["run", "p.toml", "--json", "-v"]);
     first.assert_ok();
     assert_eq!(first.count("views", "ran"), 36);
@@ -225,7 +197,10 @@ fn a_new_ring_renders_only_its_views_one_unit_per_object() {
     assert!(u.iter().all(|l| l.contains("12 views")), "{u:?}");
 
     // A third ring: 3 x 6 new views, each object's in one unit.
-    sb.write("p.toml", &render_pipeline(&sb, "polar = [20, 50, 80]", six));
+    sb.write(
+        "p.toml",
+        &render_pipeline(sb.path(), "polar = [20, 50, 80]", six),
+    );
     let second = sb.mvc(&["run", "p.toml", "--json", "-v"]);
     second.assert_ok();
     assert_eq!(second.count("views", "ran"), 18);
@@ -237,7 +212,11 @@ fn a_new_ring_renders_only_its_views_one_unit_per_object() {
     // Fewer rings, the same azimuths written another way and in another order: nothing runs.
     sb.write(
         "p.toml",
-        &render_pipeline(&sb, "elevations = [10, 40]", "[300, 0, 60, 120, 180, 240]"),
+        &render_pipeline(
+            sb.path(),
+            "elevations = [10, 40]",
+            "[300, 0, 60, 120, 180, 240]",
+        ),
     );
     let third = sb.mvc(&["run", "p.toml", "--json"]);
     third.assert_ok();
@@ -269,7 +248,7 @@ fn bad_grids_and_models_are_reported() {
     let sb = common::Sandbox::new();
     let six = "[0, 60]";
     let plan_err = |rings: &str, extra: &str| {
-        let mut text = render_pipeline(&sb, rings, six);
+        let mut text = render_pipeline(sb.path(), rings, six);
         if !extra.is_empty() {
             text = text.replace("backend = \"builtin\"", extra);
         }
@@ -285,14 +264,21 @@ fn bad_grids_and_models_are_reported() {
     assert!(e.contains("either `polar`"), "{e}");
     let e = plan_err("", "");
     assert!(e.contains("give the camera rings"), "{e}");
-    let e = plan_err("polar = [20]", "backend = \"blender\"");
-    assert!(e.contains("Blender backend is not in this version"), "{e}");
-    assert!(e.contains("builtin"), "{e}");
+    let e = plan_err(
+        "polar = [20]",
+        "backend = \"blender\"\nblender_path = \"/nonexistent/blender\"",
+    );
+    assert!(
+        e.contains("`blender_path` /nonexistent/blender is not a file"),
+        "{e}"
+    );
+    assert!(e.contains("apt-get install blender python3-numpy"), "{e}");
+    assert!(e.contains("backend = \"builtin\""), "{e}");
 
     // Duplicate angles are rendered once, with a warning.
     sb.write(
         "p.toml",
-        &render_pipeline(&sb, "polar = [50, 50]", "[0, 60, 0]"),
+        &render_pipeline(sb.path(), "polar = [50, 50]", "[0, 60, 0]"),
     );
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     ran.assert_ok();
@@ -300,7 +286,7 @@ fn bad_grids_and_models_are_reported() {
     assert!(ran.stderr.contains("lists 0 twice"), "{}", ran.stderr);
 
     // A broken model fails its views, with the reason; the others render.
-    let text = render_pipeline(&sb, "polar = [50]", "[0, 60]");
+    let text = render_pipeline(sb.path(), "polar = [50]", "[0, 60]");
     std::fs::write(sb.path().join("b.glb"), b"<html>not a model</html>").unwrap();
     sb.write("p.toml", &text);
     let ran = sb.mvc(&["run", "p.toml", "--json"]);

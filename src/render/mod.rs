@@ -2,11 +2,13 @@
 //!
 //! - [`camera`]: view specs, their stable ids, intrinsics and poses (OpenCV convention);
 //! - [`scene`]: a GLB as normalised world-space triangles (Z up, longest side 1, centred);
-//! - [`raster`]: the built-in CPU renderer.
+//! - [`raster`]: the built-in CPU renderer;
+//! - [`blender`]: the pool of Blender processes running `workers/blender/render.py`.
 //!
-//! The `render` stage kind and the Blender backend (`workers/blender/render.py`) build on
-//! these; both use the same camera and normalisation conventions.
+//! The `render` stage kind drives both backends; they share the camera and normalisation
+//! conventions.
 
+pub mod blender;
 pub mod camera;
 pub mod raster;
 pub mod scene;

@@ -2,9 +2,9 @@
 //! (object, view), keyed by the view's camera spec (never its place in a list), so changing
 //! the grid renders only the new views; all missing views of one object run as one unit.
 //!
-//! Backends: `builtin` (the CPU rasterizer of `crate::render::raster`). The Blender backend
-//! (`workers/blender/render.py`, a pool of persistent Blender processes) is not in this
-//! version yet: `backend = "blender"` says so, and `auto` uses the built-in renderer.
+//! Backends: `blender` (a pool of persistent Blender processes running
+//! `workers/blender/render.py`, one object per job) and `builtin` (the CPU rasterizer of
+//! `crate::render::raster`); `auto` takes Blender when it is installed.
 
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
@@ -13,6 +13,9 @@ use crate::exec::blocking_if;
 use crate::exec::slots::Resources;
 use crate::exec::workdir::output_from_bytes;
 use crate::pipeline::AtSpan;
+use crate::render::blender::{
+    BlenderPool, Job, JobError, JobView, SCRIPT, blender_version, check_engine, find_blender,
+};
 use crate::render::camera::{ViewSpec, study_fov};
 use crate::render::raster::{self, LightRig, RasterSettings};
 use crate::render::scene::Scene;
@@ -20,6 +23,7 @@ use crate::store::records::{Output, now_ms};
 use crate::task::ParamSlice;
 use anyhow::{Result, bail};
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Instant;
 use toml::Spanned;
 
@@ -55,6 +59,30 @@ pub struct RenderParams {
     pub lights: Option<Spanned<String>>,
     /// Built-in renderer: samples per pixel along each axis (default 2).
     pub supersample: Option<u32>,
+    /// Blender: the executable (default: `blender` on PATH).
+    pub blender_path: Option<String>,
+    /// Blender: `CYCLES` (default), `BLENDER_EEVEE` or `BLENDER_WORKBENCH`.
+    pub engine: Option<Spanned<String>>,
+    /// Blender: render samples (default 32).
+    pub samples: Option<u32>,
+    /// Blender: seconds one object may take before its process is stopped (default 600).
+    pub timeout: Option<f64>,
+}
+
+/// Which renderer a stage uses.
+#[derive(Debug)]
+enum Backend {
+    Builtin,
+    Blender {
+        path: std::path::PathBuf,
+        engine: String,
+        samples: u32,
+        timeout: std::time::Duration,
+        /// `blender --version`, asked once.
+        version: std::sync::OnceLock<Result<String, String>>,
+        /// Started on first use (a plan starts no Blender).
+        pool: std::sync::OnceLock<Result<Arc<BlenderPool>, String>>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +109,7 @@ impl Angles {
 #[derive(Debug)]
 pub struct RenderStage {
     stage: String,
+    backend: Arc<Backend>,
     views: Vec<ViewSpec>,
     resolution: u32,
     lights: LightRig,
@@ -112,18 +141,59 @@ impl RenderStage {
                  GLB files (e.g. inputs = [\"objects\"])"
             );
         }
-        match p.backend.as_ref().map(|b| b.get_ref().as_str()) {
-            None | Some("auto") | Some("builtin") => {}
-            Some("blender") => {
-                let span = p.backend.as_ref().expect("given").span();
-                return at(
-                    span,
-                    format!(
-                        "stage `{stage}`: the Blender backend is not in this version of mvc \
-                         yet; use backend = \"builtin\" (or \"auto\")"
-                    ),
-                );
-            }
+        let explicit = p.blender_path.as_ref().map(std::path::PathBuf::from);
+        let found = find_blender(explicit.as_deref());
+        let engine = p
+            .engine
+            .as_ref()
+            .map(|e| e.get_ref().clone())
+            .unwrap_or_else(|| "CYCLES".into());
+        if let (Some(e), Err(err)) = (&p.engine, check_engine(&engine)) {
+            return at(e.span(), format!("stage `{stage}`: {err}"));
+        }
+        let timeout = p.timeout.unwrap_or(600.0);
+        if !(timeout > 0.0 && timeout.is_finite()) {
+            bail!("stage `{stage}`: `timeout` must be a positive number of seconds");
+        }
+        let blender = |path: std::path::PathBuf| Backend::Blender {
+            path,
+            engine: engine.clone(),
+            samples: p.samples.unwrap_or(32),
+            timeout: std::time::Duration::from_secs_f64(timeout),
+            version: std::sync::OnceLock::new(),
+            pool: std::sync::OnceLock::new(),
+        };
+        let backend = match p.backend.as_ref().map(|b| b.get_ref().as_str()) {
+            Some("builtin") => Backend::Builtin,
+            None | Some("auto") => match found {
+                Some(path) => blender(path),
+                None => {
+                    tracing::warn!(
+                        "stage `{stage}`: Blender is not installed; rendering with the built-in \
+                         renderer (install Blender with `apt-get install blender \
+                         python3-numpy`, or set backend = \"builtin\" to silence this)"
+                    );
+                    Backend::Builtin
+                }
+            },
+            Some("blender") => match found {
+                Some(path) => blender(path),
+                None => {
+                    let span = p.backend.as_ref().expect("given").span();
+                    let looked = match &explicit {
+                        Some(path) => format!("`blender_path` {} is not a file", path.display()),
+                        None => "there is no `blender` on PATH".to_string(),
+                    };
+                    return at(
+                        span,
+                        format!(
+                            "stage `{stage}`: backend = \"blender\", but {looked}; install it \
+                             (`apt-get install blender python3-numpy` on Debian and Ubuntu), \
+                             set `blender_path`, or use backend = \"builtin\""
+                        ),
+                    );
+                }
+            },
             Some(other) => {
                 let span = p.backend.as_ref().expect("given").span();
                 return at(
@@ -134,7 +204,7 @@ impl RenderStage {
                     ),
                 );
             }
-        }
+        };
         let azimuths = match &p.azimuths {
             None => (0..12).map(|i| i as f64 * 30.0).collect(),
             Some(a) => {
@@ -237,6 +307,7 @@ impl RenderStage {
             .collect();
         Ok(RenderStage {
             stage: stage.to_string(),
+            backend: Arc::new(backend),
             views,
             resolution,
             lights,
@@ -307,6 +378,121 @@ impl RenderStage {
     }
 }
 
+impl RenderStage {
+    fn lights_name(&self) -> &'static str {
+        match self.lights {
+            LightRig::Study => "study",
+            LightRig::FourSun => "four-sun",
+        }
+    }
+
+    /// The outputs of one view: its camera JSON (from mvc's camera model, the same for
+    /// every backend) and its PNG.
+    fn view_outputs(
+        &self,
+        store: &crate::store::Store,
+        view: &ViewSpec,
+        png: Vec<u8>,
+    ) -> Result<Vec<Output>, String> {
+        let camera = serde_json::to_vec_pretty(&view.record(self.resolution))
+            .expect("camera records serialise");
+        let id = view.id();
+        [(format!("{id}.json"), camera), (format!("{id}.png"), png)]
+            .into_iter()
+            .map(|(name, bytes)| output_from_bytes(store, name, bytes))
+            .collect()
+    }
+
+    /// One object's views in one Blender job.
+    #[allow(clippy::too_many_arguments)]
+    async fn render_with_blender(
+        &self,
+        ctx: &ExecCtx,
+        pool: &BlenderPool,
+        object: &str,
+        glb: &[u8],
+        views: &[ViewSpec],
+        engine: &str,
+        samples: u32,
+        timeout: std::time::Duration,
+    ) -> Vec<TaskOutcome> {
+        let all = |outcome: &dyn Fn() -> TaskOutcome| views.iter().map(|_| outcome()).collect();
+        let work = match tempfile::Builder::new()
+            .prefix("render-")
+            .tempdir_in(ctx.store.tmp_dir())
+        {
+            Ok(w) => w,
+            Err(e) => {
+                return all(&|| TaskOutcome::Aborted(format!("creating a work directory: {e}")));
+            }
+        };
+        let glb_path = work.path().join("model.glb");
+        let out = work.path().join("out");
+        if let Err(e) = std::fs::write(&glb_path, glb).and_then(|_| std::fs::create_dir(&out)) {
+            return all(&|| TaskOutcome::Aborted(format!("writing the model for Blender: {e}")));
+        }
+        let job = Job {
+            object: object.to_string(),
+            glb: glb_path,
+            out: out.clone(),
+            resolution: self.resolution,
+            engine: engine.to_string(),
+            samples,
+            lights: self.lights_name().to_string(),
+            views: views
+                .iter()
+                .map(|v| JobView {
+                    id: v.id(),
+                    azimuth: v.azimuth,
+                    polar: v.polar,
+                    distance: v.distance,
+                    fov: v.fov,
+                })
+                .collect(),
+        };
+        let started_ms = now_ms();
+        let clock = Instant::now();
+        match pool.run(&job, timeout, &ctx.kill).await {
+            Ok(_) => {
+                let per_view = clock.elapsed().as_millis() as u64 / views.len().max(1) as u64;
+                views
+                    .iter()
+                    .map(|view| {
+                        let path = out.join(format!("{}.png", view.id()));
+                        let png = match std::fs::read(&path) {
+                            Ok(png) => png,
+                            Err(e) => {
+                                return TaskOutcome::Failed {
+                                    error: format!("Blender wrote no image for this view: {e}"),
+                                    stderr: None,
+                                };
+                            }
+                        };
+                        match self.view_outputs(&ctx.store, view, png) {
+                            Ok(outputs) => TaskOutcome::Success {
+                                outputs,
+                                stdout: None,
+                                stderr: None,
+                                started_ms,
+                                duration_ms: per_view,
+                            },
+                            Err(error) => TaskOutcome::Aborted(error),
+                        }
+                    })
+                    .collect()
+            }
+            Err(JobError::Object(error)) | Err(JobError::Crashed(error)) => {
+                all(&|| TaskOutcome::Failed {
+                    error: error.clone(),
+                    stderr: None,
+                })
+            }
+            Err(JobError::Start(error)) => all(&|| TaskOutcome::Aborted(error.clone())),
+            Err(JobError::Cancelled) => all(&|| TaskOutcome::Cancelled),
+        }
+    }
+}
+
 /// The `.glb` among an input item's outputs.
 fn glb_of(task: &UnitTask) -> Result<&Output, String> {
     let Some(input) = task.inputs.first() else {
@@ -349,23 +535,49 @@ impl StageKind for RenderStage {
         VERSION
     }
     fn resources(&self) -> Resources {
-        Resources::ONE_CPU
+        match *self.backend {
+            Backend::Builtin => Resources::ONE_CPU,
+            Backend::Blender { .. } => Resources {
+                cpu: 0,
+                gpu: 0,
+                blender: 1,
+                net: 0,
+            },
+        }
     }
     fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
-        let lights = match self.lights {
-            LightRig::Study => "study",
-            LightRig::FourSun => "four-sun",
-        };
-        Ok(ParamSlice::from([
-            ("backend".to_string(), "builtin".to_string()),
-            (
-                "renderer".to_string(),
-                format!("builtin v{}", raster::VERSION),
-            ),
+        let mut slice = ParamSlice::from([
             ("resolution".to_string(), self.resolution.to_string()),
-            ("lights".to_string(), lights.to_string()),
-            ("supersample".to_string(), self.supersample.to_string()),
-        ]))
+            ("lights".to_string(), self.lights_name().to_string()),
+        ]);
+        match &*self.backend {
+            Backend::Builtin => {
+                slice.insert("backend".into(), "builtin".into());
+                slice.insert("renderer".into(), format!("builtin v{}", raster::VERSION));
+                slice.insert("supersample".into(), self.supersample.to_string());
+            }
+            Backend::Blender {
+                path,
+                engine,
+                samples,
+                version,
+                ..
+            } => {
+                let version = version
+                    .get_or_init(|| blender_version(path).map_err(|e| format!("{e:#}")))
+                    .clone()
+                    .map_err(anyhow::Error::msg)?;
+                slice.insert("backend".into(), "blender".into());
+                // The renderer is Blender's version and the script's exact text.
+                slice.insert(
+                    "renderer".into(),
+                    format!("{version}, render.py {}", blake3::hash(SCRIPT.as_bytes())),
+                );
+                slice.insert("engine".into(), engine.clone());
+                slice.insert("samples".into(), samples.to_string());
+            }
+        }
+        Ok(slice)
     }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         let (_, objects) = ctx.inputs[0];
@@ -466,19 +678,50 @@ impl StageKind for RenderStage {
                 }
             })
             .collect();
+        let object = unit[0].inputs[0].items[0].0.clone();
+        tracing::info!("render: {} views of {object} in one unit", views.len());
+        if let Backend::Blender {
+            engine,
+            samples,
+            timeout,
+            pool,
+            ..
+        } = &*self.backend
+        {
+            let pool = match pool
+                .get_or_init(|| {
+                    let Backend::Blender { path, .. } = &*self.backend else {
+                        unreachable!()
+                    };
+                    BlenderPool::new(path.clone())
+                        .map(Arc::new)
+                        .map_err(|e| format!("{e:#}"))
+                })
+                .clone()
+            {
+                Ok(pool) => pool,
+                Err(e) => {
+                    return unit
+                        .iter()
+                        .map(|_| TaskOutcome::Aborted(e.clone()))
+                        .collect();
+                }
+            };
+            return self
+                .render_with_blender(
+                    ctx, &pool, &object, &bytes, &views, engine, *samples, *timeout,
+                )
+                .await;
+        }
         let this = RenderStage {
             stage: self.stage.clone(),
+            backend: self.backend.clone(),
             views: Vec::new(),
             resolution: self.resolution,
             lights: self.lights,
             supersample: self.supersample,
         };
         let store = ctx.store.clone();
-        tracing::info!(
-            "render: {} views of {} in one unit",
-            views.len(),
-            unit[0].inputs[0].items[0].0
-        );
         blocking_if(true, move || this.render_object(&store, &bytes, &views)).await
     }
 }

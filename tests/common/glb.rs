@@ -228,3 +228,36 @@ pub fn sphere_glb(rings: u32, segments: u32) -> Vec<u8> {
         &bin,
     )
 }
+
+/// Three objects made by a command stage (each writes its GLB), rendered by a render stage.
+/// (The GLB files are written into `dir`, where mvc runs.)
+pub fn render_pipeline(dir: &std::path::Path, rings: &str, azimuths: &str) -> String {
+    for (name, half) in [
+        ("a", [0.5, 0.2, 0.3]),
+        ("b", [0.3, 0.3, 0.3]),
+        ("c", [0.1, 0.4, 0.2]),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.glb")),
+            box_glb(half, [0.0; 3], 1.0),
+        )
+        .unwrap();
+    }
+    format!(
+        r#"
+[stage.objects]
+kind = "command"
+items = ["a", "b", "c"]
+files = {{ a = "a.glb", b = "b.glb", c = "c.glb" }}
+cmd = 'eval cp "\$MVC_FILE_$(echo "$MVC_ITEM" | tr a-z A-Z)" "$MVC_OUT/model.glb"'
+
+[stage.views]
+kind = "render"
+inputs = ["objects"]
+backend = "builtin"
+azimuths = {azimuths}
+{rings}
+resolution = 64
+"#
+    )
+}

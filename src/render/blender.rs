@@ -1,0 +1,313 @@
+//! The Blender backend: a pool of persistent Blender processes running
+//! `workers/blender/render.py`, each taking one object (a GLB and its views) per job, so
+//! that Blender's start-up and the model's import are paid once per object, not per view.
+//!
+//! A process that dies or outlives its job's timeout is killed and replaced; the object it
+//! was rendering fails with Blender's last lines of stderr.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio_util::sync::CancellationToken;
+
+/// The worker script, built into mvc so that the binary is all a machine needs.
+pub const SCRIPT: &str = include_str!("../../workers/blender/render.py");
+
+/// Lines of stderr kept per process, for failure messages.
+const STDERR_TAIL: usize = 15;
+
+/// How long a fresh Blender may take to say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The marker of the worker's answer lines (Blender prints its own lines on stdout too).
+const RESULT_MARKER: &str = "MVC-RESULT ";
+
+/// `blender` on PATH, or the given path when it names an executable file.
+pub fn find_blender(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("blender"))
+        .find(|p| p.is_file())
+}
+
+/// The first line of `blender --version` (e.g. `Blender 3.4.1`): part of every key.
+pub fn blender_version(blender: &Path) -> Result<String> {
+    let out = std::process::Command::new(blender)
+        .arg("--version")
+        .env("HOME", std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --version", blender.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Blender"))
+        .with_context(|| {
+            format!(
+                "{} --version did not print a version (is it Blender?)",
+                blender.display()
+            )
+        })?;
+    Ok(line.trim().to_string())
+}
+
+/// One view of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub azimuth: f64,
+    pub polar: f64,
+    pub distance: f64,
+    pub fov: f64,
+}
+
+/// One object to render.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    /// The object's item id (for Blender's log, and the test hook `MVC_TEST_CRASH_ON`).
+    pub object: String,
+    pub glb: PathBuf,
+    pub out: PathBuf,
+    pub resolution: u32,
+    pub engine: String,
+    pub samples: u32,
+    pub lights: String,
+    pub views: Vec<JobView>,
+}
+
+/// Why a job gave no images.
+#[derive(Debug)]
+pub enum JobError {
+    /// The worker reported an error for this object (import failed, no mesh…).
+    Object(String),
+    /// The process died or ran past the timeout while rendering this object.
+    Crashed(String),
+    /// Blender could not be started at all.
+    Start(String),
+    Cancelled,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Worker {
+    fn stderr_tail(&self) -> String {
+        let lines = self.stderr.lock().expect("not poisoned");
+        lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// The next answer line, skipping Blender's own output.
+    async fn answer(&mut self) -> Result<serde_json::Value, String> {
+        loop {
+            match self.stdout.next_line().await {
+                Ok(Some(line)) => {
+                    if let Some(json) = line.strip_prefix(RESULT_MARKER) {
+                        return serde_json::from_str(json)
+                            .map_err(|e| format!("unreadable answer from Blender: {e}"));
+                    }
+                }
+                Ok(None) => return Err("Blender exited".into()),
+                Err(e) => return Err(format!("reading from Blender: {e}")),
+            }
+        }
+    }
+}
+
+/// Persistent Blender processes, started on demand, at most as many as run at once.
+pub struct BlenderPool {
+    blender: PathBuf,
+    /// Where the script is written and where Blender gets its own HOME.
+    dir: tempfile::TempDir,
+    idle: Mutex<Vec<Worker>>,
+    /// Jobs sent, processes started: what tests and benchmarks count.
+    pub jobs: AtomicU64,
+    pub starts: AtomicU64,
+}
+
+impl std::fmt::Debug for BlenderPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlenderPool")
+            .field("blender", &self.blender)
+            .finish()
+    }
+}
+
+impl BlenderPool {
+    pub fn new(blender: PathBuf) -> Result<BlenderPool> {
+        let dir = tempfile::Builder::new()
+            .prefix("mvc-blender-")
+            .tempdir()
+            .context("creating a directory for the Blender workers")?;
+        std::fs::write(dir.path().join("render.py"), SCRIPT)?;
+        std::fs::create_dir_all(dir.path().join("home"))?;
+        Ok(BlenderPool {
+            blender,
+            dir,
+            idle: Mutex::new(Vec::new()),
+            jobs: AtomicU64::new(0),
+            starts: AtomicU64::new(0),
+        })
+    }
+
+    async fn start(&self) -> Result<Worker, String> {
+        let mut cmd = Command::new(&self.blender);
+        cmd.args([
+            "-b",
+            "--factory-startup",
+            "-noaudio",
+            "--python-exit-code",
+            "1",
+        ])
+        .arg("--python")
+        .arg(self.dir.path().join("render.py"))
+        .env("HOME", self.dir.path().join("home"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; the child dies with this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.blender.display()))?;
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr_lines.clone();
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                let mut t = tail.lock().expect("not poisoned");
+                if t.len() == STDERR_TAIL {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        let mut worker = Worker {
+            child,
+            stdin,
+            stdout,
+            stderr: stderr_lines,
+        };
+        match tokio::time::timeout(START_TIMEOUT, worker.answer()).await {
+            Ok(Ok(ready)) if ready["ready"] == true => Ok(worker),
+            Ok(Ok(other)) => Err(format!("Blender's worker did not start: {other}")),
+            Ok(Err(e)) => Err(format!(
+                "Blender's worker did not start ({e}); its last lines:\n{}",
+                worker.stderr_tail()
+            )),
+            Err(_) => Err(format!(
+                "Blender's worker was not ready after {}s",
+                START_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Renders one object; returns the ids of the views written into `job.out`.
+    pub async fn run(
+        &self,
+        job: &Job,
+        timeout: Duration,
+        kill: &CancellationToken,
+    ) -> Result<Vec<String>, JobError> {
+        let idle = self.idle.lock().expect("not poisoned").pop();
+        let mut worker = match idle {
+            Some(w) => w,
+            None => self.start().await.map_err(JobError::Start)?,
+        };
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        let line = serde_json::to_string(job).expect("jobs serialise") + "\n";
+        let exchange = async {
+            worker
+                .stdin
+                .write_all(line.as_bytes())
+                .await
+                .map_err(|e| format!("writing to Blender: {e}"))?;
+            worker
+                .stdin
+                .flush()
+                .await
+                .map_err(|e| format!("writing to Blender: {e}"))?;
+            worker.answer().await
+        };
+        let answer = tokio::select! {
+            a = tokio::time::timeout(timeout, exchange) => a,
+            _ = kill.cancelled() => {
+                let _ = worker.child.start_kill();
+                return Err(JobError::Cancelled);
+            }
+        };
+        match answer {
+            Ok(Ok(answer)) => {
+                // The process is fine whatever the object did: keep it.
+                self.idle.lock().expect("not poisoned").push(worker);
+                if answer["ok"] == true {
+                    let views = answer["views"]
+                        .as_array()
+                        .map(|v| {
+                            v.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Ok(views)
+                } else {
+                    Err(JobError::Object(
+                        answer["error"]
+                            .as_str()
+                            .unwrap_or("Blender reported an error")
+                            .to_string(),
+                    ))
+                }
+            }
+            Ok(Err(e)) => {
+                let _ = worker.child.start_kill();
+                // Let the stderr reader catch the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(JobError::Crashed(format!(
+                    "Blender crashed on this object ({e}); its last lines:\n{}",
+                    worker.stderr_tail()
+                )))
+            }
+            Err(_) => {
+                let _ = worker.child.start_kill();
+                Err(JobError::Crashed(format!(
+                    "Blender took longer than the timeout ({}s) on this object and was \
+                     stopped; its last lines:\n{}",
+                    timeout.as_secs(),
+                    worker.stderr_tail()
+                )))
+            }
+        }
+    }
+}
+
+/// Refuses an engine name Blender does not have.
+pub fn check_engine(engine: &str) -> Result<()> {
+    match engine {
+        "CYCLES" | "BLENDER_EEVEE" | "BLENDER_WORKBENCH" => Ok(()),
+        other => bail!(
+            "unknown engine `{other}`; use \"CYCLES\", \"BLENDER_EEVEE\" or \"BLENDER_WORKBENCH\""
+        ),
+    }
+}

@@ -1,0 +1,251 @@
+//! The Blender backend with real Blender: real glTF models framed right, one Blender job per
+//! object, the camera it shares with the built-in renderer, and a crash that costs one
+//! object. Without Blender these tests say so and pass, unless MVC_REQUIRE_BLENDER=1 (which
+//! `.ci/run` sets, having installed it).
+
+mod common;
+
+use common::{Sandbox, glb};
+use std::path::Path;
+
+const MODELS: &str = "/usr/share/assimp/models/glTF2";
+
+/// Whether Blender (and, with `models`, Debian's assimp-testmodels) is here to test with.
+fn have_blender(models: bool) -> bool {
+    let blender = mvc::render::blender::find_blender(None).is_some();
+    let have_models = !models || Path::new(MODELS).is_dir();
+    if blender && have_models {
+        return true;
+    }
+    let missing = if blender {
+        "assimp-testmodels (apt-get install assimp-testmodels)"
+    } else {
+        "Blender (apt-get install blender python3-numpy)"
+    };
+    if std::env::var("MVC_REQUIRE_BLENDER").as_deref() == Ok("1") {
+        panic!("MVC_REQUIRE_BLENDER=1 but {missing} is not installed");
+    }
+    eprintln!("SKIPPED: {missing} is not installed; this test needs it");
+    false
+}
+
+/// (min x, min y, max x, max y) of pixels with alpha > 0.
+fn alpha_box(img: &image::RgbaImage) -> (u32, u32, u32, u32) {
+    let mut b = (u32::MAX, u32::MAX, 0, 0);
+    for (x, y, p) in img.enumerate_pixels() {
+        if p[3] > 0 {
+            b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y));
+        }
+    }
+    b
+}
+
+fn units(ran: &common::Ran) -> Vec<String> {
+    ran.stderr
+        .lines()
+        .filter(|l| l.contains("in one unit"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn real_models_are_framed_whole_and_centred() {
+    if !have_blender(true) {
+        return;
+    }
+    let sb = Sandbox::new();
+    for (name, file) in [
+        ("box", "BoxTextured-glTF-Binary/BoxTextured.glb"),
+        ("engine", "2CylinderEngine-glTF-Binary/2CylinderEngine.glb"),
+    ] {
+        std::fs::copy(
+            Path::new(MODELS).join(file),
+            sb.path().join(format!("{name}.glb")),
+        )
+        .unwrap();
+    }
+    sb.write(
+        "p.toml",
+        r#"
+[stage.objects]
+kind = "command"
+items = ["box", "engine"]
+files = { box = "box.glb", engine = "engine.glb" }
+cmd = 'eval cp "\$MVC_FILE_$(echo "$MVC_ITEM" | tr a-z A-Z)" "$MVC_OUT/model.glb"'
+
+[stage.views]
+kind = "render"
+inputs = ["objects"]
+backend = "blender"
+azimuths = [0, 90, 180, 270]
+polar = [50, 80]
+# At the study's distance (1.5) an object filling the unit cube, as BoxTextured does,
+# overflows a 49-degree view; 2.5 frames any normalised object.
+distance = 2.5
+samples = 8
+"#,
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--json", "-v"]);
+    ran.assert_ok();
+    assert_eq!(ran.count("views", "ran"), 16);
+    assert_eq!(units(&ran).len(), 2, "one Blender job per object");
+    let out = sb.path().join("out");
+    sb.mvc(&["export", "p.toml", "views", out.to_str().unwrap()])
+        .assert_ok();
+    for object in ["box", "engine"] {
+        let mut digests = std::collections::HashSet::new();
+        for polar in ["050", "080"] {
+            for az in ["000", "090", "180", "270"] {
+                let id = format!("az{az}-pol{polar}-d2.5-fov49.1343");
+                let img = image::open(out.join(object).join(format!("{id}.png")))
+                    .unwrap()
+                    .to_rgba8();
+                assert_eq!(img.dimensions(), (224, 224));
+                let (x0, y0, x1, y1) = alpha_box(&img);
+                assert!(x1 > x0, "{object} {id} is empty");
+                assert!(
+                    x0 > 0 && y0 > 0 && x1 < 223 && y1 < 223,
+                    "{object} {id} is cropped: {:?}",
+                    (x0, y0, x1, y1)
+                );
+                let (cx, cy) = ((x0 + x1) as f64 / 2.0, (y0 + y1) as f64 / 2.0);
+                assert!(
+                    (cx - 112.0).abs() < 22.4 && (cy - 112.0).abs() < 22.4,
+                    "{object} {id} is off-centre: ({cx}, {cy})"
+                );
+                digests.insert(blake3::hash(img.as_raw()));
+            }
+        }
+        assert_eq!(digests.len(), 8, "the views of {object} differ");
+    }
+}
+
+#[test]
+fn a_new_ring_is_one_blender_job_per_object() {
+    if !have_blender(false) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let six = "{ start = 0, step = 60, count = 6 }";
+    let pipeline = |rings: &str| {
+        glb::render_pipeline(sb.path(), rings, six)
+            .replace(
+                "backend = \"builtin\"",
+                "backend = \"blender\"\nsamples = 1",
+            )
+            .replace("resolution = 64", "resolution = 32")
+    };
+    sb.write("p.toml", &pipeline("polar = [20, 50]"));
+    let first = sb.mvc(&["run", "p.toml", "--json", "-v"]);
+    first.assert_ok();
+    assert_eq!(first.count("views", "ran"), 36);
+    assert_eq!(units(&first).len(), 3);
+
+    sb.write("p.toml", &pipeline("polar = [20, 50, 80]"));
+    let second = sb.mvc(&["run", "p.toml", "--json", "-v"]);
+    second.assert_ok();
+    assert_eq!(second.count("views", "ran"), 18);
+    let u = units(&second);
+    assert_eq!(u.len(), 3, "{u:?}");
+    assert!(u.iter().all(|l| l.contains("6 views")), "{u:?}");
+
+    sb.write("p.toml", &pipeline("polar = [50, 80]"));
+    let third = sb.mvc(&["run", "p.toml", "--json", "-v"]);
+    third.assert_ok();
+    assert_eq!(third.count("views", "ran"), 0);
+    assert!(units(&third).is_empty());
+}
+
+#[test]
+fn blender_and_the_builtin_renderer_agree_on_the_camera() {
+    if !have_blender(false) {
+        return;
+    }
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.path().join("cube.glb"),
+        glb::box_glb([0.5, 0.5, 0.5], [0.0; 3], 1.0),
+    )
+    .unwrap();
+    let stage = |name: &str, backend: &str| {
+        format!(
+            r#"
+[stage.{name}]
+kind = "render"
+inputs = ["objects"]
+backend = "{backend}"
+azimuths = [0, 30, 135, 250]
+polar = [20, 50, 90]
+distance = 2.5
+samples = 1
+"#
+        )
+    };
+    sb.write(
+        "p.toml",
+        &format!(
+            r#"
+[stage.objects]
+kind = "command"
+items = ["cube"]
+files = {{ cube = "cube.glb" }}
+cmd = 'cp "$MVC_FILE_CUBE" "$MVC_OUT/cube.glb"'
+{}{}"#,
+            stage("blender", "blender"),
+            stage("builtin", "builtin")
+        ),
+    );
+    sb.mvc(&["run", "p.toml"]).assert_ok();
+    for backend in ["blender", "builtin"] {
+        sb.mvc(&["export", "p.toml", backend, backend]).assert_ok();
+    }
+    let mut compared = 0;
+    for entry in std::fs::read_dir(sb.path().join("blender/cube")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("png") {
+            continue;
+        }
+        let name = path.file_name().unwrap();
+        let a = alpha_box(&image::open(&path).unwrap().to_rgba8());
+        let b = alpha_box(
+            &image::open(sb.path().join("builtin/cube").join(name))
+                .unwrap()
+                .to_rgba8(),
+        );
+        for (x, y) in [(a.0, b.0), (a.1, b.1), (a.2, b.2), (a.3, b.3)] {
+            assert!(
+                (x as i64 - y as i64).abs() <= 2,
+                "{name:?}: Blender's silhouette {a:?}, the built-in one {b:?}"
+            );
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 12);
+}
+
+#[test]
+fn a_crashing_blender_costs_one_object_and_the_pool_recovers() {
+    if !have_blender(false) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let text = glb::render_pipeline(sb.path(), "polar = [50]", "[0, 120, 240]")
+        .replace(
+            "backend = \"builtin\"",
+            "backend = \"blender\"\nsamples = 1",
+        )
+        .replace("resolution = 64", "resolution = 32");
+    sb.write("p.toml", &text);
+    let ran = sb.mvc_env(&["run", "p.toml", "--json"], &[("MVC_TEST_CRASH_ON", "b")]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "ran"), 6);
+    assert_eq!(ran.count("views", "failed"), 3);
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["item"].as_str().unwrap().starts_with("b@"))
+    );
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("Blender crashed on this object"), "{error}");
+}

@@ -1,0 +1,178 @@
+# mvc's Blender worker: renders views of GLB objects, one job per line.
+#
+#   blender -b --factory-startup -noaudio --python-exit-code 1 --python render.py
+#
+# Reads one JSON job per line on stdin:
+#   {"object": ID, "glb": PATH, "out": DIR, "resolution": 224, "engine": "CYCLES", "samples": 32,
+#    "lights": "study" | "four-sun",
+#    "views": [{"id": ID, "azimuth": DEG, "polar": DEG, "distance": D, "fov": DEG}, ...]}
+# renders every view to DIR/ID.png (RGBA, transparent background), and answers with one
+# line on stdout starting with "MVC-RESULT " and a JSON object: {"ok": true, "views": [ID,
+# ...]} or {"ok": false, "error": TEXT}. Blender's own chatter on stdout is ignored by mvc.
+#
+# Conventions shared with mvc's built-in renderer (src/render/camera.rs, scene.rs): world Z
+# up; the object normalised (all roots under one empty, longest bounding-box side 1,
+# bounding-box centre at the origin); a camera at azimuth a and polar angle p (from +Z) sits
+# at (d sin p cos a, d sin p sin a, d cos p), looks at the origin, +Z up in the image.
+
+import json
+import math
+import os
+import sys
+import traceback
+
+# Debian's Blender 3.4 glTF importer uses np.bool, which numpy 1.24 removed.
+import numpy
+
+if not hasattr(numpy, "bool"):
+    numpy.bool = bool
+
+import bpy  # noqa: E402
+from mathutils import Matrix, Vector  # noqa: E402
+
+
+def reset():
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def normalise():
+    """Parent every root to one empty, scale the longest side to 1, centre the box."""
+    scene = bpy.context.scene
+    roots = [o for o in scene.objects if o.parent is None]
+    pivot = bpy.data.objects.new("mvc_pivot", None)
+    scene.collection.objects.link(pivot)
+    for o in roots:
+        world = o.matrix_world.copy()
+        o.parent = pivot
+        o.matrix_world = world
+    bpy.context.view_layer.update()
+    lo = Vector((math.inf,) * 3)
+    hi = Vector((-math.inf,) * 3)
+    meshes = [o for o in scene.objects if o.type == "MESH"]
+    if not meshes:
+        raise ValueError("the scene has no meshes to render")
+    for o in meshes:
+        for corner in o.bound_box:
+            p = o.matrix_world @ Vector(corner)
+            for k in range(3):
+                lo[k] = min(lo[k], p[k])
+                hi[k] = max(hi[k], p[k])
+    if not all(math.isfinite(v) for v in list(lo) + list(hi)):
+        raise ValueError("the model has coordinates that are not finite numbers")
+    side = max(hi - lo)
+    scale = 1.0 / side if side > 0 else 1.0
+    centre = (lo + hi) / 2
+    pivot.matrix_world = Matrix.Scale(scale, 4) @ Matrix.Translation(-centre) @ pivot.matrix_world
+    bpy.context.view_layer.update()
+
+
+def add_lights(kind):
+    scene = bpy.context.scene
+    if kind == "study":
+        # The study's single area light: 30000 W at (0, 0, 0.5), object scale 100.
+        light = bpy.data.lights.new("mvc_area", "AREA")
+        light.energy = 30000
+        obj = bpy.data.objects.new("mvc_area", light)
+        obj.location = (0, 0, 0.5)
+        obj.scale = (100, 100, 100)
+        scene.collection.objects.link(obj)
+        return
+    # four-sun: key, fill, rim and bottom, pointing at the origin from these directions.
+    for name, direction, strength in [
+        ("key", (1.0, -1.0, 1.2), 3.0),
+        ("fill", (-1.0, -0.4, 0.5), 1.4),
+        ("rim", (0.0, 1.0, 0.8), 1.8),
+        ("bottom", (0.0, 0.0, -1.0), 0.8),
+    ]:
+        light = bpy.data.lights.new("mvc_" + name, "SUN")
+        light.energy = strength
+        obj = bpy.data.objects.new("mvc_" + name, light)
+        # A sun shines down its local -Z: turn -Z to point from the direction to the origin.
+        obj.rotation_euler = (-Vector(direction)).to_track_quat("-Z", "Y").to_euler()
+        scene.collection.objects.link(obj)
+
+
+def camera_matrix(view):
+    a = math.radians(view["azimuth"])
+    p = math.radians(view["polar"])
+    d = view["distance"]
+    c = Vector((d * math.sin(p) * math.cos(a), d * math.sin(p) * math.sin(a), d * math.cos(p)))
+    back = c.normalized()
+    right = Vector((-math.sin(a), math.cos(a), 0.0))
+    up = back.cross(right)
+    m = Matrix.Identity(4)
+    for r in range(3):
+        m[r][0] = right[r]
+        m[r][1] = up[r]
+        m[r][2] = back[r]
+        m[r][3] = c[r]
+    return m
+
+
+def configure(job):
+    scene = bpy.context.scene
+    render = scene.render
+    render.engine = job.get("engine", "CYCLES")
+    if render.engine == "CYCLES":
+        scene.cycles.device = "CPU"
+        scene.cycles.samples = int(job.get("samples", 32))
+        # Debian's build has no OpenImageDenoise.
+        scene.cycles.use_denoising = False
+    elif render.engine == "BLENDER_EEVEE":
+        scene.eevee.taa_render_samples = int(job.get("samples", 32))
+    render.film_transparent = True
+    render.resolution_x = job["resolution"]
+    render.resolution_y = job["resolution"]
+    render.resolution_percentage = 100
+    render.image_settings.file_format = "PNG"
+    render.image_settings.color_mode = "RGBA"
+    render.image_settings.color_depth = "8"
+    cam_data = bpy.data.cameras.new("mvc_camera")
+    cam_data.sensor_fit = "HORIZONTAL"
+    cam_data.clip_start = 0.01
+    cam = bpy.data.objects.new("mvc_camera", cam_data)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    return cam
+
+
+def run(job):
+    # Test hook: die like a crashing Blender on this object (mvc's tests of the pool).
+    if os.environ.get("MVC_TEST_CRASH_ON") == job.get("object"):
+        os._exit(134)
+    reset()
+    bpy.ops.import_scene.gltf(filepath=job["glb"])
+    normalise()
+    add_lights(job.get("lights", "study"))
+    cam = configure(job)
+    done = []
+    for view in job["views"]:
+        cam.data.angle = math.radians(view["fov"])
+        cam.matrix_world = camera_matrix(view)
+        bpy.context.scene.render.filepath = "%s/%s.png" % (job["out"], view["id"])
+        bpy.ops.render.render(write_still=True)
+        done.append(view["id"])
+    return done
+
+
+def answer(obj):
+    sys.stdout.write("MVC-RESULT " + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    answer({"ok": True, "ready": True, "blender": bpy.app.version_string})
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            job = json.loads(line)
+            answer({"ok": True, "views": run(job)})
+        except Exception as e:  # one object's failure must not end the worker
+            sys.stderr.write(traceback.format_exc())
+            sys.stderr.flush()
+            answer({"ok": False, "error": "%s: %s" % (type(e).__name__, e)})
+
+
+main()
