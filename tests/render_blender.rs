@@ -249,3 +249,116 @@ fn a_crashing_blender_costs_one_object_and_the_pool_recovers() {
     let error = failures[0]["error"].as_str().unwrap();
     assert!(error.contains("Blender crashed on this object"), "{error}");
 }
+
+#[test]
+fn broken_models_fail_alone_with_both_backends() {
+    if !have_blender(true) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("good", glb::box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)),
+        ("html", b"<html>not a model</html>".to_vec()),
+        (
+            "infinite",
+            std::fs::read(
+                Path::new(MODELS).join("BoxWithInfinites-glTF-Binary/BoxWithInfinites.glb"),
+            )
+            .unwrap(),
+        ),
+        ("outofrange", glb::out_of_range_glb()),
+        ("empty", glb::empty_glb()),
+        ("notexture", glb::missing_texture_glb()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(sb.path().join(format!("{name}.glb")), bytes).unwrap();
+    }
+    let names: Vec<&str> = files.iter().map(|f| f.0).collect();
+    let stage = |name: &str, backend: &str| {
+        format!(
+            "\n[stage.{name}]\nkind = \"render\"\ninputs = [\"objects\"]\nbackend = \"{backend}\"\n\
+             azimuths = [0, 180]\npolar = [60]\nresolution = 32\nsamples = 1\n"
+        )
+    };
+    sb.write(
+        "p.toml",
+        &format!(
+            "[stage.objects]\nkind = \"command\"\nitems = {:?}\nfiles = {{ {} }}\n\
+             cmd = 'eval cp \"\\$MVC_FILE_$(echo \"$MVC_ITEM\" | tr a-z A-Z)\" \"$MVC_OUT/model.glb\"'\n{}{}",
+            names,
+            names
+                .iter()
+                .map(|n| format!("{n} = \"{n}.glb\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            stage("blender", "blender"),
+            stage("builtin", "builtin")
+        ),
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    for backend in ["blender", "builtin"] {
+        // The good object renders; the missing texture leaves a model to render or fails
+        // alone; every other object fails alone, with its reason.
+        let failures: Vec<serde_json::Value> = ran.json()["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["stage"] == backend)
+            .cloned()
+            .collect();
+        let failed: std::collections::BTreeSet<&str> = failures
+            .iter()
+            .map(|f| f["item"].as_str().unwrap().split('@').next().unwrap())
+            .collect();
+        for broken in ["html", "infinite", "outofrange", "empty"] {
+            assert!(
+                failed.contains(broken),
+                "{backend}: {broken} did not fail: {failures:?}"
+            );
+        }
+        // A missing texture costs the texture, not the object.
+        assert!(
+            !failed.contains("good") && !failed.contains("notexture"),
+            "{backend}: {failures:?}"
+        );
+        assert_eq!(failed.len(), 4, "{backend}: {failures:?}");
+        let error = |object: &str| {
+            failures
+                .iter()
+                .find(|f| {
+                    f["item"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("{object}@"))
+                })
+                .unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            error("html").contains("not a readable glTF 2.0 file"),
+            "{}",
+            error("html")
+        );
+        assert!(
+            error("outofrange").contains("index 7 is out of range"),
+            "{}",
+            error("outofrange")
+        );
+        assert!(
+            error("empty").contains("no triangles to render"),
+            "{}",
+            error("empty")
+        );
+        assert!(!error("infinite").is_empty());
+    }
+    assert!(
+        ran.stderr.contains("textures left out"),
+        "a missing texture is reported: {}",
+        ran.stderr
+    );
+    // Blender's pool survived all that: the good object was rendered by it.
+    assert!(ran.count("blender", "ran") >= 2);
+}

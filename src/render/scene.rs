@@ -63,6 +63,8 @@ pub struct Scene {
     pub triangles: Vec<Triangle>,
     pub materials: Vec<Material>,
     pub textures: Vec<Texture>,
+    /// What was left out and why (textures that could not be loaded).
+    pub warnings: Vec<String>,
 }
 
 fn srgb_to_linear(c: f32) -> f32 {
@@ -145,8 +147,20 @@ fn apply(m: &Mat4, p: [f32; 3]) -> [f32; 3] {
 impl Scene {
     /// Loads a GLB (or a glTF with embedded buffers) and normalises it.
     pub fn from_glb(bytes: &[u8]) -> Result<Scene> {
-        let (document, buffers, images) =
-            gltf::import_slice(bytes).context("not a readable glTF 2.0 file")?;
+        let mut warnings = Vec::new();
+        let (document, buffers, images) = match gltf::import_slice(bytes) {
+            Ok(imported) => imported,
+            Err(error) => {
+                // A texture that cannot be loaded (an external file not shipped with the
+                // GLB, an undecodable image) costs the texture, not the object, as in
+                // Blender's importer.
+                let gltf = gltf::Gltf::from_slice(bytes).context("not a readable glTF 2.0 file")?;
+                let buffers = gltf::import_buffers(&gltf.document, None, gltf.blob)
+                    .context("not a readable glTF 2.0 file")?;
+                warnings.push(format!("textures left out: {error}"));
+                (gltf.document, buffers, Vec::new())
+            }
+        };
         let mut textures = Vec::with_capacity(images.len());
         for (i, image) in images.iter().enumerate() {
             textures.push(decode_texture(image).with_context(|| format!("image {i}"))?);
@@ -158,6 +172,7 @@ impl Scene {
                 texture: None,
             }],
             textures,
+            warnings,
         };
         let mut material_index = std::collections::HashMap::new();
         for m in document.materials() {

@@ -319,22 +319,9 @@ impl RenderStage {
     fn render_object(
         &self,
         store: &crate::store::Store,
-        glb: &[u8],
+        scene: &Scene,
         views: &[ViewSpec],
     ) -> Vec<TaskOutcome> {
-        let scene = match Scene::from_glb(glb) {
-            Ok(s) => s,
-            Err(e) => {
-                let error = format!("{e:#}");
-                return views
-                    .iter()
-                    .map(|_| TaskOutcome::Failed {
-                        error: error.clone(),
-                        stderr: None,
-                    })
-                    .collect();
-            }
-        };
         let settings = RasterSettings {
             size: self.resolution,
             supersample: self.supersample,
@@ -345,7 +332,7 @@ impl RenderStage {
             .map(|view| {
                 let started_ms = now_ms();
                 let clock = Instant::now();
-                let image = raster::render(&scene, view, &settings);
+                let image = raster::render(scene, view, &settings);
                 let mut png = std::io::Cursor::new(Vec::new());
                 if let Err(e) = image.write_to(&mut png, image::ImageFormat::Png) {
                     return TaskOutcome::Failed {
@@ -353,16 +340,7 @@ impl RenderStage {
                         stderr: None,
                     };
                 }
-                let camera = serde_json::to_vec_pretty(&view.record(self.resolution))
-                    .expect("camera records serialise");
-                let id = view.id();
-                let outputs: Result<Vec<Output>, String> = [
-                    (format!("{id}.json"), camera),
-                    (format!("{id}.png"), png.into_inner()),
-                ]
-                .into_iter()
-                .map(|(name, bytes)| output_from_bytes(store, name, bytes))
-                .collect();
+                let outputs = self.view_outputs(store, view, png.into_inner());
                 match outputs {
                     Ok(outputs) => TaskOutcome::Success {
                         outputs,
@@ -680,6 +658,30 @@ impl StageKind for RenderStage {
             .collect();
         let object = unit[0].inputs[0].items[0].0.clone();
         tracing::info!("render: {} views of {object} in one unit", views.len());
+        // Every backend gets only models mvc can read itself: a broken file fails here with
+        // the same reason for both, and never reaches (or hangs) a Blender process.
+        let checked = {
+            let bytes = bytes.clone();
+            blocking_if(bytes.len() > 1 << 20, move || Scene::from_glb(&bytes)).await
+        };
+        let scene = match checked {
+            Ok(scene) => {
+                for w in &scene.warnings {
+                    tracing::warn!("{}/{object}: {w}", self.stage);
+                }
+                scene
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                return unit
+                    .iter()
+                    .map(|_| TaskOutcome::Failed {
+                        error: error.clone(),
+                        stderr: None,
+                    })
+                    .collect();
+            }
+        };
         if let Backend::Blender {
             engine,
             samples,
@@ -722,6 +724,6 @@ impl StageKind for RenderStage {
             supersample: self.supersample,
         };
         let store = ctx.store.clone();
-        blocking_if(true, move || this.render_object(&store, &bytes, &views)).await
+        blocking_if(true, move || this.render_object(&store, &scene, &views)).await
     }
 }

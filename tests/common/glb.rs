@@ -261,3 +261,14 @@ resolution = 64
 "#
     )
 }
+
+/// A textured box whose image is an external file that is not there.
+pub fn missing_texture_glb() -> Vec<u8> {
+    let good = box_glb([0.5, 0.5, 0.5], [0.0; 3], 1.0);
+    // Re-point the image from the buffer view to a file.
+    let json_len = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
+    let mut json: serde_json::Value = serde_json::from_slice(&good[20..20 + json_len]).unwrap();
+    json["images"] = json!([{"uri": "missing-texture.png"}]);
+    let bin_start = 20 + json_len + 8;
+    glb(json, &good[bin_start..])
+}

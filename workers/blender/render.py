@@ -57,6 +57,11 @@ def normalise():
             for k in range(3):
                 lo[k] = min(lo[k], p[k])
                 hi[k] = max(hi[k], p[k])
+    for o in meshes:
+        co = numpy.empty(len(o.data.vertices) * 3)
+        o.data.vertices.foreach_get("co", co)
+        if not numpy.isfinite(co).all():
+            raise ValueError("the model has coordinates that are not finite numbers")
     if not all(math.isfinite(v) for v in list(lo) + list(hi)):
         raise ValueError("the model has coordinates that are not finite numbers")
     side = max(hi - lo)
