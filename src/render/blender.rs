@@ -84,6 +84,16 @@ pub struct Job {
     pub views: Vec<JobView>,
 }
 
+/// What a job did.
+#[derive(Debug)]
+pub struct JobDone {
+    pub views: Vec<String>,
+    /// Blender's own time: resetting, importing and normalising the model.
+    pub import_seconds: f64,
+    /// Blender's own time rendering and writing the views.
+    pub render_seconds: f64,
+}
+
 /// Why a job gave no images.
 #[derive(Debug)]
 pub enum JobError {
@@ -223,13 +233,14 @@ impl BlenderPool {
         }
     }
 
-    /// Renders one object; returns the ids of the views written into `job.out`.
+    /// Renders one object; returns the ids of the views written into `job.out`, and the
+    /// time Blender spent importing and rendering.
     pub async fn run(
         &self,
         job: &Job,
         timeout: Duration,
         kill: &CancellationToken,
-    ) -> Result<Vec<String>, JobError> {
+    ) -> Result<JobDone, JobError> {
         let idle = self.idle.lock().expect("not poisoned").pop();
         let mut worker = match idle {
             Some(w) => w,
@@ -270,7 +281,12 @@ impl BlenderPool {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    Ok(views)
+                    let seconds = |k: &str| answer["seconds"][k].as_f64().unwrap_or(0.0);
+                    Ok(JobDone {
+                        views,
+                        import_seconds: seconds("import"),
+                        render_seconds: seconds("render"),
+                    })
                 } else {
                     Err(JobError::Object(
                         answer["error"]

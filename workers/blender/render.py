@@ -8,7 +8,7 @@
 #    "views": [{"id": ID, "azimuth": DEG, "polar": DEG, "distance": D, "fov": DEG}, ...]}
 # renders every view to DIR/ID.png (RGBA, transparent background), and answers with one
 # line on stdout starting with "MVC-RESULT " and a JSON object: {"ok": true, "views": [ID,
-# ...]} or {"ok": false, "error": TEXT}. Blender's own chatter on stdout is ignored by mvc.
+# ...], "seconds": {"import": S, "render": S}} or {"ok": false, "error": TEXT}. Blender's own chatter on stdout is ignored by mvc.
 #
 # Conventions shared with mvc's built-in renderer (src/render/camera.rs, scene.rs): world Z
 # up; the object normalised (all roots under one empty, longest bounding-box side 1,
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import time
 import traceback
 
 # Debian's Blender 3.4 glTF importer uses np.bool, which numpy 1.24 removed.
@@ -142,14 +143,18 @@ def configure(job):
 
 
 def run(job):
+    """Renders a job's views; returns their ids and the seconds spent importing and
+    rendering (what mvc's benchmark compares its own overhead with)."""
     # Test hook: die like a crashing Blender on this object (mvc's tests of the pool).
     if os.environ.get("MVC_TEST_CRASH_ON") == job.get("object"):
         os._exit(134)
+    started = time.perf_counter()
     reset()
     bpy.ops.import_scene.gltf(filepath=job["glb"])
     normalise()
     add_lights(job.get("lights", "study"))
     cam = configure(job)
+    imported = time.perf_counter()
     done = []
     for view in job["views"]:
         cam.data.angle = math.radians(view["fov"])
@@ -157,7 +162,8 @@ def run(job):
         bpy.context.scene.render.filepath = "%s/%s.png" % (job["out"], view["id"])
         bpy.ops.render.render(write_still=True)
         done.append(view["id"])
-    return done
+    rendered = time.perf_counter()
+    return done, {"import": imported - started, "render": rendered - imported}
 
 
 def answer(obj):
@@ -173,7 +179,8 @@ def main():
             continue
         try:
             job = json.loads(line)
-            answer({"ok": True, "views": run(job)})
+            views, seconds = run(job)
+            answer({"ok": True, "views": views, "seconds": seconds})
         except Exception as e:  # one object's failure must not end the worker
             sys.stderr.write(traceback.format_exc())
             sys.stderr.flush()
