@@ -195,4 +195,59 @@ fn blender_three_ways(blender: std::path::PathBuf) {
             (wall - blender_own) / blender_own * 100.0
         );
     });
+    mvc_run(&objects, samples);
+}
+
+/// The same 8 objects x 18 views through `mvc run` (the pool, plus everything mvc does
+/// around it: planning, keys, PNGs into the cache, the index), against Blender's own time
+/// as the worker reports it in mvc's log.
+fn mvc_run(objects: &[std::path::PathBuf], samples: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, glb) in objects.iter().enumerate() {
+        std::fs::copy(glb, dir.path().join(format!("o{i}.glb"))).unwrap();
+        files.push(format!("o{i} = \"o{i}.glb\""));
+    }
+    let items: Vec<String> = (0..objects.len()).map(|i| format!("\"o{i}\"")).collect();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        format!(
+            "[stage.objects]\nkind = \"command\"\nitems = [{}]\nfiles = {{ {} }}\n\
+             cmd = 'eval cp \"\\$MVC_FILE_$(echo \"$MVC_ITEM\" | tr a-z A-Z)\" \"$MVC_OUT/m.glb\"'\n\
+             [stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\nbackend = \"blender\"\n\
+             azimuths = {{ start = 0, step = 60, count = 6 }}\npolar = [20, 50, 80]\n\
+             samples = {samples}\n",
+            items.join(", "),
+            files.join(", ")
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mvc"))
+        .args(["run", "p.toml", "-v", "-q"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "mvc run failed: {log}");
+    let mut own = 0.0;
+    for line in log.lines().filter(|l| l.contains("blender: ")) {
+        for part in ["import ", "render "] {
+            if let Some(rest) = line.split(part).nth(1) {
+                own += rest
+                    .split('s')
+                    .next()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    println!(
+        "  mvc run, the same 144 views: {:.2} views/s, {wall:.1} s wall, {own:.1} s in Blender: \
+         mvc's overhead {:.1}% (Blender's start-up included)",
+        144.0 / wall,
+        (wall - own) / own * 100.0
+    );
 }

@@ -362,3 +362,27 @@ fn broken_models_fail_alone_with_both_backends() {
     // Blender's pool survived all that: the good object was rendered by it.
     assert!(ran.count("blender", "ran") >= 2);
 }
+
+#[test]
+fn an_object_past_its_timeout_is_stopped_and_the_next_gets_a_fresh_blender() {
+    if !have_blender(false) {
+        return;
+    }
+    let sb = Sandbox::new();
+    // Far too many samples for a one-second budget: every object runs out of time.
+    let text = glb::render_pipeline(sb.path(), "polar = [50]", "[0, 120, 240]")
+        .replace(
+            "backend = \"builtin\"",
+            "backend = \"blender\"\nsamples = 4096\ntimeout = 1",
+        )
+        .replace("resolution = 64", "resolution = 224");
+    sb.write("p.toml", &text);
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "failed"), 9);
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    for f in &failures {
+        let error = f["error"].as_str().unwrap();
+        assert!(error.contains("longer than the timeout (1s)"), "{error}");
+    }
+}

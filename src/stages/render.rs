@@ -431,7 +431,13 @@ impl RenderStage {
         let started_ms = now_ms();
         let clock = Instant::now();
         match pool.run(&job, timeout, &ctx.kill).await {
-            Ok(_) => {
+            Ok(done) => {
+                tracing::info!(
+                    "blender: {object}: {} views, import {:.3}s, render {:.3}s",
+                    done.views.len(),
+                    done.import_seconds,
+                    done.render_seconds
+                );
                 let per_view = clock.elapsed().as_millis() as u64 / views.len().max(1) as u64;
                 views
                     .iter()
