@@ -40,10 +40,11 @@ fn alpha_box(img: &image::RgbaImage) -> (u32, u32, u32, u32) {
     b
 }
 
+/// The Blender jobs a run made (mvc logs one line per job at -v, with Blender's times).
 fn units(ran: &common::Ran) -> Vec<String> {
     ran.stderr
         .lines()
-        .filter(|l| l.contains("in one unit"))
+        .filter(|l| l.contains("blender: ") && l.contains(" views, import "))
         .map(str::to_string)
         .collect()
 }
