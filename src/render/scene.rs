@@ -276,16 +276,7 @@ impl Scene {
 
     /// Longest bounding-box side 1, bounding-box centre at the origin.
     fn normalize(&mut self) {
-        let mut lo = [f32::INFINITY; 3];
-        let mut hi = [f32::NEG_INFINITY; 3];
-        for t in &self.triangles {
-            for p in &t.positions {
-                for k in 0..3 {
-                    lo[k] = lo[k].min(p[k]);
-                    hi[k] = hi[k].max(p[k]);
-                }
-            }
-        }
+        let (lo, hi) = self.bounds();
         let centre = [0, 1, 2].map(|k| (lo[k] + hi[k]) / 2.0);
         let side = (0..3).map(|k| hi[k] - lo[k]).fold(0.0f32, f32::max);
         let scale = if side > 0.0 { 1.0 / side } else { 1.0 };

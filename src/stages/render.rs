@@ -315,70 +315,11 @@ impl RenderStage {
         })
     }
 
-    /// Renders one object's views; one outcome per task, in order.
-    fn render_object(
-        &self,
-        store: &crate::store::Store,
-        scene: &Scene,
-        views: &[ViewSpec],
-    ) -> Vec<TaskOutcome> {
-        let settings = RasterSettings {
-            size: self.resolution,
-            supersample: self.supersample,
-            lights: self.lights,
-        };
-        views
-            .iter()
-            .map(|view| {
-                let started_ms = now_ms();
-                let clock = Instant::now();
-                let image = raster::render(scene, view, &settings);
-                let mut png = std::io::Cursor::new(Vec::new());
-                if let Err(e) = image.write_to(&mut png, image::ImageFormat::Png) {
-                    return TaskOutcome::Failed {
-                        error: format!("encoding the PNG: {e}"),
-                        stderr: None,
-                    };
-                }
-                let outputs = self.view_outputs(store, view, png.into_inner());
-                match outputs {
-                    Ok(outputs) => TaskOutcome::Success {
-                        outputs,
-                        stdout: None,
-                        stderr: None,
-                        started_ms,
-                        duration_ms: clock.elapsed().as_millis() as u64,
-                    },
-                    Err(error) => TaskOutcome::Aborted(error),
-                }
-            })
-            .collect()
-    }
-}
-
-impl RenderStage {
     fn lights_name(&self) -> &'static str {
         match self.lights {
             LightRig::Study => "study",
             LightRig::FourSun => "four-sun",
         }
-    }
-
-    /// The outputs of one view: its camera JSON (from mvc's camera model, the same for
-    /// every backend) and its PNG.
-    fn view_outputs(
-        &self,
-        store: &crate::store::Store,
-        view: &ViewSpec,
-        png: Vec<u8>,
-    ) -> Result<Vec<Output>, String> {
-        let camera = serde_json::to_vec_pretty(&view.record(self.resolution))
-            .expect("camera records serialise");
-        let id = view.id();
-        [(format!("{id}.json"), camera), (format!("{id}.png"), png)]
-            .into_iter()
-            .map(|(name, bytes)| output_from_bytes(store, name, bytes))
-            .collect()
     }
 
     /// One object's views in one Blender job.
@@ -452,7 +393,7 @@ impl RenderStage {
                                 };
                             }
                         };
-                        match self.view_outputs(&ctx.store, view, png) {
+                        match view_outputs(&ctx.store, self.resolution, view, png) {
                             Ok(outputs) => TaskOutcome::Success {
                                 outputs,
                                 stdout: None,
@@ -466,15 +407,73 @@ impl RenderStage {
                     .collect()
             }
             Err(JobError::Object(error)) | Err(JobError::Crashed(error)) => {
-                all(&|| TaskOutcome::Failed {
-                    error: error.clone(),
-                    stderr: None,
-                })
+                fail_all(views.len(), &error)
             }
             Err(JobError::Start(error)) => all(&|| TaskOutcome::Aborted(error.clone())),
             Err(JobError::Cancelled) => all(&|| TaskOutcome::Cancelled),
         }
     }
+}
+
+/// Renders one object's views with the built-in renderer; one outcome per view, in order.
+fn render_builtin(
+    store: &crate::store::Store,
+    scene: &Scene,
+    views: &[ViewSpec],
+    settings: &RasterSettings,
+) -> Vec<TaskOutcome> {
+    views
+        .iter()
+        .map(|view| {
+            let started_ms = now_ms();
+            let clock = Instant::now();
+            let image = raster::render(scene, view, settings);
+            let mut png = std::io::Cursor::new(Vec::new());
+            if let Err(e) = image.write_to(&mut png, image::ImageFormat::Png) {
+                return TaskOutcome::Failed {
+                    error: format!("encoding the PNG: {e}"),
+                    stderr: None,
+                };
+            }
+            match view_outputs(store, settings.size, view, png.into_inner()) {
+                Ok(outputs) => TaskOutcome::Success {
+                    outputs,
+                    stdout: None,
+                    stderr: None,
+                    started_ms,
+                    duration_ms: clock.elapsed().as_millis() as u64,
+                },
+                Err(error) => TaskOutcome::Aborted(error),
+            }
+        })
+        .collect()
+}
+
+/// The outputs of one view: its camera JSON (from mvc's camera model, the same for every
+/// backend) and its PNG.
+fn view_outputs(
+    store: &crate::store::Store,
+    resolution: u32,
+    view: &ViewSpec,
+    png: Vec<u8>,
+) -> Result<Vec<Output>, String> {
+    let camera =
+        serde_json::to_vec_pretty(&view.record(resolution)).expect("camera records serialise");
+    let id = view.id();
+    [(format!("{id}.json"), camera), (format!("{id}.png"), png)]
+        .into_iter()
+        .map(|(name, bytes)| output_from_bytes(store, name, bytes))
+        .collect()
+}
+
+/// The same failure for every task of a unit.
+fn fail_all(n: usize, error: &str) -> Vec<TaskOutcome> {
+    (0..n)
+        .map(|_| TaskOutcome::Failed {
+            error: error.to_string(),
+            stderr: None,
+        })
+        .collect()
 }
 
 /// The `.glb` among an input item's outputs.
@@ -620,15 +619,7 @@ impl StageKind for RenderStage {
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
         let glb = match unit.first().map(glb_of) {
             Some(Ok(output)) => output.clone(),
-            Some(Err(error)) => {
-                return unit
-                    .iter()
-                    .map(|_| TaskOutcome::Failed {
-                        error: error.clone(),
-                        stderr: None,
-                    })
-                    .collect();
-            }
+            Some(Err(error)) => return fail_all(unit.len(), &error),
             None => return Vec::new(),
         };
         let bytes = match ctx.store.read_output(&glb) {
@@ -666,10 +657,11 @@ impl StageKind for RenderStage {
         tracing::info!("render: {} views of {object} in one unit", views.len());
         // Every backend gets only models mvc can read itself: a broken file fails here with
         // the same reason for both, and never reaches (or hangs) a Blender process.
-        let checked = {
-            let bytes = bytes.clone();
-            blocking_if(bytes.len() > 1 << 20, move || Scene::from_glb(&bytes)).await
-        };
+        let (bytes, checked) = blocking_if(bytes.len() > 1 << 20, move || {
+            let scene = Scene::from_glb(&bytes);
+            (bytes, scene)
+        })
+        .await;
         let scene = match checked {
             Ok(scene) => {
                 for w in &scene.warnings {
@@ -677,16 +669,7 @@ impl StageKind for RenderStage {
                 }
                 scene
             }
-            Err(e) => {
-                let error = format!("{e:#}");
-                return unit
-                    .iter()
-                    .map(|_| TaskOutcome::Failed {
-                        error: error.clone(),
-                        stderr: None,
-                    })
-                    .collect();
-            }
+            Err(e) => return fail_all(unit.len(), &format!("{e:#}")),
         };
         if let Backend::Blender {
             engine,
@@ -721,15 +704,15 @@ impl StageKind for RenderStage {
                 )
                 .await;
         }
-        let this = RenderStage {
-            stage: self.stage.clone(),
-            backend: self.backend.clone(),
-            views: Vec::new(),
-            resolution: self.resolution,
-            lights: self.lights,
+        let settings = RasterSettings {
+            size: self.resolution,
             supersample: self.supersample,
+            lights: self.lights,
         };
         let store = ctx.store.clone();
-        blocking_if(true, move || this.render_object(&store, &scene, &views)).await
+        blocking_if(true, move || {
+            render_builtin(&store, &scene, &views, &settings)
+        })
+        .await
     }
 }
