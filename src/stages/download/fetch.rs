@@ -48,12 +48,11 @@ fn partial_path(ctx: &ExecCtx, url: &str) -> std::io::Result<Partial> {
     Ok(Partial(path))
 }
 
-/// Fetches `path` of the dataset (or `url` when given) into output `name`.
+/// Fetches `path` of the dataset into output `name`.
 pub async fn fetch_output(
     ctx: &ExecCtx,
     config: &DownloadConfig,
     path: &str,
-    url: Option<&str>,
     name: String,
     check: Check,
 ) -> TaskOutcome {
@@ -63,7 +62,7 @@ pub async fn fetch_output(
         Ok(c) => c,
         Err(e) => return TaskOutcome::Aborted(e),
     };
-    let url = url.map(str::to_string).unwrap_or_else(|| client.url(path));
+    let url = client.url(path);
     let claim = match partial_path(ctx, &url) {
         Ok(p) => p,
         Err(e) => return TaskOutcome::Aborted(format!("creating a partial file: {e}")),

@@ -138,20 +138,9 @@ impl HubClient {
         format!("{}{path}", self.base)
     }
 
-    /// Downloads `path` into `dest`, resuming from what `dest` already holds. Returns the
-    /// file's size. `dest` is complete only when this returns `Ok`.
-    pub async fn fetch_to_file(
-        &self,
-        path: &str,
-        dest: &Path,
-        meter: &ByteMeter,
-        kill: &CancellationToken,
-    ) -> Result<u64, FetchError> {
-        self.fetch_url_to_file(&self.url(path), dest, meter, kill)
-            .await
-    }
-
-    /// [`HubClient::fetch_to_file`] for any URL (a Cap3D CSV), with the same retries.
+    /// Downloads `url` (a dataset file from [`HubClient::url`], or a Cap3D CSV) into `dest`,
+    /// resuming from what `dest` already holds. Returns the file's size. `dest` is complete
+    /// only when this returns `Ok`.
     pub async fn fetch_url_to_file(
         &self,
         url: &str,

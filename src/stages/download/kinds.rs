@@ -107,7 +107,6 @@ impl StageKind for PathsKind {
                     ctx,
                     &self.0,
                     OBJECT_PATHS,
-                    None,
                     OBJECT_PATHS.into(),
                     check_json_gz,
                 )
@@ -167,7 +166,6 @@ impl StageKind for MetadataKind {
                     ctx,
                     &self.0,
                     &shard_path(&task.item),
-                    None,
                     format!("{}.json.gz", task.item),
                     check_json_gz,
                 )
@@ -482,15 +480,7 @@ impl StageKind for ObjectsKind {
                 task.item_params.get("missing"),
             ) {
                 (Some(path), _) => {
-                    fetch_output(
-                        ctx,
-                        &self.0,
-                        path,
-                        None,
-                        format!("{}.glb", task.item),
-                        check_glb,
-                    )
-                    .await
+                    fetch_output(ctx, &self.0, path, format!("{}.glb", task.item), check_glb).await
                 }
                 (None, Some(reason)) => TaskOutcome::Failed {
                     error: reason.clone(),
