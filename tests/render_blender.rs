@@ -40,6 +40,23 @@ fn alpha_box(img: &image::RgbaImage) -> (u32, u32, u32, u32) {
     b
 }
 
+/// The three-object pipeline of `glb::render_pipeline`, rendered by Blender with `settings`
+/// at `resolution` pixels.
+fn blender_pipeline(
+    dir: &Path,
+    rings: &str,
+    azimuths: &str,
+    settings: &str,
+    resolution: u32,
+) -> String {
+    glb::render_pipeline(dir, rings, azimuths)
+        .replace(
+            "backend = \"builtin\"",
+            &format!("backend = \"blender\"\n{settings}"),
+        )
+        .replace("resolution = 64", &format!("resolution = {resolution}"))
+}
+
 /// The Blender jobs a run made (mvc logs one line per job at -v, with Blender's times).
 fn units(ran: &common::Ran) -> Vec<String> {
     ran.stderr
@@ -128,14 +145,7 @@ fn a_new_ring_is_one_blender_job_per_object() {
     }
     let sb = Sandbox::new();
     let six = "{ start = 0, step = 60, count = 6 }";
-    let pipeline = |rings: &str| {
-        glb::render_pipeline(sb.path(), rings, six)
-            .replace(
-                "backend = \"builtin\"",
-                "backend = \"blender\"\nsamples = 1",
-            )
-            .replace("resolution = 64", "resolution = 32")
-    };
+    let pipeline = |rings: &str| blender_pipeline(sb.path(), rings, six, "samples = 1", 32);
     sb.write("p.toml", &pipeline("polar = [20, 50]"));
     let first = sb.mvc(&["run", "p.toml", "--json", "-v"]);
     first.assert_ok();
@@ -230,12 +240,13 @@ fn a_crashing_blender_costs_one_object_and_the_pool_recovers() {
         return;
     }
     let sb = Sandbox::new();
-    let text = glb::render_pipeline(sb.path(), "polar = [50]", "[0, 120, 240]")
-        .replace(
-            "backend = \"builtin\"",
-            "backend = \"blender\"\nsamples = 1",
-        )
-        .replace("resolution = 64", "resolution = 32");
+    let text = blender_pipeline(
+        sb.path(),
+        "polar = [50]",
+        "[0, 120, 240]",
+        "samples = 1",
+        32,
+    );
     sb.write("p.toml", &text);
     let ran = sb.mvc_env(&["run", "p.toml", "--json"], &[("MVC_TEST_CRASH_ON", "b")]);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
@@ -371,12 +382,13 @@ fn an_object_past_its_timeout_is_stopped_and_the_next_gets_a_fresh_blender() {
     }
     let sb = Sandbox::new();
     // Far too many samples for a one-second budget: every object runs out of time.
-    let text = glb::render_pipeline(sb.path(), "polar = [50]", "[0, 120, 240]")
-        .replace(
-            "backend = \"builtin\"",
-            "backend = \"blender\"\nsamples = 4096\ntimeout = 1",
-        )
-        .replace("resolution = 64", "resolution = 224");
+    let text = blender_pipeline(
+        sb.path(),
+        "polar = [50]",
+        "[0, 120, 240]",
+        "samples = 4096\ntimeout = 1",
+        224,
+    );
     sb.write("p.toml", &text);
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
