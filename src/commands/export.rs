@@ -4,6 +4,7 @@
 
 use crate::exec::resolve::{Engine, State};
 use crate::exec::workdir::safe_relative;
+use crate::stages::ExportedItem;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::Path;
@@ -61,6 +62,14 @@ pub fn export(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut report = ExportReport::default();
+    if node.kind.exports_combined() {
+        let (files, bytes) = export_combined(engine, node, dir, &mut report.failed)
+            .with_context(|| format!("exporting stage `{stage}`"))?;
+        report.files = files;
+        report.bytes = bytes;
+        report.items = node.len() as u64 - report.failed.len() as u64;
+        return Ok(report);
+    }
     let mut results = Vec::new();
     for t in node.tasks() {
         let item = g.item(t);
@@ -109,4 +118,37 @@ pub fn export(
         .export_finish(dir, &exported)
         .with_context(|| format!("finishing the export of {stage}"))?;
     Ok(report)
+}
+
+/// The cached items of a stage whose kind exports one file for the whole stage, handed to
+/// the kind.
+fn export_combined(
+    engine: &Engine,
+    node: &crate::exec::graph::StageNode,
+    dir: &Path,
+    failed: &mut Vec<String>,
+) -> Result<(u64, u64)> {
+    let g = &engine.graph;
+    let mut results = Vec::new();
+    for t in node.tasks() {
+        let item = g.item(t);
+        if engine.state[t as usize] != State::Cached {
+            failed.push(item.to_string());
+            continue;
+        }
+        let key = engine.keys[t as usize];
+        let result = engine.store.result(&key)?.with_context(|| {
+            format!("the result of {}/{item} vanished from the index", node.name)
+        })?;
+        results.push((item, g.item_params(t), result));
+    }
+    let items: Vec<ExportedItem> = results
+        .iter()
+        .map(|(item, params, result)| ExportedItem {
+            item,
+            params,
+            outputs: &result.outputs,
+        })
+        .collect();
+    node.kind.export_combined(&engine.store, &items, dir)
 }

@@ -169,7 +169,7 @@ impl TaskGraph {
             let item_inputs: Vec<usize> = edges
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.binding == Binding::Item)
+                .filter(|(_, e)| matches!(e.binding, Binding::Item | Binding::ItemIfPresent))
                 .map(|(i, _)| i)
                 .collect();
             let start = next_task;

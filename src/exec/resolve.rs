@@ -449,9 +449,12 @@ impl Engine {
         for edge in &node.inputs {
             let up = &g.stages[edge.stage];
             let digest = match edge.binding {
-                Binding::Item => {
+                Binding::Item | Binding::ItemIfPresent => {
                     let u = g.item_dep(t, item_k);
                     item_k += 1;
+                    if u == MISSING && edge.binding == Binding::ItemIfPresent {
+                        continue;
+                    }
                     if u == MISSING {
                         return Err(NotKeyed::Blocked(format!(
                             "input `{}` has no item `{}`",

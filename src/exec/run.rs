@@ -517,8 +517,11 @@ fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
         return vec![first];
     };
     let mut unit = vec![first];
+    let max = node.kind.max_unit_tasks().max(1);
     queue.retain(|&t| {
-        if node.kind.unit_group(engine.graph.item(t)).as_deref() == Some(group.as_str()) {
+        if unit.len() < max
+            && node.kind.unit_group(engine.graph.item(t)).as_deref() == Some(group.as_str())
+        {
             unit.push(t);
             false
         } else {
@@ -558,11 +561,16 @@ fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
                     continue;
                 }
                 let items: Vec<(String, TaskKey)> = match edge.binding {
-                    Binding::Item => {
+                    Binding::Item | Binding::ItemIfPresent => {
                         let u = g.item_dep(t, item_k);
                         item_k += 1;
-                        debug_assert!(u != MISSING);
-                        vec![(g.item(u).to_string(), engine.keys[u as usize])]
+                        if u == MISSING {
+                            // Only an ItemIfPresent input can lack the item: it reads nothing.
+                            debug_assert_eq!(edge.binding, Binding::ItemIfPresent);
+                            Vec::new()
+                        } else {
+                            vec![(g.item(u).to_string(), engine.keys[u as usize])]
+                        }
                     }
                     Binding::Expansion => unreachable!("skipped above"),
                     Binding::All => {

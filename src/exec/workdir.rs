@@ -13,7 +13,8 @@ use std::path::{Component, Path, PathBuf};
 pub struct InputData {
     pub stage: String,
     pub binding: Binding,
-    /// For [`Binding::Item`] exactly one entry; for [`Binding::All`] every successful item
+    /// For [`Binding::Item`] exactly one entry (for [`Binding::ItemIfPresent`] one or none);
+    /// for [`Binding::All`] every successful item
     /// of the upstream stage, in item order.
     pub items: Vec<(String, TaskResult)>,
 }
@@ -31,7 +32,7 @@ pub struct CorruptInput {
 pub fn materialize_input(store: &Store, dir: &Path, input: &InputData) -> Result<(), CorruptInput> {
     for (item, result) in &input.items {
         let base = match input.binding {
-            Binding::Item => dir.to_path_buf(),
+            Binding::Item | Binding::ItemIfPresent => dir.to_path_buf(),
             Binding::All | Binding::Expansion => dir.join(item),
         };
         for output in &result.outputs {
