@@ -175,7 +175,7 @@ pub fn make_glb(seed: u32, size: usize) -> Vec<u8> {
     bin.resize(bin_len, (seed % 251) as u8);
     let text = String::from_utf8(json)
         .unwrap()
-        .replace("\"LEN\"", &bin_len.to_string());
+        .replace(":LEN}", &format!(":{bin_len}}}"));
     json = text.into_bytes();
     while json.len() % 4 != 0 {
         json.push(b' ');
@@ -287,6 +287,16 @@ impl Mirror {
         }
     }
 
+    /// Serves `bytes` at `path`: relative to the dataset's root, or, starting with `/`, an
+    /// absolute path on the server (a model repository: `/owner/name/resolve/rev/file`).
+    pub fn put(&self, path: &str, bytes: Vec<u8>) {
+        self.state
+            .files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), Arc::new(bytes));
+    }
+
     /// Removes a file (requests for it get 404).
     pub fn remove(&self, path: &str) {
         self.state.files.lock().unwrap().remove(path);
@@ -388,7 +398,8 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
         .get_mut(&path)
         .and_then(|q| q.pop_front());
     let file = state.files.lock().unwrap().get(&path).cloned();
-    if !full.starts_with(&prefix) {
+    // Outside the dataset, only what `put` placed at an absolute path.
+    if !full.starts_with(&prefix) && file.is_none() {
         return status(StatusCode::NOT_FOUND);
     }
     match fault {

@@ -72,12 +72,12 @@ enum Attempt {
     },
 }
 
-/// A client for one dataset at one revision.
+/// A client for one repository (a dataset or a model) at one revision.
 #[derive(Debug)]
 pub struct HubClient {
     http: reqwest::Client,
     endpoint: String,
-    /// `{endpoint}/datasets/{dataset}/resolve/{revision}/`
+    /// `{endpoint}/datasets/{dataset}/resolve/{revision}/` or `{endpoint}/{model}/resolve/{revision}/`
     base: String,
     token: Option<String>,
     policy: RetryPolicy,
@@ -88,11 +88,12 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    /// A client for `dataset` at `revision` on `endpoint` (`HF_ENDPOINT`), sending `token`
-    /// (`HF_TOKEN`) as a bearer token when set.
+    /// A client for `repo` at `revision` on `endpoint` (`HF_ENDPOINT`), sending `token`
+    /// (`HF_TOKEN`) as a bearer token when set. `repo` is the path of the repository on the
+    /// hub: `datasets/<owner>/<name>` for a dataset, `<owner>/<name>` for a model.
     pub fn new(
         endpoint: &str,
-        dataset: &str,
+        repo: &str,
         revision: &str,
         token: Option<String>,
         policy: RetryPolicy,
@@ -111,7 +112,7 @@ impl HubClient {
             .build()?;
         Ok(HubClient {
             http,
-            base: format!("{endpoint}/datasets/{dataset}/resolve/{revision}/"),
+            base: format!("{endpoint}/{repo}/resolve/{revision}/"),
             endpoint,
             token: token.filter(|t| !t.is_empty()),
             policy,
@@ -119,15 +120,16 @@ impl HubClient {
         })
     }
 
-    /// The client `HF_ENDPOINT` and `HF_TOKEN` ask for.
-    pub fn from_env(dataset: &str, revision: &str, policy: RetryPolicy) -> anyhow::Result<Self> {
+    /// The client `HF_ENDPOINT` and `HF_TOKEN` ask for, for a repository path as
+    /// [`HubClient::new`] takes it.
+    pub fn from_env(repo: &str, revision: &str, policy: RetryPolicy) -> anyhow::Result<Self> {
         let endpoint = std::env::var("HF_ENDPOINT")
             .ok()
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
         HubClient::new(
             &endpoint,
-            dataset,
+            repo,
             revision,
             std::env::var("HF_TOKEN").ok(),
             policy,

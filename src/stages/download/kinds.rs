@@ -75,6 +75,13 @@ fn upstream_output(
     Ok(store.read_output(output)?)
 }
 
+/// The selection's manifest, from the results of a `NAME.select` stage.
+pub fn read_selection(store: &Store, outputs: Option<&StageOutputs>) -> Result<Manifest> {
+    let bytes = upstream_output(store, outputs, SELECTION_ITEM, MANIFEST)?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading the {MANIFEST} of the selection"))
+}
+
 /// `object-paths.json.gz`.
 #[derive(Debug)]
 pub struct PathsKind(pub Arc<DownloadConfig>);

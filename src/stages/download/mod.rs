@@ -15,6 +15,7 @@
 mod fetch;
 pub mod hub;
 mod kinds;
+pub use kinds::read_selection;
 pub mod objaverse;
 mod select;
 
@@ -31,7 +32,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// The graph stages a download stage adds before itself (`NAME.paths`, …).
-pub const SUB_STAGES: &[&str] = &["paths", "metadata", "select"];
+pub const SUB_STAGES: &[&str] = &["paths", "metadata", SELECT];
+
+/// The sub-stage holding the selection manifest (what an embed stage reads captions from).
+pub const SELECT: &str = "select";
 
 /// The `[stage.NAME]` table of a `download` stage, as written.
 #[derive(Debug, Deserialize)]
@@ -106,9 +110,13 @@ impl DownloadConfig {
     pub fn client(&self) -> Result<Arc<HubClient>, String> {
         self.client
             .get_or_init(|| {
-                HubClient::from_env(&self.dataset, &self.revision, self.policy.clone())
-                    .map(Arc::new)
-                    .map_err(|e| format!("{e:#}"))
+                HubClient::from_env(
+                    &format!("datasets/{}", self.dataset),
+                    &self.revision,
+                    self.policy.clone(),
+                )
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"))
             })
             .clone()
     }
