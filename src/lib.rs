@@ -3,6 +3,7 @@
 //! The library holds everything; `src/main.rs` is the command line over it, and the tests
 //! drive both.
 
+pub mod clip;
 pub mod commands;
 pub mod exec;
 pub mod pipeline;

@@ -107,6 +107,39 @@ enum Command {
         stage: String,
         dir: PathBuf,
     },
+    /// CLIP embeddings of images and captions into a safetensors file (`image_embeds`,
+    /// `text_embeds`, float32, in the order given).
+    Embed {
+        /// A Hugging Face model folder, or a hub repo id (downloaded into the cache).
+        #[arg(long, value_name = "PATH_OR_REPO")]
+        model: String,
+        /// The hub revision (branch, tag or commit) of a repo id.
+        #[arg(long)]
+        revision: Option<String>,
+        #[arg(long, value_name = "FILE.safetensors")]
+        out: PathBuf,
+        /// An image to embed (PNG or JPEG); repeat for more.
+        #[arg(long = "image", value_name = "IMG")]
+        images: Vec<PathBuf>,
+        /// A caption to embed; repeat for more.
+        #[arg(long = "text", value_name = "TEXT")]
+        texts: Vec<String>,
+        /// auto: CUDA when this build has it and a GPU answers, else the CPU.
+        #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda")]
+        device: mvc::clip::DeviceChoice,
+        /// Numeric type on the GPU (f32 is the reference).
+        #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+        dtype: mvc::clip::Precision,
+        /// The colour transparent pixels are composited onto.
+        #[arg(long, default_value = "white", value_name = "white|#rrggbb")]
+        background: String,
+        /// Images or captions per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Also write the model's inputs: `pixel_values` and `input_ids` (int64).
+        #[arg(long)]
+        dump_inputs: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -321,6 +354,44 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         .join(", ")
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed {
+            model,
+            revision,
+            out,
+            images,
+            texts,
+            device,
+            dtype,
+            background,
+            batch,
+            dump_inputs,
+        } => {
+            let background =
+                mvc::clip::config::parse_colour(&background).map_err(anyhow::Error::msg)?;
+            let request = commands::embed::EmbedRequest {
+                model,
+                revision,
+                out: out.clone(),
+                images,
+                texts,
+                device,
+                dtype,
+                background,
+                batch,
+                dump_inputs,
+                cache: cli.cache.clone().unwrap_or_else(|| PathBuf::from("cache")),
+            };
+            let summary = commands::embed::embed(&request)?;
+            println!(
+                "wrote {} image and {} text embedding(s) of {} dimensions to {} (on {})",
+                summary.images,
+                summary.texts,
+                summary.dim,
+                out.display(),
+                summary.device
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -79,6 +79,8 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport> {
         keep.extend(keys);
         keep_blobs.insert(run.reach);
     }
+    // Models downloaded from the hub are kept while their manifest in `models/` names them.
+    keep_blobs.extend(crate::clip::hub::manifest_blobs(store)?);
     if keep_runs_ids.is_empty() && index.len(Tree::Tasks) > 0 {
         bail!(
             "the cache holds results but no run records, so gc cannot tell what to keep; run \

@@ -1,0 +1,111 @@
+//! `mvc embed`: CLIP embeddings of images and captions into one safetensors file, outside any
+//! pipeline. A tool for users, and the interface the parity tests use.
+
+use crate::clip::model::select_device;
+use crate::clip::tensors_file::{self, NamedTensor};
+use crate::clip::{Clip, DeviceChoice, ModelFiles, ModelSource, Precision, preprocess};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub struct EmbedRequest {
+    pub model: String,
+    pub revision: Option<String>,
+    pub out: PathBuf,
+    pub images: Vec<PathBuf>,
+    pub texts: Vec<String>,
+    pub device: DeviceChoice,
+    pub dtype: Precision,
+    pub background: [u8; 3],
+    pub batch: usize,
+    pub dump_inputs: bool,
+    /// The cache a hub model is downloaded into.
+    pub cache: PathBuf,
+}
+
+pub struct EmbedSummary {
+    pub images: usize,
+    pub texts: usize,
+    pub dim: usize,
+    pub device: String,
+}
+
+/// The files of a model given as a folder or a hub repo id (downloaded into `cache`).
+pub fn model_files(model: &str, revision: Option<&str>, cache: &Path) -> Result<ModelFiles> {
+    match ModelSource::parse(model, revision)? {
+        ModelSource::Dir(dir) => ModelFiles::in_dir(&dir),
+        ModelSource::Hub { repo, revision } => {
+            let store = Store::open(cache)?;
+            crate::clip::hub::fetch_model(&store, &repo, &revision)
+        }
+    }
+}
+
+pub fn embed(req: &EmbedRequest) -> Result<EmbedSummary> {
+    let files = model_files(&req.model, req.revision.as_deref(), &req.cache)?;
+    let (device, device_line) = select_device(req.device)?;
+    eprintln!("mvc embed: running on {device_line}");
+    let mut clip = Clip::load(&files, &device, req.dtype)?;
+    clip.preprocess.background = req.background;
+    let batch = req.batch.max(1);
+    let dim = clip.encoder.dim();
+    let size = clip.encoder.image_size();
+
+    let mut pixels = Vec::with_capacity(req.images.len() * 3 * size * size);
+    for path in &req.images {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let image = preprocess::decode(&bytes, &path.display().to_string())?;
+        let values = preprocess::pixel_values(&image, &clip.preprocess)
+            .with_context(|| format!("{}", path.display()))?;
+        pixels.extend(values);
+    }
+    let per_image = 3 * size * size;
+    let mut image_embeds = Vec::with_capacity(req.images.len() * dim);
+    for chunk in pixels.chunks(batch * per_image) {
+        image_embeds.extend(
+            clip.encoder
+                .image_features(chunk, chunk.len() / per_image)?,
+        );
+    }
+
+    let tokens = clip.tokenizer.max_tokens;
+    let mut ids = Vec::with_capacity(req.texts.len() * tokens);
+    for text in &req.texts {
+        ids.extend(clip.tokenizer.encode(text)?);
+    }
+    let mut text_embeds = Vec::with_capacity(req.texts.len() * dim);
+    for chunk in ids.chunks(batch * tokens) {
+        text_embeds.extend(clip.encoder.text_features(chunk, chunk.len() / tokens)?);
+    }
+
+    let mut tensors = vec![
+        NamedTensor::f32("image_embeds", vec![req.images.len(), dim], &image_embeds),
+        NamedTensor::f32("text_embeds", vec![req.texts.len(), dim], &text_embeds),
+    ];
+    if req.dump_inputs {
+        tensors.push(NamedTensor::f32(
+            "pixel_values",
+            vec![req.images.len(), 3, size, size],
+            &pixels,
+        ));
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        tensors.push(NamedTensor::i64(
+            "input_ids",
+            vec![req.texts.len(), tokens],
+            &ids,
+        ));
+    }
+    let metadata = HashMap::from([
+        ("model".to_string(), req.model.clone()),
+        ("device".to_string(), device_line.clone()),
+        ("dtype".to_string(), req.dtype.name().to_string()),
+    ]);
+    tensors_file::write(&req.out, &tensors, metadata)?;
+    Ok(EmbedSummary {
+        images: req.images.len(),
+        texts: req.texts.len(),
+        dim,
+        device: device_line,
+    })
+}
