@@ -11,6 +11,7 @@ use crate::exec::slots::Resources;
 use crate::stages::StageKind;
 use crate::stages::command::CommandStage;
 use crate::stages::download;
+use crate::stages::embed::{EmbedStage, InputRole};
 use crate::stages::render::RenderStage;
 use parse::{ExecutorTable, StageParams};
 use std::fmt;
@@ -123,6 +124,13 @@ impl Pipeline {
         let mut stages = Vec::with_capacity(raw.stages.len());
         // Graph stages of each raw stage, in the order they run (sub-stages first).
         let mut expanded: Vec<Vec<usize>> = Vec::with_capacity(raw.stages.len());
+        // An embed stage reading a download stage reads its selection (the captions).
+        let downloads: std::collections::HashSet<String> = raw
+            .stages
+            .iter()
+            .filter(|s| matches!(s.params, StageParams::Download(_)))
+            .map(|s| s.name.clone())
+            .collect();
         for stage in raw.stages {
             let line = line_col(src, stage.span.start).0;
             let fail = |e: anyhow::Error| match e.downcast_ref::<AtSpan>() {
@@ -148,6 +156,30 @@ impl Pipeline {
                     line,
                     inputs,
                 }],
+                StageParams::Embed(p) => {
+                    let (inputs, roles): (Vec<String>, Vec<InputRole>) = inputs
+                        .into_iter()
+                        .map(|name| {
+                            let select = format!("{name}.{}", download::SELECT);
+                            if downloads.contains(&name) {
+                                (select, InputRole::Captions)
+                            } else if name
+                                .strip_suffix(&format!(".{}", download::SELECT))
+                                .is_some_and(|d| downloads.contains(d))
+                            {
+                                (name, InputRole::Captions)
+                            } else {
+                                (name, InputRole::Images)
+                            }
+                        })
+                        .unzip();
+                    vec![Stage {
+                        kind: Arc::new(EmbedStage::new(&stage.name, *p, roles).map_err(fail)?),
+                        name: stage.name,
+                        line,
+                        inputs,
+                    }]
+                }
                 StageParams::Download(p) => download::graph_stages(&stage.name, *p)
                     .map_err(fail)?
                     .into_iter()

@@ -9,6 +9,7 @@ use super::PipelineError;
 use crate::exec::slots::Resources;
 use crate::stages::command::CommandParams;
 use crate::stages::download::DownloadParams;
+use crate::stages::embed::EmbedParams;
 use crate::stages::render::RenderParams;
 use crate::stages::{KINDS, PLANNED_KINDS};
 use indexmap::IndexMap;
@@ -56,6 +57,7 @@ pub enum StageParams {
     Command(Box<CommandParams>),
     Download(Box<DownloadParams>),
     Render(Box<RenderParams>),
+    Embed(Box<EmbedParams>),
 }
 
 impl StageParams {
@@ -64,6 +66,7 @@ impl StageParams {
             StageParams::Command(p) => &p.inputs,
             StageParams::Download(_) => &[],
             StageParams::Render(p) => &p.inputs,
+            StageParams::Embed(p) => &p.inputs,
         }
     }
 
@@ -73,7 +76,7 @@ impl StageParams {
         match self {
             StageParams::Command(_) => &[],
             StageParams::Download(_) => crate::stages::download::SUB_STAGES,
-            StageParams::Render(_) => &[],
+            StageParams::Render(_) | StageParams::Embed(_) => &[],
         }
     }
 }
@@ -276,6 +279,7 @@ impl<'de> Visitor<'de> for StagesSeed<'_> {
                 "command" => StageParams::Command(map.next_value::<Box<CommandParams>>()?),
                 "download" => StageParams::Download(map.next_value::<Box<DownloadParams>>()?),
                 "render" => StageParams::Render(map.next_value::<Box<RenderParams>>()?),
+                "embed" => StageParams::Embed(map.next_value::<Box<EmbedParams>>()?),
                 other => return Err(de::Error::custom(format!("unknown stage kind `{other}`"))),
             };
             stages.push(RawStage {

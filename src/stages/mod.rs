@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod download;
+pub mod embed;
 mod item_decl;
 pub mod render;
 
@@ -23,16 +24,20 @@ use tokio_util::sync::CancellationToken;
 pub use item_decl::{ItemDecl, validate_item_id};
 
 /// The kinds this build of mvc can run.
-pub const KINDS: &[&str] = &["command", "download", "render"];
+pub const KINDS: &[&str] = &["command", "download", "render", "embed"];
 
 /// Kinds the design names that later versions add; asked for here they get a clear message.
-pub const PLANNED_KINDS: &[&str] = &["embed", "split", "train", "evaluate", "report"];
+pub const PLANNED_KINDS: &[&str] = &["split", "train", "evaluate", "report"];
 
 /// How a task reads one of its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Binding {
     /// The upstream task with the same item id.
     Item,
+    /// The upstream task with the same item id when the upstream stage has that item; an
+    /// item it lacks reads nothing from it and is not blocked (an embed stage's caption
+    /// tasks have no render view to read).
+    ItemIfPresent,
     /// Every (successful) task of the upstream stage at once.
     All,
     /// Read only to find the stage's items (with [`StageKind::expands_from_outputs`]): the
@@ -176,6 +181,13 @@ impl ByteMeter {
     }
 }
 
+/// One item of a stage export: its id, own parameters and outputs.
+pub struct ExportedItem<'a> {
+    pub item: &'a str,
+    pub params: &'a ParamSlice,
+    pub outputs: &'a [Output],
+}
+
 /// What a unit runs with.
 pub struct ExecCtx {
     pub store: Arc<Store>,
@@ -216,6 +228,11 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn unit_group(&self, _item: &str) -> Option<String> {
         None
     }
+    /// The most tasks one unit takes (an embed stage: a few batches, so progress and
+    /// Ctrl-C are not held up by one huge unit).
+    fn max_unit_tasks(&self) -> usize {
+        usize::MAX
+    }
     /// The folder under an export directory that holds an item's outputs.
     fn export_dir(&self, item: &str) -> String {
         item.to_string()
@@ -224,6 +241,21 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     /// object), once every exported item's files are in place.
     fn export_finish(&self, _dir: &Path, _items: &[&str]) -> Result<()> {
         Ok(())
+    }
+    /// Whether the kind exports the whole stage as one file ([`StageKind::export_combined`])
+    /// instead of one folder per item.
+    fn exports_combined(&self) -> bool {
+        false
+    }
+    /// Writes the whole stage's export (an embed stage: one safetensors file) from every
+    /// exported item's outputs and parameters. Returns the files written and their bytes.
+    fn export_combined(
+        &self,
+        _store: &Store,
+        _items: &[ExportedItem],
+        _dir: &Path,
+    ) -> Result<(u64, u64)> {
+        anyhow::bail!("internal: {} exports per item", self.kind())
     }
     /// Runs one unit; returns one outcome per task, in order.
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome>;
