@@ -397,6 +397,15 @@ fn a_hub_model_is_downloaded_once_into_the_cache() {
         mirror.requests("/tester/").is_empty(),
         "the second run reads the cache"
     );
+    // gc keeps a downloaded model: no run made it, but it is the cache's copy of the model.
+    let gc = sb.mvc(&["gc"]);
+    gc.assert_ok();
+    sb.mvc_env(&args, &env).assert_ok();
+    assert!(
+        mirror.requests("/tester/").is_empty(),
+        "gc kept the model: {}",
+        gc.stdout
+    );
     // The same numbers as from the local folder.
     let local = [
         "embed",
