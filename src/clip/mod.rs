@@ -7,6 +7,7 @@ pub mod config;
 pub mod hub;
 pub mod model;
 pub mod preprocess;
+pub mod resample;
 pub mod tensors_file;
 pub mod tokenize;
 

@@ -2,14 +2,12 @@
 //! transparent pixels composited onto the background, shortest edge resized with bicubic,
 //! centre crop, rescale, normalise; channels first.
 //!
-//! The one known difference: PIL's bicubic and `image`'s CatmullRom (both a = -0.5) round
-//! differently, so a *resized* image differs from the reference at a few pixels by a level or
-//! two. Images already at the model's size (the renders) are not resized by either and match
-//! to float error.
+//! The resize is Pillow's bicubic, reproduced exactly ([`super::resample`]), so resized
+//! images match the reference to float error as well as those already at the model's size.
 
 use super::config::Preprocess;
 use anyhow::{Context, Result, bail};
-use image::{RgbImage, imageops::FilterType};
+use image::RgbImage;
 
 /// Decodes an image file's bytes (PNG or JPEG), naming `what` in errors.
 pub fn decode(bytes: &[u8], what: &str) -> Result<image::DynamicImage> {
@@ -72,7 +70,7 @@ pub fn pixel_values(image: &image::DynamicImage, p: &Preprocess) -> Result<Vec<f
     let resized = if (rw, rh) == (w, h) {
         rgb
     } else {
-        image::imageops::resize(&rgb, rw, rh, FilterType::CatmullRom)
+        super::resample::resize_bicubic(&rgb, rw, rh)
     };
     let (ch, cw) = p.crop;
     if ch > rh || cw > rw {
