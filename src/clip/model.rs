@@ -96,7 +96,14 @@ pub fn select_device(choice: DeviceChoice) -> Result<(Device, String)> {
 fn cuda_device() -> Result<Device, String> {
     // candle's `cuda_if_available` errors rather than falling back when no GPU answers;
     // ask for the device and report why it is not there.
-    Device::new_cuda(0).map_err(|e| format!("no GPU answers: {e}"))
+    Device::new_cuda(0).map_err(|e| {
+        // candle appends a backtrace to the message when RUST_BACKTRACE is set.
+        let message = e.to_string();
+        format!(
+            "no GPU answers: {}",
+            message.lines().next().unwrap_or_default()
+        )
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
