@@ -13,7 +13,9 @@ use super::{
 use crate::clip::config::{self, parse_colour};
 use crate::clip::model::select_device;
 use crate::clip::tensors_file::{self, NamedTensor};
-use crate::clip::{Clip, DeviceChoice, ModelFiles, ModelSource, Precision, preprocess};
+use crate::clip::{
+    Clip, ClipEncoder, DeviceChoice, ModelFiles, ModelSource, Precision, preprocess,
+};
 use crate::exec::blocking_if;
 use crate::exec::slots::Resources;
 use crate::exec::workdir::output_from_bytes;
@@ -257,6 +259,38 @@ fn success(store: &Store, values: &[f32], started_ms: u64, duration_ms: u64) -> 
     }
 }
 
+/// Runs one batch of `rows` through the model (one forward pass at a time across units) and
+/// records each row's outcome: its features, or the model's error for all of them.
+fn forward_batch(
+    model: &Loaded,
+    store: &Store,
+    rows: Vec<usize>,
+    outcomes: &mut [Option<TaskOutcome>],
+    forward: impl FnOnce(&ClipEncoder, usize) -> Result<Vec<f32>>,
+) {
+    let dim = model.clip.encoder.dim();
+    let started_ms = now_ms();
+    let clock = Instant::now();
+    let result = {
+        let _one = model.forward.lock().expect("not poisoned");
+        forward(&model.clip.encoder, rows.len())
+    };
+    let each = clock.elapsed().as_millis() as u64 / rows.len().max(1) as u64;
+    match result {
+        Ok(features) => {
+            for (k, i) in rows.into_iter().enumerate() {
+                let values = &features[k * dim..(k + 1) * dim];
+                outcomes[i] = Some(success(store, values, started_ms, each));
+            }
+        }
+        Err(e) => {
+            for i in rows {
+                outcomes[i] = Some(TaskOutcome::Aborted(format!("the model failed: {e:#}")));
+            }
+        }
+    }
+}
+
 /// Runs the jobs of one unit: images in batches (the next batch preprocessed on another
 /// thread while this one runs through the model), then captions.
 fn run_jobs(
@@ -283,7 +317,6 @@ fn run_jobs(
         }
     }
     let encoder = &model.clip.encoder;
-    let dim = encoder.dim();
     let pre = &model.clip.preprocess;
     let per_image = 3 * encoder.image_size() * encoder.image_size();
 
@@ -328,31 +361,9 @@ fn run_jobs(
                 }
                 continue;
             }
-            let started_ms = now_ms();
-            let clock = Instant::now();
-            let result = {
-                let _one = model.forward.lock().expect("not poisoned");
-                encoder.image_features(&pixels, rows.len())
-            };
-            let each = clock.elapsed().as_millis() as u64 / rows.len() as u64;
-            match result {
-                Ok(features) => {
-                    for (k, i) in rows.into_iter().enumerate() {
-                        outcomes[i] = Some(success(
-                            store,
-                            &features[k * dim..(k + 1) * dim],
-                            started_ms,
-                            each,
-                        ));
-                    }
-                }
-                Err(e) => {
-                    for i in rows {
-                        outcomes[i] =
-                            Some(TaskOutcome::Aborted(format!("the model failed: {e:#}")));
-                    }
-                }
-            }
+            forward_batch(model, store, rows, &mut outcomes, |e, n| {
+                e.image_features(&pixels, n)
+            });
         }
         failed.extend(producer.join().expect("preprocessing does not panic"));
         for (i, outcome) in failed {
@@ -388,30 +399,9 @@ fn run_jobs(
         if rows.is_empty() {
             continue;
         }
-        let started_ms = now_ms();
-        let clock = Instant::now();
-        let result = {
-            let _one = model.forward.lock().expect("not poisoned");
-            encoder.text_features(&ids, rows.len())
-        };
-        let each = clock.elapsed().as_millis() as u64 / rows.len() as u64;
-        match result {
-            Ok(features) => {
-                for (k, i) in rows.into_iter().enumerate() {
-                    outcomes[i] = Some(success(
-                        store,
-                        &features[k * dim..(k + 1) * dim],
-                        started_ms,
-                        each,
-                    ));
-                }
-            }
-            Err(e) => {
-                for i in rows {
-                    outcomes[i] = Some(TaskOutcome::Aborted(format!("the model failed: {e:#}")));
-                }
-            }
-        }
+        forward_batch(model, store, rows, &mut outcomes, |e, n| {
+            e.text_features(&ids, n)
+        });
     }
     outcomes
         .into_iter()
