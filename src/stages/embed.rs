@@ -201,7 +201,12 @@ impl EmbedStage {
                 let mut clip = Clip::load(&files, &device, self.precision)
                     .map_err(|e| format!("stage `{}`: {e:#}", self.stage))?;
                 clip.preprocess.background = self.background;
-                tracing::info!("{}: CLIP on {line}", self.stage);
+                if cfg!(feature = "cuda") && !device.is_cuda() {
+                    // A GPU build that ends up on the CPU is worth a word without -v.
+                    tracing::warn!("{}: CLIP on {line}", self.stage);
+                } else {
+                    tracing::info!("{}: CLIP on {line}", self.stage);
+                }
                 Ok(Arc::new(Loaded {
                     clip,
                     device: line,
