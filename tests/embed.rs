@@ -225,3 +225,64 @@ fn bad_embed_settings_point_at_the_value() {
         ran.stderr
     );
 }
+
+#[test]
+fn a_model_that_cannot_be_downloaded_waits_while_the_rest_runs() {
+    let sb = Sandbox::new();
+    std::fs::copy(&fixture::images()[0], sb.path().join("a.png")).unwrap();
+    sb.write(
+        "p.toml",
+        r#"
+[stage.pictures]
+kind = "command"
+items = ["a"]
+files = { a = "a.png" }
+cmd = 'cp "$MVC_FILE_A" "$MVC_OUT/picture.png"'
+
+[stage.clip]
+kind = "embed"
+inputs = ["pictures"]
+model = "tester/clip-tiny"
+revision = "v1"
+"#,
+    );
+    // Nothing listens on port 9 (discard) of this machine.
+    let offline = [("HF_ENDPOINT", "http://127.0.0.1:9")];
+    let plan = sb.mvc_env(&["plan", "p.toml"], &offline);
+    plan.assert_ok();
+    assert!(
+        plan.stdout.contains("could not be downloaded"),
+        "{}",
+        plan.stdout
+    );
+    let ran = sb.mvc_env(&["run", "p.toml", "--json"], &offline);
+    assert_ne!(ran.code, Some(0), "a stage that never ran is not a success");
+    assert_eq!(
+        ran.count("pictures", "ran"),
+        1,
+        "the rest of the pipeline runs"
+    );
+    let why = ran.json()["not_expanded"]["clip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("cannot reach HF_ENDPOINT http://127.0.0.1:9"),
+        "{why}"
+    );
+
+    // With the hub back, the next run embeds.
+    let mirror = Mirror::start(&[]);
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        mirror.put(
+            &format!("/tester/clip-tiny/resolve/v1/{f}"),
+            std::fs::read(fixture::dir().join(f)).unwrap(),
+        );
+    }
+    let ran = sb.mvc_env(
+        &["run", "p.toml", "--json"],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    );
+    ran.assert_ok();
+    assert_eq!(ran.count("clip", "ran"), 1);
+}

@@ -4,8 +4,8 @@
 //! moving revision such as `main` is resolved once per cache; pin a commit to be exact.
 
 use super::{ModelFiles, PREPROCESSOR_FILE, REQUIRED_FILES};
-use crate::stages::ByteMeter;
 use crate::stages::download::hub::{FetchError, HubClient, RetryPolicy};
+use crate::stages::{ByteMeter, NotYetAvailable};
 use crate::store::Store;
 use crate::task::Digest;
 use anyhow::{Context, Result, bail};
@@ -80,7 +80,13 @@ pub fn fetch_model(store: &Store, repo: &str, revision: &str) -> Result<ModelFil
     {
         return Ok(files);
     }
-    let client = HubClient::from_env(repo, revision, RetryPolicy::default())?;
+    // Fewer retries than for objects: a model that cannot be reached defers its stage, and
+    // the rest of the pipeline should not wait long for that.
+    let policy = RetryPolicy {
+        retries: 3,
+        ..RetryPolicy::default()
+    };
+    let client = HubClient::from_env(repo, revision, policy)?;
     // The download is async; this may be called from inside the runtime (planning), so it
     // runs on a thread of its own with a runtime of its own.
     let files = std::thread::scope(|scope| {
@@ -135,6 +141,15 @@ async fn download_all(
             Err(FetchError::Permanent(e)) if !required && e.contains("404") => {
                 let _ = std::fs::remove_file(&dest);
                 continue;
+            }
+            Err(FetchError::Transient(e)) => {
+                let _ = std::fs::remove_file(&dest);
+                // The network, not the model: worth trying again in a later run.
+                return Err(NotYetAvailable(format!(
+                    "the model {repo} at revision {revision} is not in the cache and could not \
+                     be downloaded ({name}: {e}); the next run tries again"
+                ))
+                .into());
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&dest);

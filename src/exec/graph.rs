@@ -5,7 +5,9 @@
 //! flat arrays, so a million tasks cost tens of megabytes, not hundreds.
 
 use crate::pipeline::Pipeline;
-use crate::stages::{Binding, ExpandCtx, Expansion, ParamCtx, StageKind, StageOutputs};
+use crate::stages::{
+    Binding, ExpandCtx, Expansion, NotYetAvailable, ParamCtx, StageKind, StageOutputs,
+};
 use crate::store::Store;
 use crate::task::{Digest, ParamSlice, slice_digest};
 use anyhow::{Context, Result};
@@ -118,6 +120,19 @@ impl TaskGraph {
                     Some(_) => None,
                 }
             });
+            // A stage whose parameters cannot be known yet (its model could not be
+            // downloaded) is left unexpanded with the reason; the rest plans and runs.
+            let (shared, deferred) = match stage.kind.shared_params(&ParamCtx { store }) {
+                Ok(shared) => (shared, deferred),
+                Err(e) => match e.downcast_ref::<NotYetAvailable>() {
+                    Some(why) => (ParamSlice::new(), deferred.or_else(|| Some(why.0.clone()))),
+                    None => {
+                        return Err(
+                            e.context(format!("reading the parameters of stage `{}`", stage.name))
+                        );
+                    }
+                },
+            };
             let expansion = if deferred.is_some() {
                 Expansion {
                     items: Vec::new(),
@@ -141,10 +156,6 @@ impl TaskGraph {
                     .expand(&ctx)
                     .with_context(|| format!("expanding stage `{}`", stage.name))?
             };
-            let shared = stage
-                .kind
-                .shared_params(&ParamCtx { store })
-                .with_context(|| format!("reading the parameters of stage `{}`", stage.name))?;
             let mut items = Vec::with_capacity(expansion.items.len());
             let mut item_params = HashMap::new();
             let mut item_bytes = HashMap::new();

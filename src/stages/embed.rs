@@ -7,8 +7,8 @@
 //! output stored inline in the index; `mvc export` writes the stage as one safetensors file.
 
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ExportedItem, ParamCtx, PlannedItem, StageKind,
-    TaskOutcome, UnitTask,
+    Binding, ExecCtx, ExpandCtx, Expansion, ExportedItem, NotYetAvailable, ParamCtx, PlannedItem,
+    StageKind, TaskOutcome, UnitTask,
 };
 use crate::clip::config::{self, parse_colour};
 use crate::clip::model::select_device;
@@ -91,8 +91,9 @@ pub struct EmbedStage {
     precision: Precision,
     background: [u8; 3],
     roles: Vec<InputRole>,
-    /// Resolved when first needed (a hub model is downloaded then).
-    files: OnceLock<Result<ModelFiles, String>>,
+    /// Resolved when first needed (a hub model is downloaded then). The error says whether
+    /// it was the network (the stage waits for a later run) or the model (a plain error).
+    files: OnceLock<Result<ModelFiles, (String, bool)>>,
     /// Loaded on the first unit and kept for the rest of the run.
     loaded: OnceLock<Result<Arc<Loaded>, String>>,
 }
@@ -178,7 +179,7 @@ impl EmbedStage {
         })
     }
 
-    fn files(&self, store: &Store) -> Result<ModelFiles, String> {
+    fn files(&self, store: &Store) -> Result<ModelFiles, (String, bool)> {
         self.files
             .get_or_init(|| {
                 match &self.source {
@@ -187,7 +188,10 @@ impl EmbedStage {
                         crate::clip::hub::fetch_model(store, repo, revision)
                     }
                 }
-                .map_err(|e| format!("stage `{}`: {e:#}", self.stage))
+                .map_err(|e| {
+                    let network = e.downcast_ref::<NotYetAvailable>().is_some();
+                    (format!("stage `{}`: {e:#}", self.stage), network)
+                })
             })
             .clone()
     }
@@ -195,7 +199,7 @@ impl EmbedStage {
     fn load(&self, store: &Store) -> Result<Arc<Loaded>, String> {
         self.loaded
             .get_or_init(|| {
-                let files = self.files(store)?;
+                let files = self.files(store).map_err(|(e, _)| e)?;
                 let (device, line) = select_device(self.device)
                     .map_err(|e| format!("stage `{}`: {e:#}", self.stage))?;
                 let mut clip = Clip::load(&files, &device, self.precision)
@@ -462,7 +466,12 @@ impl StageKind for EmbedStage {
         }
     }
     fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice> {
-        let files = self.files(ctx.store).map_err(anyhow::Error::msg)?;
+        let files = self
+            .files(ctx.store)
+            .map_err(|(e, network)| match network {
+                true => anyhow::Error::new(NotYetAvailable(e)),
+                false => anyhow::Error::msg(e),
+            })?;
         let model_config = config::read_model_config(&files.config)?;
         let pre = config::read_preprocess(
             files.preprocessor.as_deref(),

@@ -108,6 +108,20 @@ pub struct ExpandCtx<'a> {
     pub store: &'a Store,
 }
 
+/// An error of [`StageKind::shared_params`] saying that the stage cannot be keyed *yet* (its
+/// model could not be downloaded: the network is down): the stage stays unexpanded with this
+/// reason, the rest of the pipeline plans and runs, and the next run tries again.
+#[derive(Debug)]
+pub struct NotYetAvailable(pub String);
+
+impl std::fmt::Display for NotYetAvailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotYetAvailable {}
+
 /// What a kind may consult while computing its shared parameters (file digests go through
 /// the stat cache).
 pub struct ParamCtx<'a> {
