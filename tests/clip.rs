@@ -165,8 +165,12 @@ fn mvc_embed_reproduces_the_reference_from_the_command_line() {
     check("image_embeds", 1e-3, Some(2));
 }
 
-fn embed_err(sb: &Sandbox, args: &[&str]) -> String {
-    let ran = sb.mvc(args);
+/// Runs `mvc embed --model MODEL --out out.safetensors REST…`, which must fail without
+/// writing the output; returns its stderr.
+fn embed_err(sb: &Sandbox, model: &str, rest: &[&str]) -> String {
+    let mut args = vec!["embed", "--model", model, "--out", "out.safetensors"];
+    args.extend_from_slice(rest);
+    let ran = sb.mvc(&args);
     assert_ne!(ran.code, Some(0), "expected a failure:\n{}", ran.stdout);
     assert!(
         !sb.path().join("out.safetensors").exists(),
@@ -183,32 +187,10 @@ fn a_model_folder_missing_a_file_is_named() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture::dir().join(f), model.join(f)).unwrap();
     }
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            "./model",
-            "--out",
-            "out.safetensors",
-            "--text",
-            "x",
-        ],
-    );
+    let err = embed_err(&sb, "./model", &["--text", "x"]);
     assert!(err.contains("has no tokenizer.json"), "{err}");
 
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            "./nowhere",
-            "--out",
-            "out.safetensors",
-            "--text",
-            "x",
-        ],
-    );
+    let err = embed_err(&sb, "./nowhere", &["--text", "x"]);
     assert!(
         err.contains("model folder ./nowhere does not exist"),
         "{err}"
@@ -233,18 +215,7 @@ fn a_config_candle_cannot_run_is_refused_with_its_field() {
         config.replacen("quick_gelu", "gelu", 1),
     )
     .unwrap();
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            "./model",
-            "--out",
-            "out.safetensors",
-            "--text",
-            "x",
-        ],
-    );
+    let err = embed_err(&sb, "./model", &["--text", "x"]);
     assert!(
         err.contains("config.json")
             && err.contains("hidden_act is `gelu`")
@@ -258,18 +229,7 @@ fn a_config_candle_cannot_run_is_refused_with_its_field() {
         config.replace("\"hidden_size\": 48", "\"hidden_size\": 64"),
     )
     .unwrap();
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            "./model",
-            "--out",
-            "out.safetensors",
-            "--text",
-            "x",
-        ],
-    );
+    let err = embed_err(&sb, "./model", &["--text", "x"]);
     assert!(
         err.contains("model.safetensors: the weights do not fit config.json"),
         "{err}"
@@ -281,33 +241,11 @@ fn an_image_that_is_not_an_image_or_is_truncated_is_named() {
     let sb = Sandbox::new();
     let model = fixture::dir().display().to_string();
     sb.write("notes.png", "this is text, not a picture");
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            &model,
-            "--out",
-            "out.safetensors",
-            "--image",
-            "notes.png",
-        ],
-    );
+    let err = embed_err(&sb, &model, &["--image", "notes.png"]);
     assert!(err.contains("notes.png is not an image"), "{err}");
     let png = std::fs::read(&fixture::images()[0]).unwrap();
     std::fs::write(sb.path().join("cut.png"), &png[..png.len() / 2]).unwrap();
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            &model,
-            "--out",
-            "out.safetensors",
-            "--image",
-            "cut.png",
-        ],
-    );
+    let err = embed_err(&sb, &model, &["--image", "cut.png"]);
     assert!(
         err.contains("cut.png: the image cannot be decoded"),
         "{err}"
@@ -319,38 +257,12 @@ fn an_image_that_is_not_an_image_or_is_truncated_is_named() {
 fn device_cuda_on_a_build_without_cuda_names_the_feature_and_the_script() {
     let sb = Sandbox::new();
     let model = fixture::dir().display().to_string();
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            &model,
-            "--out",
-            "out.safetensors",
-            "--text",
-            "x",
-            "--device",
-            "cuda",
-        ],
-    );
+    let err = embed_err(&sb, &model, &["--text", "x", "--device", "cuda"]);
     assert!(
         err.contains("without the `cuda` feature") && err.contains("scripts/build-cuda.sh"),
         "{err}"
     );
-    let err = embed_err(
-        &sb,
-        &[
-            "embed",
-            "--model",
-            &model,
-            "--out",
-            "out.safetensors",
-            "--text",
-            "x",
-            "--dtype",
-            "bf16",
-        ],
-    );
+    let err = embed_err(&sb, &model, &["--text", "x", "--dtype", "bf16"]);
     assert!(
         err.contains("dtype = \"bf16\" is for GPU inference"),
         "{err}"

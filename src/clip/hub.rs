@@ -106,11 +106,10 @@ pub fn fetch_model(store: &Store, repo: &str, revision: &str) -> Result<ModelFil
         files,
     };
     std::fs::create_dir_all(manifests_dir(store))?;
-    let tmp = store
-        .tmp_dir()
-        .join(format!("model-{}.json", fastrand::u64(..)));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest)?)?;
-    std::fs::rename(&tmp, &manifest_file)
+    // Written whole, then renamed: a reader never sees half a manifest.
+    let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())?;
+    std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&manifest)?)?;
+    tmp.persist(&manifest_file)
         .with_context(|| format!("writing {}", manifest_file.display()))?;
     manifest
         .files(store)

@@ -16,8 +16,7 @@ use candle_transformers::models::clip::{
 use std::path::Path;
 
 /// Where a model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// CUDA when this build has it and a GPU answers, else the CPU.
     Auto,
@@ -38,8 +37,7 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 /// The numeric type of GPU inference (the reference is f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     F32,
     F16,

@@ -3,11 +3,11 @@
 
 use crate::clip::model::select_device;
 use crate::clip::tensors_file::{self, NamedTensor};
-use crate::clip::{Clip, DeviceChoice, ModelFiles, ModelSource, Precision, preprocess};
+use crate::clip::{Clip, DeviceChoice, ModelSource, Precision, preprocess};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct EmbedRequest {
     pub model: String,
@@ -31,19 +31,10 @@ pub struct EmbedSummary {
     pub device: String,
 }
 
-/// The files of a model given as a folder or a hub repo id (downloaded into `cache`).
-pub fn model_files(model: &str, revision: Option<&str>, cache: &Path) -> Result<ModelFiles> {
-    match ModelSource::parse(model, revision)? {
-        ModelSource::Dir(dir) => ModelFiles::in_dir(&dir),
-        ModelSource::Hub { repo, revision } => {
-            let store = Store::open(cache)?;
-            crate::clip::hub::fetch_model(&store, &repo, &revision)
-        }
-    }
-}
-
 pub fn embed(req: &EmbedRequest) -> Result<EmbedSummary> {
-    let files = model_files(&req.model, req.revision.as_deref(), &req.cache)?;
+    // A hub model is downloaded into the cache.
+    let files = ModelSource::parse(&req.model, req.revision.as_deref())?
+        .files(|| Store::open(&req.cache))?;
     let (device, device_line) = select_device(req.device)?;
     eprintln!("mvc embed: running on {device_line}");
     let mut clip = Clip::load(&files, &device, req.dtype)?;

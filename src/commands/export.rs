@@ -62,14 +62,7 @@ pub fn export(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut report = ExportReport::default();
-    if node.kind.exports_combined() {
-        let (files, bytes) = export_combined(engine, node, dir, &mut report.failed)
-            .with_context(|| format!("exporting stage `{stage}`"))?;
-        report.files = files;
-        report.bytes = bytes;
-        report.items = node.len() as u64 - report.failed.len() as u64;
-        return Ok(report);
-    }
+    // The cached results, read once; failed items are skipped and listed.
     let mut results = Vec::new();
     for t in node.tasks() {
         let item = g.item(t);
@@ -82,6 +75,28 @@ pub fn export(
             .store
             .result(&key)?
             .with_context(|| format!("the result of {stage}/{item} vanished from the index"))?;
+        results.push((t, item, key, result));
+    }
+    report.items = results.len() as u64;
+    if node.kind.exports_combined() {
+        // One file for the whole stage, written by the kind from every item's outputs.
+        let params: Vec<_> = results.iter().map(|(t, ..)| g.item_params(*t)).collect();
+        let items: Vec<ExportedItem> = results
+            .iter()
+            .zip(&params)
+            .map(|((_, item, _, result), params)| ExportedItem {
+                item,
+                params,
+                outputs: &result.outputs,
+            })
+            .collect();
+        (report.files, report.bytes) = node
+            .kind
+            .export_combined(&engine.store, &items, dir)
+            .with_context(|| format!("exporting stage `{stage}`"))?;
+        return Ok(report);
+    }
+    for (_, item, key, result) in &results {
         for output in &result.outputs {
             let rel = safe_relative(&output.name).with_context(|| {
                 format!("{stage}/{item}: output name `{}` is unsafe", output.name)
@@ -89,7 +104,7 @@ pub fn export(
             let dest = dir.join(node.kind.export_dir(item)).join(rel);
             if let Err(e) = engine.store.materialize_output(output, &dest) {
                 if e.is_missing_or_corrupt() {
-                    engine.store.forget_result(&key)?;
+                    engine.store.forget_result(key)?;
                     engine.store.flush()?;
                 }
                 bail!(
@@ -100,12 +115,10 @@ pub fn export(
             report.files += 1;
             report.bytes += output.size;
         }
-        report.items += 1;
-        results.push((item, key, result));
     }
     let entries: Vec<IndexEntry> = results
         .iter()
-        .map(|(item, key, result)| IndexEntry {
+        .map(|(_, item, key, result)| IndexEntry {
             item,
             key: key.to_hex(),
             files: result.outputs.iter().map(|o| o.name.as_str()).collect(),
@@ -113,42 +126,9 @@ pub fn export(
         .collect();
     std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&entries)?)
         .with_context(|| format!("writing {}", dir.join("index.json").display()))?;
-    let exported: Vec<&str> = results.iter().map(|(item, _, _)| *item).collect();
+    let exported: Vec<&str> = results.iter().map(|(_, item, ..)| *item).collect();
     node.kind
         .export_finish(dir, &exported)
         .with_context(|| format!("finishing the export of {stage}"))?;
     Ok(report)
-}
-
-/// The cached items of a stage whose kind exports one file for the whole stage, handed to
-/// the kind.
-fn export_combined(
-    engine: &Engine,
-    node: &crate::exec::graph::StageNode,
-    dir: &Path,
-    failed: &mut Vec<String>,
-) -> Result<(u64, u64)> {
-    let g = &engine.graph;
-    let mut results = Vec::new();
-    for t in node.tasks() {
-        let item = g.item(t);
-        if engine.state[t as usize] != State::Cached {
-            failed.push(item.to_string());
-            continue;
-        }
-        let key = engine.keys[t as usize];
-        let result = engine.store.result(&key)?.with_context(|| {
-            format!("the result of {}/{item} vanished from the index", node.name)
-        })?;
-        results.push((item, g.item_params(t), result));
-    }
-    let items: Vec<ExportedItem> = results
-        .iter()
-        .map(|(item, params, result)| ExportedItem {
-            item,
-            params,
-            outputs: &result.outputs,
-        })
-        .collect();
-    node.kind.export_combined(&engine.store, &items, dir)
 }

@@ -10,7 +10,7 @@ use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ExportedItem, NotYetAvailable, ParamCtx, PlannedItem,
     StageKind, TaskOutcome, UnitTask,
 };
-use crate::clip::config::{self, parse_colour};
+use crate::clip::config::{self, Preprocess, parse_colour};
 use crate::clip::model::select_device;
 use crate::clip::tensors_file::{self, NamedTensor};
 use crate::clip::{
@@ -182,13 +182,7 @@ impl EmbedStage {
     fn files(&self, store: &Store) -> Result<ModelFiles, (String, bool)> {
         self.files
             .get_or_init(|| {
-                match &self.source {
-                    ModelSource::Dir(dir) => ModelFiles::in_dir(dir),
-                    ModelSource::Hub { repo, revision } => {
-                        crate::clip::hub::fetch_model(store, repo, revision)
-                    }
-                }
-                .map_err(|e| {
+                self.source.files(|| Ok(store)).map_err(|e| {
                     let network = e.downcast_ref::<NotYetAvailable>().is_some();
                     (format!("stage `{}`: {e:#}", self.stage), network)
                 })
@@ -227,9 +221,41 @@ impl EmbedStage {
 
 /// One task's work, read off the scheduler.
 enum Job {
-    Image { bytes: Vec<u8>, what: String },
-    Text { caption: String },
+    /// Read, decoded and preprocessed on the preprocessing thread.
+    Image {
+        source: ImageSource,
+    },
+    Text {
+        caption: String,
+    },
     Done(TaskOutcome),
+}
+
+/// Where an image task's image is: an upstream item's output.
+struct ImageSource {
+    output: Output,
+    stage: String,
+    item: String,
+}
+
+impl ImageSource {
+    /// The image's pixel values, or the task's outcome when they cannot be had.
+    fn pixel_values(&self, store: &Store, pre: &Preprocess) -> Result<Vec<f32>, TaskOutcome> {
+        let bytes = store
+            .read_output(&self.output)
+            .map_err(|e| TaskOutcome::InputCorrupt {
+                stage: self.stage.clone(),
+                item: self.item.clone(),
+                error: e.to_string(),
+            })?;
+        let what = format!("{}/{}/{}", self.stage, self.item, self.output.name);
+        preprocess::decode(&bytes, &what)
+            .and_then(|img| preprocess::pixel_values(&img, pre).with_context(|| what.clone()))
+            .map_err(|e| TaskOutcome::Failed {
+                error: format!("{e:#}"),
+                stderr: None,
+            })
+    }
 }
 
 /// The image among an input item's outputs.
@@ -300,8 +326,8 @@ fn forward_batch(
     }
 }
 
-/// Runs the jobs of one unit: images in batches (the next batch preprocessed on another
-/// thread while this one runs through the model), then captions.
+/// Runs the jobs of one unit: images in batches (the next batch read and preprocessed on
+/// another thread while this one runs through the model), then captions.
 fn run_jobs(
     model: &Loaded,
     store: &Store,
@@ -315,9 +341,9 @@ fn run_jobs(
     for (i, job) in jobs.into_iter().enumerate() {
         match job {
             Job::Done(outcome) => outcomes.push(Some(outcome)),
-            Job::Image { bytes, what } => {
+            Job::Image { source } => {
                 outcomes.push(None);
-                images.push((i, bytes, what));
+                images.push((i, source));
             }
             Job::Text { caption } => {
                 outcomes.push(None);
@@ -339,22 +365,13 @@ fn run_jobs(
             while chunks.peek().is_some() {
                 let mut rows = Vec::with_capacity(batch);
                 let mut pixels = Vec::with_capacity(batch * per_image);
-                for (i, bytes, what) in chunks.by_ref().take(batch) {
-                    let prepared = preprocess::decode(&bytes, &what).and_then(|img| {
-                        preprocess::pixel_values(&img, pre).with_context(|| what.clone())
-                    });
-                    match prepared {
+                for (i, source) in chunks.by_ref().take(batch) {
+                    match source.pixel_values(store, pre) {
                         Ok(values) => {
                             rows.push(i);
                             pixels.extend(values);
                         }
-                        Err(e) => failed.push((
-                            i,
-                            TaskOutcome::Failed {
-                                error: format!("{e:#}"),
-                                stderr: None,
-                            },
-                        )),
+                        Err(outcome) => failed.push((i, outcome)),
                     }
                 }
                 if !rows.is_empty() && send.send((rows, pixels)).is_err() {
@@ -605,16 +622,12 @@ impl StageKind for EmbedStage {
                         });
                     }
                 };
-                match store.read_output(output) {
-                    Ok(bytes) => Job::Image {
-                        bytes,
-                        what: format!("{what}/{}", output.name),
-                    },
-                    Err(e) => Job::Done(TaskOutcome::InputCorrupt {
+                Job::Image {
+                    source: ImageSource {
+                        output: output.clone(),
                         stage: input.stage.clone(),
                         item: item.clone(),
-                        error: e.to_string(),
-                    }),
+                    },
                 }
             })
             .collect();
