@@ -6,8 +6,10 @@
 pub mod clip;
 pub mod commands;
 pub mod exec;
+pub mod heads;
 pub mod pipeline;
 pub mod render;
+pub mod report;
 pub mod stages;
 pub mod store;
 pub mod task;

@@ -56,19 +56,6 @@ fn unknown_kind_lists_the_valid_kinds() {
 }
 
 #[test]
-fn planned_kind_says_it_is_not_available_yet() {
-    let err = plan_error("[stage.r]\nkind = \"split\"\n");
-    assert!(
-        err.contains("stage kind `split` is not available in this version"),
-        "{err}"
-    );
-    assert!(
-        err.contains("valid kinds: command, download, render, embed"),
-        "{err}"
-    );
-}
-
-#[test]
 fn missing_kind_names_the_stage() {
     let err = plan_error("[pipeline]\nname = \"x\"\n\n[stage.gen]\ncmd = \"x\"\n");
     assert!(

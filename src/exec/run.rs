@@ -301,7 +301,48 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
             pipeline.results_dir.display()
         );
     }
+    if let Err(e) = publish_reports(&engine, pipeline) {
+        tracing::warn!(
+            "could not copy the results to {}: {e:#}",
+            pipeline.results_dir.display()
+        );
+    }
     Ok(report)
+}
+
+/// Copies the outputs of every successful `report` stage (results.md, CSV, JSON, figures)
+/// into the pipeline's results folder: straight into it when the pipeline has one report
+/// stage, into a folder per stage when it has several.
+fn publish_reports(engine: &Engine, pipeline: &Pipeline) -> Result<()> {
+    let g = &engine.graph;
+    let reports: Vec<_> = g
+        .stages
+        .iter()
+        .filter(|s| s.kind.kind() == "report")
+        .collect();
+    for node in &reports {
+        let dir = match reports.len() {
+            1 => pipeline.results_dir.clone(),
+            _ => pipeline.results_dir.join(&node.name),
+        };
+        for t in node.tasks() {
+            if !engine.state[t as usize].is_success() {
+                continue;
+            }
+            let Some(result) = engine.store.result(&engine.keys[t as usize])? else {
+                continue;
+            };
+            for output in &result.outputs {
+                let rel = super::workdir::safe_relative(&output.name)
+                    .with_context(|| format!("output name `{}` is unsafe", output.name))?;
+                engine
+                    .store
+                    .materialize_output(output, &dir.join(rel))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", output.name))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a graph with a stage whose tasks need more of a slot than the executor has.

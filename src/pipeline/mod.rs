@@ -12,7 +12,11 @@ use crate::stages::StageKind;
 use crate::stages::command::CommandStage;
 use crate::stages::download;
 use crate::stages::embed::{EmbedStage, InputRole};
+use crate::stages::evaluate::EvaluateStage;
 use crate::stages::render::RenderStage;
+use crate::stages::report::ReportStage;
+use crate::stages::split::SplitStage;
+use crate::stages::train::{Role, TrainStage};
 use parse::{ExecutorTable, StageParams};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -83,6 +87,29 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, src[line_start..offset].chars().count() + 1)
 }
 
+/// What each input of a train or evaluate stage gives, from the input stage's kind.
+fn input_roles(
+    stage: &str,
+    inputs: &[String],
+    kind_of: &std::collections::HashMap<String, &'static str>,
+) -> anyhow::Result<Vec<Role>> {
+    inputs
+        .iter()
+        .map(|name| match kind_of.get(name).copied() {
+            Some("split") => Ok(Role::Split),
+            Some("embed") => Ok(Role::Embeddings),
+            Some("train") => Ok(Role::Model),
+            other => anyhow::bail!(
+                "stage `{stage}`: input `{name}` is {}; train and evaluate stages read a \
+                 split stage, an embed stage and (evaluate) a train stage",
+                other
+                    .map(|k| format!("a {k} stage"))
+                    .unwrap_or_else(|| "not a stage".into())
+            ),
+        })
+        .collect()
+}
+
 /// A validated stage.
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -131,6 +158,24 @@ impl Pipeline {
             .filter(|s| matches!(s.params, StageParams::Download(_)))
             .map(|s| s.name.clone())
             .collect();
+        // Stages whose items carry a caption file: an embed stage reads captions from them.
+        let caption_files: std::collections::HashSet<String> = raw
+            .stages
+            .iter()
+            .filter(|s| match &s.params {
+                StageParams::Command(c) => c
+                    .outputs
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|f| f == crate::stages::embed::CAPTION_FILE)),
+                _ => false,
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        let kind_of: std::collections::HashMap<String, &'static str> = raw
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.params.kind_name()))
+            .collect();
         for stage in raw.stages {
             let line = line_col(src, stage.span.start).0;
             let fail = |e: anyhow::Error| match e.downcast_ref::<AtSpan>() {
@@ -168,6 +213,8 @@ impl Pipeline {
                                 .is_some_and(|d| downloads.contains(d))
                             {
                                 (name, InputRole::Captions)
+                            } else if caption_files.contains(&name) {
+                                (name, InputRole::Captions)
                             } else {
                                 (name, InputRole::Images)
                             }
@@ -175,6 +222,56 @@ impl Pipeline {
                         .unzip();
                     vec![Stage {
                         kind: Arc::new(EmbedStage::new(&stage.name, *p, roles).map_err(fail)?),
+                        name: stage.name,
+                        line,
+                        inputs,
+                    }]
+                }
+                StageParams::Split(p) => {
+                    // A download stage gives its objects through its selection.
+                    let mut inputs = inputs;
+                    let mut from_selection = false;
+                    for name in inputs.iter_mut() {
+                        if downloads.contains(name.as_str()) {
+                            *name = format!("{name}.{}", download::SELECT);
+                        }
+                        from_selection = name.ends_with(&format!(".{}", download::SELECT));
+                    }
+                    vec![Stage {
+                        kind: Arc::new(
+                            SplitStage::new(&stage.name, *p, from_selection).map_err(fail)?,
+                        ),
+                        name: stage.name,
+                        line,
+                        inputs,
+                    }]
+                }
+                StageParams::Train(p) => {
+                    let roles = input_roles(&stage.name, &inputs, &kind_of).map_err(fail)?;
+                    vec![Stage {
+                        kind: Arc::new(TrainStage::new(&stage.name, *p, &roles).map_err(fail)?),
+                        name: stage.name,
+                        line,
+                        inputs,
+                    }]
+                }
+                StageParams::Evaluate(p) => {
+                    let roles = input_roles(&stage.name, &inputs, &kind_of).map_err(fail)?;
+                    vec![Stage {
+                        kind: Arc::new(EvaluateStage::new(&stage.name, *p, &roles).map_err(fail)?),
+                        name: stage.name,
+                        line,
+                        inputs,
+                    }]
+                }
+                StageParams::Report(p) => {
+                    let all_evaluate = inputs
+                        .iter()
+                        .all(|i| kind_of.get(i).copied() == Some("evaluate"));
+                    vec![Stage {
+                        kind: Arc::new(
+                            ReportStage::new(&stage.name, *p, all_evaluate).map_err(fail)?,
+                        ),
                         name: stage.name,
                         line,
                         inputs,

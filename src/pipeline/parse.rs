@@ -7,11 +7,15 @@
 
 use super::PipelineError;
 use crate::exec::slots::Resources;
+use crate::stages::KINDS;
 use crate::stages::command::CommandParams;
 use crate::stages::download::DownloadParams;
 use crate::stages::embed::EmbedParams;
+use crate::stages::evaluate::EvaluateParams;
 use crate::stages::render::RenderParams;
-use crate::stages::{KINDS, PLANNED_KINDS};
+use crate::stages::report::ReportParams;
+use crate::stages::split::SplitParams;
+use crate::stages::train::TrainParams;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -58,6 +62,10 @@ pub enum StageParams {
     Download(Box<DownloadParams>),
     Render(Box<RenderParams>),
     Embed(Box<EmbedParams>),
+    Split(Box<SplitParams>),
+    Train(Box<TrainParams>),
+    Evaluate(Box<EvaluateParams>),
+    Report(Box<ReportParams>),
 }
 
 impl StageParams {
@@ -67,6 +75,24 @@ impl StageParams {
             StageParams::Download(_) => &[],
             StageParams::Render(p) => &p.inputs,
             StageParams::Embed(p) => &p.inputs,
+            StageParams::Split(p) => &p.inputs,
+            StageParams::Train(p) => &p.inputs,
+            StageParams::Evaluate(p) => &p.inputs,
+            StageParams::Report(p) => &p.inputs,
+        }
+    }
+
+    /// The `kind` as written.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StageParams::Command(_) => "command",
+            StageParams::Download(_) => "download",
+            StageParams::Render(_) => "render",
+            StageParams::Embed(_) => "embed",
+            StageParams::Split(_) => "split",
+            StageParams::Train(_) => "train",
+            StageParams::Evaluate(_) => "evaluate",
+            StageParams::Report(_) => "report",
         }
     }
 
@@ -76,7 +102,7 @@ impl StageParams {
         match self {
             StageParams::Command(_) => &[],
             StageParams::Download(_) => crate::stages::download::SUB_STAGES,
-            StageParams::Render(_) | StageParams::Embed(_) => &[],
+            _ => &[],
         }
     }
 }
@@ -138,14 +164,7 @@ pub fn parse(path: &Path, src: &str) -> Result<RawPipeline, PipelineError> {
             ));
         };
         if !KINDS.contains(&kind.get_ref().as_str()) {
-            let what = if PLANNED_KINDS.contains(&kind.get_ref().as_str()) {
-                format!(
-                    "stage kind `{}` is not available in this version of mvc yet",
-                    kind.get_ref()
-                )
-            } else {
-                format!("unknown stage kind `{}`", kind.get_ref())
-            };
+            let what = format!("unknown stage kind `{}`", kind.get_ref());
             let mut msg = format!("{what}; valid kinds: {}", KINDS.join(", "));
             if let Some(close) = closest(kind.get_ref(), KINDS) {
                 msg.push_str(&format!(" (did you mean `{close}`?)"));
@@ -280,6 +299,10 @@ impl<'de> Visitor<'de> for StagesSeed<'_> {
                 "download" => StageParams::Download(map.next_value::<Box<DownloadParams>>()?),
                 "render" => StageParams::Render(map.next_value::<Box<RenderParams>>()?),
                 "embed" => StageParams::Embed(map.next_value::<Box<EmbedParams>>()?),
+                "split" => StageParams::Split(map.next_value::<Box<SplitParams>>()?),
+                "train" => StageParams::Train(map.next_value::<Box<TrainParams>>()?),
+                "evaluate" => StageParams::Evaluate(map.next_value::<Box<EvaluateParams>>()?),
+                "report" => StageParams::Report(map.next_value::<Box<ReportParams>>()?),
                 other => return Err(de::Error::custom(format!("unknown stage kind `{other}`"))),
             };
             stages.push(RawStage {

@@ -45,6 +45,20 @@ impl ViewSpec {
         )
     }
 
+    /// The spec of a view id made by [`ViewSpec::id`]; `None` for other ids.
+    pub fn parse_id(id: &str) -> Option<ViewSpec> {
+        let rest = id.strip_prefix("az")?;
+        let (azimuth, rest) = rest.split_once("-pol")?;
+        let (polar, rest) = rest.split_once("-d")?;
+        let (distance, fov) = rest.split_once("-fov")?;
+        Some(ViewSpec {
+            azimuth: azimuth.parse().ok()?,
+            polar: polar.parse().ok()?,
+            distance: distance.parse().ok()?,
+            fov: fov.parse().ok()?,
+        })
+    }
+
     /// The camera centre in world coordinates.
     pub fn position(&self) -> [f64; 3] {
         let (a, p, d) = (

@@ -40,6 +40,10 @@ pub const EMBEDDING: &str = "embedding.f32";
 /// Ends the id of a caption's item: `<uid>#caption`.
 pub const CAPTION_SUFFIX: &str = "#caption";
 
+/// The output holding an object's caption (UTF-8) in a stage that gives captions other than
+/// a download's selection (a `command` stage that declares it in `outputs`).
+pub const CAPTION_FILE: &str = "caption.txt";
+
 /// Batches per unit: enough for preprocessing to overlap the model, few enough that progress
 /// and Ctrl-C are not held up.
 const BATCHES_PER_UNIT: usize = 4;
@@ -437,6 +441,41 @@ fn run_jobs(
         .collect()
 }
 
+/// (uid, caption) of every object of caption input `k`: a download's selection, or the
+/// `caption.txt` of each item of another stage.
+fn captions(ctx: &ExpandCtx, k: usize) -> Result<Vec<(String, String)>> {
+    let (name, _) = ctx.inputs[k];
+    if name.ends_with(&format!(".{}", super::download::SELECT)) {
+        let manifest = super::download::read_selection(ctx.store, ctx.outputs[k])?;
+        return Ok(manifest
+            .objects
+            .into_iter()
+            .map(|o| (o.uid, o.caption))
+            .collect());
+    }
+    let outputs = ctx.outputs[k].context("internal: the caption input was not resolved")?;
+    outputs
+        .items
+        .iter()
+        .map(|(item, outs)| {
+            let file = outs
+                .iter()
+                .find(|o| o.name == CAPTION_FILE)
+                .with_context(|| format!("{name}/{item} has no {CAPTION_FILE}"))?;
+            let bytes = ctx
+                .store
+                .read_output(file)
+                .with_context(|| format!("reading {name}/{item}/{CAPTION_FILE}"))?;
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{name}/{item}/{CAPTION_FILE} is not UTF-8"))?;
+            Ok((
+                item.to_string(),
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// The uid and view of an image item `<uid>@<view>` (a render view), or the item alone.
 fn split_view(item: &str) -> (&str, Option<&str>) {
     match item.rsplit_once(super::render::VIEW_SEPARATOR) {
@@ -538,10 +577,9 @@ impl StageKind for EmbedStage {
                     });
                 }
                 InputRole::Captions => {
-                    let manifest = super::download::read_selection(ctx.store, ctx.outputs[k])?;
-                    for object in manifest.objects {
-                        let mut item = PlannedItem::new(format!("{}{CAPTION_SUFFIX}", object.uid));
-                        item.params = ParamSlice::from([("caption".to_string(), object.caption)]);
+                    for (uid, caption) in captions(ctx, k)? {
+                        let mut item = PlannedItem::new(format!("{uid}{CAPTION_SUFFIX}"));
+                        item.params = ParamSlice::from([("caption".to_string(), caption)]);
                         items.push(item);
                     }
                     bindings.push(Binding::Expansion);

@@ -7,8 +7,13 @@
 pub mod command;
 pub mod download;
 pub mod embed;
+pub mod evaluate;
+pub mod gather;
 mod item_decl;
 pub mod render;
+pub mod report;
+pub mod split;
+pub mod train;
 
 use crate::exec::launcher::Launcher;
 use crate::exec::slots::Resources;
@@ -24,10 +29,9 @@ use tokio_util::sync::CancellationToken;
 pub use item_decl::{ItemDecl, validate_item_id};
 
 /// The kinds this build of mvc can run.
-pub const KINDS: &[&str] = &["command", "download", "render", "embed"];
-
-/// Kinds the design names that later versions add; asked for here they get a clear message.
-pub const PLANNED_KINDS: &[&str] = &["split", "train", "evaluate", "report"];
+pub const KINDS: &[&str] = &[
+    "command", "download", "render", "embed", "split", "train", "evaluate", "report",
+];
 
 /// How a task reads one of its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

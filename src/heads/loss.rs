@@ -1,0 +1,145 @@
+//! The study's losses, on candle tensors of any float dtype (f32 to train, f64 for gradient
+//! checks).
+//!
+//! The study's similarity terms are linear in cosines, so every pair sum reduces to norms of
+//! sums of unit vectors: over a set of unit rows, sum_{i<j} u_i·u_j = (|sum u|² − sum |u_i|²)/2.
+//! Each term costs O(n d), never the n x n matrix (`pair_sums_agree_with_the_matrix` in the
+//! tests checks both ways).
+
+use candle_core::{D, Result, Tensor};
+
+/// Added under the square root when normalising, so a zero vector (a ReLU code that died)
+/// has cosine 0 with everything instead of NaN.
+const NORM_EPS: f64 = 1e-12;
+
+/// Rows scaled to unit length along the last dimension.
+pub fn unit(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .affine(1.0, NORM_EPS)?
+        .sqrt()?;
+    x.broadcast_div(&norm)
+}
+
+/// Pair sums of unit vectors grouped as `[groups, members, d]`.
+pub struct PairSums {
+    /// Sum of cosines over unordered pairs within each group, summed over groups.
+    pub within: Tensor,
+    /// Sum of cosines over unordered pairs whose members are in different groups.
+    pub across: Tensor,
+}
+
+/// Both pair sums of `u` (`[G, M, d]`, rows already unit) in O(G M d).
+pub fn pair_sums(u: &Tensor) -> Result<PairSums> {
+    let self_dots = u.sqr()?.sum_all()?;
+    let group_sums = u.sum(1)?; // [G, d]
+    let within2 = group_sums.sqr()?.sum_all()?; // sum_g |sum_m u|²
+    let total = group_sums.sum(0)?; // [d]
+    let all2 = total.sqr()?.sum_all()?; // |sum u|²
+    // sum_{i<j} within group g = (|S_g|² − sum |u|²)/2; all pairs = (|S|² − sum |u|²)/2.
+    let within = ((&within2 - &self_dots)? * 0.5)?;
+    let across = ((all2 - within2)? * 0.5)?;
+    Ok(PairSums { within, across })
+}
+
+/// How the study's dissimilarity terms divide the cross-object cosine sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normaliser {
+    /// The study's divisors: D(D+1)·B(B−1)/2 with texts (7/6 of the true mean for D = 6),
+    /// D(D−1)·B(B−1)/2 without (6/5 of it).
+    Study,
+    /// The true number of cross-object pairs: a mean.
+    TrueMean,
+}
+
+/// Mean same-object cosine and the cross-object term of `members` (`[B, M, d]`, unit): each
+/// object's M members (its D images, and its text first when texts take part).
+pub fn similarity_terms(members: &Tensor, normaliser: Normaliser) -> Result<(Tensor, Tensor)> {
+    let (b, m, _) = members.dims3()?;
+    let sums = pair_sums(members)?;
+    let same_pairs = (b * m * (m - 1) / 2) as f64;
+    let sim = (sums.within / same_pairs)?;
+    let objects = (b * b.saturating_sub(1) / 2) as f64;
+    let cross_pairs = match normaliser {
+        Normaliser::TrueMean => (m * m) as f64 * objects,
+        // With the text, M = D + 1 and the study divides by D(D+1); without, M = D and it
+        // divides by D(D−1). Both are M(M−1): the same-object pair count per object, twice.
+        Normaliser::Study => (m * (m - 1)) as f64 * objects,
+    };
+    let dissim = (sums.across / cross_pairs.max(1.0))?;
+    Ok((sim, dissim))
+}
+
+/// Object head: −(mean cosine over same-object pairs, text included).
+/// `images` `[B, D, d]` (head outputs), `texts` `[B, d]` (raw).
+pub fn object_loss(images: &Tensor, texts: &Tensor) -> Result<Tensor> {
+    let members = with_texts(images, texts)?;
+    let (sim, _) = similarity_terms(&members, Normaliser::TrueMean)?;
+    sim.neg()
+}
+
+/// Contrastive head (the study's): (1 − w)·dissim − w·sim over texts and images.
+pub fn contrastive_loss(
+    images: &Tensor,
+    texts: &Tensor,
+    weight_similarity: f64,
+    normaliser: Normaliser,
+) -> Result<Tensor> {
+    let members = with_texts(images, texts)?;
+    let (sim, dissim) = similarity_terms(&members, normaliser)?;
+    (dissim * (1.0 - weight_similarity))? - (sim * weight_similarity)?
+}
+
+/// Contrastive head (`variant = "fixed"`): InfoNCE of each image against every object's
+/// text, the image's own text being the positive; cosine logits divided by `temperature`.
+pub fn info_nce_loss(images: &Tensor, texts: &Tensor, temperature: f64) -> Result<Tensor> {
+    let (b, d, dim) = images.dims3()?;
+    let u = unit(&images.reshape((b * d, dim))?)?;
+    let t = unit(texts)?;
+    let logits = (u.matmul(&t.t()?)? / temperature)?; // [B·D, B]
+    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    // The positive of row o·D + v is column o: a one-hot mask picks it.
+    let mut mask = vec![0f64; b * d * b];
+    for o in 0..b {
+        for v in 0..d {
+            mask[(o * d + v) * b + o] = 1.0;
+        }
+    }
+    let mask = Tensor::from_vec(mask, (b * d, b), images.device())?.to_dtype(images.dtype())?;
+    (log_p * mask)?.sum_all()? / (-((b * d) as f64))
+}
+
+/// The autoencoder's loss: a·mean_x |x − decoded|₂ + (1 − a)·((1 − w)·dissim − w·sim), the
+/// similarity terms over the view-independent codes of images only.
+/// `x`, `decoded` `[B·D, d]`; `codes` `[B, D, c]`.
+pub fn autoencoder_loss(
+    x: &Tensor,
+    decoded: &Tensor,
+    codes: &Tensor,
+    weight_autoencoder: f64,
+    weight_similarity: f64,
+    normaliser: Normaliser,
+) -> Result<Tensor> {
+    let rec = reconstruction_distance(x, decoded)?;
+    let (sim, dissim) = similarity_terms(&unit(codes)?, normaliser)?;
+    let similarity = ((dissim * (1.0 - weight_similarity))? - (sim * weight_similarity)?)?;
+    (rec * weight_autoencoder)? + (similarity * (1.0 - weight_autoencoder))?
+}
+
+/// mean over rows of the L2 distance |x − y|₂ (the study's reconstruction term; not squared).
+pub fn reconstruction_distance(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let rows = x.dim(0)? as f64;
+    (x - y)?
+        .sqr()?
+        .sum(D::Minus1)?
+        .affine(1.0, NORM_EPS)?
+        .sqrt()?
+        .sum_all()?
+        / rows
+}
+
+/// `[B, 1 + D, d]`: each object's text (unit) followed by its images (unit).
+fn with_texts(images: &Tensor, texts: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[&unit(texts)?.unsqueeze(1)?, &unit(images)?], 1)
+}

@@ -1,0 +1,163 @@
+//! The evaluation's figures as PNG bytes, drawn with plotters into memory. Text uses the
+//! DejaVu Sans font compiled into mvc (no system fonts are needed).
+
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::sync::Once;
+
+const FONT: &str = "sans-serif";
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in and known good; a failure would show as missing text.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
+    });
+}
+
+/// The jet colour map (blue, cyan, yellow, red) at `v` in [0, 1] (clamped).
+pub fn jet(v: f64) -> RGBColor {
+    let v = if v.is_finite() {
+        v.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let channel = |centre: f64| ((1.5 - (4.0 * v - centre).abs()).clamp(0.0, 1.0) * 255.0) as u8;
+    RGBColor(channel(3.0), channel(2.0), channel(1.0))
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a figure: {e:?}")
+}
+
+/// Draws into an RGB buffer of `w` x `h` and encodes it as PNG.
+fn png(
+    w: u32,
+    h: u32,
+    draw: impl FnOnce(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<Vec<u8>> {
+    register_font();
+    let mut buffer = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        draw(root.clone())?;
+        root.present().map_err(err)?;
+    }
+    let img =
+        image::RgbImage::from_raw(w, h, buffer).ok_or_else(|| anyhow!("internal: image size"))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)?;
+    Ok(out.into_inner())
+}
+
+/// A square matrix (`side` x `side`, row-major) as a jet heatmap over [0, 1] with a colour
+/// bar; row 0 at the top, as the study's figures.
+pub fn heatmap(values: &[f64], side: usize, title: &str, axis: &str) -> Result<Vec<u8>> {
+    png(720, 640, |root| {
+        let (main, bar) = root.split_horizontally(620);
+        let mut chart = ChartBuilder::on(&main)
+            .caption(title, (FONT, 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..side as f64, side as f64..0f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(axis)
+            .y_desc(axis)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        // Paint every pixel of the plotting area from its cell: exact for any matrix size.
+        let area = chart.plotting_area().strip_coord_spec();
+        let (w, h) = area.dim_in_pixel();
+        for py in 0..h {
+            let i = (py as usize * side / h as usize).min(side - 1);
+            for px in 0..w {
+                let j = (px as usize * side / w as usize).min(side - 1);
+                area.draw_pixel((px as i32, py as i32), &jet(values[i * side + j]))
+                    .map_err(err)?;
+            }
+        }
+        colour_bar(&bar)
+    })
+}
+
+fn colour_bar(area: &DrawingArea<BitMapBackend, Shift>) -> Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(40)
+        .margin_bottom(50)
+        .margin_right(40)
+        .y_label_area_size(0)
+        .right_y_label_area_size(40)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(6)
+        .label_style((FONT, 12))
+        .draw()
+        .map_err(err)?;
+    let steps = 200;
+    chart
+        .draw_series((0..steps).map(|k| {
+            let lo = k as f64 / steps as f64;
+            let hi = (k + 1) as f64 / steps as f64;
+            Rectangle::new([(0.0, lo), (1.0, hi)], jet(lo).filled())
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Mean similarity (with ± std band) against an angle difference.
+pub fn line_plot(points: &[(f64, f64, f64)], title: &str, x_desc: &str) -> Result<Vec<u8>> {
+    png(720, 480, |root| {
+        let x_max = points.iter().map(|p| p.0).fold(0f64, f64::max).max(1.0);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..x_max, 0f64..1f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("same-object cosine")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        let band: Vec<(f64, f64)> = points
+            .iter()
+            .map(|p| (p.0, (p.1 + p.2).min(1.0)))
+            .chain(points.iter().rev().map(|p| (p.0, (p.1 - p.2).max(0.0))))
+            .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(band, BLUE.mix(0.15))))
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.0, p.1)),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(err)?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())),
+            )
+            .map_err(err)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,5 @@
+//! Metrics, figures and results tables of the evaluate and report stages.
+
+pub mod figures;
+pub mod metrics;
+pub mod table;

@@ -1,0 +1,229 @@
+//! The results table: one row per evaluated head, as markdown (with the study's published
+//! numbers beside ours when asked), CSV and JSON.
+
+use crate::stages::evaluate::Evaluation;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// The study's published table (mean, std), by head: same-object ("inter"), cross-object
+/// ("intra"), text-to-image.
+pub struct StudyRow {
+    pub head: &'static str,
+    pub same_object: (f64, f64),
+    pub cross_object: (f64, f64),
+    pub text_to_image: (f64, f64),
+    pub reconstruction_mse: Option<f64>,
+}
+
+pub const STUDY: &[StudyRow] = &[
+    StudyRow {
+        head: "identity",
+        same_object: (0.893, 0.067),
+        cross_object: (0.710, 0.069),
+        text_to_image: (0.266, 0.041),
+        reconstruction_mse: None,
+    },
+    StudyRow {
+        head: "object",
+        same_object: (0.997, 0.003),
+        cross_object: (0.978, 0.015),
+        text_to_image: (0.822, 0.087),
+        reconstruction_mse: None,
+    },
+    StudyRow {
+        head: "contrastive",
+        same_object: (0.895, 0.266),
+        cross_object: (0.021, 0.676),
+        text_to_image: (0.137, 0.139),
+        reconstruction_mse: None,
+    },
+    StudyRow {
+        head: "autoencoder",
+        same_object: (0.965, 0.043),
+        cross_object: (0.827, 0.094),
+        text_to_image: (0.323, 0.039),
+        reconstruction_mse: Some(0.17),
+    },
+];
+
+pub fn study_row(head: &str) -> Option<&'static StudyRow> {
+    STUDY.iter().find(|r| r.head == head)
+}
+
+/// One evaluated head.
+#[derive(Serialize)]
+pub struct Row<'a> {
+    /// The evaluate stage.
+    pub stage: &'a str,
+    pub evaluation: &'a Evaluation,
+    /// The figure files it has (linked from results.md).
+    #[serde(skip)]
+    pub figures: Vec<String>,
+}
+
+fn pm(mean: f64, std: f64) -> String {
+    format!("{mean:.3} ± {std:.3}")
+}
+
+/// `results.md`.
+pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bool) -> String {
+    let mut md = format!("# {title}\n\n");
+    if let Some(note) = note {
+        let _ = writeln!(md, "> {note}\n");
+    }
+    md.push_str(
+        "Same-object similarity is what the study calls \"inter-object\", cross-object what it \
+         calls \"intra-object\" (its names are swapped). Mean ± std pooled over all pairs; \
+         test split, all views.\n\n",
+    );
+    let mut header = String::from(
+        "| evaluation | head | variant | test objects × views | same-object (\"inter\") | \
+         cross-object (\"intra\") | text-to-image | retrieval top-1 | top-5 | reconstruction MSE |",
+    );
+    let mut rule = String::from("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    if compare_study {
+        header.push_str(
+            " study: same-object | study: cross-object | study: text-to-image | study: MSE |",
+        );
+        rule.push_str(" --- | --- | --- | --- |");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for r in rows {
+        let e = r.evaluation;
+        let m = &e.metrics;
+        let _ = write!(
+            md,
+            "| {} | {} | {} | {} × {} | {} | {} | {} | {:.3} | {:.3} | {} |",
+            r.stage,
+            e.head.head.name(),
+            e.head.variant.name(),
+            m.objects,
+            m.views,
+            pm(m.same_object.mean, m.same_object.std),
+            pm(m.cross_object.mean, m.cross_object.std),
+            pm(m.text_to_image.mean, m.text_to_image.std),
+            m.retrieval_top1,
+            m.retrieval_top5,
+            m.reconstruction_mse
+                .map(|x| format!("{x:.4}"))
+                .unwrap_or_else(|| "–".into()),
+        );
+        if compare_study {
+            match study_row(e.head.head.name()) {
+                Some(s) => {
+                    let _ = write!(
+                        md,
+                        " {} | {} | {} | {} |",
+                        pm(s.same_object.0, s.same_object.1),
+                        pm(s.cross_object.0, s.cross_object.1),
+                        pm(s.text_to_image.0, s.text_to_image.1),
+                        s.reconstruction_mse
+                            .map(|x| format!("{x:.2}"))
+                            .unwrap_or_else(|| "–".into()),
+                    );
+                }
+                None => md.push_str(" – | – | – | – |"),
+            }
+        }
+        md.push('\n');
+    }
+    if compare_study {
+        md.push_str(
+            "\nThe study's numbers are its published table (206 test objects × 36 views, \
+             ViT-B/32). Its split came from Python's shuffle, so the test objects differ; the \
+             baseline row depends only on data, rendering and CLIP and is the first check.\n",
+        );
+    }
+    md.push_str("\n## Per elevation ring\n\n");
+    md.push_str(
+        "| evaluation | polar (elevation) | views | same-object | cross-object | text-to-image | \
+         retrieval top-1 | top-5 |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        for ring in &r.evaluation.metrics.rings {
+            let angle = match (ring.polar, ring.elevation) {
+                (Some(p), Some(e)) => format!("{p}° ({e}°)"),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {angle} | {} | {} | {} | {} | {:.3} | {:.3} |",
+                r.stage,
+                ring.views,
+                pm(ring.same_object.mean, ring.same_object.std),
+                pm(ring.cross_object.mean, ring.cross_object.std),
+                pm(ring.text_to_image.mean, ring.text_to_image.std),
+                ring.retrieval_top1,
+                ring.retrieval_top5,
+            );
+        }
+    }
+    md.push_str("\n## Figures\n");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "\n### {} ({})\n",
+            r.stage,
+            r.evaluation.head.head.name()
+        );
+        for (file, caption) in FIGURES {
+            if r.figures.iter().any(|f| f == file) {
+                let _ = writeln!(md, "![{caption}](figures/{}/{file})", r.stage);
+            }
+        }
+    }
+    md
+}
+
+/// Figures each evaluation draws (the elevation plot only with more than one ring).
+pub const FIGURES: &[(&str, &str)] = &[
+    ("heatmap_mean.png", "mean cosine per view pair"),
+    ("heatmap_std.png", "std over objects per view pair"),
+    ("similarity_matrix.png", "texts then images"),
+    ("by_azimuth_difference.png", "by azimuth difference"),
+    ("by_elevation_difference.png", "by elevation difference"),
+];
+
+/// `results.csv`.
+pub fn csv(rows: &[Row]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "evaluation",
+        "head",
+        "variant",
+        "test_objects",
+        "views",
+        "same_object_mean",
+        "same_object_std",
+        "cross_object_mean",
+        "cross_object_std",
+        "text_to_image_mean",
+        "text_to_image_std",
+        "retrieval_top1",
+        "retrieval_top5",
+        "reconstruction_mse",
+    ])?;
+    for r in rows {
+        let e = r.evaluation;
+        let m = &e.metrics;
+        w.write_record([
+            r.stage.to_string(),
+            e.head.head.name().to_string(),
+            e.head.variant.name().to_string(),
+            m.objects.to_string(),
+            m.views.to_string(),
+            m.same_object.mean.to_string(),
+            m.same_object.std.to_string(),
+            m.cross_object.mean.to_string(),
+            m.cross_object.std.to_string(),
+            m.text_to_image.mean.to_string(),
+            m.text_to_image.std.to_string(),
+            m.retrieval_top1.to_string(),
+            m.retrieval_top5.to_string(),
+            m.reconstruction_mse
+                .map(|x| x.to_string())
+                .unwrap_or_default(),
+        ])?;
+    }
+    Ok(w.into_inner()?)
+}

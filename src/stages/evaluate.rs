@@ -1,0 +1,313 @@
+//! Stage kind `evaluate`: a trained head (or the baseline) on the test split, all views. One
+//! task; reads a train stage, a split stage and an embed stage. Outputs `metrics.json` (see
+//! `report::metrics` for every definition) and `figures/*.png`: the study's two V x V
+//! heatmaps (mean and std over objects, jet, 0–1), the all-texts-then-all-images similarity
+//! matrix, and same-object similarity against azimuth and elevation difference.
+
+use super::gather::gather;
+use super::train::{
+    CURVE_FILE, HEAD_FILE, Role, WEIGHTS_FILE, device_resources, one_input, parse_device,
+};
+use super::{
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+};
+use crate::clip::DeviceChoice;
+use crate::clip::model::select_device;
+use crate::exec::blocking_if;
+use crate::exec::slots::Resources;
+use crate::exec::workdir::{InputData, ingest_outputs};
+use crate::heads::train::Curve;
+use crate::heads::{Head, HeadConfig, HeadKind};
+use crate::report::figures;
+use crate::report::metrics::{self, EvalInput, Metrics, Stats};
+use crate::store::Store;
+use crate::store::records::{Output, now_ms};
+use crate::task::ParamSlice;
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+const VERSION: u32 = 1;
+
+pub const ITEM: &str = "metrics";
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// The most bytes of similarity matrix held at once.
+pub const SIMILARITY_BLOCK_BYTES: usize = 256 << 20;
+
+/// Rows and columns of the similarity-matrix figure at most (evenly sampled above).
+const MATRIX_FIGURE_SIDE: usize = 2000;
+
+/// Rows projected through a head per forward pass.
+const PROJECT_ROWS: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    pub kind: String,
+    /// A train stage, a split stage and an embed stage.
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    pub device: Option<Spanned<String>>,
+}
+
+/// `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub head: HeadConfig,
+    /// The training step whose weights were evaluated.
+    pub chosen_step: u32,
+    pub test_objects: Vec<String>,
+    /// The study's name for same-object similarity.
+    pub inter_object_similarity: Stats,
+    /// The study's name for cross-object similarity.
+    pub intra_object_similarity: Stats,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug)]
+pub struct EvaluateStage {
+    stage: String,
+    device: DeviceChoice,
+    model: usize,
+    split: usize,
+    embeddings: usize,
+}
+
+/// An upstream output's bytes by name.
+fn read_named(store: &Store, outputs: &[Output], name: &str, what: &str) -> Result<Vec<u8>> {
+    let output = outputs
+        .iter()
+        .find(|o| o.name == name)
+        .with_context(|| format!("{what} has no {name}"))?;
+    store
+        .read_output(output)
+        .with_context(|| format!("reading {what}/{name}; run the pipeline again"))
+}
+
+/// `rows` rows of `x` through `f`, a few thousand at a time, back on the host as f32.
+fn in_batches(
+    x: &[f32],
+    dim: usize,
+    device: &Device,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(x.len());
+    for chunk in x.chunks(PROJECT_ROWS * dim) {
+        let t = Tensor::from_slice(chunk, (chunk.len() / dim, dim), device)?;
+        out.extend(
+            f(&t)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(out)
+}
+
+impl EvaluateStage {
+    pub fn new(stage: &str, p: EvaluateParams, roles: &[Role]) -> Result<EvaluateStage> {
+        let example = "\"train_object\", \"split\", \"embed\"";
+        Ok(EvaluateStage {
+            stage: stage.to_string(),
+            device: parse_device(stage, &p.device)?,
+            model: one_input(stage, roles, Role::Model, example)?,
+            split: one_input(stage, roles, Role::Split, example)?,
+            embeddings: one_input(stage, roles, Role::Embeddings, example)?,
+        })
+    }
+
+    fn run(&self, store: &Store, inputs: &[InputData]) -> Result<tempfile::TempDir> {
+        let single = |k: usize| -> Result<&[Output]> {
+            let input = &inputs[k];
+            input
+                .items
+                .first()
+                .map(|(_, r)| r.outputs.as_slice())
+                .with_context(|| format!("`{}` has no result", input.stage))
+        };
+        let model_stage = &inputs[self.model].stage;
+        let model_outputs = single(self.model)?;
+        let config: HeadConfig =
+            serde_json::from_slice(&read_named(store, model_outputs, HEAD_FILE, model_stage)?)
+                .with_context(|| format!("reading {model_stage}/{HEAD_FILE}"))?;
+        let curve: Curve =
+            serde_json::from_slice(&read_named(store, model_outputs, CURVE_FILE, model_stage)?)
+                .with_context(|| format!("reading {model_stage}/{CURVE_FILE}"))?;
+        let split = super::split::read(store, single(self.split)?)?;
+        let test = gather(store, &inputs[self.embeddings], &split.test, "test")?;
+        if test.dim != config.dim {
+            bail!(
+                "`{model_stage}` was trained on {}-d embeddings; `{}` has {}-d ones",
+                config.dim,
+                inputs[self.embeddings].stage,
+                test.dim
+            );
+        }
+        let (device, line) = select_device(self.device).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        tracing::info!(
+            "{}: {} head on {line}, {} test objects x {} views",
+            self.stage,
+            config.head.name(),
+            test.uids.len(),
+            test.views.len()
+        );
+        let head = match config.head {
+            HeadKind::Identity => Head::init(config.clone(), 0, &device)?,
+            _ => Head::from_safetensors(
+                config.clone(),
+                &read_named(store, model_outputs, WEIGHTS_FILE, model_stage)?,
+                &device,
+            )
+            .with_context(|| format!("loading {model_stage}/{WEIGHTS_FILE}"))?,
+        };
+        let projected = in_batches(&test.images, test.dim, &device, |x| head.project(x))?;
+        let input = EvalInput {
+            images: &projected,
+            texts: &test.texts,
+            objects: test.uids.len(),
+            views: &test.views,
+            dim: test.dim,
+        };
+        let mut m = metrics::evaluate(&input, SIMILARITY_BLOCK_BYTES)?;
+        if config.head == HeadKind::Autoencoder {
+            let full = in_batches(&test.images, test.dim, &device, |x| head.reconstruct(x))?;
+            let sq: f64 = test
+                .images
+                .iter()
+                .zip(&full)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            m.reconstruction_mse = Some(sq / test.images.len().max(1) as f64);
+        }
+
+        let out = tempfile::tempdir()?;
+        let fig = out.path().join("figures");
+        std::fs::create_dir_all(&fig)?;
+        let name = format!("{} ({})", self.stage, config.head.name());
+        let v = m.views;
+        std::fs::write(
+            fig.join("heatmap_mean.png"),
+            figures::heatmap(
+                &m.view_pair_mean,
+                v,
+                &format!("{name}: mean cosine per view pair"),
+                "view",
+            )?,
+        )?;
+        std::fs::write(
+            fig.join("heatmap_std.png"),
+            figures::heatmap(
+                &m.view_pair_std,
+                v,
+                &format!("{name}: std over objects"),
+                "view",
+            )?,
+        )?;
+        let (matrix, side, full) = metrics::similarity_matrix(&input, MATRIX_FIGURE_SIDE);
+        let matrix: Vec<f64> = matrix.into_iter().map(f64::from).collect();
+        let title = if side < full {
+            format!(
+                "{name}: texts then images ({full} rows, every {:.1}th shown)",
+                full as f64 / side as f64
+            )
+        } else {
+            format!("{name}: texts then images")
+        };
+        std::fs::write(
+            fig.join("similarity_matrix.png"),
+            figures::heatmap(&matrix, side, &title, "texts, then images (object-major)")?,
+        )?;
+        let curve_points = |groups: &[metrics::ByAngle]| -> Vec<(f64, f64, f64)> {
+            groups
+                .iter()
+                .map(|g| (g.difference, g.similarity.mean, g.similarity.std))
+                .collect()
+        };
+        if !m.by_azimuth_difference.is_empty() {
+            std::fs::write(
+                fig.join("by_azimuth_difference.png"),
+                figures::line_plot(
+                    &curve_points(&m.by_azimuth_difference),
+                    &format!("{name}: same-object similarity by azimuth difference"),
+                    "azimuth difference (degrees)",
+                )?,
+            )?;
+        }
+        if m.by_elevation_difference.len() > 1 {
+            std::fs::write(
+                fig.join("by_elevation_difference.png"),
+                figures::line_plot(
+                    &curve_points(&m.by_elevation_difference),
+                    &format!("{name}: same-object similarity by elevation difference"),
+                    "elevation difference (degrees)",
+                )?,
+            )?;
+        }
+        let evaluation = Evaluation {
+            head: config,
+            chosen_step: curve.chosen_step,
+            test_objects: test.uids.clone(),
+            inter_object_similarity: m.same_object,
+            intra_object_similarity: m.cross_object,
+            metrics: m,
+        };
+        std::fs::write(
+            out.path().join(METRICS_FILE),
+            serde_json::to_vec_pretty(&evaluation)?,
+        )?;
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl StageKind for EvaluateStage {
+    fn kind(&self) -> &'static str {
+        "evaluate"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn resources(&self) -> Resources {
+        device_resources(self.device)
+    }
+    fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
+        Ok(ParamSlice::new())
+    }
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
+        Ok(Expansion {
+            items: vec![PlannedItem::new(ITEM)],
+            bindings: vec![Binding::All; ctx.inputs.len()],
+        })
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::with_capacity(unit.len());
+        for task in unit {
+            let started_ms = now_ms();
+            let store = ctx.store.clone();
+            let me = self.clone();
+            let inputs = task.inputs;
+            let result = blocking_if(true, move || {
+                let out = me.run(&store, &inputs)?;
+                ingest_outputs(&store, out.path()).map_err(anyhow::Error::msg)
+            })
+            .await;
+            outcomes.push(match result {
+                Ok(outputs) => TaskOutcome::Success {
+                    outputs,
+                    stdout: None,
+                    stderr: None,
+                    started_ms,
+                    duration_ms: now_ms() - started_ms,
+                },
+                Err(e) => TaskOutcome::Failed {
+                    error: format!("{}: {e:#}", self.stage),
+                    stderr: None,
+                },
+            });
+        }
+        outcomes
+    }
+}

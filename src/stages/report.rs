@@ -1,0 +1,223 @@
+//! Stage kind `report`: the evaluate stages named in `inputs`, gathered into one table. One
+//! task; outputs `results.md`, `results.csv`, `results.json` and `figures/<evaluation>/*.png`.
+//! After every run, `mvc run` copies a report stage's outputs into the pipeline's results
+//! folder (`runs/<pipeline>/`).
+
+use super::evaluate::{Evaluation, METRICS_FILE};
+use super::{
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+};
+use crate::exec::slots::Resources;
+use crate::exec::workdir::output_from_bytes;
+use crate::report::table::{self, Row, STUDY};
+use crate::store::Store;
+use crate::store::records::{Output, now_ms};
+use crate::task::ParamSlice;
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use toml::Spanned;
+
+const VERSION: u32 = 1;
+
+pub const ITEM: &str = "results";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportParams {
+    pub kind: String,
+    /// Evaluate stages, in the order of the table's rows.
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    /// The heading of results.md.
+    pub title: Option<String>,
+    /// A line shown under the heading (e.g. what the numbers do not mean).
+    pub note: Option<String>,
+    /// `"study"`: the study's published numbers in a second column group.
+    pub compare: Option<Spanned<String>>,
+}
+
+#[derive(Debug)]
+pub struct ReportStage {
+    stage: String,
+    title: String,
+    note: Option<String>,
+    compare_study: bool,
+}
+
+impl ReportStage {
+    pub fn new(stage: &str, p: ReportParams, all_evaluate: bool) -> Result<ReportStage> {
+        if p.inputs.is_empty() || !all_evaluate {
+            bail!(
+                "stage `{stage}`: a report stage reads evaluate stages, e.g. inputs = \
+                 [\"eval_identity\", \"eval_object\"]"
+            );
+        }
+        let compare_study = match &p.compare {
+            None => false,
+            Some(c) if c.get_ref() == "study" => true,
+            Some(c) => {
+                return Err(crate::pipeline::AtSpan {
+                    span: c.span(),
+                    message: format!(
+                        "stage `{stage}`: compare = \"{}\" is not known; the one published \
+                         table mvc has is the study's: compare = \"study\"",
+                        c.get_ref()
+                    ),
+                }
+                .into());
+            }
+        };
+        Ok(ReportStage {
+            stage: stage.to_string(),
+            title: p.title.unwrap_or_else(|| "Results".to_string()),
+            note: p.note,
+            compare_study,
+        })
+    }
+
+    fn run(&self, store: &Store, task: &UnitTask) -> Result<Vec<Output>> {
+        let mut evaluations = Vec::new();
+        let mut figures: Vec<Vec<(String, Output)>> = Vec::new();
+        for input in &task.inputs {
+            let (_, result) = input
+                .items
+                .first()
+                .with_context(|| format!("`{}` has no result", input.stage))?;
+            let metrics = result
+                .outputs
+                .iter()
+                .find(|o| o.name == METRICS_FILE)
+                .with_context(|| {
+                    format!(
+                        "`{}` has no {METRICS_FILE}; is it an evaluate stage?",
+                        input.stage
+                    )
+                })?;
+            let bytes = store
+                .read_output(metrics)
+                .with_context(|| format!("reading {}/{METRICS_FILE}", input.stage))?;
+            let e: Evaluation = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading {}/{METRICS_FILE}", input.stage))?;
+            evaluations.push((input.stage.clone(), e));
+            figures.push(
+                result
+                    .outputs
+                    .iter()
+                    .filter_map(|o| {
+                        o.name
+                            .strip_prefix("figures/")
+                            .map(|f| (f.to_string(), o.clone()))
+                    })
+                    .collect(),
+            );
+        }
+        let rows: Vec<Row> = evaluations
+            .iter()
+            .zip(&figures)
+            .map(|((stage, e), figs)| Row {
+                stage,
+                evaluation: e,
+                figures: figs.iter().map(|(f, _)| f.clone()).collect(),
+            })
+            .collect();
+        let md = table::markdown(&self.title, self.note.as_deref(), &rows, self.compare_study);
+        let csv = table::csv(&rows)?;
+        let study: Vec<serde_json::Value> = if self.compare_study {
+            STUDY
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "head": s.head,
+                        "same_object": { "mean": s.same_object.0, "std": s.same_object.1 },
+                        "cross_object": { "mean": s.cross_object.0, "std": s.cross_object.1 },
+                        "text_to_image": { "mean": s.text_to_image.0, "std": s.text_to_image.1 },
+                        "reconstruction_mse": s.reconstruction_mse,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let json = serde_json::json!({
+            "title": self.title,
+            "note": self.note,
+            "results": rows,
+            "study": study,
+        });
+        let mut outputs = vec![
+            output_from_bytes(store, "results.md".into(), md.into_bytes()),
+            output_from_bytes(store, "results.csv".into(), csv),
+            output_from_bytes(
+                store,
+                "results.json".into(),
+                serde_json::to_vec_pretty(&json)?,
+            ),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<Output>, String>>()
+        .map_err(anyhow::Error::msg)?;
+        // The figures are the evaluations' own blobs, listed again under this stage's name.
+        for ((stage, _), figs) in evaluations.iter().zip(figures) {
+            for (file, output) in figs {
+                outputs.push(Output {
+                    name: format!("figures/{stage}/{file}"),
+                    ..output
+                });
+            }
+        }
+        outputs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(outputs)
+    }
+}
+
+#[async_trait::async_trait]
+impl StageKind for ReportStage {
+    fn kind(&self) -> &'static str {
+        "report"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn resources(&self) -> Resources {
+        Resources::ONE_CPU
+    }
+    fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
+        let mut p = ParamSlice::from([
+            ("title".to_string(), self.title.clone()),
+            (
+                "compare".to_string(),
+                if self.compare_study { "study" } else { "" }.to_string(),
+            ),
+        ]);
+        if let Some(n) = &self.note {
+            p.insert("note".into(), n.clone());
+        }
+        Ok(p)
+    }
+    fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
+        Ok(Expansion {
+            items: vec![PlannedItem::new(ITEM)],
+            bindings: vec![Binding::All; ctx.inputs.len()],
+        })
+    }
+    async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        unit.iter()
+            .map(|task| {
+                let started_ms = now_ms();
+                match self.run(&ctx.store, task) {
+                    Ok(outputs) => TaskOutcome::Success {
+                        outputs,
+                        stdout: None,
+                        stderr: None,
+                        started_ms,
+                        duration_ms: now_ms() - started_ms,
+                    },
+                    Err(e) => TaskOutcome::Failed {
+                        error: format!("{}: {e:#}", self.stage),
+                        stderr: None,
+                    },
+                }
+            })
+            .collect()
+    }
+}
