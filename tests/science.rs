@@ -1,0 +1,346 @@
+//! The science stages through the real `mvc` binary: `pipelines/offline.toml` end to end
+//! (no network), its reruns, and the bad inputs of split, train and evaluate.
+
+mod common;
+
+use common::Sandbox;
+use std::path::Path;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Copies what `pipelines/offline.toml` reads into the sandbox, as a clone would have it.
+fn offline_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    let copy_dir = |from: &str| {
+        let src = Path::new(REPO).join(from);
+        let dst = sb.path().join(from);
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+            }
+        }
+    };
+    copy_dir("pipelines/offline/objects");
+    copy_dir("tests/data/clip-tiny");
+    std::fs::copy(
+        Path::new(REPO).join("pipelines/offline.toml"),
+        sb.path().join("pipelines/offline.toml"),
+    )
+    .unwrap();
+    sb
+}
+
+const SCIENCE: &[&str] = &[
+    "split",
+    "train_identity",
+    "train_object",
+    "train_contrastive",
+    "train_autoencoder",
+    "eval_identity",
+    "eval_object",
+    "eval_contrastive",
+    "eval_autoencoder",
+    "report",
+];
+
+#[test]
+fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
+    let sb = offline_sandbox();
+    let first = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
+    first.assert_ok();
+    assert_eq!(first.count("views", "ran"), 8 * 12);
+    assert_eq!(first.count("embed", "ran"), 8 * 12 + 8);
+    for stage in SCIENCE {
+        assert_eq!(first.count(stage, "ran"), 1, "{stage}");
+    }
+
+    // results.md with all four heads, its CSV and JSON, every evaluation's figures.
+    let runs = sb.path().join("runs/offline");
+    let md = std::fs::read_to_string(runs.join("results.md")).unwrap();
+    for head in ["identity", "object", "contrastive", "autoencoder"] {
+        assert!(md.contains(&format!("| eval_{head} | {head} | study |")), "{md}");
+    }
+    assert!(md.contains("mean nothing about CLIP"), "{md}");
+    let csv = std::fs::read_to_string(runs.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs.join("results.json")).unwrap()).unwrap();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    let ae = &results[3]["evaluation"];
+    assert!(ae["reconstruction_mse"].as_f64().unwrap() > 0.0, "{ae}");
+    assert_eq!(ae["views"], 12);
+    assert_eq!(ae["view_pair_mean"].as_array().unwrap().len(), 144);
+    assert_eq!(
+        ae["inter_object_similarity"], ae["same_object"],
+        "the study's name is an alias"
+    );
+    for head in ["identity", "object", "contrastive", "autoencoder"] {
+        for fig in [
+            "heatmap_mean.png",
+            "heatmap_std.png",
+            "similarity_matrix.png",
+            "by_azimuth_difference.png",
+            "by_elevation_difference.png",
+        ] {
+            let path = runs.join(format!("figures/eval_{head}/{fig}"));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let img = image::load_from_memory(&bytes).unwrap();
+            assert!(img.width() >= 480, "{}", path.display());
+            assert!(md.contains(&format!("figures/eval_{head}/{fig}")), "{fig} not linked");
+        }
+    }
+    // Each evaluation's metrics.json, exported.
+    let out = sb.path().join("export");
+    sb.mvc(&["export", "pipelines/offline.toml", "eval_object", out.to_str().unwrap()])
+        .assert_ok();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("metrics/metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["head"]["head"], "object");
+    assert_eq!(metrics["test_objects"].as_array().unwrap().len(), 2);
+
+    // A second run does nothing.
+    let second = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
+    second.assert_ok();
+    for (stage, _) in second.json()["stages"].as_object().unwrap() {
+        assert_eq!(second.count(stage, "ran"), 0, "{stage} ran again");
+    }
+
+    // One head's weight: only that head's train and evaluate, and the report.
+    let file = sb.path().join("pipelines/offline.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.matches("weight_similarity = 0.5").count(), 1);
+    std::fs::write(&file, text.replace("weight_similarity = 0.5", "weight_similarity = 0.8"))
+        .unwrap();
+    let plan = sb.mvc(&["plan", "pipelines/offline.toml"]);
+    assert!(plan.stdout.contains("train_contrastive"), "{}", plan.stdout);
+    let third = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
+    third.assert_ok();
+    let mut ran: Vec<String> = third.json()["stages"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| c["ran"].as_u64() != Some(0))
+        .map(|(s, _)| s.clone())
+        .collect();
+    ran.sort();
+    assert_eq!(ran, ["eval_contrastive", "report", "train_contrastive"]);
+}
+
+/// Four boxes (and any `extra` objects), six views, the tiny CLIP, a split and one head.
+fn small_pipeline(sb: &Sandbox, split: &str, train: &str, extra: &[(&str, &[u8])]) -> String {
+    let model = Path::new(REPO).join("tests/data/clip-tiny");
+    let mut files = Vec::new();
+    let mut ids = Vec::new();
+    let glb = std::fs::read(Path::new(REPO).join("pipelines/offline/objects/crate.glb")).unwrap();
+    let mut objects: Vec<(String, Vec<u8>)> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| (n.to_string(), glb.clone()))
+        .collect();
+    objects.extend(extra.iter().map(|(n, b)| (n.to_string(), b.to_vec())));
+    for (name, bytes) in &objects {
+        std::fs::write(sb.path().join(format!("{name}.glb")), bytes).unwrap();
+        files.push(format!("{name} = \"{name}.glb\""));
+        ids.push(format!("{{ id = \"{name}\", params = {{ caption = \"object {name}\" }} }}"));
+    }
+    format!(
+        r#"[stage.objects]
+kind = "command"
+items = [{ids}]
+files = {{ {files} }}
+cmd = 'eval cp "\$MVC_FILE_$(echo "$MVC_ITEM" | tr a-z A-Z)" "$MVC_OUT/model.glb" && printf "%s" "$MVC_PARAM_CAPTION" > "$MVC_OUT/caption.txt"'
+outputs = ["model.glb", "caption.txt"]
+
+[stage.views]
+kind = "render"
+inputs = ["objects"]
+backend = "builtin"
+azimuths = {{ start = 0, step = 60, count = 6 }}
+polar = [50]
+resolution = 32
+
+[stage.embed]
+kind = "embed"
+inputs = ["views", "objects"]
+model = "{model}"
+device = "cpu"
+
+[stage.split]
+kind = "split"
+inputs = ["objects"]
+{split}
+
+[stage.train]
+kind = "train"
+inputs = ["split", "embed"]
+steps = 5
+hidden = 8
+device = "cpu"
+{train}
+
+[stage.eval]
+kind = "evaluate"
+inputs = ["train", "split", "embed"]
+"#,
+        ids = ids.join(", "),
+        files = files.join(", "),
+        model = model.display(),
+    )
+}
+
+#[test]
+fn a_split_without_two_test_objects_says_so() {
+    let sb = Sandbox::new();
+    let p = small_pipeline(&sb, "fractions = [0.5, 0.25, 0.25]", "head = \"object\"", &[]);
+    sb.write("p.toml", &p);
+    let ran = sb.mvc(&["run", "p.toml"]);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains(
+            "stage `split`: the test part has 1 of 4 objects; it needs at least 2 (evaluation \
+             compares objects). Add objects or raise its fraction."
+        ),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn fractions_that_do_not_sum_to_one_name_the_line() {
+    let sb = Sandbox::new();
+    let p = small_pipeline(&sb, "fractions = [0.8, 0.1, 0.2]", "head = \"object\"", &[]);
+    let line = p.lines().position(|l| l.starts_with("fractions")).unwrap() + 1;
+    sb.write("p.toml", &p);
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains(&format!("p.toml:{line}:13: stage `split`: `fractions` sum to 1.1")),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("they must sum to 1"), "{}", ran.stderr);
+}
+
+#[test]
+fn an_unknown_head_lists_the_heads() {
+    let sb = Sandbox::new();
+    let p = small_pipeline(&sb, "", "head = \"objet\"", &[]);
+    let line = p.lines().position(|l| l.starts_with("head")).unwrap() + 1;
+    sb.write("p.toml", &p);
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains(&format!(
+            "p.toml:{line}:8: stage `train`: unknown head `objet`; heads: identity, object, \
+             contrastive, autoencoder (did you mean `object`?)"
+        )),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_train_stage_names_the_objects_without_embeddings() {
+    let sb = Sandbox::new();
+    // Ten good objects and one that is not a GLB: its views fail, so it has no embeddings.
+    let glb = std::fs::read(Path::new(REPO).join("pipelines/offline/objects/orange.glb")).unwrap();
+    let names = ["e", "f", "g", "h", "i", "j"];
+    let mut extra: Vec<(&str, &[u8])> = names.iter().map(|n| (*n, glb.as_slice())).collect();
+    extra.push(("broken", b"not a glb at all"));
+    // With method = "hash" and seed 4, `broken` lands in the training part.
+    let p = small_pipeline(&sb, "method = \"hash\"\nfractions = [0.6, 0.2, 0.2]\nseed = 4", "head = \"contrastive\"", &extra);
+    sb.write("p.toml", &p);
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_ne!(ran.code, Some(0));
+    assert_eq!(ran.count("views", "failed"), 6);
+    assert_eq!(ran.count("train", "failed"), 1);
+    let failures = ran.json()["failures"].to_string();
+    assert!(
+        failures.contains("of the") && failures.contains("training objects lack embeddings in `embed`"),
+        "{failures}"
+    );
+    assert!(failures.contains("broken: 6 of 6 views missing"), "{failures}");
+}
+
+#[test]
+fn objects_with_different_views_are_named() {
+    use mvc::exec::workdir::InputData;
+    use mvc::stages::Binding;
+    use mvc::store::records::{Output, TaskResult, manifest_digest};
+    use mvc::task::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let store = mvc::store::Store::open(&dir.path().join("cache")).unwrap();
+    let item = |id: &str| {
+        let bytes: Vec<u8> = [1f32, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let outputs = vec![Output {
+            name: "embedding.f32".into(),
+            digest: Digest::of(&bytes),
+            size: bytes.len() as u64,
+            inline: Some(bytes),
+        }];
+        let result = TaskResult {
+            stage: "embed".into(),
+            item: id.into(),
+            manifest: manifest_digest(&outputs),
+            outputs,
+            stdout: None,
+            stderr: None,
+            started_ms: 0,
+            duration_ms: 0,
+            host: "local".into(),
+        };
+        (id.to_string(), result)
+    };
+    let mut items = Vec::new();
+    for uid in ["u1", "u2", "u3"] {
+        items.push(item(&format!("{uid}#caption")));
+        let views = if uid == "u2" { 1 } else { 3 };
+        for v in 0..views {
+            items.push(item(&format!("{uid}@az{:03}-pol050-d1.5-fov49.1343", v * 120)));
+        }
+    }
+    let input = InputData {
+        stage: "embed".into(),
+        binding: Binding::All,
+        items,
+    };
+    let uids: Vec<String> = ["u1", "u2", "u3"].iter().map(|s| s.to_string()).collect();
+    let e = match mvc::stages::gather::gather(&store, &input, &uids, "test") {
+        Ok(_) => panic!("objects with 3, 1 and 3 views were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.starts_with("1 of the 3 test objects lack embeddings in `embed` (every object needs the same views and its caption): u2: 2 of 3 views missing (az120-pol050-d1.5-fov49.1343, az240-pol050-d1.5-fov49.1343)"),
+        "{e}"
+    );
+    // With u2 left out the others gather, views in the study's order.
+    let two = [uids[0].clone(), uids[2].clone()];
+    let g = mvc::stages::gather::gather(&store, &input, &two, "test").unwrap();
+    assert_eq!((g.uids.len(), g.views.len(), g.dim), (2, 3, 2));
+    assert_eq!(g.views[1].azimuth, Some(120.0));
+}
+
+#[test]
+fn the_study_split_counts_and_the_hash_split_keeps_objects_in_place() {
+    use mvc::stages::split::{Method, assign};
+    let uids: Vec<String> = (0..2050).map(|k| format!("{k:032x}")).collect();
+    let s = assign(&uids, Method::Study, [0.8, 0.1, 0.1], 42);
+    // int(0.8 N), int(0.1 N), the rest (the study had 206 test objects of about 2,050).
+    assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (1640, 205, 205));
+    assert_eq!(s, assign(&uids, Method::Study, [0.8, 0.1, 0.1], 42));
+    let other = assign(&uids, Method::Study, [0.8, 0.1, 0.1], 7);
+    assert_ne!(s.test, other.test, "the seed shuffles");
+
+    let h = assign(&uids[..1000], Method::Hash, [0.8, 0.1, 0.1], 42);
+    let more = assign(&uids, Method::Hash, [0.8, 0.1, 0.1], 42);
+    for uid in &h.test {
+        assert!(more.test.contains(uid), "{uid} moved when objects were added");
+    }
+    for uid in &h.train {
+        assert!(more.train.contains(uid), "{uid} moved when objects were added");
+    }
+    let share = more.test.len() as f64 / 2050.0;
+    assert!((share - 0.1).abs() < 0.03, "hash test share {share}");
+}
