@@ -38,8 +38,11 @@ fn views(azimuths: &[f64], polars: &[f64]) -> Vec<ViewInfo> {
         .collect()
 }
 
+/// Per object, per view, a vector.
+type PerView = Vec<Vec<Vec<f64>>>;
+
 /// Hand-made embeddings: 3 objects x 4 views (2 azimuths x 2 rings) in 5 dimensions.
-fn small_set() -> (Vec<Vec<Vec<f64>>>, Vec<Vec<f64>>, Vec<ViewInfo>) {
+fn small_set() -> (PerView, Vec<Vec<f64>>, Vec<ViewInfo>) {
     let mut rng = fastrand::Rng::with_seed(7);
     let images: Vec<Vec<Vec<f64>>> = (0..3)
         .map(|_| (0..4).map(|_| rng_vec(&mut rng, 5)).collect())
@@ -371,11 +374,9 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
     // InfoNCE: −mean over images of log softmax over texts at its own text.
     let tau = 0.5;
     let mut nll = 0.0;
-    for o in 0..b {
-        for v in 0..d {
-            let logits: Vec<f64> = (0..b)
-                .map(|p| cos(&images[o][v], &texts[p]) / tau)
-                .collect();
+    for (o, views) in images.iter().enumerate() {
+        for image in views {
+            let logits: Vec<f64> = (0..b).map(|p| cos(image, &texts[p]) / tau).collect();
             let lse = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
             nll += lse - logits[o];
         }

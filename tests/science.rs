@@ -60,7 +60,10 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
     let runs = sb.path().join("runs/offline");
     let md = std::fs::read_to_string(runs.join("results.md")).unwrap();
     for head in ["identity", "object", "contrastive", "autoencoder"] {
-        assert!(md.contains(&format!("| eval_{head} | {head} | study |")), "{md}");
+        assert!(
+            md.contains(&format!("| eval_{head} | {head} | study |")),
+            "{md}"
+        );
     }
     assert!(md.contains("mean nothing about CLIP"), "{md}");
     let csv = std::fs::read_to_string(runs.join("results.csv")).unwrap();
@@ -89,13 +92,21 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let img = image::load_from_memory(&bytes).unwrap();
             assert!(img.width() >= 480, "{}", path.display());
-            assert!(md.contains(&format!("figures/eval_{head}/{fig}")), "{fig} not linked");
+            assert!(
+                md.contains(&format!("figures/eval_{head}/{fig}")),
+                "{fig} not linked"
+            );
         }
     }
     // Each evaluation's metrics.json, exported.
     let out = sb.path().join("export");
-    sb.mvc(&["export", "pipelines/offline.toml", "eval_object", out.to_str().unwrap()])
-        .assert_ok();
+    sb.mvc(&[
+        "export",
+        "pipelines/offline.toml",
+        "eval_object",
+        out.to_str().unwrap(),
+    ])
+    .assert_ok();
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metrics/metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["head"]["head"], "object");
@@ -112,8 +123,11 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
     let file = sb.path().join("pipelines/offline.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     assert_eq!(text.matches("weight_similarity = 0.5").count(), 1);
-    std::fs::write(&file, text.replace("weight_similarity = 0.5", "weight_similarity = 0.8"))
-        .unwrap();
+    std::fs::write(
+        &file,
+        text.replace("weight_similarity = 0.5", "weight_similarity = 0.8"),
+    )
+    .unwrap();
     let plan = sb.mvc(&["plan", "pipelines/offline.toml"]);
     assert!(plan.stdout.contains("train_contrastive"), "{}", plan.stdout);
     let third = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
@@ -143,7 +157,9 @@ fn small_pipeline(sb: &Sandbox, split: &str, train: &str, extra: &[(&str, &[u8])
     for (name, bytes) in &objects {
         std::fs::write(sb.path().join(format!("{name}.glb")), bytes).unwrap();
         files.push(format!("{name} = \"{name}.glb\""));
-        ids.push(format!("{{ id = \"{name}\", params = {{ caption = \"object {name}\" }} }}"));
+        ids.push(format!(
+            "{{ id = \"{name}\", params = {{ caption = \"object {name}\" }} }}"
+        ));
     }
     format!(
         r#"[stage.objects]
@@ -193,7 +209,12 @@ inputs = ["train", "split", "embed"]
 #[test]
 fn a_split_without_two_test_objects_says_so() {
     let sb = Sandbox::new();
-    let p = small_pipeline(&sb, "fractions = [0.5, 0.25, 0.25]", "head = \"object\"", &[]);
+    let p = small_pipeline(
+        &sb,
+        "fractions = [0.5, 0.25, 0.25]",
+        "head = \"object\"",
+        &[],
+    );
     sb.write("p.toml", &p);
     let ran = sb.mvc(&["run", "p.toml"]);
     assert_ne!(ran.code, Some(0));
@@ -216,7 +237,9 @@ fn fractions_that_do_not_sum_to_one_name_the_line() {
     let ran = sb.mvc(&["plan", "p.toml"]);
     assert_ne!(ran.code, Some(0));
     assert!(
-        ran.stderr.contains(&format!("p.toml:{line}:13: stage `split`: `fractions` sum to 1.1")),
+        ran.stderr.contains(&format!(
+            "p.toml:{line}:13: stage `split`: `fractions` sum to 1.1"
+        )),
         "{}",
         ran.stderr
     );
@@ -250,7 +273,12 @@ fn a_train_stage_names_the_objects_without_embeddings() {
     let mut extra: Vec<(&str, &[u8])> = names.iter().map(|n| (*n, glb.as_slice())).collect();
     extra.push(("broken", b"not a glb at all"));
     // With method = "hash" and seed 4, `broken` lands in the training part.
-    let p = small_pipeline(&sb, "method = \"hash\"\nfractions = [0.6, 0.2, 0.2]\nseed = 4", "head = \"contrastive\"", &extra);
+    let p = small_pipeline(
+        &sb,
+        "method = \"hash\"\nfractions = [0.6, 0.2, 0.2]\nseed = 4",
+        "head = \"contrastive\"",
+        &extra,
+    );
     sb.write("p.toml", &p);
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     assert_ne!(ran.code, Some(0));
@@ -258,10 +286,14 @@ fn a_train_stage_names_the_objects_without_embeddings() {
     assert_eq!(ran.count("train", "failed"), 1);
     let failures = ran.json()["failures"].to_string();
     assert!(
-        failures.contains("of the") && failures.contains("training objects lack embeddings in `embed`"),
+        failures.contains("of the")
+            && failures.contains("training objects lack embeddings in `embed`"),
         "{failures}"
     );
-    assert!(failures.contains("broken: 6 of 6 views missing"), "{failures}");
+    assert!(
+        failures.contains("broken: 6 of 6 views missing"),
+        "{failures}"
+    );
 }
 
 #[test]
@@ -298,7 +330,10 @@ fn objects_with_different_views_are_named() {
         items.push(item(&format!("{uid}#caption")));
         let views = if uid == "u2" { 1 } else { 3 };
         for v in 0..views {
-            items.push(item(&format!("{uid}@az{:03}-pol050-d1.5-fov49.1343", v * 120)));
+            items.push(item(&format!(
+                "{uid}@az{:03}-pol050-d1.5-fov49.1343",
+                v * 120
+            )));
         }
     }
     let input = InputData {
@@ -328,7 +363,10 @@ fn the_study_split_counts_and_the_hash_split_keeps_objects_in_place() {
     let uids: Vec<String> = (0..2050).map(|k| format!("{k:032x}")).collect();
     let s = assign(&uids, Method::Study, [0.8, 0.1, 0.1], 42);
     // int(0.8 N), int(0.1 N), the rest (the study had 206 test objects of about 2,050).
-    assert_eq!((s.train.len(), s.validation.len(), s.test.len()), (1640, 205, 205));
+    assert_eq!(
+        (s.train.len(), s.validation.len(), s.test.len()),
+        (1640, 205, 205)
+    );
     assert_eq!(s, assign(&uids, Method::Study, [0.8, 0.1, 0.1], 42));
     let other = assign(&uids, Method::Study, [0.8, 0.1, 0.1], 7);
     assert_ne!(s.test, other.test, "the seed shuffles");
@@ -336,10 +374,16 @@ fn the_study_split_counts_and_the_hash_split_keeps_objects_in_place() {
     let h = assign(&uids[..1000], Method::Hash, [0.8, 0.1, 0.1], 42);
     let more = assign(&uids, Method::Hash, [0.8, 0.1, 0.1], 42);
     for uid in &h.test {
-        assert!(more.test.contains(uid), "{uid} moved when objects were added");
+        assert!(
+            more.test.contains(uid),
+            "{uid} moved when objects were added"
+        );
     }
     for uid in &h.train {
-        assert!(more.train.contains(uid), "{uid} moved when objects were added");
+        assert!(
+            more.train.contains(uid),
+            "{uid} moved when objects were added"
+        );
     }
     let share = more.test.len() as f64 / 2050.0;
     assert!((share - 0.1).abs() < 0.03, "hash test share {share}");

@@ -110,7 +110,7 @@ pub fn train(
     let mut rng = fastrand::Rng::with_seed(settings.seed);
     // The validation batch is drawn once, from its own stream, so every validation compares
     // the same views.
-    let mut val_rng = fastrand::Rng::with_seed(settings.seed ^ 0x5eed_0f_7a1);
+    let mut val_rng = fastrand::Rng::with_seed(settings.seed ^ 0x0005_eed0_f7a1);
     let mut order: Vec<usize> = (0..validation.views).collect();
     let val_images = Tensor::from_vec(
         draw_batch(validation, take, &mut val_rng, &mut order),

@@ -211,9 +211,8 @@ impl Pipeline {
                             } else if name
                                 .strip_suffix(&format!(".{}", download::SELECT))
                                 .is_some_and(|d| downloads.contains(d))
+                                || caption_files.contains(&name)
                             {
-                                (name, InputRole::Captions)
-                            } else if caption_files.contains(&name) {
                                 (name, InputRole::Captions)
                             } else {
                                 (name, InputRole::Images)
