@@ -48,13 +48,21 @@ fn synthetic(objects: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     (images, texts)
 }
 
-/// Multiply-adds of one forward pass per row, over every Linear layer of the head.
-fn macs_per_row(head: &Head) -> f64 {
-    head.nets
-        .iter()
-        .flat_map(|(_, m)| m.layers.iter())
-        .map(|l| l.weight.elem_count() as f64)
-        .sum()
+/// Multiply-adds per row of one forward pass and of its backward pass over every Linear
+/// layer of the head. Backward takes two products per layer (the weight's gradient and the
+/// input's), except that a network reading the raw embeddings needs no gradient for them.
+fn macs_per_row(head: &Head) -> (f64, f64) {
+    let mut forward = 0.0;
+    let mut backward = 0.0;
+    for (name, mlp) in &head.nets {
+        for (k, layer) in mlp.layers.iter().enumerate() {
+            let macs = layer.weight.elem_count() as f64;
+            forward += macs;
+            let reads_embeddings = k == 0 && name != "vi_dec" && name != "vd_dec";
+            backward += if reads_embeddings { macs } else { 2.0 * macs };
+        }
+    }
+    (forward, backward)
 }
 
 /// GFLOP/s of `[rows, DIM] x [DIM, DIM]` products, the shape of a head's first layer.
@@ -71,6 +79,56 @@ fn matmul_rate(rows: usize, device: &Device) -> f64 {
     }
     let secs = clock.elapsed().as_secs_f64();
     reps as f64 * 2.0 * rows as f64 * (DIM * DIM) as f64 / secs / 1e9
+}
+
+/// Seconds per call of `f`, best of 3 after a warm-up.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..3)
+        .map(|_| {
+            let clock = Instant::now();
+            f();
+            clock.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Where one training step of `h` goes: the forward pass, the loss with its backward pass
+/// on fixed head outputs, and the whole step (forward, loss, backward; no optimiser).
+fn breakdown(h: &Head, data: &Embeddings, device: &Device) {
+    let b = data.objects;
+    let batch: Vec<f32> = (0..b)
+        .flat_map(|o| {
+            data.images[o * VIEWS * DIM..(o * VIEWS + 6) * DIM]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let x = Tensor::from_vec(batch, (b, 6, DIM), device).unwrap();
+    let t = Tensor::from_slice(data.texts, (b, DIM), device).unwrap();
+    let flat = x.reshape((b * 6, DIM)).unwrap();
+    let sync = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let forward = time(|| {
+        sync(&h.project(&flat).unwrap());
+    });
+    let out =
+        candle_core::Var::from_tensor(&h.project(&flat).unwrap().reshape((b, 6, DIM)).unwrap())
+            .unwrap();
+    let loss_only = time(|| {
+        let l = mvc::heads::loss::object_loss(out.as_tensor(), &t).unwrap();
+        let g = l.backward().unwrap();
+        sync(g.get(out.as_tensor()).unwrap());
+    });
+    let step = time(|| {
+        let l = h.loss(&x, &t).unwrap();
+        let g = l.backward().unwrap();
+        sync(g.get(&h.vars()[0]).unwrap());
+    });
+    println!(
+        "breakdown of one {} step: forward {forward:.3} s, the loss with its backward {loss_only:.3} s, \
+         forward + loss + backward {step:.3} s",
+        h.config.head.name()
+    );
 }
 
 fn main() {
@@ -106,6 +164,21 @@ fn main() {
     };
     let rows = objects * 6;
     let matmul = matmul_rate(rows, &device);
+    if std::env::var("MVC_BENCH_BREAKDOWN").is_ok() {
+        let config = HeadConfig {
+            head: HeadKind::Object,
+            variant: Variant::Study,
+            dim: DIM,
+            hidden: 512,
+            code: 128,
+            weight_similarity: 0.5,
+            weight_autoencoder: 0.5,
+            temperature: 0.07,
+        };
+        breakdown(&Head::init(config, 42, &device).unwrap(), &data, &device);
+        println!("matmul: {matmul:.1} GFLOP/s");
+        return;
+    }
     println!("plain candle matmul [{rows} x {DIM}] x [{DIM} x {DIM}]: {matmul:.1} GFLOP/s");
     println!("| head | variant | s/step | GFLOP/step | GFLOP/s | ratio to matmul |");
     println!("| --- | --- | --- | --- | --- | --- |");
@@ -136,15 +209,14 @@ fn main() {
         let clock = Instant::now();
         train(&h, &data, &val, &settings, &device, &|| false).unwrap();
         let secs = clock.elapsed().as_secs_f64();
-        // Forward and backward (two products per layer: input and weight gradients) on the
-        // training batch; forward only on the validation batch.
-        let macs = macs_per_row(&h);
+        // Forward and backward on the training batch; forward only on the validation batch.
+        let (forward, backward) = macs_per_row(&h);
         let validations = (steps / 10).max(1) as f64;
-        let mut flops = steps as f64 * 3.0 * 2.0 * macs * rows as f64
-            + validations * 2.0 * macs * (validation * 6) as f64;
+        let mut flops = steps as f64 * 2.0 * (forward + backward) * rows as f64
+            + validations * 2.0 * forward * (validation * 6) as f64;
         if variant == Variant::Fixed {
-            // InfoNCE's [B·D, B] similarity, forward and backward.
-            flops += steps as f64 * 3.0 * 2.0 * (rows * objects * DIM) as f64;
+            // InfoNCE's [B·D, B] logits: forward, and the gradient for the images.
+            flops += steps as f64 * 2.0 * 2.0 * (rows * objects * DIM) as f64;
         }
         let per_step = secs / steps as f64;
         let rate = flops / secs / 1e9;

@@ -698,3 +698,55 @@ fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
     assert!(e.contains("loss is") && e.contains("at step"), "{e}");
     assert!(e.contains("lr"), "{e}");
 }
+
+#[test]
+fn the_fused_bias_relu_equals_candles_ops_and_has_their_gradient() {
+    use mvc::heads::fused::bias_relu;
+    let mut rng = fastrand::Rng::with_seed(5);
+    let z = Tensor::from_vec(rng_vec(&mut rng, 7 * 9), (7, 9), &Device::Cpu).unwrap();
+    let b = Tensor::from_vec(rng_vec(&mut rng, 9), 9, &Device::Cpu).unwrap();
+    let fused: Vec<f64> = bias_relu(&z, &b)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let plain: Vec<f64> = z
+        .broadcast_add(&b)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(fused, plain);
+    assert!(fused.iter().any(|v| *v == 0.0) && fused.iter().any(|v| *v > 0.0));
+    let w = Tensor::from_vec(rng_vec(&mut rng, 7 * 9), (7, 9), &Device::Cpu).unwrap();
+    // A loss that weighs every output differently, through the op.
+    check_gradient("bias-relu, by input", &z, &|z| {
+        (bias_relu(z, &b).unwrap() * &w).unwrap().sum_all().unwrap()
+    });
+    check_gradient("bias-relu, by bias", &b, &|b| {
+        (bias_relu(&z, b).unwrap() * &w).unwrap().sum_all().unwrap()
+    });
+    // f32, as training runs it.
+    let z32 = z.to_dtype(DType::F32).unwrap();
+    let b32 = b.to_dtype(DType::F32).unwrap();
+    let a: Vec<f32> = bias_relu(&z32, &b32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let p: Vec<f32> = z32
+        .broadcast_add(&b32)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(a, p);
+}

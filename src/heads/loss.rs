@@ -22,6 +22,17 @@ pub fn unit(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&norm)
 }
 
+/// Pair sums from each group's sum of unit vectors (`[G, d]`) and the sum of every member's
+/// squared length.
+fn pair_sums_of(group_sums: &Tensor, self_dots: &Tensor) -> Result<PairSums> {
+    let within2 = group_sums.sqr()?.sum_all()?; // sum_g |sum_m u|²
+    let all2 = group_sums.sum(0)?.sqr()?.sum_all()?; // |sum u|²
+    // sum_{i<j} within group g = (|S_g|² − sum |u|²)/2; all pairs = (|S|² − sum |u|²)/2.
+    let within = ((&within2 - self_dots)? * 0.5)?;
+    let across = ((all2 - within2)? * 0.5)?;
+    Ok(PairSums { within, across })
+}
+
 /// Pair sums of unit vectors grouped as `[groups, members, d]`.
 pub struct PairSums {
     /// Sum of cosines over unordered pairs within each group, summed over groups.
@@ -32,15 +43,7 @@ pub struct PairSums {
 
 /// Both pair sums of `u` (`[G, M, d]`, rows already unit) in O(G M d).
 pub fn pair_sums(u: &Tensor) -> Result<PairSums> {
-    let self_dots = u.sqr()?.sum_all()?;
-    let group_sums = u.sum(1)?; // [G, d]
-    let within2 = group_sums.sqr()?.sum_all()?; // sum_g |sum_m u|²
-    let total = group_sums.sum(0)?; // [d]
-    let all2 = total.sqr()?.sum_all()?; // |sum u|²
-    // sum_{i<j} within group g = (|S_g|² − sum |u|²)/2; all pairs = (|S|² − sum |u|²)/2.
-    let within = ((&within2 - &self_dots)? * 0.5)?;
-    let across = ((all2 - within2)? * 0.5)?;
-    Ok(PairSums { within, across })
+    pair_sums_of(&u.sum(1)?, &u.sqr()?.sum_all()?)
 }
 
 /// How the study's dissimilarity terms divide the cross-object cosine sum.
@@ -57,7 +60,16 @@ pub enum Normaliser {
 /// object's M members (its D images, and its text first when texts take part).
 pub fn similarity_terms(members: &Tensor, normaliser: Normaliser) -> Result<(Tensor, Tensor)> {
     let (b, m, _) = members.dims3()?;
-    let sums = pair_sums(members)?;
+    terms_from_sums(pair_sums(members)?, b, m, normaliser)
+}
+
+/// sim and dissim from the pair sums of `b` objects of `m` members each.
+fn terms_from_sums(
+    sums: PairSums,
+    b: usize,
+    m: usize,
+    normaliser: Normaliser,
+) -> Result<(Tensor, Tensor)> {
     let same_pairs = (b * m * (m - 1) / 2) as f64;
     let sim = (sums.within / same_pairs)?;
     let objects = (b * b.saturating_sub(1) / 2) as f64;
@@ -74,8 +86,7 @@ pub fn similarity_terms(members: &Tensor, normaliser: Normaliser) -> Result<(Ten
 /// Object head: −(mean cosine over same-object pairs, text included).
 /// `images` `[B, D, d]` (head outputs), `texts` `[B, d]` (raw).
 pub fn object_loss(images: &Tensor, texts: &Tensor) -> Result<Tensor> {
-    let members = with_texts(images, texts)?;
-    let (sim, _) = similarity_terms(&members, Normaliser::TrueMean)?;
+    let (sim, _) = text_image_terms(images, texts, Normaliser::TrueMean)?;
     sim.neg()
 }
 
@@ -86,8 +97,7 @@ pub fn contrastive_loss(
     weight_similarity: f64,
     normaliser: Normaliser,
 ) -> Result<Tensor> {
-    let members = with_texts(images, texts)?;
-    let (sim, dissim) = similarity_terms(&members, normaliser)?;
+    let (sim, dissim) = text_image_terms(images, texts, normaliser)?;
     (dissim * (1.0 - weight_similarity))? - (sim * weight_similarity)?
 }
 
@@ -95,19 +105,14 @@ pub fn contrastive_loss(
 /// text, the image's own text being the positive; cosine logits divided by `temperature`.
 pub fn info_nce_loss(images: &Tensor, texts: &Tensor, temperature: f64) -> Result<Tensor> {
     let (b, d, dim) = images.dims3()?;
-    let u = unit(&images.reshape((b * d, dim))?)?;
-    let t = unit(texts)?;
-    let logits = (u.matmul(&t.t()?)? / temperature)?; // [B·D, B]
-    let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    // The positive of row o·D + v is column o: a one-hot mask picks it.
-    let mut mask = vec![0f64; b * d * b];
-    for o in 0..b {
-        for v in 0..d {
-            mask[(o * d + v) * b + o] = 1.0;
-        }
-    }
-    let mask = Tensor::from_vec(mask, (b * d, b), images.device())?.to_dtype(images.dtype())?;
-    (log_p * mask)?.sum_all()? / (-((b * d) as f64))
+    let u = unit(images)?; // [B, D, dim]
+    let t = unit(texts)?; // [B, dim]
+    let logits = (u.reshape((b * d, dim))?.matmul(&t.t()?)? / temperature)?; // [B·D, B]
+    // −log softmax at the own text = logsumexp over texts − the own text's logit; the own
+    // logits are row-wise dot products, with no [B·D, B] mask.
+    let own = (u.broadcast_mul(&t.unsqueeze(1)?)?.sum_all()? / temperature)?;
+    let lse = super::fused::row_log_sum_exp(&logits)?.sum_all()?;
+    (lse - own)? / (b * d) as f64
 }
 
 /// The autoencoder's loss: a·mean_x |x − decoded|₂ + (1 − a)·((1 − w)·dissim − w·sim), the
@@ -122,7 +127,9 @@ pub fn autoencoder_loss(
     normaliser: Normaliser,
 ) -> Result<Tensor> {
     let rec = reconstruction_distance(x, decoded)?;
-    let (sim, dissim) = similarity_terms(&unit(codes)?, normaliser)?;
+    let (b, m, _) = codes.dims3()?;
+    let (group_sums, self_dots) = super::fused::unit_group_sums(codes)?;
+    let (sim, dissim) = terms_from_sums(pair_sums_of(&group_sums, &self_dots)?, b, m, normaliser)?;
     let similarity = ((dissim * (1.0 - weight_similarity))? - (sim * weight_similarity)?)?;
     (rec * weight_autoencoder)? + (similarity * (1.0 - weight_autoencoder))?
 }
@@ -139,7 +146,16 @@ pub fn reconstruction_distance(x: &Tensor, y: &Tensor) -> Result<Tensor> {
         / rows
 }
 
-/// `[B, 1 + D, d]`: each object's text (unit) followed by its images (unit).
-fn with_texts(images: &Tensor, texts: &Tensor) -> Result<Tensor> {
-    Tensor::cat(&[&unit(texts)?.unsqueeze(1)?, &unit(images)?], 1)
+/// sim and dissim over each object's text and images (`images` `[B, D, d]`, `texts` `[B, d]`),
+/// without building the `[B, 1 + D, d]` member tensor.
+fn text_image_terms(
+    images: &Tensor,
+    texts: &Tensor,
+    normaliser: Normaliser,
+) -> Result<(Tensor, Tensor)> {
+    let (b, d, dim) = images.dims3()?;
+    let (image_sums, image_dots) = super::fused::unit_group_sums(images)?;
+    let (text_sums, text_dots) = super::fused::unit_group_sums(&texts.reshape((b, 1, dim))?)?;
+    let sums = pair_sums_of(&(image_sums + text_sums)?, &(image_dots + text_dots)?)?;
+    terms_from_sums(sums, b, d + 1, normaliser)
 }

@@ -2,6 +2,7 @@
 //! the training loop (`train`). Settings and formulas: the study as described in the
 //! project's reference notes; `variant = "study"` keeps its quirks, `"fixed"` corrects them.
 
+pub mod fused;
 pub mod loss;
 pub mod train;
 
@@ -161,10 +162,11 @@ impl Mlp {
         let mut h = x.clone();
         let last = self.layers.len() - 1;
         for (k, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if k < last || self.relu_last {
-                h = h.relu()?;
-            }
+            h = if k < last || self.relu_last {
+                fused::bias_relu(&h.matmul(&layer.weight.t()?)?, &layer.bias)?
+            } else {
+                layer.forward(&h)?
+            };
         }
         Ok(h)
     }
