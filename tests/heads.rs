@@ -697,6 +697,44 @@ fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
     .to_string();
     assert!(e.contains("loss is") && e.contains("at step"), "{e}");
     assert!(e.contains("lr"), "{e}");
+
+    // More views per step than the objects have, and no validation objects.
+    let mut s = settings(5);
+    s.views_per_step = 20;
+    let e = train(
+        &h,
+        &embeddings(&tr),
+        &embeddings(&va),
+        &s,
+        &Device::Cpu,
+        &|| false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("views_per_step = 20 but the objects have 12 views; lower views_per_step"),
+        "{e}"
+    );
+    let none = Embeddings {
+        objects: 0,
+        images: &[],
+        texts: &[],
+        ..embeddings(&va)
+    };
+    let e = train(
+        &h,
+        &embeddings(&tr),
+        &none,
+        &settings(5),
+        &Device::Cpu,
+        &|| false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("the validation split has 0 objects; training needs at least 1"),
+        "{e}"
+    );
 }
 
 #[test]

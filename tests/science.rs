@@ -265,6 +265,22 @@ fn an_unknown_head_lists_the_heads() {
 }
 
 #[test]
+fn a_report_reads_only_evaluate_stages() {
+    let sb = Sandbox::new();
+    let mut p = small_pipeline(&sb, "", "head = \"object\"", &[]);
+    p.push_str("\n[stage.report]\nkind = \"report\"\ninputs = [\"train\"]\n");
+    sb.write("p.toml", &p);
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr
+            .contains("stage `report`: a report stage reads evaluate stages"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
 fn a_train_stage_names_the_objects_without_embeddings() {
     let sb = Sandbox::new();
     // Ten good objects and one that is not a GLB: its views fail, so it has no embeddings.
