@@ -81,6 +81,20 @@ fn matmul_rate(rows: usize, device: &Device) -> f64 {
     reps as f64 * 2.0 * rows as f64 * (DIM * DIM) as f64 / secs / 1e9
 }
 
+/// The study's sizes and weights for `head`.
+fn study_config(head: HeadKind, variant: Variant) -> HeadConfig {
+    HeadConfig {
+        head,
+        variant,
+        dim: DIM,
+        hidden: 512,
+        code: 128,
+        weight_similarity: 0.5,
+        weight_autoencoder: 0.5,
+        temperature: 0.07,
+    }
+}
+
 /// Seconds per call of `f`, best of 3 after a warm-up.
 fn time(mut f: impl FnMut()) -> f64 {
     f();
@@ -165,17 +179,8 @@ fn main() {
     let rows = objects * 6;
     let matmul = matmul_rate(rows, &device);
     if std::env::var("MVC_BENCH_BREAKDOWN").is_ok() {
-        let config = HeadConfig {
-            head: HeadKind::Object,
-            variant: Variant::Study,
-            dim: DIM,
-            hidden: 512,
-            code: 128,
-            weight_similarity: 0.5,
-            weight_autoencoder: 0.5,
-            temperature: 0.07,
-        };
-        breakdown(&Head::init(config, 42, &device).unwrap(), &data, &device);
+        let head = Head::init(study_config(HeadKind::Object, Variant::Study), 42, &device).unwrap();
+        breakdown(&head, &data, &device);
         println!("matmul: {matmul:.1} GFLOP/s");
         return;
     }
@@ -188,17 +193,7 @@ fn main() {
         (HeadKind::Contrastive, Variant::Fixed),
         (HeadKind::Autoencoder, Variant::Study),
     ] {
-        let config = HeadConfig {
-            head,
-            variant,
-            dim: DIM,
-            hidden: 512,
-            code: 128,
-            weight_similarity: 0.5,
-            weight_autoencoder: 0.5,
-            temperature: 0.07,
-        };
-        let h = Head::init(config, 42, &device).unwrap();
+        let h = Head::init(study_config(head, variant), 42, &device).unwrap();
         let settings = TrainSettings {
             steps,
             views_per_step: 6,

@@ -650,6 +650,14 @@ fn on_a_clip_like_space_the_heads_show_the_studys_outcomes() {
     train_and_evaluate(HeadKind::Autoencoder, Variant::Fixed, 300);
 }
 
+/// The error training `h` stops with.
+fn train_error(h: &Head, tr: &Embeddings, va: &Embeddings, s: &TrainSettings) -> String {
+    match train(h, tr, va, s, &Device::Cpu, &|| false) {
+        Ok(_) => panic!("training succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
     let (tr, va) = (synthetic(8, 1), synthetic(3, 2));
@@ -685,32 +693,14 @@ fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
     .unwrap();
     let mut s = settings(50);
     s.lr = 1e38;
-    let e = train(
-        &h,
-        &embeddings(&tr),
-        &embeddings(&va),
-        &s,
-        &Device::Cpu,
-        &|| false,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train_error(&h, &embeddings(&tr), &embeddings(&va), &s);
     assert!(e.contains("loss is") && e.contains("at step"), "{e}");
     assert!(e.contains("lr"), "{e}");
 
     // More views per step than the objects have, and no validation objects.
     let mut s = settings(5);
     s.views_per_step = 20;
-    let e = train(
-        &h,
-        &embeddings(&tr),
-        &embeddings(&va),
-        &s,
-        &Device::Cpu,
-        &|| false,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train_error(&h, &embeddings(&tr), &embeddings(&va), &s);
     assert!(
         e.contains("views_per_step = 20 but the objects have 12 views; lower views_per_step"),
         "{e}"
@@ -721,16 +711,7 @@ fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
         texts: &[],
         ..embeddings(&va)
     };
-    let e = train(
-        &h,
-        &embeddings(&tr),
-        &none,
-        &settings(5),
-        &Device::Cpu,
-        &|| false,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train_error(&h, &embeddings(&tr), &none, &settings(5));
     assert!(
         e.contains("the validation split has 0 objects; training needs at least 1"),
         "{e}"

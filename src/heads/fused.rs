@@ -7,6 +7,7 @@
 //! parallel pass and the backward pass one parallel pass plus the bias's column sum
 //! (`benches/train.rs`, BENCHMARKS.md). Other devices use candle's own ops.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
@@ -19,6 +20,25 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => bail!("{op}: a contiguous input is needed"),
     }
+}
+
+/// Evaluates `$body` with `$t` the storage's float type (f32 or f64) and wraps the vector it
+/// gives in that storage variant; other dtypes are an error naming `$op`. Inputs of another
+/// dtype than the first fail in `slice`.
+macro_rules! for_float {
+    ($op:expr, $first:expr, $t:ident => $body:expr) => {
+        match $first {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                CpuStorage::F64($body)
+            }
+            other => bail!("{}: f32 or f64 is needed, not {:?}", $op, other.dtype()),
+        }
+    };
 }
 
 /// `relu(z + b)` for `z` `[rows, n]` and `b` `[n]`.
@@ -58,17 +78,7 @@ impl CustomOp2 for BiasRelu {
                 l2.shape().dims()
             );
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(bias_relu_typed(
-                slice::<f32>(s1, l1, self.name())?,
-                slice::<f32>(s2, l2, self.name())?,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(bias_relu_typed(
-                slice::<f64>(s1, l1, self.name())?,
-                slice::<f64>(s2, l2, self.name())?,
-            )),
-            _ => bail!("bias-relu: f32 or f64 inputs of one dtype are needed"),
-        };
+        let out = for_float!(self.name(), s1, T => bias_relu_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -114,17 +124,7 @@ impl CustomOp2 for PositiveMask {
         if l1.shape() != l2.shape() {
             bail!("positive-mask: shapes differ");
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(positive_mask_typed(
-                slice::<f32>(s1, l1, self.name())?,
-                slice::<f32>(s2, l2, self.name())?,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(positive_mask_typed(
-                slice::<f64>(s1, l1, self.name())?,
-                slice::<f64>(s2, l2, self.name())?,
-            )),
-            _ => bail!("positive-mask: f32 or f64 inputs of one dtype are needed"),
-        };
+        let out = for_float!(self.name(), s1, T => positive_mask_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -138,8 +138,8 @@ pub fn bias_relu(z: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Added under the square root when normalising (as `loss::NORM_EPS`).
-const EPS: f64 = 1e-12;
+/// Added under the square root when normalising, as everywhere in the losses.
+const EPS: f64 = super::loss::NORM_EPS;
 
 /// For `x` `[G, M, d]`: each group's sum of its unit rows, `u = x / sqrt(|x|² + eps)`, and in
 /// a last column the group's sum of `|u|²`. Output `[G, d + 1]`.
@@ -201,19 +201,7 @@ impl candle_core::CustomOp1 for UnitGroupSums {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, m, d) = l.shape().dims3()?;
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(unit_group_sums_typed(
-                slice::<f32>(s, l, self.name())?,
-                m,
-                d,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(unit_group_sums_typed(
-                slice::<f64>(s, l, self.name())?,
-                m,
-                d,
-            )),
-            _ => bail!("unit-group-sums: f32 or f64 input is needed"),
-        };
+        let out = for_float!(self.name(), s, T => unit_group_sums_typed(slice::<T>(s, l, self.name())?, m, d));
         Ok((out, Shape::from((g, d + 1))))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -240,25 +228,7 @@ impl CustomOp2 for UnitGroupSumsGrad {
         if m != self.members || l2.shape().dims2()?.1 != d + 1 {
             bail!("unit-group-sums-grad: shapes do not match");
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(unit_group_sums_grad_typed(
-                    slice::<f32>(s1, l1, self.name())?,
-                    slice::<f32>(s2, l2, self.name())?,
-                    m,
-                    d,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(unit_group_sums_grad_typed(
-                    slice::<f64>(s1, l1, self.name())?,
-                    slice::<f64>(s2, l2, self.name())?,
-                    m,
-                    d,
-                ))
-            }
-            _ => bail!("unit-group-sums-grad: f32 or f64 inputs of one dtype are needed"),
-        };
+        let out = for_float!(self.name(), s1, T => unit_group_sums_grad_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?, m, d));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -271,10 +241,8 @@ pub fn unit_group_sums(x: &Tensor) -> Result<(Tensor, Tensor)> {
         let out = x.contiguous()?.apply_op1(UnitGroupSums)?;
         Ok((out.narrow(1, 0, d)?, out.narrow(1, d, 1)?.sum_all()?))
     } else {
-        let sq = x.sqr()?.sum_keepdim(candle_core::D::Minus1)?;
-        let padded = sq.affine(1.0, EPS)?;
-        let u = x.broadcast_div(&padded.sqrt()?)?;
-        Ok((u.sum(1)?, (sq / padded)?.sum_all()?))
+        let u = super::loss::unit(x)?;
+        Ok((u.sum(1)?, u.sqr()?.sum_all()?))
     }
 }
 
@@ -317,15 +285,7 @@ impl candle_core::CustomOp1 for RowLogSumExp {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (r, c) = l.shape().dims2()?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(row_lse_typed(slice::<f32>(s, l, self.name())?, c))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(row_lse_typed(slice::<f64>(s, l, self.name())?, c))
-            }
-            _ => bail!("row-logsumexp: f32 or f64 input is needed"),
-        };
+        let out = for_float!(self.name(), s, T => row_lse_typed(slice::<T>(s, l, self.name())?, c));
         Ok((out, Shape::from(r)))
     }
     fn bwd(&self, x: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -351,25 +311,7 @@ impl candle_core::CustomOp3 for RowLogSumExpGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c) = l1.shape().dims2()?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(row_lse_grad_typed(
-                    slice::<f32>(s1, l1, self.name())?,
-                    slice::<f32>(s2, l2, self.name())?,
-                    slice::<f32>(s3, l3, self.name())?,
-                    c,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(row_lse_grad_typed(
-                    slice::<f64>(s1, l1, self.name())?,
-                    slice::<f64>(s2, l2, self.name())?,
-                    slice::<f64>(s3, l3, self.name())?,
-                    c,
-                ))
-            }
-            _ => bail!("row-logsumexp-grad: f32 or f64 inputs of one dtype are needed"),
-        };
+        let out = for_float!(self.name(), s1, T => row_lse_grad_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?, slice::<T>(s3, l3, self.name())?, c));
         Ok((out, l1.shape().clone()))
     }
 }

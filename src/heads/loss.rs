@@ -10,7 +10,7 @@ use candle_core::{D, Result, Tensor};
 
 /// Added under the square root when normalising, so a zero vector (a ReLU code that died)
 /// has cosine 0 with everything instead of NaN.
-const NORM_EPS: f64 = 1e-12;
+pub(crate) const NORM_EPS: f64 = 1e-12;
 
 /// Rows scaled to unit length along the last dimension.
 pub fn unit(x: &Tensor) -> Result<Tensor> {
@@ -98,7 +98,12 @@ pub fn contrastive_loss(
     normaliser: Normaliser,
 ) -> Result<Tensor> {
     let (sim, dissim) = text_image_terms(images, texts, normaliser)?;
-    (dissim * (1.0 - weight_similarity))? - (sim * weight_similarity)?
+    weigh(&sim, &dissim, weight_similarity)
+}
+
+/// (1 − w)·dissim − w·sim.
+fn weigh(sim: &Tensor, dissim: &Tensor, w: f64) -> Result<Tensor> {
+    (dissim * (1.0 - w))? - (sim * w)?
 }
 
 /// Contrastive head (`variant = "fixed"`): InfoNCE of each image against every object's
@@ -130,7 +135,7 @@ pub fn autoencoder_loss(
     let (b, m, _) = codes.dims3()?;
     let (group_sums, self_dots) = super::fused::unit_group_sums(codes)?;
     let (sim, dissim) = terms_from_sums(pair_sums_of(&group_sums, &self_dots)?, b, m, normaliser)?;
-    let similarity = ((dissim * (1.0 - weight_similarity))? - (sim * weight_similarity)?)?;
+    let similarity = weigh(&sim, &dissim, weight_similarity)?;
     (rec * weight_autoencoder)? + (similarity * (1.0 - weight_autoencoder))?
 }
 

@@ -140,13 +140,7 @@ impl EmbedStage {
         if !(1..=4096).contains(&batch) {
             bail!("stage `{stage}`: `batch` must be between 1 and 4096");
         }
-        let device = match &p.device {
-            None => DeviceChoice::Auto,
-            Some(d) => d
-                .get_ref()
-                .parse()
-                .or_else(|e: String| at(d.span(), format!("stage `{stage}`: {e}")))?,
-        };
+        let device = super::device_param(stage, &p.device)?;
         let precision = match &p.dtype {
             None => Precision::F32,
             Some(d) => d
@@ -509,17 +503,7 @@ impl StageKind for EmbedStage {
         VERSION
     }
     fn resources(&self) -> Resources {
-        match self.device {
-            DeviceChoice::Cuda => Resources {
-                cpu: 0,
-                gpu: 1,
-                blender: 0,
-                net: 0,
-            },
-            // On the CPU the model uses every core in one forward pass; two units in
-            // flight let one preprocess while the other runs.
-            DeviceChoice::Auto | DeviceChoice::Cpu => Resources::ONE_CPU,
-        }
+        super::device_resources(self.device)
     }
     fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice> {
         let files = self

@@ -5,15 +5,13 @@
 //! matrix, and same-object similarity against azimuth and elevation difference.
 
 use super::gather::gather;
-use super::train::{
-    CURVE_FILE, HEAD_FILE, Role, WEIGHTS_FILE, device_resources, one_input, parse_device,
-};
+use super::train::{CURVE_FILE, HEAD_FILE, Role, WEIGHTS_FILE, one_input};
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
+    UnitTask, device_param, device_resources, each_task_blocking,
 };
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
-use crate::exec::blocking_if;
 use crate::exec::slots::Resources;
 use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::Curve;
@@ -21,7 +19,7 @@ use crate::heads::{Head, HeadConfig, HeadKind};
 use crate::report::figures;
 use crate::report::metrics::{self, EvalInput, Metrics, Stats};
 use crate::store::Store;
-use crate::store::records::{Output, now_ms};
+use crate::store::records::Output;
 use crate::task::ParamSlice;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
@@ -112,7 +110,7 @@ impl EvaluateStage {
         let example = "\"train_object\", \"split\", \"embed\"";
         Ok(EvaluateStage {
             stage: stage.to_string(),
-            device: parse_device(stage, &p.device)?,
+            device: device_param(stage, &p.device)?,
             model: one_input(stage, roles, Role::Model, example)?,
             split: one_input(stage, roles, Role::Split, example)?,
             embeddings: one_input(stage, roles, Role::Embeddings, example)?,
@@ -220,29 +218,24 @@ impl EvaluateStage {
             fig.join("similarity_matrix.png"),
             figures::heatmap(&matrix, side, &title, "texts, then images (object-major)")?,
         )?;
-        let curve_points = |groups: &[metrics::ByAngle]| -> Vec<(f64, f64, f64)> {
-            groups
+        // Curves: azimuth whenever views have one; elevation only with more than one ring.
+        for (groups, least, angle) in [
+            (&m.by_azimuth_difference, 1, "azimuth"),
+            (&m.by_elevation_difference, 2, "elevation"),
+        ] {
+            if groups.len() < least {
+                continue;
+            }
+            let points: Vec<(f64, f64, f64)> = groups
                 .iter()
                 .map(|g| (g.difference, g.similarity.mean, g.similarity.std))
-                .collect()
-        };
-        if !m.by_azimuth_difference.is_empty() {
+                .collect();
             std::fs::write(
-                fig.join("by_azimuth_difference.png"),
+                fig.join(format!("by_{angle}_difference.png")),
                 figures::line_plot(
-                    &curve_points(&m.by_azimuth_difference),
-                    &format!("{name}: same-object similarity by azimuth difference"),
-                    "azimuth difference (degrees)",
-                )?,
-            )?;
-        }
-        if m.by_elevation_difference.len() > 1 {
-            std::fs::write(
-                fig.join("by_elevation_difference.png"),
-                figures::line_plot(
-                    &curve_points(&m.by_elevation_difference),
-                    &format!("{name}: same-object similarity by elevation difference"),
-                    "elevation difference (degrees)",
+                    &points,
+                    &format!("{name}: same-object similarity by {angle} difference"),
+                    &format!("{angle} difference (degrees)"),
                 )?,
             )?;
         }
@@ -283,31 +276,11 @@ impl StageKind for EvaluateStage {
         })
     }
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
-        let mut outcomes = Vec::with_capacity(unit.len());
-        for task in unit {
-            let started_ms = now_ms();
-            let store = ctx.store.clone();
-            let me = self.clone();
-            let inputs = task.inputs;
-            let result = blocking_if(true, move || {
-                let out = me.run(&store, &inputs)?;
-                ingest_outputs(&store, out.path()).map_err(anyhow::Error::msg)
-            })
-            .await;
-            outcomes.push(match result {
-                Ok(outputs) => TaskOutcome::Success {
-                    outputs,
-                    stdout: None,
-                    stderr: None,
-                    started_ms,
-                    duration_ms: now_ms() - started_ms,
-                },
-                Err(e) => TaskOutcome::Failed {
-                    error: format!("{}: {e:#}", self.stage),
-                    stderr: None,
-                },
-            });
-        }
-        outcomes
+        let me = self.clone();
+        each_task_blocking(&self.stage, ctx, unit, move |store, task, _| {
+            let out = me.run(store, &task.inputs)?;
+            ingest_outputs(store, out.path()).map_err(anyhow::Error::msg)
+        })
+        .await
     }
 }

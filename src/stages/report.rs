@@ -5,7 +5,8 @@
 
 use super::evaluate::{Evaluation, METRICS_FILE};
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
+    UnitTask, outcome,
 };
 use crate::exec::slots::Resources;
 use crate::exec::workdir::output_from_bytes;
@@ -201,23 +202,9 @@ impl StageKind for ReportStage {
         })
     }
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
+        // Reading the evaluations and writing a table is quick: it runs here.
         unit.iter()
-            .map(|task| {
-                let started_ms = now_ms();
-                match self.run(&ctx.store, task) {
-                    Ok(outputs) => TaskOutcome::Success {
-                        outputs,
-                        stdout: None,
-                        stderr: None,
-                        started_ms,
-                        duration_ms: now_ms() - started_ms,
-                    },
-                    Err(e) => TaskOutcome::Failed {
-                        error: format!("{}: {e:#}", self.stage),
-                        stderr: None,
-                    },
-                }
-            })
+            .map(|task| outcome(&self.stage, now_ms(), &ctx.kill, self.run(&ctx.store, task)))
             .collect()
     }
 }

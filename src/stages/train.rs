@@ -5,19 +5,18 @@
 
 use super::gather::gather;
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
+    UnitTask, device_param, device_resources, each_task_blocking,
 };
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
 use crate::clip::tensors_file;
-use crate::exec::blocking_if;
 use crate::exec::slots::Resources;
 use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::{Embeddings, TrainSettings, train};
 use crate::heads::{Head, HeadConfig, HeadKind, Variant};
 use crate::pipeline::AtSpan;
 use crate::store::Store;
-use crate::store::records::now_ms;
 use crate::task::ParamSlice;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -95,28 +94,6 @@ pub fn one_input(stage: &str, roles: &[Role], role: Role, example: &str) -> Resu
     }
 }
 
-pub fn parse_device(stage: &str, d: &Option<Spanned<String>>) -> Result<DeviceChoice> {
-    match d {
-        None => Ok(DeviceChoice::Auto),
-        Some(d) => d
-            .get_ref()
-            .parse()
-            .or_else(|e: String| at(d.span(), format!("stage `{stage}`: {e}"))),
-    }
-}
-
-pub fn device_resources(device: DeviceChoice) -> Resources {
-    match device {
-        DeviceChoice::Cuda => Resources {
-            cpu: 0,
-            gpu: 1,
-            blender: 0,
-            net: 0,
-        },
-        DeviceChoice::Auto | DeviceChoice::Cpu => Resources::ONE_CPU,
-    }
-}
-
 impl TrainStage {
     pub fn new(stage: &str, p: TrainParams, roles: &[Role]) -> Result<TrainStage> {
         let example = "\"split\", \"embed\"";
@@ -189,7 +166,7 @@ impl TrainStage {
             stage: stage.to_string(),
             config,
             settings,
-            device: parse_device(stage, &p.device)?,
+            device: device_param(stage, &p.device)?,
             split,
             embeddings,
         })
@@ -317,35 +294,11 @@ impl StageKind for TrainStage {
         })
     }
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
-        let mut outcomes = Vec::with_capacity(unit.len());
-        for task in unit {
-            let started_ms = now_ms();
-            let store = ctx.store.clone();
-            let kill = ctx.kill.clone();
-            let me = self.clone();
-            let result = {
-                let inputs = task.inputs;
-                blocking_if(true, move || {
-                    let out = me.run(&store, &inputs, &|| kill.is_cancelled())?;
-                    ingest_outputs(&store, out.path()).map_err(anyhow::Error::msg)
-                })
-                .await
-            };
-            outcomes.push(match result {
-                Ok(outputs) => TaskOutcome::Success {
-                    outputs,
-                    stdout: None,
-                    stderr: None,
-                    started_ms,
-                    duration_ms: now_ms() - started_ms,
-                },
-                Err(_) if ctx.kill.is_cancelled() => TaskOutcome::Cancelled,
-                Err(e) => TaskOutcome::Failed {
-                    error: format!("{}: {e:#}", self.stage),
-                    stderr: None,
-                },
-            });
-        }
-        outcomes
+        let me = self.clone();
+        each_task_blocking(&self.stage, ctx, unit, move |store, task, kill| {
+            let out = me.run(store, &task.inputs, &|| kill.is_cancelled())?;
+            ingest_outputs(store, out.path()).map_err(anyhow::Error::msg)
+        })
+        .await
     }
 }
