@@ -78,7 +78,10 @@ impl CustomOp2 for BiasRelu {
                 l2.shape().dims()
             );
         }
-        let out = for_float!(self.name(), s1, T => bias_relu_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?));
+        let out = for_float!(self.name(), s1, T => bias_relu_typed(
+            slice::<T>(s1, l1, self.name())?,
+            slice::<T>(s2, l2, self.name())?,
+        ));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -124,7 +127,10 @@ impl CustomOp2 for PositiveMask {
         if l1.shape() != l2.shape() {
             bail!("positive-mask: shapes differ");
         }
-        let out = for_float!(self.name(), s1, T => positive_mask_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?));
+        let out = for_float!(self.name(), s1, T => positive_mask_typed(
+            slice::<T>(s1, l1, self.name())?,
+            slice::<T>(s2, l2, self.name())?,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -201,7 +207,11 @@ impl candle_core::CustomOp1 for UnitGroupSums {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, m, d) = l.shape().dims3()?;
-        let out = for_float!(self.name(), s, T => unit_group_sums_typed(slice::<T>(s, l, self.name())?, m, d));
+        let out = for_float!(self.name(), s, T => unit_group_sums_typed(
+            slice::<T>(s, l, self.name())?,
+            m,
+            d,
+        ));
         Ok((out, Shape::from((g, d + 1))))
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -228,7 +238,12 @@ impl CustomOp2 for UnitGroupSumsGrad {
         if m != self.members || l2.shape().dims2()?.1 != d + 1 {
             bail!("unit-group-sums-grad: shapes do not match");
         }
-        let out = for_float!(self.name(), s1, T => unit_group_sums_grad_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?, m, d));
+        let out = for_float!(self.name(), s1, T => unit_group_sums_grad_typed(
+            slice::<T>(s1, l1, self.name())?,
+            slice::<T>(s2, l2, self.name())?,
+            m,
+            d,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -285,7 +300,10 @@ impl candle_core::CustomOp1 for RowLogSumExp {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (r, c) = l.shape().dims2()?;
-        let out = for_float!(self.name(), s, T => row_lse_typed(slice::<T>(s, l, self.name())?, c));
+        let out = for_float!(self.name(), s, T => row_lse_typed(
+            slice::<T>(s, l, self.name())?,
+            c,
+        ));
         Ok((out, Shape::from(r)))
     }
     fn bwd(&self, x: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -311,7 +329,12 @@ impl candle_core::CustomOp3 for RowLogSumExpGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c) = l1.shape().dims2()?;
-        let out = for_float!(self.name(), s1, T => row_lse_grad_typed(slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?, slice::<T>(s3, l3, self.name())?, c));
+        let out = for_float!(self.name(), s1, T => row_lse_grad_typed(
+            slice::<T>(s1, l1, self.name())?,
+            slice::<T>(s2, l2, self.name())?,
+            slice::<T>(s3, l3, self.name())?,
+            c,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
