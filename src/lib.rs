@@ -8,6 +8,7 @@ pub mod commands;
 pub mod exec;
 pub mod heads;
 pub mod pipeline;
+pub mod remote;
 pub mod render;
 pub mod report;
 pub mod stages;

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mvc::commands;
 use mvc::exec::plan::plan;
-use mvc::exec::run::{RunOptions, run};
+use mvc::exec::run::{RunOptions, run_with};
 use mvc::pipeline::Pipeline;
 use mvc::store::Store;
 use mvc::store::records::RunOutcome;
@@ -61,6 +61,40 @@ enum Command {
         /// No progress display.
         #[arg(short, long)]
         quiet: bool,
+        #[command(flatten)]
+        remote: ListenArgs,
+    },
+    /// A long-lived coordinator: runs the pipeline, then again whenever its file changes,
+    /// serving workers all along (Ctrl-C stops it).
+    Serve {
+        file: PathBuf,
+        /// Slot counts of this machine, e.g. `cpu=4,gpu=1`.
+        #[arg(long, value_name = "SLOTS")]
+        slots: Option<String>,
+        /// No progress display.
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        remote: ListenArgs,
+    },
+    /// Run units for a coordinator (`mvc run --listen` or `mvc serve` elsewhere).
+    Worker {
+        /// The coordinator's URL, e.g. http://10.0.0.5:7070.
+        #[arg(long, value_name = "URL")]
+        connect: String,
+        /// A file holding the coordinator's token (else MVC_TOKEN).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Slots this worker offers, e.g. `cpu=8,gpu=1,blender=2` (default: this machine's
+        /// cores and GPUs, and one Blender process when Blender is installed).
+        #[arg(long, value_name = "SLOTS")]
+        slots: Option<String>,
+        /// A label shown by `mvc status` (repeatable).
+        #[arg(long = "label", value_name = "TEXT")]
+        labels: Vec<String>,
+        /// Exit after this many seconds with nothing to do, or when the run is over.
+        #[arg(long, value_name = "SECS")]
+        exit_when_idle: Option<f64>,
     },
     /// Say what `run` would do and why, without running anything.
     Plan {
@@ -84,6 +118,12 @@ enum Command {
     /// What the cache holds and its last runs; with FILE, where each stage stands.
     Status {
         file: Option<PathBuf>,
+        /// Ask a running coordinator instead: its workers, their slots and what each runs.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["file", "verify"])]
+        connect: Option<String>,
+        /// The coordinator's token file (with --connect; else MVC_TOKEN).
+        #[arg(long, value_name = "FILE", requires = "connect")]
+        token_file: Option<PathBuf>,
         /// Re-hash every blob and check every index entry.
         #[arg(long)]
         verify: bool,
@@ -142,6 +182,62 @@ enum Command {
     },
 }
 
+/// How a run listens for workers.
+#[derive(clap::Args, Clone, Debug)]
+struct ListenArgs {
+    /// Serve workers on this address (e.g. 127.0.0.1:7070, or 0.0.0.0:7070 with a token).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// A file holding the token workers must present (else MVC_TOKEN); required when
+    /// listening on anything but loopback.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Run nothing on this machine: every unit goes to a worker.
+    #[arg(long)]
+    no_local: bool,
+    /// Seconds a silent worker keeps its units before they go back to the queue.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    lease_timeout: f64,
+}
+
+impl ListenArgs {
+    /// Starts the coordinator when --listen is given.
+    async fn start(
+        &self,
+        pipeline: &Pipeline,
+        file: &Path,
+        store: &Arc<Store>,
+    ) -> Result<Option<mvc::exec::run::Listener>> {
+        use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+        let Some(addr) = self.listen else {
+            if self.no_local {
+                anyhow::bail!("--no-local needs --listen ADDR: without workers nothing would run");
+            }
+            return Ok(None);
+        };
+        let token = mvc::remote::auth::Token::load(self.token_file.as_deref())?;
+        let mut config = CoordinatorConfig::new(addr, token);
+        if !(self.lease_timeout > 0.0 && self.lease_timeout.is_finite()) {
+            anyhow::bail!("--lease-timeout must be a positive number of seconds");
+        }
+        config.lease_timeout = Duration::from_secs_f64(self.lease_timeout);
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let source = mvc::remote::protocol::PipelineText {
+            path: file.display().to_string(),
+            text,
+        };
+        let (coordinator, rx) =
+            Coordinator::start(config, store.clone(), &pipeline.name, source).await?;
+        eprintln!(
+            "mvc: serving workers on {} (mvc worker --connect {})",
+            coordinator.url(),
+            coordinator.url()
+        );
+        Ok(Some(mvc::exec::run::Listener::new(coordinator, rx)))
+    }
+}
+
 fn main() -> ExitCode {
     // `mvc plan … | head` should end quietly, not panic on a closed pipe.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -195,6 +291,67 @@ fn exit_without_freeing(engine: mvc::exec::resolve::Engine) -> Result<()> {
     Ok(())
 }
 
+/// `mvc serve`: runs, then waits for the pipeline file to change (or Ctrl-C) and runs again,
+/// keeping the coordinator, and so its workers, up in between.
+async fn serve(
+    file: PathBuf,
+    mut pipeline: Pipeline,
+    store: Arc<Store>,
+    slots: Option<String>,
+    quiet: bool,
+    remote: ListenArgs,
+) -> Result<ExitCode> {
+    let mut listener = remote
+        .start(&pipeline, &file, &store)
+        .await?
+        .expect("--listen was checked");
+    let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    loop {
+        let mut run_slots = pipeline
+            .slots(None, slots.as_deref())
+            .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+        if remote.no_local {
+            run_slots = mvc::exec::slots::Resources::default();
+        }
+        let opts = RunOptions {
+            slots: run_slots,
+            keep_going: true,
+            retry_failed: false,
+            grace: Duration::from_secs(30),
+            quiet,
+        };
+        let seen = modified(&file);
+        let report = run_with(&pipeline, store.clone(), opts, Some(&mut listener)).await?;
+        print!("{}", report.to_text());
+        if report.outcome == RunOutcome::Interrupted {
+            return Ok(ExitCode::from(130));
+        }
+        // Between runs, workers stay connected: lease requests wait for the next run.
+        listener.coordinator.set_finished(false);
+        eprintln!(
+            "mvc serve: waiting for {} to change (Ctrl-C stops)",
+            file.display()
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if modified(&file) != seen {
+                break;
+            }
+        }
+        match Pipeline::load(&file) {
+            Ok(p) => {
+                let text = std::fs::read_to_string(&file)?;
+                listener.coordinator.set_pipeline(&p.name, &file, text);
+                pipeline = p;
+            }
+            Err(e) => eprintln!("mvc serve: {e}; waiting for a fix"),
+        }
+    }
+}
+
 fn load(file: &Path) -> Result<Pipeline> {
     Ok(Pipeline::load(file)?)
 }
@@ -211,11 +368,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             retry_failed,
             grace,
             quiet,
+            remote,
         } => {
             let pipeline = load(&file)?;
-            let slots = pipeline
+            let mut slots = pipeline
                 .slots(jobs, slots.as_deref())
                 .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+            if remote.no_local {
+                slots = mvc::exec::slots::Resources::default();
+            }
             let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
             let opts = RunOptions {
                 slots,
@@ -228,7 +389,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let report = runtime.block_on(run(&pipeline, store, opts))?;
+            let report = runtime.block_on(async {
+                let mut listener = remote.start(&pipeline, &file, &store).await?;
+                run_with(&pipeline, store, opts, listener.as_mut()).await
+            })?;
             if json {
                 eprint!("{}", report.to_text());
                 println!("{}", report.to_json());
@@ -273,7 +437,94 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             _ => anyhow::bail!("usage: mvc why FILE STAGE ITEM, or mvc why KEY"),
         },
-        Command::Status { file, verify, json } => {
+        Command::Serve {
+            file,
+            slots,
+            quiet,
+            remote,
+        } => {
+            let pipeline = load(&file)?;
+            if remote.listen.is_none() {
+                anyhow::bail!("mvc serve needs --listen ADDR");
+            }
+            let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(file, pipeline, store, slots, quiet, remote))
+        }
+        Command::Worker {
+            connect,
+            token_file,
+            slots,
+            labels,
+            exit_when_idle,
+        } => {
+            let token = mvc::remote::auth::Token::load(token_file.as_deref())?;
+            let slots = match slots {
+                Some(text) => mvc::exec::slots::Resources::parse_overrides(
+                    &text,
+                    mvc::remote::worker::default_slots(),
+                )
+                .map_err(|e| anyhow::anyhow!("--slots: {e}"))?,
+                None => mvc::remote::worker::default_slots(),
+            };
+            if slots.is_zero() {
+                anyhow::bail!("--slots: the worker offers no slot, so it could run nothing");
+            }
+            let exit_when_idle = match exit_when_idle {
+                Some(s) if !(s >= 0.0 && s.is_finite()) => {
+                    anyhow::bail!("--exit-when-idle must be a number of seconds")
+                }
+                other => other.map(Duration::from_secs_f64),
+            };
+            let opts = mvc::remote::worker::WorkerOptions {
+                url: connect,
+                token,
+                slots,
+                labels,
+                exit_when_idle,
+                cache: cli.cache.clone(),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let summary = runtime.block_on(mvc::remote::worker::run_worker(opts))?;
+            eprintln!(
+                "mvc worker: {} ({} unit(s) run)",
+                summary.why, summary.units
+            );
+            Ok(match summary.why.as_str() {
+                "interrupted" => ExitCode::from(130),
+                _ => ExitCode::SUCCESS,
+            })
+        }
+        Command::Status {
+            connect: Some(url),
+            token_file,
+            json,
+            ..
+        } => {
+            let token = mvc::remote::auth::Token::load(token_file.as_deref())?;
+            let client = mvc::remote::client::Client::new(&url, token.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let status = runtime
+                .block_on(client.status())
+                .with_context(|| format!("asking {url}"))?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print!("{}", commands::status::remote_to_text(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            file, verify, json, ..
+        } => {
             let pipeline = file.as_deref().map(load).transpose()?;
             let dir = cache_dir(&cli.cache, pipeline.as_ref());
             if !dir.exists() {

@@ -150,3 +150,41 @@ pub fn to_text(
     }
     out
 }
+
+/// `mvc status --connect URL`: a running coordinator's workers and what each runs.
+pub fn remote_to_text(status: &crate::remote::protocol::Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pipeline {}: {} task(s) queued{}",
+        status.pipeline,
+        group_digits(status.queued),
+        if status.finished { " (run over)" } else { "" }
+    );
+    if status.workers.is_empty() {
+        let _ = writeln!(out, "no workers connected");
+        return out;
+    }
+    let _ = writeln!(out, "{} worker(s):", status.workers.len());
+    for w in &status.workers {
+        let _ = writeln!(
+            out,
+            "  {} on {}: slots {}{}{}, {} unit(s) done, seen {:.1}s ago",
+            w.name,
+            w.host,
+            w.slots,
+            if w.blender.is_some() { ", blender" } else { "" },
+            if w.labels.is_empty() {
+                String::new()
+            } else {
+                format!(", labels {}", w.labels.join(","))
+            },
+            w.units_done,
+            w.last_seen_ms_ago as f64 / 1000.0
+        );
+        for r in &w.running {
+            let _ = writeln!(out, "    running {r}");
+        }
+    }
+    out
+}

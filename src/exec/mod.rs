@@ -4,6 +4,7 @@ pub mod graph;
 pub mod launcher;
 pub mod plan;
 pub mod progress;
+mod remote_units;
 pub mod resolve;
 pub mod run;
 pub mod slots;

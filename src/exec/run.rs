@@ -5,10 +5,12 @@
 use super::graph::{MISSING, Sources, TaskGraph};
 use super::launcher::Launcher;
 use super::progress::{PLAIN_INTERVAL, Progress};
+use super::remote_units::{Effects, RemoteUnits};
 use super::resolve::{Carry, Counts, Engine, Mode, State};
 use super::slots::Resources;
 use super::workdir::InputData;
 use crate::pipeline::Pipeline;
+use crate::remote::coordinator::{Coordinator, SchedMsg};
 use crate::stages::{Binding, ByteMeter, ExecCtx, TaskOutcome, UnitTask};
 use crate::store::Store;
 use crate::store::index::Tree;
@@ -200,7 +202,7 @@ struct UnitDone {
     outcomes: Vec<(u32, Reported)>,
 }
 
-enum Reported {
+pub(super) enum Reported {
     Success(Digest, MemoValue),
     Failed(String),
     InputCorrupt {
@@ -213,6 +215,52 @@ enum Reported {
 }
 
 pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Result<RunReport> {
+    run_with(pipeline, store, opts, None).await
+}
+
+/// A run whose queue also serves remote workers through a coordinator (`mvc run --listen`).
+pub async fn run_with(
+    pipeline: &Pipeline,
+    store: Arc<Store>,
+    opts: RunOptions,
+    listener: Option<&mut Listener>,
+) -> Result<RunReport> {
+    let Some(listener) = listener else {
+        return run_inner(pipeline, store, opts, None).await.map(|(r, _)| r);
+    };
+    let rx = listener
+        .rx
+        .take()
+        .context("internal: the coordinator already serves a run")?;
+    listener.coordinator.set_finished(false);
+    let remote = RemoteUnits::new(listener.coordinator.clone(), rx)?;
+    let (report, rx) = run_inner(pipeline, store, opts, Some(remote)).await?;
+    listener.rx = rx;
+    listener.coordinator.set_finished(true);
+    Ok(report)
+}
+
+/// A coordinator and the receiving end of its messages, kept between runs (`mvc serve`).
+pub struct Listener {
+    pub coordinator: Arc<Coordinator>,
+    rx: Option<mpsc::UnboundedReceiver<SchedMsg>>,
+}
+
+impl Listener {
+    pub fn new(coordinator: Arc<Coordinator>, rx: mpsc::UnboundedReceiver<SchedMsg>) -> Listener {
+        Listener {
+            coordinator,
+            rx: Some(rx),
+        }
+    }
+}
+
+async fn run_inner(
+    pipeline: &Pipeline,
+    store: Arc<Store>,
+    opts: RunOptions,
+    remote: Option<RemoteUnits>,
+) -> Result<(RunReport, Option<mpsc::UnboundedReceiver<SchedMsg>>)> {
     let started_ms = now_ms();
     let order = pipeline.order.clone();
     let shown: Vec<(String, u64)> = order
@@ -242,6 +290,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
         last_abort: None,
         opts: opts.clone(),
         order: order.clone(),
+        remote,
     };
 
     // Rounds: a stage whose items come from upstream results (a download's objects from its
@@ -251,7 +300,9 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
     let mut carry = Carry::default();
     let engine = loop {
         let graph = TaskGraph::build(pipeline, &store, &sources)?;
-        check_slots(&graph, &opts)?;
+        if sched.remote.is_none() {
+            check_slots(&graph, &opts)?;
+        }
         let mut engine = Engine::new(graph, store.clone(), Mode::Run, opts.retry_failed, carry)?;
         let totals: Vec<u64> = order
             .iter()
@@ -307,7 +358,7 @@ pub async fn run(pipeline: &Pipeline, store: Arc<Store>, opts: RunOptions) -> Re
             pipeline.results_dir.display()
         );
     }
-    Ok(report)
+    Ok((report, sched.remote.map(RemoteUnits::into_receiver)))
 }
 
 /// Copies the outputs of every successful `report` stage (results.md, CSV, JSON, figures)
@@ -382,6 +433,16 @@ struct Scheduler {
     last_abort: Option<String>,
     opts: RunOptions,
     order: Vec<usize>,
+    /// Remote workers' side, when the run listens for them.
+    remote: Option<RemoteUnits>,
+}
+
+/// The next message for the scheduler from the coordinator; never, without one.
+async fn next_remote(remote: &mut Option<RemoteUnits>) -> Option<SchedMsg> {
+    match remote {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Scheduler {
@@ -411,6 +472,11 @@ impl Scheduler {
             for t in engine.resolve_ready()? {
                 let s = engine.graph.task_stage[t as usize] as usize;
                 self.meters[s].add_total(engine.graph.item_bytes(t));
+                if let Some(r) = &mut self.remote
+                    && r.hold(engine, t)
+                {
+                    continue;
+                }
                 queues[s].push_back(t);
             }
             self.update_progress(engine);
@@ -432,11 +498,36 @@ impl Scheduler {
                         running += 1;
                         spawn_unit(engine, s, prepared, need, &self.shared, &self.meters[s]);
                     }
+                    if let Some(r) = &mut self.remote
+                        && !queues[s].is_empty()
+                        && !self.opts.slots.fits(&need)
+                    {
+                        r.tell_needs_worker(s, &engine.graph.stages[s].name, &need);
+                    }
                 }
             }
+            let mut effects = Vec::new();
+            if let Some(r) = &mut self.remote {
+                if self.kill.is_cancelled() {
+                    r.cancel_all(&mut effects);
+                }
+                r.serve(
+                    engine,
+                    &mut queues,
+                    &self.order,
+                    self.stopping,
+                    &mut effects,
+                )?;
+            }
+            self.take_effects(engine, &mut queues, effects)?;
 
-            let queued: usize = queues.iter().map(|q| q.len()).sum();
-            if running == 0 && (self.stopping || queued == 0) {
+            let (remote_running, held) = self
+                .remote
+                .as_ref()
+                .map(|r| (r.active(), r.held()))
+                .unwrap_or((0, 0));
+            let queued: usize = queues.iter().map(|q| q.len()).sum::<usize>() + held;
+            if running == 0 && remote_running == 0 && (self.stopping || queued == 0) {
                 break;
             }
 
@@ -458,10 +549,35 @@ impl Scheduler {
                     self.progress.println("grace period over: stopping running tasks");
                     self.kill.cancel();
                 }
-                _ = ticker.tick() => {}
+                Some(msg) = next_remote(&mut self.remote) => {
+                    let mut effects = Vec::new();
+                    if let Some(r) = &mut self.remote {
+                        r.handle(msg, engine, &mut queues, &mut effects);
+                    }
+                    self.take_effects(engine, &mut queues, effects)?;
+                }
+                _ = ticker.tick() => {
+                    let mut effects = Vec::new();
+                    if let Some(r) = &mut self.remote {
+                        r.tick(engine, &mut queues, &mut effects);
+                    }
+                    self.take_effects(engine, &mut queues, effects)?;
+                }
             }
         }
         self.update_progress(engine);
+        Ok(())
+    }
+
+    fn take_effects(
+        &mut self,
+        engine: &mut Engine,
+        queues: &mut [VecDeque<u32>],
+        effects: Effects,
+    ) -> Result<()> {
+        for (t, reported) in effects {
+            self.take_outcome(engine, queues, t, reported)?;
+        }
         Ok(())
     }
 
@@ -551,7 +667,7 @@ fn on_signal(
 
 /// Takes the next unit from a stage's queue: the front task, and every queued task of the
 /// same unit group when the kind groups them.
-fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
+pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
     let first = queue.pop_front().expect("queue is not empty");
     let node = engine.graph.stage_of(first);
     let Some(group) = node.kind.unit_group(engine.graph.item(first)) else {
@@ -574,19 +690,25 @@ fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
 
 /// What a task reads from one input: the upstream stage, how it binds, and the (item, key)
 /// of each upstream task it reads.
-type InputKeys = (String, Binding, Vec<(String, TaskKey)>);
+pub(super) type InputKeys = (String, Binding, Vec<(String, TaskKey)>);
 
 /// A task of a unit with what the scheduler knows of it; the upstream results themselves
 /// are read from the index inside the unit's own task, off the scheduler.
-struct PreparedTask {
-    task: u32,
-    key: TaskKey,
-    record: KeyRecord,
-    item: String,
-    inputs: Vec<InputKeys>,
+pub(super) struct PreparedTask {
+    pub(super) task: u32,
+    pub(super) identity: TaskIdentity,
+    pub(super) inputs: Vec<InputKeys>,
 }
 
-fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
+/// What recording a task's outcome needs: its key, key record and item.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct TaskIdentity {
+    pub(super) key: TaskKey,
+    pub(super) record: KeyRecord,
+    pub(super) item: String,
+}
+
+pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
     let g = &engine.graph;
     unit.iter()
         .map(|&t| {
@@ -628,9 +750,11 @@ fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
             }
             Ok(PreparedTask {
                 task: t,
-                key: engine.keys[t as usize],
-                record,
-                item: g.item(t).to_string(),
+                identity: TaskIdentity {
+                    key: engine.keys[t as usize],
+                    record,
+                    item: g.item(t).to_string(),
+                },
                 inputs,
             })
         })
@@ -679,8 +803,8 @@ fn spawn_unit(
                     .zip(inputs)
                     .zip(item_params)
                     .map(|((p, inputs), item_params)| UnitTask {
-                        key: p.key,
-                        item: p.item.clone(),
+                        key: p.identity.key,
+                        item: p.identity.item.clone(),
                         item_params,
                         inputs,
                     })
@@ -700,13 +824,16 @@ fn spawn_unit(
         let outcomes: Vec<(u32, Reported)> = prepared
             .iter()
             .zip(outcomes)
-            .map(|(p, outcome)| (p.task, commit_outcome(&store, &stage_name, p, outcome)))
+            .map(|(p, outcome)| {
+                let reported = commit_outcome(&store, &stage_name, &p.identity, "local", outcome);
+                (p.task, reported)
+            })
             .collect();
         let _ = tx.send(UnitDone { slots, outcomes });
     });
 }
 
-type MissingInput = (String, String, String);
+pub(super) type MissingInput = (String, String, String);
 
 /// Reads the upstream results a unit's tasks need from the index.
 async fn load_inputs(
@@ -720,46 +847,56 @@ async fn load_inputs(
         .flatten()
         .map(|(_, _, items)| items.len())
         .sum();
-    super::blocking_if(lookups > 64, move || {
-        wanted
-            .into_iter()
-            .map(|inputs| {
-                inputs
-                    .into_iter()
-                    .map(|(stage, binding, items)| {
-                        let mut loaded = Vec::with_capacity(items.len());
-                        for (item, key) in items {
-                            match store.result(&key) {
-                                Ok(Some(result)) => loaded.push((item, result)),
-                                Ok(None) => {
-                                    return Err((
-                                        stage.clone(),
-                                        item.clone(),
-                                        format!(
-                                            "the result of {stage}/{item} is gone from the index"
-                                        ),
-                                    ));
-                                }
-                                Err(e) => {
-                                    return Err((stage.clone(), item.clone(), format!("{e:#}")));
-                                }
+    super::blocking_if(lookups > 64, move || read_inputs(&store, wanted)).await
+}
+
+/// Reads the upstream results of each task's inputs, in order.
+pub(super) fn read_inputs(
+    store: &Store,
+    wanted: Vec<Vec<InputKeys>>,
+) -> Result<Vec<Vec<InputData>>, MissingInput> {
+    wanted
+        .into_iter()
+        .map(|inputs| {
+            inputs
+                .into_iter()
+                .map(|(stage, binding, items)| {
+                    let mut loaded = Vec::with_capacity(items.len());
+                    for (item, key) in items {
+                        match store.result(&key) {
+                            Ok(Some(result)) => loaded.push((item, result)),
+                            Ok(None) => {
+                                return Err((
+                                    stage.clone(),
+                                    item.clone(),
+                                    format!("the result of {stage}/{item} is gone from the index"),
+                                ));
+                            }
+                            Err(e) => {
+                                return Err((stage.clone(), item.clone(), format!("{e:#}")));
                             }
                         }
-                        Ok(InputData {
-                            stage,
-                            binding,
-                            items: loaded,
-                        })
+                    }
+                    Ok(InputData {
+                        stage,
+                        binding,
+                        items: loaded,
                     })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect()
 }
 
 /// Records an outcome in the index (the commit point of a task) and says what happened.
-fn commit_outcome(store: &Store, stage: &str, p: &PreparedTask, outcome: TaskOutcome) -> Reported {
+/// `host` is where it ran: `local` or a worker's name.
+pub(super) fn commit_outcome(
+    store: &Store,
+    stage: &str,
+    p: &TaskIdentity,
+    host: &str,
+    outcome: TaskOutcome,
+) -> Reported {
     match outcome {
         TaskOutcome::Success {
             outputs,
@@ -777,7 +914,7 @@ fn commit_outcome(store: &Store, stage: &str, p: &PreparedTask, outcome: TaskOut
                 stderr,
                 started_ms,
                 duration_ms,
-                host: "local".into(),
+                host: host.to_string(),
                 outputs,
             };
             match store.commit_success(&p.key, &p.record, &result) {

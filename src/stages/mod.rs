@@ -34,7 +34,7 @@ pub const KINDS: &[&str] = &[
 ];
 
 /// How a task reads one of its inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Binding {
     /// The upstream task with the same item id.
     Item,
@@ -148,8 +148,8 @@ pub struct UnitTask {
     pub inputs: Vec<InputData>,
 }
 
-/// What executing one task gave.
-#[derive(Debug)]
+/// What executing one task gave (on this machine, or on a worker that sends it back).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum TaskOutcome {
     Success {
         outputs: Vec<Output>,

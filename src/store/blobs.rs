@@ -106,6 +106,24 @@ impl BlobStore {
         Ok((digest, size))
     }
 
+    /// Starts writing the blob that should have digest `expected`, chunk by chunk (a blob
+    /// arriving over the network): the bytes are hashed as they come, and
+    /// [`BlobWriter::finish`] stores them only if they hash to `expected`.
+    pub fn writer(&self, expected: &Digest) -> io::Result<BlobWriter> {
+        let shard = self.shard(expected)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(&shard)?;
+        Ok(BlobWriter {
+            file: io::BufWriter::with_capacity(CHUNK, tmp),
+            hasher: blake3::Hasher::new(),
+            expected: *expected,
+            dest: self.path(expected),
+            shard,
+            size: 0,
+        })
+    }
+
     /// Reads a blob whole and verifies it.
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, BlobError> {
         let path = self.path(digest);
@@ -242,6 +260,50 @@ impl BlobStore {
     }
 }
 
+/// A blob being received: see [`BlobStore::writer`]. Dropped unfinished, it leaves nothing.
+pub struct BlobWriter {
+    file: io::BufWriter<tempfile::NamedTempFile>,
+    hasher: blake3::Hasher,
+    expected: Digest,
+    dest: PathBuf,
+    shard: PathBuf,
+    size: u64,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        self.file.write_all(bytes)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Stores the blob when its bytes hash to the expected digest; otherwise removes them
+    /// and says what they hashed to.
+    pub fn finish(self) -> Result<u64, BlobError> {
+        let actual = Digest::from_hasher(&self.hasher);
+        let io_err = |source| BlobError::Io {
+            digest: self.expected,
+            source,
+        };
+        if actual != self.expected {
+            return Err(BlobError::Corrupt {
+                digest: self.expected,
+                actual,
+            });
+        }
+        let tmp = self.file.into_inner().map_err(|e| io_err(e.into_error()))?;
+        tmp.as_file().sync_all().map_err(io_err)?;
+        tmp.persist(&self.dest).map_err(|e| io_err(e.error))?;
+        let _ = fs::set_permissions(&self.dest, readonly());
+        sync_dir(&self.shard).map_err(io_err)?;
+        Ok(self.size)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct BlobListing {
     pub blobs: Vec<(Digest, u64)>,
@@ -299,5 +361,28 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), vec![7u8; 100_000]);
         let listing = store.list().unwrap();
         assert_eq!(listing.blobs, vec![(d, 100_000)]);
+    }
+
+    #[test]
+    fn a_writer_stores_only_bytes_that_match_their_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(tmp.path().join("blobs"));
+        let good = Digest::of(b"hello world");
+        let mut w = store.writer(&good).unwrap();
+        w.write(b"hello ").unwrap();
+        w.write(b"world").unwrap();
+        assert_eq!(w.finish().unwrap(), 11);
+        assert_eq!(store.read(&good).unwrap(), b"hello world");
+
+        let claimed = Digest::of(b"something else");
+        let mut w = store.writer(&claimed).unwrap();
+        w.write(b"hello world").unwrap();
+        let err = w.finish().unwrap_err();
+        assert!(
+            matches!(err, BlobError::Corrupt { actual, .. } if actual == good),
+            "{err}"
+        );
+        assert!(store.size(&claimed).is_none());
+        assert!(store.list().unwrap().temp_files.is_empty());
     }
 }

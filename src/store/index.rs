@@ -26,10 +26,13 @@ pub enum Tree {
     Runs,
     /// Stage name → digest of the stage's plan memo blob.
     Memos,
+    /// Unit id → the tasks a remote worker holds (with their key records), so that a
+    /// coordinator restarted on this cache accepts the results of units leased before.
+    Leases,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Meta,
         Tree::Tasks,
         Tree::Records,
@@ -39,6 +42,7 @@ impl Tree {
         Tree::Stats,
         Tree::Runs,
         Tree::Memos,
+        Tree::Leases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Tree {
             Tree::Stats => "stats",
             Tree::Runs => "runs",
             Tree::Memos => "memos",
+            Tree::Leases => "leases",
         }
     }
 }

@@ -1,0 +1,624 @@
+//! The scheduler's side of remote work: leasing units from the run's queues to workers,
+//! recording their results exactly once, and putting back what a lost worker held.
+//!
+//! Everything here runs on the scheduler's loop, which alone changes the engine, so a
+//! lease, its result and its expiry never race each other: whichever reaches the loop first
+//! wins, and the others find the lease gone.
+
+use super::resolve::Engine;
+use super::run::{
+    PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs, take_unit,
+};
+use crate::exec::slots::Resources;
+use crate::remote::coordinator::{Coordinator, SchedMsg};
+use crate::remote::protocol::{Complete, Unit, UnitTaskWire};
+use crate::stages::TaskOutcome;
+use crate::store::Store;
+use crate::store::index::Tree;
+use crate::store::records::{decode, encode};
+use crate::task::{Digest, TaskKey};
+use anyhow::Result;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// A unit a worker holds.
+struct Lease {
+    worker: u64,
+    worker_name: String,
+    stage: usize,
+    tasks: Vec<(u32, TaskIdentity)>,
+    leased_at: Instant,
+}
+
+/// A lease as kept in the index (`leases` tree) while it is out: enough for a restarted
+/// coordinator to record the unit's results without the worker running it again.
+#[derive(Serialize, Deserialize)]
+struct PersistedLease {
+    worker_name: String,
+    stage: String,
+    tasks: Vec<TaskIdentity>,
+}
+
+struct Waiting {
+    worker: u64,
+    free: Resources,
+    deadline: Instant,
+    reply: oneshot::Sender<Option<Unit>>,
+}
+
+/// Task outcomes for the scheduler to take (tasks to put back go straight to their queue).
+pub(super) type Effects = Vec<(u32, Reported)>;
+
+pub(super) type Reply = Result<String, (StatusCode, String)>;
+
+pub(super) struct RemoteUnits {
+    pub(super) coord: Arc<Coordinator>,
+    rx: mpsc::UnboundedReceiver<SchedMsg>,
+    leases: HashMap<u64, Lease>,
+    waiting: VecDeque<Waiting>,
+    /// Task → (leases lost, the last reason).
+    attempts: HashMap<u32, (u32, String)>,
+    /// Units whose result was recorded (a second completion is acknowledged, not recorded).
+    done_units: HashSet<u64>,
+    /// Units leased by an earlier coordinator process on this cache, by id.
+    before: HashMap<u64, PersistedLease>,
+    /// Their task keys, held back from dispatch until `held_until` so that the workers
+    /// running them can report first.
+    held_keys: HashSet<TaskKey>,
+    held_until: Instant,
+    held_tasks: Vec<u32>,
+    /// Stages already said to need a worker (said once).
+    told: HashSet<usize>,
+    /// Stages whose shared parameters are in the index (stored on first dispatch).
+    saved: HashSet<usize>,
+}
+
+impl RemoteUnits {
+    pub(super) fn new(
+        coord: Arc<Coordinator>,
+        rx: mpsc::UnboundedReceiver<SchedMsg>,
+    ) -> Result<RemoteUnits> {
+        let mut before = HashMap::new();
+        for entry in coord.store.index().scan(Tree::Leases, b"") {
+            let (id, value) = entry?;
+            let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) else {
+                continue;
+            };
+            match decode::<PersistedLease>(&value, "lease") {
+                Ok(lease) => {
+                    before.insert(u64::from_be_bytes(id), lease);
+                }
+                Err(e) => tracing::warn!("dropping an unreadable lease record: {e:#}"),
+            }
+        }
+        let held_keys = before
+            .values()
+            .flat_map(|l| l.tasks.iter().map(|t| t.key))
+            .collect();
+        if !before.is_empty() {
+            tracing::info!(
+                "{} unit(s) were out with workers when the last coordinator stopped; their \
+                 tasks wait {:?} for those workers to report",
+                before.len(),
+                coord.config.lease_timeout
+            );
+        }
+        let held_until = Instant::now() + coord.config.lease_timeout;
+        Ok(RemoteUnits {
+            coord,
+            rx,
+            leases: HashMap::new(),
+            waiting: VecDeque::new(),
+            attempts: HashMap::new(),
+            done_units: HashSet::new(),
+            before,
+            held_keys,
+            held_until,
+            held_tasks: Vec::new(),
+            told: HashSet::new(),
+            saved: HashSet::new(),
+        })
+    }
+
+    /// Gives back the message channel for the next run (`mvc serve`); waiting lease
+    /// requests are answered with nothing.
+    pub(super) fn into_receiver(mut self) -> mpsc::UnboundedReceiver<SchedMsg> {
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(None);
+        }
+        self.rx
+    }
+
+    pub(super) async fn recv(&mut self) -> Option<SchedMsg> {
+        self.rx.recv().await
+    }
+
+    /// Units out with workers.
+    pub(super) fn active(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Tasks held back for workers of an earlier coordinator.
+    pub(super) fn held(&self) -> usize {
+        self.held_tasks.len()
+    }
+
+    /// Whether a task that is ready to run must wait for a worker of an earlier coordinator
+    /// (it is then kept here instead of queued).
+    pub(super) fn hold(&mut self, engine: &Engine, t: u32) -> bool {
+        if self.held_keys.is_empty() || Instant::now() >= self.held_until {
+            return false;
+        }
+        if self.held_keys.contains(&engine.keys[t as usize]) {
+            self.held_tasks.push(t);
+            return true;
+        }
+        false
+    }
+
+    fn store(&self) -> &Store {
+        &self.coord.store
+    }
+
+    /// Says once per stage that its tasks need a worker, when no local slot can run them.
+    pub(super) fn tell_needs_worker(&mut self, stage: usize, name: &str, need: &Resources) -> bool {
+        self.told.insert(stage) && {
+            tracing::info!("stage `{name}` needs {need} per task: waiting for a worker with it");
+            true
+        }
+    }
+
+    /// Answers waiting lease requests from the queues; when `stopping`, with nothing.
+    pub(super) fn serve(
+        &mut self,
+        engine: &mut Engine,
+        queues: &mut [VecDeque<u32>],
+        order: &[usize],
+        stopping: bool,
+        effects: &mut Effects,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let mut still = VecDeque::new();
+        while let Some(w) = self.waiting.pop_front() {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if stopping || now >= w.deadline {
+                let _ = w.reply.send(None);
+                continue;
+            }
+            let found = order.iter().copied().find(|&s| {
+                !queues[s].is_empty() && w.free.fits(&engine.graph.stages[s].kind.resources())
+            });
+            match found {
+                Some(s) => self.lease(engine, &mut queues[s], s, w, effects)?,
+                None => still.push_back(w),
+            }
+        }
+        self.waiting = still;
+        self.coord.shared.lock().unwrap().queued =
+            queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
+        Ok(())
+    }
+
+    fn lease(
+        &mut self,
+        engine: &mut Engine,
+        queue: &mut VecDeque<u32>,
+        stage: usize,
+        w: Waiting,
+        effects: &mut Effects,
+    ) -> Result<()> {
+        let unit = take_unit(engine, queue);
+        let prepared: Vec<PreparedTask> = prepare_unit(engine, &unit)?;
+        let node = &engine.graph.stages[stage];
+        if self.saved.insert(stage) {
+            self.store().put_shared_params(&node.shared)?;
+        }
+        let wanted = prepared.iter().map(|p| p.inputs.clone()).collect();
+        let inputs = match read_inputs(self.store(), wanted) {
+            Ok(inputs) => inputs,
+            Err((stage, item, error)) => {
+                for p in &prepared {
+                    effects.push((
+                        p.task,
+                        Reported::InputCorrupt {
+                            stage: stage.clone(),
+                            item: item.clone(),
+                            error: error.clone(),
+                        },
+                    ));
+                }
+                // The request is still open: it waits for the next unit.
+                self.waiting.push_front(w);
+                return Ok(());
+            }
+        };
+        let id = loop {
+            let id = fastrand::u64(1..);
+            if !self.leases.contains_key(&id) && !self.before.contains_key(&id) {
+                break id;
+            }
+        };
+        let wire = Unit {
+            id,
+            stage: node.name.clone(),
+            resources: node.kind.resources(),
+            pipeline: self.coord.pipeline_digest(),
+            tasks: prepared
+                .iter()
+                .zip(inputs)
+                .map(|(p, inputs)| UnitTaskWire {
+                    key: p.identity.key,
+                    item: p.identity.item.clone(),
+                    item_params: engine.graph.item_params(p.task),
+                    inputs,
+                })
+                .collect(),
+        };
+        let worker_name = {
+            let mut shared = self.coord.shared.lock().unwrap();
+            shared.leased.insert(id, w.worker);
+            let label = match prepared.len() {
+                1 => format!("{}/{}", node.name, prepared[0].identity.item),
+                n => format!(
+                    "{}/{} (+{} more)",
+                    node.name,
+                    prepared[0].identity.item,
+                    n - 1
+                ),
+            };
+            shared
+                .workers
+                .get_mut(&w.worker)
+                .map(|e| {
+                    e.holding.insert(id, label);
+                    e.register.name.clone()
+                })
+                .unwrap_or_default()
+        };
+        let persisted = PersistedLease {
+            worker_name: worker_name.clone(),
+            stage: node.name.clone(),
+            tasks: prepared.iter().map(|p| p.identity.clone()).collect(),
+        };
+        self.store()
+            .index()
+            .put(Tree::Leases, &id.to_be_bytes(), &encode(&persisted))?;
+        for p in &prepared {
+            engine.start(p.task);
+        }
+        self.leases.insert(
+            id,
+            Lease {
+                worker: w.worker,
+                worker_name,
+                stage,
+                tasks: prepared.into_iter().map(|p| (p.task, p.identity)).collect(),
+                leased_at: Instant::now(),
+            },
+        );
+        if w.reply.send(Some(wire)).is_err() {
+            // The worker stopped asking (its request was cancelled) before the unit left:
+            // the unit goes back, costing no attempt.
+            let lease = self.drop_lease(id).expect("just inserted");
+            for (t, _) in lease.tasks.into_iter().rev() {
+                queue.push_front(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a lease everywhere it is noted.
+    fn drop_lease(&mut self, id: u64) -> Option<Lease> {
+        let lease = self.leases.remove(&id)?;
+        let mut shared = self.coord.shared.lock().unwrap();
+        shared.leased.remove(&id);
+        if let Some(w) = shared.workers.get_mut(&lease.worker) {
+            w.holding.shift_remove(&id);
+        }
+        drop(shared);
+        if let Err(e) = self.store().index().delete(Tree::Leases, &id.to_be_bytes()) {
+            tracing::warn!("could not forget lease {id}: {e:#}");
+        }
+        Some(lease)
+    }
+
+    /// A lease that came to nothing: its tasks go back to the front of their queue, or,
+    /// after `max_attempts` lost leases, fail in this run with the last reason.
+    fn lost(
+        &mut self,
+        lease: Lease,
+        why: &str,
+        queues: &mut [VecDeque<u32>],
+        effects: &mut Effects,
+    ) {
+        let max = self.coord.config.max_attempts.max(1);
+        for (t, _) in lease.tasks.into_iter().rev() {
+            let entry = self.attempts.entry(t).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = why.to_string();
+            if entry.0 >= max {
+                effects.push((
+                    t,
+                    Reported::Aborted(format!(
+                        "given to workers {} times without a result; the last time: {why}",
+                        entry.0
+                    )),
+                ));
+            } else {
+                queues[lease.stage].push_front(t);
+            }
+        }
+    }
+
+    /// Expires the leases of workers that went silent, or that do not list a unit they
+    /// were given; answers lease requests whose wait is over; releases tasks held for an
+    /// earlier coordinator's workers once their time is up.
+    pub(super) fn tick(
+        &mut self,
+        engine: &Engine,
+        queues: &mut [VecDeque<u32>],
+        effects: &mut Effects,
+    ) {
+        let now = Instant::now();
+        let timeout = self.coord.config.lease_timeout;
+        let beat = self.coord.config.heartbeat();
+        let mut lost: Vec<(u64, String)> = Vec::new();
+        {
+            let mut shared = self.coord.shared.lock().unwrap();
+            for (id, lease) in &self.leases {
+                match shared.workers.get(&lease.worker) {
+                    None => lost.push((*id, format!("worker {} is gone", lease.worker_name))),
+                    Some(w) if now.duration_since(w.last_seen) > timeout => lost.push((
+                        *id,
+                        format!(
+                            "worker {} stopped answering for {:.0}s",
+                            lease.worker_name,
+                            timeout.as_secs_f64()
+                        ),
+                    )),
+                    Some(w) => {
+                        if let Some((at, running)) = &w.heartbeat
+                            && *at > lease.leased_at + beat * 2
+                            && !running.contains(id)
+                        {
+                            lost.push((
+                                *id,
+                                format!("worker {} never received the unit", lease.worker_name),
+                            ));
+                        }
+                    }
+                }
+            }
+            // Workers silent for three lease timeouts are forgotten.
+            shared
+                .workers
+                .retain(|_, w| now.duration_since(w.last_seen) < timeout * 3);
+        }
+        for (id, why) in lost {
+            if let Some(lease) = self.drop_lease(id) {
+                tracing::warn!(
+                    "unit {id} of stage {}: {why}; it goes back to the queue",
+                    engine.graph.stages[lease.stage].name
+                );
+                self.lost(lease, &why, queues, effects);
+            }
+        }
+        let mut still = VecDeque::new();
+        while let Some(w) = self.waiting.pop_front() {
+            if now >= w.deadline || w.reply.is_closed() {
+                let _ = w.reply.send(None);
+            } else {
+                still.push_back(w);
+            }
+        }
+        self.waiting = still;
+        if now >= self.held_until && !self.before.is_empty() {
+            for id in std::mem::take(&mut self.before).into_keys() {
+                let _ = self.store().index().delete(Tree::Leases, &id.to_be_bytes());
+            }
+            self.held_keys.clear();
+            for t in std::mem::take(&mut self.held_tasks) {
+                let s = engine.graph.task_stage[t as usize] as usize;
+                queues[s].push_back(t);
+            }
+        }
+    }
+
+    /// Handles one message from the HTTP side.
+    pub(super) fn handle(
+        &mut self,
+        msg: SchedMsg,
+        engine: &Engine,
+        queues: &mut [VecDeque<u32>],
+        effects: &mut Effects,
+    ) {
+        match msg {
+            SchedMsg::Lease {
+                worker,
+                free,
+                deadline,
+                reply,
+            } => self.waiting.push_back(Waiting {
+                worker,
+                free,
+                deadline,
+                reply,
+            }),
+            SchedMsg::Complete { unit, body, reply } => {
+                let answer = self.complete(unit, body, engine, queues, effects);
+                let _ = reply.send(answer);
+            }
+            SchedMsg::Fail { unit, body, reply } => {
+                let answer = match self.leases.get(&unit) {
+                    Some(lease) if lease.worker == body.worker => {
+                        let lease = self.drop_lease(unit).expect("present");
+                        let why = format!("worker {}: {}", lease.worker_name, body.error);
+                        self.lost(lease, &why, queues, effects);
+                        Ok("the unit goes back to the queue".to_string())
+                    }
+                    _ => Ok("the unit is not leased to this worker; nothing to do".to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn complete(
+        &mut self,
+        unit: u64,
+        body: Complete,
+        engine: &Engine,
+        queues: &mut [VecDeque<u32>],
+        effects: &mut Effects,
+    ) -> Reply {
+        if let Some(lease) = self.leases.get(&unit) {
+            if lease.worker != body.worker && lease.worker_name != body.worker_name {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("unit {unit} is held by another worker; its result is not recorded"),
+                ));
+            }
+            let keys: Vec<TaskKey> = lease.tasks.iter().map(|(_, p)| p.key).collect();
+            if keys != body.keys || body.outcomes.len() != keys.len() {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("the result does not match unit {unit}'s tasks"),
+                ));
+            }
+            let lease = self.drop_lease(unit).expect("present");
+            if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
+                let why = format!("worker {}: {problem}", lease.worker_name);
+                self.lost(lease, &why, queues, effects);
+                return Err((StatusCode::BAD_REQUEST, problem));
+            }
+            let stage = engine.graph.stages[lease.stage].name.clone();
+            for ((t, identity), outcome) in lease.tasks.iter().zip(body.outcomes) {
+                let reported =
+                    commit_outcome(self.store(), &stage, identity, &lease.worker_name, outcome);
+                effects.push((*t, reported));
+            }
+            self.done_units.insert(unit);
+            if let Some(w) = self
+                .coord
+                .shared
+                .lock()
+                .unwrap()
+                .workers
+                .get_mut(&lease.worker)
+            {
+                w.units_done += 1;
+            }
+            return Ok("recorded".into());
+        }
+        if self.done_units.contains(&unit) {
+            return Ok("already recorded".into());
+        }
+        let adoptable = self.before.get(&unit).is_some_and(|l| {
+            l.worker_name == body.worker_name
+                && l.tasks.iter().map(|t| t.key).eq(body.keys.iter().copied())
+                && body.outcomes.len() == body.keys.len()
+        });
+        if adoptable && Instant::now() < self.held_until {
+            if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
+                return Err((StatusCode::BAD_REQUEST, problem));
+            }
+            let lease = self.before.remove(&unit).expect("present");
+            let _ = self
+                .store()
+                .index()
+                .delete(Tree::Leases, &unit.to_be_bytes());
+            for (identity, outcome) in lease.tasks.iter().zip(body.outcomes) {
+                let reported = commit_outcome(
+                    self.store(),
+                    &lease.stage,
+                    identity,
+                    &body.worker_name,
+                    outcome,
+                );
+                // A task of this run already waiting for it finishes now; one not reached yet
+                // will find the result in the cache.
+                if let Some(k) = self
+                    .held_tasks
+                    .iter()
+                    .position(|&t| engine.keys[t as usize] == identity.key)
+                {
+                    let t = self.held_tasks.swap_remove(k);
+                    effects.push((t, reported));
+                }
+                self.held_keys.remove(&identity.key);
+            }
+            self.done_units.insert(unit);
+            return Ok("recorded (leased by the previous coordinator)".into());
+        }
+        Err((
+            StatusCode::CONFLICT,
+            format!(
+                "unit {unit} is not leased to this worker any more (its lease expired and it \
+                 went back to the queue, or the run was stopped); its result is not recorded"
+            ),
+        ))
+    }
+
+    /// The run is being killed: every unit out with a worker is abandoned (the workers hear
+    /// it with their next heartbeat) and its tasks stay unrun.
+    pub(super) fn cancel_all(&mut self, effects: &mut Effects) {
+        let ids: Vec<u64> = self.leases.keys().copied().collect();
+        for id in ids {
+            if let Some(lease) = self.drop_lease(id) {
+                for (t, _) in lease.tasks {
+                    effects.push((t, Reported::Cancelled));
+                }
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(None);
+        }
+    }
+}
+
+/// Every output a worker reports must be here: blobs uploaded with their size, inline bytes
+/// matching their digest, logs uploaded.
+fn check_outputs(store: &Store, outcomes: &[TaskOutcome]) -> Result<(), String> {
+    for outcome in outcomes {
+        let (outputs, logs): (&[crate::store::records::Output], Vec<Digest>) = match outcome {
+            TaskOutcome::Success {
+                outputs,
+                stdout,
+                stderr,
+                ..
+            } => (outputs, stdout.iter().chain(stderr).copied().collect()),
+            TaskOutcome::Failed { stderr, .. } => (&[], stderr.iter().copied().collect()),
+            _ => (&[], Vec::new()),
+        };
+        for o in outputs {
+            match &o.inline {
+                Some(bytes) if Digest::of(bytes) != o.digest || bytes.len() as u64 != o.size => {
+                    return Err(format!(
+                        "output `{}`: its inline bytes do not match its digest",
+                        o.name
+                    ));
+                }
+                Some(_) => {}
+                None if store.blobs().size(&o.digest) != Some(o.size) => {
+                    return Err(format!(
+                        "output `{}`: blob {} ({} bytes) was not uploaded",
+                        o.name, o.digest, o.size
+                    ));
+                }
+                None => {}
+            }
+        }
+        for d in logs {
+            if store.blobs().size(&d).is_none() {
+                return Err(format!("log blob {d} was not uploaded"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The HTTP client of a coordinator (reqwest): what `mvc worker` and `mvc status --connect`
+//! say to it.
+
+use super::auth::Token;
+use super::protocol::{
+    API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, LeaseReply, LeaseRequest,
+    PipelineText, Register, Registered, Status,
+};
+use crate::store::blobs::{BlobError, BlobStore};
+use crate::task::Digest;
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::time::Duration;
+
+/// Why a call failed, sorted by what the caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// 401: the token is wrong or missing. Retrying cannot help.
+    #[error("the coordinator refused the token (401 Unauthorized): {0}")]
+    Unauthorized(String),
+    /// 404 on a worker call: this coordinator does not know the worker (it restarted).
+    #[error("{0}")]
+    UnknownWorker(String),
+    /// Any other answer that is not a success.
+    #[error("the coordinator answered {0}: {1}")]
+    Refused(StatusCode, String),
+    /// No answer (not listening, connection reset, timeout): worth retrying.
+    #[error("cannot reach the coordinator: {0}")]
+    Network(String),
+}
+
+impl CallError {
+    pub fn is_network(&self) -> bool {
+        matches!(self, CallError::Network(_))
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    auth: Option<String>,
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Client {
+    /// `url` is the coordinator's base URL, e.g. `http://10.0.0.5:7070`.
+    pub fn new(url: &str, token: Option<&Token>) -> anyhow::Result<Client> {
+        let url = url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("--connect {url}: give an http:// or https:// URL");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Client {
+            base: format!("{url}{API}"),
+            http,
+            auth: token.map(Token::header),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(auth) = &self.auth {
+            r = r.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        r
+    }
+
+    async fn check(response: reqwest::Response) -> Result<reqwest::Response, CallError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorReply>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
+        Err(match status {
+            StatusCode::UNAUTHORIZED => CallError::Unauthorized(message),
+            StatusCode::NOT_FOUND => CallError::UnknownWorker(message),
+            _ => CallError::Refused(status, message),
+        })
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let body = serde_json::to_vec(body).expect("requests serialise");
+        let response = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        Self::read_json(response).await
+    }
+
+    async fn read_json<R: DeserializeOwned>(response: reqwest::Response) -> Result<R, CallError> {
+        let url = response.url().path().to_string();
+        let response = Self::check(response).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CallError::Refused(StatusCode::OK, format!("unreadable answer from {url}: {e}"))
+        })
+    }
+
+    const CALL: Duration = Duration::from_secs(60);
+
+    pub async fn register(&self, register: &Register) -> Result<Registered, CallError> {
+        self.post("/workers", register, Self::CALL).await
+    }
+
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<LeaseReply, CallError> {
+        let timeout = Duration::from_millis(request.wait_ms) + Duration::from_secs(10);
+        self.post("/lease", request, timeout).await
+    }
+
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatReply, CallError> {
+        self.post("/heartbeat", beat, Duration::from_secs(10)).await
+    }
+
+    pub async fn complete(&self, unit: u64, body: &Complete) -> Result<(), CallError> {
+        self.post::<_, serde_json::Value>(&format!("/units/{unit}/complete"), body, Self::CALL)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn fail(&self, unit: u64, body: &Fail) -> Result<(), CallError> {
+        self.post::<_, serde_json::Value>(&format!("/units/{unit}/fail"), body, Self::CALL)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn pipeline(&self, digest: &Digest) -> Result<PipelineText, CallError> {
+        let response = self
+            .request(reqwest::Method::GET, &format!("/pipelines/{digest}"))
+            .timeout(Self::CALL)
+            .send()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        Self::read_json(response).await
+    }
+
+    pub async fn status(&self) -> Result<Status, CallError> {
+        let response = self
+            .request(reqwest::Method::GET, "/status")
+            .timeout(Self::CALL)
+            .send()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        Self::read_json(response).await
+    }
+
+    /// Whether the coordinator has a blob.
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool, CallError> {
+        let response = self
+            .request(reqwest::Method::HEAD, &format!("/blobs/{digest}"))
+            .timeout(Self::CALL)
+            .send()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Self::check(response).await.map(|_| true),
+        }
+    }
+
+    /// Fetches a blob into `blobs`, verified while it arrives. Returns its size.
+    pub async fn get_blob(&self, digest: &Digest, blobs: &BlobStore) -> Result<u64, CallError> {
+        let mut response = self
+            .request(reqwest::Method::GET, &format!("/blobs/{digest}"))
+            .send()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        response = Self::check(response).await?;
+        let local = |e: std::io::Error| {
+            CallError::Refused(StatusCode::OK, format!("writing blob {digest} here: {e}"))
+        };
+        let mut writer = blobs.writer(digest).map_err(local)?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?
+        {
+            writer.write(&chunk).map_err(local)?;
+        }
+        match writer.finish() {
+            Ok(size) => Ok(size),
+            Err(BlobError::Corrupt { actual, .. }) => Err(CallError::Refused(
+                StatusCode::OK,
+                format!("blob {digest} arrived with bytes that hash to {actual}"),
+            )),
+            Err(e) => Err(CallError::Refused(StatusCode::OK, e.to_string())),
+        }
+    }
+
+    /// Uploads `file` as blob `digest`, streaming it.
+    pub async fn put_blob(&self, digest: &Digest, file: &Path) -> Result<(), CallError> {
+        let f = tokio::fs::File::open(file).await.map_err(|e| {
+            CallError::Refused(StatusCode::OK, format!("reading {}: {e}", file.display()))
+        })?;
+        let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+        let response = self
+            .request(reqwest::Method::PUT, &format!("/blobs/{digest}"))
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .map_err(|e| CallError::Network(chain(&e)))?;
+        Self::check(response).await.map(|_| ())
+    }
+}
+
+/// Waits before the next try: 100 ms doubling to 5 s, with jitter so that many workers
+/// reconnecting to a restarted coordinator do not arrive together.
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    pub async fn wait(&mut self) {
+        let jitter = self.next.mul_f64(fastrand::f64() * 0.5);
+        tokio::time::sleep(self.next + jitter).await;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}

@@ -1,0 +1,600 @@
+//! The coordinator's HTTP side (axum): workers register, lease units, send heartbeats and
+//! results, and move blobs. It owns no scheduling of its own: lease requests and results go
+//! to the run's scheduler as [`SchedMsg`]s, so local slots and remote workers draw from one
+//! queue and every result is recorded by the one process that holds the index.
+
+use super::auth::Token;
+use super::protocol::{
+    API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, LeaseReply, LeaseRequest,
+    PipelineText, Register, Registered, Status, Unit, WorkerStatus,
+};
+use crate::exec::slots::Resources;
+use crate::store::Store;
+use crate::store::blobs::BlobError;
+use crate::task::Digest;
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// JSON requests larger than this are refused (a unit's results with inline outputs are far
+/// smaller; a larger body is a mistake or an attack).
+pub const JSON_LIMIT: usize = 64 << 20;
+
+/// How the coordinator listens and treats its workers.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    /// A worker silent this long loses its units (they go back to the queue).
+    pub lease_timeout: Duration,
+    /// Leases of one task before it counts as failed in this run.
+    pub max_attempts: u32,
+    /// The largest blob a worker may upload.
+    pub blob_limit: u64,
+}
+
+impl CoordinatorConfig {
+    pub fn new(listen: SocketAddr, token: Option<Token>) -> CoordinatorConfig {
+        CoordinatorConfig {
+            listen,
+            token,
+            lease_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            blob_limit: 64 << 30,
+        }
+    }
+
+    /// Heartbeats come a few times per lease timeout, so one lost request costs nothing.
+    pub fn heartbeat(&self) -> Duration {
+        (self.lease_timeout / 4).max(Duration::from_millis(100))
+    }
+}
+
+/// What the HTTP handlers ask of the scheduler.
+pub enum SchedMsg {
+    Lease {
+        worker: u64,
+        free: Resources,
+        deadline: Instant,
+        reply: oneshot::Sender<Option<Unit>>,
+    },
+    Complete {
+        unit: u64,
+        body: Complete,
+        reply: oneshot::Sender<Result<String, (StatusCode, String)>>,
+    },
+    Fail {
+        unit: u64,
+        body: Fail,
+        reply: oneshot::Sender<Result<String, (StatusCode, String)>>,
+    },
+}
+
+/// A registered worker, as the coordinator sees it.
+#[derive(Debug)]
+pub struct WorkerEntry {
+    pub register: Register,
+    pub last_seen: Instant,
+    /// When the worker's last heartbeat came, and the units it listed.
+    pub heartbeat: Option<(Instant, Vec<u64>)>,
+    /// Unit id → label (`stage/item`, and how many tasks) of what it holds.
+    pub holding: IndexMap<u64, String>,
+    pub units_done: u64,
+}
+
+/// State shared by the handlers and the scheduler.
+#[derive(Default)]
+pub struct Shared {
+    pub workers: IndexMap<u64, WorkerEntry>,
+    next_worker: u64,
+    /// Unit id → the worker that holds it.
+    pub leased: HashMap<u64, u64>,
+    /// Tasks waiting in the scheduler's queues (for `mvc status`).
+    pub queued: u64,
+    /// The run is over: lease requests are answered with `finished`.
+    pub finished: bool,
+}
+
+pub struct Coordinator {
+    pub config: CoordinatorConfig,
+    pub store: Arc<Store>,
+    /// The pipeline's name, digest and text (replaced between runs of `mvc serve`).
+    pipeline: Mutex<(String, Digest, PipelineText)>,
+    to_sched: mpsc::UnboundedSender<SchedMsg>,
+    pub shared: Mutex<Shared>,
+    /// The address actually bound (port 0 picks one).
+    pub addr: SocketAddr,
+}
+
+impl Coordinator {
+    /// Binds the address and starts serving; returns the coordinator and the receiving end
+    /// of its scheduler messages.
+    pub async fn start(
+        config: CoordinatorConfig,
+        store: Arc<Store>,
+        pipeline_name: &str,
+        pipeline: PipelineText,
+    ) -> Result<(Arc<Coordinator>, mpsc::UnboundedReceiver<SchedMsg>)> {
+        if config.token.is_none() && !config.listen.ip().is_loopback() {
+            bail!(
+                "--listen {}: a coordinator on an address other than loopback needs a token; \
+                 give --token-file FILE (or set MVC_TOKEN) here and on every worker",
+                config.listen
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("--listen {}: cannot listen there", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (to_sched, rx) = mpsc::unbounded_channel();
+        let digest = Digest::of(pipeline.text.as_bytes());
+        let coordinator = Arc::new(Coordinator {
+            config,
+            store,
+            pipeline: Mutex::new((pipeline_name.to_string(), digest, pipeline)),
+            to_sched,
+            shared: Mutex::new(Shared::default()),
+            addr,
+        });
+        let app = router(coordinator.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the coordinator's server stopped: {e}");
+            }
+        });
+        Ok((coordinator, rx))
+    }
+
+    pub fn pipeline_digest(&self) -> Digest {
+        self.pipeline.lock().unwrap().1
+    }
+
+    /// The pipeline the next run serves (`mvc serve` after the file changed).
+    pub fn set_pipeline(&self, name: &str, path: &std::path::Path, text: String) {
+        let digest = Digest::of(text.as_bytes());
+        let source = PipelineText {
+            path: path.display().to_string(),
+            text,
+        };
+        *self.pipeline.lock().unwrap() = (name.to_string(), digest, source);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Marks the run over (or starting again, for `mvc serve`).
+    pub fn set_finished(&self, finished: bool) {
+        self.shared.lock().unwrap().finished = finished;
+    }
+}
+
+fn router(c: Arc<Coordinator>) -> Router {
+    let api = Router::new()
+        .route("/workers", post(register))
+        .route("/lease", post(lease))
+        .route("/heartbeat", post(heartbeat))
+        .route("/units/{id}/complete", post(complete))
+        .route("/units/{id}/fail", post(fail))
+        .route("/pipelines/{digest}", get(pipeline_text))
+        .route("/status", get(status))
+        .route(
+            "/blobs/{digest}",
+            get(get_blob).head(get_blob).put(put_blob),
+        )
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(c.clone(), authorize));
+    Router::new().nest(API, api).with_state(c)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(ErrorReply {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Every request carries `Authorization: Bearer TOKEN` when the coordinator has a token.
+async fn authorize(State(c): State<Arc<Coordinator>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &c.config.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| token.matches(g)) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: give the coordinator's token with --token-file or \
+                 MVC_TOKEN",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// A refusal: its status and message (made into a response by [`refuse`]).
+type Refusal = (StatusCode, String);
+
+fn refuse((status, message): Refusal) -> Response {
+    error(status, message)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("unreadable request: {e}")))
+}
+
+async fn register(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+    let register: Register = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    let mut shared = c.shared.lock().unwrap();
+    shared.next_worker += 1;
+    // Ids are per coordinator process, so a restarted coordinator never mistakes an old
+    // worker id for a new worker: ids start from a random base.
+    let id = (u64::from(fastrand::u32(..)) << 20) + shared.next_worker;
+    tracing::info!(
+        "worker {} ({}) registered with {}",
+        register.name,
+        register.host,
+        register.slots
+    );
+    shared.workers.insert(
+        id,
+        WorkerEntry {
+            register,
+            last_seen: Instant::now(),
+            heartbeat: None,
+            holding: IndexMap::new(),
+            units_done: 0,
+        },
+    );
+    axum::Json(Registered {
+        worker: id,
+        heartbeat_ms: c.config.heartbeat().as_millis() as u64,
+        lease_timeout_ms: c.config.lease_timeout.as_millis() as u64,
+    })
+    .into_response()
+}
+
+/// Notes that a worker is alive; `Err` (404) when it is not registered here.
+fn touch(c: &Coordinator, worker: u64) -> Result<(), Refusal> {
+    let mut shared = c.shared.lock().unwrap();
+    match shared.workers.get_mut(&worker) {
+        Some(w) => {
+            w.last_seen = Instant::now();
+            Ok(())
+        }
+        None => Err((
+            StatusCode::NOT_FOUND,
+            format!(
+                "worker {worker} is not registered here (the coordinator restarted?); register again"
+            ),
+        )),
+    }
+}
+
+async fn lease(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+    let request: LeaseRequest = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    if let Err(e) = touch(&c, request.worker) {
+        return refuse(e);
+    }
+    if c.shared.lock().unwrap().finished {
+        return axum::Json(LeaseReply {
+            unit: None,
+            finished: true,
+        })
+        .into_response();
+    }
+    let wait = Duration::from_millis(request.wait_ms.min(60_000));
+    let (reply, answer) = oneshot::channel();
+    let sent = c.to_sched.send(SchedMsg::Lease {
+        worker: request.worker,
+        free: request.free,
+        deadline: Instant::now() + wait,
+        reply,
+    });
+    if sent.is_err() {
+        return axum::Json(LeaseReply::default()).into_response();
+    }
+    // The scheduler answers by the deadline while a run is going; between runs (or while
+    // the run plans) nobody answers and the request ends empty a little after it.
+    let unit = tokio::time::timeout(wait + Duration::from_secs(1), answer)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
+    let finished = unit.is_none() && c.shared.lock().unwrap().finished;
+    axum::Json(LeaseReply { unit, finished }).into_response()
+}
+
+async fn heartbeat(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+    let beat: Heartbeat = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    let mut shared = c.shared.lock().unwrap();
+    let cancel: Vec<u64> = beat
+        .running
+        .iter()
+        .copied()
+        .filter(|u| shared.leased.get(u) != Some(&beat.worker))
+        .collect();
+    match shared.workers.get_mut(&beat.worker) {
+        Some(w) => {
+            let now = Instant::now();
+            w.last_seen = now;
+            w.heartbeat = Some((now, beat.running));
+        }
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "worker {} is not registered here (the coordinator restarted?); register \
+                     again",
+                    beat.worker
+                ),
+            );
+        }
+    }
+    axum::Json(HeartbeatReply { cancel }).into_response()
+}
+
+async fn ask_scheduler(
+    c: &Coordinator,
+    msg: SchedMsg,
+    answer: oneshot::Receiver<Result<String, (StatusCode, String)>>,
+) -> Response {
+    if c.to_sched.send(msg).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the run is over");
+    }
+    match answer.await {
+        Ok(Ok(message)) => axum::Json(serde_json::json!({ "ok": message })).into_response(),
+        Ok(Err((status, message))) => error(status, message),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the run ended before this was recorded; send it again",
+        ),
+    }
+}
+
+async fn complete(
+    State(c): State<Arc<Coordinator>>,
+    Path(unit): Path<u64>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: Complete = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    // A worker registered again after a coordinator restart still reports its old units:
+    // it is known by name, checked by the scheduler against the lease.
+    let _ = touch(&c, body.worker);
+    let (reply, answer) = oneshot::channel();
+    ask_scheduler(&c, SchedMsg::Complete { unit, body, reply }, answer).await
+}
+
+async fn fail(
+    State(c): State<Arc<Coordinator>>,
+    Path(unit): Path<u64>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: Fail = match parse_json(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    let _ = touch(&c, body.worker);
+    let (reply, answer) = oneshot::channel();
+    ask_scheduler(&c, SchedMsg::Fail { unit, body, reply }, answer).await
+}
+
+async fn pipeline_text(State(c): State<Arc<Coordinator>>, Path(digest): Path<String>) -> Response {
+    let pipeline = c.pipeline.lock().unwrap().clone();
+    match digest.parse::<Digest>() {
+        Ok(d) if d == pipeline.1 => axum::Json(pipeline.2).into_response(),
+        Ok(d) => error(
+            StatusCode::NOT_FOUND,
+            format!("this coordinator runs another pipeline than {}", d.short()),
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn status(State(c): State<Arc<Coordinator>>) -> Response {
+    let shared = c.shared.lock().unwrap();
+    let now = Instant::now();
+    axum::Json(Status {
+        pipeline: c.pipeline.lock().unwrap().0.clone(),
+        workers: shared
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerStatus {
+                id: *id,
+                name: w.register.name.clone(),
+                host: w.register.host.clone(),
+                slots: w.register.slots,
+                labels: w.register.labels.clone(),
+                blender: w.register.blender.clone(),
+                running: w.holding.values().cloned().collect(),
+                units_done: w.units_done,
+                last_seen_ms_ago: now.duration_since(w.last_seen).as_millis() as u64,
+            })
+            .collect(),
+        queued: shared.queued,
+        finished: shared.finished,
+    })
+    .into_response()
+}
+
+/// The digest of a blob path: validated before any path is built from it.
+fn blob_digest(text: &str) -> Result<Digest, Refusal> {
+    text.parse::<Digest>()
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))
+}
+
+/// `GET` (and `HEAD`) a blob, whole or one `Range: bytes=A-B`.
+async fn get_blob(
+    State(c): State<Arc<Coordinator>>,
+    method: Method,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let digest = match blob_digest(&digest) {
+        Ok(d) => d,
+        Err(e) => return refuse(e),
+    };
+    let path = c.store.blobs().path(&digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return error(StatusCode::NOT_FOUND, format!("no blob {digest} here"));
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let range = match headers.get(header::RANGE).map(|v| parse_range(v, size)) {
+        None => None,
+        Some(Some(r)) => Some(r),
+        Some(None) => {
+            let mut response = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the range is not within the blob's {size} bytes"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return response;
+        }
+    };
+    let (start, end) = range.unwrap_or((0, size));
+    let mut builder = Response::builder()
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if range.is_some() {
+        builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end.saturating_sub(1)),
+        );
+    }
+    if method == Method::HEAD {
+        return builder.body(Body::empty()).expect("valid response");
+    }
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    if start > 0
+        && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await
+    {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 1 << 20);
+    builder
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
+
+/// `bytes=A-B`, `bytes=A-` or `bytes=-N` within `size`, as a half-open range.
+fn parse_range(value: &HeaderValue, size: u64) -> Option<(u64, u64)> {
+    let spec = value.to_str().ok()?.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (size.saturating_sub(n), size)
+        }
+        (a, "") => (a.parse().ok()?, size),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<u64>().ok()?.saturating_add(1).min(size),
+        ),
+    };
+    (start < end && start < size).then_some((start, end))
+}
+
+/// `PUT` a blob: hashed while it arrives, stored only if it hashes to its name. Idempotent:
+/// a blob already here is acknowledged without reading the body.
+async fn put_blob(
+    State(c): State<Arc<Coordinator>>,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Response {
+    let digest = match blob_digest(&digest) {
+        Ok(d) => d,
+        Err(e) => return refuse(e),
+    };
+    if c.store.blobs().size(&digest).is_some() {
+        return axum::Json(serde_json::json!({ "ok": "already here" })).into_response();
+    }
+    let mut writer = match c.store.blobs().writer(&digest) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        };
+        if writer.size() + chunk.len() as u64 > c.config.blob_limit {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "blobs larger than {} bytes are refused",
+                    c.config.blob_limit
+                ),
+            );
+        }
+        // Small synchronous writes into the page cache: cheaper than a hop to the blocking
+        // pool per chunk.
+        if let Err(e) = writer.write(&chunk) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    }
+    match tokio::task::spawn_blocking(move || writer.finish()).await {
+        Ok(Ok(size)) => axum::Json(serde_json::json!({ "ok": size })).into_response(),
+        Ok(Err(BlobError::Corrupt { digest, actual })) => error(
+            StatusCode::BAD_REQUEST,
+            format!("the bytes sent hash to {actual}, not {digest}: refused"),
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_within_the_size() {
+        let r = |s: &str| parse_range(&HeaderValue::from_str(s).unwrap(), 100);
+        assert_eq!(r("bytes=0-9"), Some((0, 10)));
+        assert_eq!(r("bytes=90-"), Some((90, 100)));
+        assert_eq!(r("bytes=-5"), Some((95, 100)));
+        assert_eq!(r("bytes=95-200"), Some((95, 100)));
+        assert_eq!(r("bytes=100-"), None);
+        assert_eq!(r("items=0-1"), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! The coordinator's HTTP/JSON protocol: paths and message types, shared by both ends.
+//!
+//! Every path starts with [`API`]; a change that old workers could misread gets a new prefix.
+//! Blobs travel as raw bytes (`GET`/`HEAD`/`PUT /v1/blobs/<blake3 hex>`), everything else as
+//! JSON.
+
+use crate::exec::slots::Resources;
+use crate::exec::workdir::InputData;
+use crate::stages::TaskOutcome;
+use crate::task::{Digest, ParamSlice, TaskKey};
+use serde::{Deserialize, Serialize};
+
+/// The versioned prefix of every path.
+pub const API: &str = "/v1";
+
+/// `POST /v1/workers`: a worker introduces itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Register {
+    /// Stable for the worker process's life (`host:pid`): a worker that registers again
+    /// after a coordinator restart is recognised by it.
+    pub name: String,
+    pub host: String,
+    pub slots: Resources,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Whether the worker has Blender (its `blender` slots are then usable).
+    #[serde(default)]
+    pub blender: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registered {
+    pub worker: u64,
+    /// How often to send a heartbeat.
+    pub heartbeat_ms: u64,
+    /// A worker silent for this long loses its units.
+    pub lease_timeout_ms: u64,
+}
+
+/// `POST /v1/lease`: a worker with `free` slots asks for one unit, waiting up to `wait_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub worker: u64,
+    pub free: Resources,
+    pub wait_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LeaseReply {
+    pub unit: Option<Unit>,
+    /// The run is over: nothing more will come from this coordinator.
+    #[serde(default)]
+    pub finished: bool,
+}
+
+/// An execution unit leased to a worker: one or more tasks of one stage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unit {
+    /// Unique across coordinator restarts (random), so a result for a unit of an earlier
+    /// coordinator process is never taken for another.
+    pub id: u64,
+    pub stage: String,
+    pub resources: Resources,
+    /// The pipeline file's digest: the worker fetches its text once (`GET /v1/pipelines/D`).
+    pub pipeline: Digest,
+    pub tasks: Vec<UnitTaskWire>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnitTaskWire {
+    pub key: TaskKey,
+    pub item: String,
+    pub item_params: ParamSlice,
+    pub inputs: Vec<InputData>,
+}
+
+/// `GET /v1/pipelines/D`: the pipeline a unit belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PipelineText {
+    /// As the coordinator was given it; relative paths in it resolve against the worker's
+    /// working directory, as they do against the coordinator's.
+    pub path: String,
+    pub text: String,
+}
+
+/// `POST /v1/heartbeat`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub worker: u64,
+    /// Units the worker is running.
+    pub running: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Units the worker runs that are no longer its own (expired, or the run was stopped):
+    /// it stops them.
+    pub cancel: Vec<u64>,
+}
+
+/// `POST /v1/units/ID/complete`: the outcome of every task of a unit, in order. Output blobs
+/// are uploaded first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Complete {
+    pub worker: u64,
+    pub worker_name: String,
+    pub keys: Vec<TaskKey>,
+    pub outcomes: Vec<TaskOutcome>,
+}
+
+/// `POST /v1/units/ID/fail`: the worker could not run the unit at all (not an item's fault):
+/// the unit goes back to the queue, counting one attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fail {
+    pub worker: u64,
+    pub error: String,
+}
+
+/// `GET /v1/status`: connected workers and what they run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub pipeline: String,
+    pub workers: Vec<WorkerStatus>,
+    pub queued: u64,
+    pub finished: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: u64,
+    pub name: String,
+    pub host: String,
+    pub slots: Resources,
+    pub labels: Vec<String>,
+    pub blender: Option<String>,
+    /// `stage/item` of each task it runs (the first of each unit, with the unit's size).
+    pub running: Vec<String>,
+    pub units_done: u64,
+    pub last_seen_ms_ago: u64,
+}
+
+/// Error replies carry a message meant for the user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}

@@ -1,0 +1,423 @@
+//! `mvc worker --connect URL`: registers with a coordinator, leases units that fit its free
+//! slots, fetches their inputs into its own blob cache, runs them with the same stage code as
+//! the local executor, uploads the outputs and reports.
+//!
+//! The pipeline of a unit is fetched once and kept parsed, and with it the stage kinds'
+//! state: a render stage's Blender processes and an embed stage's loaded CLIP model stay warm
+//! from one unit to the next.
+
+use super::auth::Token;
+use super::client::{Backoff, CallError, Client};
+use super::protocol::{Complete, Fail, Heartbeat, LeaseRequest, Register, Unit};
+use crate::exec::launcher::Launcher;
+use crate::exec::slots::Resources;
+use crate::pipeline::Pipeline;
+use crate::stages::{ByteMeter, ExecCtx, TaskOutcome, UnitTask};
+use crate::store::Store;
+use crate::task::Digest;
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub url: String,
+    pub token: Option<Token>,
+    pub slots: Resources,
+    pub labels: Vec<String>,
+    /// Exit after this long with nothing to run (and when the coordinator says the run is
+    /// over, or cannot be reached for this long).
+    pub exit_when_idle: Option<Duration>,
+    /// The worker's own blob cache; a temporary directory (removed at exit) when `None`.
+    pub cache: Option<PathBuf>,
+}
+
+/// How a worker ended.
+#[derive(Debug)]
+pub struct WorkerSummary {
+    pub units: u64,
+    pub why: String,
+}
+
+/// The slots a worker offers by default: this machine's cores and GPUs, and one Blender
+/// process when Blender is installed.
+pub fn default_slots() -> Resources {
+    let mut slots = Resources::machine_defaults();
+    slots.blender = u32::from(crate::render::blender::find_blender(None).is_some());
+    slots
+}
+
+struct WorkerState {
+    client: Client,
+    store: Arc<Store>,
+    launcher: Arc<Launcher>,
+    name: String,
+    worker: AtomicU64,
+    reregister: AtomicBool,
+    pipelines: Mutex<HashMap<Digest, Arc<Pipeline>>>,
+    /// Units running (or reporting) → their stop switch.
+    running: Mutex<HashMap<u64, CancellationToken>>,
+    free: Mutex<Resources>,
+    changed: Notify,
+    units_done: AtomicU64,
+    last_busy: Mutex<Instant>,
+}
+
+pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
+    let client = Client::new(&opts.url, opts.token.as_ref())?;
+    let temp = match &opts.cache {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("mvc-worker-")
+                .tempdir()
+                .context("creating the worker's cache directory")?,
+        ),
+    };
+    let cache_dir = opts
+        .cache
+        .clone()
+        .unwrap_or_else(|| temp.as_ref().expect("made above").path().to_path_buf());
+    let store = Arc::new(Store::open(&cache_dir)?);
+    let host = hostname();
+    let name = format!("{host}:{}", std::process::id());
+    let register = Register {
+        name: name.clone(),
+        host,
+        slots: opts.slots,
+        labels: opts.labels.clone(),
+        blender: crate::render::blender::find_blender(None).map(|p| p.display().to_string()),
+    };
+    let state = Arc::new(WorkerState {
+        client,
+        store,
+        launcher: Arc::new(Launcher::start()),
+        name,
+        worker: AtomicU64::new(0),
+        reregister: AtomicBool::new(true),
+        pipelines: Mutex::default(),
+        running: Mutex::default(),
+        free: Mutex::new(opts.slots),
+        changed: Notify::new(),
+        units_done: AtomicU64::new(0),
+        last_busy: Mutex::new(Instant::now()),
+    });
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut backoff = Backoff::default();
+    let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
+    let idle_limit = opts.exit_when_idle;
+    let why = loop {
+        let idle = state.running.lock().unwrap().is_empty();
+        let idle_for = state.last_busy.lock().unwrap().elapsed();
+        if idle && idle_limit.is_some_and(|limit| idle_for >= limit) {
+            break format!("idle for {:.0}s", idle_for.as_secs_f64());
+        }
+        if state.reregister.load(Ordering::Relaxed) {
+            match state.client.register(&register).await {
+                Ok(registered) => {
+                    state.worker.store(registered.worker, Ordering::Relaxed);
+                    state.reregister.store(false, Ordering::Relaxed);
+                    backoff.reset();
+                    eprintln!(
+                        "mvc worker {}: registered with {} ({})",
+                        state.name, opts.url, opts.slots
+                    );
+                    if let Some(h) = heartbeat.take() {
+                        h.abort();
+                    }
+                    heartbeat = Some(tokio::spawn(heartbeats(
+                        state.clone(),
+                        Duration::from_millis(registered.heartbeat_ms.max(50)),
+                    )));
+                }
+                Err(CallError::Unauthorized(message)) => {
+                    bail!(
+                        "{}: the coordinator refused the token (401): {message}",
+                        opts.url
+                    )
+                }
+                Err(e) => {
+                    tracing::info!("registering: {e}");
+                    backoff.wait().await;
+                }
+            }
+            continue;
+        }
+        let free = *state.free.lock().unwrap();
+        if free.is_zero() {
+            tokio::select! {
+                _ = state.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let request = LeaseRequest {
+            worker: state.worker.load(Ordering::Relaxed),
+            free,
+            wait_ms: 2000,
+        };
+        tokio::select! {
+            reply = state.client.lease(&request) => match reply {
+                Ok(reply) => {
+                    backoff.reset();
+                    if let Some(unit) = reply.unit {
+                        start_unit(&state, unit);
+                    } else if reply.finished && idle_limit.is_some()
+                        && state.running.lock().unwrap().is_empty()
+                    {
+                        break "the run is over".to_string();
+                    }
+                }
+                Err(CallError::Unauthorized(message)) => {
+                    bail!("{}: the coordinator refused the token (401): {message}", opts.url)
+                }
+                Err(CallError::UnknownWorker(_)) => {
+                    state.reregister.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::info!("leasing: {e}");
+                    backoff.wait().await;
+                }
+            },
+            // A unit finished: ask again with the slots it gave back.
+            _ = state.changed.notified() => {}
+            _ = sigint.recv() => break "interrupted".to_string(),
+            _ = sigterm.recv() => break "terminated".to_string(),
+        }
+    };
+    // Units still running are stopped; each reports what it has.
+    for kill in state.running.lock().unwrap().values() {
+        kill.cancel();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.running.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    Ok(WorkerSummary {
+        units: state.units_done.load(Ordering::Relaxed),
+        why,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Tells the coordinator every few seconds that the worker lives and what it runs; stops
+/// the units the coordinator no longer counts as this worker's.
+async fn heartbeats(state: Arc<WorkerState>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let running: Vec<u64> = state.running.lock().unwrap().keys().copied().collect();
+        let beat = Heartbeat {
+            worker: state.worker.load(Ordering::Relaxed),
+            running,
+        };
+        match state.client.heartbeat(&beat).await {
+            Ok(reply) => {
+                let running = state.running.lock().unwrap();
+                for unit in reply.cancel {
+                    if let Some(kill) = running.get(&unit) {
+                        tracing::warn!("unit {unit} is no longer this worker's: stopping it");
+                        kill.cancel();
+                    }
+                }
+            }
+            Err(CallError::UnknownWorker(_)) => state.reregister.store(true, Ordering::Relaxed),
+            Err(e) => tracing::info!("heartbeat: {e}"),
+        }
+    }
+}
+
+fn start_unit(state: &Arc<WorkerState>, unit: Unit) {
+    let kill = CancellationToken::new();
+    state.running.lock().unwrap().insert(unit.id, kill.clone());
+    state.free.lock().unwrap().take(&unit.resources);
+    *state.last_busy.lock().unwrap() = Instant::now();
+    let state = state.clone();
+    tokio::spawn(async move {
+        let id = unit.id;
+        let resources = unit.resources;
+        let label = format!(
+            "{}/{}{}",
+            unit.stage,
+            unit.tasks.first().map(|t| t.item.as_str()).unwrap_or(""),
+            match unit.tasks.len() {
+                0 | 1 => String::new(),
+                n => format!(" (+{} more)", n - 1),
+            }
+        );
+        let keys: Vec<Digest> = unit.tasks.iter().map(|t| t.key).collect();
+        let result = match execute(&state, unit, &kill).await {
+            Ok(outcomes) => upload_outputs(&state, &outcomes).await.map(|()| outcomes),
+            Err(e) => Err(e),
+        };
+        let report = match result {
+            Ok(outcomes) => {
+                let body = Complete {
+                    worker: state.worker.load(Ordering::Relaxed),
+                    worker_name: state.name.clone(),
+                    keys,
+                    outcomes,
+                };
+                send_until_answered(|| state.client.complete(id, &body)).await
+            }
+            Err(error) => {
+                tracing::warn!("unit {id} ({label}) could not run here: {error}");
+                let body = Fail {
+                    worker: state.worker.load(Ordering::Relaxed),
+                    error,
+                };
+                send_until_answered(|| state.client.fail(id, &body)).await
+            }
+        };
+        match report {
+            Ok(()) => {
+                state.units_done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("unit {id} ({label}) reported");
+            }
+            Err(e) => tracing::warn!("unit {id} ({label}): its report was refused: {e}"),
+        }
+        state.running.lock().unwrap().remove(&id);
+        state.free.lock().unwrap().give(&resources);
+        *state.last_busy.lock().unwrap() = Instant::now();
+        state.changed.notify_one();
+    });
+}
+
+/// Sends a report until the coordinator answers (it may be restarting): network errors are
+/// retried for up to ten minutes, answers are final.
+async fn send_until_answered<F, Fut>(send: F) -> Result<(), CallError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CallError>>,
+{
+    let mut backoff = Backoff::default();
+    let give_up = Instant::now() + Duration::from_secs(600);
+    loop {
+        match send().await {
+            Err(e) if e.is_network() && Instant::now() < give_up => backoff.wait().await,
+            other => return other,
+        }
+    }
+}
+
+/// The parsed pipeline of a unit (fetched and parsed once per worker).
+async fn pipeline(state: &WorkerState, digest: &Digest) -> Result<Arc<Pipeline>, String> {
+    if let Some(p) = state.pipelines.lock().unwrap().get(digest) {
+        return Ok(p.clone());
+    }
+    let text = state
+        .client
+        .pipeline(digest)
+        .await
+        .map_err(|e| format!("fetching the pipeline: {e}"))?;
+    let parsed = Pipeline::parse(std::path::Path::new(&text.path), &text.text)
+        .map_err(|e| format!("the pipeline does not load on this worker: {e}"))?;
+    let parsed = Arc::new(parsed);
+    state
+        .pipelines
+        .lock()
+        .unwrap()
+        .insert(*digest, parsed.clone());
+    Ok(parsed)
+}
+
+/// Fetches a unit's input blobs that this worker lacks, then runs it.
+async fn execute(
+    state: &Arc<WorkerState>,
+    unit: Unit,
+    kill: &CancellationToken,
+) -> Result<Vec<TaskOutcome>, String> {
+    let pipeline = pipeline(state, &unit.pipeline).await?;
+    let stage = pipeline
+        .stages
+        .iter()
+        .find(|s| s.name == unit.stage)
+        .ok_or_else(|| format!("the pipeline has no stage `{}`", unit.stage))?;
+    let blobs = state.store.blobs();
+    for task in &unit.tasks {
+        for input in &task.inputs {
+            for (_, result) in &input.items {
+                for (digest, size) in result.blob_outputs() {
+                    if blobs.size(&digest) == Some(size) {
+                        continue;
+                    }
+                    state
+                        .client
+                        .get_blob(&digest, blobs)
+                        .await
+                        .map_err(|e| format!("fetching input blob {digest}: {e}"))?;
+                }
+            }
+        }
+    }
+    let tasks: Vec<UnitTask> = unit
+        .tasks
+        .into_iter()
+        .map(|t| UnitTask {
+            key: t.key,
+            item: t.item,
+            item_params: t.item_params,
+            inputs: t.inputs,
+        })
+        .collect();
+    let ctx = ExecCtx {
+        store: state.store.clone(),
+        meter: Arc::new(ByteMeter::default()),
+        kill: kill.clone(),
+        launcher: state.launcher.clone(),
+    };
+    Ok(stage.kind.execute(&ctx, tasks).await)
+}
+
+/// Uploads the blobs the outcomes name that the coordinator does not have yet.
+async fn upload_outputs(state: &WorkerState, outcomes: &[TaskOutcome]) -> Result<(), String> {
+    for outcome in outcomes {
+        let digests: Vec<Digest> = match outcome {
+            TaskOutcome::Success {
+                outputs,
+                stdout,
+                stderr,
+                ..
+            } => outputs
+                .iter()
+                .filter(|o| o.inline.is_none())
+                .map(|o| o.digest)
+                .chain(*stdout)
+                .chain(*stderr)
+                .collect(),
+            TaskOutcome::Failed { stderr, .. } => stderr.iter().copied().collect(),
+            _ => Vec::new(),
+        };
+        for digest in digests {
+            let send = || async {
+                if state.client.has_blob(&digest).await? {
+                    return Ok(());
+                }
+                state
+                    .client
+                    .put_blob(&digest, &state.store.blobs().path(&digest))
+                    .await
+            };
+            send_until_answered(send)
+                .await
+                .map_err(|e| format!("uploading blob {digest}: {e}"))?;
+        }
+    }
+    Ok(())
+}

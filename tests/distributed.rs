@@ -1,0 +1,539 @@
+//! Distribution: a real coordinator (`mvc run --listen`) and real `mvc worker` processes on
+//! 127.0.0.1, and the faults a cluster brings (a killed worker, a killed coordinator, a bad
+//! upload, a wrong token).
+
+mod common;
+
+use common::{Ran, Sandbox};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// A child process killed when the test ends, however it ends.
+struct Proc {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Waits for the process to end; its stdout and the stderr seen.
+    fn finish(&mut self, limit: Duration) -> Ran {
+        let mut c = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                let mut stdout = String::new();
+                if let Some(mut out) = c.stdout.take() {
+                    use std::io::Read;
+                    out.read_to_string(&mut stdout).unwrap();
+                }
+                // The stderr reader thread ends with the process.
+                std::thread::sleep(Duration::from_millis(100));
+                return Ran {
+                    code: status.code(),
+                    stdout,
+                    stderr: self.stderr.lock().unwrap().clone(),
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "process did not end within {limit:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Starts `mvc ARGS` with stderr collected; returns it and the URL it serves, when it says one.
+fn spawn(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (Proc, Option<String>) {
+    let mut cmd = sb.command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting mvc");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    let seen = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("http://127.0.0.1:"))
+            {
+                let _ = tx.send(url.to_string());
+            }
+            let mut s = seen.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let listens = args.contains(&"--listen");
+    let url = listens.then(|| {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the coordinator did not say where it listens; stderr:\n{}",
+                    stderr.lock().unwrap()
+                )
+            })
+    });
+    (
+        Proc {
+            child: Some(child),
+            stderr,
+        },
+        url,
+    )
+}
+
+fn coordinator(sb: &Sandbox, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["run", "p.toml", "--json", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (p, url) = spawn(sb, &args, &[]);
+    (p, url.unwrap())
+}
+
+/// `mvc worker` with its own cache directory; `tag` reaches its tasks as $WORKER_TAG.
+fn worker(sb: &Sandbox, url: &str, slots: &str, tag: &str, extra: &[&str]) -> Proc {
+    let cache = sb.path().join(format!("worker-{tag}"));
+    let cache = cache.to_str().unwrap();
+    let mut args = vec![
+        "--cache",
+        cache,
+        "worker",
+        "--connect",
+        url,
+        "--slots",
+        slots,
+    ];
+    args.extend_from_slice(extra);
+    spawn(sb, &args, &[("WORKER_TAG", tag)]).0
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Files in `dir` whose names start with `prefix`.
+fn count_files(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn gpu_units_run_only_on_the_worker_that_has_a_gpu() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        r#"
+[stage.make]
+kind = "command"
+items = ["a", "b", "c", "d", "e", "f", "g", "h"]
+cmd = "sleep 0.2; echo $MVC_ITEM > $MVC_OUT/item.txt; head -c 20000 /dev/zero > $MVC_OUT/big.bin; echo $WORKER_TAG > $MVC_OUT/ran-on.txt"
+
+[stage.gpu]
+kind = "command"
+inputs = ["make"]
+resources = { gpu = 1 }
+cmd = "cat $MVC_IN_MAKE/item.txt > $MVC_OUT/out.txt; wc -c < $MVC_IN_MAKE/big.bin >> $MVC_OUT/out.txt; echo $WORKER_TAG > $MVC_OUT/ran-on.txt"
+"#,
+    );
+    let (mut coord, url) = coordinator(&sb, &["--no-local"]);
+    let _gpu = worker(&sb, &url, "cpu=1,gpu=1", "gpu-worker", &[]);
+    let _cpu = worker(&sb, &url, "cpu=2,gpu=0", "cpu-worker", &[]);
+
+    // While it runs, the coordinator names both workers and what they run.
+    let mut seen_running = false;
+    wait_for(
+        "both workers in mvc status",
+        Duration::from_secs(30),
+        || {
+            let status = sb.mvc(&["status", "--connect", &url, "--json"]);
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(status.stdout.trim()) else {
+                return false;
+            };
+            let workers = json["workers"].as_array().cloned().unwrap_or_default();
+            seen_running |= workers
+                .iter()
+                .any(|w| !w["running"].as_array().unwrap().is_empty());
+            workers.len() == 2
+        },
+    );
+    let text = sb.mvc(&["status", "--connect", &url]);
+    assert!(text.stdout.contains("2 worker(s)"), "{}", text.stdout);
+    assert!(text.stdout.contains("gpu=1"), "{}", text.stdout);
+
+    let ran = coord.finish(Duration::from_secs(120));
+    ran.assert_ok();
+    assert_eq!(ran.count("make", "ran"), 8);
+    assert_eq!(ran.count("gpu", "ran"), 8);
+    let _ = seen_running;
+
+    sb.mvc(&["export", "p.toml", "gpu", "out-gpu"]).assert_ok();
+    sb.mvc(&["export", "p.toml", "make", "out-make"])
+        .assert_ok();
+    let mut hosts = std::collections::BTreeSet::new();
+    for item in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        let gpu_dir = sb.path().join("out-gpu").join(item);
+        assert_eq!(
+            std::fs::read_to_string(gpu_dir.join("ran-on.txt"))
+                .unwrap()
+                .trim(),
+            "gpu-worker",
+            "gpu unit {item} ran elsewhere"
+        );
+        // Inputs travelled: the item's name and its 20,000-byte blob.
+        assert_eq!(
+            std::fs::read_to_string(gpu_dir.join("out.txt")).unwrap(),
+            format!("{item}\n20000\n")
+        );
+        hosts.insert(
+            std::fs::read_to_string(sb.path().join("out-make").join(item).join("ran-on.txt"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    assert!(hosts.iter().all(|h| h.ends_with("-worker")), "{hosts:?}");
+    // Every blob the coordinator holds verifies, and a second run runs nothing.
+    sb.mvc(&["status", "--verify"]).assert_ok();
+    let again = sb.mvc(&["run", "p.toml", "--json", "--slots", "gpu=1"]);
+    again.assert_ok();
+    assert_eq!(again.count("make", "ran") + again.count("gpu", "ran"), 0);
+}
+
+#[test]
+fn a_killed_workers_unit_completes_on_another_worker() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path().join("started")).unwrap();
+    let started = sb.path().join("started");
+    sb.write(
+        "p.toml",
+        &format!(
+            r#"
+[stage.slow]
+kind = "command"
+items = ["x", "y"]
+cmd = "touch {}/$MVC_ITEM.$WORKER_TAG; sleep 1; echo $MVC_ITEM-$WORKER_TAG > $MVC_OUT/done.txt"
+"#,
+            started.display()
+        ),
+    );
+    let (mut coord, url) = coordinator(&sb, &["--no-local", "--lease-timeout", "2"]);
+    let mut doomed = worker(&sb, &url, "cpu=2", "doomed", &[]);
+    wait_for(
+        "both units to start on the first worker",
+        Duration::from_secs(30),
+        || count_files(&started, "") == 2,
+    );
+    doomed.kill9();
+    let _rescuer = worker(&sb, &url, "cpu=2", "rescuer", &[]);
+    let ran = coord.finish(Duration::from_secs(60));
+    ran.assert_ok();
+    assert_eq!(ran.count("slow", "ran"), 2);
+    assert!(
+        ran.stderr.contains("stopped answering"),
+        "the coordinator says why the units moved:\n{}",
+        ran.stderr
+    );
+    sb.mvc(&["export", "p.toml", "slow", "out"]).assert_ok();
+    for item in ["x", "y"] {
+        assert_eq!(
+            sb.read(&format!("out/{item}/done.txt")).trim(),
+            format!("{item}-rescuer")
+        );
+    }
+    sb.mvc(&["status", "--verify"]).assert_ok();
+}
+
+#[test]
+fn a_restarted_coordinator_takes_the_results_of_units_leased_before() {
+    let sb = Sandbox::new();
+    let started = sb.path().join("started");
+    std::fs::create_dir(&started).unwrap();
+    sb.write(
+        "p.toml",
+        &format!(
+            r#"
+[stage.first]
+kind = "command"
+items = ["p", "q"]
+cmd = "touch {s}/first-$MVC_ITEM.$$; echo $MVC_ITEM > $MVC_OUT/first.txt"
+
+[stage.slow]
+kind = "command"
+inputs = ["first"]
+cmd = "touch {s}/slow-$MVC_ITEM.$$; sleep 2; cat $MVC_IN_FIRST/first.txt > $MVC_OUT/slow.txt"
+
+[stage.last]
+kind = "command"
+inputs = ["slow"]
+cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.txt"
+"#,
+            s = started.display()
+        ),
+    );
+    let (mut first_coord, url) = coordinator(&sb, &["--no-local", "--lease-timeout", "10"]);
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let _w = worker(&sb, &url, "cpu=2", "w", &[]);
+    wait_for("both slow units to start", Duration::from_secs(30), || {
+        count_files(&started, "slow-") == 2
+    });
+    // The leases reach the index on its next flush (every 100 ms).
+    std::thread::sleep(Duration::from_millis(500));
+    first_coord.kill9();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut second, _) = spawn(
+        &sb,
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--listen",
+            &listen,
+            "--no-local",
+            "--lease-timeout",
+            "10",
+        ],
+        &[],
+    );
+    let ran = second.finish(Duration::from_secs(90));
+    ran.assert_ok();
+    assert_eq!(ran.count("first", "cached"), 2, "{}", ran.stderr);
+    // The worker's two results are taken: as they arrive before the new coordinator reaches
+    // those tasks (then they are cache hits) or after (then they count as run).
+    assert_eq!(
+        ran.count("slow", "ran") + ran.count("slow", "cached"),
+        2,
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.count("last", "ran"), 2);
+    // Nothing completed was done again: every task started exactly once.
+    for prefix in ["first-p", "first-q", "slow-p", "slow-q", "last-p", "last-q"] {
+        assert_eq!(
+            count_files(&started, prefix),
+            1,
+            "{prefix} started more than once"
+        );
+    }
+    sb.mvc(&["export", "p.toml", "last", "out"]).assert_ok();
+    assert_eq!(sb.read("out/q/last.txt"), "q\n");
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_the_worker_exits_non_zero() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"true\"\n",
+    );
+    sb.write("token", "correct-horse-battery-staple\n");
+    sb.write("wrong", "not-the-right-token-at-all\n");
+    let (_coord, url) = coordinator(&sb, &["--no-local", "--token-file", "token"]);
+    let (mut w, _) = spawn(
+        &sb,
+        &[
+            "worker",
+            "--connect",
+            &url,
+            "--token-file",
+            "wrong",
+            "--slots",
+            "cpu=1",
+        ],
+        &[],
+    );
+    let ran = w.finish(Duration::from_secs(30));
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains("refused the token (401)"),
+        "the worker says why:\n{}",
+        ran.stderr
+    );
+    // No token at all: 401 too, for every path.
+    let status = sb.mvc(&["status", "--connect", &url]);
+    assert_ne!(status.code, Some(0));
+    assert!(status.stderr.contains("401"), "{}", status.stderr);
+    let with = sb.mvc(&["status", "--connect", &url, "--token-file", "token"]);
+    with.assert_ok();
+    assert!(
+        with.stdout.contains("no workers connected"),
+        "{}",
+        with.stdout
+    );
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_token_is_refused() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"true\"\n",
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--listen", "0.0.0.0:0"]);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr.contains("needs a token") && ran.stderr.contains("--token-file"),
+        "{}",
+        ran.stderr
+    );
+    sb.write("short", "abc\n");
+    let ran = sb.mvc(&[
+        "run",
+        "p.toml",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        "short",
+    ]);
+    assert_eq!(ran.code, Some(1));
+    assert!(ran.stderr.contains("at least 16"), "{}", ran.stderr);
+    let ran = sb.mvc(&["run", "p.toml", "--no-local"]);
+    assert!(
+        ran.stderr.contains("--no-local needs --listen"),
+        "{}",
+        ran.stderr
+    );
+}
+
+/// The blob endpoints, in process: uploads are verified while they arrive, refused when the
+/// bytes do not match their name or exceed the limit; downloads honour ranges; names that
+/// are not digests never reach the file system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_verified_on_upload_and_served_with_ranges() {
+    use mvc::remote::client::{CallError, Client};
+    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+    use mvc::remote::protocol::PipelineText;
+    use mvc::store::Store;
+    use mvc::task::Digest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+    config.blob_limit = 1 << 20;
+    let text = PipelineText {
+        path: "p.toml".into(),
+        text: String::new(),
+    };
+    let (coord, _rx) = Coordinator::start(config, store.clone(), "p", text)
+        .await
+        .unwrap();
+    let client = Client::new(&coord.url(), None).unwrap();
+
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let digest = Digest::of(&bytes);
+
+    // A worker claiming other bytes under this digest is refused; nothing is stored.
+    let liar = dir.path().join("liar.bin");
+    std::fs::write(&liar, b"not those bytes").unwrap();
+    match client.put_blob(&digest, &liar).await {
+        Err(CallError::Refused(status, message)) => {
+            assert_eq!(status.as_u16(), 400);
+            assert!(message.contains("hash to"), "{message}");
+        }
+        other => panic!("a mismatching upload was not refused: {other:?}"),
+    }
+    assert!(!client.has_blob(&digest).await.unwrap());
+    assert!(store.blobs().list().unwrap().temp_files.is_empty());
+
+    // The honest upload is stored, and a second one is acknowledged (idempotent).
+    client.put_blob(&digest, &file).await.unwrap();
+    client.put_blob(&digest, &file).await.unwrap();
+    assert_eq!(store.blobs().read(&digest).unwrap(), bytes);
+
+    // Downloads verify into another store.
+    let other = mvc::store::blobs::BlobStore::new(dir.path().join("other"));
+    assert_eq!(client.get_blob(&digest, &other).await.unwrap(), 300_000);
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/blobs/{digest}", coord.url());
+    let part = http
+        .get(&url)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(
+        part.headers()["content-range"].to_str().unwrap(),
+        "bytes 1000-1999/300000"
+    );
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &bytes[1000..2000]);
+    let beyond = http
+        .get(&url)
+        .header("Range", "bytes=400000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status().as_u16(), 416);
+
+    // Names that are not digests are refused before any path is built.
+    for bad in ["abc", "..%2F..%2Fetc%2Fpasswd", &"g".repeat(64)] {
+        let r = http
+            .get(format!("{}/v1/blobs/{bad}", coord.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+    }
+
+    // Larger than the limit: 413, nothing kept.
+    let big: Vec<u8> = vec![1; (1 << 20) + 10];
+    let big_file = dir.path().join("big.bin");
+    std::fs::write(&big_file, &big).unwrap();
+    match client.put_blob(&Digest::of(&big), &big_file).await {
+        Err(CallError::Refused(status, _)) => assert_eq!(status.as_u16(), 413),
+        Err(CallError::Network(_)) => {} // the server may close the connection mid-body
+        other => panic!("an oversized upload was not refused: {other:?}"),
+    }
+    assert!(!client.has_blob(&Digest::of(&big)).await.unwrap());
+
+    // A completion for a unit nobody leased is not recorded.
+    let body = mvc::remote::protocol::Complete {
+        worker: 1,
+        worker_name: "nobody".into(),
+        keys: vec![],
+        outcomes: vec![],
+    };
+    drop(_rx);
+    assert!(client.complete(42, &body).await.is_err());
+}
