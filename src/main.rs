@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use mvc::commands;
 use mvc::exec::plan::plan;
 use mvc::exec::run::{RunOptions, run_with};
+use mvc::exec::slots::Resources;
 use mvc::pipeline::Pipeline;
 use mvc::store::Store;
 use mvc::store::records::RunOutcome;
@@ -200,20 +201,55 @@ struct ListenArgs {
     lease_timeout: f64,
 }
 
+/// A coordinator and, under Slurm, the launcher submitting its workers.
+struct Remote {
+    listener: mvc::exec::run::Listener,
+    slurm: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<mvc::remote::slurm::SlurmSummary>,
+    )>,
+}
+
+impl Remote {
+    /// Stops submitting workers and cancels the Slurm jobs still queued or running.
+    async fn finish(self) {
+        if let Some((stop, handle)) = self.slurm {
+            stop.cancel();
+            if let Ok(summary) = handle.await
+                && summary.jobs_submitted > 0
+            {
+                eprintln!(
+                    "slurm: {} worker job(s) submitted in this run (arrays {}); none left in \
+                     the queue",
+                    summary.jobs_submitted,
+                    summary.arrays.join(", ")
+                );
+            }
+        }
+    }
+}
+
 impl ListenArgs {
-    /// Starts the coordinator when --listen is given.
+    /// Starts the coordinator when --listen is given or the executor is Slurm (which
+    /// listens on every address by default, so its token is then required).
     async fn start(
         &self,
         pipeline: &Pipeline,
         file: &Path,
         store: &Arc<Store>,
-    ) -> Result<Option<mvc::exec::run::Listener>> {
+    ) -> Result<Option<Remote>> {
         use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
-        let Some(addr) = self.listen else {
-            if self.no_local {
-                anyhow::bail!("--no-local needs --listen ADDR: without workers nothing would run");
+        let addr = match (self.listen, &pipeline.slurm) {
+            (Some(addr), _) => addr,
+            (None, Some(_)) => "0.0.0.0:0".parse().expect("a valid address"),
+            (None, None) => {
+                if self.no_local {
+                    anyhow::bail!(
+                        "--no-local needs --listen ADDR: without workers nothing would run"
+                    );
+                }
+                return Ok(None);
             }
-            return Ok(None);
         };
         let token = mvc::remote::auth::Token::load(self.token_file.as_deref())?;
         let mut config = CoordinatorConfig::new(addr, token);
@@ -234,7 +270,35 @@ impl ListenArgs {
             coordinator.url(),
             coordinator.url()
         );
-        Ok(Some(mvc::exec::run::Listener::new(coordinator, rx)))
+        let slurm = match &pipeline.slurm {
+            None => None,
+            Some(cfg) => {
+                let launcher = mvc::remote::slurm::SlurmLauncher::new(
+                    cfg.clone(),
+                    pipeline,
+                    coordinator.clone(),
+                    self.token_file.as_deref(),
+                )?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                let handle = tokio::spawn(launcher.run(stop.clone()));
+                Some((stop, handle))
+            }
+        };
+        Ok(Some(Remote {
+            listener: mvc::exec::run::Listener::new(coordinator, rx),
+            slurm,
+        }))
+    }
+
+    /// The slots of this machine: none with --no-local, or under Slurm unless
+    /// `local = true`.
+    fn local_slots(&self, pipeline: &Pipeline, slots: Resources) -> Resources {
+        let slurm_only = pipeline.slurm.as_ref().is_some_and(|s| !s.local);
+        if self.no_local || slurm_only {
+            Resources::default()
+        } else {
+            slots
+        }
     }
 }
 
@@ -301,18 +365,40 @@ async fn serve(
     quiet: bool,
     remote: ListenArgs,
 ) -> Result<ExitCode> {
-    let mut listener = remote
+    let mut started = remote
         .start(&pipeline, &file, &store)
         .await?
         .expect("--listen was checked");
+    let outcome = serve_loop(
+        &file,
+        &mut pipeline,
+        &store,
+        slots,
+        quiet,
+        &remote,
+        &mut started,
+    )
+    .await;
+    started.finish().await;
+    outcome
+}
+
+async fn serve_loop(
+    file: &Path,
+    pipeline: &mut Pipeline,
+    store: &Arc<Store>,
+    slots: Option<String>,
+    quiet: bool,
+    remote: &ListenArgs,
+    started: &mut Remote,
+) -> Result<ExitCode> {
+    let listener = &mut started.listener;
     let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
     loop {
-        let mut run_slots = pipeline
+        let run_slots = pipeline
             .slots(None, slots.as_deref())
             .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
-        if remote.no_local {
-            run_slots = mvc::exec::slots::Resources::default();
-        }
+        let run_slots = remote.local_slots(pipeline, run_slots);
         let opts = RunOptions {
             slots: run_slots,
             keep_going: true,
@@ -320,8 +406,8 @@ async fn serve(
             grace: Duration::from_secs(30),
             quiet,
         };
-        let seen = modified(&file);
-        let report = run_with(&pipeline, store.clone(), opts, Some(&mut listener)).await?;
+        let seen = modified(file);
+        let report = run_with(pipeline, store.clone(), opts, Some(listener)).await?;
         print!("{}", report.to_text());
         if report.outcome == RunOutcome::Interrupted {
             return Ok(ExitCode::from(130));
@@ -337,15 +423,15 @@ async fn serve(
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            if modified(&file) != seen {
+            if modified(file) != seen {
                 break;
             }
         }
-        match Pipeline::load(&file) {
+        match Pipeline::load(file) {
             Ok(p) => {
-                let text = std::fs::read_to_string(&file)?;
-                listener.coordinator.set_pipeline(&p.name, &file, text);
-                pipeline = p;
+                let text = std::fs::read_to_string(file)?;
+                listener.coordinator.set_pipeline(&p.name, file, text);
+                *pipeline = p;
             }
             Err(e) => eprintln!("mvc serve: {e}; waiting for a fix"),
         }
@@ -374,9 +460,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let mut slots = pipeline
                 .slots(jobs, slots.as_deref())
                 .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
-            if remote.no_local {
-                slots = mvc::exec::slots::Resources::default();
-            }
+            slots = remote.local_slots(&pipeline, slots);
             let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
             let opts = RunOptions {
                 slots,
@@ -390,8 +474,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .build()
                 .context("starting the async runtime")?;
             let report = runtime.block_on(async {
-                let mut listener = remote.start(&pipeline, &file, &store).await?;
-                run_with(&pipeline, store, opts, listener.as_mut()).await
+                let mut started = remote.start(&pipeline, &file, &store).await?;
+                let report = run_with(
+                    &pipeline,
+                    store,
+                    opts,
+                    started.as_mut().map(|r| &mut r.listener),
+                )
+                .await;
+                if let Some(r) = started {
+                    r.finish().await;
+                }
+                report
             })?;
             if json {
                 eprint!("{}", report.to_text());
@@ -444,7 +538,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             remote,
         } => {
             let pipeline = load(&file)?;
-            if remote.listen.is_none() {
+            if remote.listen.is_none() && pipeline.slurm.is_none() {
                 anyhow::bail!("mvc serve needs --listen ADDR");
             }
             let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);

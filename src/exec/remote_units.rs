@@ -200,8 +200,16 @@ impl RemoteUnits {
             }
         }
         self.waiting = still;
-        self.coord.shared.lock().unwrap().queued =
+        let mut shared = self.coord.shared.lock().unwrap();
+        shared.queued =
             queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
+        shared.queued_by_stage.clear();
+        for &s in order {
+            if !queues[s].is_empty() {
+                let name = engine.graph.stages[s].name.clone();
+                shared.queued_by_stage.insert(name, queues[s].len() as u64);
+            }
+        }
         Ok(())
     }
 

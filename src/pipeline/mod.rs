@@ -130,6 +130,8 @@ pub struct Pipeline {
     /// The run's human-readable results folder, `runs/<name>/` by default.
     pub results_dir: PathBuf,
     pub executor: ExecutorTable,
+    /// Worker jobs through Slurm (`[executor] kind = "slurm"`), checked.
+    pub slurm: Option<crate::remote::slurm::SlurmConfig>,
     /// In declaration order.
     pub stages: Vec<Stage>,
     /// Stage indices in a topological order (upstream first; ties in declaration order).
@@ -304,12 +306,20 @@ impl Pipeline {
         let cache_dir = PathBuf::from(raw.pipeline.cache.as_deref().unwrap_or("cache"));
         let results_dir =
             PathBuf::from(raw.pipeline.results.as_deref().unwrap_or("runs")).join(&name);
+        let executor = raw.executor.unwrap_or_default();
+        let slurm = crate::remote::slurm::SlurmConfig::from_table(&executor).map_err(
+            |(span, message)| match span {
+                Some(span) => PipelineError::at(path, src, span.start, message),
+                None => PipelineError::whole(path, message),
+            },
+        )?;
         Ok(Pipeline {
             path: path.to_path_buf(),
             name,
             cache_dir,
             results_dir,
-            executor: raw.executor.unwrap_or_default(),
+            executor,
+            slurm,
             stages,
             order,
         })

@@ -34,7 +34,8 @@ pub struct PipelineTable {
     pub results: Option<String>,
 }
 
-/// The `[executor]` table: slots per resource (defaults from the machine).
+/// The `[executor]` table: slots per resource (defaults from the machine), and where
+/// workers come from (`kind = "slurm"` and its settings, see `remote::slurm`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorTable {
@@ -42,6 +43,25 @@ pub struct ExecutorTable {
     pub gpu: Option<u32>,
     pub blender: Option<u32>,
     pub net: Option<u32>,
+    /// `local` (the default) or `slurm`.
+    pub kind: Option<Spanned<String>>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    /// The worker jobs' time limit, in Slurm's format (`HH:MM:SS`, `D-HH`).
+    pub time: Option<String>,
+    pub cpus_per_worker: Option<Spanned<u32>>,
+    pub max_workers: Option<Spanned<u32>>,
+    /// Stage kind → the generic resources its workers ask for, e.g. `embed = "gpu:1"`.
+    #[serde(default)]
+    pub gres: IndexMap<String, Spanned<String>>,
+    /// The URL workers reach the coordinator at (default: from the listening address).
+    pub connect: Option<String>,
+    /// Seconds a worker job waits without work before it exits.
+    pub exit_when_idle: Option<Spanned<f64>>,
+    /// Whether this machine also runs units (default: no, under Slurm: a login node).
+    pub local: Option<bool>,
+    /// A worker job script to use instead of the built-in `workers/slurm/worker.sbatch`.
+    pub script: Option<String>,
 }
 
 impl ExecutorTable {

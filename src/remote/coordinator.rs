@@ -100,8 +100,10 @@ pub struct Shared {
     next_worker: u64,
     /// Unit id → the worker that holds it.
     pub leased: HashMap<u64, u64>,
-    /// Tasks waiting in the scheduler's queues (for `mvc status`).
+    /// Tasks waiting in the scheduler's queues (for `mvc status`), and per stage (for the
+    /// Slurm launcher, which sizes its job arrays by them).
     pub queued: u64,
+    pub queued_by_stage: IndexMap<String, u64>,
     /// The run is over: lease requests are answered with `finished`.
     pub finished: bool,
 }

@@ -8,4 +8,5 @@ pub mod auth;
 pub mod client;
 pub mod coordinator;
 pub mod protocol;
+pub mod slurm;
 pub mod worker;

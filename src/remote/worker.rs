@@ -209,7 +209,8 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
     })
 }
 
-fn hostname() -> String {
+/// This machine's host name.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

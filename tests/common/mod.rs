@@ -132,3 +132,4 @@ pub fn signal(child: &Child, sig: i32) {
 pub mod fixture;
 pub mod glb;
 pub mod mirror;
+pub mod slurm;

@@ -1,0 +1,485 @@
+//! Workers through Slurm (`[executor] kind = "slurm"`): the coordinator submits
+//! `mvc worker` jobs with `sbatch` (job arrays sized to the queued work, capped by
+//! `max_workers`), watches them with `squeue`, submits again when workers end while work
+//! remains, and `scancel`s its jobs when the run ends. Slurm allocates and places; mvc caches
+//! and dispatches.
+//!
+//! Workers are grouped in classes, one per distinct `gres`: a stage kind with
+//! `gres = "gpu:1"` gets workers submitted with `--gres=gpu:1` that offer one gpu slot, so
+//! its units (which need a gpu slot) go to them.
+
+use super::coordinator::Coordinator;
+use crate::exec::slots::Resources;
+use crate::pipeline::Pipeline;
+use crate::pipeline::parse::ExecutorTable;
+use crate::stages::KINDS;
+use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// The built-in worker job script (`workers/slurm/worker.sbatch`).
+pub const WORKER_SCRIPT: &str = include_str!("../../workers/slurm/worker.sbatch");
+
+/// The Slurm settings of an `[executor]` table, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub time: Option<String>,
+    pub cpus_per_worker: u32,
+    pub max_workers: u32,
+    /// Stage kind → gres.
+    pub gres: IndexMap<String, String>,
+    pub connect: Option<String>,
+    pub exit_when_idle: Duration,
+    pub local: bool,
+    pub script: Option<PathBuf>,
+}
+
+/// An error in the `[executor]` table, at a value's position when it has one.
+pub type TableError = (Option<Range<usize>>, String);
+
+impl SlurmConfig {
+    /// `None` for a local executor; errors name the field and say what to write.
+    pub fn from_table(t: &ExecutorTable) -> Result<Option<SlurmConfig>, TableError> {
+        let kind = t
+            .kind
+            .as_ref()
+            .map(|k| k.get_ref().as_str())
+            .unwrap_or("local");
+        let slurm_only = [
+            ("partition", t.partition.is_some()),
+            ("account", t.account.is_some()),
+            ("time", t.time.is_some()),
+            ("cpus_per_worker", t.cpus_per_worker.is_some()),
+            ("max_workers", t.max_workers.is_some()),
+            ("gres", !t.gres.is_empty()),
+            ("connect", t.connect.is_some()),
+            ("exit_when_idle", t.exit_when_idle.is_some()),
+            ("local", t.local.is_some()),
+            ("script", t.script.is_some()),
+        ];
+        match kind {
+            "local" => {
+                if let Some((field, _)) = slurm_only.iter().find(|(_, set)| *set) {
+                    return Err((
+                        t.kind.as_ref().map(|k| k.span()),
+                        format!(
+                            "[executor]: `{field}` is a Slurm setting; add `kind = \"slurm\"` \
+                             or remove it"
+                        ),
+                    ));
+                }
+                return Ok(None);
+            }
+            "slurm" => {}
+            other => {
+                return Err((
+                    t.kind.as_ref().map(|k| k.span()),
+                    format!(
+                        "[executor]: kind `{other}` is not known; executors are `local` (the \
+                         default) and `slurm`"
+                    ),
+                ));
+            }
+        }
+        let positive = |v: &Option<toml::Spanned<u32>>, field: &str, default: u32| match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() == 0 => Err((
+                Some(n.span()),
+                format!("[executor]: `{field}` must be at least 1"),
+            )),
+            Some(n) => Ok(*n.get_ref()),
+        };
+        let cpus_per_worker = positive(&t.cpus_per_worker, "cpus_per_worker", 1)?;
+        let max_workers = positive(&t.max_workers, "max_workers", 4)?;
+        let mut gres = IndexMap::new();
+        for (kind, value) in &t.gres {
+            if !KINDS.contains(&kind.as_str()) {
+                return Err((
+                    Some(value.span()),
+                    format!(
+                        "[executor.gres]: `{kind}` is not a stage kind; gres is given per kind: {}",
+                        KINDS.join(", ")
+                    ),
+                ));
+            }
+            let g = value.get_ref().trim();
+            if g.is_empty() || g.contains(char::is_whitespace) {
+                return Err((
+                    Some(value.span()),
+                    format!("[executor.gres]: `{g}` is not a gres such as \"gpu:1\""),
+                ));
+            }
+            gres.insert(kind.clone(), g.to_string());
+        }
+        let exit_when_idle = match &t.exit_when_idle {
+            None => Duration::from_secs(30),
+            Some(s) if !(*s.get_ref() >= 0.0 && s.get_ref().is_finite()) => {
+                return Err((
+                    Some(s.span()),
+                    "[executor]: `exit_when_idle` must be a number of seconds".into(),
+                ));
+            }
+            Some(s) => Duration::from_secs_f64(*s.get_ref()),
+        };
+        Ok(Some(SlurmConfig {
+            partition: t.partition.clone(),
+            account: t.account.clone(),
+            time: t.time.clone(),
+            cpus_per_worker,
+            max_workers,
+            gres,
+            connect: t.connect.clone(),
+            exit_when_idle,
+            local: t.local.unwrap_or(false),
+            script: t.script.as_ref().map(PathBuf::from),
+        }))
+    }
+}
+
+/// GPUs a gres asks for: `gpu:2` and `gpu:a100:2` are 2, `gpu` is 1, anything else 0.
+pub fn gres_gpus(gres: &str) -> u32 {
+    let mut parts = gres.split(':');
+    if parts.next() != Some("gpu") {
+        return 0;
+    }
+    parts.last().and_then(|n| n.parse().ok()).unwrap_or(1)
+}
+
+/// One kind of worker job: those without gres, and one per distinct gres.
+#[derive(Debug)]
+struct Class {
+    gres: Option<String>,
+    job_name: String,
+    slots: Resources,
+}
+
+/// What the launcher did, for the run's last lines.
+#[derive(Debug, Default)]
+pub struct SlurmSummary {
+    pub jobs_submitted: u64,
+    pub arrays: Vec<String>,
+}
+
+pub struct SlurmLauncher {
+    config: SlurmConfig,
+    coord: Arc<Coordinator>,
+    classes: Vec<Class>,
+    /// Stage name → its class, and what one of its tasks needs.
+    stage_class: HashMap<String, (usize, Resources)>,
+    script: PathBuf,
+    log_dir: PathBuf,
+    connect: String,
+    token_file: Option<PathBuf>,
+    summary: SlurmSummary,
+}
+
+impl SlurmLauncher {
+    /// Checks that Slurm's commands answer and writes the job script into the cache.
+    pub fn new(
+        config: SlurmConfig,
+        pipeline: &Pipeline,
+        coord: Arc<Coordinator>,
+        token_file: Option<&Path>,
+    ) -> Result<SlurmLauncher> {
+        let base = format!("mvc-{}-{}", pipeline.name, std::process::id());
+        let mut classes = vec![Class {
+            gres: None,
+            job_name: format!("{base}-cpu"),
+            slots: Resources {
+                cpu: config.cpus_per_worker,
+                ..Resources::default()
+            },
+        }];
+        let mut stage_class = HashMap::new();
+        for stage in &pipeline.stages {
+            let need = stage.kind.resources();
+            let class = match config.gres.get(stage.kind.kind()) {
+                None => 0,
+                Some(g) => match classes.iter().position(|c| c.gres.as_deref() == Some(g)) {
+                    Some(k) => k,
+                    None => {
+                        classes.push(Class {
+                            gres: Some(g.clone()),
+                            job_name: format!("{base}-{}", classes.len()),
+                            slots: Resources {
+                                cpu: config.cpus_per_worker,
+                                gpu: gres_gpus(g),
+                                ..Resources::default()
+                            },
+                        });
+                        classes.len() - 1
+                    }
+                },
+            };
+            let mut offered = classes[class].slots;
+            // Blender and network slots are what the node has: not known here, assumed.
+            offered.blender = need.blender;
+            offered.net = need.net;
+            if let Some((slot, n, have)) = offered.shortfall(&need) {
+                bail!(
+                    "stage `{}` needs {slot} = {n} per task, but its Slurm workers would offer \
+                     {have}; {}",
+                    stage.name,
+                    if slot == "gpu" {
+                        format!("give [executor.gres] {} = \"gpu:{n}\"", stage.kind.kind())
+                    } else {
+                        format!("raise cpus_per_worker to {n}")
+                    }
+                );
+            }
+            stage_class.insert(stage.name.clone(), (class, need));
+        }
+        // Not `sbatch --version`: it needs the cluster's configuration to answer at all.
+        let on_path = |tool: &str| {
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        };
+        if let Some(tool) = ["sbatch", "squeue", "scancel"]
+            .into_iter()
+            .find(|t| !on_path(t))
+        {
+            bail!(
+                "[executor] kind = \"slurm\" needs Slurm's commands (sbatch, squeue, scancel) \
+                 on PATH; `{tool}` is not there"
+            );
+        }
+        let dir = coord.store.dir().join("slurm");
+        let log_dir = dir.join("logs");
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        let script = match &config.script {
+            Some(path) => std::path::absolute(path)?,
+            None => {
+                let path = dir.join("worker.sbatch");
+                std::fs::write(&path, WORKER_SCRIPT)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                path
+            }
+        };
+        let connect = match &config.connect {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None if coord.addr.ip().is_unspecified() => {
+                format!("http://{}:{}", super::worker::hostname(), coord.addr.port())
+            }
+            None => coord.url(),
+        };
+        Ok(SlurmLauncher {
+            config,
+            coord,
+            classes,
+            stage_class,
+            script,
+            log_dir,
+            connect,
+            token_file: token_file.map(std::path::absolute).transpose()?,
+            summary: SlurmSummary::default(),
+        })
+    }
+
+    /// Submits and watches worker jobs until `stop`, then cancels what is left and waits
+    /// for the queue to be free of them.
+    pub async fn run(mut self, stop: CancellationToken) -> SlurmSummary {
+        let mut failures = 0u32;
+        let mut quiet_until = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if Instant::now() < quiet_until {
+                continue;
+            }
+            match self.step().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("slurm: {e:#}");
+                    // Slurm busy or misconfigured: try again later, not in a tight loop.
+                    quiet_until =
+                        Instant::now() + Duration::from_secs(5 * u64::from(failures.min(12)));
+                }
+            }
+        }
+        self.cancel_all().await;
+        self.summary
+    }
+
+    /// Worker tasks (pending or running) of each class, from squeue.
+    async fn active(&self) -> Result<Vec<u64>> {
+        let names: Vec<&str> = self.classes.iter().map(|c| c.job_name.as_str()).collect();
+        let out = Command::new("squeue")
+            .args(["-h", "-r", "-o", "%j|%i|%T", "--name"])
+            .arg(names.join(","))
+            .output()
+            .await
+            .context("running squeue")?;
+        if !out.status.success() {
+            bail!(
+                "squeue failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let mut counts = vec![0u64; self.classes.len()];
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut fields = line.split('|');
+            let (Some(name), Some(_), Some(state)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if matches!(state, "COMPLETING" | "COMPLETED" | "CANCELLED" | "FAILED") {
+                continue;
+            }
+            if let Some(k) = names.iter().position(|n| *n == name) {
+                counts[k] += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// One look at the queue: submits the workers that queued work lacks.
+    async fn step(&mut self) -> Result<()> {
+        let queued: Vec<u64> = {
+            let shared = self.coord.shared.lock().unwrap();
+            if shared.finished {
+                return Ok(());
+            }
+            let mut per_class = vec![0u64; self.classes.len()];
+            for (stage, n) in &shared.queued_by_stage {
+                if let Some((class, _)) = self.stage_class.get(stage) {
+                    per_class[*class] += n;
+                }
+            }
+            per_class
+        };
+        if queued.iter().all(|n| *n == 0) {
+            return Ok(());
+        }
+        let active = self.active().await?;
+        let mut total: u64 = active.iter().sum();
+        for (k, class) in self.classes.iter().enumerate() {
+            let room = u64::from(self.config.max_workers).saturating_sub(total);
+            let want = queued[k].saturating_sub(active[k]).min(room);
+            if want == 0 {
+                continue;
+            }
+            let id = self.submit(class, want).await?;
+            total += want;
+            self.summary.jobs_submitted += want;
+            self.summary.arrays.push(id.clone());
+            eprintln!(
+                "slurm: submitted {want} worker job(s) as array {id}{} for {} queued task(s)",
+                class
+                    .gres
+                    .as_ref()
+                    .map(|g| format!(" (--gres={g})"))
+                    .unwrap_or_default(),
+                queued[k]
+            );
+        }
+        Ok(())
+    }
+
+    async fn submit(&self, class: &Class, count: u64) -> Result<String> {
+        let mut cmd = Command::new("sbatch");
+        cmd.arg("--parsable")
+            .arg(format!("--job-name={}", class.job_name))
+            .arg(format!("--array=0-{}", count - 1))
+            .arg(format!("--cpus-per-task={}", self.config.cpus_per_worker))
+            .arg(format!("--output={}/%x-%A_%a.log", self.log_dir.display()))
+            .arg(format!("--chdir={}", std::env::current_dir()?.display()));
+        if let Some(p) = &self.config.partition {
+            cmd.arg(format!("--partition={p}"));
+        }
+        if let Some(a) = &self.config.account {
+            cmd.arg(format!("--account={a}"));
+        }
+        if let Some(t) = &self.config.time {
+            cmd.arg(format!("--time={t}"));
+        }
+        if let Some(g) = &class.gres {
+            cmd.arg(format!("--gres={g}"));
+        }
+        let exe = std::env::current_exe().context("finding the mvc binary for the workers")?;
+        let mut export = format!(
+            "ALL,MVC_BIN={},MVC_CONNECT={},MVC_SLOTS={},MVC_IDLE={}",
+            exe.display(),
+            self.connect,
+            class.slots,
+            self.config.exit_when_idle.as_secs_f64()
+        );
+        if let Some(f) = &self.token_file {
+            export.push_str(&format!(",MVC_TOKEN_FILE={}", f.display()));
+        }
+        cmd.arg(format!("--export={export}")).arg(&self.script);
+        let out = cmd.output().await.context("running sbatch")?;
+        if !out.status.success() {
+            bail!(
+                "sbatch refused the worker jobs: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(id.split(';').next().unwrap_or("").to_string())
+    }
+
+    /// Cancels every worker job of this run and waits (up to a minute) until squeue no
+    /// longer lists them.
+    async fn cancel_all(&mut self) {
+        if self.summary.jobs_submitted == 0 {
+            return;
+        }
+        for class in &self.classes {
+            let out = Command::new("scancel")
+                .arg(format!("--name={}", class.job_name))
+                .output()
+                .await;
+            if let Ok(out) = out
+                && !out.status.success()
+            {
+                eprintln!(
+                    "slurm: scancel --name={} failed: {}",
+                    class.job_name,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let names: Vec<&str> = self.classes.iter().map(|c| c.job_name.as_str()).collect();
+            let out = Command::new("squeue")
+                .args(["-h", "-o", "%i", "--name"])
+                .arg(names.join(","))
+                .output()
+                .await;
+            let empty = matches!(&out, Ok(o) if o.status.success() && o.stdout.iter().all(|b| b.is_ascii_whitespace()));
+            if empty || Instant::now() > deadline {
+                if !empty {
+                    eprintln!("slurm: some worker jobs are still listed by squeue after scancel");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gres_counts_gpus() {
+        assert_eq!(gres_gpus("gpu:1"), 1);
+        assert_eq!(gres_gpus("gpu:a100:2"), 2);
+        assert_eq!(gres_gpus("gpu"), 1);
+        assert_eq!(gres_gpus("mps:100"), 0);
+    }
+}

@@ -1,0 +1,139 @@
+//! Workers started by a real Slurm: a single-node cluster (munged, slurmctld, slurmd on
+//! 127.0.0.1, all state in a temp dir) and a pipeline with `[executor] kind = "slurm"`.
+
+mod common;
+
+use common::Sandbox;
+use common::slurm::{Cluster, unavailable};
+
+/// Skips (saying why) where Slurm cannot run, except where MVC_REQUIRE_SLURM is set (CI).
+fn cluster() -> Option<Cluster> {
+    if let Some(why) = unavailable() {
+        assert!(
+            std::env::var_os("MVC_REQUIRE_SLURM").is_none(),
+            "MVC_REQUIRE_SLURM is set but {why}"
+        );
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(Cluster::start())
+}
+
+#[test]
+fn slurm_started_workers_do_the_work_and_leave_nothing_queued() {
+    let Some(cluster) = cluster() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        r#"
+[executor]
+kind = "slurm"
+partition = "debug"
+time = "00:10:00"
+cpus_per_worker = 1
+max_workers = 2
+exit_when_idle = 20
+
+[stage.make]
+kind = "command"
+items = ["a", "b", "c", "d", "e", "f"]
+cmd = "sleep 0.3; echo $MVC_ITEM > $MVC_OUT/item.txt; echo ${SLURM_JOB_ID:-none} > $MVC_OUT/job.txt"
+
+[stage.sum]
+kind = "command"
+inputs = ["make"]
+per_item = false
+cmd = "cat $MVC_IN_MAKE/*/item.txt | tr -d '\n' > $MVC_OUT/all.txt"
+"#,
+    );
+    let conf = cluster.conf.display().to_string();
+    let env = [("SLURM_CONF", conf.as_str())];
+    let ran = sb.mvc_env(
+        &["run", "p.toml", "--json", "--listen", "127.0.0.1:0"],
+        &env,
+    );
+    ran.assert_ok();
+    assert_eq!(ran.count("make", "ran"), 6);
+    assert_eq!(ran.count("sum", "ran"), 1);
+    assert!(ran.stderr.contains("slurm: submitted"), "{}", ran.stderr);
+    // Every task ran inside a Slurm job: no local slots under Slurm.
+    sb.mvc(&["export", "p.toml", "make", "out"]).assert_ok();
+    for item in ["a", "b", "c", "d", "e", "f"] {
+        let job = sb.read(&format!("out/{item}/job.txt"));
+        assert!(
+            job.trim().parse::<u64>().is_ok(),
+            "{item} ran outside Slurm (SLURM_JOB_ID = {job:?})"
+        );
+    }
+    sb.mvc(&["export", "p.toml", "sum", "sum"]).assert_ok();
+    assert_eq!(sb.read("sum/all/all.txt"), "abcdef");
+    assert!(
+        cluster.queue().is_empty(),
+        "jobs left in the queue: {:?}",
+        cluster.queue()
+    );
+
+    // All cached: no job is submitted.
+    let known = cluster.jobs_known();
+    let again = sb.mvc_env(
+        &["run", "p.toml", "--json", "--listen", "127.0.0.1:0"],
+        &env,
+    );
+    again.assert_ok();
+    assert_eq!(again.count("make", "cached"), 6);
+    assert!(!again.stderr.contains("submitted"), "{}", again.stderr);
+    assert_eq!(
+        cluster.jobs_known(),
+        known,
+        "the second run submitted a job"
+    );
+    assert!(cluster.queue().is_empty());
+}
+
+#[test]
+fn slurm_settings_are_checked_with_their_position() {
+    let sb = Sandbox::new();
+    let stage = "\n[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"true\"\n";
+    let cases = [
+        (
+            "[executor]\nkind = \"pbs\"\n",
+            "p.toml:2:8: [executor]: kind `pbs` is not known",
+        ),
+        (
+            "[executor]\nkind = \"slurm\"\nmax_workers = 0\n",
+            "p.toml:3:15: [executor]: `max_workers` must be at least 1",
+        ),
+        (
+            "[executor]\nkind = \"slurm\"\n[executor.gres]\nembedding = \"gpu:1\"\n",
+            "p.toml:4:13: [executor.gres]: `embedding` is not a stage kind",
+        ),
+        (
+            "[executor]\npartition = \"gpu\"\n",
+            "`partition` is a Slurm setting; add `kind = \"slurm\"`",
+        ),
+    ];
+    for (executor, expected) in cases {
+        sb.write("p.toml", &format!("{executor}{stage}"));
+        let ran = sb.mvc(&["plan", "p.toml"]);
+        assert_eq!(ran.code, Some(1), "{executor}");
+        assert!(ran.stderr.contains(expected), "{executor}: {}", ran.stderr);
+    }
+    // A GPU stage without a gres for its kind: said before anything is submitted.
+    sb.write(
+        "p.toml",
+        "[executor]\nkind = \"slurm\"\n\n[stage.g]\nkind = \"command\"\nitems = [\"x\"]\n\
+         cmd = \"true\"\nresources = { gpu = 1 }\n",
+    );
+    let ran = sb.mvc_env(
+        &["run", "p.toml", "--listen", "127.0.0.1:0"],
+        &[("PATH", "/usr/bin:/bin")],
+    );
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr
+            .contains("give [executor.gres] command = \"gpu:1\"")
+            || ran.stderr.contains("needs Slurm's commands"),
+        "{}",
+        ran.stderr
+    );
+}
