@@ -150,7 +150,7 @@ pub fn gres_gpus(gres: &str) -> u32 {
     if parts.next() != Some("gpu") {
         return 0;
     }
-    parts.last().and_then(|n| n.parse().ok()).unwrap_or(1)
+    parts.next_back().and_then(|n| n.parse().ok()).unwrap_or(1)
 }
 
 /// One kind of worker job: those without gres, and one per distinct gres.
