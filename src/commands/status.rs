@@ -169,11 +169,10 @@ pub fn remote_to_text(status: &crate::remote::protocol::Status) -> String {
     for w in &status.workers {
         let _ = writeln!(
             out,
-            "  {} on {}: slots {}{}{}, {} unit(s) done, seen {:.1}s ago",
+            "  {} on {}: slots {}{}, {} unit(s) done, seen {:.1}s ago",
             w.name,
             w.host,
             w.slots,
-            if w.blender.is_some() { ", blender" } else { "" },
             if w.labels.is_empty() {
                 String::new()
             } else {

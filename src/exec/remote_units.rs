@@ -257,6 +257,7 @@ impl RemoteUnits {
             stage: node.name.clone(),
             resources: node.kind.resources(),
             pipeline: self.coord.pipeline_digest(),
+            shared: crate::task::slice_digest(&node.shared),
             tasks: prepared
                 .iter()
                 .zip(inputs)

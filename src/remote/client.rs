@@ -252,9 +252,14 @@ impl Default for Backoff {
 
 impl Backoff {
     pub async fn wait(&mut self) {
-        let jitter = self.next.mul_f64(fastrand::f64() * 0.5);
-        tokio::time::sleep(self.next + jitter).await;
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    /// The next wait (with jitter), for callers that wait in their own way.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next + self.next.mul_f64(fastrand::f64() * 0.5);
         self.next = (self.next * 2).min(Duration::from_secs(5));
+        delay
     }
 
     pub fn reset(&mut self) {

@@ -63,6 +63,10 @@ pub struct Unit {
     pub resources: Resources,
     /// The pipeline file's digest: the worker fetches its text once (`GET /v1/pipelines/D`).
     pub pipeline: Digest,
+    /// The digest of the stage's shared parameters as the coordinator keyed them (the
+    /// Blender version, the model files' digests, …): a worker whose own differ would make
+    /// other outputs than the keys say, so it refuses the unit.
+    pub shared: Digest,
     pub tasks: Vec<UnitTaskWire>,
 }
 

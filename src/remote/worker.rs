@@ -61,6 +61,9 @@ struct WorkerState {
     worker: AtomicU64,
     reregister: AtomicBool,
     pipelines: Mutex<HashMap<Digest, Arc<Pipeline>>>,
+    /// (pipeline, stage) → whether this worker's shared parameters for the stage are the
+    /// coordinator's (checked once per stage).
+    checked: Mutex<HashMap<(Digest, String), Result<(), String>>>,
     /// Units running (or reporting) → their stop switch.
     running: Mutex<HashMap<u64, CancellationToken>>,
     free: Mutex<Resources>,
@@ -102,6 +105,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         worker: AtomicU64::new(0),
         reregister: AtomicBool::new(true),
         pipelines: Mutex::default(),
+        checked: Mutex::default(),
         running: Mutex::default(),
         free: Mutex::new(opts.slots),
         changed: Notify::new(),
@@ -113,13 +117,26 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
     let mut backoff = Backoff::default();
     let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
     let idle_limit = opts.exit_when_idle;
+    // Lease requests run concurrently, each reserving the free slots it advertised, so that
+    // slots freed while one request waits are offered by another at once. A request is never
+    // abandoned midway: a unit the coordinator sent would be lost until its lease expired.
+    let (polls_tx, mut polls_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut polls = 0usize;
+    let mut pause_until = tokio::time::Instant::now();
+    let mut leaving: Option<String> = None;
     let why = loop {
-        let idle = state.running.lock().unwrap().is_empty();
+        let running_now = !state.running.lock().unwrap().is_empty();
         let idle_for = state.last_busy.lock().unwrap().elapsed();
-        if idle && idle_limit.is_some_and(|limit| idle_for >= limit) {
-            break format!("idle for {:.0}s", idle_for.as_secs_f64());
+        if leaving.is_none() && !running_now && idle_limit.is_some_and(|limit| idle_for >= limit) {
+            leaving = Some(format!("idle for {:.0}s", idle_for.as_secs_f64()));
         }
-        if state.reregister.load(Ordering::Relaxed) {
+        if let Some(why) = &leaving
+            && polls == 0
+            && !running_now
+        {
+            break why.clone();
+        }
+        if state.reregister.load(Ordering::Relaxed) && polls == 0 && leaving.is_none() {
             match state.client.register(&register).await {
                 Ok(registered) => {
                     state.worker.store(registered.worker, Ordering::Relaxed);
@@ -150,44 +167,57 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
             }
             continue;
         }
-        let free = *state.free.lock().unwrap();
-        if free.is_zero() {
-            tokio::select! {
-                _ = state.changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        let may_poll = leaving.is_none()
+            && !state.reregister.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() >= pause_until;
+        if may_poll {
+            let free = std::mem::take(&mut *state.free.lock().unwrap());
+            if !free.is_zero() {
+                polls += 1;
+                let request = LeaseRequest {
+                    worker: state.worker.load(Ordering::Relaxed),
+                    free,
+                    wait_ms: 2000,
+                };
+                let (client, tx) = (state.client.clone(), polls_tx.clone());
+                tokio::spawn(async move {
+                    let reply = client.lease(&request).await;
+                    let _ = tx.send((request.free, reply));
+                });
             }
-            continue;
         }
-        let request = LeaseRequest {
-            worker: state.worker.load(Ordering::Relaxed),
-            free,
-            wait_ms: 2000,
-        };
         tokio::select! {
-            reply = state.client.lease(&request) => match reply {
-                Ok(reply) => {
-                    backoff.reset();
-                    if let Some(unit) = reply.unit {
-                        start_unit(&state, unit);
-                    } else if reply.finished && idle_limit.is_some()
-                        && state.running.lock().unwrap().is_empty()
-                    {
-                        break "the run is over".to_string();
+            Some((reserved, reply)) = polls_rx.recv() => {
+                polls -= 1;
+                state.free.lock().unwrap().give(&reserved);
+                match reply {
+                    Ok(reply) => {
+                        backoff.reset();
+                        if let Some(unit) = reply.unit {
+                            // A unit that arrives while leaving is run all the same.
+                            leaving = None;
+                            start_unit(&state, unit);
+                        } else if reply.finished && idle_limit.is_some() {
+                            leaving.get_or_insert_with(|| "the run is over".to_string());
+                        }
+                    }
+                    Err(CallError::Unauthorized(message)) => {
+                        bail!("{}: the coordinator refused the token (401): {message}", opts.url)
+                    }
+                    Err(CallError::UnknownWorker(_)) => {
+                        state.reregister.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::info!("leasing: {e}");
+                        pause_until = tokio::time::Instant::now() + backoff.next_delay();
                     }
                 }
-                Err(CallError::Unauthorized(message)) => {
-                    bail!("{}: the coordinator refused the token (401): {message}", opts.url)
-                }
-                Err(CallError::UnknownWorker(_)) => {
-                    state.reregister.store(true, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::info!("leasing: {e}");
-                    backoff.wait().await;
-                }
-            },
-            // A unit finished: ask again with the slots it gave back.
+            }
+            // A unit finished: the slots it gave back are offered by a new request.
             _ = state.changed.notified() => {}
+            _ = tokio::time::sleep_until(pause_until), if !may_poll && leaving.is_none() => {}
+            // Waking now and then re-checks the idle limit.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = sigint.recv() => break "interrupted".to_string(),
             _ = sigterm.recv() => break "terminated".to_string(),
         }
@@ -350,6 +380,7 @@ async fn execute(
         .iter()
         .find(|s| s.name == unit.stage)
         .ok_or_else(|| format!("the pipeline has no stage `{}`", unit.stage))?;
+    check_shared(state, &unit, &stage.kind).await?;
     let blobs = state.store.blobs();
     for task in &unit.tasks {
         for input in &task.inputs {
@@ -384,6 +415,41 @@ async fn execute(
         launcher: state.launcher.clone(),
     };
     Ok(stage.kind.execute(&ctx, tasks).await)
+}
+
+/// Refuses a unit whose stage this worker would run with other shared parameters than the
+/// coordinator keyed (another Blender, other model files, `backend = "auto"` resolving to
+/// another renderer): its outputs would not be what the task keys say.
+async fn check_shared(
+    state: &Arc<WorkerState>,
+    unit: &Unit,
+    kind: &Arc<dyn crate::stages::StageKind>,
+) -> Result<(), String> {
+    let id = (unit.pipeline, unit.stage.clone());
+    if let Some(verdict) = state.checked.lock().unwrap().get(&id) {
+        return verdict.clone();
+    }
+    let (store, kind) = (state.store.clone(), kind.clone());
+    let ours = crate::exec::blocking_if(true, move || {
+        kind.shared_params(&crate::stages::ParamCtx { store: &store })
+            .map(|slice| crate::task::slice_digest(&slice))
+            .map_err(|e| format!("{e:#}"))
+    })
+    .await;
+    let verdict = match ours {
+        Ok(d) if d == unit.shared => Ok(()),
+        Ok(d) => Err(format!(
+            "stage `{}` would run differently on this worker: its parameters here (digest {}) \
+             are not the coordinator's ({}); check that the worker has the same Blender, model \
+             files and scripts at the same paths",
+            unit.stage,
+            d.short(),
+            unit.shared.short()
+        )),
+        Err(e) => Err(format!("stage `{}` cannot run here: {e}", unit.stage)),
+    };
+    state.checked.lock().unwrap().insert(id, verdict.clone());
+    verdict
 }
 
 /// Uploads the blobs the outcomes name that the coordinator does not have yet.

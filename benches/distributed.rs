@@ -1,0 +1,226 @@
+//! Distribution overhead: N `command` units of 50 ms each (default 2,000), run by the local
+//! executor alone, then through the coordinator (`mvc run --listen --no-local`) by two
+//! `mvc worker` processes on this machine with the same slots in all; plus blob transfer
+//! over loopback.
+//!
+//!     cargo bench --bench distributed
+//!     MVC_BENCH_UNITS=500 MVC_BENCH_SLOTS=8 MVC_BENCH_BLOB_MB=256 cargo bench --bench distributed
+//!
+//! Printed per mode: wall time, units per second, and the time per unit beyond its 50 ms
+//! sleep (wall × slots / units − 50 ms). The coordinator's overhead per unit is the remote
+//! mode's extra slot-time per unit over the local mode's, and, separately, the
+//! coordinator process's own CPU time per unit (from wait4's rusage).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const UNIT_CMD: &str = r#"sleep 0.05; echo "$MVC_ITEM" > "$MVC_OUT/o""#;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let units = env_num("MVC_BENCH_UNITS", 2000);
+    let slots = env_num("MVC_BENCH_SLOTS", 8).max(2);
+    let blob_mb = env_num("MVC_BENCH_BLOB_MB", 512);
+    let mvc = env!("CARGO_BIN_EXE_mvc");
+    println!(
+        "distributed: {units} command units of 50 ms, {slots} slots in all, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let local_dir = tempfile::tempdir().unwrap();
+    write_pipeline(local_dir.path(), units);
+    let started = Instant::now();
+    let (code, cpu) = run_child(
+        Command::new(mvc)
+            .args(["run", "p.toml", "--json", "-q", "--slots"])
+            .arg(format!("cpu={slots}"))
+            .current_dir(local_dir.path()),
+    );
+    let local = started.elapsed();
+    assert_eq!(code, 0, "the local run failed");
+    report("local executor", local, units, slots, cpu);
+
+    let remote_dir = tempfile::tempdir().unwrap();
+    write_pipeline(remote_dir.path(), units);
+    let started = Instant::now();
+    let mut coordinator = Command::new(mvc)
+        .args([
+            "run",
+            "p.toml",
+            "--json",
+            "-q",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-local",
+        ])
+        .current_dir(remote_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = read_url(&mut coordinator);
+    let per_worker = slots / 2;
+    let workers: Vec<_> = (0..2)
+        .map(|k| {
+            Command::new(mvc)
+                .arg("--cache")
+                .arg(remote_dir.path().join(format!("worker-{k}")))
+                .args([
+                    "worker",
+                    "--connect",
+                    &url,
+                    "--exit-when-idle",
+                    "2",
+                    "--slots",
+                ])
+                .arg(format!("cpu={per_worker}"))
+                .current_dir(remote_dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (code, cpu) = wait_child(coordinator);
+    let remote = started.elapsed();
+    assert_eq!(code, 0, "the coordinated run failed");
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    report("coordinator + 2 workers", remote, units, slots, cpu);
+    let extra = (remote.as_secs_f64() - local.as_secs_f64()) * slots as f64 / units as f64;
+    println!(
+        "coordinator overhead per unit: {:.2} ms of slot time beyond the local executor's; \
+         {:.3} ms of the coordinator's CPU; units/s ratio remote/local {:.3}",
+        extra * 1e3,
+        cpu.as_secs_f64() * 1e3 / units as f64,
+        local.as_secs_f64() / remote.as_secs_f64()
+    );
+
+    blob_transfer(blob_mb);
+}
+
+fn write_pipeline(dir: &Path, units: u64) {
+    let ids: String = (0..units).map(|i| format!("u{i:06}\n")).collect();
+    std::fs::write(dir.join("ids.txt"), ids).unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        format!("[stage.work]\nkind = \"command\"\nitems_file = \"ids.txt\"\ncmd = '{UNIT_CMD}'\n"),
+    )
+    .unwrap();
+}
+
+fn report(mode: &str, wall: Duration, units: u64, slots: u64, cpu: Duration) {
+    let per_unit = wall.as_secs_f64() * slots as f64 / units as f64 - 0.05;
+    println!(
+        "  {mode:<24} {:>7.2} s  {:>7.1} units/s  {:>6.2} ms/unit beyond the sleep  (mvc CPU {:.2} s)",
+        wall.as_secs_f64(),
+        units as f64 / wall.as_secs_f64(),
+        per_unit * 1e3,
+        cpu.as_secs_f64()
+    );
+}
+
+fn read_url(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the coordinator said where it listens")
+            .unwrap();
+        if let Some(w) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            break w.to_string();
+        }
+    };
+    // Keep draining stderr so the coordinator never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    url
+}
+
+fn run_child(cmd: &mut Command) -> (i32, Duration) {
+    wait_child(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for a child and returns its exit code and CPU time (user + system).
+fn wait_child(child: std::process::Child) -> (i32, Duration) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child; the Child handle is forgotten so it is not waited
+    // for twice.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    std::mem::forget(child);
+    assert!(pid > 0, "wait4 failed");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        libc::WEXITSTATUS(status),
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+    )
+}
+
+/// One blob of `mb` MB up to and down from a coordinator over 127.0.0.1: MB/s each way,
+/// including hashing, writing and fsync on the receiving side.
+fn blob_transfer(mb: u64) {
+    use mvc::remote::client::Client;
+    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+    use mvc::remote::protocol::PipelineText;
+    use mvc::store::Store;
+    use mvc::store::blobs::BlobStore;
+    use mvc::task::Digest;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..mb * 1_000_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let digest = Digest::of(&bytes);
+    drop(bytes);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        let text = PipelineText {
+            path: "p.toml".into(),
+            text: String::new(),
+        };
+        let (coord, _rx) = Coordinator::start(config, store, "bench", text)
+            .await
+            .unwrap();
+        let client = Client::new(&coord.url(), None).unwrap();
+        let started = Instant::now();
+        client.put_blob(&digest, &file).await.unwrap();
+        let up = started.elapsed();
+        let other = BlobStore::new(dir.path().join("other"));
+        let started = Instant::now();
+        client.get_blob(&digest, &other).await.unwrap();
+        let down = started.elapsed();
+        println!(
+            "blob transfer, {mb} MB over 127.0.0.1: upload {:.0} MB/s, download {:.0} MB/s \
+             (verified and fsynced on arrival)",
+            mb as f64 / up.as_secs_f64(),
+            mb as f64 / down.as_secs_f64()
+        );
+    });
+}
