@@ -537,3 +537,27 @@ async fn blobs_are_verified_on_upload_and_served_with_ranges() {
     drop(_rx);
     assert!(client.complete(42, &body).await.is_err());
 }
+
+#[test]
+fn worker_arguments_are_checked_and_an_unreachable_coordinator_ends_an_idle_worker() {
+    let sb = Sandbox::new();
+    let ran = sb.mvc(&["worker", "--connect", "ftp://127.0.0.1:1"]);
+    assert_eq!(ran.code, Some(1));
+    assert!(ran.stderr.contains("give an http:// or https:// URL"), "{}", ran.stderr);
+    let ran = sb.mvc(&["worker", "--connect", "http://127.0.0.1:1", "--slots", "gpus=1"]);
+    assert_eq!(ran.code, Some(1));
+    assert!(ran.stderr.contains("unknown slot `gpus`"), "{}", ran.stderr);
+    let ran = sb.mvc(&[
+        "worker", "--connect", "http://127.0.0.1:1", "--slots", "cpu=0,gpu=0,blender=0,net=0",
+    ]);
+    assert_eq!(ran.code, Some(1));
+    assert!(ran.stderr.contains("offers no slot"), "{}", ran.stderr);
+    // Nobody listens on port 1: the worker keeps trying until its idle limit, then exits.
+    let started = Instant::now();
+    let ran = sb.mvc(&[
+        "worker", "--connect", "http://127.0.0.1:1", "--slots", "cpu=1", "--exit-when-idle", "1",
+    ]);
+    ran.assert_ok();
+    assert!(ran.stderr.contains("idle for"), "{}", ran.stderr);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

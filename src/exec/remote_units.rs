@@ -164,12 +164,10 @@ impl RemoteUnits {
         &self.coord.store
     }
 
-    /// Says once per stage that its tasks need a worker, when no local slot can run them.
-    pub(super) fn tell_needs_worker(&mut self, stage: usize, name: &str, need: &Resources) -> bool {
-        self.told.insert(stage) && {
-            tracing::info!("stage `{name}` needs {need} per task: waiting for a worker with it");
-            true
-        }
+    /// Whether to say (once per stage) that a stage's tasks wait for a worker, because no
+    /// local slot can run them.
+    pub(super) fn first_wait(&mut self, stage: usize) -> bool {
+        self.told.insert(stage)
     }
 
     /// Answers waiting lease requests from the queues; when `stopping`, with nothing.
@@ -427,7 +425,7 @@ impl RemoteUnits {
             }
         }
         self.waiting = still;
-        if now >= self.held_until && !self.before.is_empty() {
+        if now >= self.held_until && (!self.before.is_empty() || !self.held_tasks.is_empty()) {
             for id in std::mem::take(&mut self.before).into_keys() {
                 let _ = self.store().index().delete(Tree::Leases, &id.to_be_bytes());
             }

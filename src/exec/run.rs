@@ -501,8 +501,13 @@ impl Scheduler {
                     if let Some(r) = &mut self.remote
                         && !queues[s].is_empty()
                         && !self.opts.slots.fits(&need)
+                        && r.first_wait(s)
                     {
-                        r.tell_needs_worker(s, &engine.graph.stages[s].name, &need);
+                        self.progress.println(&format!(
+                            "stage `{}` needs {need} per task, more than this machine's slots: \
+                             its tasks wait for a worker that has it",
+                            engine.graph.stages[s].name
+                        ));
                     }
                 }
             }
