@@ -543,21 +543,256 @@ fn worker_arguments_are_checked_and_an_unreachable_coordinator_ends_an_idle_work
     let sb = Sandbox::new();
     let ran = sb.mvc(&["worker", "--connect", "ftp://127.0.0.1:1"]);
     assert_eq!(ran.code, Some(1));
-    assert!(ran.stderr.contains("give an http:// or https:// URL"), "{}", ran.stderr);
-    let ran = sb.mvc(&["worker", "--connect", "http://127.0.0.1:1", "--slots", "gpus=1"]);
+    assert!(
+        ran.stderr.contains("give an http:// or https:// URL"),
+        "{}",
+        ran.stderr
+    );
+    let ran = sb.mvc(&[
+        "worker",
+        "--connect",
+        "http://127.0.0.1:1",
+        "--slots",
+        "gpus=1",
+    ]);
     assert_eq!(ran.code, Some(1));
     assert!(ran.stderr.contains("unknown slot `gpus`"), "{}", ran.stderr);
     let ran = sb.mvc(&[
-        "worker", "--connect", "http://127.0.0.1:1", "--slots", "cpu=0,gpu=0,blender=0,net=0",
+        "worker",
+        "--connect",
+        "http://127.0.0.1:1",
+        "--slots",
+        "cpu=0,gpu=0,blender=0,net=0",
     ]);
     assert_eq!(ran.code, Some(1));
     assert!(ran.stderr.contains("offers no slot"), "{}", ran.stderr);
     // Nobody listens on port 1: the worker keeps trying until its idle limit, then exits.
     let started = Instant::now();
     let ran = sb.mvc(&[
-        "worker", "--connect", "http://127.0.0.1:1", "--slots", "cpu=1", "--exit-when-idle", "1",
+        "worker",
+        "--connect",
+        "http://127.0.0.1:1",
+        "--slots",
+        "cpu=1",
+        "--exit-when-idle",
+        "1",
     ]);
     ran.assert_ok();
     assert!(ran.stderr.contains("idle for"), "{}", ran.stderr);
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// The coordinator's bookkeeping, driven in process by a hand-written worker: a result sent
+/// twice is recorded once; a unit whose lease expired goes to another worker, and the first
+/// worker's late result is refused; the run finishes with the second worker's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_recorded_once_and_late_ones_are_refused() {
+    use mvc::exec::run::{Listener, RunOptions, run_with};
+    use mvc::remote::client::{CallError, Client};
+    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+    use mvc::remote::protocol::{Complete, LeaseRequest, PipelineText, Register};
+    use mvc::stages::TaskOutcome;
+    use mvc::store::Store;
+    use mvc::store::records::Output;
+    use mvc::task::Digest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n";
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    let pipeline = mvc::pipeline::Pipeline::parse(&path, text).unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+    config.lease_timeout = Duration::from_secs(1);
+    let source = PipelineText {
+        path: path.display().to_string(),
+        text: text.into(),
+    };
+    let (coord, rx) = Coordinator::start(config, store.clone(), "p", source)
+        .await
+        .unwrap();
+    let url = coord.url();
+    let mut listener = Listener::new(coord, rx);
+    let run_store = store.clone();
+    let run = tokio::spawn(async move {
+        let opts = RunOptions {
+            slots: mvc::exec::slots::Resources::default(),
+            keep_going: true,
+            retry_failed: false,
+            grace: Duration::from_secs(1),
+            quiet: true,
+        };
+        run_with(&pipeline, run_store, opts, Some(&mut listener))
+            .await
+            .unwrap()
+    });
+
+    let client = Client::new(&url, None).unwrap();
+    let register = |name: &str| Register {
+        name: name.into(),
+        host: "test".into(),
+        slots: mvc::exec::slots::Resources::ONE_CPU,
+        labels: vec![],
+        blender: None,
+    };
+    let lease = |worker: u64| LeaseRequest {
+        worker,
+        free: mvc::exec::slots::Resources::ONE_CPU,
+        wait_ms: 5000,
+    };
+    let output = |text: &str| TaskOutcome::Success {
+        outputs: vec![Output {
+            name: "o".into(),
+            digest: Digest::of(text.as_bytes()),
+            size: text.len() as u64,
+            inline: Some(text.as_bytes().to_vec()),
+        }],
+        stdout: None,
+        stderr: None,
+        started_ms: 0,
+        duration_ms: 1,
+    };
+    let a = client.register(&register("a")).await.unwrap().worker;
+    let first = client.lease(&lease(a)).await.unwrap().unit.expect("a unit");
+    let done = |worker: u64, name: &str, unit: &mvc::remote::protocol::Unit, text: &str| Complete {
+        worker,
+        worker_name: name.into(),
+        keys: unit.tasks.iter().map(|t| t.key).collect(),
+        outcomes: unit.tasks.iter().map(|_| output(text)).collect(),
+    };
+    client
+        .complete(first.id, &done(a, "a", &first, "from a"))
+        .await
+        .unwrap();
+    // The same result again: acknowledged, not recorded again.
+    client
+        .complete(first.id, &done(a, "a", &first, "from a"))
+        .await
+        .unwrap();
+
+    // The second unit: `a` takes it and goes silent past the lease timeout.
+    let second = client.lease(&lease(a)).await.unwrap().unit.expect("a unit");
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let b = client.register(&register("b")).await.unwrap().worker;
+    let again = client
+        .lease(&lease(b))
+        .await
+        .unwrap()
+        .unit
+        .expect("the unit again");
+    assert_eq!(
+        again.tasks[0].key, second.tasks[0].key,
+        "the same task, leased again"
+    );
+    assert_ne!(again.id, second.id);
+    match client
+        .complete(second.id, &done(a, "a", &second, "late from a"))
+        .await
+    {
+        Err(CallError::Refused(status, message)) => {
+            assert_eq!(status.as_u16(), 409);
+            assert!(message.contains("not leased to this worker"), "{message}");
+        }
+        other => panic!("a late result was not refused: {other:?}"),
+    }
+    client
+        .complete(again.id, &done(b, "b", &again, "from b"))
+        .await
+        .unwrap();
+
+    let report = run.await.unwrap();
+    assert!(report.ok(), "{}", report.to_text());
+    assert_eq!(report.stages["a"].ran, 2);
+    let second_result = store.result(&second.tasks[0].key).unwrap().unwrap();
+    assert_eq!(second_result.host, "b");
+    assert_eq!(
+        second_result.outputs[0].inline.as_deref(),
+        Some(&b"from b"[..])
+    );
+    let first_result = store.result(&first.tasks[0].key).unwrap().unwrap();
+    assert_eq!(first_result.host, "a");
+}
+
+/// A worker fetches a blob it already has only once, and `mvc serve` runs again when the
+/// pipeline file changes, with its workers still connected.
+#[test]
+fn a_worker_fetches_each_blob_once_and_serve_reruns_on_change() {
+    let sb = Sandbox::new();
+    let pipeline = |items: &str| {
+        format!(
+            r#"
+[stage.big]
+kind = "command"
+items = ["one"]
+cmd = "head -c 50000 /dev/zero > $MVC_OUT/big.bin"
+
+[stage.use]
+kind = "command"
+inputs = ["big"]
+items = [{items}]
+resources = {{ gpu = 1 }}
+cmd = "wc -c < $MVC_IN_BIG/one/big.bin > $MVC_OUT/n.txt"
+"#
+        )
+    };
+    sb.write("p.toml", &pipeline(r#""a", "b", "c", "d""#));
+    let (mut serve, url) = spawn(
+        &sb,
+        &[
+            "serve",
+            "p.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--slots",
+            "cpu=1,gpu=0",
+        ],
+        &[],
+    );
+    let url = url.unwrap();
+    // `big` runs on the coordinator's machine; the `use` tasks need the worker's gpu slot.
+    let _w = worker(&sb, &url, "cpu=0,gpu=1", "w", &[]);
+    let status = || -> serde_json::Value {
+        let s = sb.mvc(&["status", "--connect", &url, "--json"]);
+        serde_json::from_str(s.stdout.trim()).unwrap_or_default()
+    };
+    wait_for("the first run", Duration::from_secs(60), || {
+        serve
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("waiting for p.toml to change")
+    });
+    let first = status();
+    // Four `use` tasks on the worker read the 50,000-byte blob: it was sent once.
+    assert_eq!(
+        first["blobs_sent"],
+        serde_json::json!([1, 50000]),
+        "{first}"
+    );
+
+    // A new item: only it runs, on the same worker, which has the blob already.
+    std::thread::sleep(Duration::from_millis(1100));
+    sb.write("p.toml", &pipeline(r#""a", "b", "c", "d", "e""#));
+    wait_for("the second run", Duration::from_secs(60), || {
+        serve
+            .stderr
+            .lock()
+            .unwrap()
+            .matches("waiting for p.toml to change")
+            .count()
+            == 2
+    });
+    let second = status();
+    assert_eq!(
+        second["blobs_sent"],
+        serde_json::json!([1, 50000]),
+        "{second}"
+    );
+    let workers = second["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{second}");
+    assert_eq!(workers[0]["units_done"], 5, "{second}");
+    common::signal(serve.child.as_ref().unwrap(), libc::SIGINT);
+    let ran = serve.finish(Duration::from_secs(30));
+    ran.assert_ok();
+    assert_eq!(ran.stdout.matches("ok in").count(), 2, "{}", ran.stdout);
 }

@@ -137,3 +137,72 @@ fn slurm_settings_are_checked_with_their_position() {
         ran.stderr
     );
 }
+
+#[test]
+fn a_cancelled_worker_job_is_replaced_while_work_remains() {
+    let Some(cluster) = cluster() else { return };
+    let sb = Sandbox::new();
+    let started = sb.path().join("started");
+    std::fs::create_dir(&started).unwrap();
+    sb.write(
+        "p.toml",
+        &format!(
+            r#"
+[executor]
+kind = "slurm"
+max_workers = 1
+exit_when_idle = 20
+
+[stage.slow]
+kind = "command"
+items = ["a", "b", "c"]
+cmd = "touch {}/$MVC_ITEM.$SLURM_JOB_ID; sleep 1.5; echo $SLURM_JOB_ID > $MVC_OUT/job.txt"
+"#,
+            started.display()
+        ),
+    );
+    let conf = cluster.conf.display().to_string();
+    let mut cmd = sb.command(&["run", "p.toml", "--json", "--listen", "127.0.0.1:0"]);
+    cmd.env("SLURM_CONF", &conf)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let run = cmd.spawn().unwrap();
+    // The first worker job starts a unit; cancel the job under it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let first_job = loop {
+        let marker = std::fs::read_dir(&started)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .next();
+        if let Some(m) = marker {
+            break m.split('.').nth(1).unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no unit started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = cluster.client("scancel").arg(&first_job).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.matches("slurm: submitted").count() >= 2,
+        "a new worker job replaces the cancelled one:\n{stderr}"
+    );
+    sb.mvc(&["export", "p.toml", "slow", "out"]).assert_ok();
+    let jobs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|i| sb.read(&format!("out/{i}/job.txt")).trim().to_string())
+        .collect();
+    assert!(
+        jobs.iter().any(|j| *j != first_job),
+        "the work was finished by another job than {first_job}: {jobs:?}"
+    );
+    assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
+}

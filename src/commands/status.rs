@@ -161,6 +161,14 @@ pub fn remote_to_text(status: &crate::remote::protocol::Status) -> String {
         group_digits(status.queued),
         if status.finished { " (run over)" } else { "" }
     );
+    let _ = writeln!(
+        out,
+        "blobs: {} sent to workers ({}), {} received ({})",
+        group_digits(status.blobs_sent.0),
+        human_bytes(status.blobs_sent.1),
+        group_digits(status.blobs_received.0),
+        human_bytes(status.blobs_received.1)
+    );
     if status.workers.is_empty() {
         let _ = writeln!(out, "no workers connected");
         return out;

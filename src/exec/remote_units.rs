@@ -505,10 +505,40 @@ impl RemoteUnits {
                 return Err((StatusCode::BAD_REQUEST, problem));
             }
             let stage = engine.graph.stages[lease.stage].name.clone();
+            let mut stopped = Vec::new();
+            let mut why = String::new();
             for ((t, identity), outcome) in lease.tasks.iter().zip(body.outcomes) {
-                let reported =
-                    commit_outcome(self.store(), &stage, identity, &lease.worker_name, outcome);
-                effects.push((*t, reported));
+                // A worker that was stopped (Ctrl-C, scancel, which also kills its task
+                // launcher) or could not start the task: not the item's doing, and another
+                // worker may succeed, so the task goes back to the queue (bounded attempts).
+                match outcome {
+                    TaskOutcome::Cancelled => {
+                        why = format!("worker {} was stopped while running it", lease.worker_name);
+                    }
+                    TaskOutcome::Aborted(error) => {
+                        why = format!("worker {}: {error}", lease.worker_name);
+                    }
+                    outcome => {
+                        let reported = commit_outcome(
+                            self.store(),
+                            &stage,
+                            identity,
+                            &lease.worker_name,
+                            outcome,
+                        );
+                        effects.push((*t, reported));
+                        continue;
+                    }
+                }
+                stopped.push((*t, identity.clone()));
+            }
+            if !stopped.is_empty() {
+                let partial = Lease {
+                    tasks: stopped,
+                    worker_name: lease.worker_name.clone(),
+                    ..lease
+                };
+                self.lost(partial, &why, queues, effects);
             }
             self.done_units.insert(unit);
             if let Some(w) = self

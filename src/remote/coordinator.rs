@@ -106,6 +106,9 @@ pub struct Shared {
     pub queued_by_stage: IndexMap<String, u64>,
     /// The run is over: lease requests are answered with `finished`.
     pub finished: bool,
+    /// (count, bytes) of blobs sent to workers and received from them.
+    pub blobs_sent: (u64, u64),
+    pub blobs_received: (u64, u64),
 }
 
 pub struct Coordinator {
@@ -443,6 +446,8 @@ async fn status(State(c): State<Arc<Coordinator>>) -> Response {
             .collect(),
         queued: shared.queued,
         finished: shared.finished,
+        blobs_sent: shared.blobs_sent,
+        blobs_received: shared.blobs_received,
     })
     .into_response()
 }
@@ -503,6 +508,11 @@ async fn get_blob(
     }
     if method == Method::HEAD {
         return builder.body(Body::empty()).expect("valid response");
+    }
+    {
+        let mut shared = c.shared.lock().unwrap();
+        shared.blobs_sent.0 += 1;
+        shared.blobs_sent.1 += end - start;
     }
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     if start > 0
@@ -575,7 +585,13 @@ async fn put_blob(
         }
     }
     match tokio::task::spawn_blocking(move || writer.finish()).await {
-        Ok(Ok(size)) => axum::Json(serde_json::json!({ "ok": size })).into_response(),
+        Ok(Ok(size)) => {
+            let mut shared = c.shared.lock().unwrap();
+            shared.blobs_received.0 += 1;
+            shared.blobs_received.1 += size;
+            drop(shared);
+            axum::Json(serde_json::json!({ "ok": size })).into_response()
+        }
         Ok(Err(BlobError::Corrupt { digest, actual })) => error(
             StatusCode::BAD_REQUEST,
             format!("the bytes sent hash to {actual}, not {digest}: refused"),

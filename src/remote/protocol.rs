@@ -127,6 +127,11 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     pub queued: u64,
     pub finished: bool,
+    /// Blobs sent to workers (`GET`) and received from them (`PUT`), and their bytes.
+    #[serde(default)]
+    pub blobs_sent: (u64, u64),
+    #[serde(default)]
+    pub blobs_received: (u64, u64),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -60,6 +60,9 @@ struct WorkerState {
     name: String,
     worker: AtomicU64,
     reregister: AtomicBool,
+    /// Set as soon as the worker is told to stop (Ctrl-C, SIGTERM from scancel): what its
+    /// units report after that is not the items' doing.
+    stopping: AtomicBool,
     pipelines: Mutex<HashMap<Digest, Arc<Pipeline>>>,
     /// (pipeline, stage) → whether this worker's shared parameters for the stage are the
     /// coordinator's (checked once per stage).
@@ -104,6 +107,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         name,
         worker: AtomicU64::new(0),
         reregister: AtomicBool::new(true),
+        stopping: AtomicBool::new(false),
         pipelines: Mutex::default(),
         checked: Mutex::default(),
         running: Mutex::default(),
@@ -218,11 +222,18 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
             _ = tokio::time::sleep_until(pause_until), if !may_poll && leaving.is_none() => {}
             // Waking now and then re-checks the idle limit.
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = sigint.recv() => break "interrupted".to_string(),
-            _ = sigterm.recv() => break "terminated".to_string(),
+            _ = sigint.recv() => {
+                state.stopping.store(true, Ordering::SeqCst);
+                break "interrupted".to_string();
+            }
+            _ = sigterm.recv() => {
+                state.stopping.store(true, Ordering::SeqCst);
+                break "terminated".to_string();
+            }
         }
     };
     // Units still running are stopped; each reports what it has.
+    state.stopping.store(true, Ordering::SeqCst);
     for kill in state.running.lock().unwrap().values() {
         kill.cancel();
     }
@@ -298,7 +309,17 @@ fn start_unit(state: &Arc<WorkerState>, unit: Unit) {
             Err(e) => Err(e),
         };
         let report = match result {
-            Ok(outcomes) => {
+            Ok(mut outcomes) => {
+                // A stop signal reaches the whole job at once (Slurm's scancel signals every
+                // process of it): a task killed by it, or a launcher that died of it, has not
+                // failed, so the coordinator hears "cancelled" and runs it elsewhere.
+                if state.stopping.load(Ordering::SeqCst) {
+                    for o in &mut outcomes {
+                        if !matches!(o, TaskOutcome::Success { .. }) {
+                            *o = TaskOutcome::Cancelled;
+                        }
+                    }
+                }
                 let body = Complete {
                     worker: state.worker.load(Ordering::Relaxed),
                     worker_name: state.name.clone(),

@@ -33,7 +33,8 @@ impl CacheLock {
                 let holder = describe_holder(&holder);
                 bail!(
                     "the cache {} is in use by another mvc process ({holder}); wait for it to \
-                     finish, stop it, or pass --cache DIR to use another cache",
+                     finish, stop it, or pass --cache DIR to use another cache (a run started \
+                     with --listen answers `mvc status --connect URL` while it runs)",
                     cache_dir.display()
                 );
             }
