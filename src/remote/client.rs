@@ -156,18 +156,16 @@ impl Client {
     }
 
     pub async fn pipeline(&self, digest: &Digest) -> Result<PipelineText, CallError> {
-        let response = self
-            .request(reqwest::Method::GET, &format!("/pipelines/{digest}"))
-            .timeout(Self::CALL)
-            .send()
-            .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
-        Self::read_json(response).await
+        self.get_json(&format!("/pipelines/{digest}")).await
     }
 
     pub async fn status(&self) -> Result<Status, CallError> {
+        self.get_json("/status").await
+    }
+
+    async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
         let response = self
-            .request(reqwest::Method::GET, "/status")
+            .request(reqwest::Method::GET, path)
             .timeout(Self::CALL)
             .send()
             .await
