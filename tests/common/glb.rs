@@ -272,3 +272,53 @@ pub fn missing_texture_glb() -> Vec<u8> {
     let bin_start = 20 + json_len + 8;
     glb(json, &good[bin_start..])
 }
+
+/// Packs a `.gltf` with external buffers and images (files beside it) into one GLB: the
+/// buffers are concatenated into the binary chunk, each image becomes a buffer view of it.
+pub fn gltf_to_glb(path: &std::path::Path) -> Vec<u8> {
+    let dir = path.parent().unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut bin: Vec<u8> = Vec::new();
+    let mut starts = Vec::new();
+    let align = |bin: &mut Vec<u8>| {
+        while !bin.len().is_multiple_of(4) {
+            bin.push(0);
+        }
+    };
+    for buffer in json["buffers"].as_array().cloned().unwrap_or_default() {
+        let uri = buffer["uri"].as_str().expect("an external buffer");
+        align(&mut bin);
+        starts.push(bin.len());
+        bin.extend(std::fs::read(dir.join(uri)).unwrap());
+    }
+    for view in json["bufferViews"].as_array_mut().unwrap() {
+        let b = view["buffer"].as_u64().unwrap_or(0) as usize;
+        let offset = view["byteOffset"].as_u64().unwrap_or(0) as usize;
+        view["buffer"] = json!(0);
+        view["byteOffset"] = json!(starts[b] + offset);
+    }
+    let images = json["images"].as_array().cloned().unwrap_or_default();
+    for (k, image) in images.iter().enumerate() {
+        let Some(uri) = image["uri"].as_str() else {
+            continue;
+        };
+        let bytes = std::fs::read(dir.join(uri)).unwrap();
+        align(&mut bin);
+        let view = json["bufferViews"].as_array().unwrap().len();
+        json["bufferViews"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "buffer": 0, "byteOffset": bin.len(), "byteLength": bytes.len() }));
+        bin.extend(bytes);
+        let mime = if uri.ends_with(".png") {
+            "image/png"
+        } else {
+            "image/jpeg"
+        };
+        json["images"][k] = json!({ "bufferView": view, "mimeType": mime });
+    }
+    align(&mut bin);
+    json["buffers"] = json!([{ "byteLength": bin.len() }]);
+    glb(json, &bin)
+}

@@ -122,6 +122,78 @@ impl Sandbox {
     }
 }
 
+/// A coordinator (`mvc run --listen …`) started in the background: the URL it serves, and
+/// its stderr collected as it comes.
+pub struct Served {
+    pub child: Child,
+    pub url: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Served {
+    pub fn start(cmd: &mut Command) -> Served {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mvc");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let seen = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                    let _ = tx.send(url.to_string());
+                }
+                let mut s = seen.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let url = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "mvc did not say where it listens:\n{}",
+                    stderr.lock().unwrap()
+                )
+            });
+        Served { child, url, stderr }
+    }
+
+    /// Waits (at most `limit`) for it to end.
+    pub fn finish(mut self, limit: std::time::Duration) -> Ran {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "mvc did not finish in {limit:?}:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Ran {
+            code: status.code(),
+            stdout,
+            stderr: self.stderr.lock().unwrap().clone(),
+        }
+    }
+}
+
 /// Sends a signal to a process.
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: plain kill(2) on a child we own.
