@@ -4,116 +4,23 @@
 
 mod common;
 
-use common::{Ran, Sandbox};
-use std::io::{BufRead, BufReader};
+use common::{Background, Sandbox};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A child process killed when the test ends, however it ends.
-struct Proc {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Proc {
-    fn kill9(&mut self) {
-        let mut c = self.child.take().expect("running");
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// Waits for the process to end; its stdout and the stderr seen.
-    fn finish(&mut self, limit: Duration) -> Ran {
-        let mut c = self.child.take().expect("running");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                let mut stdout = String::new();
-                if let Some(mut out) = c.stdout.take() {
-                    use std::io::Read;
-                    out.read_to_string(&mut stdout).unwrap();
-                }
-                // The stderr reader thread ends with the process.
-                std::thread::sleep(Duration::from_millis(100));
-                return Ran {
-                    code: status.code(),
-                    stdout,
-                    stderr: self.stderr.lock().unwrap().clone(),
-                };
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!(
-                    "process did not end within {limit:?}; stderr:\n{}",
-                    self.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Starts `mvc ARGS` with stderr collected; returns it and the URL it serves, when it says one.
-fn spawn(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (Proc, Option<String>) {
+/// Starts `mvc ARGS` in the background; returns it and the URL it serves, when it listens.
+fn spawn(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (Background, Option<String>) {
     let mut cmd = sb.command(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting mvc");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    let seen = stderr.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line
-                .split_whitespace()
-                .find(|w| w.starts_with("http://127.0.0.1:"))
-            {
-                let _ = tx.send(url.to_string());
-            }
-            let mut s = seen.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    let listens = args.contains(&"--listen");
-    let url = listens.then(|| {
-        rx.recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the coordinator did not say where it listens; stderr:\n{}",
-                    stderr.lock().unwrap()
-                )
-            })
-    });
-    (
-        Proc {
-            child: Some(child),
-            stderr,
-        },
-        url,
-    )
+    let p = Background::start(&mut cmd, args.contains(&"--listen"));
+    let url = p.url.clone();
+    (p, url)
 }
 
-fn coordinator(sb: &Sandbox, extra: &[&str]) -> (Proc, String) {
+fn coordinator(sb: &Sandbox, extra: &[&str]) -> (Background, String) {
     let mut args = vec!["run", "p.toml", "--json", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let (p, url) = spawn(sb, &args, &[]);
@@ -121,7 +28,7 @@ fn coordinator(sb: &Sandbox, extra: &[&str]) -> (Proc, String) {
 }
 
 /// `mvc worker` with its own cache directory; `tag` reaches its tasks as $WORKER_TAG.
-fn worker(sb: &Sandbox, url: &str, slots: &str, tag: &str, extra: &[&str]) -> Proc {
+fn worker(sb: &Sandbox, url: &str, slots: &str, tag: &str, extra: &[&str]) -> Background {
     let cache = sb.path().join(format!("worker-{tag}"));
     let cache = cache.to_str().unwrap();
     let mut args = vec![

@@ -308,7 +308,7 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
     // no Blender slot, the workers offer only Blender.
     let dist = Sandbox::new();
     dist.write("p.toml", &pipeline(THREE_RINGS, seed));
-    let coordinator = common::Served::start(
+    let mut coordinator = common::Background::start(
         dist.command(&[
             "run",
             "p.toml",
@@ -319,8 +319,9 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
             "blender=0",
         ])
         .env("HF_ENDPOINT", &mirror.endpoint),
+        true,
     );
-    let url = coordinator.url.clone();
+    let url = coordinator.url.clone().unwrap();
     let workers: Vec<_> = (0..2)
         .map(|k| {
             let cache = dist.path().join(format!("worker-{k}"));

@@ -122,16 +122,26 @@ impl Sandbox {
     }
 }
 
-/// A coordinator (`mvc run --listen …`) started in the background: the URL it serves, and
-/// its stderr collected as it comes.
-pub struct Served {
-    pub child: Child,
-    pub url: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+/// An `mvc` process in the background, killed when dropped: its stderr is collected as it
+/// comes, and the URL it serves is read from it (a coordinator says where it listens).
+pub struct Background {
+    pub child: Option<Child>,
+    pub url: Option<String>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-impl Served {
-    pub fn start(cmd: &mut Command) -> Served {
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Background {
+    /// Starts `cmd`; with `listens`, waits until it says the URL it serves.
+    pub fn start(cmd: &mut Command, listens: bool) -> Background {
         use std::io::{BufRead, BufReader};
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -153,38 +163,53 @@ impl Served {
                 s.push('\n');
             }
         });
-        let url = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "mvc did not say where it listens:\n{}",
-                    stderr.lock().unwrap()
-                )
-            });
-        Served { child, url, stderr }
+        let url = listens.then(|| {
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "mvc did not say where it listens:\n{}",
+                        stderr.lock().unwrap()
+                    )
+                })
+        });
+        Background {
+            child: Some(child),
+            url,
+            stderr,
+        }
     }
 
-    /// Waits (at most `limit`) for it to end.
-    pub fn finish(mut self, limit: std::time::Duration) -> Ran {
+    /// Kills it with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Waits (at most `limit`) for it to end: its stdout and the stderr seen.
+    pub fn finish(&mut self, limit: std::time::Duration) -> Ran {
         use std::io::Read;
+        let mut child = self.child.take().expect("running");
         let deadline = std::time::Instant::now() + limit;
         let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
             if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = child.kill();
+                let _ = child.wait();
                 panic!(
-                    "mvc did not finish in {limit:?}:\n{}",
+                    "mvc did not end within {limit:?}:\n{}",
                     self.stderr.lock().unwrap()
                 );
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(50));
         };
         let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
+        if let Some(mut out) = child.stdout.take() {
             out.read_to_string(&mut stdout).unwrap();
         }
+        // The stderr reader ends with the process.
         std::thread::sleep(std::time::Duration::from_millis(100));
         Ran {
             code: status.code(),
