@@ -11,32 +11,12 @@
 
 mod common;
 
+use common::blender::{MODELS, have_blender};
 use common::mirror::{Mirror, Object};
 use common::{Ran, Sandbox, fixture, glb};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-const MODELS: &str = "/usr/share/assimp/models/glTF2";
-
-fn have_blender_and_models() -> bool {
-    let blender = mvc::render::blender::find_blender(None).is_some();
-    let models = Path::new(MODELS).is_dir();
-    if blender && models {
-        return true;
-    }
-    let missing = if blender {
-        "assimp-testmodels (apt-get install assimp-testmodels)"
-    } else {
-        "Blender (apt-get install blender python3-numpy)"
-    };
-    assert!(
-        std::env::var("MVC_REQUIRE_BLENDER").as_deref() != Ok("1"),
-        "MVC_REQUIRE_BLENDER=1 but {missing} is not installed"
-    );
-    eprintln!("SKIPPED: {missing} is not installed; this test needs it");
-    false
-}
 
 /// Six real models with their captions: three GLBs as shipped, three `.gltf` (external
 /// buffers and textures) packed into GLBs.
@@ -258,7 +238,7 @@ fn differing_files(a: &Path, b: &Path) -> Vec<String> {
 
 #[test]
 fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() {
-    if !have_blender_and_models() {
+    if !have_blender(true) {
         return;
     }
     let objects = objects();

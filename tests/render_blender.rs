@@ -5,29 +5,9 @@
 
 mod common;
 
+use common::blender::{MODELS, have_blender};
 use common::{Sandbox, glb};
 use std::path::Path;
-
-const MODELS: &str = "/usr/share/assimp/models/glTF2";
-
-/// Whether Blender (and, with `models`, Debian's assimp-testmodels) is here to test with.
-fn have_blender(models: bool) -> bool {
-    let blender = mvc::render::blender::find_blender(None).is_some();
-    let have_models = !models || Path::new(MODELS).is_dir();
-    if blender && have_models {
-        return true;
-    }
-    let missing = if blender {
-        "assimp-testmodels (apt-get install assimp-testmodels)"
-    } else {
-        "Blender (apt-get install blender python3-numpy)"
-    };
-    if std::env::var("MVC_REQUIRE_BLENDER").as_deref() == Ok("1") {
-        panic!("MVC_REQUIRE_BLENDER=1 but {missing} is not installed");
-    }
-    eprintln!("SKIPPED: {missing} is not installed; this test needs it");
-    false
-}
 
 /// (min x, min y, max x, max y) of pixels with alpha > 0.
 fn alpha_box(img: &image::RgbaImage) -> (u32, u32, u32, u32) {

@@ -226,6 +226,7 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+pub mod blender;
 pub mod fixture;
 pub mod glb;
 pub mod mirror;
