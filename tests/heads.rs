@@ -718,27 +718,26 @@ fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
     );
 }
 
+/// The fused bias+ReLU and candle's own ops on `z` and `b` in `dtype`, flattened.
+fn fused_and_plain<T: candle_core::WithDType>(
+    z: &Tensor,
+    b: &Tensor,
+    dtype: DType,
+) -> (Vec<T>, Vec<T>) {
+    let (z, b) = (z.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+    let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<T>().unwrap();
+    let fused = flat(mvc::heads::fused::bias_relu(&z, &b).unwrap());
+    let plain = flat(z.broadcast_add(&b).unwrap().relu().unwrap());
+    (fused, plain)
+}
+
 #[test]
 fn the_fused_bias_relu_equals_candles_ops_and_has_their_gradient() {
     use mvc::heads::fused::bias_relu;
     let mut rng = fastrand::Rng::with_seed(5);
     let z = Tensor::from_vec(rng_vec(&mut rng, 7 * 9), (7, 9), &Device::Cpu).unwrap();
     let b = Tensor::from_vec(rng_vec(&mut rng, 9), 9, &Device::Cpu).unwrap();
-    let fused: Vec<f64> = bias_relu(&z, &b)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let plain: Vec<f64> = z
-        .broadcast_add(&b)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (fused, plain) = fused_and_plain::<f64>(&z, &b, DType::F64);
     assert_eq!(fused, plain);
     assert!(fused.contains(&0.0) && fused.iter().any(|v| *v > 0.0));
     let w = Tensor::from_vec(rng_vec(&mut rng, 7 * 9), (7, 9), &Device::Cpu).unwrap();
@@ -750,22 +749,6 @@ fn the_fused_bias_relu_equals_candles_ops_and_has_their_gradient() {
         (bias_relu(&z, b).unwrap() * &w).unwrap().sum_all().unwrap()
     });
     // f32, as training runs it.
-    let z32 = z.to_dtype(DType::F32).unwrap();
-    let b32 = b.to_dtype(DType::F32).unwrap();
-    let a: Vec<f32> = bias_relu(&z32, &b32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let p: Vec<f32> = z32
-        .broadcast_add(&b32)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (a, p) = fused_and_plain::<f32>(&z, &b, DType::F32);
     assert_eq!(a, p);
 }
