@@ -198,16 +198,6 @@ impl RemoteUnits {
             }
         }
         self.waiting = still;
-        let mut shared = self.coord.shared.lock().unwrap();
-        shared.queued =
-            queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
-        shared.queued_by_stage.clear();
-        for &s in order {
-            if !queues[s].is_empty() {
-                let name = engine.graph.stages[s].name.clone();
-                shared.queued_by_stage.insert(name, queues[s].len() as u64);
-            }
-        }
         Ok(())
     }
 
@@ -372,6 +362,7 @@ impl RemoteUnits {
         queues: &mut [VecDeque<u32>],
         effects: &mut Effects,
     ) {
+        self.publish_queue(engine, queues);
         let now = Instant::now();
         let timeout = self.coord.config.lease_timeout;
         let beat = self.coord.config.heartbeat();
@@ -433,6 +424,22 @@ impl RemoteUnits {
             for t in std::mem::take(&mut self.held_tasks) {
                 let s = engine.graph.task_stage[t as usize] as usize;
                 queues[s].push_back(t);
+            }
+        }
+    }
+
+    /// What waits in the queues, for `mvc status` and the Slurm launcher. Published on the
+    /// ticker, not on every turn of the scheduler's loop: a turn per finished unit would
+    /// rebuild it thousands of times a second for nothing.
+    pub(super) fn publish_queue(&self, engine: &Engine, queues: &[VecDeque<u32>]) {
+        let mut shared = self.coord.shared.lock().unwrap();
+        shared.queued =
+            queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
+        shared.queued_by_stage.clear();
+        for (s, queue) in queues.iter().enumerate() {
+            if !queue.is_empty() {
+                let name = engine.graph.stages[s].name.clone();
+                shared.queued_by_stage.insert(name, queue.len() as u64);
             }
         }
     }

@@ -533,6 +533,9 @@ impl Scheduler {
                 .unwrap_or((0, 0));
             let queued: usize = queues.iter().map(|q| q.len()).sum::<usize>() + held;
             if running == 0 && remote_running == 0 && (self.stopping || queued == 0) {
+                if let Some(r) = &self.remote {
+                    r.publish_queue(engine, &queues);
+                }
                 break;
             }
 
