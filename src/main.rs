@@ -438,6 +438,14 @@ async fn serve_loop(
     }
 }
 
+/// The tokio runtime of the commands that run, serve or talk over HTTP.
+fn async_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 fn load(file: &Path) -> Result<Pipeline> {
     Ok(Pipeline::load(file)?)
 }
@@ -469,10 +477,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 grace: Duration::from_secs_f64(grace.max(0.0)),
                 quiet,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = async_runtime()?;
             let report = runtime.block_on(async {
                 let mut started = remote.start(&pipeline, &file, &store).await?;
                 let report = run_with(
@@ -542,10 +547,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("mvc serve needs --listen ADDR");
             }
             let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = async_runtime()?;
             runtime.block_on(serve(file, pipeline, store, slots, quiet, remote))
         }
         Command::Worker {
@@ -581,10 +583,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 exit_when_idle,
                 cache: cli.cache.clone(),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = async_runtime()?;
             let summary = runtime.block_on(mvc::remote::worker::run_worker(opts))?;
             eprintln!(
                 "mvc worker: {} ({} unit(s) run)",
@@ -603,9 +602,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let token = mvc::remote::auth::Token::load(token_file.as_deref())?;
             let client = mvc::remote::client::Client::new(&url, token.as_ref())?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = async_runtime()?;
             let status = runtime
                 .block_on(client.status())
                 .with_context(|| format!("asking {url}"))?;

@@ -10,7 +10,7 @@ use super::run::{
     PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs, take_unit,
 };
 use crate::exec::slots::Resources;
-use crate::remote::coordinator::{Coordinator, SchedMsg};
+use crate::remote::coordinator::{Coordinator, Reply, SchedMsg};
 use crate::remote::protocol::{Complete, Unit, UnitTaskWire};
 use crate::stages::TaskOutcome;
 use crate::store::Store;
@@ -52,8 +52,6 @@ struct Waiting {
 
 /// Task outcomes for the scheduler to take (tasks to put back go straight to their queue).
 pub(super) type Effects = Vec<(u32, Reported)>;
-
-pub(super) type Reply = Result<String, (StatusCode, String)>;
 
 pub(super) struct RemoteUnits {
     pub(super) coord: Arc<Coordinator>,

@@ -72,12 +72,12 @@ pub enum SchedMsg {
     Complete {
         unit: u64,
         body: Complete,
-        reply: oneshot::Sender<Result<String, (StatusCode, String)>>,
+        reply: oneshot::Sender<Reply>,
     },
     Fail {
         unit: u64,
         body: Fail,
-        reply: oneshot::Sender<Result<String, (StatusCode, String)>>,
+        reply: oneshot::Sender<Reply>,
     },
 }
 
@@ -233,7 +233,10 @@ async fn authorize(State(c): State<Arc<Coordinator>>, request: Request, next: Ne
 }
 
 /// A refusal: its status and message (made into a response by [`refuse`]).
-type Refusal = (StatusCode, String);
+pub type Refusal = (StatusCode, String);
+
+/// The scheduler's answer to a worker's report: a note for the worker, or a refusal.
+pub type Reply = Result<String, Refusal>;
 
 fn refuse((status, message): Refusal) -> Response {
     error(status, message)
@@ -367,7 +370,7 @@ async fn heartbeat(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -
 async fn ask_scheduler(
     c: &Coordinator,
     msg: SchedMsg,
-    answer: oneshot::Receiver<Result<String, (StatusCode, String)>>,
+    answer: oneshot::Receiver<Reply>,
 ) -> Response {
     if c.to_sched.send(msg).is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the run is over");
@@ -387,15 +390,13 @@ async fn complete(
     Path(unit): Path<u64>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: Complete = match parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return refuse(e),
-    };
-    // A worker registered again after a coordinator restart still reports its old units:
-    // it is known by name, checked by the scheduler against the lease.
-    let _ = touch(&c, body.worker);
-    let (reply, answer) = oneshot::channel();
-    ask_scheduler(&c, SchedMsg::Complete { unit, body, reply }, answer).await
+    relay(
+        &c,
+        &body,
+        |body: &Complete| body.worker,
+        |body, reply| SchedMsg::Complete { unit, body, reply },
+    )
+    .await
 }
 
 async fn fail(
@@ -403,13 +404,32 @@ async fn fail(
     Path(unit): Path<u64>,
     body: axum::body::Bytes,
 ) -> Response {
-    let body: Fail = match parse_json(&body) {
+    relay(
+        &c,
+        &body,
+        |body: &Fail| body.worker,
+        |body, reply| SchedMsg::Fail { unit, body, reply },
+    )
+    .await
+}
+
+/// A worker's report about a unit, handed to the scheduler, whose answer is the reply. The
+/// sender is noted as alive even when it is not registered here: a worker that registered
+/// again after a coordinator restart still reports its old units, and the scheduler checks
+/// those by worker name against the lease.
+async fn relay<B: serde::de::DeserializeOwned>(
+    c: &Coordinator,
+    body: &[u8],
+    worker: impl FnOnce(&B) -> u64,
+    message: impl FnOnce(B, oneshot::Sender<Reply>) -> SchedMsg,
+) -> Response {
+    let body: B = match parse_json(body) {
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
-    let _ = touch(&c, body.worker);
+    let _ = touch(c, worker(&body));
     let (reply, answer) = oneshot::channel();
-    ask_scheduler(&c, SchedMsg::Fail { unit, body, reply }, answer).await
+    ask_scheduler(c, message(body, reply), answer).await
 }
 
 async fn pipeline_text(State(c): State<Arc<Coordinator>>, Path(digest): Path<String>) -> Response {
