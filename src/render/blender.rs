@@ -327,3 +327,61 @@ pub fn check_engine(engine: &str) -> Result<()> {
         ),
     }
 }
+
+/// A PNG without its text and time chunks. Blender writes Cycles' render statistics
+/// (`cycles.ViewLayer.render_time` …) into every file, and no setting turns them off: the
+/// same pixels came out as different bytes on every run and every machine, so nothing
+/// downstream of a re-rendered view could be a cache hit (early cutoff), and a view rendered
+/// by a worker differed from the same view rendered here. Anything that is not a well-formed
+/// PNG is returned unchanged (the embed stage reports it).
+pub fn strip_png_text(png: Vec<u8>) -> Vec<u8> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !png.starts_with(SIGNATURE) {
+        return png;
+    }
+    let mut out = Vec::with_capacity(png.len());
+    out.extend_from_slice(SIGNATURE);
+    let mut at = SIGNATURE.len();
+    while at + 12 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let end = at + 12 + len;
+        if end > png.len() {
+            return png;
+        }
+        let kind = &png[at + 4..at + 8];
+        if !matches!(kind, b"tEXt" | b"zTXt" | b"iTXt" | b"tIME") {
+            out.extend_from_slice(&png[at..end]);
+        }
+        at = end;
+    }
+    if at != png.len() {
+        return png;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_chunks_are_stripped_and_pixels_kept() {
+        let img = image::RgbaImage::from_pixel(3, 2, image::Rgba([10, 20, 30, 255]));
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        // A tEXt chunk after IHDR (13 data bytes: it ends at 8 + 8 + 13 + 4 = 33).
+        let text = b"cycles.ViewLayer.render_time\x0000:00.01";
+        let mut chunk = (text.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"tEXt");
+        chunk.extend_from_slice(text);
+        chunk.extend_from_slice(&[0, 0, 0, 0]); // the stripper does not check CRCs
+        let mut with_text = png[..33].to_vec();
+        with_text.extend_from_slice(&chunk);
+        with_text.extend_from_slice(&png[33..]);
+        assert_eq!(strip_png_text(with_text), png);
+        assert_eq!(strip_png_text(b"not a png".to_vec()), b"not a png");
+        let truncated = png[..png.len() - 5].to_vec();
+        assert_eq!(strip_png_text(truncated.clone()), truncated);
+    }
+}
