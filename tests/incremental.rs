@@ -80,19 +80,19 @@ fn thousand_items_rerun_exactly_what_changed() {
     let sb = Sandbox::new();
     sb.write("p.toml", &pipeline(&[]));
 
-    // Before anything ran: every task is new; downstream waits on its upstream.
+    // Before anything ran: every task is new, downstream ones too (they wait for their
+    // upstream, but run whatever it makes).
     let plan = sb.mvc(&["plan", "p.toml", "--json"]);
     plan.assert_ok();
     let json = plan.json();
-    assert_eq!(
-        json["stages"]["gen"]["reasons"],
-        serde_json::json!({"new item": 1000})
-    );
-    assert_eq!(json["stages"]["double"]["to_run"], 1000);
-    assert_eq!(
-        json["stages"]["total"]["reasons"],
-        serde_json::json!({"upstream reruns: double": 1})
-    );
+    for (stage, n) in [("gen", 1000), ("double", 1000), ("total", 1)] {
+        assert_eq!(json["stages"][stage]["to_run"], n, "{stage}");
+        assert_eq!(
+            json["stages"][stage]["reasons"],
+            serde_json::json!({"new item": n}),
+            "{stage}"
+        );
+    }
 
     // First run: everything runs.
     let first = sb.mvc(&["run", "p.toml", "--json"]);

@@ -103,13 +103,16 @@ impl TaskGraph {
                 .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
                 .collect();
             let upstream = |u: usize| stages[u].as_ref().expect("upstream expanded first");
-            let dynamic = stage.kind.expands_from_outputs();
-            let deferred = inputs.iter().find_map(|&u| {
+            // Per input: whether the stage's items come from that input's outputs.
+            let reads_outputs: Vec<bool> = (0..inputs.len())
+                .map(|k| stage.kind.expands_from_outputs_of(k))
+                .collect();
+            let deferred = inputs.iter().zip(&reads_outputs).find_map(|(&u, &reads)| {
                 let up = upstream(u);
                 if let Some(why) = &up.deferred {
                     return Some(why.clone());
                 }
-                if !dynamic {
+                if !reads {
                     return None;
                 }
                 match sources.get(&u) {
@@ -147,7 +150,8 @@ impl TaskGraph {
                         .collect(),
                     outputs: inputs
                         .iter()
-                        .map(|u| dynamic.then(|| sources.get(u).map(|o| &**o)).flatten())
+                        .zip(&reads_outputs)
+                        .map(|(u, &reads)| reads.then(|| sources.get(u).map(|o| &**o)).flatten())
                         .collect(),
                     store,
                 };

@@ -179,7 +179,7 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
                 .is_none();
             for t in node.tasks() {
                 let cause = match engine.state[t as usize] {
-                    State::ToRun if never_seen => "new item".to_string(),
+                    State::ToRun | State::Pending if never_seen => "new item".to_string(),
                     State::ToRun | State::Pending => engine.cause(t)?,
                     _ => continue,
                 };

@@ -597,7 +597,16 @@ impl Engine {
     pub fn cause(&self, t: u32) -> Result<String> {
         let i = t as usize;
         match self.state[i] {
-            State::Pending | State::Blocked => {
+            State::Pending => {
+                // A task waiting for its upstream that was never run for this item (the
+                // embedding of a new view) is new, whatever its upstream makes.
+                let node = self.graph.stage_of(t);
+                if self.store.latest(&node.name, self.graph.item(t))?.is_none() {
+                    return Ok("new item".into());
+                }
+                return Ok(self.notes.get(&t).cloned().unwrap_or_default());
+            }
+            State::Blocked => {
                 return Ok(self.notes.get(&t).cloned().unwrap_or_default());
             }
             State::ToRun | State::Running | State::Done | State::Failed => {}
@@ -701,10 +710,10 @@ impl Engine {
         let g = &self.graph;
         let mut sources = known.clone();
         for node in &g.stages {
-            if !node.kind.expands_from_outputs() {
-                continue;
-            }
-            for edge in &node.inputs {
+            for (k, edge) in node.inputs.iter().enumerate() {
+                if !node.kind.expands_from_outputs_of(k) {
+                    continue;
+                }
                 let up = &g.stages[edge.stage];
                 if sources.contains_key(&edge.stage) || up.deferred.is_some() {
                     continue;

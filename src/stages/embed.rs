@@ -537,6 +537,10 @@ impl StageKind for EmbedStage {
     fn expands_from_outputs(&self) -> bool {
         self.role_index(InputRole::Captions).is_some()
     }
+    fn expands_from_outputs_of(&self, input: usize) -> bool {
+        // Images are the render stage's planned views; only captions need outputs.
+        self.roles.get(input) == Some(&InputRole::Captions)
+    }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         let mut items = Vec::new();
         let mut bindings = Vec::with_capacity(self.roles.len());

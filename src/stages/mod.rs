@@ -107,7 +107,7 @@ impl StageOutputs {
 pub struct ExpandCtx<'a> {
     pub stage: &'a str,
     pub inputs: Vec<(&'a str, &'a [Arc<str>])>,
-    /// One per input, set only for kinds that expand from outputs.
+    /// One per input, set only for the inputs a kind expands from.
     pub outputs: Vec<Option<&'a StageOutputs>>,
     pub store: &'a Store,
 }
@@ -234,6 +234,14 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     /// been resolved, and until then its items are not known.
     fn expands_from_outputs(&self) -> bool {
         false
+    }
+    /// Whether the items come from what input `input` made, when the stage
+    /// [expands from outputs](StageKind::expands_from_outputs). An input read only for its
+    /// item ids (an embed stage's images) lets the stage be planned before that input has
+    /// run: its items are the input's planned items.
+    fn expands_from_outputs_of(&self, input: usize) -> bool {
+        let _ = input;
+        self.expands_from_outputs()
     }
     /// Whether a task reading a whole upstream stage needs every item of it: when one
     /// failed, the task is blocked instead of reading the rest (a selection over metadata

@@ -358,6 +358,7 @@ impl RenderStage {
             engine: engine.to_string(),
             samples,
             lights: self.lights_name().to_string(),
+            persistent_data: true,
             views: views
                 .iter()
                 .map(|v| JobView {
