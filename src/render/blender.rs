@@ -81,6 +81,9 @@ pub struct Job {
     pub engine: String,
     pub samples: u32,
     pub lights: String,
+    /// Keep Cycles' scene data between the job's views (same pixels, faster). The render
+    /// stage always sets it; the render benchmark clears it to time the study's way.
+    pub persistent_data: bool,
     pub views: Vec<JobView>,
 }
 

@@ -4,7 +4,7 @@
 #
 # Reads one JSON job per line on stdin:
 #   {"object": ID, "glb": PATH, "out": DIR, "resolution": 224, "engine": "CYCLES", "samples": 32,
-#    "lights": "study" | "four-sun",
+#    "lights": "study" | "four-sun", "persistent_data": true,
 #    "views": [{"id": ID, "azimuth": DEG, "polar": DEG, "distance": D, "fov": DEG}, ...]}
 # renders every view to DIR/ID.png (RGBA, transparent background), and answers with one
 # line on stdout starting with "MVC-RESULT " and a JSON object: {"ok": true, "views": [ID,
@@ -127,6 +127,10 @@ def configure(job):
     elif render.engine == "BLENDER_EEVEE":
         scene.eevee.taa_render_samples = int(job.get("samples", 32))
     render.film_transparent = True
+    # Keep Cycles' scene data (BVH, shaders, images) between the views of an object: only
+    # the camera moves, so each view after the first skips rebuilding them. The pixels are
+    # the same (mvc's render benchmark compares them); 36 views render about 1.2x faster.
+    render.use_persistent_data = bool(job.get("persistent_data", True))
     render.resolution_x = job["resolution"]
     render.resolution_y = job["resolution"]
     render.resolution_percentage = 100
