@@ -11,8 +11,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "common/timed.rs"]
+mod timed;
+use timed::{group, timed};
 
 const GEN_CMD: &str = r#"echo "$MVC_ITEM" > "$MVC_OUT/o""#;
 const COPY_CMD: &str = r#"cp "$MVC_IN_GEN/o" "$MVC_OUT/o""#;
@@ -45,7 +49,7 @@ fn main() {
     write_pipeline(&dir, items);
 
     // The first, uncached run (skipped when MVC_BENCH_DIR already holds it).
-    let first = mvc_timed(mvc, &dir, &["run", "p.toml", "--json", "-q"]);
+    let first = timed(mvc, &dir, &["run", "p.toml", "--json", "-q"]);
     let first_json = first.stdout.lines().last().unwrap_or("").to_string();
     let ran: u64 = serde_json::from_str::<serde_json::Value>(&first_json)
         .ok()
@@ -81,7 +85,7 @@ fn main() {
     // Planning the fully cached state: the measurement this benchmark is for.
     let mut plans = Vec::new();
     for _ in 0..3 {
-        let plan = mvc_timed(mvc, &dir, &["plan", "p.toml", "--json"]);
+        let plan = timed(mvc, &dir, &["plan", "p.toml", "--json"]);
         assert_eq!(plan.code, Some(0), "plan failed:\n{}", plan.stderr);
         let json: serde_json::Value = serde_json::from_str(plan.stdout.trim()).unwrap();
         for s in ["gen", "copy", "count"] {
@@ -157,61 +161,6 @@ cmd = 'ls "$MVC_IN_COPY" | wc -l > "$MVC_OUT/n"'
     .unwrap();
 }
 
-struct Timed {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    wall: Duration,
-    peak_rss_kb: u64,
-}
-
-/// Runs mvc and measures its wall time and peak resident memory (from wait4's rusage).
-// The child is reaped by wait4 directly (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn mvc_timed(mvc: &str, dir: &Path, args: &[&str]) -> Timed {
-    let started = Instant::now();
-    let child = Command::new(mvc)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting mvc");
-    let pid = child.id() as libc::pid_t;
-    let out_reader = {
-        let mut stdout = child.stdout.unwrap();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-            s
-        })
-    };
-    let err_reader = {
-        let mut stderr = child.stderr.unwrap();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
-            s
-        })
-    };
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::wait4(pid, &mut status, 0, &mut usage);
-    }
-    let wall = started.elapsed();
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    Timed {
-        code,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-        wall,
-        peak_rss_kb: usage.ru_maxrss as u64,
-    }
-}
-
 /// Runs the gen and copy commands of `sample` items directly, `parallel` items at a time,
 /// each in its own directories.
 fn baseline_spawns(dir: &Path, sample: usize, parallel: usize) -> Duration {
@@ -256,16 +205,4 @@ fn baseline_spawns(dir: &Path, sample: usize, parallel: usize) -> Duration {
     let elapsed = started.elapsed();
     let _ = std::fs::remove_dir_all(&base);
     elapsed
-}
-
-fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

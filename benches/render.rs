@@ -2,12 +2,14 @@
 //! supersampling, the study's 36 views), for a textured box and a 5,000-triangle sphere.
 //!
 //!     cargo bench --bench render
+//!     MVC_BENCH_SAMPLES=32 cargo bench --bench render    # Cycles samples (default 16)
 //!
-//! With Blender installed it then renders 8 objects x 18 views with Blender three ways: a
-//! process per view (on the first 2 objects: it is slow), a process per object, and one
-//! persistent process (the pool `mvc run` uses), and reports views per second, the ratios,
-//! and the pool's overhead over Blender's own import and render time (which the worker
-//! measures). `MVC_BENCH_SAMPLES` (default 16) sets Cycles' samples.
+//! With Blender installed it then renders the same objects (the six real models of the
+//! end-to-end test when assimp-testmodels is installed) from the study's 36 views three
+//! ways: the study's way (a new Blender process per object, one at a time), the same with
+//! persistent render data, and mvc's persistent pool; it reports views per second, the
+//! ratios, whether the pixels agree, and the pool's overhead over Blender's own import and
+//! render time (which the worker measures). Last, the same views through `mvc run`.
 
 #[path = "../tests/common/glb.rs"]
 mod glb;
@@ -16,6 +18,7 @@ use mvc::render::blender::{BlenderPool, Job, JobView, find_blender};
 use mvc::render::camera::{ViewSpec, study_fov};
 use mvc::render::raster::{LightRig, RasterSettings, render};
 use mvc::render::scene::Scene;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -76,14 +79,14 @@ fn builtin() {
     }
 }
 
-/// 18 views: 6 azimuths x polar 20, 50, 80.
-fn bench_views() -> Vec<JobView> {
+/// The study's 36 views: 12 azimuths x polar 20, 50, 80.
+fn study_views() -> Vec<JobView> {
     [20.0, 50.0, 80.0]
         .iter()
         .flat_map(|&polar| {
-            (0..6).map(move |i| {
+            (0..12).map(move |i| {
                 let v = ViewSpec {
-                    azimuth: i as f64 * 60.0,
+                    azimuth: i as f64 * 30.0,
                     polar,
                     distance: 1.5,
                     fov: study_fov(),
@@ -100,94 +103,141 @@ fn bench_views() -> Vec<JobView> {
         .collect()
 }
 
-fn blender_three_ways(blender: std::path::PathBuf) {
+/// Real models when Debian's assimp-testmodels is installed (the end-to-end test's six:
+/// three GLBs, three `.gltf` packed into GLBs), else four boxes and four 5,000-triangle
+/// spheres.
+fn bench_objects(dir: &Path) -> (Vec<PathBuf>, &'static str) {
+    const MODELS: &str = "/usr/share/assimp/models/glTF2";
+    const REAL: [&str; 6] = [
+        "BoxTextured-glTF-Binary/BoxTextured.glb",
+        "2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
+        "BoxBadNormals-glTF-Binary/BoxBadNormals.glb",
+        "glTF-Sample-Models/AnimatedMorphCube-glTF/AnimatedMorphCube.gltf",
+        "BoxTexcoords-glTF/boxTexcoords.gltf",
+        "textureTransform/TextureTransformTest.gltf",
+    ];
+    let real = Path::new(MODELS).is_dir();
+    let bytes: Vec<Vec<u8>> = if real {
+        REAL.iter()
+            .map(|f| {
+                let path = Path::new(MODELS).join(f);
+                if f.ends_with(".glb") {
+                    std::fs::read(&path).unwrap()
+                } else {
+                    glb::gltf_to_glb(&path)
+                }
+            })
+            .collect()
+    } else {
+        (0..8)
+            .map(|i| {
+                if i % 2 == 0 {
+                    glb::box_glb([0.5, 0.2 + 0.05 * i as f32, 0.3], [0.0; 3], 1.0)
+                } else {
+                    glb::sphere_glb(50, 50)
+                }
+            })
+            .collect()
+    };
+    let paths = bytes
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let path = dir.join(format!("o{i}.glb"));
+            std::fs::write(&path, b).unwrap();
+            path
+        })
+        .collect();
+    let what = if real {
+        "6 real models from assimp-testmodels"
+    } else {
+        "8 generated objects (install assimp-testmodels for real ones)"
+    };
+    (paths, what)
+}
+
+/// mvc's persistent pool against the study's way: a new `blender -b` process for each
+/// object, one object at a time, rendering its 36 views with the study's script settings
+/// (no persistent render data). Same objects, views, engine and samples; the pixels are
+/// compared too.
+fn blender_three_ways(blender: PathBuf) {
     let samples: u32 = std::env::var("MVC_BENCH_SAMPLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
     let dir = tempfile::tempdir().unwrap();
-    let objects: Vec<std::path::PathBuf> = (0..8)
-        .map(|i| {
-            let bytes = if i % 2 == 0 {
-                glb::box_glb([0.5, 0.2 + 0.05 * i as f32, 0.3], [0.0; 3], 1.0)
-            } else {
-                glb::sphere_glb(50, 50)
-            };
-            let path = dir.path().join(format!("o{i}.glb"));
-            std::fs::write(&path, bytes).unwrap();
-            path
-        })
-        .collect();
-    let views = bench_views();
-    let job = |glb: &std::path::Path, views: Vec<JobView>| {
-        let out = tempfile::tempdir_in(dir.path()).unwrap().keep();
-        Job {
-            object: glb.file_stem().unwrap().to_string_lossy().to_string(),
-            glb: glb.to_path_buf(),
-            out,
-            resolution: 224,
-            engine: "CYCLES".into(),
-            samples,
-            lights: "study".into(),
-            views,
-        }
+    let (objects, what) = bench_objects(dir.path());
+    let views = study_views();
+    let job = |glb: &Path, persistent_data: bool| Job {
+        object: glb.file_stem().unwrap().to_string_lossy().to_string(),
+        glb: glb.to_path_buf(),
+        out: tempfile::tempdir_in(dir.path()).unwrap().keep(),
+        resolution: 224,
+        engine: "CYCLES".into(),
+        samples,
+        lights: "study".into(),
+        persistent_data,
+        views: views.clone(),
     };
+    let total = (objects.len() * views.len()) as f64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let kill = CancellationToken::new();
-    let timeout = Duration::from_secs(600);
+    let timeout = Duration::from_secs(1200);
     rt.block_on(async {
-        // A process per view, on the first two objects.
-        let start = Instant::now();
-        let mut n = 0;
-        for glb in &objects[..2] {
-            for v in &views {
-                let pool = BlenderPool::new(blender.clone()).unwrap();
-                pool.run(&job(glb, vec![v.clone()]), timeout, &kill)
-                    .await
-                    .unwrap();
-                n += 1;
+        // A process per object, as the study ran Blender; with and without persistent data.
+        let per_object = |persistent_data: bool| {
+            let objects = &objects;
+            let job = &job;
+            let blender = blender.clone();
+            let kill = kill.clone();
+            async move {
+                let start = Instant::now();
+                let mut outs = Vec::new();
+                for glb in objects {
+                    let pool = BlenderPool::new(blender.clone()).unwrap();
+                    let job = job(glb, persistent_data);
+                    pool.run(&job, timeout, &kill).await.unwrap();
+                    outs.push(job.out);
+                }
+                (total / start.elapsed().as_secs_f64(), outs)
             }
-        }
-        let per_view = n as f64 / start.elapsed().as_secs_f64();
-
-        // A process per object.
-        let start = Instant::now();
-        for glb in &objects {
-            let pool = BlenderPool::new(blender.clone()).unwrap();
-            pool.run(&job(glb, views.clone()), timeout, &kill)
-                .await
-                .unwrap();
-        }
-        let total = (objects.len() * views.len()) as f64;
-        let per_object = total / start.elapsed().as_secs_f64();
+        };
+        let (study, study_outs) = per_object(false).await;
+        let (per_object_persistent, _) = per_object(true).await;
 
         // The persistent pool: one process for every object (started before the clock,
         // as a run's pool is warm after its first object).
         let pool = BlenderPool::new(blender.clone()).unwrap();
-        pool.run(&job(&objects[0], vec![views[0].clone()]), timeout, &kill)
-            .await
-            .unwrap();
+        let mut warm = job(&objects[0], true);
+        warm.views.truncate(1);
+        pool.run(&warm, timeout, &kill).await.unwrap();
         let start = Instant::now();
         let mut blender_own = 0.0;
+        let mut pool_outs = Vec::new();
         for glb in &objects {
-            let done = pool
-                .run(&job(glb, views.clone()), timeout, &kill)
-                .await
-                .unwrap();
+            let job = job(glb, true);
+            let done = pool.run(&job, timeout, &kill).await.unwrap();
             blender_own += done.import_seconds + done.render_seconds;
+            pool_outs.push(job.out);
         }
         let wall = start.elapsed().as_secs_f64();
         let pooled = total / wall;
-        println!("Blender (Cycles, {samples} samples, 224 px), 8 objects x 18 views:");
-        println!("  a process per view:   {per_view:.2} views/s (first 2 objects)");
+        let differing = differing_pixels(&study_outs, &pool_outs, &views);
+        println!("Blender (Cycles, {samples} samples, 224 px), {what} x the study's 36 views:");
+        println!("  the study's way (a process per object): {study:.2} views/s");
         println!(
-            "  a process per object: {per_object:.2} views/s ({:.2}x per view)",
-            per_object / per_view
+            "  a process per object, persistent data:  {per_object_persistent:.2} views/s \
+             ({:.2}x)",
+            per_object_persistent / study
         );
         println!(
-            "  the persistent pool:  {pooled:.2} views/s ({:.2}x per view, {:.2}x per object)",
-            pooled / per_view,
-            pooled / per_object
+            "  mvc's persistent pool:                  {pooled:.2} views/s ({:.2}x the \
+             study's way; goal 1.3x)",
+            pooled / study
+        );
+        println!(
+            "  renders with different pixels, pool against the study's way: {differing} of {}",
+            total as usize
         );
         println!(
             "  pool overhead over Blender's own import and render time: {:.1}% ({wall:.1} s \
@@ -198,10 +248,24 @@ fn blender_three_ways(blender: std::path::PathBuf) {
     mvc_run(&objects, samples);
 }
 
-/// The same 8 objects x 18 views through `mvc run` (the pool, plus everything mvc does
+/// How many views' decoded pixels differ between two ways' output folders.
+fn differing_pixels(a: &[PathBuf], b: &[PathBuf], views: &[JobView]) -> usize {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| views.iter().map(move |v| (x, y, v)))
+        .filter(|(x, y, v)| {
+            let name = format!("{}.png", v.id);
+            let read = |d: &Path| image::open(d.join(&name)).unwrap().to_rgba8().into_raw();
+            read(x) != read(y)
+        })
+        .count()
+}
+
+/// The same objects and views through `mvc run` (the pool, plus everything mvc does
 /// around it: planning, keys, PNGs into the cache, the index), against Blender's own time
 /// as the worker reports it in mvc's log.
-fn mvc_run(objects: &[std::path::PathBuf], samples: u32) {
+fn mvc_run(objects: &[PathBuf], samples: u32) {
+    let views = objects.len() * 36;
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     for (i, glb) in objects.iter().enumerate() {
@@ -215,7 +279,7 @@ fn mvc_run(objects: &[std::path::PathBuf], samples: u32) {
             "[stage.objects]\nkind = \"command\"\nitems = [{}]\nfiles = {{ {} }}\n\
              cmd = 'eval cp \"\\$MVC_FILE_$(echo \"$MVC_ITEM\" | tr a-z A-Z)\" \"$MVC_OUT/m.glb\"'\n\
              [stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\nbackend = \"blender\"\n\
-             azimuths = {{ start = 0, step = 60, count = 6 }}\npolar = [20, 50, 80]\n\
+             azimuths = {{ start = 0, step = 30, count = 12 }}\npolar = [20, 50, 80]\n\
              samples = {samples}\n",
             items.join(", "),
             files.join(", ")
@@ -245,9 +309,9 @@ fn mvc_run(objects: &[std::path::PathBuf], samples: u32) {
         }
     }
     println!(
-        "  mvc run, the same 144 views: {:.2} views/s, {wall:.1} s wall, {own:.1} s in Blender: \
+        "  mvc run, the same {views} views: {:.2} views/s, {wall:.1} s wall, {own:.1} s in Blender: \
          mvc's overhead {:.1}% (Blender's start-up included)",
-        144.0 / wall,
+        views as f64 / wall,
         (wall - own) / own * 100.0
     );
 }

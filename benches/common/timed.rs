@@ -1,0 +1,78 @@
+//! Shared by the benchmarks: running a program with its wall time and peak memory, and
+//! numbers with thousands separators.
+
+// Each benchmark that includes this module uses part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Timed {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub wall: Duration,
+    pub peak_rss_kb: u64,
+}
+
+/// Runs a program (mvc, snakemake) and measures its wall time and peak resident memory
+/// (from wait4's rusage).
+// The child is reaped by wait4 directly (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+pub fn timed(program: impl AsRef<std::ffi::OsStr>, dir: &Path, args: &[&str]) -> Timed {
+    let started = Instant::now();
+    let child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the program");
+    let pid = child.id() as libc::pid_t;
+    let out_reader = {
+        let mut stdout = child.stdout.unwrap();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+            s
+        })
+    };
+    let err_reader = {
+        let mut stderr = child.stderr.unwrap();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+            s
+        })
+    };
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::wait4(pid, &mut status, 0, &mut usage);
+    }
+    let wall = started.elapsed();
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    Timed {
+        code,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+        wall,
+        peak_rss_kb: usage.ru_maxrss as u64,
+    }
+}
+
+/// 1234567 as "1,234,567".
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
