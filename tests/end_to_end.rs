@@ -269,7 +269,31 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
     plan.assert_ok();
     // (`cargo test --test end_to_end -- --nocapture` shows it: README's example of a plan.)
     eprintln!("mvc plan after adding a ring:\n{}", plan.stdout);
-    assert!(plan.stdout.contains("36 new item"), "{}", plan.stdout);
+    // The same plan as JSON: every stage planned, with its reasons.
+    let plan = sb.mvc_env(
+        &["plan", "p.toml", "--json"],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    );
+    plan.assert_ok();
+    let stages = &plan.json()["stages"];
+    for stage in ["views", "embed"] {
+        assert_eq!(stages[stage]["to_run"], 36, "{stage}: {stages}");
+        assert_eq!(
+            stages[stage]["reasons"],
+            serde_json::json!({"new item": 36}),
+            "{stage}"
+        );
+    }
+    for stage in ["objects", "split"] {
+        assert_eq!(stages[stage]["to_run"], 0, "{stage}: {stages}");
+    }
+    for h in HEADS {
+        assert_eq!(
+            stages[&format!("train_{h}")]["reasons"],
+            serde_json::json!({"upstream reruns: embed": 1}),
+            "train_{h}"
+        );
+    }
     let ring = run(&sb, &mirror, &[]);
     assert_eq!(ring.count("objects", "ran"), 0);
     assert_eq!(ring.count("objects", "cached"), 6);
