@@ -13,6 +13,10 @@
 
 #[path = "../tests/common/glb.rs"]
 mod glb;
+// The end-to-end test's real models (it also holds have_blender, unused here).
+#[allow(dead_code)]
+#[path = "../tests/common/blender.rs"]
+mod common_blender;
 
 use mvc::render::blender::{BlenderPool, Job, JobView, find_blender};
 use mvc::render::camera::{ViewSpec, study_fov};
@@ -107,26 +111,11 @@ fn study_views() -> Vec<JobView> {
 /// three GLBs, three `.gltf` packed into GLBs), else four boxes and four 5,000-triangle
 /// spheres.
 fn bench_objects(dir: &Path) -> (Vec<PathBuf>, &'static str) {
-    const MODELS: &str = "/usr/share/assimp/models/glTF2";
-    const REAL: [&str; 6] = [
-        "BoxTextured-glTF-Binary/BoxTextured.glb",
-        "2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
-        "BoxBadNormals-glTF-Binary/BoxBadNormals.glb",
-        "glTF-Sample-Models/AnimatedMorphCube-glTF/AnimatedMorphCube.gltf",
-        "BoxTexcoords-glTF/boxTexcoords.gltf",
-        "textureTransform/TextureTransformTest.gltf",
-    ];
-    let real = Path::new(MODELS).is_dir();
+    let real = Path::new(common_blender::MODELS).is_dir();
     let bytes: Vec<Vec<u8>> = if real {
-        REAL.iter()
-            .map(|f| {
-                let path = Path::new(MODELS).join(f);
-                if f.ends_with(".glb") {
-                    std::fs::read(&path).unwrap()
-                } else {
-                    glb::gltf_to_glb(&path)
-                }
-            })
+        common_blender::REAL_MODELS
+            .iter()
+            .map(|(file, _)| common_blender::real_model_glb(file))
             .collect()
     } else {
         (0..8)

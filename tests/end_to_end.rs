@@ -13,48 +13,21 @@
 
 mod common;
 
-use common::blender::{MODELS, have_blender};
+use common::blender::{REAL_MODELS, have_blender, real_model_glb};
 use common::mirror::{Mirror, Object};
-use common::{Ran, Sandbox, fixture, glb};
+use common::{Ran, Sandbox, fixture};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Six real models with their captions: three GLBs as shipped, three `.gltf` (external
-/// buffers and textures) packed into GLBs.
+/// The six real models with their captions, as food & drinks objects of the mirror.
 fn objects() -> Vec<Object> {
-    let models: [(&str, &str); 6] = [
-        ("BoxTextured-glTF-Binary/BoxTextured.glb", "a textured box"),
-        (
-            "2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
-            "a two-cylinder engine",
-        ),
-        ("BoxBadNormals-glTF-Binary/BoxBadNormals.glb", "a plain box"),
-        (
-            "glTF-Sample-Models/AnimatedMorphCube-glTF/AnimatedMorphCube.gltf",
-            "a morphing cube",
-        ),
-        (
-            "BoxTexcoords-glTF/boxTexcoords.gltf",
-            "a box with texture coordinates",
-        ),
-        (
-            "textureTransform/TextureTransformTest.gltf",
-            "a board of arrows",
-        ),
-    ];
-    models
+    REAL_MODELS
         .iter()
         .enumerate()
         .map(|(k, (file, caption))| {
-            let path = Path::new(MODELS).join(file);
-            let bytes = if file.ends_with(".glb") {
-                std::fs::read(&path).unwrap()
-            } else {
-                glb::gltf_to_glb(&path)
-            };
             let mut object = Object::new(100 + k as u32, k * 7, &["food-drink"], caption, 600);
-            object.glb = std::sync::Arc::new(bytes);
+            object.glb = std::sync::Arc::new(real_model_glb(file));
             object
         })
         .collect()

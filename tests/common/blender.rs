@@ -1,9 +1,43 @@
-//! Whether real Blender (and Debian's assimp-testmodels) is here to test with.
+//! Whether real Blender (and Debian's assimp-testmodels) is here to test with, and the real
+//! models the end-to-end test and the render benchmark use.
 
 use std::path::Path;
 
 /// Debian's assimp-testmodels: real glTF models.
 pub const MODELS: &str = "/usr/share/assimp/models/glTF2";
+
+/// Six real models (paths under [`MODELS`]) with captions: three GLBs as shipped, three
+/// `.gltf` with external buffers and textures.
+pub const REAL_MODELS: [(&str, &str); 6] = [
+    ("BoxTextured-glTF-Binary/BoxTextured.glb", "a textured box"),
+    (
+        "2CylinderEngine-glTF-Binary/2CylinderEngine.glb",
+        "a two-cylinder engine",
+    ),
+    ("BoxBadNormals-glTF-Binary/BoxBadNormals.glb", "a plain box"),
+    (
+        "glTF-Sample-Models/AnimatedMorphCube-glTF/AnimatedMorphCube.gltf",
+        "a morphing cube",
+    ),
+    (
+        "BoxTexcoords-glTF/boxTexcoords.gltf",
+        "a box with texture coordinates",
+    ),
+    (
+        "textureTransform/TextureTransformTest.gltf",
+        "a board of arrows",
+    ),
+];
+
+/// One of [`REAL_MODELS`] as GLB bytes (a `.gltf` packed into one).
+pub fn real_model_glb(file: &str) -> Vec<u8> {
+    let path = Path::new(MODELS).join(file);
+    if file.ends_with(".glb") {
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    } else {
+        super::glb::gltf_to_glb(&path)
+    }
+}
 
 /// True when Blender (and, with `models`, the test models) is installed. Otherwise the test
 /// says so and is skipped, unless MVC_REQUIRE_BLENDER=1 (which `.ci/run` sets), which makes
