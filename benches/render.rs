@@ -13,6 +13,8 @@
 
 #[path = "../tests/common/glb.rs"]
 mod glb;
+#[path = "common/timed.rs"]
+mod timed;
 // The end-to-end test's real models (it also holds have_blender, unused here).
 #[allow(dead_code)]
 #[path = "../tests/common/blender.rs"]
@@ -24,6 +26,7 @@ use mvc::render::raster::{LightRig, RasterSettings, render};
 use mvc::render::scene::Scene;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use timed::blender_seconds;
 use tokio_util::sync::CancellationToken;
 
 fn main() {
@@ -284,19 +287,7 @@ fn mvc_run(objects: &[PathBuf], samples: u32) {
     let wall = start.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "mvc run failed: {log}");
-    let mut own = 0.0;
-    for line in log.lines().filter(|l| l.contains("blender: ")) {
-        for part in ["import ", "render "] {
-            if let Some(rest) = line.split(part).nth(1) {
-                own += rest
-                    .split('s')
-                    .next()
-                    .unwrap()
-                    .parse::<f64>()
-                    .unwrap_or(0.0);
-            }
-        }
-    }
+    let own = blender_seconds(&log);
     println!(
         "  mvc run, the same {views} views: {:.2} views/s, {wall:.1} s wall, {own:.1} s in Blender: \
          mvc's overhead {:.1}% (Blender's start-up included)",

@@ -1,5 +1,5 @@
-//! Shared by the benchmarks: running a program with its wall time and peak memory, and
-//! numbers with thousands separators.
+//! Shared by the benchmarks: running a program with its wall time and peak memory, Blender's
+//! own time in a `mvc run -v` log, and numbers with thousands separators.
 
 // Each benchmark that includes this module uses part of it.
 #![allow(dead_code)]
@@ -75,4 +75,23 @@ pub fn group(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Blender's own import and render seconds, summed over the `blender: OBJECT: N views, import
+/// Xs, render Ys` lines that `mvc run -v` logs for each object.
+pub fn blender_seconds(log: &str) -> f64 {
+    let mut own = 0.0;
+    for line in log.lines().filter(|l| l.contains("blender: ")) {
+        for part in ["import ", "render "] {
+            if let Some(rest) = line.split(part).nth(1) {
+                own += rest
+                    .split('s')
+                    .next()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    own
 }
