@@ -37,9 +37,9 @@ fn main() {
     }
 }
 
-/// The study's 36 views, as the renderer's view specs.
-fn builtin() {
-    let views: Vec<ViewSpec> = [20.0, 50.0, 80.0]
+/// The study's 36 views: 12 azimuths x polar 20, 50, 80.
+fn study_specs() -> Vec<ViewSpec> {
+    [20.0, 50.0, 80.0]
         .iter()
         .flat_map(|&polar| {
             (0..12).map(move |i| ViewSpec {
@@ -49,7 +49,12 @@ fn builtin() {
                 fov: study_fov(),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The built-in renderer on the study's views.
+fn builtin() {
+    let views = study_specs();
     let settings = RasterSettings {
         size: 224,
         supersample: 2,
@@ -86,26 +91,16 @@ fn builtin() {
     }
 }
 
-/// The study's 36 views: 12 azimuths x polar 20, 50, 80.
+/// The study's 36 views, as Blender jobs' views.
 fn study_views() -> Vec<JobView> {
-    [20.0, 50.0, 80.0]
-        .iter()
-        .flat_map(|&polar| {
-            (0..12).map(move |i| {
-                let v = ViewSpec {
-                    azimuth: i as f64 * 30.0,
-                    polar,
-                    distance: 1.5,
-                    fov: study_fov(),
-                };
-                JobView {
-                    id: v.id(),
-                    azimuth: v.azimuth,
-                    polar: v.polar,
-                    distance: v.distance,
-                    fov: v.fov,
-                }
-            })
+    study_specs()
+        .into_iter()
+        .map(|v| JobView {
+            id: v.id(),
+            azimuth: v.azimuth,
+            polar: v.polar,
+            distance: v.distance,
+            fov: v.fov,
         })
         .collect()
 }
