@@ -93,16 +93,7 @@ fn builtin() {
 
 /// The study's 36 views, as Blender jobs' views.
 fn study_views() -> Vec<JobView> {
-    study_specs()
-        .into_iter()
-        .map(|v| JobView {
-            id: v.id(),
-            azimuth: v.azimuth,
-            polar: v.polar,
-            distance: v.distance,
-            fov: v.fov,
-        })
-        .collect()
+    study_specs().iter().map(JobView::from).collect()
 }
 
 /// Real models when Debian's assimp-testmodels is installed (the end-to-end test's six:

@@ -70,6 +70,18 @@ pub struct JobView {
     pub fov: f64,
 }
 
+impl From<&crate::render::camera::ViewSpec> for JobView {
+    fn from(v: &crate::render::camera::ViewSpec) -> JobView {
+        JobView {
+            id: v.id(),
+            azimuth: v.azimuth,
+            polar: v.polar,
+            distance: v.distance,
+            fov: v.fov,
+        }
+    }
+}
+
 /// One object to render.
 #[derive(Clone, Debug, Serialize)]
 pub struct Job {

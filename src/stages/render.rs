@@ -359,16 +359,7 @@ impl RenderStage {
             samples,
             lights: self.lights_name().to_string(),
             persistent_data: true,
-            views: views
-                .iter()
-                .map(|v| JobView {
-                    id: v.id(),
-                    azimuth: v.azimuth,
-                    polar: v.polar,
-                    distance: v.distance,
-                    fov: v.fov,
-                })
-                .collect(),
+            views: views.iter().map(JobView::from).collect(),
         };
         let started_ms = now_ms();
         let clock = Instant::now();
