@@ -96,6 +96,10 @@ enum Command {
         /// Exit after this many seconds with nothing to do, or when the run is over.
         #[arg(long, value_name = "SECS")]
         exit_when_idle: Option<f64>,
+        /// After Ctrl-C or SIGTERM: how long stopped units may take to report before the
+        /// worker exits.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        grace: f64,
     },
     /// Say what `run` would do and why, without running anything.
     Plan {
@@ -438,12 +442,19 @@ async fn serve_loop(
     }
 }
 
-/// The tokio runtime of the commands that run, serve or talk over HTTP.
-fn async_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs the async part of a command that runs, serves or talks over HTTP, on a tokio
+/// runtime. The runtime is not waited for when the command is done: dropping it would wait
+/// for every blocking thread, and a thread left behind by an abandoned unit (stuck in a
+/// computation after Ctrl-C) would keep mvc alive past its grace period. Results are already
+/// recorded and flushed by then; the threads die with the process.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .context("starting the async runtime")?;
+    let out = runtime.block_on(work);
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    Ok(out)
 }
 
 fn load(file: &Path) -> Result<Pipeline> {
@@ -477,8 +488,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 grace: Duration::from_secs_f64(grace.max(0.0)),
                 quiet,
             };
-            let runtime = async_runtime()?;
-            let report = runtime.block_on(async {
+            let report = block_on(async {
                 let mut started = remote.start(&pipeline, &file, &store).await?;
                 let report = run_with(
                     &pipeline,
@@ -491,7 +501,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     r.finish().await;
                 }
                 report
-            })?;
+            })??;
             if json {
                 eprint!("{}", report.to_text());
                 println!("{}", report.to_json());
@@ -547,8 +557,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("mvc serve needs --listen ADDR");
             }
             let store = Arc::new(Store::open(&cache_dir(&cli.cache, Some(&pipeline)))?);
-            let runtime = async_runtime()?;
-            runtime.block_on(serve(file, pipeline, store, slots, quiet, remote))
+            block_on(serve(file, pipeline, store, slots, quiet, remote))?
         }
         Command::Worker {
             connect,
@@ -556,6 +565,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             slots,
             labels,
             exit_when_idle,
+            grace,
         } => {
             let token = mvc::remote::auth::Token::load(token_file.as_deref())?;
             let slots = match slots {
@@ -582,9 +592,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 labels,
                 exit_when_idle,
                 cache: cli.cache.clone(),
+                grace: Duration::from_secs_f64(grace.max(0.0)),
             };
-            let runtime = async_runtime()?;
-            let summary = runtime.block_on(mvc::remote::worker::run_worker(opts))?;
+            let summary = block_on(mvc::remote::worker::run_worker(opts))??;
             eprintln!(
                 "mvc worker: {} ({} unit(s) run)",
                 summary.why, summary.units
@@ -602,10 +612,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let token = mvc::remote::auth::Token::load(token_file.as_deref())?;
             let client = mvc::remote::client::Client::new(&url, token.as_ref())?;
-            let runtime = async_runtime()?;
-            let status = runtime
-                .block_on(client.status())
-                .with_context(|| format!("asking {url}"))?;
+            let status = block_on(client.status())?.with_context(|| format!("asking {url}"))?;
             if json {
                 println!("{}", serde_json::to_string(&status)?);
             } else {

@@ -97,7 +97,7 @@ fn the_renderer_gives_the_same_bytes_every_time() {
         blake3::hash(a.as_raw()).to_hex().to_string(),
         blake3::hash(c.as_raw()).to_hex().to_string(),
     ];
-    assert_eq!(mvc::render::raster::VERSION, 1);
+    assert_eq!(mvc::render::raster::VERSION, 2);
     assert_eq!(
         got,
         [

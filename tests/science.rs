@@ -280,22 +280,116 @@ fn a_report_reads_only_evaluate_stages() {
     );
 }
 
-#[test]
-fn a_train_stage_names_the_objects_without_embeddings() {
-    let sb = Sandbox::new();
-    // Ten good objects and one that is not a GLB: its views fail, so it has no embeddings.
+/// Ten good objects and `broken` ones that are not GLBs (their views fail, so they have no
+/// embeddings), a report over the evaluation, and `max_missing` set on train and evaluate
+/// when given. With method = "hash" and seed 4, `broken` lands in the training part.
+fn pipeline_with_broken_objects(sb: &Sandbox, broken: &[&str], max_missing: &str) -> String {
     let glb = std::fs::read(Path::new(REPO).join("pipelines/offline/objects/orange.glb")).unwrap();
     let names = ["e", "f", "g", "h", "i", "j"];
     let mut extra: Vec<(&str, &[u8])> = names.iter().map(|n| (*n, glb.as_slice())).collect();
-    extra.push(("broken", b"not a glb at all"));
-    // With method = "hash" and seed 4, `broken` lands in the training part.
-    let p = small_pipeline(
-        &sb,
+    for b in broken {
+        extra.push((b, b"not a glb at all"));
+    }
+    let mut p = small_pipeline(
+        sb,
         "method = \"hash\"\nfractions = [0.6, 0.2, 0.2]\nseed = 4",
-        "head = \"contrastive\"",
+        &format!("head = \"contrastive\"\n{max_missing}"),
         &extra,
     );
-    sb.write("p.toml", &p);
+    p.push_str(&format!(
+        "{max_missing}\n\n[stage.report]\nkind = \"report\"\ninputs = [\"eval\"]\n"
+    ));
+    p
+}
+
+#[test]
+fn objects_without_embeddings_are_left_out_and_named_everywhere() {
+    let sb = Sandbox::new();
+    sb.write("p.toml", &pipeline_with_broken_objects(&sb, &["broken"], ""));
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    // The broken object's views failed in this run; the science went on without it.
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "failed"), 6);
+    for stage in ["train", "eval", "report"] {
+        assert_eq!(ran.count(stage, "ran"), 1, "{stage}: {}", ran.stderr);
+    }
+    let reason = "views: not a readable glTF 2.0 file";
+    // The run summary: which objects each stage left out and why.
+    let notes = ran.json()["notes"].clone();
+    let train_note = notes["train"].as_str().unwrap_or_default();
+    assert!(
+        train_note.contains("(1 left out)") && train_note.contains(reason),
+        "{notes}"
+    );
+    assert!(
+        train_note.contains("broken"),
+        "the object is named: {train_note}"
+    );
+    assert!(ran.stderr.contains("left out (objects without every embedding"));
+    // The stages' outputs: head.json and metrics.json.
+    let out = sb.path().join("out");
+    sb.mvc(&["export", "p.toml", "train", out.to_str().unwrap()])
+        .assert_ok();
+    let head: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model/head.json")).unwrap())
+            .unwrap();
+    let training = &head["parts"][0];
+    assert_eq!(training["part"], "training");
+    assert_eq!(
+        training["used"].as_u64().unwrap() + 1,
+        training["objects"].as_u64().unwrap()
+    );
+    assert_eq!(training["left_out"][0]["uid"], "broken");
+    assert!(
+        training["left_out"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(reason),
+        "{head}"
+    );
+    sb.mvc(&["export", "p.toml", "eval", out.to_str().unwrap()])
+        .assert_ok();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics/metrics.json")).unwrap())
+            .unwrap();
+    let parts: Vec<&str> = metrics["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["part"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, ["training", "validation", "test"]);
+    assert_eq!(metrics["parts"][0], head["parts"][0]);
+    // results.md: how many of how many, and the objects grouped by reason.
+    let results = std::fs::read_to_string(sb.path().join("runs/p/results.md")).unwrap();
+    let section = results
+        .split("## Objects left out")
+        .nth(1)
+        .expect("results.md has the section");
+    assert!(
+        section.contains(&format!(
+            "training {} of {}",
+            training["used"], training["objects"]
+        )),
+        "{section}"
+    );
+    assert!(
+        section.contains(reason) && section.contains("`broken` (training)"),
+        "{section}"
+    );
+    // A second run: the failure is recorded, nothing runs, and the run is ok.
+    let again = sb.mvc(&["run", "p.toml", "--json"]);
+    again.assert_ok();
+    assert_eq!(again.count("train", "cached"), 1);
+}
+
+#[test]
+fn max_missing_zero_is_strict() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &pipeline_with_broken_objects(&sb, &["broken"], "max_missing = 0"),
+    );
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     assert_ne!(ran.code, Some(0));
     assert_eq!(ran.count("views", "failed"), 6);
@@ -307,8 +401,63 @@ fn a_train_stage_names_the_objects_without_embeddings() {
         "{failures}"
     );
     assert!(
-        failures.contains("broken: 6 of 6 views missing"),
+        failures.contains("broken: views: not a readable glTF 2.0 file"),
         "{failures}"
+    );
+    assert!(
+        failures.contains("At most 0 may be left out (max_missing = 0 of the part)"),
+        "{failures}"
+    );
+}
+
+#[test]
+fn a_part_gutted_beyond_max_missing_names_the_part_the_count_and_the_setting() {
+    let sb = Sandbox::new();
+    // Three broken objects: with seed 4 at least two land in the training part, more than
+    // the default max_missing (0.1 of it, rounded up: one) lets go.
+    sb.write(
+        "p.toml",
+        &pipeline_with_broken_objects(&sb, &["broken", "bad", "worse"], ""),
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_ne!(ran.code, Some(0));
+    let failures = ran.json()["failures"].to_string();
+    let train = ran.json()["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["stage"] == "train")
+        .cloned()
+        .unwrap_or_else(|| panic!("train did not fail: {failures}"));
+    let error = train["error"].as_str().unwrap();
+    assert!(
+        error.contains("training objects lack embeddings in `embed`")
+            && error.contains("At most 1 may be left out (max_missing = 0.1 of the part)")
+            && error.contains("raise the stage's `max_missing`"),
+        "{error}"
+    );
+    // Raising the setting lets the same objects through: the stage's key holds it.
+    let p = pipeline_with_broken_objects(&sb, &["broken", "bad", "worse"], "max_missing = 0.5");
+    sb.write("p.toml", &p);
+    let again = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(again.count("train", "ran"), 1, "{}", again.stderr);
+    assert_eq!(again.count("eval", "ran"), 1, "{}", again.stderr);
+}
+
+#[test]
+fn max_missing_out_of_range_is_an_error_at_its_place() {
+    let sb = Sandbox::new();
+    let p = small_pipeline(&sb, "", "head = \"object\"\nmax_missing = 1.5", &[]);
+    sb.write("p.toml", &p);
+    let line = p.lines().position(|l| l.starts_with("max_missing")).unwrap() + 1;
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains(&format!(
+            "p.toml:{line}:15: stage `train`: `max_missing` is 1.5; it is the largest fraction"
+        )),
+        "{}",
+        ran.stderr
     );
 }
 
@@ -356,9 +505,16 @@ fn objects_with_different_views_are_named() {
         stage: "embed".into(),
         binding: Binding::All,
         items,
+        left_out: Vec::new(),
     };
     let uids: Vec<String> = ["u1", "u2", "u3"].iter().map(|s| s.to_string()).collect();
-    let e = match mvc::stages::gather::gather(&store, &input, &uids, "test") {
+    let part = |uids| mvc::stages::gather::Part {
+        name: "test",
+        uids,
+        max_missing: 0.0,
+        least: 2,
+    };
+    let e = match mvc::stages::gather::gather(&store, &input, &part(&uids)) {
         Ok(_) => panic!("objects with 3, 1 and 3 views were accepted"),
         Err(e) => e.to_string(),
     };
@@ -368,7 +524,7 @@ fn objects_with_different_views_are_named() {
     );
     // With u2 left out the others gather, views in the study's order.
     let two = [uids[0].clone(), uids[2].clone()];
-    let g = mvc::stages::gather::gather(&store, &input, &two, "test").unwrap();
+    let g = mvc::stages::gather::gather(&store, &input, &part(&two)).unwrap();
     assert_eq!((g.uids.len(), g.views.len(), g.dim), (2, 3, 2));
     assert_eq!(g.views[1].azimuth, Some(120.0));
 }

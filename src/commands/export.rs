@@ -97,6 +97,12 @@ pub fn export(
         return Ok(report);
     }
     for (_, item, key, result) in &results {
+        // Every exported file lies under `dir`: an item whose folder would not be a plain
+        // name (a result recorded before ids were checked) is left out.
+        if let Err(why) = crate::stages::validate_item_id(&node.kind.export_dir(item)) {
+            tracing::warn!("{stage}/{item}: not exported: {why}");
+            continue;
+        }
         for output in &result.outputs {
             let rel = safe_relative(&output.name).with_context(|| {
                 format!("{stage}/{item}: output name `{}` is unsafe", output.name)

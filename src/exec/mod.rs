@@ -28,3 +28,23 @@ pub async fn blocking_if<T: Send + 'static>(
         work()
     }
 }
+
+/// How long a unit may take to end once it has been told to stop (its processes are killed
+/// at that moment and report at once) before it is abandoned.
+pub const ABANDON_AFTER_KILL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Awaits a unit's work; once `kill` has fired, waits at most [`ABANDON_AFTER_KILL`] more
+/// and then drops it (`None`). A thread it started and cannot interrupt (a computation in a
+/// library, a reader stuck on a hostile file) is left behind: the run ends on time anyway,
+/// and the thread dies with the process.
+pub async fn unless_abandoned<T>(
+    kill: &tokio_util::sync::CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => return Some(done),
+        _ = kill.cancelled() => {}
+    }
+    tokio::time::timeout(ABANDON_AFTER_KILL, work).await.ok()
+}

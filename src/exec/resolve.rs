@@ -5,6 +5,7 @@
 //! digests of upstream tasks, never on whether they ran: that is early cutoff.
 
 use super::graph::{MISSING, Sources, TaskGraph};
+use super::workdir::LeftOut;
 use crate::stages::{Binding, StageOutputs};
 use crate::store::Store;
 use crate::store::memo::{KeyMap, MemoValue, StageMemo};
@@ -151,6 +152,10 @@ pub struct Engine {
     /// Failed (or blocked) items of each completed stage.
     stage_failed: Vec<usize>,
     aggregates: Vec<Option<Aggregate>>,
+    /// Per completed stage that a [failure-reading](crate::stages::StageKind::reads_failures)
+    /// kind reads whole: its items without a result, each with the failure that stopped it,
+    /// and the digest of that list (which goes into the reader's key).
+    left_out: Vec<Option<(Arc<Vec<LeftOut>>, Digest)>>,
     /// Memo values learnt outside the memo (index hits, fresh results, new failures).
     pub fresh: KeyMap<MemoValue>,
     /// Per task: why it is blocked, pending, failed, or to run.
@@ -191,6 +196,7 @@ impl Engine {
             stage_completed: vec![false; n_stages],
             stage_failed: vec![0; n_stages],
             aggregates: vec![None; n_stages],
+            left_out: vec![None; n_stages],
             stage_left,
             left,
             memos,
@@ -425,6 +431,18 @@ impl Engine {
             ))
         });
         self.stage_failed[s] = failed;
+        self.left_out[s] = (failed > 0 && self.failures_are_read(s)).then(|| {
+            let list: Vec<LeftOut> = self.graph.stages[s]
+                .tasks()
+                .filter(|&t| self.state[t as usize].is_failure())
+                .map(|t| LeftOut {
+                    item: self.graph.item(t).to_string(),
+                    reason: self.root_failure(t),
+                })
+                .collect();
+            let digest = Digest::of(&postcard::to_stdvec(&list).expect("lists always encode"));
+            (Arc::new(list), digest)
+        });
         let first = !self.stage_completed[s];
         self.stage_completed[s] = true;
         if first {
@@ -438,6 +456,48 @@ impl Engine {
                 self.release(w);
             }
         }
+    }
+
+    /// Whether some stage reads all of stage `s` and wants to know its failures.
+    fn failures_are_read(&self, s: usize) -> bool {
+        self.graph.stages.iter().any(|node| {
+            node.kind.reads_failures()
+                && node
+                    .inputs
+                    .iter()
+                    .any(|e| e.stage == s && e.binding == Binding::All)
+        })
+    }
+
+    /// What keeps task `t` from a result, as `stage: error`: its own failure, or for a
+    /// blocked task the failure upstream that blocked it (a view blocked because its object
+    /// failed to download says the download's error).
+    pub fn root_failure(&self, t: u32) -> String {
+        let g = &self.graph;
+        let mut t = t;
+        // Each step goes one stage up, so the walk ends.
+        for _ in 0..=g.stages.len() {
+            if self.state[t as usize] != State::Blocked {
+                break;
+            }
+            let upstream = (0..g.stage_of(t).item_inputs.len())
+                .map(|k| g.item_dep(t, k))
+                .find(|&u| u != MISSING && self.state[u as usize].is_failure());
+            match upstream {
+                Some(u) => t = u,
+                None => break,
+            }
+        }
+        format!(
+            "{}: {}",
+            g.stage_of(t).name,
+            self.notes.get(&t).map(String::as_str).unwrap_or("failed")
+        )
+    }
+
+    /// The items of stage `s` without a result and why, when a failure-reading kind reads it.
+    pub fn left_out(&self, s: usize) -> Option<Arc<Vec<LeftOut>>> {
+        self.left_out[s].as_ref().map(|(list, _)| list.clone())
     }
 
     /// The digests a task reads from each input, sorted by input name.
@@ -488,7 +548,13 @@ impl Engine {
                             node.name
                         )));
                     }
-                    Some(Aggregate::Digest(d)) => *d,
+                    Some(Aggregate::Digest(d)) => match &self.left_out[edge.stage] {
+                        // What the reader leaves out, and why, is part of what it reads.
+                        Some((_, failures)) if node.kind.reads_failures() => Digest::of(
+                            &postcard::to_stdvec(&(d, failures)).expect("digests always encode"),
+                        ),
+                        _ => *d,
+                    },
                     Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
                     Some(Aggregate::Failed(why)) => return Err(NotKeyed::Blocked(why.clone())),
                     None => {
@@ -539,6 +605,12 @@ impl Engine {
     }
 
     fn resolve_one(&self, t: u32) -> Result<Resolution> {
+        // Item ids come from outside too (a dataset's metadata, a mirror's file list) and
+        // name directories (exports, inputs of all-at-once stages): one that could name a
+        // path outside them fails its item here, before any kind sees it.
+        if let Err(why) = crate::stages::validate_item_id(self.graph.item(t)) {
+            return Ok(Resolution::Blocked(why));
+        }
         match self.key_of(t) {
             Ok(key) => self.look_up(t, key),
             Err(why) => Ok(why.into()),

@@ -8,7 +8,7 @@ use super::progress::{PLAIN_INTERVAL, Progress};
 use super::remote_units::{Effects, RemoteUnits};
 use super::resolve::{Carry, Counts, Engine, Mode, State};
 use super::slots::Resources;
-use super::workdir::InputData;
+use super::workdir::{InputData, LeftOut};
 use crate::pipeline::Pipeline;
 use crate::remote::coordinator::{Coordinator, SchedMsg};
 use crate::stages::{Binding, ByteMeter, ExecCtx, TaskOutcome, UnitTask};
@@ -65,6 +65,9 @@ pub struct RunReport {
     pub deferred: IndexMap<String, String>,
     pub outcome: RunOutcome,
     pub failures: Vec<FailureLine>,
+    /// What stages said about their results, by stage (a train stage: the objects it left
+    /// out, and why).
+    pub notes: IndexMap<String, String>,
     pub elapsed: Duration,
 }
 
@@ -83,6 +86,8 @@ impl RunReport {
             ok: bool,
             interrupted: bool,
             failures: &'a [FailureLine],
+            #[serde(skip_serializing_if = "IndexMap::is_empty")]
+            notes: &'a IndexMap<String, String>,
         }
         serde_json::to_string(&Json {
             stages: &self.stages,
@@ -90,6 +95,7 @@ impl RunReport {
             ok: self.ok(),
             interrupted: self.outcome == RunOutcome::Interrupted,
             failures: &self.failures,
+            notes: &self.notes,
         })
         .expect("reports always serialise")
     }
@@ -184,6 +190,21 @@ impl RunReport {
             if groups.len() > SHOWN {
                 let rest: usize = groups.values().skip(SHOWN).map(Vec::len).sum();
                 let _ = writeln!(out, "  … and {} more", g(rest as u64));
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nleft out (objects without every embedding; results.md lists every one):"
+            );
+            // Stages that say the same (every head of one split) are one line.
+            let mut same: IndexMap<&str, Vec<&str>> = IndexMap::new();
+            for (stage, note) in &self.notes {
+                same.entry(note.as_str()).or_default().push(stage.as_str());
+            }
+            for (note, stages) in same {
+                let note = note.replace('\n', "\n  ");
+                let _ = writeln!(out, "  {}: {note}", stages.join(", "));
             }
         }
         let verdict = match self.outcome {
@@ -696,9 +717,15 @@ pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> 
     unit
 }
 
-/// What a task reads from one input: the upstream stage, how it binds, and the (item, key)
-/// of each upstream task it reads.
-pub(super) type InputKeys = (String, Binding, Vec<(String, TaskKey)>);
+/// What a task reads from one input: the upstream stage, how it binds, the (item, key)
+/// of each upstream task it reads, and (for a kind that reads failures) the upstream items
+/// without a result.
+pub(super) type InputKeys = (
+    String,
+    Binding,
+    Vec<(String, TaskKey)>,
+    Option<Arc<Vec<LeftOut>>>,
+);
 
 /// A task of a unit with what the scheduler knows of it; the upstream results themselves
 /// are read from the index inside the unit's own task, off the scheduler.
@@ -754,7 +781,10 @@ pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<Prepared
                         items
                     }
                 };
-                inputs.push((up.name.clone(), edge.binding, items));
+                let left_out = (edge.binding == Binding::All && node.kind.reads_failures())
+                    .then(|| engine.left_out(edge.stage))
+                    .flatten();
+                inputs.push((up.name.clone(), edge.binding, items, left_out));
             }
             Ok(PreparedTask {
                 task: t,
@@ -804,29 +834,43 @@ fn spawn_unit(
             kill,
             launcher,
         };
-        let outcomes = match load_inputs(&store, &prepared).await {
-            Ok(inputs) => {
-                let unit: Vec<UnitTask> = prepared
+        let n = prepared.len();
+        let work = async {
+            match load_inputs(&store, &prepared).await {
+                Ok(inputs) => {
+                    let unit: Vec<UnitTask> = prepared
+                        .iter()
+                        .zip(inputs)
+                        .zip(item_params)
+                        .map(|((p, inputs), item_params)| UnitTask {
+                            key: p.identity.key,
+                            item: p.identity.item.clone(),
+                            item_params,
+                            inputs,
+                        })
+                        .collect();
+                    kind.execute(&ctx, unit).await
+                }
+                Err((stage, item, error)) => prepared
                     .iter()
-                    .zip(inputs)
-                    .zip(item_params)
-                    .map(|((p, inputs), item_params)| UnitTask {
-                        key: p.identity.key,
-                        item: p.identity.item.clone(),
-                        item_params,
-                        inputs,
+                    .map(|_| TaskOutcome::InputCorrupt {
+                        stage: stage.clone(),
+                        item: item.clone(),
+                        error: error.clone(),
                     })
-                    .collect();
-                kind.execute(&ctx, unit).await
+                    .collect(),
             }
-            Err((stage, item, error)) => prepared
-                .iter()
-                .map(|_| TaskOutcome::InputCorrupt {
-                    stage: stage.clone(),
-                    item: item.clone(),
-                    error: error.clone(),
-                })
-                .collect(),
+        };
+        let outcomes = match super::unless_abandoned(&ctx.kill, work).await {
+            Some(outcomes) => outcomes,
+            None => {
+                tracing::warn!(
+                    "stage `{stage_name}`: a unit did not stop within {}s of being told to; \
+                     abandoned (its tasks are not recorded)",
+                    super::ABANDON_AFTER_KILL.as_secs()
+                );
+                (0..n).map(|_| TaskOutcome::Cancelled).collect()
+            }
         };
         // A few index writes per task: cheaper here than a hop to the blocking pool.
         let outcomes: Vec<(u32, Reported)> = prepared
@@ -853,7 +897,7 @@ async fn load_inputs(
     let lookups: usize = wanted
         .iter()
         .flatten()
-        .map(|(_, _, items)| items.len())
+        .map(|(_, _, items, _)| items.len())
         .sum();
     super::blocking_if(lookups > 64, move || read_inputs(&store, wanted)).await
 }
@@ -868,7 +912,7 @@ pub(super) fn read_inputs(
         .map(|inputs| {
             inputs
                 .into_iter()
-                .map(|(stage, binding, items)| {
+                .map(|(stage, binding, items, left_out)| {
                     let mut loaded = Vec::with_capacity(items.len());
                     for (item, key) in items {
                         match store.result(&key) {
@@ -889,6 +933,7 @@ pub(super) fn read_inputs(
                         stage,
                         binding,
                         items: loaded,
+                        left_out: left_out.map(|l| l.to_vec()).unwrap_or_default(),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -986,9 +1031,22 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
     let mut not_run = IndexMap::new();
     let mut deferred = IndexMap::new();
     let mut failures = Vec::new();
+    let mut notes = IndexMap::new();
     let mut new_failures = false;
     for &s in order {
         let node = &g.stages[s];
+        if node.kind.has_result_notes() {
+            for t in node.tasks() {
+                if !engine.state[t as usize].is_success() {
+                    continue;
+                }
+                if let Ok(Some(result)) = engine.store.result(&engine.keys[t as usize])
+                    && let Some(note) = node.kind.result_note(&engine.store, &result.outputs)
+                {
+                    notes.insert(node.name.clone(), note);
+                }
+            }
+        }
         let c = &engine.counts[s];
         stages.insert(
             node.name.clone(),
@@ -1050,6 +1108,7 @@ fn summarize(engine: &Engine, order: &[usize], interrupted: bool, elapsed: Durat
         deferred,
         outcome,
         failures,
+        notes,
         elapsed,
     }
 }

@@ -17,6 +17,18 @@ pub struct InputData {
     /// for [`Binding::All`] every successful item
     /// of the upstream stage, in item order.
     pub items: Vec<(String, TaskResult)>,
+    /// For [`Binding::All`] and a kind that [reads failures](crate::stages::StageKind::reads_failures):
+    /// the upstream items without a result, in item order, each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// An item of an upstream stage that has no result, and the failure that stopped it (its
+/// own, or the one upstream that blocked it), as `stage: error`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LeftOut {
+    pub item: String,
+    pub reason: String,
 }
 
 /// An input blob that failed verification (or vanished) while being materialised.
@@ -33,7 +45,15 @@ pub fn materialize_input(store: &Store, dir: &Path, input: &InputData) -> Result
     for (item, result) in &input.items {
         let base = match input.binding {
             Binding::Item | Binding::ItemIfPresent => dir.to_path_buf(),
-            Binding::All | Binding::Expansion => dir.join(item),
+            Binding::All | Binding::Expansion => {
+                // Ids are checked when tasks are resolved; a result recorded before that
+                // check with an id that is not a plain name is not written anywhere.
+                if let Err(why) = crate::stages::validate_item_id(item) {
+                    tracing::warn!("{}: not given to the task: {why}", input.stage);
+                    continue;
+                }
+                dir.join(item)
+            }
         };
         for output in &result.outputs {
             let dest = base.join(safe_relative(&output.name).ok_or_else(|| CorruptInput {

@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     pub exit_when_idle: Option<Duration>,
     /// The worker's own blob cache; a temporary directory (removed at exit) when `None`.
     pub cache: Option<PathBuf>,
+    /// After Ctrl-C or SIGTERM, how long stopped units may take to report before it exits.
+    pub grace: Duration,
 }
 
 /// How a worker ended.
@@ -237,7 +239,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
     for kill in state.running.lock().unwrap().values() {
         kill.cancel();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + opts.grace;
     while !state.running.lock().unwrap().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -435,7 +437,13 @@ async fn execute(
         kill: kill.clone(),
         launcher: state.launcher.clone(),
     };
-    Ok(stage.kind.execute(&ctx, tasks).await)
+    let n = tasks.len();
+    // A unit that does not stop after the kill is abandoned, so the worker can leave on time.
+    Ok(
+        crate::exec::unless_abandoned(kill, stage.kind.execute(&ctx, tasks))
+            .await
+            .unwrap_or_else(|| (0..n).map(|_| TaskOutcome::Cancelled).collect()),
+    )
 }
 
 /// Refuses a unit whose stage this worker would run with other shared parameters than the

@@ -9,8 +9,10 @@ use super::scene::Scene;
 use image::RgbaImage;
 
 /// Bump when the same scene and settings would give different pixels (the golden-image
-/// tests fail until it is bumped together with their digests).
-pub const VERSION: u32 = 1;
+/// tests fail until it is bumped together with their digests), or when the same GLB would
+/// give a different scene. 2: textures are decoded one by one (one that cannot be decoded no
+/// longer costs the others) and 16-bit textures are read; strips and fans are drawn.
+pub const VERSION: u32 = 2;
 
 /// Which fixed lights shade the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,8 +99,23 @@ fn linear_to_srgb8(c: f32) -> u8 {
     (s * 255.0 + 0.5) as u8
 }
 
+/// The most samples along a side (resolution x supersample): the sample buffers take 16
+/// bytes a sample, so 8192 is 1 GiB.
+pub const MAX_SAMPLES_PER_SIDE: u32 = 8192;
+
 /// Renders one view of a normalised scene.
 pub fn render(scene: &Scene, view: &ViewSpec, settings: &RasterSettings) -> RgbaImage {
+    render_until(scene, view, settings, &|| false).expect("never stopped")
+}
+
+/// Renders one view, checking `stop` between triangles (and every few rows of a large
+/// one): `None` when it said to stop. A unit past its timeout, or abandoned, ends here.
+pub fn render_until(
+    scene: &Scene,
+    view: &ViewSpec,
+    settings: &RasterSettings,
+    stop: &dyn Fn() -> bool,
+) -> Option<RgbaImage> {
     let ss = settings.supersample.max(1);
     let size = settings.size * ss;
     let k = view.intrinsics(size);
@@ -109,12 +126,15 @@ pub fn render(scene: &Scene, view: &ViewSpec, settings: &RasterSettings) -> Rgba
     let eye = view.position().map(|x| x as f32);
     let (lights, ambient) = settings.lights.lights();
 
-    let n = (size * size) as usize;
+    let n = size as usize * size as usize;
     // Depth as 1/z (larger is nearer); 0 means empty.
     let mut depth = vec![0.0f32; n];
     let mut color = vec![[0.0f32; 3]; n];
 
     for tri in &scene.triangles {
+        if stop() {
+            return None;
+        }
         let material = &scene.materials[tri.material];
         let texture = material.texture.and_then(|t| scene.textures.get(t));
         // Flat shading from the face normal, turned to face the camera (two-sided).
@@ -175,6 +195,9 @@ pub fn render(scene: &Scene, view: &ViewSpec, settings: &RasterSettings) -> Rgba
             let y0 = (min_y - 0.5).ceil().max(0.0) as i64;
             let y1 = ((max_y - 0.5).floor() as i64).min(size as i64 - 1);
             for y in y0..=y1 {
+                if (y - y0) % 64 == 63 && stop() {
+                    return None;
+                }
                 let py = y as f32 + 0.5;
                 for x in x0..=x1 {
                     let px = x as f32 + 0.5;
@@ -240,5 +263,5 @@ pub fn render(scene: &Scene, view: &ViewSpec, settings: &RasterSettings) -> Rgba
             ((covered as f32 / (ss * ss) as f32) * 255.0 + 0.5) as u8,
         ]);
     }
-    image
+    Some(image)
 }

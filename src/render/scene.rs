@@ -1,8 +1,10 @@
 //! A GLB as triangles in world space, ready to render: node transforms applied, glTF's Y-up
 //! turned to Blender's Z-up, and the whole object normalised as the study's renderer does
-//! (longest bounding-box side 1, bounding-box centre at the origin).
+//! (longest bounding-box side 1, bounding-box centre at the origin). Reading and checking the
+//! file is [`super::model`]'s.
 
-use anyhow::{Context, Result, bail};
+use super::model::{Model, Purpose, image_bytes, material_slots};
+use anyhow::{Result, bail};
 
 /// A decoded texture, linear RGB(A) in 0..1.
 #[derive(Debug)]
@@ -75,203 +77,119 @@ fn srgb_to_linear(c: f32) -> f32 {
     }
 }
 
-fn decode_texture(image: &gltf::image::Data) -> Result<Texture> {
-    use gltf::image::Format;
-    let channels = match image.format {
-        Format::R8 => 1,
-        Format::R8G8 => 2,
-        Format::R8G8B8 => 3,
-        Format::R8G8B8A8 => 4,
-        other => bail!("texture format {other:?} is not supported"),
-    };
+/// The largest texture decoded (pixels a side): a bigger one is left out with a warning,
+/// so that a small PNG that inflates to gigabytes cannot exhaust memory.
+pub const MAX_TEXTURE_SIDE: u32 = 8192;
+
+/// Decodes an embedded PNG or JPEG to linear RGBA, within [`MAX_TEXTURE_SIDE`].
+fn decode_texture(encoded: &[u8]) -> Result<Texture> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(encoded))
+        .with_guessed_format()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_TEXTURE_SIDE);
+    limits.max_image_height = Some(MAX_TEXTURE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let rgba = reader
+        .decode()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .into_rgba8();
     let lut: Vec<f32> = (0..256).map(|i| srgb_to_linear(i as f32 / 255.0)).collect();
-    let texels = image
-        .pixels
-        .chunks_exact(channels)
-        .map(|p| match channels {
-            1 | 2 => {
-                let l = lut[p[0] as usize];
-                [
-                    l,
-                    l,
-                    l,
-                    if channels == 2 {
-                        p[1] as f32 / 255.0
-                    } else {
-                        1.0
-                    },
-                ]
-            }
-            3 => [
-                lut[p[0] as usize],
-                lut[p[1] as usize],
-                lut[p[2] as usize],
-                1.0,
-            ],
-            _ => [
+    let texels = rgba
+        .pixels()
+        .map(|p| {
+            [
                 lut[p[0] as usize],
                 lut[p[1] as usize],
                 lut[p[2] as usize],
                 p[3] as f32 / 255.0,
-            ],
+            ]
         })
         .collect();
     Ok(Texture {
-        width: image.width,
-        height: image.height,
+        width: rgba.width(),
+        height: rgba.height(),
         texels,
     })
 }
 
-type Mat4 = [[f32; 4]; 4];
-
-/// Column-major 4x4 product (glTF's layout): `a * b`.
-fn mul(a: &Mat4, b: &Mat4) -> Mat4 {
-    let mut m = [[0.0f32; 4]; 4];
-    for (c, col) in m.iter_mut().enumerate() {
-        for (r, cell) in col.iter_mut().enumerate() {
-            *cell = (0..4).map(|k| a[k][r] * b[c][k]).sum();
-        }
-    }
-    m
-}
-
-fn apply(m: &Mat4, p: [f32; 3]) -> [f32; 3] {
-    let mut out = [0.0f32; 3];
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = m[0][r] * p[0] + m[1][r] * p[1] + m[2][r] * p[2] + m[3][r];
-    }
-    out
-}
-
 impl Scene {
-    /// Loads a GLB (or a glTF with embedded buffers) and normalises it.
+    /// Reads a GLB (or a glTF with embedded buffers), checks it (see [`super::model`]) and
+    /// normalises it.
     pub fn from_glb(bytes: &[u8]) -> Result<Scene> {
-        let mut warnings = Vec::new();
-        let (document, buffers, images) = match gltf::import_slice(bytes) {
-            Ok(imported) => imported,
-            Err(error) => {
-                // A texture that cannot be loaded (an external file not shipped with the
-                // GLB, an undecodable image) costs the texture, not the object, as in
-                // Blender's importer.
-                let gltf = gltf::Gltf::from_slice(bytes).context("not a readable glTF 2.0 file")?;
-                let buffers = gltf::import_buffers(&gltf.document, None, gltf.blob)
-                    .context("not a readable glTF 2.0 file")?;
-                warnings.push(format!("textures left out: {error}"));
-                (gltf.document, buffers, Vec::new())
-            }
-        };
-        let mut textures = Vec::with_capacity(images.len());
-        for (i, image) in images.iter().enumerate() {
-            textures.push(decode_texture(image).with_context(|| format!("image {i}"))?);
+        let model = Model::read(bytes, Purpose::Render)?;
+        model.builtin_can_draw()?;
+        Scene::from_model(model)
+    }
+
+    fn from_model(model: Model) -> Result<Scene> {
+        let mut warnings = model.warnings.clone();
+        // A texture that cannot be loaded (an external file not shipped with the GLB, an
+        // undecodable image) costs the texture, not the object, as in Blender's importer.
+        let mut left_out = Vec::new();
+        let images: Vec<Option<Texture>> = model
+            .document
+            .images()
+            .map(|image| {
+                match image_bytes(&model, &image).and_then(|bytes| decode_texture(&bytes)) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        left_out.push(format!("image {}: {e:#}", image.index()));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if !left_out.is_empty() {
+            warnings.push(format!("textures left out: {}", left_out.join("; ")));
         }
-        let mut scene = Scene {
-            triangles: Vec::new(),
-            materials: vec![Material {
-                base_color: [0.8, 0.8, 0.8, 1.0],
-                texture: None,
-            }],
-            textures,
-            warnings,
-        };
-        let mut material_index = std::collections::HashMap::new();
-        for m in document.materials() {
+        let mut textures = Vec::new();
+        let mut texture_of_image = std::collections::HashMap::new();
+        for (i, image) in images.into_iter().enumerate() {
+            if let Some(t) = image {
+                texture_of_image.insert(i, textures.len());
+                textures.push(t);
+            }
+        }
+        let mut materials = vec![Material {
+            base_color: [0.8, 0.8, 0.8, 1.0],
+            texture: None,
+        }];
+        for m in model.document.materials() {
             let pbr = m.pbr_metallic_roughness();
             let texture = pbr
                 .base_color_texture()
-                .map(|t| t.texture().source().index());
-            if let Some(i) = m.index() {
-                material_index.insert(i, scene.materials.len());
-            }
-            scene.materials.push(Material {
+                .and_then(|t| texture_of_image.get(&t.texture().source().index()).copied());
+            materials.push(Material {
                 base_color: pbr.base_color_factor(),
                 texture,
             });
         }
-        let root = document
-            .default_scene()
-            .or_else(|| document.scenes().next())
-            .context("the file has no scene")?;
-        // glTF Y-up to Blender Z-up: (x, y, z) -> (x, -z, y), as Blender's importer does.
-        let to_z_up: Mat4 = [
-            [1.0, 0.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, -1.0, 0.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
-        let mut stack: Vec<(gltf::Node, Mat4)> = root.nodes().map(|n| (n, to_z_up)).collect();
-        while let Some((node, parent)) = stack.pop() {
-            let world = mul(&parent, &node.transform().matrix());
-            if let Some(mesh) = node.mesh() {
-                for primitive in mesh.primitives() {
-                    scene
-                        .add_primitive(&primitive, &buffers, &world, &material_index)
-                        .with_context(|| {
-                            format!(
-                                "mesh {} primitive {}",
-                                mesh.name().unwrap_or(&mesh.index().to_string()),
-                                primitive.index()
-                            )
-                        })?;
-                }
+        let slots = material_slots(&model.document);
+        let mut triangles = Vec::with_capacity(model.triangles);
+        for g in &model.geometry {
+            let material = g.material.and_then(|i| slots.get(&i).copied()).unwrap_or(0);
+            for t in &g.triangles {
+                let v = t.map(|i| i as usize);
+                triangles.push(Triangle {
+                    positions: v.map(|i| g.positions[i]),
+                    uvs: v.map(|i| g.uvs.get(i).copied().unwrap_or([0.0, 0.0])),
+                    material,
+                });
             }
-            stack.extend(node.children().map(|c| (c, world)));
         }
-        if scene.triangles.is_empty() {
+        if triangles.is_empty() {
             bail!("the scene has no triangles to render");
         }
+        let mut scene = Scene {
+            triangles,
+            materials,
+            textures,
+            warnings,
+        };
         scene.normalize();
         Ok(scene)
-    }
-
-    fn add_primitive(
-        &mut self,
-        primitive: &gltf::Primitive,
-        buffers: &[gltf::buffer::Data],
-        world: &Mat4,
-        material_index: &std::collections::HashMap<usize, usize>,
-    ) -> Result<()> {
-        if primitive.mode() != gltf::mesh::Mode::Triangles {
-            // Points, lines and strips are rare in Objaverse and have no surface to shade.
-            return Ok(());
-        }
-        let reader = primitive.reader(|b| buffers.get(b.index()).map(|d| &d.0[..]));
-        let positions: Vec<[f32; 3]> = match reader.read_positions() {
-            Some(p) => p.collect(),
-            None => return Ok(()),
-        };
-        if positions.iter().flatten().any(|c| !c.is_finite()) {
-            bail!("it has coordinates that are not finite numbers");
-        }
-        let uvs: Vec<[f32; 2]> = reader
-            .read_tex_coords(0)
-            .map(|t| t.into_f32().collect())
-            .unwrap_or_default();
-        let indices: Vec<u32> = match reader.read_indices() {
-            Some(i) => i.into_u32().collect(),
-            None => (0..positions.len() as u32).collect(),
-        };
-        if let Some(bad) = indices.iter().find(|&&i| i as usize >= positions.len()) {
-            bail!(
-                "index {bad} is out of range: the primitive has {} vertices",
-                positions.len()
-            );
-        }
-        let material = primitive
-            .material()
-            .index()
-            .and_then(|i| material_index.get(&i).copied())
-            .unwrap_or(0);
-        let world_positions: Vec<[f32; 3]> = positions.iter().map(|p| apply(world, *p)).collect();
-        for tri in indices.chunks_exact(3) {
-            let v = [tri[0] as usize, tri[1] as usize, tri[2] as usize];
-            self.triangles.push(Triangle {
-                positions: v.map(|i| world_positions[i]),
-                uvs: v.map(|i| uvs.get(i).copied().unwrap_or([0.0, 0.0])),
-                material,
-            });
-        }
-        Ok(())
     }
 
     /// Longest bounding-box side 1, bounding-box centre at the origin.

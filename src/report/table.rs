@@ -2,6 +2,7 @@
 //! numbers beside ours when asked), CSV and JSON.
 
 use crate::stages::evaluate::Evaluation;
+use crate::stages::gather::Coverage;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -134,6 +135,7 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
              baseline row depends only on data, rendering and CLIP and is the first check.\n",
         );
     }
+    md.push_str(&left_out_section(rows));
     md.push_str("\n## Per elevation ring\n\n");
     md.push_str(
         "| evaluation | polar (elevation) | views | same-object | cross-object | text-to-image | \
@@ -173,6 +175,82 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
         }
     }
     md
+}
+
+/// "Objects left out": per part, how many objects of how many were used, and the objects
+/// left out grouped by reason. Evaluations that saw the same objects share one account.
+fn left_out_section(rows: &[Row]) -> String {
+    let mut md = String::from("\n## Objects left out\n\n");
+    let mut accounts: Vec<(Vec<&str>, &Vec<Coverage>)> = Vec::new();
+    for r in rows {
+        let objects = &r.evaluation.parts;
+        match accounts.iter_mut().find(|(_, c)| *c == objects) {
+            Some((stages, _)) => stages.push(r.stage),
+            None => accounts.push((vec![r.stage], objects)),
+        }
+    }
+    for (stages, parts) in &accounts {
+        if accounts.len() > 1 {
+            let _ = writeln!(md, "### {}\n", stages.join(", "));
+        }
+        if parts.is_empty() {
+            md.push_str("Not recorded by this evaluation.\n\n");
+            continue;
+        }
+        let counts: Vec<String> = parts
+            .iter()
+            .map(|p| format!("{} {} of {}", p.part, p.used, p.objects))
+            .collect();
+        let lost: usize = parts.iter().map(|p| p.left_out.len()).sum();
+        if lost == 0 {
+            let _ = writeln!(
+                md,
+                "Every object of the split was used ({}).\n",
+                counts.join(", ")
+            );
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "Objects used: {}. {lost} object{} lacked embeddings (a download, render or embed \
+             failed) and {} left out, as the study's scripts dropped objects whose renders \
+             failed; the split itself is unchanged.\n",
+            counts.join(", "),
+            if lost == 1 { "" } else { "s" },
+            if lost == 1 { "was" } else { "were" }
+        );
+        let mut by_reason: Vec<(&str, Vec<String>)> = Vec::new();
+        for p in parts.iter() {
+            for l in &p.left_out {
+                let entry = format!("`{}` ({})", l.uid, p.part);
+                match by_reason.iter_mut().find(|(r, _)| *r == l.reason) {
+                    Some((_, uids)) => uids.push(entry),
+                    None => by_reason.push((&l.reason, vec![entry])),
+                }
+            }
+        }
+        by_reason.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+        md.push_str("| reason | objects |\n| --- | --- |\n");
+        for (reason, uids) in by_reason {
+            let _ = writeln!(
+                md,
+                "| {} | {}: {} |",
+                markdown_cell(reason),
+                uids.len(),
+                uids.join(", ")
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Text for a markdown table cell: one line, no column breaks.
+fn markdown_cell(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
 }
 
 /// Figures each evaluation draws (the elevation plot only with more than one ring).

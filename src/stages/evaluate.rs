@@ -4,11 +4,13 @@
 //! heatmaps (mean and std over objects, jet, 0–1), the all-texts-then-all-images similarity
 //! matrix, and same-object similarity against azimuth and elevation difference.
 
-use super::gather::gather;
-use super::train::{CURVE_FILE, HEAD_FILE, Role, WEIGHTS_FILE, one_input};
+use super::gather::{Coverage, Part, coverage_note, gather};
+use super::train::{
+    CURVE_FILE, HEAD_FILE, HeadFile, Role, WEIGHTS_FILE, max_missing_param, one_input,
+};
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
-    UnitTask, device_param, device_resources, each_task_blocking,
+    UnitTask, device_param, device_resources, each_task_blocking, read_named,
 };
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
@@ -26,7 +28,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-const VERSION: u32 = 1;
+/// 2: incomplete test objects are left out (up to `max_missing`); `objects` in metrics.json.
+const VERSION: u32 = 2;
 
 pub const ITEM: &str = "metrics";
 pub const METRICS_FILE: &str = "metrics.json";
@@ -48,6 +51,9 @@ pub struct EvaluateParams {
     #[serde(default)]
     pub inputs: Vec<Spanned<String>>,
     pub device: Option<Spanned<String>>,
+    /// The largest fraction of the test part that may lack embeddings and be left out
+    /// (default 0.1; 0 needs every object).
+    pub max_missing: Option<Spanned<f64>>,
 }
 
 /// `metrics.json`.
@@ -56,7 +62,12 @@ pub struct Evaluation {
     pub head: HeadConfig,
     /// The training step whose weights were evaluated.
     pub chosen_step: u32,
+    /// The test objects evaluated (the complete ones).
     pub test_objects: Vec<String>,
+    /// Each part of the split: its objects, how many were used, and those left out with
+    /// why (training and validation as the head was trained, then test).
+    #[serde(default)]
+    pub parts: Vec<Coverage>,
     /// The study's name for same-object similarity.
     pub inter_object_similarity: Stats,
     /// The study's name for cross-object similarity.
@@ -69,20 +80,10 @@ pub struct Evaluation {
 pub struct EvaluateStage {
     stage: String,
     device: DeviceChoice,
+    max_missing: f64,
     model: usize,
     split: usize,
     embeddings: usize,
-}
-
-/// An upstream output's bytes by name.
-fn read_named(store: &Store, outputs: &[Output], name: &str, what: &str) -> Result<Vec<u8>> {
-    let output = outputs
-        .iter()
-        .find(|o| o.name == name)
-        .with_context(|| format!("{what} has no {name}"))?;
-    store
-        .read_output(output)
-        .with_context(|| format!("reading {what}/{name}; run the pipeline again"))
 }
 
 /// `rows` rows of `x` through `f`, a few thousand at a time, back on the host as f32.
@@ -111,6 +112,7 @@ impl EvaluateStage {
         Ok(EvaluateStage {
             stage: stage.to_string(),
             device: device_param(stage, &p.device)?,
+            max_missing: max_missing_param(stage, &p.max_missing)?,
             model: one_input(stage, roles, Role::Model, example)?,
             split: one_input(stage, roles, Role::Split, example)?,
             embeddings: one_input(stage, roles, Role::Embeddings, example)?,
@@ -128,14 +130,24 @@ impl EvaluateStage {
         };
         let model_stage = &inputs[self.model].stage;
         let model_outputs = single(self.model)?;
-        let config: HeadConfig =
+        let head_file: HeadFile =
             serde_json::from_slice(&read_named(store, model_outputs, HEAD_FILE, model_stage)?)
                 .with_context(|| format!("reading {model_stage}/{HEAD_FILE}"))?;
+        let config = head_file.head;
         let curve: Curve =
             serde_json::from_slice(&read_named(store, model_outputs, CURVE_FILE, model_stage)?)
                 .with_context(|| format!("reading {model_stage}/{CURVE_FILE}"))?;
         let split = super::split::read(store, single(self.split)?)?;
-        let test = gather(store, &inputs[self.embeddings], &split.test, "test")?;
+        let test = gather(
+            store,
+            &inputs[self.embeddings],
+            &Part {
+                name: "test",
+                uids: &split.test,
+                max_missing: self.max_missing,
+                least: 2,
+            },
+        )?;
         if test.dim != config.dim {
             bail!(
                 "`{model_stage}` was trained on {}-d embeddings; `{}` has {}-d ones",
@@ -243,6 +255,11 @@ impl EvaluateStage {
             head: config,
             chosen_step: curve.chosen_step,
             test_objects: test.uids.clone(),
+            parts: head_file
+                .parts
+                .into_iter()
+                .chain([test.coverage.clone()])
+                .collect(),
             inter_object_similarity: m.same_object,
             intra_object_similarity: m.cross_object,
             metrics: m,
@@ -267,7 +284,22 @@ impl StageKind for EvaluateStage {
         device_resources(self.device)
     }
     fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
-        Ok(ParamSlice::new())
+        Ok(ParamSlice::from([(
+            "max_missing".to_string(),
+            self.max_missing.to_string(),
+        )]))
+    }
+    fn reads_failures(&self) -> bool {
+        true
+    }
+    fn has_result_notes(&self) -> bool {
+        true
+    }
+    fn result_note(&self, store: &Store, outputs: &[Output]) -> Option<String> {
+        let bytes = read_named(store, outputs, METRICS_FILE, &self.stage).ok()?;
+        let file: Evaluation = serde_json::from_slice(&bytes).ok()?;
+        // Its training and validation parts are the train stage's note.
+        coverage_note(&file.parts[file.parts.len().saturating_sub(1)..])
     }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         Ok(Expansion {

@@ -1,6 +1,11 @@
 //! Embeddings of a split's objects, gathered from an embed stage's results into dense
 //! object-major arrays: every object with the same views (in the study's order: ring by
 //! ring, polar angle increasing, then azimuth) and its caption.
+//!
+//! An object whose render or download failed has no complete set of embeddings; the study's
+//! scripts dropped such objects before splitting. Here the split stays where it is (a failed
+//! render must not reshuffle the parts) and the stages that read it skip them instead, each
+//! left-out object listed with the failure upstream that cost it, up to `max_missing`.
 
 use super::embed::{CAPTION_SUFFIX, EMBEDDING};
 use crate::exec::workdir::InputData;
@@ -8,9 +13,11 @@ use crate::render::camera::ViewSpec;
 use crate::report::metrics::ViewInfo;
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub struct Gathered {
+    /// The complete objects, sorted.
     pub uids: Vec<String>,
     pub views: Vec<ViewInfo>,
     pub dim: usize,
@@ -18,11 +25,13 @@ pub struct Gathered {
     pub images: Vec<f32>,
     /// `[objects, dim]`.
     pub texts: Vec<f32>,
+    /// The part's objects, used and left out.
+    pub coverage: Coverage,
 }
 
 #[derive(Default)]
 struct Object {
-    views: BTreeMap<String, Vec<f32>>,
+    views: HashMap<String, Vec<f32>>,
     caption: Option<Vec<f32>>,
 }
 
@@ -42,25 +51,93 @@ fn some(names: &[String]) -> String {
     }
 }
 
-/// Gathers the embeddings of `uids` (the `part` of a split, for messages) from `input`. Every
-/// object must have a caption and the same views as the others; the error names those that
-/// do not.
-pub fn gather(store: &Store, input: &InputData, uids: &[String], part: &str) -> Result<Gathered> {
-    let wanted: HashSet<&str> = uids.iter().map(String::as_str).collect();
-    let mut objects: BTreeMap<&str, Object> = uids
+/// How the objects of a split's part fared: how many the part has, how many a stage used,
+/// and each one left out with the first failure upstream that cost it its embeddings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// `training`, `validation` or `test`.
+    pub part: String,
+    /// Objects in the split's part.
+    pub objects: usize,
+    /// Objects the stage used (complete: every view's embedding and the caption's).
+    pub used: usize,
+    /// Sorted by uid.
+    pub left_out: Vec<LeftOutObject>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeftOutObject {
+    pub uid: String,
+    /// `stage: error` of the first failure upstream (download, render or embed), or what
+    /// the object lacks when no failure explains it.
+    pub reason: String,
+}
+
+/// Which objects of a part to use, and how many may be left out.
+pub struct Part<'a> {
+    /// `training`, `validation` or `test`, for messages.
+    pub name: &'a str,
+    pub uids: &'a [String],
+    /// The largest fraction of the part that may be left out (the stage's `max_missing`).
+    pub max_missing: f64,
+    /// The fewest complete objects the stage can work with.
+    pub least: usize,
+}
+
+/// How many of `n` objects `max_missing` lets go: the fraction of the part, rounded up, so
+/// that a small part can lose one object unless `max_missing` is 0.
+pub fn allowed_missing(max_missing: f64, n: usize) -> usize {
+    ((max_missing * n as f64) - 1e-9).ceil().max(0.0) as usize
+}
+
+/// Gathers the embeddings of the complete objects of `part` from `input`: every view of the
+/// stage's grid (the views of every item it has, failed ones included) and the caption.
+/// Incomplete objects are left out with their reason; more than the part's `max_missing`
+/// allows, or fewer complete objects than it needs, is an error that lists them.
+pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered> {
+    let wanted: HashSet<&str> = part.uids.iter().map(String::as_str).collect();
+    let mut objects: BTreeMap<&str, Object> = part
+        .uids
         .iter()
         .map(|u| (u.as_str(), Object::default()))
         .collect();
+    // Every view any object has or should have had: a view that failed for every object is
+    // still a view each of them lacks.
+    let mut all_views: BTreeSet<&str> = BTreeSet::new();
+    let split_item = |item: &str| -> (String, Option<String>) {
+        match item.strip_suffix(CAPTION_SUFFIX) {
+            Some(uid) => (uid.to_string(), None),
+            None => match item.rsplit_once(super::render::VIEW_SEPARATOR) {
+                Some((uid, view)) => (uid.to_string(), Some(view.to_string())),
+                None => (item.to_string(), Some(String::new())),
+            },
+        }
+    };
+    for item in input
+        .items
+        .iter()
+        .map(|(i, _)| i.as_str())
+        .chain(input.left_out.iter().map(|l| l.item.as_str()))
+    {
+        if !item.ends_with(CAPTION_SUFFIX) {
+            all_views.insert(match item.rsplit_once(super::render::VIEW_SEPARATOR) {
+                Some((_, view)) => view,
+                None => "",
+            });
+        }
+    }
+    // The first failure upstream of each wanted object.
+    let mut failure: HashMap<String, &str> = HashMap::new();
+    for l in &input.left_out {
+        let (uid, _) = split_item(&l.item);
+        if wanted.contains(uid.as_str()) {
+            failure.entry(uid).or_insert(l.reason.as_str());
+        }
+    }
     let mut dim = None;
     for (item, result) in &input.items {
-        let (uid, view) = match item.strip_suffix(CAPTION_SUFFIX) {
-            Some(uid) => (uid, None),
-            None => match item.rsplit_once(super::render::VIEW_SEPARATOR) {
-                Some((uid, view)) => (uid, Some(view)),
-                None => (item.as_str(), Some("")),
-            },
-        };
-        if !wanted.contains(uid) {
+        let (uid, view) = split_item(item);
+        if !wanted.contains(uid.as_str()) {
             continue;
         }
         let output = result
@@ -83,29 +160,25 @@ pub fn gather(store: &Store, input: &InputData, uids: &[String], part: &str) -> 
             ),
             Some(_) => {}
         }
-        let object = objects.get_mut(uid).expect("wanted");
+        let object = objects.get_mut(uid.as_str()).expect("wanted");
         match view {
             None => object.caption = Some(values),
             Some(v) => {
-                object.views.insert(v.to_string(), values);
+                object.views.insert(v, values);
             }
         }
     }
-    let dim = dim.with_context(|| {
-        format!(
-            "{}: none of the {part} objects has an embedding",
-            input.stage
-        )
-    })?;
-    // The views: those of the objects that have any (a failed render leaves an object short).
-    let all_views: BTreeSet<&String> = objects.values().flat_map(|o| o.views.keys()).collect();
+    let mut left_out = Vec::new();
     let mut problems = Vec::new();
     for (uid, o) in &objects {
         let missing: Vec<&str> = all_views
             .iter()
             .filter(|v| !o.views.contains_key(**v))
-            .map(|v| v.as_str())
+            .copied()
             .collect();
+        if missing.is_empty() && o.caption.is_some() {
+            continue;
+        }
         let mut what = Vec::new();
         if !missing.is_empty() {
             what.push(format!(
@@ -118,21 +191,54 @@ pub fn gather(store: &Store, input: &InputData, uids: &[String], part: &str) -> 
         if o.caption.is_none() {
             what.push("no caption embedding".into());
         }
-        if !what.is_empty() {
-            problems.push(format!("{uid}: {}", what.join(", ")));
-        }
+        let reason = match failure.get(*uid) {
+            Some(reason) => reason.to_string(),
+            None => what.join(", "),
+        };
+        problems.push(format!("{uid}: {reason}"));
+        left_out.push(LeftOutObject {
+            uid: uid.to_string(),
+            reason,
+        });
     }
-    if !problems.is_empty() {
+    let n = objects.len();
+    let allowed = allowed_missing(part.max_missing, n);
+    if left_out.len() > allowed {
         bail!(
-            "{} of the {} {part} objects lack embeddings in `{}` (every object needs the same \
-             views and its caption): {}. Look at failed items with `mvc status`, or rerun with \
-             --retry-failed once fixed",
-            problems.len(),
-            objects.len(),
+            "{} of the {n} {} objects lack embeddings in `{}` (every object needs the same \
+             views and its caption): {}. At most {allowed} may be left out (max_missing = {} \
+             of the part): fix the cause (failed items are listed by `mvc run` and \
+             `mvc status`, then --retry-failed), or raise the stage's `max_missing`",
+            left_out.len(),
+            part.name,
             input.stage,
-            some(&problems)
+            some(&problems),
+            part.max_missing
         );
     }
+    objects.retain(|uid, _| !left_out.iter().any(|l| l.uid == *uid));
+    if objects.len() < part.least {
+        bail!(
+            "only {} of the {n} {} objects {} complete in `{}`; this stage needs at least {} \
+             (adjust the split's fractions or add objects){}",
+            objects.len(),
+            part.name,
+            if objects.len() == 1 { "is" } else { "are" },
+            input.stage,
+            part.least,
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; left out: {}", some(&problems))
+            }
+        );
+    }
+    let dim = dim.with_context(|| {
+        format!(
+            "{}: none of the {} objects has an embedding",
+            input.stage, part.name
+        )
+    })?;
     let mut views: Vec<ViewInfo> = all_views
         .iter()
         .map(|id| {
@@ -157,7 +263,7 @@ pub fn gather(store: &Store, input: &InputData, uids: &[String], part: &str) -> 
         for v in &views {
             images.extend_from_slice(&o.views[&v.id]);
         }
-        texts.extend_from_slice(o.caption.as_ref().expect("checked"));
+        texts.extend_from_slice(o.caption.as_ref().expect("complete"));
     }
     Ok(Gathered {
         uids: objects.keys().map(|u| u.to_string()).collect(),
@@ -165,5 +271,52 @@ pub fn gather(store: &Store, input: &InputData, uids: &[String], part: &str) -> 
         dim,
         images,
         texts,
+        coverage: Coverage {
+            part: part.name.to_string(),
+            objects: n,
+            used: objects.len(),
+            left_out,
+        },
     })
+}
+
+/// The run summary's account of a stage's parts: a line of counts, then one line per reason
+/// with how many objects it cost and the first few (results.md lists every one). `None`
+/// when nothing was left out.
+pub fn coverage_note(parts: &[Coverage]) -> Option<String> {
+    let lost: usize = parts.iter().map(|p| p.left_out.len()).sum();
+    if lost == 0 {
+        return None;
+    }
+    let counts: Vec<String> = parts
+        .iter()
+        .map(|p| format!("{} {} of {}", p.part, p.used, p.objects))
+        .collect();
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+    for l in parts.iter().flat_map(|p| &p.left_out) {
+        match by_reason.iter_mut().find(|(r, _)| *r == l.reason) {
+            Some((_, uids)) => uids.push(&l.uid),
+            None => by_reason.push((&l.reason, vec![&l.uid])),
+        }
+    }
+    by_reason.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    let mut note = format!("used {} ({lost} left out)", counts.join(", "));
+    for (reason, uids) in by_reason {
+        let reason: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+        let reason = match reason.char_indices().nth(200) {
+            Some((cut, _)) => format!("{}…", &reason[..cut]),
+            None => reason,
+        };
+        let shown: Vec<&str> = uids.iter().take(3).copied().collect();
+        let more = match uids.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
+        note.push_str(&format!(
+            "\n  {:>5}  {reason} — {}{more}",
+            uids.len(),
+            shown.join(", ")
+        ));
+    }
+    Some(note)
 }

@@ -51,11 +51,17 @@ pub fn validate_item_id(id: &str) -> Result<(), String> {
         return Err("an item id is empty".into());
     }
     if id.len() > 200 {
-        return Err(format!("item id `{}…` is longer than 200 bytes", &id[..40]));
+        // The first 40 characters, not bytes: a byte slice could cut a character in two.
+        let start: String = id.chars().take(40).collect();
+        return Err(format!(
+            "item id `{}…` is longer than 200 bytes",
+            start.escape_debug()
+        ));
     }
     if id == "." || id == ".." || id.starts_with('.') {
         return Err(format!(
-            "item id `{id}` starts with `.`; ids name directories"
+            "item id `{}` starts with `.`; ids name directories",
+            id.escape_debug()
         ));
     }
     if let Some(c) = id

@@ -21,7 +21,7 @@ use crate::exec::workdir::InputData;
 use crate::store::Store;
 use crate::store::records::Output;
 use crate::task::{Digest, ParamSlice, TaskKey};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -249,6 +249,23 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn needs_every_item(&self) -> bool {
         false
     }
+    /// Whether a task reading a whole upstream stage is told which of its items have no
+    /// result and why ([`InputData::left_out`]): train and evaluate stages list the objects
+    /// they leave out. The reasons then count in the task's key, so a cached result always
+    /// names what its inputs lacked.
+    fn reads_failures(&self) -> bool {
+        false
+    }
+    /// Whether the run summary asks [`StageKind::result_note`] about this stage's successful
+    /// tasks (reading their outputs costs a lookup each, so only kinds with something to say).
+    fn has_result_notes(&self) -> bool {
+        false
+    }
+    /// A line for the run summary about a successful task of this stage, from its outputs
+    /// (a train or evaluate stage: the objects it left out).
+    fn result_note(&self, _store: &Store, _outputs: &[Output]) -> Option<String> {
+        None
+    }
     /// Tasks whose group is the same `Some` run together in one unit (one Blender process
     /// for all missing views of an object); `None` runs the task alone.
     fn unit_group(&self, _item: &str) -> Option<String> {
@@ -361,6 +378,17 @@ where
         outcomes.push(outcome(stage, started_ms, &ctx.kill, result));
     }
     outcomes
+}
+
+/// An upstream output's bytes by name.
+pub fn read_named(store: &Store, outputs: &[Output], name: &str, what: &str) -> Result<Vec<u8>> {
+    let output = outputs
+        .iter()
+        .find(|o| o.name == name)
+        .with_context(|| format!("{what} has no {name}"))?;
+    store
+        .read_output(output)
+        .with_context(|| format!("reading {what}/{name}; run the pipeline again"))
 }
 
 /// Upper-cases a name for an environment variable: letters and digits kept, others `_`.

@@ -9,7 +9,6 @@
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
 };
-use crate::exec::blocking_if;
 use crate::exec::slots::Resources;
 use crate::exec::workdir::output_from_bytes;
 use crate::pipeline::AtSpan;
@@ -17,6 +16,7 @@ use crate::render::blender::{
     BlenderPool, Job, JobError, JobView, SCRIPT, blender_version, check_engine, find_blender,
 };
 use crate::render::camera::{ViewSpec, study_fov};
+use crate::render::model::{DRACO, Model, Purpose};
 use crate::render::raster::{self, LightRig, RasterSettings};
 use crate::render::scene::Scene;
 use crate::store::records::{Output, now_ms};
@@ -24,6 +24,7 @@ use crate::task::ParamSlice;
 use anyhow::{Result, bail};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use toml::Spanned;
 
@@ -65,7 +66,8 @@ pub struct RenderParams {
     pub engine: Option<Spanned<String>>,
     /// Blender: render samples (default 32).
     pub samples: Option<u32>,
-    /// Blender: seconds one object may take before its process is stopped (default 600).
+    /// Seconds one object may take (its check and all its views) before it is stopped and
+    /// fails; both backends (default 600).
     pub timeout: Option<f64>,
 }
 
@@ -77,7 +79,6 @@ enum Backend {
         path: std::path::PathBuf,
         engine: String,
         samples: u32,
-        timeout: std::time::Duration,
         /// `blender --version`, asked once.
         version: std::sync::OnceLock<Result<String, String>>,
         /// Started on first use (a plan starts no Blender).
@@ -110,6 +111,8 @@ impl Angles {
 pub struct RenderStage {
     stage: String,
     backend: Arc<Backend>,
+    /// How long one object may take, with either backend.
+    timeout: std::time::Duration,
     views: Vec<ViewSpec>,
     resolution: u32,
     lights: LightRig,
@@ -159,7 +162,6 @@ impl RenderStage {
             path,
             engine: engine.clone(),
             samples: p.samples.unwrap_or(32),
-            timeout: std::time::Duration::from_secs_f64(timeout),
             version: std::sync::OnceLock::new(),
             pool: std::sync::OnceLock::new(),
         };
@@ -293,6 +295,16 @@ impl RenderStage {
         if !(1..=8).contains(&supersample) {
             bail!("stage `{stage}`: `supersample` must be between 1 and 8");
         }
+        if matches!(backend, Backend::Builtin)
+            && resolution * supersample > raster::MAX_SAMPLES_PER_SIDE
+        {
+            bail!(
+                "stage `{stage}`: the built-in renderer draws resolution x supersample = {} \
+                 samples a side, more than its {}: lower `resolution` or `supersample`",
+                resolution * supersample,
+                raster::MAX_SAMPLES_PER_SIDE
+            );
+        }
         // Views in the study's order: ring by ring, azimuths within a ring.
         let views = polar
             .iter()
@@ -308,6 +320,7 @@ impl RenderStage {
         Ok(RenderStage {
             stage: stage.to_string(),
             backend: Arc::new(backend),
+            timeout: std::time::Duration::from_secs_f64(timeout),
             views,
             resolution,
             lights,
@@ -334,6 +347,7 @@ impl RenderStage {
         engine: &str,
         samples: u32,
         timeout: std::time::Duration,
+        draco: bool,
     ) -> Vec<TaskOutcome> {
         let all = |outcome: &dyn Fn() -> TaskOutcome| views.iter().map(|_| outcome()).collect();
         let work = match tempfile::Builder::new()
@@ -400,7 +414,7 @@ impl RenderStage {
                     .collect()
             }
             Err(JobError::Object(error)) | Err(JobError::Crashed(error)) => {
-                fail_all(views.len(), &error)
+                fail_all(views.len(), &explain_blender_error(error, draco))
             }
             Err(JobError::Start(error)) => all(&|| TaskOutcome::Aborted(error.clone())),
             Err(JobError::Cancelled) => all(&|| TaskOutcome::Cancelled),
@@ -408,36 +422,87 @@ impl RenderStage {
     }
 }
 
-/// Renders one object's views with the built-in renderer; one outcome per view, in order.
+/// Blender's failure on an object that uses a feature this Blender lacks, said plainly.
+fn explain_blender_error(error: String, draco: bool) -> String {
+    if draco && error.to_ascii_lowercase().contains("draco") {
+        return format!(
+            "its meshes are Draco-compressed ({DRACO}) and this Blender has no Draco library \
+             (Debian's package ships without libextern_draco.so): a Blender from blender.org \
+             decodes them (set `blender_path`); the built-in renderer cannot. Blender said: {}",
+            error
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+        );
+    }
+    error
+}
+
+/// Sets a flag when dropped: the work on another thread that reads it stops. A unit whose
+/// future is dropped (abandoned after Ctrl-C, or past its timeout) stops its thread this way.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work` on the blocking pool for at most `timeout`; past it, `stop` is set and the
+/// work is abandoned (its thread ends at its next check of `stop`).
+async fn bounded<T: Send + 'static>(
+    timeout: std::time::Duration,
+    stop: &Arc<AtomicBool>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let _guard = StopOnDrop(stop.clone());
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("mvc's renderer stopped on this object: {e}")),
+        Err(_) => Err(format!(
+            "this object took longer than the timeout ({}s) and was abandoned; raise the \
+             stage's `timeout` for very heavy models, then run with --retry-failed",
+            timeout.as_secs_f64()
+        )),
+    }
+}
+
+/// Renders one object's views with the built-in renderer; one outcome per view, in order
+/// (none when `stop` was set).
 fn render_builtin(
     store: &crate::store::Store,
     scene: &Scene,
     views: &[ViewSpec],
     settings: &RasterSettings,
+    stop: &AtomicBool,
 ) -> Vec<TaskOutcome> {
     views
         .iter()
-        .map(|view| {
+        .map_while(|view| {
             let started_ms = now_ms();
             let clock = Instant::now();
-            let image = raster::render(scene, view, settings);
+            let image =
+                raster::render_until(scene, view, settings, &|| stop.load(Ordering::Relaxed))?;
             let mut png = std::io::Cursor::new(Vec::new());
             if let Err(e) = image.write_to(&mut png, image::ImageFormat::Png) {
-                return TaskOutcome::Failed {
+                return Some(TaskOutcome::Failed {
                     error: format!("encoding the PNG: {e}"),
                     stderr: None,
-                };
+                });
             }
-            match view_outputs(store, settings.size, view, png.into_inner()) {
-                Ok(outputs) => TaskOutcome::Success {
-                    outputs,
-                    stdout: None,
-                    stderr: None,
-                    started_ms,
-                    duration_ms: clock.elapsed().as_millis() as u64,
+            Some(
+                match view_outputs(store, settings.size, view, png.into_inner()) {
+                    Ok(outputs) => TaskOutcome::Success {
+                        outputs,
+                        stdout: None,
+                        stderr: None,
+                        started_ms,
+                        duration_ms: clock.elapsed().as_millis() as u64,
+                    },
+                    Err(error) => TaskOutcome::Aborted(error),
                 },
-                Err(error) => TaskOutcome::Aborted(error),
-            }
+            )
         })
         .collect()
 }
@@ -648,30 +713,35 @@ impl StageKind for RenderStage {
             .collect();
         let object = unit[0].inputs[0].items[0].0.clone();
         tracing::info!("render: {} views of {object} in one unit", views.len());
-        // Every backend gets only models mvc can read itself: a broken file fails here with
-        // the same reason for both, and never reaches (or hangs) a Blender process.
-        let (bytes, checked) = blocking_if(bytes.len() > 1 << 20, move || {
-            let scene = Scene::from_glb(&bytes);
-            (bytes, scene)
-        })
-        .await;
-        let scene = match checked {
-            Ok(scene) => {
-                for w in &scene.warnings {
-                    tracing::warn!("{}/{object}: {w}", self.stage);
-                }
-                scene
-            }
-            Err(e) => return fail_all(unit.len(), &format!("{e:#}")),
-        };
+        // Everything from here on is bounded by the stage's `timeout`, the check of the model
+        // included: a file that sends a reader round for ever costs its object, not the run.
+        // The kill of Ctrl-C is not listened to here: the executor abandons a unit that does
+        // not end after it, which drops this future and so stops the thread (StopOnDrop).
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = unit.len();
+        let fail = |e: &str| fail_all(n, e);
         if let Backend::Blender {
             engine,
             samples,
-            timeout,
             pool,
             ..
         } = &*self.backend
         {
+            // Blender reads the file itself; mvc checks only what would hang, crash or mislead
+            // it, so every model Blender can import reaches it.
+            let checked = bounded(self.timeout, &stop, move || {
+                let model = Model::read(&bytes, Purpose::Check);
+                (bytes, model)
+            })
+            .await;
+            let (bytes, model) = match checked {
+                Ok((bytes, Ok(model))) => (bytes, model),
+                Ok((_, Err(e))) => return fail(&format!("{e:#}")),
+                Err(e) => return fail(&e),
+            };
+            for w in &model.warnings {
+                tracing::warn!("{}/{object}: {w}", self.stage);
+            }
             let pool = match pool
                 .get_or_init(|| {
                     let Backend::Blender { path, .. } = &*self.backend else {
@@ -693,7 +763,15 @@ impl StageKind for RenderStage {
             };
             return self
                 .render_with_blender(
-                    ctx, &pool, &object, &bytes, &views, engine, *samples, *timeout,
+                    ctx,
+                    &pool,
+                    &object,
+                    &bytes,
+                    &views,
+                    engine,
+                    *samples,
+                    self.timeout,
+                    model.draco_primitives > 0,
                 )
                 .await;
         }
@@ -702,10 +780,19 @@ impl StageKind for RenderStage {
             supersample: self.supersample,
             lights: self.lights,
         };
-        let store = ctx.store.clone();
-        blocking_if(true, move || {
-            render_builtin(&store, &scene, &views, &settings)
+        let (store, stage, flag) = (ctx.store.clone(), self.stage.clone(), stop.clone());
+        let rendered = bounded(self.timeout, &stop, move || {
+            let scene = Scene::from_glb(&bytes).map_err(|e| format!("{e:#}"))?;
+            for w in &scene.warnings {
+                tracing::warn!("{stage}/{object}: {w}");
+            }
+            Ok::<_, String>(render_builtin(&store, &scene, &views, &settings, &flag))
         })
-        .await
+        .await;
+        match rendered {
+            Ok(Ok(outcomes)) if outcomes.len() == n => outcomes,
+            Ok(Ok(_)) => unit.iter().map(|_| TaskOutcome::Cancelled).collect(),
+            Ok(Err(e)) | Err(e) => fail(&e),
+        }
     }
 }

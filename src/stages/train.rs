@@ -3,10 +3,10 @@
 //! head's settings), `curve.json` (training and validation losses, the chosen step) and,
 //! except for the `identity` baseline, `weights.safetensors` (the best checkpoint).
 
-use super::gather::gather;
+use super::gather::{Coverage, Part, coverage_note, gather};
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
-    UnitTask, device_param, device_resources, each_task_blocking,
+    UnitTask, device_param, device_resources, each_task_blocking, read_named,
 };
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
@@ -17,12 +17,18 @@ use crate::heads::train::{Embeddings, TrainSettings, train};
 use crate::heads::{Head, HeadConfig, HeadKind, Variant};
 use crate::pipeline::AtSpan;
 use crate::store::Store;
+use crate::store::records::Output;
 use crate::task::ParamSlice;
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-const VERSION: u32 = 1;
+/// 2: objects without every embedding are left out (up to `max_missing`) and listed in
+/// `head.json`.
+const VERSION: u32 = 2;
+
+/// The default `max_missing`: the largest fraction of a split's part that may be left out.
+pub const DEFAULT_MAX_MISSING: f64 = 0.1;
 
 pub const ITEM: &str = "model";
 pub const HEAD_FILE: &str = "head.json";
@@ -49,6 +55,35 @@ pub struct TrainParams {
     pub weight_autoencoder: Option<f64>,
     pub temperature: Option<f64>,
     pub device: Option<Spanned<String>>,
+    /// The largest fraction of the training (and of the validation) part that may lack
+    /// embeddings and be left out (default 0.1; 0 needs every object).
+    pub max_missing: Option<Spanned<f64>>,
+}
+
+/// `head.json`: the head's settings, and the objects it was trained on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadFile {
+    #[serde(flatten)]
+    pub head: HeadConfig,
+    /// The training and validation parts: used and left out.
+    #[serde(default)]
+    pub parts: Vec<Coverage>,
+}
+
+/// The `max_missing` of a train or evaluate stage's table, checked.
+pub fn max_missing_param(stage: &str, value: &Option<Spanned<f64>>) -> Result<f64> {
+    match value {
+        None => Ok(DEFAULT_MAX_MISSING),
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => at(
+            v.span(),
+            format!(
+                "stage `{stage}`: `max_missing` is {}; it is the largest fraction of a split's \
+                 part that may be left out, between 0 (every object needed) and 1",
+                v.get_ref()
+            ),
+        ),
+    }
 }
 
 /// Which input of a train or evaluate stage is which.
@@ -66,6 +101,7 @@ pub struct TrainStage {
     config: HeadConfig,
     settings: TrainSettings,
     device: DeviceChoice,
+    max_missing: f64,
     split: usize,
     embeddings: usize,
 }
@@ -167,6 +203,7 @@ impl TrainStage {
             config,
             settings,
             device: device_param(stage, &p.device)?,
+            max_missing: max_missing_param(stage, &p.max_missing)?,
             split,
             embeddings,
         })
@@ -185,8 +222,14 @@ impl TrainStage {
             .with_context(|| format!("the split `{}` has no result", split_input.stage))?;
         let split = super::split::read(store, &split_result.outputs)?;
         let embed = &inputs[self.embeddings];
-        let train_set = gather(store, embed, &split.train, "training")?;
-        let val_set = gather(store, embed, &split.validation, "validation")?;
+        let part = |name, uids, least| Part {
+            name,
+            uids,
+            max_missing: self.max_missing,
+            least,
+        };
+        let train_set = gather(store, embed, &part("training", &split.train, 2))?;
+        let val_set = gather(store, embed, &part("validation", &split.validation, 1))?;
         let mut config = self.config.clone();
         config.dim = train_set.dim;
         let (device, line) = select_device(self.device).map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -217,9 +260,13 @@ impl TrainStage {
             stop,
         )?;
         let out = tempfile::tempdir()?;
+        let head_file = HeadFile {
+            head: config.clone(),
+            parts: vec![train_set.coverage.clone(), val_set.coverage.clone()],
+        };
         std::fs::write(
             out.path().join(HEAD_FILE),
-            serde_json::to_vec_pretty(&config)?,
+            serde_json::to_vec_pretty(&head_file)?,
         )?;
         std::fs::write(out.path().join(CURVE_FILE), serde_json::to_vec(&curve)?)?;
         if config.head != HeadKind::Identity {
@@ -256,6 +303,7 @@ impl StageKind for TrainStage {
             ("validate_every".to_string(), s.validate_every.to_string()),
             ("seed".to_string(), s.seed.to_string()),
         ]);
+        let max_missing = ("max_missing".to_string(), self.max_missing.to_string());
         // Only what shapes this head goes into its key: a baseline does not retrain when
         // the autoencoder's code width changes.
         match c.head {
@@ -285,7 +333,20 @@ impl StageKind for TrainStage {
                 );
             }
         }
+        // Which objects a head is trained on depends on it, for every head.
+        p.insert(max_missing.0, max_missing.1);
         Ok(p)
+    }
+    fn reads_failures(&self) -> bool {
+        true
+    }
+    fn has_result_notes(&self) -> bool {
+        true
+    }
+    fn result_note(&self, store: &Store, outputs: &[Output]) -> Option<String> {
+        let bytes = read_named(store, outputs, HEAD_FILE, &self.stage).ok()?;
+        let file: HeadFile = serde_json::from_slice(&bytes).ok()?;
+        coverage_note(&file.parts)
     }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         Ok(Expansion {

@@ -202,7 +202,7 @@ impl DownloadConfig {
                 };
                 let mut checked = Vec::with_capacity(uids.len());
                 for (uid, line) in uids {
-                    if !is_uid(&uid) {
+                    if !is_uid(&uid.to_ascii_lowercase()) {
                         let place = line.map(|l| format!(" line {l}")).unwrap_or_default();
                         return at(
                             span,

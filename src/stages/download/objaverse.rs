@@ -51,9 +51,12 @@ pub fn shard_path(name: &str) -> String {
     format!("metadata/{name}.json.gz")
 }
 
-/// A uid is 32 hexadecimal digits.
+/// A uid is 32 lower-case hexadecimal digits, as Objaverse writes them. Uids name items,
+/// files and folders, so one from the outside (a mirror's metadata) is checked before use.
 pub fn is_uid(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The shard of an object: the folder of its GLB path (`glbs/000-023/<uid>.glb`).

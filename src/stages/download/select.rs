@@ -2,8 +2,8 @@
 
 use super::DownloadConfig;
 use super::objaverse::{
-    Annotation, Manifest, OBJECT_PATHS, SelectedObject, Unavailable, caption, read_object_paths,
-    read_shard, shard_of, shard_path,
+    Annotation, Manifest, OBJECT_PATHS, SelectedObject, Unavailable, caption, is_uid,
+    read_object_paths, read_shard, shard_of, shard_path,
 };
 use anyhow::{Context, Result};
 use rayon::prelude::*;
@@ -122,6 +122,24 @@ pub fn select(
             candidates = scan_shards(shards, read, &|_, a| a.in_any_category(categories))?
                 .into_iter()
                 .collect();
+            // A uid from the metadata names an item, a file and folders: one that is not a
+            // uid (a damaged or hostile mirror) is left out, with the reason, before it
+            // names anything.
+            candidates.retain(|uid, _| {
+                let ok = is_uid(uid);
+                if !ok {
+                    manifest.missing.push(Unavailable {
+                        uid: uid.clone(),
+                        reason: format!(
+                            "`{}` in the metadata is not an Objaverse uid (32 lower-case \
+                             hexadecimal digits): the dataset's metadata is damaged or not \
+                             Objaverse's; the object is left out",
+                            uid.escape_debug()
+                        ),
+                    });
+                }
+                ok
+            });
             paths = read_object_paths(object_paths, OBJECT_PATHS, &|uid| {
                 candidates.contains_key(uid)
             })?;
