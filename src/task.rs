@@ -321,6 +321,40 @@ pub fn flatten_into(slice: &mut ParamSlice, prefix: &str, value: &toml::Value) {
     }
 }
 
+/// Item ids name directories (exports, task inputs) and go into keys: they must be plain.
+/// Every id is checked, wherever it came from (a pipeline file, a dataset's metadata).
+pub fn validate_item_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("an item id is empty".into());
+    }
+    if id.len() > 200 {
+        // The first 40 characters, not bytes: a byte slice could cut a character in two.
+        let start: String = id.chars().take(40).collect();
+        return Err(format!(
+            "item id `{}…` is longer than 200 bytes",
+            start.escape_debug()
+        ));
+    }
+    if id == "." || id == ".." || id.starts_with('.') {
+        return Err(format!(
+            "item id `{}` starts with `.`; ids name directories",
+            id.escape_debug()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| *c == '/' || *c == '\\' || c.is_control())
+    {
+        return Err(format!(
+            "item id `{}` contains {:?}; ids name directories, so `/`, `\\` and control \
+             characters are not allowed",
+            id.escape_debug(),
+            c
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

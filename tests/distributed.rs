@@ -703,3 +703,54 @@ cmd = "wc -c < $MVC_IN_BIG/one/big.bin > $MVC_OUT/n.txt"
     ran.assert_ok();
     assert_eq!(ran.stdout.matches("ok in").count(), 2, "{}", ran.stdout);
 }
+
+#[test]
+fn a_worker_sent_sigterm_while_a_units_thread_is_stuck_exits_within_its_grace() {
+    let sb = Sandbox::new();
+    // 20,000 triangles filling the view at 1024 samples a side: minutes in the built-in
+    // renderer's thread, which nothing but the abandonment of its unit stops.
+    let objects = common::glb::objects_stage(sb.path(), &[("slow", common::glb::slow_glb(20_000))]);
+    sb.write(
+        "p.toml",
+        &format!(
+            "{objects}\n[stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\n\
+             backend = \"builtin\"\nazimuths = [90]\npolar = [60]\nresolution = 128\n\
+             supersample = 8\ntimeout = 3600\n"
+        ),
+    );
+    let (_coord, url) = coordinator(&sb, &["--no-local"]);
+    let cache = sb.path().join("worker-cache");
+    let (mut w, _) = spawn(
+        &sb,
+        &[
+            "-v",
+            "--cache",
+            cache.to_str().unwrap(),
+            "worker",
+            "--connect",
+            &url,
+            "--slots",
+            "cpu=2",
+            "--grace",
+            "1",
+        ],
+        &[],
+    );
+    wait_for("the slow unit to start", Duration::from_secs(60), || {
+        w.stderr
+            .lock()
+            .unwrap()
+            .contains("views of slow in one unit")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    common::signal(w.child.as_ref().unwrap(), libc::SIGTERM);
+    let ran = w.finish(Duration::from_secs(60));
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(9),
+        "the worker took {took:?} to exit after SIGTERM with --grace 1:\n{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("terminated"), "{}", ran.stderr);
+}

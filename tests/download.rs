@@ -7,6 +7,7 @@ mod common;
 use common::Sandbox;
 use common::mirror::{Fault, Mirror, Object, uid};
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 /// Five food objects (one whose GLB is gone), three others, over four shards.
@@ -818,4 +819,111 @@ fn a_whole_file_left_before_it_was_stored_is_not_fetched_again() {
     assert!(got == *pizza.glb);
     // The partial file became the blob.
     assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
+}
+
+#[test]
+fn uids_from_a_hostile_mirror_name_nothing() {
+    // A mirror whose metadata lists "uids" that are paths, or not uids at all, among good
+    // food objects: they are left out with the reason before they name a file or folder.
+    let mut objects = dataset();
+    let hostile = [
+        "../../escaped",
+        "/tmp/mvc-escaped",
+        "NOT-A-UID-ÄÖÜ-but-32-bytes-long",
+    ];
+    for (k, bad) in hostile.iter().enumerate() {
+        let mut o = Object::new(100 + k as u32, 3, &["food-drink"], "Bad", 3_000);
+        o.uid = bad.to_string();
+        objects.push(o);
+    }
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &format!(
+            "{}{}",
+            download_stage(""),
+            r#"
+[stage.sizes]
+kind = "command"
+inputs = ["objects"]
+cmd = 'wc -c < "$MVC_IN_OBJECTS/$MVC_ITEM.glb" > "$MVC_OUT/size"'
+
+[stage.everything]
+kind = "command"
+inputs = ["objects"]
+per_item = false
+cmd = 'ls "$MVC_IN_OBJECTS" | wc -l > "$MVC_OUT/n"'
+"#
+        ),
+    );
+    let ran = run(&sb, &mirror);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    for bad in hostile {
+        let f = failures
+            .iter()
+            .find(|f| f["stage"] == "objects" && f["item"] == bad)
+            .unwrap_or_else(|| panic!("{bad} is not reported: {failures:?}"));
+        let error = f["error"].as_str().unwrap();
+        assert!(
+            error.contains("is not an Objaverse uid (32 lower-case hexadecimal digits)")
+                || error.contains("ids name directories"),
+            "{bad}: {error}"
+        );
+    }
+    // The five good food objects went on.
+    assert_eq!(ran.count("sizes", "ran"), 5, "{}", ran.stderr);
+    assert_eq!(ran.count("everything", "ran"), 1);
+    let out = sb.path().join("out");
+    sb.mvc(&["export", "p.toml", "everything", out.to_str().unwrap()])
+        .assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("all/n")).unwrap().trim(),
+        "5"
+    );
+    // Nothing was written outside the sandbox's cache and export folders.
+    assert!(!Path::new("/tmp/mvc-escaped").exists());
+    assert!(!Path::new("/tmp/mvc-escaped.glb").exists());
+    let top: BTreeSet<String> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        top,
+        ["cache", "out", "p.toml", "runs"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        "files appeared beside the cache"
+    );
+    assert!(!sb.path().parent().unwrap().join("escaped.glb").exists());
+    // An export of the objects writes only under its target, one folder per good object.
+    let glbs = sb.path().join("glbs");
+    sb.mvc(&["export", "p.toml", "objects", glbs.to_str().unwrap()])
+        .assert_ok();
+    for entry in walk(&glbs) {
+        assert!(entry.starts_with(&glbs), "{}", entry.display());
+    }
+    let exported: usize = std::fs::read_dir(&glbs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(exported, 5);
+}
+
+/// Every path under `dir`, canonicalised (a `..` that escaped would show).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path().canonicalize().unwrap();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
 }

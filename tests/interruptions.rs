@@ -298,3 +298,66 @@ fn tasks_die_with_mvc_when_forked_directly_too() {
     // MVC_LAUNCHER=direct forks tasks from mvc itself (what a library user gets).
     assert_tasks_die_with_mvc("direct");
 }
+
+#[test]
+fn sigterm_while_a_tasks_thread_is_stuck_ends_mvc_within_its_grace() {
+    // The built-in renderer's thread on an object that takes minutes (20,000 triangles
+    // filling the view at 1024 samples a side) and a timeout that will not stop it: after
+    // SIGTERM and the grace period the unit is abandoned, and mvc exits anyway, with what
+    // finished recorded.
+    let sb = Sandbox::new();
+    let objects = common::glb::objects_stage(
+        sb.path(),
+        &[
+            ("slow", common::glb::slow_glb(20_000)),
+            ("good", common::glb::box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)),
+        ],
+    );
+    sb.write(
+        "p.toml",
+        &format!(
+            "[executor]\ncpu = 2\n\n{objects}\n[stage.views]\nkind = \"render\"\n\
+             inputs = [\"objects\"]\nbackend = \"builtin\"\nazimuths = [90]\npolar = [60]\n\
+             resolution = 128\nsupersample = 8\ntimeout = 3600\n"
+        ),
+    );
+    let mut run = common::Background::start(
+        &mut sb.command(&["-v", "run", "p.toml", "--json", "--grace", "1"]),
+        false,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(run
+        .stderr
+        .lock()
+        .unwrap()
+        .contains("views of slow in one unit")
+        && run
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("views of good in one unit"))
+    {
+        assert!(Instant::now() < deadline, "the units did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The good object's view takes well under a second; the slow one minutes.
+    std::thread::sleep(Duration::from_secs(3));
+    let stopped = Instant::now();
+    signal(run.child.as_ref().unwrap(), libc::SIGTERM);
+    let ran = run.finish(Duration::from_secs(60));
+    let took = stopped.elapsed();
+    assert_eq!(ran.code, Some(130), "{}", ran.stderr);
+    assert!(
+        took < Duration::from_secs(9),
+        "mvc took {took:?} to exit after SIGTERM with --grace 1"
+    );
+    assert!(ran.stderr.contains("abandoned"), "{}", ran.stderr);
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(
+        plan.count("views", "cached"),
+        1,
+        "the good view is recorded"
+    );
+    assert_eq!(plan.count("views", "to_run"), 1, "the abandoned one is not");
+    sb.mvc(&["status", "--verify"]).assert_ok();
+}

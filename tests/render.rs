@@ -306,3 +306,135 @@ fn bad_grids_and_models_are_reported() {
         "{failures:?}"
     );
 }
+
+/// The objects whose views failed in a run's JSON summary, with the first error of each.
+fn failed_objects(ran: &common::Ran, stage: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for f in ran.json()["failures"].as_array().unwrap() {
+        if f["stage"] != stage {
+            continue;
+        }
+        let object = f["item"].as_str().unwrap().split('@').next().unwrap();
+        out.entry(object.to_string())
+            .or_insert_with(|| f["error"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+#[test]
+fn node_cycles_fail_with_a_reason_and_a_deep_chain_renders() {
+    // A cycle once sent the walk round for ever (the run hung at 100% CPU); a chain 20,000
+    // nodes deep is valid glTF and must not overflow a recursive walk.
+    let e = format!(
+        "{:#}",
+        Scene::from_glb(&glb::two_node_cycle_glb()).unwrap_err()
+    );
+    assert!(
+        e.contains("its node hierarchy has a cycle (node 0 → node 1 → node 0)"),
+        "{e}"
+    );
+    let e = format!("{:#}", Scene::from_glb(&glb::self_cycle_glb()).unwrap_err());
+    assert!(e.contains("has a cycle (node 0 → node 0)"), "{e}");
+    let chain = Scene::from_glb(&glb::deep_chain_glb(20_000)).unwrap();
+    assert_eq!(chain.triangles.len(), 1);
+
+    // Through a run: the cycles fail alone with their reason, the chain renders, the run ends.
+    let sb = common::Sandbox::new();
+    let objects = glb::objects_stage(
+        sb.path(),
+        &[
+            ("cycle", glb::two_node_cycle_glb()),
+            ("selfcycle", glb::self_cycle_glb()),
+            ("chain", glb::deep_chain_glb(20_000)),
+            ("good", glb::box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)),
+        ],
+    );
+    sb.write(
+        "p.toml",
+        &format!(
+            "{objects}\n[stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\n\
+             backend = \"builtin\"\nazimuths = [0, 90]\npolar = [50]\nresolution = 32\n"
+        ),
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "ran"), 4, "chain and good render");
+    let failed = failed_objects(&ran, "views");
+    assert_eq!(
+        failed.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["cycle", "selfcycle"]
+    );
+    assert!(
+        failed.values().all(|e| e.contains("has a cycle")),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn strips_and_fans_render_as_the_triangles_they_make() {
+    // The quad (0,0) (1,0) (0,1) (1,1) as a strip [0 1 2 3] is the triangles (0 1 2) and
+    // (2 1 3); as a fan [0 1 3 2], (0 1 3) and (0 3 2). Drawn, each is the same image as its
+    // triangle list.
+    let image = |bytes: Vec<u8>| {
+        let scene = Scene::from_glb(&bytes).unwrap();
+        assert_eq!(scene.triangles.len(), 2);
+        render(&scene, &view(90.0, 60.0), &settings())
+    };
+    let strip = image(glb::quad_glb(5, &[0, 1, 2, 3]));
+    assert_eq!(strip, image(glb::quad_glb(4, &[0, 1, 2, 2, 1, 3])));
+    let fan = image(glb::quad_glb(6, &[0, 1, 3, 2]));
+    assert_eq!(fan, image(glb::quad_glb(4, &[0, 1, 3, 0, 3, 2])));
+    let covered = strip.pixels().filter(|p| p[3] > 0).count();
+    assert!(covered > 1000, "the quad covers {covered} pixels");
+}
+
+#[test]
+fn a_builtin_render_past_its_timeout_fails_that_object_and_the_run_goes_on() {
+    let sb = common::Sandbox::new();
+    let objects = glb::objects_stage(
+        sb.path(),
+        &[
+            // 20,000 triangles filling the view at 1024 samples a side: minutes of work.
+            ("slow", glb::slow_glb(20_000)),
+            ("good", glb::box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)),
+        ],
+    );
+    sb.write(
+        "p.toml",
+        &format!(
+            "[executor]\ncpu = 2\n\n{objects}\n[stage.views]\nkind = \"render\"\n\
+             inputs = [\"objects\"]\nbackend = \"builtin\"\nazimuths = [90]\npolar = [60]\n\
+             resolution = 128\nsupersample = 8\ntimeout = 5\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    let took = started.elapsed();
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "ran"), 1, "the good object rendered");
+    let failed = failed_objects(&ran, "views");
+    assert_eq!(failed.keys().collect::<Vec<_>>(), ["slow"]);
+    assert!(
+        failed["slow"].contains("took longer than the timeout (5s) and was abandoned"),
+        "{failed:?}"
+    );
+    assert!(took.as_secs() < 60, "the run took {took:?}");
+}
+
+#[test]
+fn too_many_samples_for_the_builtin_renderer_is_an_error() {
+    let sb = common::Sandbox::new();
+    let text = render_pipeline(sb.path(), "polar = [50]", "[0]")
+        .replace("resolution = 64", "resolution = 4096\nsupersample = 4");
+    sb.write("p.toml", &text);
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr.contains(
+            "resolution x supersample = 16384 samples a side, more than its 8192: lower \
+             `resolution` or `supersample`"
+        ),
+        "{}",
+        ran.stderr
+    );
+}

@@ -305,7 +305,10 @@ fn pipeline_with_broken_objects(sb: &Sandbox, broken: &[&str], max_missing: &str
 #[test]
 fn objects_without_embeddings_are_left_out_and_named_everywhere() {
     let sb = Sandbox::new();
-    sb.write("p.toml", &pipeline_with_broken_objects(&sb, &["broken"], ""));
+    sb.write(
+        "p.toml",
+        &pipeline_with_broken_objects(&sb, &["broken"], ""),
+    );
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     // The broken object's views failed in this run; the science went on without it.
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
@@ -325,7 +328,10 @@ fn objects_without_embeddings_are_left_out_and_named_everywhere() {
         train_note.contains("broken"),
         "the object is named: {train_note}"
     );
-    assert!(ran.stderr.contains("left out (objects without every embedding"));
+    assert!(
+        ran.stderr
+            .contains("left out (objects without every embedding")
+    );
     // The stages' outputs: head.json and metrics.json.
     let out = sb.path().join("out");
     sb.mvc(&["export", "p.toml", "train", out.to_str().unwrap()])
@@ -449,7 +455,11 @@ fn max_missing_out_of_range_is_an_error_at_its_place() {
     let sb = Sandbox::new();
     let p = small_pipeline(&sb, "", "head = \"object\"\nmax_missing = 1.5", &[]);
     sb.write("p.toml", &p);
-    let line = p.lines().position(|l| l.starts_with("max_missing")).unwrap() + 1;
+    let line = p
+        .lines()
+        .position(|l| l.starts_with("max_missing"))
+        .unwrap()
+        + 1;
     let ran = sb.mvc(&["plan", "p.toml"]);
     assert_ne!(ran.code, Some(0));
     assert!(

@@ -99,7 +99,7 @@ pub fn export(
     for (_, item, key, result) in &results {
         // Every exported file lies under `dir`: an item whose folder would not be a plain
         // name (a result recorded before ids were checked) is left out.
-        if let Err(why) = crate::stages::validate_item_id(&node.kind.export_dir(item)) {
+        if let Err(why) = crate::task::validate_item_id(&node.kind.export_dir(item)) {
             tracing::warn!("{stage}/{item}: not exported: {why}");
             continue;
         }

@@ -608,7 +608,7 @@ impl Engine {
         // Item ids come from outside too (a dataset's metadata, a mirror's file list) and
         // name directories (exports, inputs of all-at-once stages): one that could name a
         // path outside them fails its item here, before any kind sees it.
-        if let Err(why) = crate::stages::validate_item_id(self.graph.item(t)) {
+        if let Err(why) = crate::task::validate_item_id(self.graph.item(t)) {
             return Ok(Resolution::Blocked(why));
         }
         match self.key_of(t) {

@@ -48,7 +48,7 @@ pub fn materialize_input(store: &Store, dir: &Path, input: &InputData) -> Result
             Binding::All | Binding::Expansion => {
                 // Ids are checked when tasks are resolved; a result recorded before that
                 // check with an id that is not a plain name is not written anywhere.
-                if let Err(why) = crate::stages::validate_item_id(item) {
+                if let Err(why) = crate::task::validate_item_id(item) {
                     tracing::warn!("{}: not given to the task: {why}", input.stage);
                     continue;
                 }

@@ -139,9 +139,8 @@ impl Worker {
         loop {
             match self.stdout.next_line().await {
                 Ok(Some(line)) => {
-                    if let Some(json) = line.strip_prefix(RESULT_MARKER) {
-                        return serde_json::from_str(json)
-                            .map_err(|e| format!("unreadable answer from Blender: {e}"));
+                    if let Some(answer) = answer_in(&line) {
+                        return answer;
                     }
                 }
                 Ok(None) => return Err("Blender exited".into()),
@@ -149,6 +148,19 @@ impl Worker {
             }
         }
     }
+}
+
+/// The worker's answer in a line of Blender's stdout, if it holds one. The marker is looked
+/// for anywhere in the line, not only at its start: when an operator fails with a long
+/// message, Blender prints a report cut with "... truncated" and no newline, so the answer
+/// that follows shares its line (waiting for a line that starts with the marker hung every
+/// such object until its timeout).
+fn answer_in(line: &str) -> Option<Result<serde_json::Value, String>> {
+    let at = line.find(RESULT_MARKER)?;
+    Some(
+        serde_json::from_str(&line[at + RESULT_MARKER.len()..])
+            .map_err(|e| format!("unreadable answer from Blender: {e}")),
+    )
 }
 
 /// Persistent Blender processes, started on demand, at most as many as run at once.
@@ -378,6 +390,17 @@ pub fn strip_png_text(png: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_after_a_truncated_report_on_the_same_line_is_read() {
+        // What Debian's Blender 3.4 prints when the glTF importer fails with a long error.
+        let line = "  Fil... truncatedMVC-RESULT {\"ok\": false, \"error\": \"RuntimeError: x\"}";
+        let answer = answer_in(line).expect("an answer").expect("JSON");
+        assert_eq!(answer["ok"], false);
+        assert_eq!(answer["error"], "RuntimeError: x");
+        assert!(answer_in("Data are loaded, start creating Blender stuff").is_none());
+        assert!(answer_in("MVC-RESULT {not json").unwrap().is_err());
+    }
 
     #[test]
     fn text_chunks_are_stripped_and_pixels_kept() {

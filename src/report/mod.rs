@@ -1,5 +1,6 @@
 //! Metrics, figures and results tables of the evaluate and report stages.
 
+pub mod coverage;
 pub mod figures;
 pub mod metrics;
 pub mod table;

@@ -1,8 +1,8 @@
 //! The results table: one row per evaluated head, as markdown (with the study's published
 //! numbers beside ours when asked), CSV and JSON.
 
+use super::coverage::Coverage;
 use crate::stages::evaluate::Evaluation;
-use crate::stages::gather::Coverage;
 use serde::Serialize;
 use std::fmt::Write as _;
 

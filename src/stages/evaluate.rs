@@ -4,7 +4,7 @@
 //! heatmaps (mean and std over objects, jet, 0–1), the all-texts-then-all-images similarity
 //! matrix, and same-object similarity against azimuth and elevation difference.
 
-use super::gather::{Coverage, Part, coverage_note, gather};
+use super::gather::{Part, gather};
 use super::train::{
     CURVE_FILE, HEAD_FILE, HeadFile, Role, WEIGHTS_FILE, max_missing_param, one_input,
 };
@@ -18,6 +18,7 @@ use crate::exec::slots::Resources;
 use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::Curve;
 use crate::heads::{Head, HeadConfig, HeadKind};
+use crate::report::coverage::{Coverage, coverage_note};
 use crate::report::figures;
 use crate::report::metrics::{self, EvalInput, Metrics, Stats};
 use crate::store::Store;

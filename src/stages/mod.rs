@@ -26,7 +26,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub use item_decl::{ItemDecl, validate_item_id};
+pub use crate::task::validate_item_id;
+pub use item_decl::ItemDecl;
 
 /// The kinds this build of mvc can run.
 pub const KINDS: &[&str] = &[

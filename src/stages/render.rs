@@ -413,28 +413,42 @@ impl RenderStage {
                     })
                     .collect()
             }
-            Err(JobError::Object(error)) | Err(JobError::Crashed(error)) => {
+            Err(JobError::Object(error)) => {
                 fail_all(views.len(), &explain_blender_error(error, draco))
             }
+            Err(JobError::Crashed(error)) => fail_all(views.len(), &error),
             Err(JobError::Start(error)) => all(&|| TaskOutcome::Aborted(error.clone())),
             Err(JobError::Cancelled) => all(&|| TaskOutcome::Cancelled),
         }
     }
 }
 
-/// Blender's failure on an object that uses a feature this Blender lacks, said plainly.
+/// Blender's failure on an object, said plainly: a Python traceback (its importer's error
+/// can be a thousand frames long) is cut to the exception it ended with, and a Draco mesh
+/// in a Blender without the Draco library is named as such.
 fn explain_blender_error(error: String, draco: bool) -> String {
+    let meaningful: Vec<&str> = error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Location:"))
+        .collect();
+    let last = meaningful.last().copied().unwrap_or("");
     if draco && error.to_ascii_lowercase().contains("draco") {
         return format!(
             "its meshes are Draco-compressed ({DRACO}) and this Blender has no Draco library \
              (Debian's package ships without libextern_draco.so): a Blender from blender.org \
-             decodes them (set `blender_path`); the built-in renderer cannot. Blender said: {}",
-            error
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
+             decodes them (set `blender_path`); the built-in renderer cannot. Blender said: \
+             {last}"
         );
+    }
+    if error.contains("Traceback (most recent call last)") {
+        let first = meaningful.first().copied().unwrap_or("");
+        let what = first.split(": Error: Python").next().unwrap_or(first);
+        return format!("Blender could not import it ({what}): {last}");
+    }
+    if error.len() > 2000 {
+        let cut: String = error.chars().take(2000).collect();
+        return format!("{cut}…");
     }
     error
 }

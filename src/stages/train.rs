@@ -3,7 +3,7 @@
 //! head's settings), `curve.json` (training and validation losses, the chosen step) and,
 //! except for the `identity` baseline, `weights.safetensors` (the best checkpoint).
 
-use super::gather::{Coverage, Part, coverage_note, gather};
+use super::gather::{Part, gather};
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
     UnitTask, device_param, device_resources, each_task_blocking, read_named,
@@ -16,6 +16,7 @@ use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::{Embeddings, TrainSettings, train};
 use crate::heads::{Head, HeadConfig, HeadKind, Variant};
 use crate::pipeline::AtSpan;
+use crate::report::coverage::{Coverage, coverage_note};
 use crate::store::Store;
 use crate::store::records::Output;
 use crate::task::ParamSlice;

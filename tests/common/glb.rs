@@ -276,9 +276,24 @@ pub fn missing_texture_glb() -> Vec<u8> {
 /// Packs a `.gltf` with external buffers and images (files beside it) into one GLB: the
 /// buffers are concatenated into the binary chunk, each image becomes a buffer view of it.
 pub fn gltf_to_glb(path: &std::path::Path) -> Vec<u8> {
-    let dir = path.parent().unwrap();
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    pack_gltf(path).unwrap_or_else(|| panic!("{} cannot be packed", path.display()))
+}
+
+/// A model file as the bytes a download would give: a `.glb` as it is; a `.gltf` packed
+/// into a GLB when its buffers are files beside it, else (buffers in `data:` URIs or
+/// missing, JSON that is not a glTF object) the `.gltf` text itself, broken as it is.
+pub fn model_file_bytes(path: &std::path::Path) -> Vec<u8> {
+    let raw = std::fs::read(path).unwrap();
+    if path.extension().is_some_and(|e| e == "glb") {
+        return raw;
+    }
+    pack_gltf(path).unwrap_or(raw)
+}
+
+/// `None` when the file is not a glTF JSON object whose buffers all lie beside it.
+fn pack_gltf(path: &std::path::Path) -> Option<Vec<u8>> {
+    let dir = path.parent()?;
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     let mut bin: Vec<u8> = Vec::new();
     let mut starts = Vec::new();
     let align = |bin: &mut Vec<u8>| {
@@ -286,24 +301,32 @@ pub fn gltf_to_glb(path: &std::path::Path) -> Vec<u8> {
             bin.push(0);
         }
     };
-    for buffer in json["buffers"].as_array().cloned().unwrap_or_default() {
-        let uri = buffer["uri"].as_str().expect("an external buffer");
+    let buffers = json.get("buffers")?.as_array()?.clone();
+    if buffers.is_empty() {
+        return None;
+    }
+    for buffer in buffers {
+        let uri = buffer.get("uri")?.as_str()?;
+        let bytes = std::fs::read(dir.join(uri)).ok()?;
         align(&mut bin);
         starts.push(bin.len());
-        bin.extend(std::fs::read(dir.join(uri)).unwrap());
+        bin.extend(bytes);
     }
-    for view in json["bufferViews"].as_array_mut().unwrap() {
+    for view in json.get_mut("bufferViews")?.as_array_mut()? {
         let b = view["buffer"].as_u64().unwrap_or(0) as usize;
         let offset = view["byteOffset"].as_u64().unwrap_or(0) as usize;
         view["buffer"] = json!(0);
-        view["byteOffset"] = json!(starts[b] + offset);
+        view["byteOffset"] = json!(starts.get(b)? + offset);
     }
     let images = json["images"].as_array().cloned().unwrap_or_default();
     for (k, image) in images.iter().enumerate() {
         let Some(uri) = image["uri"].as_str() else {
             continue;
         };
-        let bytes = std::fs::read(dir.join(uri)).unwrap();
+        // An image that is not beside the file stays a reference (a texture left out).
+        let Ok(bytes) = std::fs::read(dir.join(uri)) else {
+            continue;
+        };
         align(&mut bin);
         let view = json["bufferViews"].as_array().unwrap().len();
         json["bufferViews"]
@@ -320,5 +343,113 @@ pub fn gltf_to_glb(path: &std::path::Path) -> Vec<u8> {
     }
     align(&mut bin);
     json["buffers"] = json!([{ "byteLength": bin.len() }]);
-    glb(json, &bin)
+    Some(glb(json, &bin))
+}
+
+/// A triangle's positions as a GLB buffer and accessor, shared by the hierarchy tests.
+fn triangle_json(nodes: serde_json::Value, roots: &[usize]) -> Vec<u8> {
+    let mut bin = Vec::new();
+    for c in [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": roots}], "nodes": nodes,
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+            "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0], "max": [1, 1, 0]}],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36}]
+        }),
+        &bin,
+    )
+}
+
+/// Two nodes, each the child of the other (as assimp-testmodels' RecursiveNodes), one
+/// holding a triangle.
+pub fn two_node_cycle_glb() -> Vec<u8> {
+    triangle_json(
+        json!([{"children": [1], "mesh": 0}, {"children": [0]}]),
+        &[0],
+    )
+}
+
+/// A node that is its own child.
+pub fn self_cycle_glb() -> Vec<u8> {
+    triangle_json(json!([{"children": [0], "mesh": 0}]), &[0])
+}
+
+/// A chain of `depth` nodes, each the only child of the one before, each moving its child
+/// a little; the deepest holds a triangle. Valid glTF, too deep for a recursive walk.
+pub fn deep_chain_glb(depth: usize) -> Vec<u8> {
+    let mut nodes: Vec<serde_json::Value> = (0..depth - 1)
+        .map(|i| json!({"children": [i + 1], "translation": [0.001, 0.0, 0.0]}))
+        .collect();
+    nodes.push(json!({"mesh": 0}));
+    triangle_json(serde_json::Value::Array(nodes), &[0])
+}
+
+/// A unit quad (two triangles) drawn as `mode` (4 list, 5 strip, 6 fan) from `indices`
+/// over the corners (0,0), (1,0), (0,1), (1,1), in the z = 0 plane.
+pub fn quad_glb(mode: u32, indices: &[u16]) -> Vec<u8> {
+    let mut bin = Vec::new();
+    for c in [
+        0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0,
+    ] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    for i in indices {
+        bin.extend_from_slice(&i.to_le_bytes());
+    }
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "mode": mode}]}],
+            "accessors": [
+                {"bufferView": 0, "componentType": 5126, "count": 4, "type": "VEC3", "min": [0, 0, 0], "max": [1, 1, 0]},
+                {"bufferView": 1, "componentType": 5123, "count": indices.len(), "type": "SCALAR"}
+            ],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 48}, {"buffer": 0, "byteOffset": 48, "byteLength": indices.len() * 2}]
+        }),
+        &bin,
+    )
+}
+
+/// `n` overlapping triangles, each filling the whole view, a little apart in depth: every
+/// one covers every sample, so the built-in renderer takes long on purpose (n x samples).
+pub fn slow_glb(n: usize) -> Vec<u8> {
+    let mut bin = Vec::new();
+    for k in 0..n {
+        let z = k as f32 * 1e-4;
+        for c in [-50.0f32, -50.0, z, 50.0, -50.0, z, 0.0, 80.0, z] {
+            bin.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    // A small cube-ish extent so that normalisation keeps the big triangles big: the object
+    // is 100 wide, and the camera sits inside its bounding box's scale.
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+            "accessors": [{"bufferView": 0, "componentType": 5126, "count": 3 * n, "type": "VEC3"}],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36 * n}]
+        }),
+        &bin,
+    )
+}
+
+/// Writes each `(name, GLB bytes)` into `dir` and returns a `command` stage `objects` whose
+/// item `name` outputs that file as `model.glb`.
+pub fn objects_stage(dir: &std::path::Path, objects: &[(&str, Vec<u8>)]) -> String {
+    let mut items = Vec::new();
+    let mut files = Vec::new();
+    for (name, bytes) in objects {
+        std::fs::write(dir.join(format!("{name}.glb")), bytes).unwrap();
+        items.push(format!("\"{name}\""));
+        files.push(format!("{name} = \"{name}.glb\""));
+    }
+    format!(
+        "[stage.objects]\nkind = \"command\"\nitems = [{}]\nfiles = {{ {} }}\n\
+         cmd = 'eval cp \"\\$MVC_FILE_$(echo \"$MVC_ITEM\" | tr a-z A-Z)\" \"$MVC_OUT/model.glb\"'\n",
+        items.join(", "),
+        files.join(", ")
+    )
 }
