@@ -438,3 +438,31 @@ fn too_many_samples_for_the_builtin_renderer_is_an_error() {
         ran.stderr
     );
 }
+
+#[test]
+fn models_that_claim_gigabytes_are_bounded() {
+    // A texture whose header claims 100,000 pixels a side is left out, not decoded.
+    let scene = Scene::from_glb(&glb::textured_triangle_glb(&glb::png_claiming(100_000))).unwrap();
+    assert!(scene.textures.is_empty());
+    assert!(
+        scene
+            .warnings
+            .iter()
+            .any(|w| w.contains("textures left out: image 0")),
+        "{:?}",
+        scene.warnings
+    );
+    // A sound texture is kept.
+    let red = glb::png_claiming(1);
+    let scene = Scene::from_glb(&glb::textured_triangle_glb(&red)).unwrap();
+    assert_eq!(scene.textures.len(), 1);
+    // Positions declared by the billion in a few bytes are refused before any allocation.
+    let e = format!(
+        "{:#}",
+        Scene::from_glb(&glb::sparse_bomb_glb(3_000_000_000)).unwrap_err()
+    );
+    assert!(
+        e.contains("declares 3000000000 vertices or indices in one primitive, more than mvc reads"),
+        "{e}"
+    );
+}

@@ -22,6 +22,12 @@ pub type Mat4 = [[f32; 4]; 4];
 /// accessors, so only a backend with a Draco decoder can draw them.
 pub const DRACO: &str = "KHR_draco_mesh_compression";
 
+/// The most triangles the built-in renderer takes in one object.
+pub const MAX_TRIANGLES: usize = 20_000_000;
+
+/// The most vertices (or indices) read from one primitive: 720 MB of positions.
+pub const MAX_VERTICES: usize = 60_000_000;
+
 /// Required extensions the built-in renderer can ignore without drawing garbage: they change
 /// materials, lights or texture placement, never where the triangles are.
 const HARMLESS_EXTENSIONS: &[&str] = &[
@@ -389,6 +395,15 @@ fn read(bytes: &[u8], purpose: Purpose) -> Result<Model> {
                 Primitive::Triangles(count, g) => {
                     triangles += count;
                     geometry.extend(g);
+                    // Nodes may place one mesh many times: bound what the built-in renderer
+                    // holds (about 70 bytes a triangle).
+                    if purpose == Purpose::Render && triangles > MAX_TRIANGLES {
+                        bail!(
+                            "it has more than {MAX_TRIANGLES} triangles once its nodes place \
+                             its meshes; the built-in renderer refuses it: render it with \
+                             Blender (backend = \"blender\")"
+                        );
+                    }
                 }
             }
         }
@@ -465,6 +480,15 @@ fn read_primitive(
     if vertices == 0 || (position.view().is_none() && position.sparse().is_none()) {
         return Ok(Primitive::NoPositions);
     }
+    // A sparse accessor can declare billions of vertices in a few bytes: what is read is
+    // bounded before anything is allocated for it.
+    let declared = primitive.indices().map_or(0, |a| a.count()).max(vertices);
+    if declared > MAX_VERTICES {
+        bail!(
+            "it declares {declared} vertices or indices in one primitive, more than mvc reads \
+             ({MAX_VERTICES})"
+        );
+    }
     // Attributes of one primitive describe the same vertices: counts that differ make
     // Blender's importer fail or hang, and readers index past the shorter ones.
     if let Some((semantic, other)) = primitive.attributes().find(|(_, a)| a.count() != vertices) {
@@ -498,7 +522,10 @@ fn read_primitive(
     } else {
         None
     };
-    let indices: Vec<u32> = match primitive.indices() {
+    // Indices are read only when the file has them: a primitive without them is its vertices
+    // in order, and its declared count is not trusted with an allocation before its
+    // positions have been read from the buffer.
+    let indices: Option<Vec<u32>> = match primitive.indices() {
         Some(accessor) => {
             if !matches!(
                 accessor.data_type(),
@@ -511,7 +538,7 @@ fn read_primitive(
                     accessor.data_type()
                 );
             }
-            if accessor.count() == 0 {
+            Some(if accessor.count() == 0 {
                 Vec::new()
             } else {
                 reader
@@ -519,58 +546,59 @@ fn read_primitive(
                     .context("its indices lie outside its buffers")?
                     .into_u32()
                     .collect()
-            }
+            })
         }
-        None => (0..vertices as u32).collect(),
+        None => None,
     };
-    if let Some(bad) = indices.iter().find(|&&i| i as usize >= vertices) {
+    if let Some(bad) = indices.iter().flatten().find(|&&i| i as usize >= vertices) {
         bail!("index {bad} is out of range: the primitive has {vertices} vertices");
     }
-    if primitive.mode() == Mode::Triangles && !indices.len().is_multiple_of(3) {
+    let n = indices.as_ref().map_or(vertices, Vec::len);
+    if primitive.mode() == Mode::Triangles && !n.is_multiple_of(3) {
         bail!(
-            "its triangle list has {} {}, not a multiple of 3 (a truncated mesh)",
-            indices.len(),
-            if primitive.indices().is_some() {
+            "its triangle list has {n} {}, not a multiple of 3 (a truncated mesh)",
+            if indices.is_some() {
                 "indices"
             } else {
                 "vertices"
             }
         );
     }
-    let triangles = triangulate(primitive.mode(), &indices);
-    let count = triangles.len();
-    let geometry = match (purpose, positions) {
-        (Purpose::Render, Some(positions)) => {
-            let world_positions: Vec<[f32; 3]> =
-                positions.iter().map(|p| apply(world, *p)).collect();
-            if world_positions.iter().flatten().any(|c| !c.is_finite()) {
-                bail!("its coordinates, placed by its nodes, are not finite numbers");
-            }
-            let uvs: Vec<[f32; 2]> = match primitive.get(&gltf::Semantic::TexCoords(0)) {
-                Some(a)
-                    if a.count() == vertices
-                        && a.dimensions() == Dimensions::Vec2
-                        && matches!(
-                            a.data_type(),
-                            DataType::U8 | DataType::U16 | DataType::F32
-                        ) =>
-                {
-                    reader
-                        .read_tex_coords(0)
-                        .map(|t| t.into_f32().collect())
-                        .unwrap_or_default()
-                }
-                _ => Vec::new(),
-            };
-            Some(Geometry {
-                positions: world_positions,
-                uvs,
-                triangles,
-                material: primitive.material().index(),
-            })
-        }
-        _ => None,
+    let count = match primitive.mode() {
+        Mode::Triangles => n / 3,
+        _ => n.saturating_sub(2),
     };
+    if purpose == Purpose::Check {
+        return Ok(Primitive::Triangles(count, None));
+    }
+    let Some(positions) = positions else {
+        unreachable!("the built-in renderer's positions were read above")
+    };
+    let indices = indices.unwrap_or_else(|| (0..vertices as u32).collect());
+    let triangles = triangulate(primitive.mode(), &indices);
+    let world_positions: Vec<[f32; 3]> = positions.iter().map(|p| apply(world, *p)).collect();
+    if world_positions.iter().flatten().any(|c| !c.is_finite()) {
+        bail!("its coordinates, placed by its nodes, are not finite numbers");
+    }
+    let uvs: Vec<[f32; 2]> = match primitive.get(&gltf::Semantic::TexCoords(0)) {
+        Some(a)
+            if a.count() == vertices
+                && a.dimensions() == Dimensions::Vec2
+                && matches!(a.data_type(), DataType::U8 | DataType::U16 | DataType::F32) =>
+        {
+            reader
+                .read_tex_coords(0)
+                .map(|t| t.into_f32().collect())
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let geometry = Some(Geometry {
+        positions: world_positions,
+        uvs,
+        triangles,
+        material: primitive.material().index(),
+    });
     Ok(Primitive::Triangles(count, geometry))
 }
 

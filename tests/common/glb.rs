@@ -453,3 +453,75 @@ pub fn objects_stage(dir: &std::path::Path, objects: &[(&str, Vec<u8>)]) -> Stri
         files.join(", ")
     )
 }
+
+/// A triangle whose material's texture is `png` (embedded in the binary chunk).
+pub fn textured_triangle_glb(png: &[u8]) -> Vec<u8> {
+    let mut bin = Vec::new();
+    for c in [0.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    for c in [0.0f32, 0.0, 1.0, 0.0, 0.0, 1.0] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    let image_at = bin.len();
+    bin.extend_from_slice(png);
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "TEXCOORD_0": 1}, "material": 0}]}],
+            "materials": [{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}}}],
+            "textures": [{"source": 0}],
+            "images": [{"bufferView": 2, "mimeType": "image/png"}],
+            "accessors": [
+                {"bufferView": 0, "componentType": 5126, "count": 3, "type": "VEC3", "min": [0, 0, 0], "max": [1, 1, 0]},
+                {"bufferView": 1, "componentType": 5126, "count": 3, "type": "VEC2"}
+            ],
+            "bufferViews": [
+                {"buffer": 0, "byteOffset": 0, "byteLength": 36},
+                {"buffer": 0, "byteOffset": 36, "byteLength": 24},
+                {"buffer": 0, "byteOffset": image_at, "byteLength": png.len()}
+            ]
+        }),
+        &bin,
+    )
+}
+
+/// A PNG whose header claims `side` x `side` pixels (a few bytes that would decode to
+/// gigabytes): a 1x1 image with its IHDR rewritten and its checksum fixed.
+pub fn png_claiming(side: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(1, 1, image::Rgba([200, 10, 10, 255]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let mut png = png.into_inner();
+    // Signature (8), length (4), "IHDR" (4), width (4), height (4), ..., CRC after 13 bytes.
+    png[16..20].copy_from_slice(&side.to_be_bytes());
+    png[20..24].copy_from_slice(&side.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    png
+}
+
+/// A triangle list whose positions are a sparse accessor declaring `count` vertices with
+/// one stored value: a few bytes that claim gigabytes.
+pub fn sparse_bomb_glb(count: u64) -> Vec<u8> {
+    let mut bin = Vec::new();
+    bin.extend_from_slice(&0u32.to_le_bytes());
+    for c in [1.0f32, 1.0, 1.0] {
+        bin.extend_from_slice(&c.to_le_bytes());
+    }
+    glb(
+        json!({
+            "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+            "accessors": [{
+                "componentType": 5126, "count": count, "type": "VEC3",
+                "sparse": {"count": 1,
+                    "indices": {"bufferView": 0, "componentType": 5125},
+                    "values": {"bufferView": 1}}
+            }],
+            "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 4}, {"buffer": 0, "byteOffset": 4, "byteLength": 12}]
+        }),
+        &bin,
+    )
+}
