@@ -158,8 +158,15 @@ impl RunReport {
             // Items of a stage failing with the same error are one line.
             let mut groups: IndexMap<(&str, &str, bool), Vec<&FailureLine>> = IndexMap::new();
             for f in &self.failures {
+                // Items blocked by failures upstream (every view of an object whose download
+                // failed) are one line per stage: their causes are listed above them.
+                let error = if f.blocked {
+                    "blocked: an item it reads failed (above)"
+                } else {
+                    f.error.as_str()
+                };
                 groups
-                    .entry((f.stage.as_str(), f.error.as_str(), f.earlier))
+                    .entry((f.stage.as_str(), error, f.earlier))
                     .or_default()
                     .push(f);
             }

@@ -446,11 +446,12 @@ fn explain_blender_error(error: String, draco: bool) -> String {
         let what = first.split(": Error: Python").next().unwrap_or(first);
         return format!("Blender could not import it ({what}): {last}");
     }
+    let error = error.trim();
     if error.len() > 2000 {
         let cut: String = error.chars().take(2000).collect();
         return format!("{cut}…");
     }
-    error
+    error.to_string()
 }
 
 /// Sets a flag when dropped: the work on another thread that reads it stops. A unit whose
