@@ -159,7 +159,8 @@ impl RunReport {
             let mut groups: IndexMap<(&str, &str, bool), Vec<&FailureLine>> = IndexMap::new();
             for f in &self.failures {
                 // Items blocked by failures upstream (every view of an object whose download
-                // failed) are one line per stage: their causes are listed above them.
+                // failed) are one line per stage: their causes are listed above them. A
+                // single one keeps its own line, which names its upstream.
                 let error = if f.blocked {
                     "blocked: an item it reads failed (above)"
                 } else {
@@ -178,8 +179,9 @@ impl RunReport {
                 };
                 let f = lines[0];
                 match lines.len() {
+                    // A group of one says its own error (a blocked item: which upstream).
                     1 => {
-                        let _ = writeln!(out, "  {stage}/{}: {error}{when}", f.item);
+                        let _ = writeln!(out, "  {stage}/{}: {}{when}", f.item, f.error);
                     }
                     n => {
                         let _ = writeln!(
