@@ -123,34 +123,25 @@ impl Scene {
         Scene::from_model(model)
     }
 
-    fn from_model(model: Model) -> Result<Scene> {
-        let mut warnings = model.warnings.clone();
+    fn from_model(mut model: Model) -> Result<Scene> {
+        let mut warnings = std::mem::take(&mut model.warnings);
         // A texture that cannot be loaded (an external file not shipped with the GLB, an
         // undecodable image) costs the texture, not the object, as in Blender's importer.
         let mut left_out = Vec::new();
-        let images: Vec<Option<Texture>> = model
-            .document
-            .images()
-            .map(|image| {
-                match image_bytes(&model, &image).and_then(|bytes| decode_texture(&bytes)) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        left_out.push(format!("image {}: {e:#}", image.index()));
-                        None
-                    }
+        let mut textures = Vec::new();
+        // glTF image index → index in `textures`, for the images that decoded.
+        let mut texture_of_image = std::collections::HashMap::new();
+        for image in model.document.images() {
+            match image_bytes(&model, &image).and_then(|bytes| decode_texture(&bytes)) {
+                Ok(t) => {
+                    texture_of_image.insert(image.index(), textures.len());
+                    textures.push(t);
                 }
-            })
-            .collect();
+                Err(e) => left_out.push(format!("image {}: {e:#}", image.index())),
+            }
+        }
         if !left_out.is_empty() {
             warnings.push(format!("textures left out: {}", left_out.join("; ")));
-        }
-        let mut textures = Vec::new();
-        let mut texture_of_image = std::collections::HashMap::new();
-        for (i, image) in images.into_iter().enumerate() {
-            if let Some(t) = image {
-                texture_of_image.insert(i, textures.len());
-                textures.push(t);
-            }
         }
         let mut materials = vec![Material {
             base_color: [0.8, 0.8, 0.8, 1.0],

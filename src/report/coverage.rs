@@ -25,6 +25,37 @@ pub struct LeftOutObject {
     pub reason: String,
 }
 
+/// `training 23 of 25, validation 3 of 3`: how many objects of each part were used.
+pub fn counts(parts: &[Coverage]) -> String {
+    parts
+        .iter()
+        .map(|p| format!("{} {} of {}", p.part, p.used, p.objects))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The objects left out, grouped by reason as (reason, [(uid, part)]): the reasons that cost
+/// most objects first.
+pub fn by_reason(parts: &[Coverage]) -> Vec<(&str, Vec<(&str, &str)>)> {
+    let mut groups: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
+    for p in parts {
+        for l in &p.left_out {
+            let entry = (l.uid.as_str(), p.part.as_str());
+            match groups.iter_mut().find(|(r, _)| *r == l.reason) {
+                Some((_, objects)) => objects.push(entry),
+                None => groups.push((&l.reason, vec![entry])),
+            }
+        }
+    }
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    groups
+}
+
+/// A reason on one line (Blender's errors span several).
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The run summary's account of a stage's parts: a line of counts, then one line per reason
 /// with how many objects it cost and the first few (results.md lists every one). `None`
 /// when nothing was left out.
@@ -33,33 +64,21 @@ pub fn coverage_note(parts: &[Coverage]) -> Option<String> {
     if lost == 0 {
         return None;
     }
-    let counts: Vec<String> = parts
-        .iter()
-        .map(|p| format!("{} {} of {}", p.part, p.used, p.objects))
-        .collect();
-    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
-    for l in parts.iter().flat_map(|p| &p.left_out) {
-        match by_reason.iter_mut().find(|(r, _)| *r == l.reason) {
-            Some((_, uids)) => uids.push(&l.uid),
-            None => by_reason.push((&l.reason, vec![&l.uid])),
-        }
-    }
-    by_reason.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
-    let mut note = format!("used {} ({lost} left out)", counts.join(", "));
-    for (reason, uids) in by_reason {
-        let reason: String = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut note = format!("used {} ({lost} left out)", counts(parts));
+    for (reason, objects) in by_reason(parts) {
+        let reason = one_line(reason);
         let reason = match reason.char_indices().nth(200) {
             Some((cut, _)) => format!("{}…", &reason[..cut]),
             None => reason,
         };
-        let shown: Vec<&str> = uids.iter().take(3).copied().collect();
-        let more = match uids.len() {
+        let shown: Vec<&str> = objects.iter().take(3).map(|(uid, _)| *uid).collect();
+        let more = match objects.len() {
             n if n > 3 => format!(" and {} more", n - 3),
             _ => String::new(),
         };
         note.push_str(&format!(
             "\n  {:>5}  {reason} — {}{more}",
-            uids.len(),
+            objects.len(),
             shown.join(", ")
         ));
     }

@@ -1,7 +1,7 @@
 //! The results table: one row per evaluated head, as markdown (with the study's published
 //! numbers beside ours when asked), CSV and JSON.
 
-use super::coverage::Coverage;
+use super::coverage::{self, Coverage};
 use crate::stages::evaluate::Evaluation;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -197,60 +197,37 @@ fn left_out_section(rows: &[Row]) -> String {
             md.push_str("Not recorded by this evaluation.\n\n");
             continue;
         }
-        let counts: Vec<String> = parts
-            .iter()
-            .map(|p| format!("{} {} of {}", p.part, p.used, p.objects))
-            .collect();
+        let counts = coverage::counts(parts);
         let lost: usize = parts.iter().map(|p| p.left_out.len()).sum();
         if lost == 0 {
-            let _ = writeln!(
-                md,
-                "Every object of the split was used ({}).\n",
-                counts.join(", ")
-            );
+            let _ = writeln!(md, "Every object of the split was used ({counts}).\n");
             continue;
         }
         let _ = writeln!(
             md,
-            "Objects used: {}. {lost} object{} lacked embeddings (a download, render or embed \
-             failed) and {} left out, as the study's scripts dropped objects whose renders \
-             failed; the split itself is unchanged.\n",
-            counts.join(", "),
+            "Objects used: {counts}. {lost} object{} lacked embeddings (a download, render or \
+             embed failed) and {} left out, as the study's scripts dropped objects whose \
+             renders failed; the split itself is unchanged.\n",
             if lost == 1 { "" } else { "s" },
             if lost == 1 { "was" } else { "were" }
         );
-        let mut by_reason: Vec<(&str, Vec<String>)> = Vec::new();
-        for p in parts.iter() {
-            for l in &p.left_out {
-                let entry = format!("`{}` ({})", l.uid, p.part);
-                match by_reason.iter_mut().find(|(r, _)| *r == l.reason) {
-                    Some((_, uids)) => uids.push(entry),
-                    None => by_reason.push((&l.reason, vec![entry])),
-                }
-            }
-        }
-        by_reason.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
         md.push_str("| reason | objects |\n| --- | --- |\n");
-        for (reason, uids) in by_reason {
+        for (reason, objects) in coverage::by_reason(parts) {
+            let listed: Vec<String> = objects
+                .iter()
+                .map(|(uid, part)| format!("`{uid}` ({part})"))
+                .collect();
             let _ = writeln!(
                 md,
                 "| {} | {}: {} |",
-                markdown_cell(reason),
-                uids.len(),
-                uids.join(", ")
+                coverage::one_line(reason).replace('|', "\\|"),
+                listed.len(),
+                listed.join(", ")
             );
         }
         md.push('\n');
     }
     md
-}
-
-/// Text for a markdown table cell: one line, no column breaks.
-fn markdown_cell(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace('|', "\\|")
 }
 
 /// Figures each evaluation draws (the elevation plot only with more than one ring).

@@ -29,7 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-/// 2: incomplete test objects are left out (up to `max_missing`); `objects` in metrics.json.
+/// 2: incomplete test objects are left out (up to `max_missing`); `parts` in metrics.json.
 const VERSION: u32 = 2;
 
 pub const ITEM: &str = "metrics";

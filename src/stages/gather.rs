@@ -68,6 +68,18 @@ pub fn allowed_missing(max_missing: f64, n: usize) -> usize {
     ((max_missing * n as f64) - 1e-9).ceil().max(0.0) as usize
 }
 
+/// An embed item's object and view: `<uid>@<view>` is a view, `<uid>#caption` the caption
+/// (`None`), and a bare id an image with no view of its own (`""`).
+fn item_parts(item: &str) -> (&str, Option<&str>) {
+    match item.strip_suffix(CAPTION_SUFFIX) {
+        Some(uid) => (uid, None),
+        None => match item.rsplit_once(super::render::VIEW_SEPARATOR) {
+            Some((uid, view)) => (uid, Some(view)),
+            None => (item, Some("")),
+        },
+    }
+}
+
 /// Gathers the embeddings of the complete objects of `part` from `input`: every view of the
 /// stage's grid (the views of every item it has, failed ones included) and the caption.
 /// Incomplete objects are left out with their reason; more than the part's `max_missing`
@@ -81,41 +93,25 @@ pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered>
         .collect();
     // Every view any object has or should have had: a view that failed for every object is
     // still a view each of them lacks.
-    let mut all_views: BTreeSet<&str> = BTreeSet::new();
-    let split_item = |item: &str| -> (String, Option<String>) {
-        match item.strip_suffix(CAPTION_SUFFIX) {
-            Some(uid) => (uid.to_string(), None),
-            None => match item.rsplit_once(super::render::VIEW_SEPARATOR) {
-                Some((uid, view)) => (uid.to_string(), Some(view.to_string())),
-                None => (item.to_string(), Some(String::new())),
-            },
-        }
-    };
-    for item in input
+    let all_views: BTreeSet<&str> = input
         .items
         .iter()
         .map(|(i, _)| i.as_str())
         .chain(input.left_out.iter().map(|l| l.item.as_str()))
-    {
-        if !item.ends_with(CAPTION_SUFFIX) {
-            all_views.insert(match item.rsplit_once(super::render::VIEW_SEPARATOR) {
-                Some((_, view)) => view,
-                None => "",
-            });
-        }
-    }
+        .filter_map(|item| item_parts(item).1)
+        .collect();
     // The first failure upstream of each wanted object.
-    let mut failure: HashMap<String, &str> = HashMap::new();
+    let mut failure: HashMap<&str, &str> = HashMap::new();
     for l in &input.left_out {
-        let (uid, _) = split_item(&l.item);
-        if wanted.contains(uid.as_str()) {
+        let (uid, _) = item_parts(&l.item);
+        if wanted.contains(uid) {
             failure.entry(uid).or_insert(l.reason.as_str());
         }
     }
     let mut dim = None;
     for (item, result) in &input.items {
-        let (uid, view) = split_item(item);
-        if !wanted.contains(uid.as_str()) {
+        let (uid, view) = item_parts(item);
+        if !wanted.contains(uid) {
             continue;
         }
         let output = result
@@ -138,11 +134,11 @@ pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered>
             ),
             Some(_) => {}
         }
-        let object = objects.get_mut(uid.as_str()).expect("wanted");
+        let object = objects.get_mut(uid).expect("wanted");
         match view {
             None => object.caption = Some(values),
             Some(v) => {
-                object.views.insert(v, values);
+                object.views.insert(v.to_string(), values);
             }
         }
     }
@@ -169,7 +165,7 @@ pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered>
         if o.caption.is_none() {
             what.push("no caption embedding".into());
         }
-        let reason = match failure.get(*uid) {
+        let reason = match failure.get(uid) {
             Some(reason) => reason.to_string(),
             None => what.join(", "),
         };

@@ -304,7 +304,6 @@ impl StageKind for TrainStage {
             ("validate_every".to_string(), s.validate_every.to_string()),
             ("seed".to_string(), s.seed.to_string()),
         ]);
-        let max_missing = ("max_missing".to_string(), self.max_missing.to_string());
         // Only what shapes this head goes into its key: a baseline does not retrain when
         // the autoencoder's code width changes.
         match c.head {
@@ -335,7 +334,7 @@ impl StageKind for TrainStage {
             }
         }
         // Which objects a head is trained on depends on it, for every head.
-        p.insert(max_missing.0, max_missing.1);
+        p.insert("max_missing".into(), self.max_missing.to_string());
         Ok(p)
     }
     fn reads_failures(&self) -> bool {
