@@ -707,16 +707,11 @@ cmd = "wc -c < $MVC_IN_BIG/one/big.bin > $MVC_OUT/n.txt"
 #[test]
 fn a_worker_sent_sigterm_while_a_units_thread_is_stuck_exits_within_its_grace() {
     let sb = Sandbox::new();
-    // 20,000 triangles filling the view at 1024 samples a side: minutes in the built-in
-    // renderer's thread, which nothing but the abandonment of its unit stops.
-    let objects = common::glb::objects_stage(sb.path(), &[("slow", common::glb::slow_glb(20_000))]);
+    // Minutes in the built-in renderer's thread, which nothing but the abandonment of its
+    // unit stops.
     sb.write(
         "p.toml",
-        &format!(
-            "{objects}\n[stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\n\
-             backend = \"builtin\"\nazimuths = [90]\npolar = [60]\nresolution = 128\n\
-             supersample = 8\ntimeout = 3600\n"
-        ),
+        &common::glb::slow_render_pipeline(sb.path(), false, 3600),
     );
     let (_coord, url) = coordinator(&sb, &["--no-local"]);
     let cache = sb.path().join("worker-cache");

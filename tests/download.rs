@@ -24,6 +24,14 @@ fn dataset() -> Vec<Object> {
     ]
 }
 
+/// A stage that reads each downloaded GLB (its size).
+const SIZES_STAGE: &str = r#"
+[stage.sizes]
+kind = "command"
+inputs = ["objects"]
+cmd = 'wc -c < "$MVC_IN_OBJECTS/$MVC_ITEM.glb" > "$MVC_OUT/size"'
+"#;
+
 fn download_stage(extra: &str) -> String {
     format!("[stage.objects]\nkind = \"download\"\nbackoff = 0.05\n{extra}\n")
 }
@@ -716,14 +724,9 @@ fn later_stages_read_the_glbs_and_the_captions() {
     sb.write(
         "p.toml",
         &format!(
-            "{}{}",
+            "{}{SIZES_STAGE}{}",
             download_stage("limit = 2"),
             r#"
-[stage.sizes]
-kind = "command"
-inputs = ["objects"]
-cmd = 'wc -c < "$MVC_IN_OBJECTS/$MVC_ITEM.glb" > "$MVC_OUT/size"'
-
 [stage.captions]
 kind = "command"
 inputs = ["objects.select"]
@@ -841,14 +844,9 @@ fn uids_from_a_hostile_mirror_name_nothing() {
     sb.write(
         "p.toml",
         &format!(
-            "{}{}",
+            "{}{SIZES_STAGE}{}",
             download_stage(""),
             r#"
-[stage.sizes]
-kind = "command"
-inputs = ["objects"]
-cmd = 'wc -c < "$MVC_IN_OBJECTS/$MVC_ITEM.glb" > "$MVC_OUT/size"'
-
 [stage.everything]
 kind = "command"
 inputs = ["objects"]

@@ -306,20 +306,9 @@ fn sigterm_while_a_tasks_thread_is_stuck_ends_mvc_within_its_grace() {
     // SIGTERM and the grace period the unit is abandoned, and mvc exits anyway, with what
     // finished recorded.
     let sb = Sandbox::new();
-    let objects = common::glb::objects_stage(
-        sb.path(),
-        &[
-            ("slow", common::glb::slow_glb(20_000)),
-            ("good", common::glb::box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)),
-        ],
-    );
     sb.write(
         "p.toml",
-        &format!(
-            "[executor]\ncpu = 2\n\n{objects}\n[stage.views]\nkind = \"render\"\n\
-             inputs = [\"objects\"]\nbackend = \"builtin\"\nazimuths = [90]\npolar = [60]\n\
-             resolution = 128\nsupersample = 8\ntimeout = 3600\n"
-        ),
+        &common::glb::slow_render_pipeline(sb.path(), true, 3600),
     );
     let mut run = common::Background::start(
         &mut sb.command(&["-v", "run", "p.toml", "--json", "--grace", "1"]),

@@ -391,22 +391,8 @@ fn strips_and_fans_render_as_the_triangles_they_make() {
 #[test]
 fn a_builtin_render_past_its_timeout_fails_that_object_and_the_run_goes_on() {
     let sb = common::Sandbox::new();
-    let objects = glb::objects_stage(
-        sb.path(),
-        &[
-            // 20,000 triangles filling the view at 1024 samples a side: minutes of work.
-            ("slow", glb::slow_glb(20_000)),
-            ("good", glb::box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)),
-        ],
-    );
-    sb.write(
-        "p.toml",
-        &format!(
-            "[executor]\ncpu = 2\n\n{objects}\n[stage.views]\nkind = \"render\"\n\
-             inputs = [\"objects\"]\nbackend = \"builtin\"\nazimuths = [90]\npolar = [60]\n\
-             resolution = 128\nsupersample = 8\ntimeout = 5\n"
-        ),
-    );
+    // The slow object takes minutes; `timeout = 5` stops it.
+    sb.write("p.toml", &glb::slow_render_pipeline(sb.path(), true, 5));
     let started = std::time::Instant::now();
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     let took = started.elapsed();

@@ -525,3 +525,19 @@ pub fn sparse_bomb_glb(count: u64) -> Vec<u8> {
         &bin,
     )
 }
+
+/// A pipeline whose built-in render of `slow` takes minutes (20,000 triangles filling the
+/// view at 1024 samples a side), beside a plain box `good` when `with_good`, with the
+/// render stage's `timeout` in seconds: what the timeout and stuck-thread tests run.
+pub fn slow_render_pipeline(dir: &std::path::Path, with_good: bool, timeout: u32) -> String {
+    let mut objects = vec![("slow", slow_glb(20_000))];
+    if with_good {
+        objects.push(("good", box_glb([0.5, 0.2, 0.3], [0.0; 3], 1.0)));
+    }
+    format!(
+        "[executor]\ncpu = 2\n\n{}\n[stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\n\
+         backend = \"builtin\"\nazimuths = [90]\npolar = [60]\nresolution = 128\n\
+         supersample = 8\ntimeout = {timeout}\n",
+        objects_stage(dir, &objects)
+    )
+}
