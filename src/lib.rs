@@ -5,12 +5,17 @@
 
 pub mod clip;
 pub mod commands;
+pub mod diag;
 pub mod exec;
 pub mod heads;
+pub mod hf;
+pub mod meter;
+pub mod models;
 pub mod pipeline;
 pub mod remote;
 pub mod render;
 pub mod report;
+pub mod resources;
 pub mod stages;
 pub mod store;
 pub mod task;

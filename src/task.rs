@@ -194,7 +194,7 @@ pub fn slice_digest(slice: &ParamSlice) -> Digest {
 }
 
 /// One changed field between two records.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FieldChange {
     pub field: String,
     pub old: Option<String>,

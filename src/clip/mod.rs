@@ -1,17 +1,15 @@
 //! CLIP on candle, equal to the Hugging Face reference the study used: the model's sizes from
 //! its `config.json` ([`config`]), weights ([`model`]), CLIP's tokenizer ([`tokenize`]) and
 //! `CLIPImageProcessor`'s preprocessing ([`preprocess`]). Models come from a local Hugging
-//! Face folder or from the hub ([`hub`]).
+//! Face folder or from the hub (fetched into the cache by [`crate::models`]).
 
 pub mod config;
-pub mod hub;
 pub mod model;
 pub mod preprocess;
 pub mod resample;
 pub mod tensors_file;
 pub mod tokenize;
 
-use crate::store::Store;
 use anyhow::{Result, bail};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -100,22 +98,6 @@ impl ModelSource {
             repo: spec.to_string(),
             revision: revision.unwrap_or("main").to_string(),
         })
-    }
-}
-
-impl ModelSource {
-    /// The model's files: a folder's own, or a hub model's blobs in the cache `store` opens
-    /// (downloaded first when missing; only a hub model opens it).
-    pub fn files<S: std::borrow::Borrow<Store>>(
-        &self,
-        store: impl FnOnce() -> Result<S>,
-    ) -> Result<ModelFiles> {
-        match self {
-            ModelSource::Dir(dir) => ModelFiles::in_dir(dir),
-            ModelSource::Hub { repo, revision } => {
-                hub::fetch_model(store()?.borrow(), repo, revision)
-            }
-        }
     }
 }
 

@@ -24,6 +24,7 @@ pub struct EmbedRequest {
     pub cache: PathBuf,
 }
 
+#[derive(Debug, serde::Serialize)]
 pub struct EmbedSummary {
     pub images: usize,
     pub texts: usize,
@@ -33,8 +34,8 @@ pub struct EmbedSummary {
 
 pub fn embed(req: &EmbedRequest) -> Result<EmbedSummary> {
     // A hub model is downloaded into the cache.
-    let files = ModelSource::parse(&req.model, req.revision.as_deref())?
-        .files(|| Store::open(&req.cache))?;
+    let source = ModelSource::parse(&req.model, req.revision.as_deref())?;
+    let files = crate::models::model_files(&source, || Store::open(&req.cache))?;
     let (device, device_line) = select_device(req.device)?;
     eprintln!("mvc embed: running on {device_line}");
     let mut clip = Clip::load(&files, &device, req.dtype)?;
@@ -99,4 +100,78 @@ pub fn embed(req: &EmbedRequest) -> Result<EmbedSummary> {
         dim,
         device: device_line,
     })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EmbedArgs {
+    /// A Hugging Face model folder, or a hub repo id (downloaded into the cache).
+    #[arg(long, value_name = "PATH_OR_REPO")]
+    pub model: String,
+    /// The hub revision (branch, tag or commit) of a repo id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// An image to embed (PNG or JPEG); repeat for more.
+    #[arg(long = "image", value_name = "IMG")]
+    pub images: Vec<PathBuf>,
+    /// A caption to embed; repeat for more.
+    #[arg(long = "text", value_name = "TEXT")]
+    pub texts: Vec<String>,
+    /// auto: CUDA when this build has it and a GPU answers, else the CPU.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda")]
+    pub device: DeviceChoice,
+    /// Numeric type on the GPU (f32 is the reference).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    pub dtype: Precision,
+    /// The colour transparent pixels are composited onto.
+    #[arg(long, default_value = "white", value_name = "white|#rrggbb")]
+    pub background: String,
+    /// Images or captions per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Also write the model's inputs: `pixel_values` and `input_ids` (int64).
+    #[arg(long)]
+    pub dump_inputs: bool,
+}
+
+pub fn run(args: EmbedArgs, global: &super::Global) -> Result<super::Output> {
+    let background =
+        crate::clip::config::parse_colour(&args.background).map_err(anyhow::Error::msg)?;
+    let request = EmbedRequest {
+        model: args.model,
+        revision: args.revision,
+        out: args.out.clone(),
+        images: args.images,
+        texts: args.texts,
+        device: args.device,
+        dtype: args.dtype,
+        background,
+        batch: args.batch,
+        dump_inputs: args.dump_inputs,
+        cache: global
+            .cache
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("cache")),
+    };
+    let summary = embed(&request)?;
+    let text = format!(
+        "wrote {} image and {} text embedding(s) of {} dimensions to {} (on {})\n",
+        summary.images,
+        summary.texts,
+        summary.dim,
+        args.out.display(),
+        summary.device
+    );
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        out: String,
+        #[serde(flatten)]
+        summary: &'a EmbedSummary,
+    }
+    let json = Json {
+        out: args.out.display().to_string(),
+        summary: &summary,
+    };
+    Ok(super::Output::new(text, &json))
 }

@@ -138,3 +138,47 @@ pub fn export(
         .with_context(|| format!("finishing the export of {stage}"))?;
     Ok(report)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    pub file: std::path::PathBuf,
+    pub stage: String,
+    pub dir: std::path::PathBuf,
+}
+
+/// `mvc export`: plans the pipeline (so only cached results are exported) and writes them.
+pub fn run(args: ExportArgs, global: &super::Global) -> Result<super::Output> {
+    let pipeline = super::load(&args.file)?;
+    let store = crate::store::Store::open(&global.cache_dir(Some(&pipeline)))?;
+    let (engine, _) = crate::exec::plan::plan(&pipeline, std::sync::Arc::new(store), false)?;
+    let report = export(&engine, &args.file, &args.stage, &args.dir)?;
+    let mut text = format!(
+        "exported {} item(s), {} file(s) ({}) of stage `{}` to {}\n",
+        report.items,
+        report.files,
+        crate::text::human_bytes(report.bytes),
+        args.stage,
+        args.dir.display()
+    );
+    if !report.failed.is_empty() {
+        let shown: Vec<&str> = report.failed.iter().take(10).map(String::as_str).collect();
+        text.push_str(&format!(
+            "skipped {} failed item(s): {}\n",
+            report.failed.len(),
+            shown.join(", ")
+        ));
+    }
+    #[derive(Serialize)]
+    struct Json<'a> {
+        stage: &'a str,
+        dir: String,
+        #[serde(flatten)]
+        report: &'a ExportReport,
+    }
+    let json = Json {
+        stage: &args.stage,
+        dir: args.dir.display().to_string(),
+        report: &report,
+    };
+    Ok(super::Output::new(text, &json))
+}

@@ -55,3 +55,37 @@ pub fn to_text(report: &GcReport, keep_runs: usize) -> String {
     }
     out
 }
+
+#[derive(clap::Args, Debug)]
+pub struct GcArgs {
+    /// A pipeline file, to use its cache directory.
+    pub file: Option<std::path::PathBuf>,
+    /// Report what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Runs to keep per pipeline.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub keep_runs: usize,
+}
+
+/// `mvc gc`: deletes what the last runs did not reach. Models fetched from the hub are kept
+/// while their manifests name them (gc is handed their blobs; the store does not ask).
+pub fn run(args: GcArgs, global: &super::Global) -> anyhow::Result<super::Output> {
+    let pipeline = args.file.as_deref().map(super::load).transpose()?;
+    let store = crate::store::Store::open(&global.cache_dir(pipeline.as_ref()))?;
+    let keep_runs = args.keep_runs.max(1);
+    let roots = crate::models::manifest_blobs(&store)?;
+    let report = crate::store::gc::gc(&store, keep_runs, args.dry_run, &roots)?;
+    let text = to_text(&report, keep_runs);
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        keep_runs: usize,
+        #[serde(flatten)]
+        report: &'a GcReport,
+    }
+    let json = Json {
+        keep_runs,
+        report: &report,
+    };
+    Ok(super::Output::new(text, &json))
+}

@@ -3,8 +3,7 @@
 
 use crate::exec::plan::PlanReport;
 use crate::store::Store;
-use crate::store::index::Tree;
-use crate::store::records::{RunOutcome, RunRecord, decode, format_time};
+use crate::store::records::{RunOutcome, RunRecord, format_time};
 use crate::store::verify::VerifyReport;
 use crate::text::{group_digits, human_bytes, name_width};
 use anyhow::Result;
@@ -35,13 +34,9 @@ pub struct RunLine {
 }
 
 pub fn summarize(store: &Store, last_runs: usize) -> Result<CacheSummary> {
-    let index = store.index();
     let listing = store.blobs().list()?;
-    let mut runs: Vec<RunRecord> = Vec::new();
-    for entry in index.scan(Tree::Runs, b"") {
-        let (_, value) = entry?;
-        runs.push(decode(&value, "run record")?);
-    }
+    let runs: Vec<RunRecord> = store.runs()?;
+    let entries = store.entry_counts();
     let runs = runs
         .iter()
         .rev()
@@ -58,12 +53,12 @@ pub fn summarize(store: &Store, last_runs: usize) -> Result<CacheSummary> {
         .collect();
     Ok(CacheSummary {
         cache: store.dir().display().to_string(),
-        results: index.len(Tree::Tasks),
-        failures: index.len(Tree::Failures),
-        records: index.len(Tree::Records),
+        results: entries.results,
+        failures: entries.failures,
+        records: entries.records,
         blobs: listing.blobs.len(),
         blob_bytes: listing.blobs.iter().map(|b| b.1).sum(),
-        index_bytes: index.size_on_disk(),
+        index_bytes: store.index().size_on_disk(),
         runs,
     })
 }
@@ -194,4 +189,67 @@ pub fn remote_to_text(status: &crate::remote::protocol::Status) -> String {
         }
     }
     out
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    pub file: Option<std::path::PathBuf>,
+    /// Ask a running coordinator instead: its workers, their slots and what each runs.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["file", "verify"])]
+    pub connect: Option<String>,
+    /// The coordinator's token file (with --connect; else MVC_TOKEN).
+    #[arg(long, value_name = "FILE", requires = "connect")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Re-hash every blob and check every index entry.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
+    if let Some(url) = &args.connect {
+        return remote(url, args.token_file.as_deref());
+    }
+    let pipeline = args.file.as_deref().map(super::load).transpose()?;
+    let dir = global.cache_dir(pipeline.as_ref());
+    if !dir.exists() {
+        anyhow::bail!(
+            "there is no cache at {} yet (a first `mvc run` creates it)",
+            dir.display()
+        );
+    }
+    let store = std::sync::Arc::new(Store::open(&dir)?);
+    let summary = summarize(&store, 5)?;
+    let plan_report = match &pipeline {
+        Some(p) => Some(crate::exec::plan::plan(p, store.clone(), false)?.1),
+        None => None,
+    };
+    let verify_report = args
+        .verify
+        .then(|| crate::store::verify::verify(&store))
+        .transpose()?;
+    let value = serde_json::json!({
+        "cache": summary,
+        "stages": plan_report.as_ref().map(|p| &p.stages),
+        "verify": verify_report.as_ref().map(|v| serde_json::json!({
+            "clean": v.clean(),
+            "problems": v.problems,
+            "blobs": v.blobs,
+            "results": v.results,
+        })),
+    });
+    let text = to_text(&summary, plan_report.as_ref(), verify_report.as_ref());
+    let code = match verify_report {
+        Some(v) if !v.clean() => 1,
+        _ => 0,
+    };
+    Ok(super::Output::new(text, &value).with_code(code))
+}
+
+/// `mvc status --connect URL`.
+fn remote(url: &str, token_file: Option<&std::path::Path>) -> Result<super::Output> {
+    use anyhow::Context as _;
+    let token = crate::remote::auth::Token::load(token_file)?;
+    let client = crate::remote::client::Client::new(url, token.as_ref())?;
+    let status = super::block_on(client.status())?.with_context(|| format!("asking {url}"))?;
+    Ok(super::Output::new(remote_to_text(&status), &status))
 }

@@ -2,15 +2,15 @@
 
 use crate::exec::resolve::{Engine, NotKeyed, State};
 use crate::store::Store;
-use crate::store::index::Tree;
 use crate::store::records::format_time;
 use crate::task::{Digest, FieldChange, KeyRecord, TaskKey, diff_fields};
 use anyhow::{Result, bail};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// `mvc why FILE STAGE ITEM`, on a planned engine.
-pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
+pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<Why> {
     let g = &engine.graph;
     let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
         let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
@@ -31,14 +31,6 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
         );
     };
     let store = &engine.store;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "task {stage}/{item} (kind {} v{})",
-        node.kind.kind(),
-        node.kind.version()
-    );
-
     let (fields, key) = match engine.record_of(t) {
         Ok(record) => {
             let key = record.key();
@@ -66,60 +58,56 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<String> {
         }
     };
     let state = engine.state[t as usize];
-    match key {
-        Some(key) => {
-            let _ = writeln!(out, "key: {key}");
-        }
-        None => {
-            let _ = writeln!(out, "key: not yet known");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "status: {}",
-        status_line(engine, t, state, key.as_ref())?
-    );
-    let _ = writeln!(out, "\nkey record:");
-    write_fields(&mut out, &fields);
-
-    let latest = store.latest(stage, item)?;
-    match (latest, key) {
-        (None, _) => {
-            let _ = writeln!(
-                out,
-                "\nno earlier record for {stage}/{item}: it is a new item"
-            );
-        }
+    let status = status_line(engine, t, state, key.as_ref())?;
+    let history = match (store.latest(stage, item)?, key) {
+        (None, _) => History {
+            note: format!("no earlier record for {stage}/{item}: it is a new item"),
+            compared_with: None,
+            changes: None,
+        },
         (Some(latest), Some(key)) if latest.key == key => match latest.previous {
-            Some(previous) => {
-                let _ = writeln!(
-                    out,
-                    "\nthis is the last record cached for {stage}/{item} (since {}); it replaced \
+            Some(previous) => History {
+                note: format!(
+                    "this is the last record cached for {stage}/{item} (since {}); it replaced \
                      key {}:",
                     format_time(latest.when_ms),
                     previous.short()
-                );
-                write_diff(&mut out, store, &previous, &fields)?;
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "\nthis is the only record cached for {stage}/{item} (since {})",
+                ),
+                compared_with: Some(previous.to_hex()),
+                changes: diff(store, &previous, &fields)?,
+            },
+            None => History {
+                note: format!(
+                    "this is the only record cached for {stage}/{item} (since {})",
                     format_time(latest.when_ms)
-                );
-            }
+                ),
+                compared_with: None,
+                changes: None,
+            },
         },
-        (Some(latest), _) => {
-            let _ = writeln!(
-                out,
-                "\nchanged since the last record cached for {stage}/{item} (key {}, {}):",
+        (Some(latest), _) => History {
+            note: format!(
+                "changed since the last record cached for {stage}/{item} (key {}, {}):",
                 latest.key.short(),
                 format_time(latest.when_ms)
-            );
-            write_diff(&mut out, store, &latest.key, &fields)?;
-        }
-    }
-    Ok(out)
+            ),
+            compared_with: Some(latest.key.to_hex()),
+            changes: diff(store, &latest.key, &fields)?,
+        },
+    };
+    Ok(Why {
+        task: Some(WhyTask {
+            stage: stage.to_string(),
+            item: item.to_string(),
+            kind: node.kind.kind().to_string(),
+            kind_version: node.kind.version(),
+        }),
+        key: key.map(|k| k.to_hex()),
+        status,
+        outputs: Vec::new(),
+        record: fields,
+        history: Some(history),
+    })
 }
 
 fn status_line(engine: &Engine, t: u32, state: State, key: Option<&TaskKey>) -> Result<String> {
@@ -157,78 +145,157 @@ fn write_fields(out: &mut String, fields: &BTreeMap<String, String>) {
     }
 }
 
-fn write_diff(
-    out: &mut String,
+/// What `mvc why` says about a task or a key.
+#[derive(Debug, Serialize)]
+pub struct Why {
+    /// The task asked about (`why FILE STAGE ITEM`); none for `why KEY`.
+    pub task: Option<WhyTask>,
+    /// Its key (hex), when its inputs are known.
+    pub key: Option<String>,
+    pub status: String,
+    /// The outputs of the cached result (`why KEY`).
+    pub outputs: Vec<OutputLine>,
+    /// The key record, field by field.
+    pub record: BTreeMap<String, String>,
+    /// How it compares with the last record cached for the item (`why FILE STAGE ITEM`).
+    pub history: Option<History>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WhyTask {
+    pub stage: String,
+    pub item: String,
+    pub kind: String,
+    pub kind_version: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputLine {
+    pub name: String,
+    pub bytes: u64,
+    pub digest: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct History {
+    pub note: String,
+    /// The key compared with (hex).
+    pub compared_with: Option<String>,
+    /// The fields that differ from it; `None` when there is nothing to compare with, or
+    /// its record is no longer in the cache.
+    pub changes: Option<Vec<FieldChange>>,
+}
+
+impl Why {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(task) = &self.task {
+            let _ = writeln!(
+                out,
+                "task {}/{} (kind {} v{})",
+                task.stage, task.item, task.kind, task.kind_version
+            );
+        }
+        let _ = writeln!(
+            out,
+            "key: {}",
+            self.key.as_deref().unwrap_or("not yet known")
+        );
+        let _ = writeln!(out, "status: {}", self.status);
+        for o in &self.outputs {
+            let short = &o.digest[..o.digest.len().min(12)];
+            let _ = writeln!(out, "  output {} ({} bytes, {short})", o.name, o.bytes);
+        }
+        let _ = writeln!(out, "\nkey record:");
+        write_fields(&mut out, &self.record);
+        if let Some(history) = &self.history {
+            let _ = writeln!(out, "\n{}", history.note);
+            match &history.changes {
+                None if history.compared_with.is_some() => {
+                    let _ = writeln!(out, "  (its record is no longer in the cache)");
+                }
+                None => {}
+                Some(changes) if changes.is_empty() => {
+                    let _ = writeln!(out, "  (no field differs)");
+                }
+                Some(changes) => {
+                    for FieldChange { field, old, new } in changes {
+                        let _ = writeln!(
+                            out,
+                            "  {field}: {} → {}",
+                            old.as_deref().unwrap_or("(absent)"),
+                            new.as_deref().unwrap_or("(absent)")
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What differs between the record under `old_key` and `new_fields`; `None` when that
+/// record is no longer in the cache.
+fn diff(
     store: &Store,
     old_key: &TaskKey,
     new_fields: &BTreeMap<String, String>,
-) -> Result<()> {
+) -> Result<Option<Vec<FieldChange>>> {
     let Some(old) = store.record(old_key)? else {
-        let _ = writeln!(out, "  (its record is no longer in the cache)");
-        return Ok(());
+        return Ok(None);
     };
     let old_shared = store.shared_params(&old.shared)?;
-    let changes = diff_fields(&old.fields(old_shared.as_ref()), new_fields);
-    if changes.is_empty() {
-        let _ = writeln!(out, "  (no field differs)");
-    }
-    for FieldChange { field, old, new } in changes {
-        let _ = writeln!(
-            out,
-            "  {field}: {} → {}",
-            old.as_deref().unwrap_or("(absent)"),
-            new.as_deref().unwrap_or("(absent)")
-        );
-    }
-    Ok(())
+    Ok(Some(diff_fields(
+        &old.fields(old_shared.as_ref()),
+        new_fields,
+    )))
 }
 
 /// `mvc why KEY`: the record stored under a key (or a unique prefix of at least 8 digits).
-pub fn why_key(store: &Store, key_text: &str) -> Result<String> {
+pub fn why_key(store: &Store, key_text: &str) -> Result<Why> {
     let key = find_key(store, key_text)?;
     let Some(record) = store.record(&key)? else {
         bail!("no key record for {key} in this cache");
     };
-    let mut out = String::new();
-    let _ = writeln!(out, "key: {key}");
-    if let Some(result) = store.result(&key)? {
-        let _ = writeln!(
-            out,
-            "status: cached result of {}/{} (ran {} in {:.2}s on {})",
+    let mut outputs = Vec::new();
+    let status = if let Some(result) = store.result(&key)? {
+        outputs = result
+            .outputs
+            .iter()
+            .map(|o| OutputLine {
+                name: o.name.clone(),
+                bytes: o.size,
+                digest: o.digest.to_hex(),
+            })
+            .collect();
+        format!(
+            "cached result of {}/{} (ran {} in {:.2}s on {})",
             result.stage,
             result.item,
             format_time(result.started_ms),
             result.duration_ms as f64 / 1000.0,
             result.host
-        );
-        for o in &result.outputs {
-            let _ = writeln!(
-                out,
-                "  output {} ({} bytes, {})",
-                o.name,
-                o.size,
-                o.digest.short()
-            );
-        }
+        )
     } else if let Some(failure) = store.failure(&key)? {
-        let _ = writeln!(
-            out,
-            "status: failed ({}/{} at {}): {}",
+        format!(
+            "failed ({}/{} at {}): {}",
             failure.stage,
             failure.item,
             format_time(failure.when_ms),
             failure.error
-        );
+        )
     } else {
-        let _ = writeln!(
-            out,
-            "status: no result (the task did not finish, or gc removed it)"
-        );
-    }
+        "no result (the task did not finish, or gc removed it)".to_string()
+    };
     let shared = store.shared_params(&record.shared)?;
-    let _ = writeln!(out, "\nkey record:");
-    write_fields(&mut out, &record.fields(shared.as_ref()));
-    Ok(out)
+    Ok(Why {
+        task: None,
+        key: Some(key.to_hex()),
+        status,
+        outputs,
+        record: record.fields(shared.as_ref()),
+        history: None,
+    })
 }
 
 fn find_key(store: &Store, text: &str) -> Result<TaskKey> {
@@ -245,9 +312,8 @@ fn find_key(store: &Store, text: &str) -> Result<TaskKey> {
         .map(|i| u8::from_str_radix(&even[i..i + 2], 16).unwrap())
         .collect();
     let mut found = Vec::new();
-    for entry in store.index().scan(Tree::Records, &prefix) {
-        let (k, _) = entry?;
-        let d = Digest(k.as_slice().try_into().unwrap_or([0; 32]));
+    for d in store.record_keys_with_prefix(&prefix) {
+        let d = d?;
         if d.to_hex().starts_with(&text) {
             found.push(d);
         }
@@ -258,4 +324,29 @@ fn find_key(store: &Store, text: &str) -> Result<TaskKey> {
     found
         .pop()
         .ok_or_else(|| anyhow::anyhow!("no task key starting with `{text}` in this cache"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WhyArgs {
+    /// FILE STAGE ITEM, or a task KEY (64 hex digits or a unique prefix).
+    #[arg(num_args = 1..=3, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+pub fn run(args: WhyArgs, global: &super::Global) -> Result<super::Output> {
+    let why = match args.args.as_slice() {
+        [key] => {
+            let store = Store::open(&global.cache_dir(None))?;
+            why_key(&store, key)?
+        }
+        [file, stage, item] => {
+            let pipeline = super::load(std::path::Path::new(file))?;
+            let store = Store::open(&global.cache_dir(Some(&pipeline)))?;
+            let (engine, _) =
+                crate::exec::plan::plan(&pipeline, std::sync::Arc::new(store), false)?;
+            why_task(&engine, stage, item)?
+        }
+        _ => bail!("usage: mvc why FILE STAGE ITEM, or mvc why KEY"),
+    };
+    Ok(super::Output::new(why.to_text(), &why))
 }

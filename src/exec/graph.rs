@@ -4,8 +4,8 @@
 //! Tasks are numbered densely (a stage's tasks are contiguous) and the graph is stored in
 //! flat arrays, so a million tasks cost tens of megabytes, not hundreds.
 
-use crate::pipeline::Pipeline;
-use crate::stages::{
+use super::workflow::{Stage, Workflow};
+use crate::exec::kind::{
     Binding, ExpandCtx, Expansion, NotYetAvailable, ParamCtx, StageKind, StageOutputs,
 };
 use crate::store::Store;
@@ -88,7 +88,7 @@ impl TaskGraph {
     /// Expands every stage (upstream first) and keys its shared parameters. A stage that
     /// expands from outputs its `sources` lack, and every stage downstream of it, is left
     /// deferred (no tasks).
-    pub fn build(pipeline: &Pipeline, store: &Store, sources: &Sources) -> Result<TaskGraph> {
+    pub fn build(pipeline: &Workflow, store: &Store, sources: &Sources) -> Result<TaskGraph> {
         let n = pipeline.stages.len();
         let mut stages: Vec<Option<StageNode>> = (0..n).map(|_| None).collect();
         let mut next_task: u64 = 0;
@@ -102,64 +102,12 @@ impl TaskGraph {
                 .iter()
                 .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
                 .collect();
-            let upstream = |u: usize| stages[u].as_ref().expect("upstream expanded first");
-            // Per input: whether the stage's items come from that input's outputs.
-            let reads_outputs: Vec<bool> = (0..inputs.len())
-                .map(|k| stage.kind.expands_from_outputs_of(k))
+            let upstream: Vec<&StageNode> = inputs
+                .iter()
+                .map(|&u| stages[u].as_ref().expect("upstream expanded first"))
                 .collect();
-            let deferred = inputs.iter().zip(&reads_outputs).find_map(|(&u, &reads)| {
-                let up = upstream(u);
-                if let Some(why) = &up.deferred {
-                    return Some(why.clone());
-                }
-                if !reads {
-                    return None;
-                }
-                match sources.get(&u) {
-                    None => Some(format!("items known once `{}` has run", up.name)),
-                    Some(out) if out.items.is_empty() && !up.is_empty() => {
-                        Some(format!("`{}` has no successful result", up.name))
-                    }
-                    Some(_) => None,
-                }
-            });
-            // A stage whose parameters cannot be known yet (its model could not be
-            // downloaded) is left unexpanded with the reason; the rest plans and runs.
-            let (shared, deferred) = match stage.kind.shared_params(&ParamCtx { store }) {
-                Ok(shared) => (shared, deferred),
-                Err(e) => match e.downcast_ref::<NotYetAvailable>() {
-                    Some(why) => (ParamSlice::new(), deferred.or_else(|| Some(why.0.clone()))),
-                    None => {
-                        return Err(
-                            e.context(format!("reading the parameters of stage `{}`", stage.name))
-                        );
-                    }
-                },
-            };
-            let expansion = if deferred.is_some() {
-                Expansion {
-                    items: Vec::new(),
-                    bindings: vec![Binding::Item; inputs.len()],
-                }
-            } else {
-                let ctx = ExpandCtx {
-                    stage: &stage.name,
-                    inputs: inputs
-                        .iter()
-                        .map(|&u| (upstream(u).name.as_str(), upstream(u).items.as_slice()))
-                        .collect(),
-                    outputs: inputs
-                        .iter()
-                        .zip(&reads_outputs)
-                        .map(|(u, &reads)| reads.then(|| sources.get(u).map(|o| &**o)).flatten())
-                        .collect(),
-                    store,
-                };
-                stage
-                    .kind
-                    .expand(&ctx)
-                    .with_context(|| format!("expanding stage `{}`", stage.name))?
-            };
+            let (shared, deferred, expansion) =
+                expand_stage(stage, &inputs, &upstream, sources, store)?;
             let mut items = Vec::with_capacity(expansion.items.len());
             let mut item_params = HashMap::new();
             let mut item_bytes = HashMap::new();
@@ -221,59 +169,8 @@ impl TaskGraph {
             }
         }
 
-        // Per-item edges: join on item id (a direct index when the lists line up, which they
-        // do for `per_item` stages reading their first input).
-        let mut item_deps = vec![MISSING; deps_len];
-        let mut lookups: HashMap<usize, HashMap<&str, u32>> = HashMap::new();
-        for node in &stages {
-            for (k, &input) in node.item_inputs.iter().enumerate() {
-                let up = &stages[node.inputs[input].stage];
-                let stride = node.item_inputs.len();
-                for (local, own) in node.items.iter().enumerate() {
-                    let item = node.item_sources.get(&(local as u32)).unwrap_or(own);
-                    let dep = if up.items.get(local) == Some(item) {
-                        up.start + local as u32
-                    } else {
-                        let map = lookups.entry(node.inputs[input].stage).or_insert_with(|| {
-                            up.items
-                                .iter()
-                                .enumerate()
-                                .map(|(i, id)| (&**id, up.start + i as u32))
-                                .collect()
-                        });
-                        map.get(&**item).copied().unwrap_or(MISSING)
-                    };
-                    item_deps[node.deps_base + local * stride + k] = dep;
-                }
-            }
-        }
-        drop(lookups);
-
-        // Dependents in CSR form.
-        let mut counts = vec![0u32; total + 1];
-        for &dep in &item_deps {
-            if dep != MISSING {
-                counts[dep as usize + 1] += 1;
-            }
-        }
-        for i in 0..total {
-            counts[i + 1] += counts[i];
-        }
-        let mut fill = counts.clone();
-        let mut dependents = vec![0u32; item_deps.len()];
-        for node in &stages {
-            let stride = node.item_inputs.len();
-            for local in 0..node.items.len() {
-                for k in 0..stride {
-                    let dep = item_deps[node.deps_base + local * stride + k];
-                    if dep != MISSING {
-                        dependents[fill[dep as usize] as usize] = node.start + local as u32;
-                        fill[dep as usize] += 1;
-                    }
-                }
-            }
-        }
-        dependents.truncate(counts[total] as usize);
+        let item_deps = item_edges(&stages, deps_len);
+        let (counts, dependents) = dependents_of(&stages, &item_deps, total);
 
         // Whole-stage consumers.
         let mut consumers: Vec<Vec<u32>> = vec![Vec::new(); stages.len()];
@@ -377,4 +274,136 @@ impl TaskGraph {
     pub fn task_label(&self, task: u32) -> String {
         format!("{}/{}", self.stage_of(task).name, self.item(task))
     }
+}
+
+/// A stage's shared parameters, why it is deferred (if it is), and its items: nothing is
+/// expanded while an upstream stage is deferred, while the outputs it expands from are not
+/// known yet, or while its parameters cannot be known (its model could not be downloaded).
+fn expand_stage(
+    stage: &Stage,
+    inputs: &[usize],
+    upstream: &[&StageNode],
+    sources: &Sources,
+    store: &Store,
+) -> Result<(ParamSlice, Option<String>, Expansion)> {
+    // Per input: whether the stage's items come from that input's outputs.
+    let reads_outputs: Vec<bool> = (0..inputs.len())
+        .map(|k| stage.kind.expands_from_outputs_of(k))
+        .collect();
+    let deferred = inputs
+        .iter()
+        .zip(upstream)
+        .zip(&reads_outputs)
+        .find_map(|((u, up), &reads)| {
+            if let Some(why) = &up.deferred {
+                return Some(why.clone());
+            }
+            if !reads {
+                return None;
+            }
+            match sources.get(u) {
+                None => Some(format!("items known once `{}` has run", up.name)),
+                Some(out) if out.items.is_empty() && !up.is_empty() => {
+                    Some(format!("`{}` has no successful result", up.name))
+                }
+                Some(_) => None,
+            }
+        });
+    // A stage whose parameters cannot be known yet (its model could not be
+    // downloaded) is left unexpanded with the reason; the rest plans and runs.
+    let (shared, deferred) = match stage.kind.shared_params(&ParamCtx { store }) {
+        Ok(shared) => (shared, deferred),
+        Err(e) => match e.downcast_ref::<NotYetAvailable>() {
+            Some(why) => (ParamSlice::new(), deferred.or_else(|| Some(why.0.clone()))),
+            None => {
+                return Err(e.context(format!("reading the parameters of stage `{}`", stage.name)));
+            }
+        },
+    };
+    if deferred.is_some() {
+        let nothing = Expansion {
+            items: Vec::new(),
+            bindings: vec![Binding::Item; inputs.len()],
+        };
+        return Ok((shared, deferred, nothing));
+    }
+    let ctx = ExpandCtx {
+        stage: &stage.name,
+        inputs: upstream
+            .iter()
+            .map(|up| (up.name.as_str(), up.items.as_slice()))
+            .collect(),
+        outputs: inputs
+            .iter()
+            .zip(&reads_outputs)
+            .map(|(u, &reads)| reads.then(|| sources.get(u).map(|o| &**o)).flatten())
+            .collect(),
+        store,
+    };
+    let expansion = stage
+        .kind
+        .expand(&ctx)
+        .with_context(|| format!("expanding stage `{}`", stage.name))?;
+    Ok((shared, None, expansion))
+}
+
+/// Per-item edges: for each task, the upstream task of each per-item input (`MISSING` when
+/// the upstream stage lacks the item). Joined on item id, by a direct index when the lists
+/// line up (they do for `per_item` stages reading their first input).
+fn item_edges(stages: &[StageNode], deps_len: usize) -> Vec<u32> {
+    let mut item_deps = vec![MISSING; deps_len];
+    let mut lookups: HashMap<usize, HashMap<&str, u32>> = HashMap::new();
+    for node in stages {
+        for (k, &input) in node.item_inputs.iter().enumerate() {
+            let up = &stages[node.inputs[input].stage];
+            let stride = node.item_inputs.len();
+            for (local, own) in node.items.iter().enumerate() {
+                let item = node.item_sources.get(&(local as u32)).unwrap_or(own);
+                let dep = if up.items.get(local) == Some(item) {
+                    up.start + local as u32
+                } else {
+                    let map = lookups.entry(node.inputs[input].stage).or_insert_with(|| {
+                        up.items
+                            .iter()
+                            .enumerate()
+                            .map(|(i, id)| (&**id, up.start + i as u32))
+                            .collect()
+                    });
+                    map.get(&**item).copied().unwrap_or(MISSING)
+                };
+                item_deps[node.deps_base + local * stride + k] = dep;
+            }
+        }
+    }
+    item_deps
+}
+
+/// The dependents of each task, in CSR form: (offsets, one per task and one more; the
+/// dependent tasks).
+fn dependents_of(stages: &[StageNode], item_deps: &[u32], total: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut counts = vec![0u32; total + 1];
+    for &dep in item_deps {
+        if dep != MISSING {
+            counts[dep as usize + 1] += 1;
+        }
+    }
+    for i in 0..total {
+        counts[i + 1] += counts[i];
+    }
+    let mut fill = counts.clone();
+    let mut dependents = vec![0u32; item_deps.len()];
+    for node in stages {
+        let stride = node.item_inputs.len();
+        for local in 0..node.items.len() {
+            for k in 0..stride {
+                let dep = item_deps[node.deps_base + local * stride + k];
+                if dep != MISSING {
+                    dependents[fill[dep as usize] as usize] = node.start + local as u32;
+                    fill[dep as usize] += 1;
+                }
+            }
+        }
+    }
+    dependents.truncate(counts[total] as usize);
+    (counts, dependents)
 }

@@ -1,14 +1,21 @@
 //! Running: task graph, resolution, planning, the local executor and its progress display.
 
 pub mod graph;
+pub mod kind;
 pub mod launcher;
 pub mod plan;
 pub mod progress;
 mod remote_units;
 pub mod resolve;
 pub mod run;
-pub mod slots;
+mod summary;
+mod units;
 pub mod workdir;
+pub mod workers;
+pub mod workflow;
+
+/// Resource slots moved to the leaf [`crate::resources`]; the old path stays for callers.
+pub use crate::resources as slots;
 
 /// Runs blocking work inline when it is small, on tokio's blocking pool when it is not.
 ///

@@ -2,10 +2,8 @@
 
 use super::graph::{Sources, TaskGraph};
 use super::resolve::{Carry, Engine, Mode, State};
-use crate::pipeline::Pipeline;
+use super::workflow::Workflow;
 use crate::store::Store;
-use crate::store::index::Tree;
-use crate::store::records::latest_key;
 use crate::text::{group_digits, name_width};
 use anyhow::Result;
 use indexmap::IndexMap;
@@ -41,7 +39,7 @@ impl PlanReport {
         serde_json::to_string(self).expect("plans always serialise")
     }
 
-    pub fn to_text(&self, pipeline: &Pipeline, cache: &std::path::Path) -> String {
+    pub fn to_text(&self, pipeline: &Workflow, cache: &std::path::Path) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -132,7 +130,7 @@ impl PlanReport {
 
 /// Plans a pipeline: every task keyed and looked up, nothing run.
 pub fn plan(
-    pipeline: &Pipeline,
+    pipeline: &Workflow,
     store: Arc<Store>,
     retry_failed: bool,
 ) -> Result<(Engine, PlanReport)> {
@@ -171,12 +169,7 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
         let mut reasons: HashMap<String, u64> = HashMap::new();
         if counts.to_run + counts.pending > 0 {
             // A stage the index has never recorded: every task is new, without a lookup each.
-            let never_seen = engine
-                .store
-                .index()
-                .scan(Tree::Latest, &latest_key(&node.name, ""))
-                .next()
-                .is_none();
+            let never_seen = !engine.store.has_seen_stage(&node.name);
             for t in node.tasks() {
                 let cause = match engine.state[t as usize] {
                     State::ToRun | State::Pending if never_seen => "new item".to_string(),

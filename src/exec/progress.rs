@@ -1,6 +1,11 @@
 //! Progress: one indicatif bar per stage on a terminal (done / cached / failed / total, rate,
 //! ETA). When stdout is not a terminal, plain log lines on stderr instead: a line per stage
 //! when it finishes, and a status line for unfinished stages every ten seconds.
+//!
+//! A stage's rate and ETA are its own: counted from when its first task finished, not from
+//! when the run began (every bar exists from the start), and written as the plain lines and
+//! the summary write numbers. A stage whose items are not known yet shows no bar at all, only
+//! what it waits for.
 
 use super::resolve::Counts;
 use crate::text::group_digits;
@@ -21,9 +26,21 @@ pub struct Progress {
     deferred: Vec<bool>,
     /// Bytes (done, total) per stage, for kinds that transfer data.
     bytes: Vec<(u64, u64)>,
+    /// When each stage's first task finished, and how many had then: its rate counts from
+    /// there.
+    first_done: Vec<Option<(Instant, u64)>>,
+    /// The stage a waiting stage waits for (named in its reason), if it is shown.
+    waits_for: Vec<Option<usize>>,
     /// `-q`: neither bars nor plain lines.
     quiet: bool,
     last_plain: Instant,
+    styles: Option<Styles>,
+}
+
+/// A bar for a stage whose items are known, and a line for one still waiting.
+struct Styles {
+    bar: ProgressStyle,
+    waiting: ProgressStyle,
 }
 
 impl Progress {
@@ -34,21 +51,26 @@ impl Progress {
         // Bars only when someone watches a terminal: with stdout redirected (a log file, a
         // pipe into jq), plain lines are what the reader of that output can use.
         let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-        let bars = (!quiet && watched).then(|| {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
-            let width = names.iter().map(|n| n.len()).max().unwrap_or(5);
-            let style = ProgressStyle::with_template(&format!(
-                "{{prefix:>{width}.bold}} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {{msg}} \
-                 {{per_sec}} ETA {{eta}}"
+        let width = names.iter().map(|n| n.len()).max().unwrap_or(5);
+        let styles = (!quiet && watched).then(|| Styles {
+            bar: ProgressStyle::with_template(&format!(
+                "{{prefix:>{width}.bold}} [{{bar:30.cyan/blue}}] {{msg}}"
             ))
             .expect("the progress template is valid")
-            .progress_chars("=> ");
+            .progress_chars("=> "),
+            waiting: ProgressStyle::with_template(&format!("{{prefix:>{width}.bold}} {{msg}}"))
+                .expect("the progress template is valid"),
+        });
+        let bars = styles.as_ref().map(|styles| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
             let bars = stages
                 .iter()
                 .map(|(name, total)| {
+                    // Until the graph is built, nothing is known: no bar yet.
                     let bar = multi.add(ProgressBar::new(*total));
-                    bar.set_style(style.clone());
+                    bar.set_style(styles.waiting.clone());
                     bar.set_prefix(name.clone());
+                    bar.set_message("planning");
                     bar
                 })
                 .collect();
@@ -64,8 +86,11 @@ impl Progress {
             finished: vec![false; n],
             deferred: vec![false; n],
             bytes: vec![(0, 0); n],
+            first_done: vec![None; n],
+            waits_for: vec![None; n],
             quiet,
             last_plain: Instant::now(),
+            styles,
         }
     }
 
@@ -75,10 +100,21 @@ impl Progress {
         for (i, (total, why)) in totals.iter().zip(deferred).enumerate() {
             self.totals[i] = *total;
             self.deferred[i] = why.is_some();
-            if let Some((_, bars)) = &self.bars {
+            // The engine's reason names the stage it waits for: once that stage is done the
+            // line says so, rather than go on waiting for it.
+            self.waits_for[i] = why.as_deref().and_then(|why| {
+                let name = why.split('`').nth(1)?;
+                self.names.iter().position(|n| n == name)
+            });
+            if let (Some((_, bars)), Some(styles)) = (&self.bars, &self.styles) {
                 bars[i].set_length(*total);
-                if let Some(why) = why {
-                    bars[i].set_message(format!("waiting: {why}"));
+                match why {
+                    Some(why) => {
+                        // No bar: an empty stage would draw a full one, as if it were done.
+                        bars[i].set_style(styles.waiting.clone());
+                        bars[i].set_message(format!("waiting: {why}"));
+                    }
+                    None => bars[i].set_style(styles.bar.clone()),
                 }
             }
         }
@@ -96,17 +132,35 @@ impl Progress {
             if self.stage_started[i].is_none() && (resolved > 0 || c.to_run > 0) {
                 self.stage_started[i] = Some(Instant::now());
             }
+            if self.first_done[i].is_none() && c.ran + c.failed > 0 {
+                self.first_done[i] = Some((Instant::now(), c.ran + c.failed));
+            }
             if self.deferred[i] {
+                if let Some((_, bars)) = &self.bars
+                    && let Some(source) = self.waits_for[i]
+                    && self.finished[source]
+                {
+                    bars[i].set_message(format!(
+                        "waiting: `{}` has run; its items are listed once the tasks running now \
+                         end",
+                        self.names[source]
+                    ));
+                }
                 continue;
             }
             if let Some((_, bars)) = &self.bars {
-                bars[i].set_position(resolved);
+                // The message first: a frame drawn between the two calls then shows the new
+                // count beside the old bar, never a full bar beside the old count.
                 bars[i].set_message(format!(
-                    "cached {} · failed {}{}",
+                    "{}/{} · cached {} · failed {}{}{}",
+                    group_digits(resolved),
+                    group_digits(self.totals[i]),
                     group_digits(c.cached),
                     group_digits(c.all_failed()),
-                    self.bytes_text(i)
+                    self.bytes_text(i),
+                    self.rate_text(i, c)
                 ));
+                bars[i].set_position(resolved);
             }
             if !self.finished[i] && resolved == self.totals[i] {
                 self.finished[i] = true;
@@ -146,15 +200,26 @@ impl Progress {
         line.push_str(&self.bytes_text(i));
         if resolved == total {
             line.push_str(&format!(" in {elapsed:.1}s"));
-        } else if c.ran + c.failed > 0 && elapsed > 0.0 {
-            let rate = (c.ran + c.failed) as f64 / elapsed;
-            let left = total - resolved;
-            line.push_str(&format!(
-                ", {rate:.1} tasks/s, ETA {:.0}s",
-                left as f64 / rate.max(1e-9)
-            ));
+        } else {
+            line.push_str(&self.rate_text(i, c));
         }
         line
+    }
+
+    /// `, 1.7 tasks/s, ETA 12s` once a stage has finished tasks at a measurable pace (two or
+    /// more, counted from its first), else nothing.
+    fn rate_text(&self, i: usize, c: &Counts) -> String {
+        let Some((first, at_first)) = self.first_done[i] else {
+            return String::new();
+        };
+        let since = first.elapsed().as_secs_f64();
+        let done = (c.ran + c.failed).saturating_sub(at_first);
+        let left = self.totals[i].saturating_sub(c.resolved());
+        if done == 0 || since <= 0.0 || left == 0 {
+            return String::new();
+        }
+        let rate = done as f64 / since;
+        format!(", {rate:.1} tasks/s, ETA {:.0}s", left as f64 / rate)
     }
 
     /// ` · 1.2 MB of 3.4 MB` for stages that transfer data, else nothing.
@@ -192,5 +257,66 @@ impl Progress {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(ran: u64, to_run: u64) -> Counts {
+        Counts {
+            ran,
+            to_run,
+            ..Counts::default()
+        }
+    }
+
+    /// A stage's rate counts from its own first finished task, so a stage that has finished
+    /// one task (or none) shows no rate at all, whenever the run began.
+    #[test]
+    fn a_rate_belongs_to_its_stage() {
+        let stages = [("early".to_string(), 0), ("late".to_string(), 0)];
+        let mut p = Progress::new(&stages, true);
+        p.set_stages(&[10, 10], &[None, None]);
+        p.update(&[counts(0, 10), counts(0, 10)]);
+        assert_eq!(p.rate_text(0, &counts(0, 10)), "");
+        p.update(&[counts(1, 9), counts(0, 10)]);
+        assert_eq!(p.rate_text(0, &counts(1, 9)), "", "one task is no pace yet");
+        std::thread::sleep(Duration::from_millis(50));
+        let text = p.rate_text(0, &counts(3, 7));
+        assert!(
+            text.starts_with(", ") && text.contains(" tasks/s, ETA "),
+            "{text}"
+        );
+        let rate = &text[2..text.find(" tasks/s").unwrap()];
+        assert!(rate.parse::<f64>().unwrap() > 0.0, "{text}");
+        assert_eq!(
+            rate.split('.').nth(1).map(str::len),
+            Some(1),
+            "one decimal: {text}"
+        );
+        assert_eq!(
+            p.rate_text(1, &counts(0, 10)),
+            "",
+            "the other stage has not begun"
+        );
+        assert_eq!(p.rate_text(0, &counts(10, 0)), "", "nothing left: no ETA");
+    }
+
+    /// A waiting stage knows which shown stage its reason names.
+    #[test]
+    fn a_waiting_stage_knows_what_it_waits_for() {
+        let stages = [("objects".to_string(), 0), ("embed".to_string(), 0)];
+        let mut p = Progress::new(&stages, true);
+        p.set_stages(
+            &[8, 0],
+            &[None, Some("items known once `objects` has run".into())],
+        );
+        assert_eq!(p.waits_for, vec![None, Some(0)]);
+        assert!(p.deferred[1]);
+        p.set_stages(&[8, 104], &[None, None]);
+        assert_eq!(p.waits_for, vec![None, None]);
+        assert!(!p.deferred[1]);
     }
 }

@@ -6,19 +6,16 @@
 //! wins, and the others find the lease gone.
 
 use super::resolve::Engine;
-use super::run::{
+use super::units::{
     PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs, take_unit,
 };
-use crate::exec::slots::Resources;
-use crate::remote::coordinator::{Coordinator, Reply, SchedMsg};
-use crate::remote::protocol::{Complete, Unit, UnitTaskWire};
-use crate::stages::TaskOutcome;
+use super::workers::{Complete, Refused, Reply, SchedMsg, Unit, UnitTaskWire, WorkerHub};
+use crate::exec::kind::TaskOutcome;
+use crate::resources::Resources;
 use crate::store::Store;
-use crate::store::index::Tree;
 use crate::store::records::{decode, encode};
 use crate::task::{Digest, TaskKey};
 use anyhow::Result;
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -54,7 +51,7 @@ struct Waiting {
 pub(super) type Effects = Vec<(u32, Reported)>;
 
 pub(super) struct RemoteUnits {
-    pub(super) coord: Arc<Coordinator>,
+    pub(super) coord: Arc<dyn WorkerHub>,
     rx: mpsc::UnboundedReceiver<SchedMsg>,
     leases: HashMap<u64, Lease>,
     waiting: VecDeque<Waiting>,
@@ -77,18 +74,14 @@ pub(super) struct RemoteUnits {
 
 impl RemoteUnits {
     pub(super) fn new(
-        coord: Arc<Coordinator>,
+        coord: Arc<dyn WorkerHub>,
         rx: mpsc::UnboundedReceiver<SchedMsg>,
     ) -> Result<RemoteUnits> {
         let mut before = HashMap::new();
-        for entry in coord.store.index().scan(Tree::Leases, b"") {
-            let (id, value) = entry?;
-            let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) else {
-                continue;
-            };
+        for (id, value) in coord.store().leases()? {
             match decode::<PersistedLease>(&value, "lease") {
                 Ok(lease) => {
-                    before.insert(u64::from_be_bytes(id), lease);
+                    before.insert(id, lease);
                 }
                 Err(e) => tracing::warn!("dropping an unreadable lease record: {e:#}"),
             }
@@ -102,10 +95,10 @@ impl RemoteUnits {
                 "{} unit(s) were out with workers when the last coordinator stopped; their \
                  tasks wait {:?} for those workers to report",
                 before.len(),
-                coord.config.lease_timeout
+                coord.lease_timeout()
             );
         }
-        let held_until = Instant::now() + coord.config.lease_timeout;
+        let held_until = Instant::now() + coord.lease_timeout();
         Ok(RemoteUnits {
             coord,
             rx,
@@ -159,7 +152,7 @@ impl RemoteUnits {
     }
 
     fn store(&self) -> &Store {
-        &self.coord.store
+        self.coord.store()
     }
 
     /// Whether to say (once per stage) that a stage's tasks wait for a worker, because no
@@ -256,7 +249,7 @@ impl RemoteUnits {
                 .collect(),
         };
         let worker_name = {
-            let mut shared = self.coord.shared.lock().unwrap();
+            let mut shared = self.coord.shared().lock().unwrap();
             shared.leased.insert(id, w.worker);
             let label = match prepared.len() {
                 1 => format!("{}/{}", node.name, prepared[0].identity.item),
@@ -281,9 +274,7 @@ impl RemoteUnits {
             stage: node.name.clone(),
             tasks: prepared.iter().map(|p| p.identity.clone()).collect(),
         };
-        self.store()
-            .index()
-            .put(Tree::Leases, &id.to_be_bytes(), &encode(&persisted))?;
+        self.store().put_lease(id, &encode(&persisted))?;
         for p in &prepared {
             engine.start(p.task);
         }
@@ -311,13 +302,13 @@ impl RemoteUnits {
     /// Removes a lease everywhere it is noted.
     fn drop_lease(&mut self, id: u64) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
-        let mut shared = self.coord.shared.lock().unwrap();
+        let mut shared = self.coord.shared().lock().unwrap();
         shared.leased.remove(&id);
         if let Some(w) = shared.workers.get_mut(&lease.worker) {
             w.holding.shift_remove(&id);
         }
         drop(shared);
-        if let Err(e) = self.store().index().delete(Tree::Leases, &id.to_be_bytes()) {
+        if let Err(e) = self.store().delete_lease(id) {
             tracing::warn!("could not forget lease {id}: {e:#}");
         }
         Some(lease)
@@ -332,7 +323,7 @@ impl RemoteUnits {
         queues: &mut [VecDeque<u32>],
         effects: &mut Effects,
     ) {
-        let max = self.coord.config.max_attempts.max(1);
+        let max = self.coord.max_attempts().max(1);
         for (t, _) in lease.tasks.into_iter().rev() {
             let entry = self.attempts.entry(t).or_insert((0, String::new()));
             entry.0 += 1;
@@ -362,11 +353,11 @@ impl RemoteUnits {
     ) {
         self.publish_queue(engine, queues);
         let now = Instant::now();
-        let timeout = self.coord.config.lease_timeout;
-        let beat = self.coord.config.heartbeat();
+        let timeout = self.coord.lease_timeout();
+        let beat = self.coord.heartbeat();
         let mut lost: Vec<(u64, String)> = Vec::new();
         {
-            let mut shared = self.coord.shared.lock().unwrap();
+            let mut shared = self.coord.shared().lock().unwrap();
             for (id, lease) in &self.leases {
                 match shared.workers.get(&lease.worker) {
                     None => lost.push((*id, format!("worker {} is gone", lease.worker_name))),
@@ -416,7 +407,7 @@ impl RemoteUnits {
         self.waiting = still;
         if now >= self.held_until && (!self.before.is_empty() || !self.held_tasks.is_empty()) {
             for id in std::mem::take(&mut self.before).into_keys() {
-                let _ = self.store().index().delete(Tree::Leases, &id.to_be_bytes());
+                let _ = self.store().delete_lease(id);
             }
             self.held_keys.clear();
             for t in std::mem::take(&mut self.held_tasks) {
@@ -430,7 +421,7 @@ impl RemoteUnits {
     /// ticker, not on every turn of the scheduler's loop: a turn per finished unit would
     /// rebuild it thousands of times a second for nothing.
     pub(super) fn publish_queue(&self, engine: &Engine, queues: &[VecDeque<u32>]) {
-        let mut shared = self.coord.shared.lock().unwrap();
+        let mut shared = self.coord.shared().lock().unwrap();
         shared.queued =
             queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
         shared.queued_by_stage.clear();
@@ -492,14 +483,14 @@ impl RemoteUnits {
         if let Some(lease) = self.leases.get(&unit) {
             if lease.worker != body.worker && lease.worker_name != body.worker_name {
                 return Err((
-                    StatusCode::CONFLICT,
+                    Refused::Conflict,
                     format!("unit {unit} is held by another worker; its result is not recorded"),
                 ));
             }
             let keys: Vec<TaskKey> = lease.tasks.iter().map(|(_, p)| p.key).collect();
             if keys != body.keys || body.outcomes.len() != keys.len() {
                 return Err((
-                    StatusCode::BAD_REQUEST,
+                    Refused::BadRequest,
                     format!("the result does not match unit {unit}'s tasks"),
                 ));
             }
@@ -507,7 +498,7 @@ impl RemoteUnits {
             if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
                 let why = format!("worker {}: {problem}", lease.worker_name);
                 self.lost(lease, &why, queues, effects);
-                return Err((StatusCode::BAD_REQUEST, problem));
+                return Err((Refused::BadRequest, problem));
             }
             let stage = engine.graph.stages[lease.stage].name.clone();
             let mut stopped = Vec::new();
@@ -548,7 +539,7 @@ impl RemoteUnits {
             self.done_units.insert(unit);
             if let Some(w) = self
                 .coord
-                .shared
+                .shared()
                 .lock()
                 .unwrap()
                 .workers
@@ -568,13 +559,10 @@ impl RemoteUnits {
         });
         if adoptable && Instant::now() < self.held_until {
             if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
-                return Err((StatusCode::BAD_REQUEST, problem));
+                return Err((Refused::BadRequest, problem));
             }
             let lease = self.before.remove(&unit).expect("present");
-            let _ = self
-                .store()
-                .index()
-                .delete(Tree::Leases, &unit.to_be_bytes());
+            let _ = self.store().delete_lease(unit);
             for (identity, outcome) in lease.tasks.iter().zip(body.outcomes) {
                 let reported = commit_outcome(
                     self.store(),
@@ -599,7 +587,7 @@ impl RemoteUnits {
             return Ok("recorded (leased by the previous coordinator)".into());
         }
         Err((
-            StatusCode::CONFLICT,
+            Refused::Conflict,
             format!(
                 "unit {unit} is not leased to this worker any more (its lease expired and it \
                  went back to the queue, or the run was stopped); its result is not recorded"

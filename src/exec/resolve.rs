@@ -6,7 +6,7 @@
 
 use super::graph::{MISSING, Sources, TaskGraph};
 use super::workdir::LeftOut;
-use crate::stages::{Binding, StageOutputs};
+use crate::exec::kind::{Binding, StageOutputs};
 use crate::store::Store;
 use crate::store::memo::{KeyMap, MemoValue, StageMemo};
 use crate::task::{
@@ -152,7 +152,7 @@ pub struct Engine {
     /// Failed (or blocked) items of each completed stage.
     stage_failed: Vec<usize>,
     aggregates: Vec<Option<Aggregate>>,
-    /// Per completed stage that a [failure-reading](crate::stages::StageKind::reads_failures)
+    /// Per completed stage that a [failure-reading](crate::exec::kind::StageKind::reads_failures)
     /// kind reads whole: its items without a result, each with the failure that stopped it,
     /// and the digest of that list (which goes into the reader's key).
     left_out: Vec<Option<(Arc<Vec<LeftOut>>, Digest)>>,

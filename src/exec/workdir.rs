@@ -1,35 +1,15 @@
 //! A task's work directory: inputs materialised from the cache, outputs moved into it.
 
-use crate::stages::Binding;
+use crate::exec::kind::Binding;
 use crate::store::Store;
 use crate::store::blobs::BlobError;
-use crate::store::records::{INLINE_MAX, Output, TaskResult};
+use crate::store::records::{INLINE_MAX, Output};
 use crate::task::Digest;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-/// What a task reads from one input stage.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct InputData {
-    pub stage: String,
-    pub binding: Binding,
-    /// For [`Binding::Item`] exactly one entry (for [`Binding::ItemIfPresent`] one or none);
-    /// for [`Binding::All`] every successful item
-    /// of the upstream stage, in item order.
-    pub items: Vec<(String, TaskResult)>,
-    /// For [`Binding::All`] and a kind that [reads failures](crate::stages::StageKind::reads_failures):
-    /// the upstream items without a result, in item order, each with why.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub left_out: Vec<LeftOut>,
-}
-
-/// An item of an upstream stage that has no result, and the failure that stopped it (its
-/// own, or the one upstream that blocked it), as `stage: error`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LeftOut {
-    pub item: String,
-    pub reason: String,
-}
+/// What a task reads from an input is part of the kinds' API.
+pub use super::kind::{InputData, LeftOut};
 
 /// An input blob that failed verification (or vanished) while being materialised.
 #[derive(Debug)]

@@ -14,6 +14,20 @@ use rayon::prelude::*;
 /// Rows per parallel chunk.
 const CHUNK_ROWS: usize = 64;
 
+/// Added under the square root when normalising, so a zero vector (a ReLU code that died)
+/// has cosine 0 with everything instead of NaN.
+pub const NORM_EPS: f64 = 1e-12;
+
+/// Rows scaled to unit length along the last dimension.
+pub fn unit(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(candle_core::D::Minus1)?
+        .affine(1.0, NORM_EPS)?
+        .sqrt()?;
+    x.broadcast_div(&norm)
+}
+
 /// The contiguous slice of a storage, or an error naming the op.
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
@@ -145,7 +159,7 @@ pub fn bias_relu(z: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Added under the square root when normalising, as everywhere in the losses.
-const EPS: f64 = super::loss::NORM_EPS;
+const EPS: f64 = NORM_EPS;
 
 /// For `x` `[G, M, d]`: each group's sum of its unit rows, `u = x / sqrt(|x|² + eps)`, and in
 /// a last column the group's sum of `|u|²`. Output `[G, d + 1]`.
@@ -256,7 +270,7 @@ pub fn unit_group_sums(x: &Tensor) -> Result<(Tensor, Tensor)> {
         let out = x.contiguous()?.apply_op1(UnitGroupSums)?;
         Ok((out.narrow(1, 0, d)?, out.narrow(1, d, 1)?.sum_all()?))
     } else {
-        let u = super::loss::unit(x)?;
+        let u = unit(x)?;
         Ok((u.sum(1)?, u.sqr()?.sum_all()?))
     }
 }

@@ -8,19 +8,9 @@
 
 use candle_core::{D, Result, Tensor};
 
-/// Added under the square root when normalising, so a zero vector (a ReLU code that died)
-/// has cosine 0 with everything instead of NaN.
-pub(crate) const NORM_EPS: f64 = 1e-12;
-
-/// Rows scaled to unit length along the last dimension.
-pub fn unit(x: &Tensor) -> Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .affine(1.0, NORM_EPS)?
-        .sqrt()?;
-    x.broadcast_div(&norm)
-}
+use super::fused::NORM_EPS;
+/// Unit rows are computed next to the fused kernels that use them.
+pub use super::fused::unit;
 
 /// Pair sums from each group's sum of unit vectors (`[G, d]`) and the sum of every member's
 /// squared length.

@@ -35,7 +35,7 @@ impl std::str::FromStr for HeadKind {
             "autoencoder" => Ok(HeadKind::Autoencoder),
             other => {
                 let mut msg = format!("unknown head `{other}`; heads: {}", HEAD_NAMES.join(", "));
-                if let Some(c) = crate::pipeline::parse::closest(other, HEAD_NAMES) {
+                if let Some(c) = crate::diag::closest(other, HEAD_NAMES) {
                     msg.push_str(&format!(" (did you mean `{c}`?)"));
                 }
                 Err(msg)

@@ -3,19 +3,10 @@
 //!
 //! Pass 1 reads only each stage's `kind` (and the positions of stage tables). Pass 2 streams
 //! the document again and deserialises every stage table straight into its kind's parameter
-//! struct: no buffering, so type errors and unknown fields carry their line and column.
+//! struct (found by name in `stages::registry`): no buffering, so type errors and unknown fields carry their line and column.
 
 use super::PipelineError;
-use crate::exec::slots::Resources;
-use crate::stages::KINDS;
-use crate::stages::command::CommandParams;
-use crate::stages::download::DownloadParams;
-use crate::stages::embed::EmbedParams;
-use crate::stages::evaluate::EvaluateParams;
-use crate::stages::render::RenderParams;
-use crate::stages::report::ReportParams;
-use crate::stages::split::SplitParams;
-use crate::stages::train::TrainParams;
+use crate::stages::registry::{self, KINDS, StageTable};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -34,105 +25,17 @@ pub struct PipelineTable {
     pub results: Option<String>,
 }
 
-/// The `[executor]` table: slots per resource (defaults from the machine), and where
-/// workers come from (`kind = "slurm"` and its settings, see `remote::slurm`).
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecutorTable {
-    pub cpu: Option<u32>,
-    pub gpu: Option<u32>,
-    pub blender: Option<u32>,
-    pub net: Option<u32>,
-    /// `local` (the default) or `slurm`.
-    pub kind: Option<Spanned<String>>,
-    pub partition: Option<String>,
-    pub account: Option<String>,
-    /// The worker jobs' time limit, in Slurm's format (`HH:MM:SS`, `D-HH`).
-    pub time: Option<String>,
-    pub cpus_per_worker: Option<Spanned<u32>>,
-    pub max_workers: Option<Spanned<u32>>,
-    /// Stage kind → the generic resources its workers ask for, e.g. `embed = "gpu:1"`.
-    #[serde(default)]
-    pub gres: IndexMap<String, Spanned<String>>,
-    /// The URL workers reach the coordinator at (default: from the listening address).
-    pub connect: Option<String>,
-    /// Seconds a worker job waits without work before it exits.
-    pub exit_when_idle: Option<Spanned<f64>>,
-    /// Whether this machine also runs units (default: no, under Slurm: a login node).
-    pub local: Option<bool>,
-    /// A worker job script to use instead of the built-in `workers/slurm/worker.sbatch`.
-    pub script: Option<String>,
-}
-
-impl ExecutorTable {
-    pub fn apply(&self, base: Resources) -> Resources {
-        Resources {
-            cpu: self.cpu.unwrap_or(base.cpu),
-            gpu: self.gpu.unwrap_or(base.gpu),
-            blender: self.blender.unwrap_or(base.blender),
-            net: self.net.unwrap_or(base.net),
-        }
-    }
-}
-
-/// A stage table, deserialised into its kind's parameters.
-#[derive(Debug)]
-pub enum StageParams {
-    Command(Box<CommandParams>),
-    Download(Box<DownloadParams>),
-    Render(Box<RenderParams>),
-    Embed(Box<EmbedParams>),
-    Split(Box<SplitParams>),
-    Train(Box<TrainParams>),
-    Evaluate(Box<EvaluateParams>),
-    Report(Box<ReportParams>),
-}
-
-impl StageParams {
-    pub fn inputs(&self) -> &[Spanned<String>] {
-        match self {
-            StageParams::Command(p) => &p.inputs,
-            StageParams::Download(_) => &[],
-            StageParams::Render(p) => &p.inputs,
-            StageParams::Embed(p) => &p.inputs,
-            StageParams::Split(p) => &p.inputs,
-            StageParams::Train(p) => &p.inputs,
-            StageParams::Evaluate(p) => &p.inputs,
-            StageParams::Report(p) => &p.inputs,
-        }
-    }
-
-    /// The `kind` as written.
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            StageParams::Command(_) => "command",
-            StageParams::Download(_) => "download",
-            StageParams::Render(_) => "render",
-            StageParams::Embed(_) => "embed",
-            StageParams::Split(_) => "split",
-            StageParams::Train(_) => "train",
-            StageParams::Evaluate(_) => "evaluate",
-            StageParams::Report(_) => "report",
-        }
-    }
-
-    /// The stages a stage of this kind adds before itself, named `NAME.SUFFIX` (a download's
-    /// metadata and selection); other stages may read them as inputs.
-    pub fn sub_stages(&self) -> &'static [&'static str] {
-        match self {
-            StageParams::Command(_) => &[],
-            StageParams::Download(_) => crate::stages::download::SUB_STAGES,
-            _ => &[],
-        }
-    }
-}
+pub use super::executor::ExecutorTable;
 
 #[derive(Debug)]
 pub struct RawStage {
     pub name: String,
     /// Byte range of the stage's table header (`[stage.NAME]`).
     pub span: Range<usize>,
-    pub params: StageParams,
+    /// Its kind, as the registry names it.
+    pub kind: &'static str,
+    /// The table, read by its kind.
+    pub params: Box<dyn StageTable>,
 }
 
 #[derive(Debug)]
@@ -224,15 +127,7 @@ fn check_stage_name(
     }
 }
 
-/// The closest of `candidates` to `word`, if any is reasonably close.
-pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
-        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 2).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
+pub use crate::diag::closest;
 
 /// Turns a TOML or serde error into `file:line:col: message`, adding the closest valid name
 /// to "unknown field" errors.
@@ -314,20 +209,12 @@ impl<'de> Visitor<'de> for StagesSeed<'_> {
                 .kinds
                 .get(&name)
                 .ok_or_else(|| de::Error::custom(format!("stage `{name}` was not seen before")))?;
-            let params = match kind.as_str() {
-                "command" => StageParams::Command(map.next_value::<Box<CommandParams>>()?),
-                "download" => StageParams::Download(map.next_value::<Box<DownloadParams>>()?),
-                "render" => StageParams::Render(map.next_value::<Box<RenderParams>>()?),
-                "embed" => StageParams::Embed(map.next_value::<Box<EmbedParams>>()?),
-                "split" => StageParams::Split(map.next_value::<Box<SplitParams>>()?),
-                "train" => StageParams::Train(map.next_value::<Box<TrainParams>>()?),
-                "evaluate" => StageParams::Evaluate(map.next_value::<Box<EvaluateParams>>()?),
-                "report" => StageParams::Report(map.next_value::<Box<ReportParams>>()?),
-                other => return Err(de::Error::custom(format!("unknown stage kind `{other}`"))),
-            };
+            // Each kind reads its own table (streamed, so errors keep their position).
+            let (kind, params) = registry::read_table(kind, &mut map)?;
             stages.push(RawStage {
                 name,
                 span: span.clone(),
+                kind,
                 params,
             });
         }

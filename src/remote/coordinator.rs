@@ -6,9 +6,10 @@
 use super::auth::Token;
 use super::protocol::{
     API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, LeaseReply, LeaseRequest,
-    PipelineText, Register, Registered, Status, Unit, WorkerStatus,
+    PipelineText, Register, Registered, Status, WorkerStatus,
 };
-use crate::exec::slots::Resources;
+use crate::exec::workers::{Refused, Reply, WorkerHub};
+pub use crate::exec::workers::{SchedMsg, Shared, WorkerEntry};
 use crate::store::Store;
 use crate::store::blobs::BlobError;
 use crate::task::Digest;
@@ -21,7 +22,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use indexmap::IndexMap;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,56 +59,6 @@ impl CoordinatorConfig {
     pub fn heartbeat(&self) -> Duration {
         (self.lease_timeout / 4).max(Duration::from_millis(100))
     }
-}
-
-/// What the HTTP handlers ask of the scheduler.
-pub enum SchedMsg {
-    Lease {
-        worker: u64,
-        free: Resources,
-        deadline: Instant,
-        reply: oneshot::Sender<Option<Unit>>,
-    },
-    Complete {
-        unit: u64,
-        body: Complete,
-        reply: oneshot::Sender<Reply>,
-    },
-    Fail {
-        unit: u64,
-        body: Fail,
-        reply: oneshot::Sender<Reply>,
-    },
-}
-
-/// A registered worker, as the coordinator sees it.
-#[derive(Debug)]
-pub struct WorkerEntry {
-    pub register: Register,
-    pub last_seen: Instant,
-    /// When the worker's last heartbeat came, and the units it listed.
-    pub heartbeat: Option<(Instant, Vec<u64>)>,
-    /// Unit id → label (`stage/item`, and how many tasks) of what it holds.
-    pub holding: IndexMap<u64, String>,
-    pub units_done: u64,
-}
-
-/// State shared by the handlers and the scheduler.
-#[derive(Default)]
-pub struct Shared {
-    pub workers: IndexMap<u64, WorkerEntry>,
-    next_worker: u64,
-    /// Unit id → the worker that holds it.
-    pub leased: HashMap<u64, u64>,
-    /// Tasks waiting in the scheduler's queues (for `mvc status`), and per stage (for the
-    /// Slurm launcher, which sizes its job arrays by them).
-    pub queued: u64,
-    pub queued_by_stage: IndexMap<String, u64>,
-    /// The run is over: lease requests are answered with `finished`.
-    pub finished: bool,
-    /// (count, bytes) of blobs sent to workers and received from them.
-    pub blobs_sent: (u64, u64),
-    pub blobs_received: (u64, u64),
 }
 
 pub struct Coordinator {
@@ -178,10 +128,26 @@ impl Coordinator {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
 
-    /// Marks the run over (or starting again, for `mvc serve`).
-    pub fn set_finished(&self, finished: bool) {
-        self.shared.lock().unwrap().finished = finished;
+impl WorkerHub for Coordinator {
+    fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+    fn lease_timeout(&self) -> Duration {
+        self.config.lease_timeout
+    }
+    fn heartbeat(&self) -> Duration {
+        self.config.heartbeat()
+    }
+    fn max_attempts(&self) -> u32 {
+        self.config.max_attempts
+    }
+    fn pipeline_digest(&self) -> Digest {
+        Coordinator::pipeline_digest(self)
+    }
+    fn shared(&self) -> &Mutex<Shared> {
+        &self.shared
     }
 }
 
@@ -234,9 +200,6 @@ async fn authorize(State(c): State<Arc<Coordinator>>, request: Request, next: Ne
 
 /// A refusal: its status and message (made into a response by [`refuse`]).
 pub type Refusal = (StatusCode, String);
-
-/// The scheduler's answer to a worker's report: a note for the worker, or a refusal.
-pub type Reply = Result<String, Refusal>;
 
 fn refuse((status, message): Refusal) -> Response {
     error(status, message)
@@ -377,7 +340,8 @@ async fn ask_scheduler(
     }
     match answer.await {
         Ok(Ok(message)) => axum::Json(serde_json::json!({ "ok": message })).into_response(),
-        Ok(Err((status, message))) => error(status, message),
+        Ok(Err((Refused::Conflict, message))) => error(StatusCode::CONFLICT, message),
+        Ok(Err((Refused::BadRequest, message))) => error(StatusCode::BAD_REQUEST, message),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the run ended before this was recorded; send it again",

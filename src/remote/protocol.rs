@@ -4,29 +4,14 @@
 //! Blobs travel as raw bytes (`GET`/`HEAD`/`PUT /v1/blobs/<blake3 hex>`), everything else as
 //! JSON.
 
-use crate::exec::slots::Resources;
-use crate::exec::workdir::InputData;
-use crate::stages::TaskOutcome;
-use crate::task::{Digest, ParamSlice, TaskKey};
+use crate::resources::Resources;
+
+/// The messages the engine's scheduler reads are its own ([`crate::exec::workers`]).
+pub use crate::exec::workers::{Complete, Fail, Register, Unit, UnitTaskWire};
 use serde::{Deserialize, Serialize};
 
 /// The versioned prefix of every path.
 pub const API: &str = "/v1";
-
-/// `POST /v1/workers`: a worker introduces itself.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Register {
-    /// Stable for the worker process's life (`host:pid`): a worker that registers again
-    /// after a coordinator restart is recognised by it.
-    pub name: String,
-    pub host: String,
-    pub slots: Resources,
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Whether the worker has Blender (its `blender` slots are then usable).
-    #[serde(default)]
-    pub blender: Option<String>,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Registered {
@@ -53,31 +38,6 @@ pub struct LeaseReply {
     pub finished: bool,
 }
 
-/// An execution unit leased to a worker: one or more tasks of one stage.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Unit {
-    /// Unique across coordinator restarts (random), so a result for a unit of an earlier
-    /// coordinator process is never taken for another.
-    pub id: u64,
-    pub stage: String,
-    pub resources: Resources,
-    /// The pipeline file's digest: the worker fetches its text once (`GET /v1/pipelines/D`).
-    pub pipeline: Digest,
-    /// The digest of the stage's shared parameters as the coordinator keyed them (the
-    /// Blender version, the model files' digests, …): a worker whose own differ would make
-    /// other outputs than the keys say, so it refuses the unit.
-    pub shared: Digest,
-    pub tasks: Vec<UnitTaskWire>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UnitTaskWire {
-    pub key: TaskKey,
-    pub item: String,
-    pub item_params: ParamSlice,
-    pub inputs: Vec<InputData>,
-}
-
 /// `GET /v1/pipelines/D`: the pipeline a unit belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PipelineText {
@@ -100,24 +60,6 @@ pub struct HeartbeatReply {
     /// Units the worker runs that are no longer its own (expired, or the run was stopped):
     /// it stops them.
     pub cancel: Vec<u64>,
-}
-
-/// `POST /v1/units/ID/complete`: the outcome of every task of a unit, in order. Output blobs
-/// are uploaded first.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Complete {
-    pub worker: u64,
-    pub worker_name: String,
-    pub keys: Vec<TaskKey>,
-    pub outcomes: Vec<TaskOutcome>,
-}
-
-/// `POST /v1/units/ID/fail`: the worker could not run the unit at all (not an item's fault):
-/// the unit goes back to the queue, counting one attempt.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Fail {
-    pub worker: u64,
-    pub error: String,
 }
 
 /// `GET /v1/status`: connected workers and what they run.

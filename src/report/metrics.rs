@@ -15,6 +15,8 @@
 //! need every image against every image: computed in row blocks of the similarity matrix,
 //! each at most `block_bytes`, never the whole matrix.
 
+use super::coverage::Coverage;
+use crate::heads::HeadConfig;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -218,20 +220,78 @@ pub fn evaluate(input: &EvalInput, block_bytes: usize) -> Result<Metrics> {
     let (ring, ring_angles) = rings_of(input.views);
     let rings = ring_angles.len();
 
-    // Per object: its V x V cosines and its text against each view.
-    struct PerObject {
-        pair_sum: Vec<f64>,
-        pair_sq: Vec<f64>,
-        text: Acc,
-        ring_text: Vec<Acc>,
-    }
+    let per = per_object(&u, &t, o_n, v_n, dim, &ring, rings);
+    let objects = o_n as f64;
+    let view_pair_mean: Vec<f64> = per.pair_sum.iter().map(|s| s / objects).collect();
+    let view_pair_std: Vec<f64> = per
+        .pair_sq
+        .iter()
+        .zip(&view_pair_mean)
+        .map(|(sq, m)| (sq / objects - m * m).max(0.0).sqrt())
+        .collect();
+    let pools = same_object_pools(input.views, &per, o_n, &ring, rings);
+    let sums = all_pairs(&u, n, dim, v_n, &ring, rings, block_bytes)?;
+    let views_in_ring: Vec<usize> = (0..rings)
+        .map(|r| ring.iter().filter(|x| **x == r).count())
+        .collect();
+    let ring_metrics = (0..rings)
+        .map(|r| {
+            let queries = (views_in_ring[r] * o_n).max(1) as f64;
+            RingMetrics {
+                polar: ring_angles[r],
+                elevation: ring_angles[r].map(|p| 90.0 - p),
+                views: views_in_ring[r],
+                same_object: pools.ring_same[r].stats(),
+                cross_object: sums.ring_cross[r].stats(),
+                text_to_image: per.ring_text[r].stats(),
+                retrieval_top1: sums.ring_top1[r] as f64 / queries,
+                retrieval_top5: sums.ring_top5[r] as f64 / queries,
+            }
+        })
+        .collect();
+    Ok(Metrics {
+        objects: o_n,
+        views: v_n,
+        same_object: pools.same.stats(),
+        cross_object: sums.cross.stats(),
+        text_to_image: per.text.stats(),
+        reconstruction_mse: None,
+        retrieval_top1: sums.top1 as f64 / n.max(1) as f64,
+        retrieval_top5: sums.top5 as f64 / n.max(1) as f64,
+        by_azimuth_difference: by_angle(pools.by_azimuth),
+        by_elevation_difference: by_angle(pools.by_elevation),
+        rings: ring_metrics,
+        view_pair_mean,
+        view_pair_std,
+    })
+}
+
+/// Per object summed over objects: its V x V cosines (sum and sum of squares per view pair)
+/// and its text against each view, overall and per ring.
+struct PerObject {
+    pair_sum: Vec<f64>,
+    pair_sq: Vec<f64>,
+    text: Acc,
+    ring_text: Vec<Acc>,
+}
+
+/// One parallel pass over objects: each object's views against each other and its text.
+fn per_object(
+    u: &[f32],
+    t: &[f32],
+    o_n: usize,
+    v_n: usize,
+    dim: usize,
+    ring: &[usize],
+    rings: usize,
+) -> PerObject {
     let zero = || PerObject {
         pair_sum: vec![0.0; v_n * v_n],
         pair_sq: vec![0.0; v_n * v_n],
         text: Acc::default(),
         ring_text: vec![Acc::default(); rings],
     };
-    let per = (0..o_n)
+    (0..o_n)
         .into_par_iter()
         .fold(zero, |mut acc, o| {
             let rows = &u[o * v_n * dim..(o + 1) * v_n * dim];
@@ -262,16 +322,25 @@ pub fn evaluate(input: &EvalInput, block_bytes: usize) -> Result<Metrics> {
                 .zip(&b.ring_text)
                 .for_each(|(x, y)| x.merge(y));
             a
-        });
-    let objects = o_n as f64;
-    let view_pair_mean: Vec<f64> = per.pair_sum.iter().map(|s| s / objects).collect();
-    let view_pair_std: Vec<f64> = per
-        .pair_sq
-        .iter()
-        .zip(&view_pair_mean)
-        .map(|(sq, m)| (sq / objects - m * m).max(0.0).sqrt())
-        .collect();
-    // Pooled same-object entries, overall, per ring and per angle difference.
+        })
+}
+
+/// Same-object similarity pooled overall, per ring and per angle difference.
+struct SameObjectPools {
+    same: Acc,
+    ring_same: Vec<Acc>,
+    by_azimuth: Vec<(f64, Acc)>,
+    by_elevation: Vec<(f64, Acc)>,
+}
+
+fn same_object_pools(
+    views: &[ViewInfo],
+    per: &PerObject,
+    o_n: usize,
+    ring: &[usize],
+    rings: usize,
+) -> SameObjectPools {
+    let v_n = views.len();
     let pair_acc = |i: usize, j: usize| Acc {
         n: o_n as u64,
         sum: per.pair_sum[i * v_n + j],
@@ -298,7 +367,7 @@ pub fn evaluate(input: &EvalInput, block_bytes: usize) -> Result<Metrics> {
             if ring[i] == ring[j] {
                 ring_same[ring[i]].merge(&acc);
             }
-            let (vi, vj) = (&input.views[i], &input.views[j]);
+            let (vi, vj) = (&views[i], &views[j]);
             if let (Some(a), Some(b)) = (vi.azimuth, vj.azimuth) {
                 add_group(&mut by_az, azimuth_difference(a, b), &acc);
             }
@@ -307,21 +376,40 @@ pub fn evaluate(input: &EvalInput, block_bytes: usize) -> Result<Metrics> {
             }
         }
     }
-    let finish = |mut groups: Vec<(f64, Acc)>| -> Vec<ByAngle> {
-        groups.sort_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
-        groups
-            .into_iter()
-            .map(|(difference, acc)| ByAngle {
-                difference,
-                similarity: acc.stats(),
-            })
-            .collect()
-    };
+    SameObjectPools {
+        same,
+        ring_same,
+        by_azimuth: by_az,
+        by_elevation: by_el,
+    }
+}
 
-    // Every image against every image, a block of rows at a time.
+/// Groups by angle difference, in increasing order.
+fn by_angle(mut groups: Vec<(f64, Acc)>) -> Vec<ByAngle> {
+    groups.sort_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
+    groups
+        .into_iter()
+        .map(|(difference, acc)| ByAngle {
+            difference,
+            similarity: acc.stats(),
+        })
+        .collect()
+}
+
+/// Every image against every image, a block of rows of the similarity matrix at a time
+/// (each at most `block_bytes`): cross-object similarity and retrieval, overall and per ring.
+fn all_pairs(
+    u: &[f32],
+    n: usize,
+    dim: usize,
+    v_n: usize,
+    ring: &[usize],
+    rings: usize,
+    block_bytes: usize,
+) -> Result<RowSums> {
     let object_of: Vec<usize> = (0..n).map(|r| r / v_n).collect();
     let ring_of: Vec<usize> = (0..n).map(|r| ring[r % v_n]).collect();
-    let all = Tensor::from_slice(&u, (n, dim), &Device::Cpu)?;
+    let all = Tensor::from_slice(u, (n, dim), &Device::Cpu)?;
     let all_t = all.t()?;
     let block = (block_bytes / (n.max(1) * 4 * 2)).clamp(1, n.max(1));
     let mut sums = RowSums::new(rings);
@@ -375,40 +463,7 @@ pub fn evaluate(input: &EvalInput, block_bytes: usize) -> Result<Metrics> {
         sums = sums.merge(part);
         start += rows;
     }
-
-    let views_in_ring: Vec<usize> = (0..rings)
-        .map(|r| ring.iter().filter(|x| **x == r).count())
-        .collect();
-    let ring_metrics = (0..rings)
-        .map(|r| {
-            let queries = (views_in_ring[r] * o_n).max(1) as f64;
-            RingMetrics {
-                polar: ring_angles[r],
-                elevation: ring_angles[r].map(|p| 90.0 - p),
-                views: views_in_ring[r],
-                same_object: ring_same[r].stats(),
-                cross_object: sums.ring_cross[r].stats(),
-                text_to_image: per.ring_text[r].stats(),
-                retrieval_top1: sums.ring_top1[r] as f64 / queries,
-                retrieval_top5: sums.ring_top5[r] as f64 / queries,
-            }
-        })
-        .collect();
-    Ok(Metrics {
-        objects: o_n,
-        views: v_n,
-        same_object: same.stats(),
-        cross_object: sums.cross.stats(),
-        text_to_image: per.text.stats(),
-        reconstruction_mse: None,
-        retrieval_top1: sums.top1 as f64 / n.max(1) as f64,
-        retrieval_top5: sums.top5 as f64 / n.max(1) as f64,
-        by_azimuth_difference: finish(by_az),
-        by_elevation_difference: finish(by_el),
-        rings: ring_metrics,
-        view_pair_mean,
-        view_pair_std,
-    })
+    Ok(sums)
 }
 
 /// The similarity matrix of all texts followed by all images (object-major), diagonal zeroed,
@@ -436,4 +491,24 @@ pub fn similarity_matrix(input: &EvalInput, max_side: usize) -> (Vec<f32>, usize
             }
         });
     (out, side, full)
+}
+
+/// `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub head: HeadConfig,
+    /// The training step whose weights were evaluated.
+    pub chosen_step: u32,
+    /// The test objects evaluated (the complete ones).
+    pub test_objects: Vec<String>,
+    /// Each part of the split: its objects, how many were used, and those left out with
+    /// why (training and validation as the head was trained, then test).
+    #[serde(default)]
+    pub parts: Vec<Coverage>,
+    /// The study's name for same-object similarity.
+    pub inter_object_similarity: Stats,
+    /// The study's name for cross-object similarity.
+    pub intra_object_similarity: Stats,
+    #[serde(flatten)]
+    pub metrics: Metrics,
 }

@@ -2,7 +2,7 @@
 //! numbers beside ours when asked), CSV and JSON.
 
 use super::coverage::{self, Coverage};
-use crate::stages::evaluate::Evaluation;
+use super::metrics::Evaluation;
 use serde::Serialize;
 use std::fmt::Write as _;
 

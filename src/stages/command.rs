@@ -14,8 +14,8 @@ use super::{
 };
 use crate::exec::blocking_if;
 use crate::exec::launcher::{Event, LaunchRequest};
-use crate::exec::slots::Resources;
 use crate::exec::workdir::{ingest_outputs, materialize_input, safe_relative};
+use crate::resources::Resources;
 use crate::store::records::now_ms;
 use crate::task::{ParamSlice, canonical_json, flatten_into};
 use anyhow::{Context, Result, bail};
@@ -598,5 +598,30 @@ fn last_lines(path: &Path, n: usize) -> String {
         format!("…{}", tail.chars().skip(skip).collect::<String>())
     } else {
         tail
+    }
+}
+
+impl super::table::StageTable for CommandParams {
+    fn inputs(&self) -> &[toml::Spanned<String>] {
+        &self.inputs
+    }
+    fn captions_from(&self, name: &str) -> Option<String> {
+        // A command stage whose items write `caption.txt` gives an embed stage its captions.
+        let captions = self.outputs.as_ref();
+        captions
+            .is_some_and(|o| o.iter().any(|f| f == super::embed::CAPTION_FILE))
+            .then(|| name.to_string())
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        _around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        Ok(super::table::Built::one(
+            name,
+            inputs,
+            CommandStage::new(name, *self)?,
+        ))
     }
 }

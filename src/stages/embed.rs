@@ -16,10 +16,10 @@ use crate::clip::tensors_file::{self, NamedTensor};
 use crate::clip::{
     Clip, ClipEncoder, DeviceChoice, ModelFiles, ModelSource, Precision, preprocess,
 };
+use crate::diag::AtSpan;
 use crate::exec::blocking_if;
-use crate::exec::slots::Resources;
 use crate::exec::workdir::output_from_bytes;
-use crate::pipeline::AtSpan;
+use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::{Output, now_ms};
 use crate::task::ParamSlice;
@@ -180,7 +180,7 @@ impl EmbedStage {
     fn files(&self, store: &Store) -> Result<ModelFiles, (String, bool)> {
         self.files
             .get_or_init(|| {
-                self.source.files(|| Ok(store)).map_err(|e| {
+                crate::models::model_files(&self.source, || Ok(store)).map_err(|e| {
                     let network = e.downcast_ref::<NotYetAvailable>().is_some();
                     (format!("stage `{}`: {e:#}", self.stage), network)
                 })
@@ -737,4 +737,28 @@ fn export_embeddings(store: &Store, items: &[ExportedItem], dir: &Path) -> Resul
         .with_context(|| format!("writing {}", js.display()))?;
     let bytes = std::fs::metadata(&st)?.len() + std::fs::metadata(&js)?.len();
     Ok((2, bytes))
+}
+
+impl super::table::StageTable for EmbedParams {
+    fn inputs(&self) -> &[Spanned<String>] {
+        &self.inputs
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        // Inputs that give captions (a download's selection, a command stage writing
+        // `caption.txt`) are read for captions; every other input for images.
+        let (inputs, roles): (Vec<String>, Vec<InputRole>) = inputs
+            .into_iter()
+            .map(|input| match around.captions_from(&input) {
+                Some(captions) => (captions, InputRole::Captions),
+                None => (input, InputRole::Images),
+            })
+            .unzip();
+        let stage = EmbedStage::new(name, *self, roles)?;
+        Ok(super::table::Built::one(name, inputs, stage))
+    }
 }

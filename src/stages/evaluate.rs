@@ -14,19 +14,19 @@ use super::{
 };
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
-use crate::exec::slots::Resources;
 use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::Curve;
-use crate::heads::{Head, HeadConfig, HeadKind};
-use crate::report::coverage::{Coverage, coverage_note};
+use crate::heads::{Head, HeadKind};
+use crate::report::coverage::coverage_note;
 use crate::report::figures;
-use crate::report::metrics::{self, EvalInput, Metrics, Stats};
+use crate::report::metrics::{self, EvalInput};
+use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::Output;
 use crate::task::ParamSlice;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::Spanned;
 
 /// 2: incomplete test objects are left out (up to `max_missing`); `parts` in metrics.json.
@@ -57,25 +57,8 @@ pub struct EvaluateParams {
     pub max_missing: Option<Spanned<f64>>,
 }
 
-/// `metrics.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    pub head: HeadConfig,
-    /// The training step whose weights were evaluated.
-    pub chosen_step: u32,
-    /// The test objects evaluated (the complete ones).
-    pub test_objects: Vec<String>,
-    /// Each part of the split: its objects, how many were used, and those left out with
-    /// why (training and validation as the head was trained, then test).
-    #[serde(default)]
-    pub parts: Vec<Coverage>,
-    /// The study's name for same-object similarity.
-    pub inter_object_similarity: Stats,
-    /// The study's name for cross-object similarity.
-    pub intra_object_similarity: Stats,
-    #[serde(flatten)]
-    pub metrics: Metrics,
-}
+/// `metrics.json` (its type lives with the report that reads it).
+pub use crate::report::metrics::Evaluation;
 
 #[derive(Clone, Debug)]
 pub struct EvaluateStage {
@@ -315,5 +298,21 @@ impl StageKind for EvaluateStage {
             ingest_outputs(store, out.path()).map_err(anyhow::Error::msg)
         })
         .await
+    }
+}
+
+impl super::table::StageTable for EvaluateParams {
+    fn inputs(&self) -> &[Spanned<String>] {
+        &self.inputs
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        let roles = super::train::input_roles(name, &inputs, around)?;
+        let stage = EvaluateStage::new(name, *self, &roles)?;
+        Ok(super::table::Built::one(name, inputs, stage))
     }
 }

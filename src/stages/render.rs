@@ -9,9 +9,8 @@
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
 };
-use crate::exec::slots::Resources;
+use crate::diag::AtSpan;
 use crate::exec::workdir::output_from_bytes;
-use crate::pipeline::AtSpan;
 use crate::render::blender::{
     BlenderPool, Job, JobError, JobView, SCRIPT, blender_version, check_engine, find_blender,
 };
@@ -19,6 +18,7 @@ use crate::render::camera::{ViewSpec, study_fov};
 use crate::render::model::{DRACO, Model, Purpose};
 use crate::render::raster::{self, LightRig, RasterSettings};
 use crate::render::scene::Scene;
+use crate::resources::Resources;
 use crate::store::records::{Output, now_ms};
 use crate::task::ParamSlice;
 use anyhow::{Result, bail};
@@ -809,5 +809,23 @@ impl StageKind for RenderStage {
             Ok(Ok(_)) => unit.iter().map(|_| TaskOutcome::Cancelled).collect(),
             Ok(Err(e)) | Err(e) => fail(&e),
         }
+    }
+}
+
+impl super::table::StageTable for RenderParams {
+    fn inputs(&self) -> &[Spanned<String>] {
+        &self.inputs
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        _around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        Ok(super::table::Built::one(
+            name,
+            inputs,
+            RenderStage::new(name, *self)?,
+        ))
     }
 }

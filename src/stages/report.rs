@@ -8,9 +8,9 @@ use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
     UnitTask, outcome,
 };
-use crate::exec::slots::Resources;
 use crate::exec::workdir::output_from_bytes;
 use crate::report::table::{self, Row, STUDY};
+use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::{Output, now_ms};
 use crate::task::ParamSlice;
@@ -58,7 +58,7 @@ impl ReportStage {
             None => false,
             Some(c) if c.get_ref() == "study" => true,
             Some(c) => {
-                return Err(crate::pipeline::AtSpan {
+                return Err(crate::diag::AtSpan {
                     span: c.span(),
                     message: format!(
                         "stage `{stage}`: compare = \"{}\" is not known; the one published \
@@ -177,6 +177,9 @@ impl StageKind for ReportStage {
     fn kind(&self) -> &'static str {
         "report"
     }
+    fn publishes_results(&self) -> bool {
+        true
+    }
     fn version(&self) -> u32 {
         VERSION
     }
@@ -207,5 +210,21 @@ impl StageKind for ReportStage {
         unit.iter()
             .map(|task| outcome(&self.stage, now_ms(), &ctx.kill, self.run(&ctx.store, task)))
             .collect()
+    }
+}
+
+impl super::table::StageTable for ReportParams {
+    fn inputs(&self) -> &[toml::Spanned<String>] {
+        &self.inputs
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        let all_evaluate = inputs.iter().all(|i| around.kind_of(i) == Some("evaluate"));
+        let stage = ReportStage::new(name, *self, all_evaluate)?;
+        Ok(super::table::Built::one(name, inputs, stage))
     }
 }

@@ -11,9 +11,9 @@
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
 };
-use crate::exec::slots::Resources;
+use crate::diag::AtSpan;
 use crate::exec::workdir::output_from_bytes;
-use crate::pipeline::AtSpan;
+use crate::resources::Resources;
 use crate::store::records::now_ms;
 use crate::task::ParamSlice;
 use anyhow::{Context, Result, bail};
@@ -324,5 +324,24 @@ impl StageKind for SplitStage {
                 }
             })
             .collect()
+    }
+}
+
+impl super::table::StageTable for SplitParams {
+    fn inputs(&self) -> &[Spanned<String>] {
+        &self.inputs
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        // A download stage gives its objects through its selection.
+        let inputs: Vec<String> = inputs.iter().map(|i| around.read_as(i)).collect();
+        let selection = format!(".{}", super::download::SELECT);
+        let from_selection = inputs.last().is_some_and(|i| i.ends_with(&selection));
+        let stage = SplitStage::new(name, *self, from_selection)?;
+        Ok(super::table::Built::one(name, inputs, stage))
     }
 }

@@ -11,12 +11,12 @@ use super::{
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
 use crate::clip::tensors_file;
-use crate::exec::slots::Resources;
+use crate::diag::AtSpan;
 use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::{Embeddings, TrainSettings, train};
 use crate::heads::{Head, HeadConfig, HeadKind, Variant};
-use crate::pipeline::AtSpan;
 use crate::report::coverage::{Coverage, coverage_note};
+use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::Output;
 use crate::task::ParamSlice;
@@ -361,5 +361,44 @@ impl StageKind for TrainStage {
             ingest_outputs(store, out.path()).map_err(anyhow::Error::msg)
         })
         .await
+    }
+}
+
+/// What each input of a train or evaluate stage gives, from the input stage's kind.
+pub fn input_roles(
+    stage: &str,
+    inputs: &[String],
+    around: &super::table::Around,
+) -> Result<Vec<Role>> {
+    inputs
+        .iter()
+        .map(|name| match around.kind_of(name) {
+            Some("split") => Ok(Role::Split),
+            Some("embed") => Ok(Role::Embeddings),
+            Some("train") => Ok(Role::Model),
+            other => bail!(
+                "stage `{stage}`: input `{name}` is {}; train and evaluate stages read a \
+                 split stage, an embed stage and (evaluate) a train stage",
+                other
+                    .map(|k| format!("a {k} stage"))
+                    .unwrap_or_else(|| "not a stage".into())
+            ),
+        })
+        .collect()
+}
+
+impl super::table::StageTable for TrainParams {
+    fn inputs(&self) -> &[Spanned<String>] {
+        &self.inputs
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        inputs: Vec<String>,
+        around: &super::table::Around,
+    ) -> Result<Vec<super::table::Built>> {
+        let roles = input_roles(name, &inputs, around)?;
+        let stage = TrainStage::new(name, *self, &roles)?;
+        Ok(super::table::Built::one(name, inputs, stage))
     }
 }

@@ -9,14 +9,14 @@ use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
 use std::collections::{HashMap, HashSet};
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StageBytes {
     pub tasks: u64,
     /// Bytes of the tasks' outputs (blobs and inline).
     pub bytes: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct GcReport {
     pub dry_run: bool,
     pub runs_kept: u64,
@@ -30,128 +30,32 @@ pub struct GcReport {
     pub temp_files_removed: u64,
 }
 
-pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport> {
-    let index = store.index();
+pub fn gc(
+    store: &Store,
+    keep_runs: usize,
+    dry_run: bool,
+    extra_roots: &[Digest],
+) -> Result<GcReport> {
     let mut report = GcReport {
         dry_run,
         ..GcReport::default()
     };
-
-    // 1. Which runs to keep: the last `keep_runs` of each pipeline.
-    let mut runs: Vec<(Vec<u8>, RunRecord)> = Vec::new();
-    for entry in index.scan(Tree::Runs, b"") {
-        let (id, value) = entry?;
-        runs.push((id, decode(&value, "run record")?));
-    }
-    // Per pipeline: runs kept so far, and whether one of them finished `ok`.
-    let mut per_pipeline: HashMap<String, (usize, bool)> = HashMap::new();
-    let mut keep_runs_ids = Vec::new();
-    let mut drop_runs_ids = Vec::new();
-    // Newest first (ids are big-endian start times). A run that was interrupted or failed
-    // may not have reached everything (stages it never expanded, tasks after a failure):
-    // runs are kept back to the last one that finished `ok`, even beyond `keep_runs`.
-    for (id, run) in runs.iter().rev() {
-        let (n, complete) = per_pipeline.entry(run.pipeline.clone()).or_default();
-        if *n < keep_runs || !*complete {
-            *n += 1;
-            *complete |= run.outcome == RunOutcome::Ok;
-            keep_runs_ids.push((id.clone(), run.clone()));
-        } else {
-            drop_runs_ids.push(id.clone());
-        }
-    }
-    report.runs_kept = keep_runs_ids.len() as u64;
-    report.runs_dropped = drop_runs_ids.len() as u64;
-
-    // 2. The keys they reached.
-    let mut keep = KeySet::default();
-    let mut keep_blobs: HashSet<Digest> = HashSet::new();
-    for (_, run) in &keep_runs_ids {
-        let bytes = store.blobs().read(&run.reach).with_context(|| {
-            format!(
-                "the list of tasks reached by the run of {} at {} is unreadable, so gc cannot \
-                 tell what to keep; run the pipeline again, then gc",
-                run.pipeline,
-                super::records::format_time(run.started_ms)
-            )
-        })?;
-        let keys: Vec<TaskKey> = decode(&bytes, "run reach list")?;
-        keep.extend(keys);
-        keep_blobs.insert(run.reach);
-    }
-    // Models downloaded from the hub are kept while their manifest in `models/` names them.
-    keep_blobs.extend(crate::clip::hub::manifest_blobs(store)?);
-    if keep_runs_ids.is_empty() && index.len(Tree::Tasks) > 0 {
+    let (kept_runs, dropped_runs) = runs_to_keep(store, keep_runs)?;
+    report.runs_kept = kept_runs.len() as u64;
+    report.runs_dropped = dropped_runs.len() as u64;
+    let (keep, mut keep_blobs) = reached(store, &kept_runs)?;
+    // Blobs the caller keeps whatever the runs reached (models downloaded from the hub, while
+    // their manifest in `models/` names them): gc is told, it does not ask who uses what.
+    keep_blobs.extend(extra_roots.iter().copied());
+    if kept_runs.is_empty() && store.index().len(Tree::Tasks) > 0 {
         bail!(
             "the cache holds results but no run records, so gc cannot tell what to keep; run \
              a pipeline first (gc keeps what the last runs reached)"
         );
     }
+    let mut doomed = unreached_entries(store, &keep, &mut keep_blobs, &mut report)?;
+    doomed.runs = dropped_runs;
 
-    // 3. Task results.
-    let mut delete_tasks = Vec::new();
-    for entry in index.scan(Tree::Tasks, b"") {
-        let (key, value) = entry?;
-        let result: TaskResult = decode(&value, "task result")?;
-        let bytes: u64 = result.outputs.iter().map(|o| o.size).sum();
-        let key = to_key(&key);
-        if keep.contains(&key) {
-            let s = report.kept.entry(result.stage.clone()).or_default();
-            s.tasks += 1;
-            s.bytes += bytes;
-            keep_blobs.extend(result.referenced_blobs());
-        } else {
-            let s = report.deleted.entry(result.stage.clone()).or_default();
-            s.tasks += 1;
-            s.bytes += bytes;
-            delete_tasks.push(key);
-        }
-    }
-
-    // 4. Failures, records, shared parameters.
-    let mut delete_failures = Vec::new();
-    for entry in index.scan(Tree::Failures, b"") {
-        let (key, value) = entry?;
-        let key = to_key(&key);
-        if keep.contains(&key) {
-            let failure: Failure = decode(&value, "failure record")?;
-            keep_blobs.extend(failure.stderr);
-        } else {
-            delete_failures.push(key);
-        }
-    }
-    let mut delete_records = Vec::new();
-    let mut keep_params: HashSet<Digest> = HashSet::new();
-    for entry in index.scan(Tree::Records, b"") {
-        let (key, value) = entry?;
-        let key = to_key(&key);
-        if keep.contains(&key) {
-            keep_params.insert(KeyRecord::decode(&value)?.shared);
-        } else {
-            delete_records.push(key);
-        }
-    }
-    let mut delete_params = Vec::new();
-    for entry in index.scan(Tree::Params, b"") {
-        let (key, _) = entry?;
-        if !keep_params.contains(&to_key(&key)) {
-            delete_params.push(key);
-        }
-    }
-
-    // 5. Memos, filtered to what is kept (they stay a fast path for the kept runs).
-    let mut memos: Vec<(String, Vec<(TaskKey, MemoValue)>)> = Vec::new();
-    for entry in index.scan(Tree::Memos, b"") {
-        let (stage, _) = entry?;
-        let stage = String::from_utf8_lossy(&stage).to_string();
-        let memo = StageMemo::load(index, store.blobs(), &stage)?;
-        let kept: Vec<(TaskKey, MemoValue)> =
-            memo.iter().filter(|(k, _)| keep.contains(k)).collect();
-        memos.push((stage, kept));
-    }
-
-    report.failures_deleted = delete_failures.len() as u64;
-    report.records_deleted = delete_records.len() as u64;
     let listing = store.blobs().list()?;
     report.temp_files_removed = listing.temp_files.len() as u64;
     if dry_run {
@@ -164,21 +68,165 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport> {
         }
         return Ok(report);
     }
-
     // Index first (results disappear before their blobs, never the other way round).
-    for key in &delete_tasks {
-        index.delete(Tree::Tasks, &key.0)?;
+    delete_entries(store, &keep, doomed)?;
+    let memo_blobs = memo_digests(store)?;
+    for (digest, size) in &listing.blobs {
+        if keep_blobs.contains(digest) || memo_blobs.contains(digest) {
+            continue;
+        }
+        store.blobs().remove(digest)?;
+        report.blobs_deleted += 1;
+        report.blob_bytes_freed += size;
     }
-    for key in &delete_failures {
-        index.delete(Tree::Failures, &key.0)?;
+    for tmp in &listing.temp_files {
+        let _ = std::fs::remove_file(tmp);
     }
-    for key in &delete_records {
-        index.delete(Tree::Records, &key.0)?;
+    Ok(report)
+}
+
+/// Which runs to keep: the last `keep_runs` of each pipeline (and back to the last one that
+/// finished `ok`); returns (kept runs, ids of the dropped ones).
+fn runs_to_keep(store: &Store, keep_runs: usize) -> Result<(Vec<RunRecord>, Vec<Vec<u8>>)> {
+    let mut runs: Vec<(Vec<u8>, RunRecord)> = Vec::new();
+    for entry in store.index().scan(Tree::Runs, b"") {
+        let (id, value) = entry?;
+        runs.push((id, decode(&value, "run record")?));
     }
-    for key in &delete_params {
+    // Per pipeline: runs kept so far, and whether one of them finished `ok`.
+    let mut per_pipeline: HashMap<String, (usize, bool)> = HashMap::new();
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    // Newest first (ids are big-endian start times). A run that was interrupted or failed
+    // may not have reached everything (stages it never expanded, tasks after a failure):
+    // runs are kept back to the last one that finished `ok`, even beyond `keep_runs`.
+    for (id, run) in runs.into_iter().rev() {
+        let (n, complete) = per_pipeline.entry(run.pipeline.clone()).or_default();
+        if *n < keep_runs || !*complete {
+            *n += 1;
+            *complete |= run.outcome == RunOutcome::Ok;
+            kept.push(run);
+        } else {
+            dropped.push(id);
+        }
+    }
+    Ok((kept, dropped))
+}
+
+/// The keys the kept runs reached, and the blobs that hold their reach lists.
+fn reached(store: &Store, runs: &[RunRecord]) -> Result<(KeySet, HashSet<Digest>)> {
+    let mut keep = KeySet::default();
+    let mut keep_blobs: HashSet<Digest> = HashSet::new();
+    for run in runs {
+        let bytes = store.blobs().read(&run.reach).with_context(|| {
+            format!(
+                "the list of tasks reached by the run of {} at {} is unreadable, so gc cannot \
+                 tell what to keep; run the pipeline again, then gc",
+                run.pipeline,
+                super::records::format_time(run.started_ms)
+            )
+        })?;
+        let keys: Vec<TaskKey> = decode(&bytes, "run reach list")?;
+        keep.extend(keys);
+        keep_blobs.insert(run.reach);
+    }
+    Ok((keep, keep_blobs))
+}
+
+/// Index entries no kept run reached, to delete.
+#[derive(Default)]
+struct Doomed {
+    tasks: Vec<TaskKey>,
+    failures: Vec<TaskKey>,
+    records: Vec<TaskKey>,
+    params: Vec<Vec<u8>>,
+    runs: Vec<Vec<u8>>,
+    /// Every stage's memo, filtered to what is kept (they stay a fast path for the kept
+    /// runs).
+    memos: Vec<(String, Vec<(TaskKey, MemoValue)>)>,
+}
+
+/// Sorts results, failures, records and shared parameters into kept (their blobs join
+/// `keep_blobs`) and doomed, counting both per stage in `report`.
+fn unreached_entries(
+    store: &Store,
+    keep: &KeySet,
+    keep_blobs: &mut HashSet<Digest>,
+    report: &mut GcReport,
+) -> Result<Doomed> {
+    let index = store.index();
+    let mut doomed = Doomed::default();
+    for entry in index.scan(Tree::Tasks, b"") {
+        let (key, value) = entry?;
+        let result: TaskResult = decode(&value, "task result")?;
+        let bytes: u64 = result.outputs.iter().map(|o| o.size).sum();
+        let key = to_key(&key);
+        let counts = if keep.contains(&key) {
+            keep_blobs.extend(result.referenced_blobs());
+            report.kept.entry(result.stage.clone()).or_default()
+        } else {
+            doomed.tasks.push(key);
+            report.deleted.entry(result.stage.clone()).or_default()
+        };
+        counts.tasks += 1;
+        counts.bytes += bytes;
+    }
+    for entry in index.scan(Tree::Failures, b"") {
+        let (key, value) = entry?;
+        let key = to_key(&key);
+        if keep.contains(&key) {
+            let failure: Failure = decode(&value, "failure record")?;
+            keep_blobs.extend(failure.stderr);
+        } else {
+            doomed.failures.push(key);
+        }
+    }
+    let mut keep_params: HashSet<Digest> = HashSet::new();
+    for entry in index.scan(Tree::Records, b"") {
+        let (key, value) = entry?;
+        let key = to_key(&key);
+        if keep.contains(&key) {
+            keep_params.insert(KeyRecord::decode(&value)?.shared);
+        } else {
+            doomed.records.push(key);
+        }
+    }
+    for entry in index.scan(Tree::Params, b"") {
+        let (key, _) = entry?;
+        if !keep_params.contains(&to_key(&key)) {
+            doomed.params.push(key);
+        }
+    }
+    for entry in index.scan(Tree::Memos, b"") {
+        let (stage, _) = entry?;
+        let stage = String::from_utf8_lossy(&stage).to_string();
+        let memo = StageMemo::load(index, store.blobs(), &stage)?;
+        let kept: Vec<(TaskKey, MemoValue)> =
+            memo.iter().filter(|(k, _)| keep.contains(k)).collect();
+        doomed.memos.push((stage, kept));
+    }
+    report.failures_deleted = doomed.failures.len() as u64;
+    report.records_deleted = doomed.records.len() as u64;
+    Ok(doomed)
+}
+
+/// Deletes the doomed entries, `latest` entries naming what is gone, and stat-cache entries
+/// of files that no longer exist; rewrites the memos.
+fn delete_entries(store: &Store, keep: &KeySet, doomed: Doomed) -> Result<()> {
+    let index = store.index();
+    for (tree, keys) in [
+        (Tree::Tasks, &doomed.tasks),
+        (Tree::Failures, &doomed.failures),
+        (Tree::Records, &doomed.records),
+    ] {
+        for key in keys {
+            index.delete(tree, &key.0)?;
+        }
+    }
+    for key in &doomed.params {
         index.delete(Tree::Params, key)?;
     }
-    for id in &drop_runs_ids {
+    for id in &doomed.runs {
         index.delete(Tree::Runs, id)?;
     }
     let mut stale_latest = Vec::new();
@@ -203,24 +251,10 @@ pub fn gc(store: &Store, keep_runs: usize, dry_run: bool) -> Result<GcReport> {
     for path in gone_stats {
         index.delete(Tree::Stats, path.as_os_str().as_encoded_bytes())?;
     }
-    for (stage, kept) in memos {
+    for (stage, kept) in doomed.memos {
         StageMemo::save(index, store.blobs(), &stage, kept)?;
     }
-    index.flush()?;
-
-    let memo_blobs = memo_digests(store)?;
-    for (digest, size) in &listing.blobs {
-        if keep_blobs.contains(digest) || memo_blobs.contains(digest) {
-            continue;
-        }
-        store.blobs().remove(digest)?;
-        report.blobs_deleted += 1;
-        report.blob_bytes_freed += size;
-    }
-    for tmp in &listing.temp_files {
-        let _ = std::fs::remove_file(tmp);
-    }
-    Ok(report)
+    index.flush()
 }
 
 fn memo_digests(store: &Store) -> Result<HashSet<Digest>> {

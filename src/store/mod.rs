@@ -28,6 +28,14 @@ use std::path::{Path, PathBuf};
 /// mvc is refused rather than misread.
 pub const INDEX_SCHEMA: u32 = 1;
 
+/// Entries of the index, by what they are.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EntryCounts {
+    pub results: usize,
+    pub failures: usize,
+    pub records: usize,
+}
+
 pub struct Store {
     dir: PathBuf,
     index: Box<dyn Index>,
@@ -129,6 +137,71 @@ impl Store {
             .get(Tree::Latest, &latest_key(stage, item))?
             .map(|b| decode(&b, "latest entry"))
             .transpose()
+    }
+
+    /// Whether the index has ever recorded a task of `stage` (a stage never seen has only new
+    /// items, which the planner says without a lookup each).
+    pub fn has_seen_stage(&self, stage: &str) -> bool {
+        self.index
+            .scan(Tree::Latest, &latest_key(stage, ""))
+            .next()
+            .is_some()
+    }
+
+    /// Records a run under `run_id` (its start time and process, so records sort by time).
+    pub fn put_run(&self, run_id: &[u8], record: &records::RunRecord) -> Result<()> {
+        self.index.put(Tree::Runs, run_id, &encode(record))
+    }
+
+    /// Every run record, oldest first.
+    pub fn runs(&self) -> Result<Vec<records::RunRecord>> {
+        let mut runs = Vec::new();
+        for entry in self.index.scan(Tree::Runs, b"") {
+            let (_, value) = entry?;
+            runs.push(decode(&value, "run record")?);
+        }
+        Ok(runs)
+    }
+
+    /// How many results, failures and key records the index holds.
+    pub fn entry_counts(&self) -> EntryCounts {
+        EntryCounts {
+            results: self.index.len(Tree::Tasks),
+            failures: self.index.len(Tree::Failures),
+            records: self.index.len(Tree::Records),
+        }
+    }
+
+    /// The keys of the key records whose bytes start with `prefix`, in order.
+    pub fn record_keys_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<TaskKey>> + '_ {
+        self.index.scan(Tree::Records, prefix).map(|entry| {
+            let (k, _) = entry?;
+            Ok(Digest(k.as_slice().try_into().unwrap_or([0; 32])))
+        })
+    }
+
+    /// Units out with workers, as the engine persisted them (id, its own encoding): a
+    /// restarted coordinator records their results.
+    pub fn leases(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for entry in self.index.scan(Tree::Leases, b"") {
+            let (id, value) = entry?;
+            if let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) {
+                out.push((u64::from_be_bytes(id), value));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_lease(&self, id: u64, value: &[u8]) -> Result<()> {
+        self.index.put(Tree::Leases, &id.to_be_bytes(), value)
+    }
+
+    pub fn delete_lease(&self, id: u64) -> Result<()> {
+        self.index.delete(Tree::Leases, &id.to_be_bytes())
     }
 
     /// Records a completed task. The `tasks` entry is written after its record and before

@@ -7,8 +7,8 @@ use super::objaverse::{
 use super::select::select;
 use super::{Cap3dSource, DownloadConfig};
 use crate::exec::blocking_if;
-use crate::exec::slots::Resources;
 use crate::exec::workdir::{InputData, output_from_bytes};
+use crate::resources::Resources;
 use crate::stages::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, StageOutputs,
     TaskOutcome, UnitTask,

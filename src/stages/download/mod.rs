@@ -13,14 +13,15 @@
 //! Each later stage is expanded once the one before it has run (its items come from it).
 
 mod fetch;
-pub mod hub;
+/// The Hugging Face client is a leaf ([`crate::hf`]) that models use too.
+pub use crate::hf as hub;
 mod kinds;
 pub use kinds::read_selection;
 pub mod objaverse;
 mod select;
 
-use crate::pipeline::AtSpan;
-use crate::pipeline::parse::closest;
+use crate::diag::AtSpan;
+use crate::diag::closest;
 use crate::stages::StageKind;
 use anyhow::{Result, bail};
 use hub::{HubClient, RetryPolicy};
@@ -137,91 +138,8 @@ fn seconds(stage: &str, field: &str, value: Option<f64>, default: Duration) -> R
 impl DownloadConfig {
     /// Checks a download stage's table; errors point at the value and say what to write.
     pub fn new(stage: &str, p: DownloadParams) -> Result<DownloadConfig> {
-        let categories = match p.categories {
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    return at(
-                        list.span(),
-                        format!(
-                            "stage `{stage}`: `categories` is empty; name at least one Sketchfab \
-                             category (e.g. [\"food-drink\"]) or leave it out"
-                        ),
-                    );
-                }
-                let mut slugs = Vec::new();
-                for slug in list.into_inner() {
-                    if !CATEGORIES.contains(&slug.get_ref().as_str()) {
-                        let mut message = format!(
-                            "stage `{stage}`: unknown category `{}`; the Sketchfab categories \
-                             are: {}",
-                            slug.get_ref(),
-                            CATEGORIES.join(", ")
-                        );
-                        if let Some(close) = closest(slug.get_ref(), CATEGORIES) {
-                            message.push_str(&format!(" (did you mean `{close}`?)"));
-                        }
-                        return at(slug.span(), message);
-                    }
-                    slugs.push(slug.into_inner());
-                }
-                slugs.sort();
-                slugs.dedup();
-                Some(slugs)
-            }
-            // Selecting by uid takes the uids as they are unless categories are also given.
-            None if p.uids.is_some() => None,
-            None => Some(vec!["food-drink".to_string()]),
-        };
-        let uids = match p.uids {
-            None => None,
-            Some(list) => {
-                let span = list.span();
-                let (uids, origin) = match list.into_inner() {
-                    UidList::List(uids) => (
-                        uids.into_iter().map(|u| (u, None)).collect::<Vec<_>>(),
-                        "`uids`".to_string(),
-                    ),
-                    UidList::File(path) => {
-                        let text = std::fs::read_to_string(&path).or_else(|e| {
-                            at(
-                                span.clone(),
-                                format!(
-                                    "stage `{stage}`: cannot read the uids file `{path}`: {e} \
-                                     (relative paths are from the directory mvc runs in)"
-                                ),
-                            )
-                        })?;
-                        let uids = text
-                            .lines()
-                            .enumerate()
-                            .map(|(i, l)| (l.trim().to_string(), Some(i + 1)))
-                            .filter(|(l, _)| !l.is_empty() && !l.starts_with('#'))
-                            .collect();
-                        (uids, format!("uids file `{path}`"))
-                    }
-                };
-                let mut checked = Vec::with_capacity(uids.len());
-                for (uid, line) in uids {
-                    if !is_uid(&uid.to_ascii_lowercase()) {
-                        let place = line.map(|l| format!(" line {l}")).unwrap_or_default();
-                        return at(
-                            span,
-                            format!(
-                                "stage `{stage}`: {origin}{place}: `{uid}` is not an Objaverse \
-                                 uid (32 hexadecimal digits)"
-                            ),
-                        );
-                    }
-                    checked.push(uid.to_ascii_lowercase());
-                }
-                if checked.is_empty() {
-                    return at(span, format!("stage `{stage}`: {origin} lists no uids"));
-                }
-                checked.sort();
-                checked.dedup();
-                Some(checked)
-            }
-        };
+        let categories = categories(stage, p.categories, p.uids.is_some())?;
+        let uids = p.uids.map(|list| uids(stage, list)).transpose()?;
         let limit = match p.limit {
             None => None,
             Some(l) if *l.get_ref() >= 1 => Some(*l.get_ref() as u64),
@@ -245,72 +163,8 @@ impl DownloadConfig {
                 );
             }
         };
-        let licenses = match p.licenses {
-            None => None,
-            Some(list) => {
-                let mut slugs = Vec::new();
-                for slug in list {
-                    if !LICENSES.contains(&slug.get_ref().as_str()) {
-                        return at(
-                            slug.span(),
-                            format!(
-                                "stage `{stage}`: unknown license `{}`; Objaverse's licenses \
-                                 are: {}",
-                                slug.get_ref(),
-                                LICENSES.join(", ")
-                            ),
-                        );
-                    }
-                    slugs.push(slug.into_inner());
-                }
-                slugs.sort();
-                slugs.dedup();
-                Some(slugs)
-            }
-        };
-        let caption = match &p.caption {
-            None => CaptionSource::Name,
-            Some(c) => CaptionSource::parse(c.get_ref()).map_or_else(
-                || {
-                    at(
-                        c.span(),
-                        format!(
-                            "stage `{stage}`: unknown caption source `{}`; use one of: {}",
-                            c.get_ref(),
-                            CaptionSource::NAMES.join(", ")
-                        ),
-                    )
-                },
-                Ok,
-            )?,
-        };
-        let cap3d = match (&p.cap3d_csv, caption) {
-            (Some(csv), CaptionSource::Cap3d) => {
-                let v = csv.get_ref().trim();
-                Some(if v.starts_with("http://") || v.starts_with("https://") {
-                    Cap3dSource::Url(v.to_string())
-                } else {
-                    Cap3dSource::File(PathBuf::from(v))
-                })
-            }
-            (None, CaptionSource::Cap3d) => {
-                let span = p.caption.as_ref().expect("caption was given").span();
-                return at(
-                    span,
-                    format!(
-                        "stage `{stage}`: `caption = \"cap3d\"` needs `cap3d_csv`, a path or URL \
-                         of Cap3D's caption CSV (Cap3D_automated_Objaverse_full.csv)"
-                    ),
-                );
-            }
-            (Some(csv), _) => {
-                return at(
-                    csv.span(),
-                    format!("stage `{stage}`: `cap3d_csv` is read only with `caption = \"cap3d\"`"),
-                );
-            }
-            (None, _) => None,
-        };
+        let licenses = p.licenses.map(|list| licenses(stage, list)).transpose()?;
+        let (caption, cap3d) = captions(stage, p.caption, p.cap3d_csv)?;
         let defaults = RetryPolicy::default();
         let policy = RetryPolicy {
             retries: p.retries.unwrap_or(defaults.retries),
@@ -349,6 +203,169 @@ impl DownloadConfig {
     }
 }
 
+/// The Sketchfab categories to select from: checked, sorted, without duplicates; by default
+/// `food-drink`, or none when selecting by uid.
+fn categories(
+    stage: &str,
+    categories: Option<Spanned<Vec<Spanned<String>>>>,
+    by_uid: bool,
+) -> Result<Option<Vec<String>>> {
+    let Some(list) = categories else {
+        // Selecting by uid takes the uids as they are unless categories are also given.
+        return Ok((!by_uid).then(|| vec!["food-drink".to_string()]));
+    };
+    if list.get_ref().is_empty() {
+        return at(
+            list.span(),
+            format!(
+                "stage `{stage}`: `categories` is empty; name at least one Sketchfab category \
+                 (e.g. [\"food-drink\"]) or leave it out"
+            ),
+        );
+    }
+    let mut slugs = Vec::new();
+    for slug in list.into_inner() {
+        if !CATEGORIES.contains(&slug.get_ref().as_str()) {
+            let mut message = format!(
+                "stage `{stage}`: unknown category `{}`; the Sketchfab categories are: {}",
+                slug.get_ref(),
+                CATEGORIES.join(", ")
+            );
+            if let Some(close) = closest(slug.get_ref(), CATEGORIES) {
+                message.push_str(&format!(" (did you mean `{close}`?)"));
+            }
+            return at(slug.span(), message);
+        }
+        slugs.push(slug.into_inner());
+    }
+    slugs.sort();
+    slugs.dedup();
+    Ok(Some(slugs))
+}
+
+/// The uids a stage lists (in its table or in a file), checked, lower-cased and sorted.
+fn uids(stage: &str, list: Spanned<UidList>) -> Result<Vec<String>> {
+    let span = list.span();
+    let (uids, origin) = match list.into_inner() {
+        UidList::List(uids) => (
+            uids.into_iter().map(|u| (u, None)).collect::<Vec<_>>(),
+            "`uids`".to_string(),
+        ),
+        UidList::File(path) => {
+            let text = std::fs::read_to_string(&path).or_else(|e| {
+                at(
+                    span.clone(),
+                    format!(
+                        "stage `{stage}`: cannot read the uids file `{path}`: {e} (relative \
+                         paths are from the directory mvc runs in)"
+                    ),
+                )
+            })?;
+            let uids = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (l.trim().to_string(), Some(i + 1)))
+                .filter(|(l, _)| !l.is_empty() && !l.starts_with('#'))
+                .collect();
+            (uids, format!("uids file `{path}`"))
+        }
+    };
+    let mut checked = Vec::with_capacity(uids.len());
+    for (uid, line) in uids {
+        if !is_uid(&uid.to_ascii_lowercase()) {
+            let place = line.map(|l| format!(" line {l}")).unwrap_or_default();
+            return at(
+                span,
+                format!(
+                    "stage `{stage}`: {origin}{place}: `{uid}` is not an Objaverse uid (32 \
+                     hexadecimal digits)"
+                ),
+            );
+        }
+        checked.push(uid.to_ascii_lowercase());
+    }
+    if checked.is_empty() {
+        return at(span, format!("stage `{stage}`: {origin} lists no uids"));
+    }
+    checked.sort();
+    checked.dedup();
+    Ok(checked)
+}
+
+/// The license slugs to keep: checked, sorted, without duplicates.
+fn licenses(stage: &str, list: Vec<Spanned<String>>) -> Result<Vec<String>> {
+    let mut slugs = Vec::new();
+    for slug in list {
+        if !LICENSES.contains(&slug.get_ref().as_str()) {
+            return at(
+                slug.span(),
+                format!(
+                    "stage `{stage}`: unknown license `{}`; Objaverse's licenses are: {}",
+                    slug.get_ref(),
+                    LICENSES.join(", ")
+                ),
+            );
+        }
+        slugs.push(slug.into_inner());
+    }
+    slugs.sort();
+    slugs.dedup();
+    Ok(slugs)
+}
+
+/// Where captions come from, and Cap3D's CSV when they come from Cap3D (it is required then,
+/// and refused otherwise).
+fn captions(
+    stage: &str,
+    caption: Option<Spanned<String>>,
+    cap3d_csv: Option<Spanned<String>>,
+) -> Result<(CaptionSource, Option<Cap3dSource>)> {
+    let source = match &caption {
+        None => CaptionSource::Name,
+        Some(c) => match CaptionSource::parse(c.get_ref()) {
+            Some(source) => source,
+            None => {
+                return at(
+                    c.span(),
+                    format!(
+                        "stage `{stage}`: unknown caption source `{}`; use one of: {}",
+                        c.get_ref(),
+                        CaptionSource::NAMES.join(", ")
+                    ),
+                );
+            }
+        },
+    };
+    let cap3d = match (cap3d_csv, source) {
+        (Some(csv), CaptionSource::Cap3d) => {
+            let v = csv.get_ref().trim();
+            Some(if v.starts_with("http://") || v.starts_with("https://") {
+                Cap3dSource::Url(v.to_string())
+            } else {
+                Cap3dSource::File(PathBuf::from(v))
+            })
+        }
+        (None, CaptionSource::Cap3d) => {
+            let span = caption.as_ref().expect("caption was given").span();
+            return at(
+                span,
+                format!(
+                    "stage `{stage}`: `caption = \"cap3d\"` needs `cap3d_csv`, a path or URL of \
+                     Cap3D's caption CSV (Cap3D_automated_Objaverse_full.csv)"
+                ),
+            );
+        }
+        (Some(csv), _) => {
+            return at(
+                csv.span(),
+                format!("stage `{stage}`: `cap3d_csv` is read only with `caption = \"cap3d\"`"),
+            );
+        }
+        (None, _) => None,
+    };
+    Ok((source, cap3d))
+}
+
 /// A graph stage: its name, its inputs, its kind.
 pub type GraphStage = (String, Vec<String>, Arc<dyn StageKind>);
 
@@ -380,4 +397,32 @@ pub fn graph_stages(stage: &str, params: DownloadParams) -> Result<Vec<GraphStag
             Arc::new(kinds::ObjectsKind(config)),
         ),
     ])
+}
+
+impl crate::stages::table::StageTable for DownloadParams {
+    fn inputs(&self) -> &[toml::Spanned<String>] {
+        &[]
+    }
+    fn sub_stages(&self) -> &'static [&'static str] {
+        SUB_STAGES
+    }
+    fn read_as(&self, name: &str) -> String {
+        // Other stages read a download's objects and captions from its selection.
+        format!("{name}.{SELECT}")
+    }
+    fn captions_from(&self, name: &str) -> Option<String> {
+        Some(self.read_as(name))
+    }
+    fn build(
+        self: Box<Self>,
+        name: &str,
+        _inputs: Vec<String>,
+        _around: &crate::stages::table::Around,
+    ) -> Result<Vec<crate::stages::table::Built>> {
+        let stages = graph_stages(name, *self)?;
+        Ok(stages
+            .into_iter()
+            .map(|(name, inputs, kind)| crate::stages::table::Built { name, inputs, kind })
+            .collect())
+    }
 }

@@ -1,17 +1,32 @@
 //! Models from the Hugging Face hub (or the mirror `HF_ENDPOINT` names): each file is
 //! downloaded once into the cache's blob store, and `cache/models/<owner>--<name>@<revision>.json`
-//! remembers which blob is which file. Later runs read the blobs without asking the hub, so a
+//! remembers which blob is which file.
+//! (This sits above `store`, which it fills, and below the kinds and commands that load
+//! models; `clip` itself reads only files.) Later runs read the blobs without asking the hub, so a
 //! moving revision such as `main` is resolved once per cache; pin a commit to be exact.
 
-use super::{ModelFiles, PREPROCESSOR_FILE, REQUIRED_FILES};
-use crate::stages::download::hub::{FetchError, HubClient, RetryPolicy};
-use crate::stages::{ByteMeter, NotYetAvailable};
+use crate::clip::{ModelFiles, ModelSource, PREPROCESSOR_FILE, REQUIRED_FILES};
+use crate::diag::NotYetAvailable;
+use crate::hf::{FetchError, HubClient, RetryPolicy};
+use crate::meter::ByteMeter;
 use crate::store::Store;
 use crate::task::Digest;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// A model's files: a folder's own, or a hub model's blobs in the cache `store` opens
+/// (downloaded first when missing; only a hub model opens it).
+pub fn model_files<S: std::borrow::Borrow<Store>>(
+    source: &ModelSource,
+    store: impl FnOnce() -> Result<S>,
+) -> Result<ModelFiles> {
+    match source {
+        ModelSource::Dir(dir) => ModelFiles::in_dir(dir),
+        ModelSource::Hub { repo, revision } => fetch_model(store()?.borrow(), repo, revision),
+    }
+}
 
 /// The blobs of one model at one revision.
 #[derive(Debug, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! `Retry-After`), no retry on 401/403/404, resume of partial files with `Range`, and a
 //! body shorter than its `Content-Length` never counted as a file.
 
-use crate::stages::ByteMeter;
+use crate::meter::ByteMeter;
 use std::io::{Seek, Write};
 use std::path::Path;
 use std::sync::Mutex;

@@ -1,0 +1,132 @@
+//! How `run` and `serve` listen for workers: the coordinator they start (with `--listen`,
+//! or for a Slurm executor) and, under Slurm, the launcher submitting worker jobs.
+
+use crate::pipeline::Pipeline;
+use crate::resources::Resources;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a run listens for workers.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ListenArgs {
+    /// Serve workers on this address (e.g. 127.0.0.1:7070, or 0.0.0.0:7070 with a token).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A file holding the token workers must present (else MVC_TOKEN); required when
+    /// listening on anything but loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Run nothing on this machine: every unit goes to a worker.
+    #[arg(long)]
+    pub no_local: bool,
+    /// Seconds a silent worker keeps its units before they go back to the queue.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub lease_timeout: f64,
+}
+
+/// A coordinator and, under Slurm, the launcher submitting its workers.
+pub struct Remote {
+    pub listener: crate::exec::run::Listener,
+    /// The coordinator itself (the listener sees it as the engine does).
+    pub coordinator: Arc<crate::remote::coordinator::Coordinator>,
+    slurm: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<crate::remote::slurm::SlurmSummary>,
+    )>,
+}
+
+impl Remote {
+    /// Stops submitting workers and cancels the Slurm jobs still queued or running.
+    pub async fn finish(self) {
+        if let Some((stop, handle)) = self.slurm {
+            stop.cancel();
+            if let Ok(summary) = handle.await
+                && summary.jobs_submitted > 0
+            {
+                eprintln!(
+                    "slurm: {} worker job(s) submitted in this run (arrays {}); none left in \
+                     the queue",
+                    summary.jobs_submitted,
+                    summary.arrays.join(", ")
+                );
+            }
+        }
+    }
+}
+
+impl ListenArgs {
+    /// Starts the coordinator when --listen is given or the executor is Slurm (which
+    /// listens on every address by default, so its token is then required).
+    pub async fn start(
+        &self,
+        pipeline: &Pipeline,
+        file: &Path,
+        store: &Arc<Store>,
+    ) -> Result<Option<Remote>> {
+        use crate::remote::coordinator::{Coordinator, CoordinatorConfig};
+        let addr = match (self.listen, &pipeline.slurm) {
+            (Some(addr), _) => addr,
+            (None, Some(_)) => "0.0.0.0:0".parse().expect("a valid address"),
+            (None, None) => {
+                if self.no_local {
+                    anyhow::bail!(
+                        "--no-local needs --listen ADDR: without workers nothing would run"
+                    );
+                }
+                return Ok(None);
+            }
+        };
+        let token = crate::remote::auth::Token::load(self.token_file.as_deref())?;
+        let mut config = CoordinatorConfig::new(addr, token);
+        if !(self.lease_timeout > 0.0 && self.lease_timeout.is_finite()) {
+            anyhow::bail!("--lease-timeout must be a positive number of seconds");
+        }
+        config.lease_timeout = Duration::from_secs_f64(self.lease_timeout);
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let source = crate::remote::protocol::PipelineText {
+            path: file.display().to_string(),
+            text,
+        };
+        let (coordinator, rx) =
+            Coordinator::start(config, store.clone(), &pipeline.name, source).await?;
+        eprintln!(
+            "mvc: serving workers on {} (mvc worker --connect {})",
+            coordinator.url(),
+            coordinator.url()
+        );
+        let slurm = match &pipeline.slurm {
+            None => None,
+            Some(cfg) => {
+                let launcher = crate::remote::slurm::SlurmLauncher::new(
+                    cfg.clone(),
+                    pipeline,
+                    coordinator.clone(),
+                    self.token_file.as_deref(),
+                )?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                let handle = tokio::spawn(launcher.run(stop.clone()));
+                Some((stop, handle))
+            }
+        };
+        Ok(Some(Remote {
+            listener: crate::exec::run::Listener::new(coordinator.clone(), rx),
+            coordinator,
+            slurm,
+        }))
+    }
+
+    /// The slots of this machine: none with --no-local, or under Slurm unless
+    /// `local = true`.
+    pub fn local_slots(&self, pipeline: &Pipeline, slots: Resources) -> Resources {
+        let slurm_only = pipeline.slurm.as_ref().is_some_and(|s| !s.local);
+        if self.no_local || slurm_only {
+            Resources::default()
+        } else {
+            slots
+        }
+    }
+}

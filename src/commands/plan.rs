@@ -1,0 +1,30 @@
+//! `mvc plan`: what `run` would do and why, without running anything.
+
+use super::{Global, Output, exit_without_freeing, load};
+use crate::store::Store;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    pub file: PathBuf,
+    /// Plan as if --retry-failed were given to run.
+    #[arg(long)]
+    pub retry_failed: bool,
+}
+
+pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
+    let pipeline = load(&args.file)?;
+    let dir = global.cache_dir(Some(&pipeline));
+    let store = Arc::new(Store::open(&dir)?);
+    let (engine, report) = crate::exec::plan::plan(&pipeline, store, args.retry_failed)?;
+    let out = Output {
+        text: report.to_text(&pipeline, &dir),
+        json: report.to_json(),
+        code: 0,
+        text_on_stderr_with_json: false,
+    };
+    exit_without_freeing(engine)?;
+    Ok(out)
+}

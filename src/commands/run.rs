@@ -1,0 +1,82 @@
+//! `mvc run`: plan a pipeline, then execute every task that is not cached.
+
+use super::listen::ListenArgs;
+use super::{Global, Output, block_on, load};
+use crate::exec::run::{RunOptions, RunReport, run_with};
+use crate::store::Store;
+use crate::store::records::RunOutcome;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    pub file: PathBuf,
+    /// CPU slots (concurrent cpu tasks); default: the number of cores.
+    #[arg(short, long)]
+    pub jobs: Option<u32>,
+    /// Slot counts, e.g. `cpu=4,gpu=1,blender=2,net=8`.
+    #[arg(long, value_name = "SLOTS")]
+    pub slots: Option<String>,
+    /// Continue past item failures (the default).
+    #[arg(long, conflicts_with = "fail_fast")]
+    pub keep_going: bool,
+    /// Stop starting new tasks after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Run again the items whose failure an earlier run recorded.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Seconds running tasks get to finish after Ctrl-C before they are killed.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub grace: f64,
+    #[command(flatten)]
+    pub remote: ListenArgs,
+}
+
+pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
+    let pipeline = load(&args.file)?;
+    let slots = pipeline
+        .slots(args.jobs, args.slots.as_deref())
+        .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+    let slots = args.remote.local_slots(&pipeline, slots);
+    let store = Arc::new(Store::open(&global.cache_dir(Some(&pipeline)))?);
+    let opts = RunOptions {
+        slots,
+        keep_going: !args.fail_fast,
+        retry_failed: args.retry_failed,
+        grace: Duration::from_secs_f64(args.grace.max(0.0)),
+        quiet: global.format == super::Format::Quiet,
+    };
+    let report = block_on(async {
+        let mut started = args.remote.start(&pipeline, &args.file, &store).await?;
+        let report = run_with(
+            &pipeline,
+            store,
+            opts,
+            started.as_mut().map(|r| &mut r.listener),
+        )
+        .await;
+        if let Some(r) = started {
+            r.finish().await;
+        }
+        report
+    })??;
+    Ok(output(&report))
+}
+
+/// A run's summary, and its exit status: 0 when every task succeeded, 1 when some failed,
+/// 130 when it was interrupted.
+pub fn output(report: &RunReport) -> Output {
+    Output {
+        text: report.to_text(),
+        json: report.to_json(),
+        code: match report.outcome {
+            RunOutcome::Ok => 0,
+            RunOutcome::Failed => 1,
+            RunOutcome::Interrupted => 130,
+        },
+        text_on_stderr_with_json: true,
+    }
+}

@@ -1,0 +1,124 @@
+//! `mvc serve`: a long-lived coordinator that runs the pipeline, then again whenever its file
+//! changes, serving workers all along (Ctrl-C stops it).
+
+use super::listen::{ListenArgs, Remote};
+use super::{Global, Output, block_on, load};
+use crate::exec::run::{RunOptions, run_with};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::store::records::RunOutcome;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    pub file: PathBuf,
+    /// Slot counts of this machine, e.g. `cpu=4,gpu=1`.
+    #[arg(long, value_name = "SLOTS")]
+    pub slots: Option<String>,
+    #[command(flatten)]
+    pub remote: ListenArgs,
+}
+
+pub fn run(args: ServeArgs, global: &Global) -> Result<Output> {
+    let pipeline = load(&args.file)?;
+    if args.remote.listen.is_none() && pipeline.slurm.is_none() {
+        anyhow::bail!("mvc serve needs --listen ADDR");
+    }
+    let store = Arc::new(Store::open(&global.cache_dir(Some(&pipeline)))?);
+    block_on(serve(
+        args.file,
+        pipeline,
+        store,
+        args.slots,
+        global,
+        args.remote,
+    ))?
+}
+
+/// `mvc serve`: runs, then waits for the pipeline file to change (or Ctrl-C) and runs again,
+/// keeping the coordinator, and so its workers, up in between.
+pub async fn serve(
+    file: PathBuf,
+    mut pipeline: Pipeline,
+    store: Arc<Store>,
+    slots: Option<String>,
+    global: &Global,
+    remote: ListenArgs,
+) -> Result<Output> {
+    let mut started = remote
+        .start(&pipeline, &file, &store)
+        .await?
+        .expect("--listen was checked");
+    let outcome = serve_loop(
+        &file,
+        &mut pipeline,
+        &store,
+        slots,
+        global,
+        &remote,
+        &mut started,
+    )
+    .await;
+    started.finish().await;
+    outcome
+}
+
+async fn serve_loop(
+    file: &Path,
+    pipeline: &mut Pipeline,
+    store: &Arc<Store>,
+    slots: Option<String>,
+    global: &Global,
+    remote: &ListenArgs,
+    started: &mut Remote,
+) -> Result<Output> {
+    let listener = &mut started.listener;
+    let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    loop {
+        let run_slots = pipeline
+            .slots(None, slots.as_deref())
+            .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+        let run_slots = remote.local_slots(pipeline, run_slots);
+        let opts = RunOptions {
+            slots: run_slots,
+            keep_going: true,
+            retry_failed: false,
+            grace: Duration::from_secs(30),
+            quiet: global.format == super::Format::Quiet,
+        };
+        let seen = modified(file);
+        let report = run_with(pipeline, store.clone(), opts, Some(listener)).await?;
+        // Each run's summary is printed as it ends (one JSON line per run with --json).
+        super::output::emit(global.format, &super::run::output(&report));
+        if report.outcome == RunOutcome::Interrupted {
+            return Ok(Output::nothing(130));
+        }
+        // Between runs, workers stay connected: lease requests wait for the next run.
+        listener.coordinator.set_finished(false);
+        let coordinator = &started.coordinator;
+        eprintln!(
+            "mvc serve: waiting for {} to change (Ctrl-C stops)",
+            file.display()
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(Output::nothing(0)),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if modified(file) != seen {
+                break;
+            }
+        }
+        match Pipeline::load(file) {
+            Ok(p) => {
+                let text = std::fs::read_to_string(file)?;
+                coordinator.set_pipeline(&p.name, file, text);
+                *pipeline = p;
+            }
+            Err(e) => eprintln!("mvc serve: {e}; waiting for a fix"),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `mvc worker`: run units for a coordinator (`mvc run --listen` or `mvc serve` elsewhere).
+
+use super::{Global, Output, block_on, seconds};
+use crate::remote::worker::{WorkerOptions, default_slots, run_worker};
+use crate::resources::Resources;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator's URL, e.g. http://10.0.0.5:7070.
+    #[arg(long, value_name = "URL")]
+    pub connect: String,
+    /// A file holding the coordinator's token (else MVC_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Slots this worker offers, e.g. `cpu=8,gpu=1,blender=2` (default: this machine's
+    /// cores and GPUs, and one Blender process when Blender is installed).
+    #[arg(long, value_name = "SLOTS")]
+    pub slots: Option<String>,
+    /// A label shown by `mvc status` (repeatable).
+    #[arg(long = "label", value_name = "TEXT")]
+    pub labels: Vec<String>,
+    /// Exit after this many seconds with nothing to do, or when the run is over.
+    #[arg(long, value_name = "SECS")]
+    pub exit_when_idle: Option<f64>,
+    /// After Ctrl-C or SIGTERM: how long stopped units may take to report before the
+    /// worker exits.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub grace: f64,
+}
+
+/// How a worker ended.
+#[derive(Debug, Serialize)]
+struct Ended {
+    /// `interrupted`, or why it stopped asking for work.
+    why: String,
+    units: u64,
+}
+
+pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
+    let token = crate::remote::auth::Token::load(args.token_file.as_deref())?;
+    let slots = match args.slots {
+        Some(text) => Resources::parse_overrides(&text, default_slots())
+            .map_err(|e| anyhow::anyhow!("--slots: {e}"))?,
+        None => default_slots(),
+    };
+    if slots.is_zero() {
+        anyhow::bail!("--slots: the worker offers no slot, so it could run nothing");
+    }
+    let exit_when_idle = args
+        .exit_when_idle
+        .map(|s| seconds(s, "--exit-when-idle"))
+        .transpose()?;
+    let opts = WorkerOptions {
+        url: args.connect,
+        token,
+        slots,
+        labels: args.labels,
+        exit_when_idle,
+        cache: global.cache.clone(),
+        grace: Duration::from_secs_f64(args.grace.max(0.0)),
+    };
+    let summary = block_on(run_worker(opts))??;
+    let ended = Ended {
+        why: summary.why,
+        units: summary.units,
+    };
+    // The worker's last line has always gone to stderr, where its log goes.
+    if global.format == super::Format::Text {
+        eprintln!("mvc worker: {} ({} unit(s) run)", ended.why, ended.units);
+    }
+    let code = if ended.why == "interrupted" { 130 } else { 0 };
+    Ok(Output::new(String::new(), &ended).with_code(code))
+}

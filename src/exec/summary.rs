@@ -1,0 +1,287 @@
+//! What a run reports: counts per stage, failures, what was left out, and the summary
+//! printed at the end (as text and JSON).
+
+use super::resolve::{Engine, State};
+use super::workflow::Workflow;
+use crate::store::records::*;
+use anyhow::{Context, Result};
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::time::Duration;
+
+/// One failed task, for the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureLine {
+    pub stage: String,
+    pub item: String,
+    pub error: String,
+    /// `true` when the failure was recorded by an earlier run (not retried).
+    pub earlier: bool,
+    /// `true` when the task did not run because an upstream item failed.
+    pub blocked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub stages: IndexMap<String, StageCounts>,
+    /// Tasks left unrun per stage (only after an interruption or a stop on failure).
+    pub not_run: IndexMap<String, u64>,
+    /// Stages whose items never became known (their source failed or did not run): why.
+    pub deferred: IndexMap<String, String>,
+    pub outcome: RunOutcome,
+    pub failures: Vec<FailureLine>,
+    /// What stages said about their results, by stage (a train stage: the objects it left
+    /// out, and why).
+    pub notes: IndexMap<String, String>,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.outcome == RunOutcome::Ok
+    }
+
+    /// The final JSON line of `mvc run --json`.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            stages: &'a IndexMap<String, StageCounts>,
+            #[serde(skip_serializing_if = "IndexMap::is_empty")]
+            not_expanded: &'a IndexMap<String, String>,
+            ok: bool,
+            interrupted: bool,
+            failures: &'a [FailureLine],
+            #[serde(skip_serializing_if = "IndexMap::is_empty")]
+            notes: &'a IndexMap<String, String>,
+        }
+        serde_json::to_string(&Json {
+            stages: &self.stages,
+            not_expanded: &self.deferred,
+            ok: self.ok(),
+            interrupted: self.outcome == RunOutcome::Interrupted,
+            failures: &self.failures,
+            notes: &self.notes,
+        })
+        .expect("reports always serialise")
+    }
+
+    /// Writes `run.json` and `run.md` into the pipeline's results folder.
+    pub fn write_results(&self, pipeline: &Workflow, record: &RunRecord) -> Result<()> {
+        let dir = &pipeline.results_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut json: serde_json::Value = serde_json::from_str(&self.to_json())?;
+        json["pipeline"] = pipeline.name.clone().into();
+        json["pipeline_file"] = pipeline.path.display().to_string().into();
+        json["started"] = crate::store::records::format_time(record.started_ms).into();
+        json["ended"] = crate::store::records::format_time(record.ended_ms).into();
+        std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&json)?)?;
+        let md = format!(
+            "# Run of `{}`\n\n{} to {} ({})\n\n```\n{}```\n",
+            pipeline.name,
+            crate::store::records::format_time(record.started_ms),
+            crate::store::records::format_time(record.ended_ms),
+            pipeline.path.display(),
+            self.to_text()
+        );
+        std::fs::write(dir.join("run.md"), md)?;
+        Ok(())
+    }
+
+    pub fn to_text(&self) -> String {
+        use crate::text::group_digits as g;
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let width = crate::text::name_width(self.stages.keys());
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "stage", "total", "cached", "ran", "failed"
+        );
+        for (name, c) in &self.stages {
+            let _ = write!(
+                out,
+                "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}",
+                name,
+                g(c.total),
+                g(c.cached),
+                g(c.ran),
+                g(c.failed)
+            );
+            match (self.not_run.get(name), self.deferred.get(name)) {
+                (_, Some(why)) => {
+                    let _ = writeln!(out, "  (not expanded: {why})");
+                }
+                (Some(n), _) if *n > 0 => {
+                    let _ = writeln!(out, "  ({} not run)", g(*n));
+                }
+                _ => out.push('\n'),
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\nfailed:");
+            const SHOWN: usize = 20;
+            // Items of a stage failing with the same error are one line.
+            let mut groups: IndexMap<(&str, &str, bool), Vec<&FailureLine>> = IndexMap::new();
+            for f in &self.failures {
+                // Items blocked by failures upstream (every view of an object whose download
+                // failed) are one line per stage: their causes are listed above them. A
+                // single one keeps its own line, which names its upstream.
+                let error = if f.blocked {
+                    "blocked: an item it reads failed (above)"
+                } else {
+                    f.error.as_str()
+                };
+                groups
+                    .entry((f.stage.as_str(), error, f.earlier))
+                    .or_default()
+                    .push(f);
+            }
+            for ((stage, error, earlier), lines) in groups.iter().take(SHOWN) {
+                let when = if *earlier {
+                    " (recorded by an earlier run; --retry-failed to retry)"
+                } else {
+                    ""
+                };
+                let f = lines[0];
+                match lines.len() {
+                    // A group of one says its own error (a blocked item: which upstream).
+                    1 => {
+                        let _ = writeln!(out, "  {stage}/{}: {}{when}", f.item, f.error);
+                    }
+                    n => {
+                        let _ = writeln!(
+                            out,
+                            "  {stage}: {} items ({}, …): {error}{when}",
+                            g(n as u64),
+                            f.item
+                        );
+                    }
+                }
+                if let Some(log) = &f.log {
+                    let _ = writeln!(out, "      stderr: {log}");
+                }
+            }
+            if groups.len() > SHOWN {
+                let rest: usize = groups.values().skip(SHOWN).map(Vec::len).sum();
+                let _ = writeln!(out, "  … and {} more", g(rest as u64));
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nleft out (objects without every embedding; results.md lists every one):"
+            );
+            // Stages that say the same (every head of one split) are one line.
+            let mut same: IndexMap<&str, Vec<&str>> = IndexMap::new();
+            for (stage, note) in &self.notes {
+                same.entry(note.as_str()).or_default().push(stage.as_str());
+            }
+            for (note, stages) in same {
+                let note = note.replace('\n', "\n  ");
+                let _ = writeln!(out, "  {}: {note}", stages.join(", "));
+            }
+        }
+        let verdict = match self.outcome {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
+        };
+        let _ = writeln!(out, "\n{verdict} in {:.1}s", self.elapsed.as_secs_f64());
+        out
+    }
+}
+
+pub(super) fn summarize(
+    engine: &Engine,
+    order: &[usize],
+    interrupted: bool,
+    elapsed: Duration,
+) -> RunReport {
+    let g = &engine.graph;
+    let mut stages = IndexMap::new();
+    let mut not_run = IndexMap::new();
+    let mut deferred = IndexMap::new();
+    let mut failures = Vec::new();
+    let mut notes = IndexMap::new();
+    let mut new_failures = false;
+    for &s in order {
+        let node = &g.stages[s];
+        if node.kind.has_result_notes() {
+            for t in node.tasks() {
+                if !engine.state[t as usize].is_success() {
+                    continue;
+                }
+                if let Ok(Some(result)) = engine.store.result(&engine.keys[t as usize])
+                    && let Some(note) = node.kind.result_note(&engine.store, &result.outputs)
+                {
+                    notes.insert(node.name.clone(), note);
+                }
+            }
+        }
+        let c = &engine.counts[s];
+        stages.insert(
+            node.name.clone(),
+            StageCounts {
+                total: node.len() as u64,
+                cached: c.cached,
+                ran: c.ran,
+                failed: c.all_failed(),
+            },
+        );
+        not_run.insert(node.name.clone(), node.len() as u64 - c.resolved());
+        if let Some(why) = &node.deferred {
+            deferred.insert(node.name.clone(), why.clone());
+        }
+        // Blocked tasks trace back to a failure: a new one counts there; one recorded by an
+        // earlier run (a permanently broken item) does not fail every later run.
+        if c.failed > 0 {
+            new_failures = true;
+        }
+        if c.all_failed() == 0 {
+            continue;
+        }
+        for t in node.tasks() {
+            let state = engine.state[t as usize];
+            if !state.is_failure() {
+                continue;
+            }
+            let log = (state != State::Blocked)
+                .then(|| {
+                    engine
+                        .store
+                        .failure(&engine.keys[t as usize])
+                        .ok()
+                        .flatten()
+                })
+                .flatten()
+                .and_then(|f| f.stderr)
+                .map(|d| engine.store.blobs().path(&d).display().to_string());
+            failures.push(FailureLine {
+                stage: node.name.clone(),
+                item: g.item(t).to_string(),
+                error: engine.notes.get(&t).cloned().unwrap_or_default(),
+                earlier: state == State::KnownFailure,
+                blocked: state == State::Blocked,
+                log,
+            });
+        }
+    }
+    let outcome = if interrupted {
+        RunOutcome::Interrupted
+    } else if new_failures || not_run.values().any(|n| *n > 0) || !deferred.is_empty() {
+        RunOutcome::Failed
+    } else {
+        RunOutcome::Ok
+    };
+    RunReport {
+        stages,
+        not_run,
+        deferred,
+        outcome,
+        failures,
+        notes,
+        elapsed,
+    }
+}

@@ -1,0 +1,263 @@
+//! A unit's tasks between the queue and the index: taking a unit from a stage's queue,
+//! preparing its tasks (keys and what each reads), reading their inputs, and committing each
+//! outcome. Shared by local execution (`run`) and remote units (`remote_units`).
+
+use super::graph::MISSING;
+use super::resolve::Engine;
+use super::workdir::{InputData, LeftOut};
+use crate::exec::kind::{Binding, TaskOutcome};
+use crate::store::Store;
+use crate::store::memo::MemoValue;
+use crate::store::records::*;
+use crate::task::{Digest, KeyRecord, TaskKey};
+use anyhow::{Result, bail};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What a task's outcome did to the index, for the scheduler.
+pub(super) enum Reported {
+    Success(Digest, MemoValue),
+    Failed(String),
+    InputCorrupt {
+        stage: String,
+        item: String,
+        error: String,
+    },
+    Cancelled,
+    Aborted(String),
+}
+
+/// Takes the next unit from a stage's queue: the front task, and every queued task of the
+/// same unit group when the kind groups them.
+pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
+    let first = queue.pop_front().expect("queue is not empty");
+    let node = engine.graph.stage_of(first);
+    let Some(group) = node.kind.unit_group(engine.graph.item(first)) else {
+        return vec![first];
+    };
+    let mut unit = vec![first];
+    let max = node.kind.max_unit_tasks().max(1);
+    queue.retain(|&t| {
+        if unit.len() < max
+            && node.kind.unit_group(engine.graph.item(t)).as_deref() == Some(group.as_str())
+        {
+            unit.push(t);
+            false
+        } else {
+            true
+        }
+    });
+    unit
+}
+
+/// What a task reads from one input: the upstream stage, how it binds, the (item, key)
+/// of each upstream task it reads, and (for a kind that reads failures) the upstream items
+/// without a result.
+pub(super) type InputKeys = (
+    String,
+    Binding,
+    Vec<(String, TaskKey)>,
+    Option<Arc<Vec<LeftOut>>>,
+);
+
+/// A task of a unit with what the scheduler knows of it; the upstream results themselves
+/// are read from the index inside the unit's own task, off the scheduler.
+pub(super) struct PreparedTask {
+    pub(super) task: u32,
+    pub(super) identity: TaskIdentity,
+    pub(super) inputs: Vec<InputKeys>,
+}
+
+/// What recording a task's outcome needs: its key, key record and item.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct TaskIdentity {
+    pub(super) key: TaskKey,
+    pub(super) record: KeyRecord,
+    pub(super) item: String,
+}
+
+pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
+    let g = &engine.graph;
+    unit.iter()
+        .map(|&t| {
+            let node = g.stage_of(t);
+            let record = engine.record_of(t).map_err(|_| {
+                anyhow::anyhow!("internal: {} dispatched before its inputs", g.task_label(t))
+            })?;
+            let mut inputs = Vec::with_capacity(node.inputs.len());
+            let mut item_k = 0;
+            for edge in &node.inputs {
+                let up = &g.stages[edge.stage];
+                if edge.binding == Binding::Expansion {
+                    continue;
+                }
+                let items: Vec<(String, TaskKey)> = match edge.binding {
+                    Binding::Item | Binding::ItemIfPresent => {
+                        let u = g.item_dep(t, item_k);
+                        item_k += 1;
+                        if u == MISSING {
+                            // Only an ItemIfPresent input can lack the item: it reads nothing.
+                            debug_assert_eq!(edge.binding, Binding::ItemIfPresent);
+                            Vec::new()
+                        } else {
+                            vec![(g.item(u).to_string(), engine.keys[u as usize])]
+                        }
+                    }
+                    Binding::Expansion => unreachable!("skipped above"),
+                    Binding::All => {
+                        let mut items: Vec<(String, TaskKey)> = up
+                            .tasks()
+                            .filter(|&u| engine.state[u as usize].is_success())
+                            .map(|u| (g.item(u).to_string(), engine.keys[u as usize]))
+                            .collect();
+                        items.sort_by(|a, b| a.0.cmp(&b.0));
+                        items
+                    }
+                };
+                let left_out = (edge.binding == Binding::All && node.kind.reads_failures())
+                    .then(|| engine.left_out(edge.stage))
+                    .flatten();
+                inputs.push((up.name.clone(), edge.binding, items, left_out));
+            }
+            Ok(PreparedTask {
+                task: t,
+                identity: TaskIdentity {
+                    key: engine.keys[t as usize],
+                    record,
+                    item: g.item(t).to_string(),
+                },
+                inputs,
+            })
+        })
+        .collect()
+}
+
+pub(super) type MissingInput = (String, String, String);
+
+/// Reads the upstream results of each task's inputs, in order.
+pub(super) fn read_inputs(
+    store: &Store,
+    wanted: Vec<Vec<InputKeys>>,
+) -> Result<Vec<Vec<InputData>>, MissingInput> {
+    wanted
+        .into_iter()
+        .map(|inputs| {
+            inputs
+                .into_iter()
+                .map(|(stage, binding, items, left_out)| {
+                    let mut loaded = Vec::with_capacity(items.len());
+                    for (item, key) in items {
+                        match store.result(&key) {
+                            Ok(Some(result)) => loaded.push((item, result)),
+                            Ok(None) => {
+                                return Err((
+                                    stage.clone(),
+                                    item.clone(),
+                                    format!("the result of {stage}/{item} is gone from the index"),
+                                ));
+                            }
+                            Err(e) => {
+                                return Err((stage.clone(), item.clone(), format!("{e:#}")));
+                            }
+                        }
+                    }
+                    Ok(InputData {
+                        stage,
+                        binding,
+                        items: loaded,
+                        left_out: left_out.map(|l| l.to_vec()).unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect()
+}
+
+/// Records an outcome in the index (the commit point of a task) and says what happened.
+/// `host` is where it ran: `local` or a worker's name.
+pub(super) fn commit_outcome(
+    store: &Store,
+    stage: &str,
+    p: &TaskIdentity,
+    host: &str,
+    outcome: TaskOutcome,
+) -> Reported {
+    match outcome {
+        TaskOutcome::Success {
+            outputs,
+            stdout,
+            stderr,
+            started_ms,
+            duration_ms,
+        } => {
+            let manifest = manifest_digest(&outputs);
+            let result = TaskResult {
+                stage: stage.to_string(),
+                item: p.item.clone(),
+                manifest,
+                stdout,
+                stderr,
+                started_ms,
+                duration_ms,
+                host: host.to_string(),
+                outputs,
+            };
+            match store.commit_success(&p.key, &p.record, &result) {
+                Ok(()) => Reported::Success(
+                    manifest,
+                    MemoValue::Done {
+                        manifest,
+                        blobs: result.blob_outputs().collect(),
+                    },
+                ),
+                Err(e) => Reported::Failed(format!("recording the result failed: {e:#}")),
+            }
+        }
+        TaskOutcome::Failed { error, stderr } => {
+            let failure = Failure {
+                stage: stage.to_string(),
+                item: p.item.clone(),
+                error: error.clone(),
+                stderr,
+                when_ms: now_ms(),
+            };
+            if let Err(e) = store.commit_failure(&p.key, &p.record, &failure) {
+                tracing::warn!("could not record the failure of {stage}/{}: {e:#}", p.item);
+            }
+            Reported::Failed(error)
+        }
+        TaskOutcome::InputCorrupt { stage, item, error } => {
+            Reported::InputCorrupt { stage, item, error }
+        }
+        TaskOutcome::Cancelled => Reported::Cancelled,
+        TaskOutcome::Aborted(error) => Reported::Aborted(error),
+    }
+}
+
+pub(super) fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<u32> {
+    let node = engine.graph.stages.iter().find(|s| s.name == stage)?;
+    node.tasks().find(|&t| engine.graph.item(t) == item)
+}
+
+/// A consumer found an input blob corrupt: its producer runs again and the consumer waits.
+/// Returns whether the producer was re-opened now (false when it already was).
+pub(super) fn reopen_producer(
+    engine: &mut Engine,
+    consumer: u32,
+    stage: &str,
+    item: &str,
+) -> Result<bool> {
+    let Some(producer) = find_item(engine, stage, item) else {
+        bail!(
+            "internal: input {stage}/{item} of {} is not a task",
+            engine.graph.task_label(consumer)
+        );
+    };
+    let node = engine.graph.stage_of(consumer);
+    let all = node
+        .inputs
+        .iter()
+        .any(|e| engine.graph.stages[e.stage].name == stage && e.binding == Binding::All);
+    // False when another consumer re-opened it already: the consumer just waits for it.
+    engine.reopen(producer, consumer, all)
+}
