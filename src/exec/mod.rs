@@ -1,6 +1,7 @@
 //! Running: task graph, resolution, planning, the local executor and its progress display.
 
 pub mod graph;
+pub mod keying;
 pub mod kind;
 pub mod launcher;
 pub mod plan;

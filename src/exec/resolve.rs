@@ -9,10 +9,7 @@ use super::workdir::LeftOut;
 use crate::exec::kind::{Binding, StageOutputs};
 use crate::store::Store;
 use crate::store::memo::{KeyMap, MemoValue, StageMemo};
-use crate::task::{
-    Digest, FieldChange, KEY_SCHEMA, KeyRecord, KeyRecordRef, ParamSlice, TaskKey, cause_of,
-    diff_fields,
-};
+use crate::task::{Digest, TaskKey};
 use anyhow::Result;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -83,7 +80,7 @@ impl Counts {
 
 /// What a whole upstream stage contributes to the key of a task that reads all of it.
 #[derive(Clone, Debug)]
-enum Aggregate {
+pub(super) enum Aggregate {
     Digest(Digest),
     Pending(String),
     Failed(String),
@@ -91,7 +88,7 @@ enum Aggregate {
 
 /// The outcome of resolving one task.
 #[derive(Debug)]
-enum Resolution {
+pub(super) enum Resolution {
     Cached {
         key: TaskKey,
         manifest: Digest,
@@ -137,31 +134,31 @@ pub struct Carry {
 
 pub struct Engine {
     pub graph: TaskGraph,
-    carry: Carry,
+    pub(super) carry: Carry,
     pub store: Arc<Store>,
     pub mode: Mode,
-    retry_failed: bool,
-    memos: Vec<StageMemo>,
+    pub(super) retry_failed: bool,
+    pub(super) memos: Vec<StageMemo>,
     pub state: Vec<State>,
     pub counts: Vec<Counts>,
     left: Vec<u32>,
     pub keys: Vec<TaskKey>,
     pub manifests: Vec<Digest>,
     stage_left: Vec<u32>,
-    stage_completed: Vec<bool>,
+    pub(super) stage_completed: Vec<bool>,
     /// Failed (or blocked) items of each completed stage.
-    stage_failed: Vec<usize>,
-    aggregates: Vec<Option<Aggregate>>,
+    pub(super) stage_failed: Vec<usize>,
+    pub(super) aggregates: Vec<Option<Aggregate>>,
     /// Per completed stage that a [failure-reading](crate::exec::kind::StageKind::reads_failures)
     /// kind reads whole: its items without a result, each with the failure that stopped it,
     /// and the digest of that list (which goes into the reader's key).
-    left_out: Vec<Option<(Arc<Vec<LeftOut>>, Digest)>>,
+    pub(super) left_out: Vec<Option<(Arc<Vec<LeftOut>>, Digest)>>,
     /// Memo values learnt outside the memo (index hits, fresh results, new failures).
     pub fresh: KeyMap<MemoValue>,
     /// Per task: why it is blocked, pending, failed, or to run.
     pub notes: HashMap<u32, String>,
     /// Tasks whose cached outputs were missing (they run again).
-    blobs_missing: HashSet<u32>,
+    pub(super) blobs_missing: HashSet<u32>,
     /// Producers re-opened because a blob of theirs failed verification.
     reopened: HashSet<u32>,
     /// Tasks waiting on a re-opened producer, by producer.
@@ -498,226 +495,6 @@ impl Engine {
     /// The items of stage `s` without a result and why, when a failure-reading kind reads it.
     pub fn left_out(&self, s: usize) -> Option<Arc<Vec<LeftOut>>> {
         self.left_out[s].as_ref().map(|(list, _)| list.clone())
-    }
-
-    /// The digests a task reads from each input, sorted by input name.
-    fn input_digests(&self, t: u32) -> Result<Vec<(&str, Digest)>, NotKeyed> {
-        let g = &self.graph;
-        let node = g.stage_of(t);
-        let mut inputs = Vec::with_capacity(node.inputs.len());
-        let mut item_k = 0;
-        for edge in &node.inputs {
-            let up = &g.stages[edge.stage];
-            let digest = match edge.binding {
-                Binding::Item | Binding::ItemIfPresent => {
-                    let u = g.item_dep(t, item_k);
-                    item_k += 1;
-                    if u == MISSING && edge.binding == Binding::ItemIfPresent {
-                        continue;
-                    }
-                    if u == MISSING {
-                        return Err(NotKeyed::Blocked(format!(
-                            "input `{}` has no item `{}`",
-                            up.name,
-                            g.source_item(t)
-                        )));
-                    }
-                    match self.state[u as usize] {
-                        State::Cached | State::Done => self.manifests[u as usize],
-                        State::Failed | State::KnownFailure | State::Blocked => {
-                            return Err(NotKeyed::Blocked(format!(
-                                "upstream {} failed",
-                                g.task_label(u)
-                            )));
-                        }
-                        _ => {
-                            return Err(NotKeyed::Pending(format!("upstream reruns: {}", up.name)));
-                        }
-                    }
-                }
-                Binding::Expansion => continue,
-                Binding::All => match &self.aggregates[edge.stage] {
-                    Some(Aggregate::Digest(_))
-                        if self.stage_failed[edge.stage] > 0 && node.kind.needs_every_item() =>
-                    {
-                        let n = self.stage_failed[edge.stage];
-                        return Err(NotKeyed::Blocked(format!(
-                            "{n} item{} of upstream `{}` failed, and `{}` needs every one",
-                            if n == 1 { "" } else { "s" },
-                            up.name,
-                            node.name
-                        )));
-                    }
-                    Some(Aggregate::Digest(d)) => match &self.left_out[edge.stage] {
-                        // What the reader leaves out, and why, is part of what it reads.
-                        Some((_, failures)) if node.kind.reads_failures() => Digest::of(
-                            &postcard::to_stdvec(&(d, failures)).expect("digests always encode"),
-                        ),
-                        _ => *d,
-                    },
-                    Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
-                    Some(Aggregate::Failed(why)) => return Err(NotKeyed::Blocked(why.clone())),
-                    None => {
-                        return Err(NotKeyed::Pending(format!("upstream reruns: {}", up.name)));
-                    }
-                },
-            };
-            inputs.push((up.name.as_str(), digest));
-        }
-        inputs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        Ok(inputs)
-    }
-
-    /// The key record of a task whose inputs are resolved.
-    pub fn record_of(&self, t: u32) -> Result<KeyRecord, NotKeyed> {
-        let node = self.graph.stage_of(t);
-        let inputs = self.input_digests(t)?;
-        Ok(KeyRecord {
-            schema: KEY_SCHEMA,
-            kind: node.kind.kind().to_string(),
-            kind_version: node.kind.version(),
-            item: self.graph.item(t).to_string(),
-            shared: node.shared_digest,
-            item_params: self.graph.item_params(t),
-            inputs: inputs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        })
-    }
-
-    /// The key of a task whose inputs are resolved, without building its record.
-    fn key_of(&self, t: u32) -> Result<TaskKey, NotKeyed> {
-        let node = self.graph.stage_of(t);
-        let inputs = self.input_digests(t)?;
-        let local = t - node.start;
-        let no_params = ParamSlice::new();
-        Ok(KeyRecordRef {
-            schema: KEY_SCHEMA,
-            kind: node.kind.kind(),
-            kind_version: node.kind.version(),
-            item: &node.items[local as usize],
-            shared: &node.shared_digest,
-            item_params: node.item_params.get(&local).unwrap_or(&no_params),
-            inputs: &inputs,
-        }
-        .key())
-    }
-
-    fn resolve_one(&self, t: u32) -> Result<Resolution> {
-        // Item ids come from outside too (a dataset's metadata, a mirror's file list) and
-        // name directories (exports, inputs of all-at-once stages): one that could name a
-        // path outside them fails its item here, before any kind sees it.
-        if let Err(why) = crate::task::validate_item_id(self.graph.item(t)) {
-            return Ok(Resolution::Blocked(why));
-        }
-        match self.key_of(t) {
-            Ok(key) => self.look_up(t, key),
-            Err(why) => Ok(why.into()),
-        }
-    }
-
-    fn look_up(&self, t: u32, key: TaskKey) -> Result<Resolution> {
-        let s = self.graph.task_stage[t as usize] as usize;
-        let mut blobs_missing = false;
-        match self.memos[s].get(&key) {
-            Some(MemoValue::Done { manifest, blobs }) => {
-                if self.store.outputs_present(blobs.into_iter()) {
-                    return Ok(Resolution::Cached {
-                        key,
-                        manifest,
-                        memo_value: None,
-                    });
-                }
-                blobs_missing = true;
-            }
-            Some(MemoValue::Failed) if !self.retry_failed => {
-                if let Some(f) = self.store.failure(&key)? {
-                    return Ok(Resolution::KnownFailure {
-                        key,
-                        error: f.error,
-                    });
-                }
-            }
-            _ => {}
-        }
-        if !blobs_missing && let Some(result) = self.store.result(&key)? {
-            if self.store.outputs_present(result.blob_outputs()) {
-                return Ok(Resolution::Cached {
-                    key,
-                    manifest: result.manifest,
-                    memo_value: Some(MemoValue::Done {
-                        manifest: result.manifest,
-                        blobs: result.blob_outputs().collect(),
-                    }),
-                });
-            }
-            blobs_missing = true;
-        }
-        if !self.retry_failed
-            && let Some(f) = self.store.failure(&key)?
-        {
-            return Ok(Resolution::KnownFailure {
-                key,
-                error: f.error,
-            });
-        }
-        Ok(Resolution::ToRun { key, blobs_missing })
-    }
-
-    /// Why a task is to run, grouped as `mvc plan` reports it.
-    pub fn cause(&self, t: u32) -> Result<String> {
-        let i = t as usize;
-        match self.state[i] {
-            State::Pending => {
-                // A task waiting for its upstream that was never run for this item (the
-                // embedding of a new view) is new, whatever its upstream makes.
-                let node = self.graph.stage_of(t);
-                if self.store.latest(&node.name, self.graph.item(t))?.is_none() {
-                    return Ok("new item".into());
-                }
-                return Ok(self.notes.get(&t).cloned().unwrap_or_default());
-            }
-            State::Blocked => {
-                return Ok(self.notes.get(&t).cloned().unwrap_or_default());
-            }
-            State::ToRun | State::Running | State::Done | State::Failed => {}
-            _ => return Ok(String::new()),
-        }
-        if self.blobs_missing.contains(&t) {
-            return Ok("blob missing or corrupt".into());
-        }
-        let node = self.graph.stage_of(t);
-        let Some(latest) = self.store.latest(&node.name, self.graph.item(t))? else {
-            return Ok("new item".into());
-        };
-        if latest.key == self.keys[i] {
-            return Ok(if self.retry_failed {
-                "retrying a failed item".into()
-            } else {
-                "result missing from the cache".into()
-            });
-        }
-        let changes = self.changes_since(t, &latest.key)?;
-        Ok(match changes {
-            Some(changes) => cause_of(&changes),
-            None => "new item (earlier record unavailable)".into(),
-        })
-    }
-
-    /// Field changes of a task's record against the record stored under `old`.
-    pub fn changes_since(&self, t: u32, old: &TaskKey) -> Result<Option<Vec<FieldChange>>> {
-        let Some(old_record) = self.store.record(old)? else {
-            return Ok(None);
-        };
-        let Ok(new_record) = self.record_of(t) else {
-            return Ok(None);
-        };
-        let node = self.graph.stage_of(t);
-        let old_shared = self.store.shared_params(&old_record.shared)?;
-        let old_fields = old_record.fields(old_shared.as_ref());
-        let new_fields = new_record.fields(Some(&node.shared));
-        Ok(Some(diff_fields(&old_fields, &new_fields)))
     }
 
     /// Re-opens a producer whose output blob failed verification while `consumer` read it:

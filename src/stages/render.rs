@@ -123,6 +123,151 @@ fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
     Err(AtSpan { span, message }.into())
 }
 
+/// The renderer a stage asks for: Blender (found on PATH or at `blender_path`, with its
+/// engine checked) or the built-in one; `auto` falls back to the built-in one with a warning.
+fn backend(stage: &str, p: &RenderParams) -> Result<Backend> {
+    let explicit = p.blender_path.as_ref().map(std::path::PathBuf::from);
+    let found = find_blender(explicit.as_deref());
+    let engine = p
+        .engine
+        .as_ref()
+        .map(|e| e.get_ref().clone())
+        .unwrap_or_else(|| "CYCLES".into());
+    if let (Some(e), Err(err)) = (&p.engine, check_engine(&engine)) {
+        return at(e.span(), format!("stage `{stage}`: {err}"));
+    }
+    let blender = |path: std::path::PathBuf| Backend::Blender {
+        path,
+        engine: engine.clone(),
+        samples: p.samples.unwrap_or(32),
+        version: std::sync::OnceLock::new(),
+        pool: std::sync::OnceLock::new(),
+    };
+    Ok(match p.backend.as_ref().map(|b| b.get_ref().as_str()) {
+        Some("builtin") => Backend::Builtin,
+        None | Some("auto") => match found {
+            Some(path) => blender(path),
+            None => {
+                tracing::warn!(
+                    "stage `{stage}`: Blender is not installed; rendering with the built-in \
+                     renderer (install Blender with `apt-get install blender \
+                     python3-numpy`, or set backend = \"builtin\" to silence this)"
+                );
+                Backend::Builtin
+            }
+        },
+        Some("blender") => match found {
+            Some(path) => blender(path),
+            None => {
+                let span = p.backend.as_ref().expect("given").span();
+                let looked = match &explicit {
+                    Some(path) => format!("`blender_path` {} is not a file", path.display()),
+                    None => "there is no `blender` on PATH".to_string(),
+                };
+                return at(
+                    span,
+                    format!(
+                        "stage `{stage}`: backend = \"blender\", but {looked}; install it \
+                         (`apt-get install blender python3-numpy` on Debian and Ubuntu), \
+                         set `blender_path`, or use backend = \"builtin\""
+                    ),
+                );
+            }
+        },
+        Some(other) => {
+            let span = p.backend.as_ref().expect("given").span();
+            return at(
+                span,
+                format!(
+                    "stage `{stage}`: unknown backend `{other}`; use \"builtin\", \
+                     \"blender\" or \"auto\""
+                ),
+            );
+        }
+    })
+}
+
+/// The azimuths of a stage, in degrees (default 0 to 330 in steps of 30).
+fn azimuths(stage: &str, azimuths: &Option<Spanned<Angles>>) -> Result<Vec<f64>> {
+    Ok(match azimuths {
+        None => (0..12).map(|i| i as f64 * 30.0).collect(),
+        Some(a) => {
+            let values = a.get_ref().values();
+            if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+                return at(
+                    a.span(),
+                    format!("stage `{stage}`: `azimuths` must hold at least one finite angle"),
+                );
+            }
+            values
+        }
+    })
+}
+
+/// The rings' polar angles (degrees from +Z), from `polar` or from `elevations`.
+fn polar_angles(
+    stage: &str,
+    polar: &Option<Spanned<Angles>>,
+    elevations: &Option<Spanned<Angles>>,
+) -> Result<Vec<f64>> {
+    Ok(match (polar, elevations) {
+        (Some(_), Some(e)) => {
+            return at(
+                e.span(),
+                format!(
+                    "stage `{stage}`: give either `polar` (degrees from +Z, the study's \
+                     convention) or `elevations` (degrees above the horizon), not both"
+                ),
+            );
+        }
+        (Some(pol), None) => {
+            let values = pol.get_ref().values();
+            if let Some(bad) = values.iter().find(|v| !(0.0..=180.0).contains(*v)) {
+                return at(
+                    pol.span(),
+                    format!(
+                        "stage `{stage}`: polar angle {bad} is outside [0, 180] (degrees \
+                         from +Z: 0 looks straight down, 90 level, 180 up from below)"
+                    ),
+                );
+            }
+            values
+        }
+        (None, Some(e)) => {
+            let values = e.get_ref().values();
+            if let Some(bad) = values.iter().find(|v| !(-90.0..=90.0).contains(*v)) {
+                return at(
+                    e.span(),
+                    format!("stage `{stage}`: elevation {bad} is outside [-90, 90]"),
+                );
+            }
+            values.iter().map(|e| 90.0 - e).collect()
+        }
+        (None, None) => {
+            bail!(
+                "stage `{stage}`: give the camera rings as `polar = [20, 50, 80]` (degrees \
+                 from +Z, the study's convention) or `elevations = [70, 40, 10]` (degrees \
+                 above the horizon)"
+            )
+        }
+    })
+}
+
+/// The light rig: `study` (default) or `four-sun`.
+fn lights(stage: &str, lights: &Option<Spanned<String>>) -> Result<LightRig> {
+    Ok(match lights.as_ref().map(|l| l.get_ref().as_str()) {
+        None | Some("study") => LightRig::Study,
+        Some("four-sun") => LightRig::FourSun,
+        Some(other) => {
+            let span = lights.as_ref().expect("given").span();
+            return at(
+                span,
+                format!("stage `{stage}`: unknown lights `{other}`; use \"study\" or \"four-sun\""),
+            );
+        }
+    })
+}
+
 /// Angles with duplicates removed (first kept), warning about each.
 fn dedup(stage: &str, what: &str, angles: Vec<f64>) -> Vec<f64> {
     let mut out: Vec<f64> = Vec::with_capacity(angles.len());
@@ -144,124 +289,14 @@ impl RenderStage {
                  GLB files (e.g. inputs = [\"objects\"])"
             );
         }
-        let explicit = p.blender_path.as_ref().map(std::path::PathBuf::from);
-        let found = find_blender(explicit.as_deref());
-        let engine = p
-            .engine
-            .as_ref()
-            .map(|e| e.get_ref().clone())
-            .unwrap_or_else(|| "CYCLES".into());
-        if let (Some(e), Err(err)) = (&p.engine, check_engine(&engine)) {
-            return at(e.span(), format!("stage `{stage}`: {err}"));
-        }
         let timeout = p.timeout.unwrap_or(600.0);
         if !(timeout > 0.0 && timeout.is_finite()) {
             bail!("stage `{stage}`: `timeout` must be a positive number of seconds");
         }
-        let blender = |path: std::path::PathBuf| Backend::Blender {
-            path,
-            engine: engine.clone(),
-            samples: p.samples.unwrap_or(32),
-            version: std::sync::OnceLock::new(),
-            pool: std::sync::OnceLock::new(),
-        };
-        let backend = match p.backend.as_ref().map(|b| b.get_ref().as_str()) {
-            Some("builtin") => Backend::Builtin,
-            None | Some("auto") => match found {
-                Some(path) => blender(path),
-                None => {
-                    tracing::warn!(
-                        "stage `{stage}`: Blender is not installed; rendering with the built-in \
-                         renderer (install Blender with `apt-get install blender \
-                         python3-numpy`, or set backend = \"builtin\" to silence this)"
-                    );
-                    Backend::Builtin
-                }
-            },
-            Some("blender") => match found {
-                Some(path) => blender(path),
-                None => {
-                    let span = p.backend.as_ref().expect("given").span();
-                    let looked = match &explicit {
-                        Some(path) => format!("`blender_path` {} is not a file", path.display()),
-                        None => "there is no `blender` on PATH".to_string(),
-                    };
-                    return at(
-                        span,
-                        format!(
-                            "stage `{stage}`: backend = \"blender\", but {looked}; install it \
-                             (`apt-get install blender python3-numpy` on Debian and Ubuntu), \
-                             set `blender_path`, or use backend = \"builtin\""
-                        ),
-                    );
-                }
-            },
-            Some(other) => {
-                let span = p.backend.as_ref().expect("given").span();
-                return at(
-                    span,
-                    format!(
-                        "stage `{stage}`: unknown backend `{other}`; use \"builtin\", \
-                         \"blender\" or \"auto\""
-                    ),
-                );
-            }
-        };
-        let azimuths = match &p.azimuths {
-            None => (0..12).map(|i| i as f64 * 30.0).collect(),
-            Some(a) => {
-                let values = a.get_ref().values();
-                if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
-                    return at(
-                        a.span(),
-                        format!("stage `{stage}`: `azimuths` must hold at least one finite angle"),
-                    );
-                }
-                values
-            }
-        };
+        let backend = backend(stage, &p)?;
+        let azimuths = azimuths(stage, &p.azimuths)?;
         let azimuths = dedup(stage, "azimuths", azimuths);
-        let polar = match (&p.polar, &p.elevations) {
-            (Some(_), Some(e)) => {
-                return at(
-                    e.span(),
-                    format!(
-                        "stage `{stage}`: give either `polar` (degrees from +Z, the study's \
-                         convention) or `elevations` (degrees above the horizon), not both"
-                    ),
-                );
-            }
-            (Some(pol), None) => {
-                let values = pol.get_ref().values();
-                if let Some(bad) = values.iter().find(|v| !(0.0..=180.0).contains(*v)) {
-                    return at(
-                        pol.span(),
-                        format!(
-                            "stage `{stage}`: polar angle {bad} is outside [0, 180] (degrees \
-                             from +Z: 0 looks straight down, 90 level, 180 up from below)"
-                        ),
-                    );
-                }
-                values
-            }
-            (None, Some(e)) => {
-                let values = e.get_ref().values();
-                if let Some(bad) = values.iter().find(|v| !(-90.0..=90.0).contains(*v)) {
-                    return at(
-                        e.span(),
-                        format!("stage `{stage}`: elevation {bad} is outside [-90, 90]"),
-                    );
-                }
-                values.iter().map(|e| 90.0 - e).collect()
-            }
-            (None, None) => {
-                bail!(
-                    "stage `{stage}`: give the camera rings as `polar = [20, 50, 80]` (degrees \
-                     from +Z, the study's convention) or `elevations = [70, 40, 10]` (degrees \
-                     above the horizon)"
-                )
-            }
-        };
+        let polar = polar_angles(stage, &p.polar, &p.elevations)?;
         if polar.is_empty() {
             bail!("stage `{stage}`: the list of rings is empty");
         }
@@ -278,19 +313,7 @@ impl RenderStage {
         if !(8..=8192).contains(&resolution) {
             bail!("stage `{stage}`: `resolution` must be between 8 and 8192 pixels");
         }
-        let lights = match p.lights.as_ref().map(|l| l.get_ref().as_str()) {
-            None | Some("study") => LightRig::Study,
-            Some("four-sun") => LightRig::FourSun,
-            Some(other) => {
-                let span = p.lights.as_ref().expect("given").span();
-                return at(
-                    span,
-                    format!(
-                        "stage `{stage}`: unknown lights `{other}`; use \"study\" or \"four-sun\""
-                    ),
-                );
-            }
-        };
+        let lights = lights(stage, &p.lights)?;
         let supersample = p.supersample.unwrap_or(2);
         if !(1..=8).contains(&supersample) {
             bail!("stage `{stage}`: `supersample` must be between 1 and 8");
