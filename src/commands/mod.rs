@@ -8,6 +8,7 @@ pub mod gc;
 pub mod listen;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod run;
 pub mod serve;
 pub mod status;

@@ -1,8 +1,9 @@
 //! `mvc run`: plan a pipeline, then execute every task that is not cached.
 
 use super::listen::ListenArgs;
+use super::progress::Progress;
 use super::{Global, Output, block_on, load};
-use crate::exec::run::{RunOptions, RunReport, run_with};
+use crate::exec::run::{RunOptions, RunReport, run_with_view};
 use crate::store::Store;
 use crate::store::records::RunOutcome;
 use anyhow::Result;
@@ -42,20 +43,23 @@ pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
         .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
     let slots = args.remote.local_slots(&pipeline, slots);
     let store = Arc::new(Store::open(&global.cache_dir(Some(&pipeline)))?);
+    let quiet = global.format == super::Format::Quiet;
     let opts = RunOptions {
         slots,
         keep_going: !args.fail_fast,
         retry_failed: args.retry_failed,
         grace: Duration::from_secs_f64(args.grace.max(0.0)),
-        quiet: global.format == super::Format::Quiet,
+        quiet,
     };
+    let view = Box::new(Progress::of(&pipeline, quiet));
     let report = block_on(async {
         let mut started = args.remote.start(&pipeline, &args.file, &store).await?;
-        let report = run_with(
+        let report = run_with_view(
             &pipeline,
             store,
             opts,
             started.as_mut().map(|r| &mut r.listener),
+            view,
         )
         .await;
         if let Some(r) = started {

@@ -2,8 +2,9 @@
 //! changes, serving workers all along (Ctrl-C stops it).
 
 use super::listen::{ListenArgs, Remote};
+use super::progress::Progress;
 use super::{Global, Output, block_on, load};
-use crate::exec::run::{RunOptions, run_with};
+use crate::exec::run::{RunOptions, run_with_view};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::store::records::RunOutcome;
@@ -90,7 +91,8 @@ async fn serve_loop(
             quiet: global.format == super::Format::Quiet,
         };
         let seen = modified(file);
-        let report = run_with(pipeline, store.clone(), opts, Some(listener)).await?;
+        let view = Box::new(Progress::of(pipeline, opts.quiet));
+        let report = run_with_view(pipeline, store.clone(), opts, Some(listener), view).await?;
         // Each run's summary is printed as it ends (one JSON line per run with --json).
         super::output::emit(global.format, &super::run::output(&report));
         if report.outcome == RunOutcome::Interrupted {

@@ -1,16 +1,18 @@
-//! Running: task graph, resolution, planning, the local executor and its progress display.
+//! The engine: task graph, resolution, planning, the local executor and the scheduler side of
+//! remote workers. It defines the `StageKind` trait (`kind`) and names no kind; what a run
+//! shows live goes through `view::RunView`, which the commands implement.
 
 pub mod graph;
 pub mod keying;
 pub mod kind;
 pub mod launcher;
 pub mod plan;
-pub mod progress;
 mod remote_units;
 pub mod resolve;
 pub mod run;
 mod summary;
 mod units;
+pub mod view;
 pub mod workdir;
 pub mod workers;
 pub mod workflow;

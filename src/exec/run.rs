@@ -4,12 +4,12 @@
 
 use super::graph::{Sources, TaskGraph};
 use super::launcher::Launcher;
-use super::progress::{PLAIN_INTERVAL, Progress};
 use super::remote_units::{Effects, RemoteUnits};
 use super::resolve::{Carry, Counts, Engine, Mode};
 use super::summary::summarize;
 pub use super::summary::{FailureLine, RunReport};
 use super::units::*;
+use super::view::{NotesOnly, RunView};
 use super::workdir::InputData;
 use super::workers::{SchedMsg, WorkerHub};
 use super::workflow::Workflow;
@@ -34,7 +34,8 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// How long running tasks may finish after Ctrl-C before they are killed.
     pub grace: Duration,
-    /// No progress bars or lines.
+    /// No progress display: for callers that choose the [`RunView`] (`run_with_view`);
+    /// `run` and `run_with` show only notes either way.
     pub quiet: bool,
 }
 
@@ -55,8 +56,21 @@ pub async fn run_with(
     opts: RunOptions,
     listener: Option<&mut Listener>,
 ) -> Result<RunReport> {
+    run_with_view(pipeline, store, opts, listener, Box::new(NotesOnly)).await
+}
+
+/// [`run_with`], shown live through `view` (the commands' progress display).
+pub async fn run_with_view(
+    pipeline: &Workflow,
+    store: Arc<Store>,
+    opts: RunOptions,
+    listener: Option<&mut Listener>,
+    view: Box<dyn RunView>,
+) -> Result<RunReport> {
     let Some(listener) = listener else {
-        return run_inner(pipeline, store, opts, None).await.map(|(r, _)| r);
+        return run_inner(pipeline, store, opts, None, view)
+            .await
+            .map(|(r, _)| r);
     };
     let rx = listener
         .rx
@@ -64,7 +78,7 @@ pub async fn run_with(
         .context("internal: the coordinator already serves a run")?;
     listener.coordinator.set_finished(false);
     let remote = RemoteUnits::new(listener.coordinator.clone(), rx)?;
-    let (report, rx) = run_inner(pipeline, store, opts, Some(remote)).await?;
+    let (report, rx) = run_inner(pipeline, store, opts, Some(remote), view).await?;
     listener.rx = rx;
     listener.coordinator.set_finished(true);
     Ok(report)
@@ -90,17 +104,15 @@ async fn run_inner(
     store: Arc<Store>,
     opts: RunOptions,
     remote: Option<RemoteUnits>,
+    view: Box<dyn RunView>,
 ) -> Result<(RunReport, Option<mpsc::UnboundedReceiver<SchedMsg>>)> {
     let started_ms = now_ms();
+    let started = std::time::Instant::now();
     let order = pipeline.order.clone();
-    let shown: Vec<(String, u64)> = order
-        .iter()
-        .map(|&s| (pipeline.stages[s].name.clone(), 0))
-        .collect();
     let (tx, rx) = mpsc::unbounded_channel::<UnitDone>();
     let kill = CancellationToken::new();
     let mut sched = Scheduler {
-        progress: Progress::new(&shown, opts.quiet),
+        view,
         meters: (0..pipeline.stages.len())
             .map(|_| Arc::new(ByteMeter::default()))
             .collect(),
@@ -142,7 +154,7 @@ async fn run_inner(
             .iter()
             .map(|&s| engine.graph.stages[s].deferred.clone())
             .collect();
-        sched.progress.set_stages(&totals, &deferred);
+        sched.view.set_stages(&totals, &deferred);
         sched.round(&mut engine).await?;
         engine.save_memos()?;
         if sched.stopping || !engine.graph.has_deferred() {
@@ -155,8 +167,8 @@ async fn run_inner(
         sources = more;
         carry = engine.carry_forward();
     };
-    let elapsed = sched.progress.elapsed();
-    sched.progress.close();
+    let elapsed = started.elapsed();
+    sched.view.close();
 
     let report = summarize(&engine, &order, sched.interrupted, elapsed);
     let reach = store
@@ -247,7 +259,8 @@ fn check_slots(graph: &TaskGraph, opts: &RunOptions) -> Result<()> {
 
 /// The run-wide state of the executor, kept across rounds.
 struct Scheduler {
-    progress: Progress,
+    /// What whoever watches sees.
+    view: Box<dyn RunView>,
     /// Per stage (indexed like the pipeline's stages).
     meters: Vec<Arc<ByteMeter>>,
     shared: UnitShared,
@@ -278,8 +291,8 @@ async fn next_remote(remote: &mut Option<RemoteUnits>) -> Option<SchedMsg> {
 impl Scheduler {
     fn update_progress(&mut self, engine: &Engine) {
         let bytes = self.order.iter().map(|&s| self.meters[s].read()).collect();
-        self.progress.set_bytes(bytes);
-        self.progress.update(&ordered(&engine.counts, &self.order));
+        self.view.set_bytes(bytes);
+        self.view.update(&ordered(&engine.counts, &self.order));
     }
 
     /// Runs everything the graph can run now; returns when nothing more can start.
@@ -289,7 +302,7 @@ impl Scheduler {
         let mut free = self.opts.slots;
         let mut running = 0usize;
         let store = self.shared.store.clone();
-        let mut ticker = tokio::time::interval(PLAIN_INTERVAL.min(Duration::from_millis(250)));
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
         let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(grace);
         if self.interrupted {
@@ -333,7 +346,7 @@ impl Scheduler {
                         && !self.opts.slots.fits(&need)
                         && r.first_wait(s)
                     {
-                        self.progress.println(&format!(
+                        self.view.note(&format!(
                             "stage `{}` needs {need} per task, more than this machine's slots: \
                              its tasks wait for a worker that has it",
                             engine.graph.stages[s].name
@@ -378,13 +391,13 @@ impl Scheduler {
                     }
                 }
                 _ = self.sigint.recv() => {
-                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, &self.progress, grace.as_mut());
+                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, self.view.as_ref(), grace.as_mut());
                 }
                 _ = self.sigterm.recv() => {
-                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, &self.progress, grace.as_mut());
+                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, self.view.as_ref(), grace.as_mut());
                 }
                 _ = &mut grace, if self.stopping && self.interrupted && !self.kill.is_cancelled() => {
-                    self.progress.println("grace period over: stopping running tasks");
+                    self.view.note("grace period over: stopping running tasks");
                     self.kill.cancel();
                 }
                 Some(msg) = next_remote(&mut self.remote) => {
@@ -432,7 +445,7 @@ impl Scheduler {
                 engine.finish(t, Err(error));
                 if !self.opts.keep_going && !self.stopping {
                     self.stopping = true;
-                    self.progress.println(
+                    self.view.note(
                         "a task failed: letting running tasks finish, starting no new ones \
                          (--keep-going continues past failures)",
                     );
@@ -442,7 +455,7 @@ impl Scheduler {
             Reported::Aborted(error) => {
                 // Many tasks failing for one reason (an unreachable server) say it once.
                 if self.last_abort.as_ref() != Some(&error) {
-                    self.progress.println(&format!(
+                    self.view.note(&format!(
                         "error: {} could not run: {error}",
                         engine.graph.task_label(t)
                     ));
@@ -452,7 +465,7 @@ impl Scheduler {
             }
             Reported::InputCorrupt { stage, item, error } => {
                 let again = reopen_producer(engine, t, &stage, &item)?;
-                self.progress.println(&format!(
+                self.view.note(&format!(
                     "warning: {error}; {stage}/{item} is treated as a cache miss and {}, then {} \
                      runs",
                     if again {
@@ -482,18 +495,18 @@ fn on_signal(
     kill: &CancellationToken,
     running: usize,
     opts: &RunOptions,
-    progress: &Progress,
+    view: &dyn RunView,
     grace: std::pin::Pin<&mut tokio::time::Sleep>,
 ) {
     if *interrupted {
-        progress.println("interrupted again: stopping running tasks now");
+        view.note("interrupted again: stopping running tasks now");
         kill.cancel();
         return;
     }
     *stopping = true;
     *interrupted = true;
     if running > 0 {
-        progress.println(&format!(
+        view.note(&format!(
             "interrupted: starting no new tasks; waiting up to {:.0}s for {running} running \
              unit{} to finish (Ctrl-C again to stop them now)",
             opts.grace.as_secs_f64(),

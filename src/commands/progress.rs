@@ -1,4 +1,5 @@
-//! Progress: one indicatif bar per stage on a terminal (done / cached / failed / total, rate,
+//! The live display of `mvc run` and `mvc serve` (a [`RunView`] the engine feeds): one
+//! indicatif bar per stage on a terminal (done / cached / failed / total, rate,
 //! ETA). When stdout is not a terminal, plain log lines on stderr instead: a line per stage
 //! when it finishes, and a status line for unfinished stages every ten seconds.
 //!
@@ -7,7 +8,8 @@
 //! the summary write numbers. A stage whose items are not known yet shows no bar at all, only
 //! what it waits for.
 
-use super::resolve::Counts;
+use crate::exec::resolve::Counts;
+use crate::exec::view::RunView;
 use crate::text::group_digits;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -19,7 +21,6 @@ pub struct Progress {
     bars: Option<(MultiProgress, Vec<ProgressBar>)>,
     names: Vec<String>,
     totals: Vec<u64>,
-    started: Instant,
     stage_started: Vec<Option<Instant>>,
     finished: Vec<bool>,
     /// Stages whose items are not known yet: never finished, whatever their counts.
@@ -44,6 +45,16 @@ struct Styles {
 }
 
 impl Progress {
+    /// The display of a run of `pipeline`: its stages in the order the engine expands them.
+    pub fn of(pipeline: &crate::exec::workflow::Workflow, quiet: bool) -> Progress {
+        let shown: Vec<(String, u64)> = pipeline
+            .order
+            .iter()
+            .map(|&s| (pipeline.stages[s].name.clone(), 0))
+            .collect();
+        Progress::new(&shown, quiet)
+    }
+
     /// `stages`: (name, total) in the order to show them.
     pub fn new(stages: &[(String, u64)], quiet: bool) -> Progress {
         let names: Vec<String> = stages.iter().map(|s| s.0.clone()).collect();
@@ -81,7 +92,6 @@ impl Progress {
             bars,
             names,
             totals,
-            started: Instant::now(),
             stage_started: vec![None; n],
             finished: vec![false; n],
             deferred: vec![false; n],
@@ -91,93 +101,6 @@ impl Progress {
             quiet,
             last_plain: Instant::now(),
             styles,
-        }
-    }
-
-    /// New totals for the stages (a run's graph grows when deferred stages expand);
-    /// `deferred[i]` marks a stage whose items are not known yet.
-    pub fn set_stages(&mut self, totals: &[u64], deferred: &[Option<String>]) {
-        for (i, (total, why)) in totals.iter().zip(deferred).enumerate() {
-            self.totals[i] = *total;
-            self.deferred[i] = why.is_some();
-            // The engine's reason names the stage it waits for: once that stage is done the
-            // line says so, rather than go on waiting for it.
-            self.waits_for[i] = why.as_deref().and_then(|why| {
-                let name = why.split('`').nth(1)?;
-                self.names.iter().position(|n| n == name)
-            });
-            if let (Some((_, bars)), Some(styles)) = (&self.bars, &self.styles) {
-                bars[i].set_length(*total);
-                match why {
-                    Some(why) => {
-                        // No bar: an empty stage would draw a full one, as if it were done.
-                        bars[i].set_style(styles.waiting.clone());
-                        bars[i].set_message(format!("waiting: {why}"));
-                    }
-                    None => bars[i].set_style(styles.bar.clone()),
-                }
-            }
-        }
-    }
-
-    /// Bytes (done, total) per stage, in the order of `new`.
-    pub fn set_bytes(&mut self, bytes: Vec<(u64, u64)>) {
-        self.bytes = bytes;
-    }
-
-    /// Redraws from the current counts (`counts[i]` belongs to stage `i` of `new`).
-    pub fn update(&mut self, counts: &[Counts]) {
-        for (i, c) in counts.iter().enumerate() {
-            let resolved = c.resolved();
-            if self.stage_started[i].is_none() && (resolved > 0 || c.to_run > 0) {
-                self.stage_started[i] = Some(Instant::now());
-            }
-            if self.first_done[i].is_none() && c.ran + c.failed > 0 {
-                self.first_done[i] = Some((Instant::now(), c.ran + c.failed));
-            }
-            if self.deferred[i] {
-                if let Some((_, bars)) = &self.bars
-                    && let Some(source) = self.waits_for[i]
-                    && self.finished[source]
-                {
-                    bars[i].set_message(format!(
-                        "waiting: `{}` has run; its items are listed once the tasks running now \
-                         end",
-                        self.names[source]
-                    ));
-                }
-                continue;
-            }
-            if let Some((_, bars)) = &self.bars {
-                // The message first: a frame drawn between the two calls then shows the new
-                // count beside the old bar, never a full bar beside the old count.
-                bars[i].set_message(format!(
-                    "{}/{} · cached {} · failed {}{}{}",
-                    group_digits(resolved),
-                    group_digits(self.totals[i]),
-                    group_digits(c.cached),
-                    group_digits(c.all_failed()),
-                    self.bytes_text(i),
-                    self.rate_text(i, c)
-                ));
-                bars[i].set_position(resolved);
-            }
-            if !self.finished[i] && resolved == self.totals[i] {
-                self.finished[i] = true;
-                match &self.bars {
-                    Some((_, bars)) => bars[i].finish(),
-                    None if !self.quiet => eprintln!("{}", self.stage_line(i, c)),
-                    None => {}
-                }
-            }
-        }
-        if self.bars.is_none() && !self.quiet && self.last_plain.elapsed() >= PLAIN_INTERVAL {
-            self.last_plain = Instant::now();
-            for (i, c) in counts.iter().enumerate() {
-                if !self.finished[i] && self.stage_started[i].is_some() {
-                    eprintln!("{}", self.stage_line(i, c));
-                }
-            }
         }
     }
 
@@ -233,9 +156,98 @@ impl Progress {
             _ => String::new(),
         }
     }
+}
+
+impl RunView for Progress {
+    /// New totals for the stages (a run's graph grows when deferred stages expand);
+    /// `deferred[i]` marks a stage whose items are not known yet.
+    fn set_stages(&mut self, totals: &[u64], deferred: &[Option<String>]) {
+        for (i, (total, why)) in totals.iter().zip(deferred).enumerate() {
+            self.totals[i] = *total;
+            self.deferred[i] = why.is_some();
+            // The engine's reason names the stage it waits for: once that stage is done the
+            // line says so, rather than go on waiting for it.
+            self.waits_for[i] = why.as_deref().and_then(|why| {
+                let name = why.split('`').nth(1)?;
+                self.names.iter().position(|n| n == name)
+            });
+            if let (Some((_, bars)), Some(styles)) = (&self.bars, &self.styles) {
+                bars[i].set_length(*total);
+                match why {
+                    Some(why) => {
+                        // No bar: an empty stage would draw a full one, as if it were done.
+                        bars[i].set_style(styles.waiting.clone());
+                        bars[i].set_message(format!("waiting: {why}"));
+                    }
+                    None => bars[i].set_style(styles.bar.clone()),
+                }
+            }
+        }
+    }
+
+    /// Bytes (done, total) per stage, in the order of `new`.
+    fn set_bytes(&mut self, bytes: Vec<(u64, u64)>) {
+        self.bytes = bytes;
+    }
+
+    /// Redraws from the current counts (`counts[i]` belongs to stage `i` of `new`).
+    fn update(&mut self, counts: &[Counts]) {
+        for (i, c) in counts.iter().enumerate() {
+            let resolved = c.resolved();
+            if self.stage_started[i].is_none() && (resolved > 0 || c.to_run > 0) {
+                self.stage_started[i] = Some(Instant::now());
+            }
+            if self.first_done[i].is_none() && c.ran + c.failed > 0 {
+                self.first_done[i] = Some((Instant::now(), c.ran + c.failed));
+            }
+            if self.deferred[i] {
+                if let Some((_, bars)) = &self.bars
+                    && let Some(source) = self.waits_for[i]
+                    && self.finished[source]
+                {
+                    bars[i].set_message(format!(
+                        "waiting: `{}` has run; its items are listed once the tasks running now \
+                         end",
+                        self.names[source]
+                    ));
+                }
+                continue;
+            }
+            if let Some((_, bars)) = &self.bars {
+                // The message first: a frame drawn between the two calls then shows the new
+                // count beside the old bar, never a full bar beside the old count.
+                bars[i].set_message(format!(
+                    "{}/{} · cached {} · failed {}{}{}",
+                    group_digits(resolved),
+                    group_digits(self.totals[i]),
+                    group_digits(c.cached),
+                    group_digits(c.all_failed()),
+                    self.bytes_text(i),
+                    self.rate_text(i, c)
+                ));
+                bars[i].set_position(resolved);
+            }
+            if !self.finished[i] && resolved == self.totals[i] {
+                self.finished[i] = true;
+                match &self.bars {
+                    Some((_, bars)) => bars[i].finish(),
+                    None if !self.quiet => eprintln!("{}", self.stage_line(i, c)),
+                    None => {}
+                }
+            }
+        }
+        if self.bars.is_none() && !self.quiet && self.last_plain.elapsed() >= PLAIN_INTERVAL {
+            self.last_plain = Instant::now();
+            for (i, c) in counts.iter().enumerate() {
+                if !self.finished[i] && self.stage_started[i].is_some() {
+                    eprintln!("{}", self.stage_line(i, c));
+                }
+            }
+        }
+    }
 
     /// Prints a line without tearing the bars.
-    pub fn println(&self, line: &str) {
+    fn note(&self, line: &str) {
         match &self.bars {
             Some((multi, _)) => {
                 let _ = multi.println(line);
@@ -244,12 +256,8 @@ impl Progress {
         }
     }
 
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// Leaves the bars of unfinished stages where they stopped.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         if let Some((_, bars)) = &self.bars {
             for bar in bars {
                 if !bar.is_finished() {
