@@ -9,7 +9,7 @@ pub mod graph;
 pub mod parse;
 
 use crate::resources::Resources;
-use crate::stages::registry::Around;
+use crate::stages::table::Around;
 use executor::SlurmConfig;
 use parse::ExecutorTable;
 use std::fmt;

@@ -3,10 +3,10 @@
 //!
 //! Pass 1 reads only each stage's `kind` (and the positions of stage tables). Pass 2 streams
 //! the document again and deserialises every stage table straight into its kind's parameter
-//! struct (found by name in `stages::registry`): no buffering, so type errors and unknown fields carry their line and column.
+//! struct (found by name with `stages::read_table`): no buffering, so type errors and unknown fields carry their line and column.
 
 use super::PipelineError;
-use crate::stages::registry::{self, KINDS, StageTable};
+use crate::stages::{self, KINDS, StageTable};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -210,7 +210,7 @@ impl<'de> Visitor<'de> for StagesSeed<'_> {
                 .get(&name)
                 .ok_or_else(|| de::Error::custom(format!("stage `{name}` was not seen before")))?;
             // Each kind reads its own table (streamed, so errors keep their position).
-            let (kind, params) = registry::read_table(kind, &mut map)?;
+            let (kind, params) = stages::read_table(kind, &mut map)?;
             stages.push(RawStage {
                 name,
                 span: span.clone(),

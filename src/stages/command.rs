@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "command";
+
 /// Bump when the same command and inputs would give different outputs (environment,
 /// input layout, output rules).
 const VERSION: u32 = 1;
@@ -433,7 +436,7 @@ impl CommandStage {
 #[async_trait::async_trait]
 impl StageKind for CommandStage {
     fn kind(&self) -> &'static str {
-        "command"
+        KIND
     }
 
     fn version(&self) -> u32 {

@@ -31,6 +31,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "embed";
+
 /// Bump when this kind's outputs change for the same model, settings and inputs.
 const VERSION: u32 = 1;
 
@@ -497,7 +500,7 @@ struct TextRow<'a> {
 #[async_trait::async_trait]
 impl StageKind for EmbedStage {
     fn kind(&self) -> &'static str {
-        "embed"
+        KIND
     }
     fn version(&self) -> u32 {
         VERSION

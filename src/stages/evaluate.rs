@@ -29,6 +29,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "evaluate";
+
 /// 2: incomplete test objects are left out (up to `max_missing`); `parts` in metrics.json.
 const VERSION: u32 = 2;
 
@@ -259,7 +262,7 @@ impl EvaluateStage {
 #[async_trait::async_trait]
 impl StageKind for EvaluateStage {
     fn kind(&self) -> &'static str {
-        "evaluate"
+        KIND
     }
     fn version(&self) -> u32 {
         VERSION

@@ -4,18 +4,23 @@
 //! the parameter slices that go into keys, the resources a task holds, how tasks group into
 //! execution units, and how a unit executes.
 
-pub mod command;
-pub mod download;
-pub mod embed;
-pub mod evaluate;
 pub mod gather;
 mod item_decl;
-pub mod registry;
-pub mod render;
-pub mod report;
-pub mod split;
+mod registry;
 pub mod table;
-pub mod train;
+
+// The kinds, one line each: the kind's module (`stages/MODULE.rs` or `stages/MODULE/`) and
+// the parameters of its table. The order is the order error messages list the kinds in.
+registry::kinds! {
+    command => CommandParams,
+    download => DownloadParams,
+    render => RenderParams,
+    embed => EmbedParams,
+    split => SplitParams,
+    train => TrainParams,
+    evaluate => EvaluateParams,
+    report => ReportParams,
+}
 
 use crate::resources::Resources;
 use crate::store::Store;
@@ -29,7 +34,6 @@ pub use crate::exec::kind::*;
 pub use crate::task::validate_item_id;
 pub use item_decl::ItemDecl;
 
-pub use registry::KINDS;
 pub use table::StageTable;
 
 /// The `device` of a stage table: `auto` (default), `cpu` or `cuda`; an error at its position.

@@ -1,41 +1,38 @@
-//! The kinds this build of mvc can run, found by name: one line per kind.
+//! How the kinds this build of mvc can run are listed: [`kinds!`], invoked once in
+//! `stages/mod.rs` with one line per kind, declares each kind's module and finds a kind by
+//! name.
 //!
-//! A kind is one file (or folder) under `stages/` that defines its table's parameters (a
-//! serde struct, deserialised straight from the pipeline file so errors keep their line and
-//! column), implements [`StageTable`](super::table::StageTable) for it, and implements [`StageKind`](super::StageKind)
-//! for the stage it builds. Adding a kind is that file and one line in [`registry!`] below.
+//! A kind is one file (or folder) under `stages/` with a `pub const KIND: &str` (its name in
+//! pipeline files and in key records), its table's parameters (a serde struct, deserialised
+//! straight from the pipeline file so errors keep their line and column) implementing
+//! [`StageTable`](super::table::StageTable), and the stage it builds implementing
+//! [`StageKind`](super::StageKind).
 
-use serde::de::MapAccess;
+/// `kinds! { module => Params, … }`: declares `pub mod module;` for each kind, the list of
+/// their names ([`KINDS`](super::KINDS), in the order written) and
+/// [`read_table`](super::read_table), which reads a stage table as its kind's parameters.
+macro_rules! kinds {
+    ($($module:ident => $params:ident,)*) => {
+        $(pub mod $module;)*
 
-pub use super::table::{Around, Built, StageTable};
-
-macro_rules! registry {
-    ($($kind:literal => $table:ty,)*) => {
         /// The kinds this build of mvc can run.
-        pub const KINDS: &[&str] = &[$($kind),*];
+        pub const KINDS: &[&str] = &[$($module::KIND),*];
 
         /// Reads the table of a stage of kind `kind` (one of [`KINDS`]) from the pipeline
         /// file, as that kind's parameters.
-        pub fn read_table<'de, A: MapAccess<'de>>(
+        pub fn read_table<'de, A: serde::de::MapAccess<'de>>(
             kind: &str,
             map: &mut A,
         ) -> Result<(&'static str, Box<dyn StageTable>), A::Error> {
             match kind {
-                $($kind => Ok(($kind, Box::new(map.next_value::<$table>()?))),)*
+                $($module::KIND => Ok((
+                    $module::KIND,
+                    Box::new(map.next_value::<$module::$params>()?),
+                )),)*
                 other => Err(serde::de::Error::custom(format!("unknown stage kind `{other}`"))),
             }
         }
     };
 }
 
-// One line per kind: its name in pipeline files, and the parameters of its table.
-registry! {
-    "command" => super::command::CommandParams,
-    "download" => super::download::DownloadParams,
-    "render" => super::render::RenderParams,
-    "embed" => super::embed::EmbedParams,
-    "split" => super::split::SplitParams,
-    "train" => super::train::TrainParams,
-    "evaluate" => super::evaluate::EvaluateParams,
-    "report" => super::report::ReportParams,
-}
+pub(crate) use kinds;

@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "render";
+
 /// Bump when this kind's outputs change for the same inputs (the rasterizer has its own
 /// version, also in every key). 2: text chunks are stripped from Blender's PNGs.
 const VERSION: u32 = 2;
@@ -608,7 +611,7 @@ fn glb_of(task: &UnitTask) -> Result<&Output, String> {
 #[async_trait::async_trait]
 impl StageKind for RenderStage {
     fn kind(&self) -> &'static str {
-        "render"
+        KIND
     }
     fn version(&self) -> u32 {
         VERSION

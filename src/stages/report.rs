@@ -18,6 +18,9 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "report";
+
 /// 2: results.md has a section on the objects left out.
 const VERSION: u32 = 2;
 
@@ -175,7 +178,7 @@ impl ReportStage {
 #[async_trait::async_trait]
 impl StageKind for ReportStage {
     fn kind(&self) -> &'static str {
-        "report"
+        KIND
     }
     fn publishes_results(&self) -> bool {
         true
@@ -223,7 +226,7 @@ impl super::table::StageTable for ReportParams {
         inputs: Vec<String>,
         around: &super::table::Around,
     ) -> Result<Vec<super::table::Built>> {
-        let all_evaluate = inputs.iter().all(|i| around.kind_of(i) == Some("evaluate"));
+        let all_evaluate = inputs.iter().all(|i| around.kind_of(i) == Some(super::evaluate::KIND));
         let stage = ReportStage::new(name, *self, all_evaluate)?;
         Ok(super::table::Built::one(name, inputs, stage))
     }

@@ -20,6 +20,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "split";
+
 const VERSION: u32 = 1;
 
 /// The stage's one item.
@@ -263,7 +266,7 @@ pub fn object_of(item: &str) -> &str {
 #[async_trait::async_trait]
 impl StageKind for SplitStage {
     fn kind(&self) -> &'static str {
-        "split"
+        KIND
     }
     fn version(&self) -> u32 {
         VERSION

@@ -24,6 +24,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+/// The `kind` of its tables in pipeline files (and of its key records).
+pub const KIND: &str = "train";
+
 /// 2: objects without every embedding are left out (up to `max_missing`) and listed in
 /// `head.json`.
 const VERSION: u32 = 2;
@@ -284,7 +287,7 @@ impl TrainStage {
 #[async_trait::async_trait]
 impl StageKind for TrainStage {
     fn kind(&self) -> &'static str {
-        "train"
+        KIND
     }
     fn version(&self) -> u32 {
         VERSION
@@ -373,9 +376,9 @@ pub fn input_roles(
     inputs
         .iter()
         .map(|name| match around.kind_of(name) {
-            Some("split") => Ok(Role::Split),
-            Some("embed") => Ok(Role::Embeddings),
-            Some("train") => Ok(Role::Model),
+            Some(super::split::KIND) => Ok(Role::Split),
+            Some(super::embed::KIND) => Ok(Role::Embeddings),
+            Some(KIND) => Ok(Role::Model),
             other => bail!(
                 "stage `{stage}`: input `{name}` is {}; train and evaluate stages read a \
                  split stage, an embed stage and (evaluate) a train stage",

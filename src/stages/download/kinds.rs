@@ -439,7 +439,7 @@ pub struct ObjectsKind(pub Arc<DownloadConfig>);
 #[async_trait::async_trait]
 impl StageKind for ObjectsKind {
     fn kind(&self) -> &'static str {
-        "download"
+        super::KIND
     }
     fn version(&self) -> u32 {
         OBJECTS_VERSION

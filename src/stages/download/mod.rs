@@ -33,6 +33,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// The graph stages a download stage adds before itself (`NAME.paths`, …).
+/// The `kind` of its tables in pipeline files (and of its objects' key records).
+pub const KIND: &str = "download";
+
 pub const SUB_STAGES: &[&str] = &["paths", "metadata", SELECT];
 
 /// The sub-stage holding the selection manifest (what an embed stage reads captions from).
