@@ -194,7 +194,7 @@ async fn run_inner(
             pipeline.results_dir.display()
         );
     }
-    if let Err(e) = publish_reports(&engine, pipeline) {
+    if let Err(e) = publish_results(&engine, pipeline) {
         tracing::warn!(
             "could not copy the results to {}: {e:#}",
             pipeline.results_dir.display()
@@ -203,10 +203,11 @@ async fn run_inner(
     Ok((report, sched.remote.map(RemoteUnits::into_receiver)))
 }
 
-/// Copies the outputs of every successful `report` stage (results.md, CSV, JSON, figures)
-/// into the pipeline's results folder: straight into it when the pipeline has one report
-/// stage, into a folder per stage when it has several.
-fn publish_reports(engine: &Engine, pipeline: &Workflow) -> Result<()> {
+/// Copies the outputs of every successful stage whose kind
+/// [publishes results](crate::exec::kind::StageKind::publishes_results) (a report stage's
+/// results.md, CSV, JSON, figures) into the pipeline's results folder: straight into it when
+/// the pipeline has one such stage, into a folder per stage when it has several.
+fn publish_results(engine: &Engine, pipeline: &Workflow) -> Result<()> {
     let g = &engine.graph;
     let reports: Vec<_> = g
         .stages
