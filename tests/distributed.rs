@@ -749,3 +749,34 @@ fn a_worker_sent_sigterm_while_a_units_thread_is_stuck_exits_within_its_grace() 
     );
     assert!(ran.stderr.contains("terminated"), "{}", ran.stderr);
 }
+
+/// A token file that group or others can read is warned about, naming the file and the
+/// fix; one only its owner reads is not.
+#[test]
+fn a_token_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let token = sb.write("token", "correct-horse-battery-staple\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Nothing listens on port 1: the command fails after reading the token.
+    let args = [
+        "status",
+        "--connect",
+        "http://127.0.0.1:1",
+        "--token-file",
+        "token",
+    ];
+    let ran = sb.mvc(&args);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr
+            .contains("--token-file token: group or others can read it (mode 0644)"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("chmod 600 token"), "{}", ran.stderr);
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ran = sb.mvc(&args);
+    assert_ne!(ran.code, Some(0));
+    assert!(!ran.stderr.contains("can read it"), "{}", ran.stderr);
+}

@@ -925,3 +925,43 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Gzip of a JSON object whose one string expands to `expanded` bytes: a few hundred KB on
+/// the wire. Made of concatenated gzip members (one member of a MiB of `0`, repeated), which
+/// gzip readers take as one stream.
+fn gzip_bomb(expanded: u64) -> Vec<u8> {
+    use common::mirror::gzip;
+    let block = gzip(&vec![b'0'; 1 << 20]);
+    let mut bomb = gzip(br#"{"a":""#);
+    for _ in 0..expanded.div_ceil(1 << 20) {
+        bomb.extend_from_slice(&block);
+    }
+    bomb.extend_from_slice(&gzip(br#""}"#));
+    bomb
+}
+
+/// A metadata shard that a hostile mirror makes into a gzip bomb (valid gzip of valid JSON,
+/// a few MB sent, far more once expanded) is refused by name once it expands past the
+/// limit, instead of being read whole into memory.
+#[test]
+fn a_gzip_bomb_is_refused_by_name() {
+    use mvc::stages::download::objaverse::MAX_EXPANDED;
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let bomb = gzip_bomb(MAX_EXPANDED + (64 << 20));
+    assert!(bomb.len() < 8 << 20, "the bomb is small on the wire");
+    mirror.put("metadata/000-077.json.gz", bomb);
+    let sb = Sandbox::new();
+    sb.write("p.toml", &download_stage(""));
+    let ran = run(&sb, &mirror);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures[0]["stage"], "objects.metadata", "{failures:?}");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(error.contains("metadata/000-077.json.gz"), "{error}");
+    assert!(
+        error.contains("expands to more than 512.0 MiB when decompressed"),
+        "{error}"
+    );
+    assert!(error.contains("HF_ENDPOINT"), "{error}");
+}

@@ -45,6 +45,7 @@ impl Token {
         if let Some(file) = file {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("--token-file {}: cannot read it", file.display()))?;
+            warn_if_others_can_read(file);
             return Token::new(&text)
                 .map(Some)
                 .with_context(|| format!("--token-file {}", file.display()));
@@ -62,6 +63,25 @@ impl Token {
     /// The `Authorization` header value.
     pub fn header(&self) -> String {
         format!("Bearer {}", self.secret)
+    }
+}
+
+/// A token file that group or others may read gives the token to every account on the
+/// machine: warned about, as ssh does for keys (not refused: shared cluster home
+/// directories sometimes leave no choice).
+fn warn_if_others_can_read(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(file) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 != 0 {
+        tracing::warn!(
+            "--token-file {}: group or others can read it (mode {mode:04o}), and with it run \
+             anything on the workers; `chmod 600 {}`",
+            file.display(),
+            file.display()
+        );
     }
 }
 

@@ -89,14 +89,65 @@ fn check_gzip_magic(bytes: &[u8], what: &str) -> Result<()> {
     );
 }
 
-/// Decompresses a `.json.gz` file.
+/// The most a `.json.gz` file of the dataset may expand to. The real files are far smaller
+/// (a metadata shard is a few tens of MB of JSON, `object-paths.json` about a hundred); a
+/// file that expands further is not one of them (a gzip bomb from a hostile mirror expands
+/// a few MB into many GB), and is refused before it fills memory or disk.
+pub const MAX_EXPANDED: u64 = 512 << 20;
+
+/// A gzip stream that fails with [`std::io::ErrorKind::FileTooLarge`] once it has given
+/// more than `left` bytes.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "expands past the limit",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// `bytes` decompressed as a stream, at most `limit` bytes of it.
+fn expand(bytes: &[u8], limit: u64) -> impl Read + '_ {
+    let decoder = Capped {
+        inner: flate2::read::MultiGzDecoder::new(bytes),
+        left: limit,
+    };
+    std::io::BufReader::with_capacity(256 * 1024, decoder)
+}
+
+/// What to say of a file that expanded past [`MAX_EXPANDED`].
+fn too_large(what: &str, limit: u64) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} expands to more than {} when decompressed, far more than the dataset's files: \
+         the server sent something else (check that HF_ENDPOINT is the hub or a dataset mirror)",
+        crate::text::human_bytes(limit)
+    )
+}
+
+/// Decompresses a `.json.gz` file (at most [`MAX_EXPANDED`] bytes of it).
 pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
+    gunzip_within(bytes, what, MAX_EXPANDED)
+}
+
+fn gunzip_within(bytes: &[u8], what: &str, limit: u64) -> Result<Vec<u8>> {
     check_gzip_magic(bytes, what)?;
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    flate2::read::MultiGzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .with_context(|| format!("{what} is not valid gzip (truncated or damaged)"))?;
-    Ok(out)
+    let mut out = Vec::with_capacity((bytes.len() * 4).min(limit as usize));
+    match expand(bytes, limit).read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => Err(too_large(what, limit)),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("{what} is not valid gzip (truncated or damaged)"))),
+    }
 }
 
 /// Checks that a `.json.gz` file decompresses to a JSON object, streaming: nothing of it is
@@ -122,12 +173,24 @@ pub fn check_json_gz(bytes: &[u8], what: &str) -> Result<()> {
         }
     }
     check_gzip_magic(bytes, what)?;
-    let reader =
-        std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(bytes));
-    let mut de = serde_json::Deserializer::from_reader(reader);
+    // Inflating alone is cheap; parsing is not: a file that expands too far is refused
+    // before any of it is parsed.
+    match std::io::copy(&mut expand(bytes, MAX_EXPANDED), &mut std::io::sink()) {
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(too_large(what, MAX_EXPANDED));
+        }
+        Err(e) => bail!("{what} is not valid gzip (truncated or damaged): {e}"),
+        Ok(_) => {}
+    }
+    let mut de = serde_json::Deserializer::from_reader(expand(bytes, MAX_EXPANDED));
     AnObject::deserialize(&mut de)
         .and_then(|_| de.end())
         .map_err(|e| match e.classify() {
+            serde_json::error::Category::Io
+                if e.io_error_kind() == Some(std::io::ErrorKind::FileTooLarge) =>
+            {
+                too_large(what, MAX_EXPANDED)
+            }
             serde_json::error::Category::Io => {
                 anyhow::anyhow!("{what} is not valid gzip (truncated or damaged): {e}")
             }
@@ -168,12 +231,14 @@ pub fn read_object_paths(
     }
     // Streamed: the 60 MB of JSON is never held whole.
     check_gzip_magic(bytes, what)?;
-    let reader =
-        std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(bytes));
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    Filter(keep)
-        .deserialize(&mut de)
-        .with_context(|| format!("{what} is not a JSON object of uid → GLB path"))
+    let mut de = serde_json::Deserializer::from_reader(expand(bytes, MAX_EXPANDED));
+    Filter(keep).deserialize(&mut de).map_err(|e| {
+        if e.io_error_kind() == Some(std::io::ErrorKind::FileTooLarge) {
+            too_large(what, MAX_EXPANDED)
+        } else {
+            anyhow::Error::new(e).context(format!("{what} is not a JSON object of uid → GLB path"))
+        }
+    })
 }
 
 /// A metadata shard: uid → annotation, each kept as its raw JSON text.
@@ -397,6 +462,19 @@ pub struct Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a `.json.gz` may expand to is bounded: past the limit it is refused by name, up
+    /// to it the bytes come whole.
+    #[test]
+    fn expansion_is_bounded() {
+        let json = format!("{{\"a\":\"{}\"}}", "0".repeat(4096));
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, json.as_bytes()).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gunzip_within(&gz, "x.json.gz", 5000).unwrap(), json.as_bytes());
+        let e = gunzip_within(&gz, "x.json.gz", 1024).unwrap_err().to_string();
+        assert!(e.starts_with("x.json.gz expands to more than 1.0 KiB"), "{e}");
+    }
 
     #[test]
     fn shard_names_match_the_reference_client() {
