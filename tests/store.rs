@@ -31,10 +31,18 @@ fn stat_cache_hashes_a_file_once_until_it_changes() {
     );
 
     // Same size, same mtime, different bytes: ctime still gives it away.
+    let mtime = std::fs::metadata(&data).unwrap().modified().unwrap();
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[10] = b'y';
     std::fs::write(&data, &bytes).unwrap();
-    age(&data, 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&data).unwrap().modified().unwrap(), mtime);
+    assert_eq!(std::fs::metadata(&data).unwrap().len(), 1 << 20);
     let (d3, how) = store.file_digest(&data).unwrap();
     assert_eq!(how, Hashed::Read);
     assert_ne!(d3, d1);
