@@ -206,3 +206,55 @@ cmd = "touch {}/$MVC_ITEM.$SLURM_JOB_ID; sleep 1.5; echo $SLURM_JOB_ID > $MVC_OU
     );
     assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
 }
+
+/// A pipeline whose name holds `,` and `|` (which `squeue --name` and the launcher's reading
+/// of squeue split on) still sees its running workers, so it submits no more workers than
+/// `max_workers`.
+#[test]
+fn a_pipeline_named_with_commas_and_bars_submits_no_more_than_max_workers() {
+    let Some(cluster) = cluster() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        r#"
+[pipeline]
+name = "a,b|c"
+
+[executor]
+kind = "slurm"
+partition = "debug"
+time = "00:10:00"
+cpus_per_worker = 1
+max_workers = 2
+exit_when_idle = 20
+
+[stage.make]
+kind = "command"
+items = ["a", "b", "c", "d", "e", "f", "g", "h"]
+cmd = "sleep 1; echo $MVC_ITEM > $MVC_OUT/item.txt"
+"#,
+    );
+    let conf = cluster.conf.display().to_string();
+    let ran = sb.mvc_env(
+        &["run", "p.toml", "--json", "--listen", "127.0.0.1:0"],
+        &[("SLURM_CONF", conf.as_str())],
+    );
+    ran.assert_ok();
+    assert_eq!(ran.count("make", "ran"), 8);
+    let submitted: u64 = ran
+        .stderr
+        .lines()
+        .find_map(|l| {
+            let (n, _) = l
+                .strip_prefix("slurm: ")?
+                .split_once(" worker job(s) submitted in this run")?;
+            n.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no submission summary:\n{}", ran.stderr));
+    assert!(
+        (1..=2).contains(&submitted),
+        "{submitted} worker jobs for max_workers = 2:\n{}",
+        ran.stderr
+    );
+    assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
+}

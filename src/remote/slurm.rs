@@ -24,6 +24,23 @@ pub const WORKER_SCRIPT: &str = include_str!("../../workers/slurm/worker.sbatch"
 
 pub use crate::pipeline::executor::{SlurmConfig, TableError};
 
+/// A pipeline name as part of a Slurm job name: letters, digits, `.`, `_` and `-` kept,
+/// anything else `_`, at most 40 characters. `squeue --name` splits its list on commas and
+/// the launcher splits squeue's lines on `|`: a name holding either made running workers
+/// invisible, and the launcher submitted again and again.
+pub fn job_name_part(name: &str) -> String {
+    name.chars()
+        .take(40)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// GPUs a gres asks for: `gpu:2` and `gpu:a100:2` are 2, `gpu` is 1, anything else 0.
 pub fn gres_gpus(gres: &str) -> u32 {
     let mut parts = gres.split(':');
@@ -69,7 +86,11 @@ impl SlurmLauncher {
         coord: Arc<Coordinator>,
         token_file: Option<&Path>,
     ) -> Result<SlurmLauncher> {
-        let base = format!("mvc-{}-{}", pipeline.name, std::process::id());
+        let base = format!(
+            "mvc-{}-{}",
+            job_name_part(&pipeline.name),
+            std::process::id()
+        );
         let mut classes = vec![Class {
             gres: None,
             job_name: format!("{base}-cpu"),
@@ -288,17 +309,22 @@ impl SlurmLauncher {
             cmd.arg(format!("--gres={g}"));
         }
         let exe = std::env::current_exe().context("finding the mvc binary for the workers")?;
-        let mut export = format!(
-            "ALL,MVC_BIN={},MVC_CONNECT={},MVC_SLOTS={},MVC_IDLE={}",
-            exe.display(),
-            self.connect,
-            class.slots,
-            self.config.exit_when_idle.as_secs_f64()
-        );
-        if let Some(f) = &self.token_file {
-            export.push_str(&format!(",MVC_TOKEN_FILE={}", f.display()));
-        }
-        cmd.arg(format!("--export={export}")).arg(&self.script);
+        // The job's variables travel in sbatch's own environment (`--export=ALL`), not in
+        // `--export=NAME=value,…`, which splits on commas: the slots (`cpu=1,gpu=1`) and any
+        // path may hold one.
+        cmd.arg("--export=ALL")
+            .env("MVC_BIN", &exe)
+            .env("MVC_CONNECT", &self.connect)
+            .env("MVC_SLOTS", class.slots.to_string())
+            .env(
+                "MVC_IDLE",
+                self.config.exit_when_idle.as_secs_f64().to_string(),
+            );
+        match &self.token_file {
+            Some(f) => cmd.env("MVC_TOKEN_FILE", f),
+            None => cmd.env_remove("MVC_TOKEN_FILE"),
+        };
+        cmd.arg(&self.script);
         let out = cmd.output().await.context("running sbatch")?;
         if !out.status.success() {
             bail!(
