@@ -142,6 +142,10 @@ fn gc_keeps_what_the_last_run_reached() {
             .count()
     };
     let before = blobs(&sb);
+    // A download an interrupted run left for resuming.
+    std::fs::create_dir_all(sb.cache().join("partial")).unwrap();
+    let partial = sb.cache().join("partial/0123abcd.part");
+    std::fs::write(&partial, vec![7u8; 3000]).unwrap();
     let dry = sb.mvc(&["gc", "--dry-run", "--keep-runs", "1"]);
     dry.assert_ok();
     assert!(
@@ -149,11 +153,19 @@ fn gc_keeps_what_the_last_run_reached() {
         "{}",
         dry.stdout
     );
+    assert!(
+        dry.stdout
+            .contains("partial downloads: 1 file(s) (2.9 KiB) would be deleted"),
+        "{}",
+        dry.stdout
+    );
     assert_eq!(blobs(&sb), before);
+    assert!(partial.exists());
 
     let gc = sb.mvc(&["gc"]);
     gc.assert_ok();
     assert!(gc.stdout.contains("1 run(s) kept"), "{}", gc.stdout);
+    assert!(!partial.exists(), "gc cleans partial downloads");
     // The first version's gen outputs (6000-byte blobs) and its gather are gone.
     let gen_line = gc
         .stdout

@@ -50,6 +50,19 @@ pub fn to_text(report: &GcReport, keep_runs: usize) -> String {
         report.records_deleted,
         report.temp_files_removed
     );
+    if report.partial_files_removed > 0 {
+        let _ = writeln!(
+            out,
+            "partial downloads: {} file(s) ({}) {}",
+            group_digits(report.partial_files_removed),
+            human_bytes(report.partial_bytes_freed),
+            if report.dry_run {
+                "would be deleted"
+            } else {
+                "deleted"
+            }
+        );
+    }
     if report.dry_run {
         let _ = writeln!(out, "dry run: nothing was deleted");
     }

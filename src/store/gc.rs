@@ -28,6 +28,9 @@ pub struct GcReport {
     pub failures_deleted: u64,
     pub records_deleted: u64,
     pub temp_files_removed: u64,
+    /// Partial downloads left by interrupted runs (`partial/`), and their bytes.
+    pub partial_files_removed: u64,
+    pub partial_bytes_freed: u64,
 }
 
 pub fn gc(
@@ -58,6 +61,16 @@ pub fn gc(
 
     let listing = store.blobs().list()?;
     report.temp_files_removed = listing.temp_files.len() as u64;
+    let partials = partial_files(store)?;
+    report.partial_files_removed = partials.len() as u64;
+    report.partial_bytes_freed = partials.iter().map(|(_, size)| size).sum();
+    if !dry_run {
+        // gc holds the cache's lock: no run is resuming them now.
+        for (path, _) in &partials {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the partial download {}", path.display()))?;
+        }
+    }
     if dry_run {
         let memo_blobs: HashSet<Digest> = memo_digests(store)?;
         for (digest, size) in &listing.blobs {
@@ -255,6 +268,22 @@ fn delete_entries(store: &Store, keep: &KeySet, doomed: Doomed) -> Result<()> {
         StageMemo::save(index, store.blobs(), &stage, kept)?;
     }
     index.flush()
+}
+
+/// The files in `partial/` and their sizes (none when it does not exist).
+fn partial_files(store: &Store) -> Result<Vec<(std::path::PathBuf, u64)>> {
+    let Ok(entries) = std::fs::read_dir(store.partial_dir()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            out.push((entry.path(), meta.len()));
+        }
+    }
+    Ok(out)
 }
 
 fn memo_digests(store: &Store) -> Result<HashSet<Digest>> {

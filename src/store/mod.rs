@@ -139,6 +139,12 @@ impl Store {
             .transpose()
     }
 
+    /// Where partial downloads wait to be resumed by a later run (kept across runs, unlike
+    /// work directories; gc removes them).
+    pub fn partial_dir(&self) -> PathBuf {
+        self.dir.join("partial")
+    }
+
     /// Whether the index has ever recorded a task of `stage` (a stage never seen has only new
     /// items, which the planner says without a lookup each).
     pub fn has_seen_stage(&self, stage: &str) -> bool {

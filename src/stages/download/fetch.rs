@@ -35,7 +35,7 @@ impl Drop for Partial {
 /// Where the partial download of a URL waits. Not under `tmp/` (cleared when a run
 /// starts): a killed run's partial files are resumed by the next.
 fn partial_path(ctx: &ExecCtx, url: &str) -> std::io::Result<Partial> {
-    let dir = ctx.store.dir().join("partial");
+    let dir = ctx.store.partial_dir();
     std::fs::create_dir_all(&dir)?;
     let name = blake3::hash(url.as_bytes()).to_hex();
     let mut claimed = CLAIMED.lock().expect("not poisoned");
