@@ -45,7 +45,8 @@ pub enum FetchError {
     /// other 4xx): retrying will not help.
     Permanent(String),
     /// Still failing after every retry (connection errors, timeouts, 408, 429, 5xx, cut-off
-    /// bodies), or the endpoint is known to be unreachable: worth trying in a later run.
+    /// bodies), the endpoint is known to be unreachable, or this machine could not write the
+    /// file (a full disk): worth trying in a later run.
     Transient(String),
     /// Stopped by Ctrl-C.
     Cancelled,
@@ -63,6 +64,9 @@ impl std::fmt::Display for FetchError {
 /// What one attempt gave, when not the file.
 enum Attempt {
     Permanent(String),
+    /// This machine failed (the disk is full, the cache is not writable): not the file's
+    /// fault, and no retry in the next seconds helps; the item fails for this run only.
+    Local(String),
     Retry {
         error: String,
         /// The server's `Retry-After`.
@@ -162,6 +166,13 @@ impl HubClient {
             let (error, after, unreachable) = match attempt {
                 Ok(size) => return Ok(size),
                 Err(Attempt::Permanent(error)) => return Err(FetchError::Permanent(error)),
+                Err(Attempt::Local(error)) => {
+                    return Err(FetchError::Transient(format!(
+                        "{error}; this is this machine's problem, not the file's: free disk \
+                         space or make the cache writable, then run again (nothing was \
+                         recorded as failed)"
+                    )));
+                }
                 Err(Attempt::Retry {
                     error,
                     after,
@@ -208,8 +219,7 @@ impl HubClient {
     }
 
     async fn attempt(&self, url: &str, dest: &Path, meter: &ByteMeter) -> Result<u64, Attempt> {
-        let local =
-            |e: std::io::Error| Attempt::Permanent(format!("writing {}: {e}", dest.display()));
+        let local = |e: std::io::Error| Attempt::Local(format!("writing {}: {e}", dest.display()));
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -965,3 +965,43 @@ fn a_gzip_bomb_is_refused_by_name() {
     );
     assert!(error.contains("HF_ENDPOINT"), "{error}");
 }
+
+/// A file this machine cannot write (here the name of its partial download is taken by a
+/// folder, which no permission lets a file replace) is not recorded as the object's
+/// failure: the item fails for this run with a message that says whose problem it is, and
+/// the next run fetches it.
+#[test]
+fn a_local_write_error_is_not_the_objects_failure() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &download_stage(&format!("uids = [\"{}\"]", uid(1))),
+    );
+    let url = format!(
+        "{}/datasets/allenai/objaverse/resolve/main/{}",
+        mirror.endpoint,
+        objects[0].path()
+    );
+    let blocker = sb
+        .cache()
+        .join("partial")
+        .join(format!("{}.part", blake3::hash(url.as_bytes()).to_hex()));
+    std::fs::create_dir_all(&blocker).unwrap();
+    let first = run(&sb, &mirror);
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    let failures = first.json()["failures"].as_array().unwrap().clone();
+    let failure = failures
+        .iter()
+        .find(|f| f["item"] == uid(1).as_str())
+        .unwrap_or_else(|| panic!("{failures:?}"));
+    let error = failure["error"].as_str().unwrap();
+    assert!(error.contains("this machine's problem"), "{error}");
+    assert!(error.contains("free disk space"), "{error}");
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let second = run(&sb, &mirror);
+    second.assert_ok();
+    assert_eq!(second.count("objects", "ran"), 1, "{}", second.stderr);
+}
