@@ -19,21 +19,24 @@ fn cluster() -> Option<Cluster> {
     Some(Cluster::start())
 }
 
-#[test]
-fn slurm_started_workers_do_the_work_and_leave_nothing_queued() {
-    let Some(cluster) = cluster() else { return };
-    let sb = Sandbox::new();
-    sb.write(
-        "p.toml",
-        r#"
-[executor]
+/// The executor table of the pipelines run on the test cluster: two workers at most.
+const SLURM_EXECUTOR: &str = r#"[executor]
 kind = "slurm"
 partition = "debug"
 time = "00:10:00"
 cpus_per_worker = 1
 max_workers = 2
 exit_when_idle = 20
+"#;
 
+#[test]
+fn slurm_started_workers_do_the_work_and_leave_nothing_queued() {
+    let Some(cluster) = cluster() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &(SLURM_EXECUTOR.to_string()
+            + r#"
 [stage.make]
 kind = "command"
 items = ["a", "b", "c", "d", "e", "f"]
@@ -44,7 +47,7 @@ kind = "command"
 inputs = ["make"]
 per_item = false
 cmd = "cat $MVC_IN_MAKE/*/item.txt | tr -d '\n' > $MVC_OUT/all.txt"
-"#,
+"#),
     );
     let conf = cluster.conf.display().to_string();
     let env = [("SLURM_CONF", conf.as_str())];
@@ -216,23 +219,15 @@ fn a_pipeline_named_with_commas_and_bars_submits_no_more_than_max_workers() {
     let sb = Sandbox::new();
     sb.write(
         "p.toml",
-        r#"
-[pipeline]
-name = "a,b|c"
-
-[executor]
-kind = "slurm"
-partition = "debug"
-time = "00:10:00"
-cpus_per_worker = 1
-max_workers = 2
-exit_when_idle = 20
-
+        &format!(
+            "[pipeline]\nname = \"a,b|c\"\n\n{SLURM_EXECUTOR}{}",
+            r#"
 [stage.make]
 kind = "command"
 items = ["a", "b", "c", "d", "e", "f", "g", "h"]
 cmd = "sleep 1; echo $MVC_ITEM > $MVC_OUT/item.txt"
-"#,
+"#
+        ),
     );
     let conf = cluster.conf.display().to_string();
     let ran = sb.mvc_env(

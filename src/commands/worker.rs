@@ -4,7 +4,6 @@ use super::{Global, Output, block_on, seconds};
 use crate::remote::worker::{WorkerOptions, default_slots, run_worker};
 use crate::resources::Resources;
 use anyhow::Result;
-use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,14 +31,6 @@ pub struct WorkerArgs {
     pub grace: f64,
 }
 
-/// How a worker ended.
-#[derive(Debug, Serialize)]
-struct Ended {
-    /// `interrupted`, or why it stopped asking for work.
-    why: String,
-    units: u64,
-}
-
 pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
     let token = crate::remote::auth::Token::load(args.token_file.as_deref())?;
     let slots = match args.slots {
@@ -64,14 +55,13 @@ pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
         grace: Duration::from_secs_f64(args.grace.max(0.0)),
     };
     let summary = block_on(run_worker(opts))??;
-    let ended = Ended {
-        why: summary.why,
-        units: summary.units,
-    };
     // The worker's last line has always gone to stderr, where its log goes.
     if global.format == super::Format::Text {
-        eprintln!("mvc worker: {} ({} unit(s) run)", ended.why, ended.units);
+        eprintln!(
+            "mvc worker: {} ({} unit(s) run)",
+            summary.why, summary.units
+        );
     }
-    let code = if ended.why == "interrupted" { 130 } else { 0 };
-    Ok(Output::new(String::new(), &ended).with_code(code))
+    let code = if summary.why == "interrupted" { 130 } else { 0 };
+    Ok(Output::new(String::new(), &summary).with_code(code))
 }

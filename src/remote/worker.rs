@@ -40,10 +40,11 @@ pub struct WorkerOptions {
     pub grace: Duration,
 }
 
-/// How a worker ended.
-#[derive(Debug)]
+/// How a worker ended (its `--json` line).
+#[derive(Debug, serde::Serialize)]
 pub struct WorkerSummary {
     pub units: u64,
+    /// `interrupted`, `terminated`, or why it stopped asking for work.
     pub why: String,
 }
 

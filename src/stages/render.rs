@@ -126,11 +126,8 @@ fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
     Err(AtSpan { span, message }.into())
 }
 
-/// The renderer a stage asks for: Blender (found on PATH or at `blender_path`, with its
-/// engine checked) or the built-in one; `auto` falls back to the built-in one with a warning.
-fn backend(stage: &str, p: &RenderParams) -> Result<Backend> {
-    let explicit = p.blender_path.as_ref().map(std::path::PathBuf::from);
-    let found = find_blender(explicit.as_deref());
+/// Blender's render engine (default `CYCLES`), checked.
+fn engine(stage: &str, p: &RenderParams) -> Result<String> {
     let engine = p
         .engine
         .as_ref()
@@ -139,6 +136,14 @@ fn backend(stage: &str, p: &RenderParams) -> Result<Backend> {
     if let (Some(e), Err(err)) = (&p.engine, check_engine(&engine)) {
         return at(e.span(), format!("stage `{stage}`: {err}"));
     }
+    Ok(engine)
+}
+
+/// The renderer a stage asks for: Blender (found on PATH or at `blender_path`) or the
+/// built-in one; `auto` falls back to the built-in one with a warning.
+fn backend(stage: &str, p: &RenderParams, engine: String) -> Result<Backend> {
+    let explicit = p.blender_path.as_ref().map(std::path::PathBuf::from);
+    let found = find_blender(explicit.as_deref());
     let blender = |path: std::path::PathBuf| Backend::Blender {
         path,
         engine: engine.clone(),
@@ -292,11 +297,13 @@ impl RenderStage {
                  GLB files (e.g. inputs = [\"objects\"])"
             );
         }
+        // Checked in the order they always were: the engine, the timeout, then the backend.
+        let engine = engine(stage, &p)?;
         let timeout = p.timeout.unwrap_or(600.0);
         if !(timeout > 0.0 && timeout.is_finite()) {
             bail!("stage `{stage}`: `timeout` must be a positive number of seconds");
         }
-        let backend = backend(stage, &p)?;
+        let backend = backend(stage, &p, engine)?;
         let azimuths = azimuths(stage, &p.azimuths)?;
         let azimuths = dedup(stage, "azimuths", azimuths);
         let polar = polar_angles(stage, &p.polar, &p.elevations)?;

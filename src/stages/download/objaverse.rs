@@ -95,34 +95,20 @@ fn check_gzip_magic(bytes: &[u8], what: &str) -> Result<()> {
 /// a few MB into many GB), and is refused before it fills memory or disk.
 pub const MAX_EXPANDED: u64 = 512 << 20;
 
-/// A gzip stream that fails with [`std::io::ErrorKind::FileTooLarge`] once it has given
-/// more than `left` bytes.
-struct Capped<R> {
-    inner: R,
-    left: u64,
+/// `bytes` decompressed, as a stream.
+fn decoded(bytes: &[u8]) -> impl Read + '_ {
+    std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(bytes))
 }
 
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                "expands past the limit",
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
+/// Fails when `bytes` expand to more than `limit`. Inflating alone is cheap; parsing is not,
+/// so a file is measured before it is parsed.
+fn check_expanded_size(bytes: &[u8], what: &str, limit: u64) -> Result<()> {
+    let expanded = std::io::copy(&mut decoded(bytes).take(limit + 1), &mut std::io::sink())
+        .map_err(|e| anyhow::anyhow!("{what} is not valid gzip (truncated or damaged): {e}"))?;
+    if expanded > limit {
+        return Err(too_large(what, limit));
     }
-}
-
-/// `bytes` decompressed as a stream, at most `limit` bytes of it.
-fn expand(bytes: &[u8], limit: u64) -> impl Read + '_ {
-    let decoder = Capped {
-        inner: flate2::read::MultiGzDecoder::new(bytes),
-        left: limit,
-    };
-    std::io::BufReader::with_capacity(256 * 1024, decoder)
+    Ok(())
 }
 
 /// What to say of a file that expanded past [`MAX_EXPANDED`].
@@ -142,12 +128,14 @@ pub fn gunzip(bytes: &[u8], what: &str) -> Result<Vec<u8>> {
 fn gunzip_within(bytes: &[u8], what: &str, limit: u64) -> Result<Vec<u8>> {
     check_gzip_magic(bytes, what)?;
     let mut out = Vec::with_capacity((bytes.len() * 4).min(limit as usize));
-    match expand(bytes, limit).read_to_end(&mut out) {
-        Ok(_) => Ok(out),
-        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => Err(too_large(what, limit)),
-        Err(e) => Err(anyhow::Error::new(e)
-            .context(format!("{what} is not valid gzip (truncated or damaged)"))),
+    decoded(bytes)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("{what} is not valid gzip (truncated or damaged)"))?;
+    if out.len() as u64 > limit {
+        return Err(too_large(what, limit));
     }
+    Ok(out)
 }
 
 /// Checks that a `.json.gz` file decompresses to a JSON object, streaming: nothing of it is
@@ -173,24 +161,11 @@ pub fn check_json_gz(bytes: &[u8], what: &str) -> Result<()> {
         }
     }
     check_gzip_magic(bytes, what)?;
-    // Inflating alone is cheap; parsing is not: a file that expands too far is refused
-    // before any of it is parsed.
-    match std::io::copy(&mut expand(bytes, MAX_EXPANDED), &mut std::io::sink()) {
-        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
-            return Err(too_large(what, MAX_EXPANDED));
-        }
-        Err(e) => bail!("{what} is not valid gzip (truncated or damaged): {e}"),
-        Ok(_) => {}
-    }
-    let mut de = serde_json::Deserializer::from_reader(expand(bytes, MAX_EXPANDED));
+    check_expanded_size(bytes, what, MAX_EXPANDED)?;
+    let mut de = serde_json::Deserializer::from_reader(decoded(bytes));
     AnObject::deserialize(&mut de)
         .and_then(|_| de.end())
         .map_err(|e| match e.classify() {
-            serde_json::error::Category::Io
-                if e.io_error_kind() == Some(std::io::ErrorKind::FileTooLarge) =>
-            {
-                too_large(what, MAX_EXPANDED)
-            }
             serde_json::error::Category::Io => {
                 anyhow::anyhow!("{what} is not valid gzip (truncated or damaged): {e}")
             }
@@ -231,14 +206,12 @@ pub fn read_object_paths(
     }
     // Streamed: the 60 MB of JSON is never held whole.
     check_gzip_magic(bytes, what)?;
-    let mut de = serde_json::Deserializer::from_reader(expand(bytes, MAX_EXPANDED));
-    Filter(keep).deserialize(&mut de).map_err(|e| {
-        if e.io_error_kind() == Some(std::io::ErrorKind::FileTooLarge) {
-            too_large(what, MAX_EXPANDED)
-        } else {
-            anyhow::Error::new(e).context(format!("{what} is not a JSON object of uid → GLB path"))
-        }
-    })
+    // The file was measured when it was fetched (`check_json_gz`); the bound here only
+    // keeps a file that never was from running on.
+    let mut de = serde_json::Deserializer::from_reader(decoded(bytes).take(MAX_EXPANDED));
+    Filter(keep)
+        .deserialize(&mut de)
+        .with_context(|| format!("{what} is not a JSON object of uid → GLB path"))
 }
 
 /// A metadata shard: uid → annotation, each kept as its raw JSON text.
