@@ -394,6 +394,39 @@ async fn blobs_are_verified_on_upload_and_served_with_ranges() {
     let other = mvc::store::blobs::BlobStore::new(dir.path().join("other"));
     assert_eq!(client.get_blob(&digest, &other).await.unwrap(), 300_000);
 
+    // The stored copy rots (same size, one byte changed). A download breaks off before its
+    // end and the blob is removed; asked again, the coordinator has none; an upload of the
+    // right bytes then stores it whole again.
+    let stored = store.blobs().path(&digest);
+    let mut rotten = bytes.clone();
+    rotten[299_999] ^= 1;
+    std::fs::set_permissions(&stored, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&stored, &rotten).unwrap();
+    let fresh = mvc::store::blobs::BlobStore::new(dir.path().join("fresh"));
+    match client.get_blob(&digest, &fresh).await {
+        Err(CallError::Network(_)) => {}
+        other => panic!("a damaged blob was served as whole: {other:?}"),
+    }
+    assert!(fresh.size(&digest).is_none());
+    assert!(!stored.exists(), "the damaged copy is removed");
+    match client.get_blob(&digest, &fresh).await {
+        Err(CallError::BlobMissing(message)) => assert!(message.contains("no blob"), "{message}"),
+        other => panic!("a removed blob was not missing: {other:?}"),
+    }
+    // Rot found by HEAD (an uploader's check) and by PUT (an upload of a blob that seems here).
+    std::fs::write(&stored, &rotten).unwrap();
+    assert!(
+        !client.has_blob(&digest).await.unwrap(),
+        "HEAD of a damaged blob"
+    );
+    std::fs::write(&stored, &rotten).unwrap();
+    client.put_blob(&digest, &file).await.unwrap();
+    assert_eq!(
+        store.blobs().read(&digest).unwrap(),
+        bytes,
+        "the upload replaced it"
+    );
+
     let http = reqwest::Client::new();
     let url = format!("{}/v1/blobs/{digest}", coord.url());
     let part = http
@@ -627,6 +660,64 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
     );
     let first_result = store.result(&first.tasks[0].key).unwrap().unwrap();
     assert_eq!(first_result.host, "a");
+}
+
+/// A blob damaged in the coordinator's cache heals: the worker that fetches it is refused
+/// its last bytes, hears 404 when it asks again, and reports the input gone; the coordinator
+/// runs the producer again, whose output is stored whole, and the consumer then runs.
+#[test]
+fn a_damaged_blob_on_the_coordinator_is_made_again() {
+    let sb = Sandbox::new();
+    let big = r#"
+[stage.big]
+kind = "command"
+items = ["one"]
+cmd = "head -c 50000 /dev/zero > $MVC_OUT/big.bin"
+"#;
+    sb.write("p.toml", big);
+    sb.mvc(&["run", "p.toml"]).assert_ok();
+    let zeros = vec![0u8; 50000];
+    let blob = mvc::store::blobs::BlobStore::new(sb.cache().join("blobs"))
+        .path(&mvc::task::Digest::of(&zeros));
+    assert!(blob.exists(), "{}", blob.display());
+    // Bit rot: the same size, other bytes.
+    std::fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut damaged = zeros.clone();
+    damaged[40000] = 1;
+    std::fs::write(&blob, &damaged).unwrap();
+
+    sb.write(
+        "p.toml",
+        &format!(
+            "{big}
+[stage.use]
+kind = \"command\"
+inputs = [\"big\"]
+items = [\"a\", \"b\"]
+resources = {{ gpu = 1 }}
+cmd = \"wc -c < $MVC_IN_BIG/one/big.bin > $MVC_OUT/n.txt\"
+"
+        ),
+    );
+    let (mut coord, url) = coordinator(&sb, &["--slots", "cpu=1,gpu=0"]);
+    let mut w = worker(&sb, &url, "cpu=0,gpu=1", "w", &["--exit-when-idle", "5"]);
+    let ran = coord.finish(Duration::from_secs(120));
+    let worker_ran = w.finish(Duration::from_secs(30));
+    ran.assert_ok();
+    assert!(
+        ran.stderr
+            .contains("big/one is treated as a cache miss and runs again"),
+        "{}\n--- worker:\n{}",
+        ran.stderr,
+        worker_ran.stderr
+    );
+    assert_eq!(ran.count("big", "ran"), 1, "{}", ran.stdout);
+    assert_eq!(ran.count("use", "ran"), 2, "{}", ran.stdout);
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        zeros,
+        "the blob is whole again"
+    );
 }
 
 /// A worker fetches a blob it already has only once, and `mvc serve` runs again when the

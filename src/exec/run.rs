@@ -479,6 +479,19 @@ impl Scheduler {
                 if let Some(p) = again.then(|| find_item(engine, &stage, &item)).flatten() {
                     let s = engine.graph.task_stage[p as usize] as usize;
                     queues[s].push_back(p);
+                    // Tasks queued already that read it wait for it too (they would be
+                    // dispatched with an input that is no longer there).
+                    for queue in queues.iter_mut() {
+                        let readers: Vec<u32> = queue
+                            .iter()
+                            .copied()
+                            .filter(|&c| reads_from(engine, c, p))
+                            .collect();
+                        queue.retain(|c| !readers.contains(c));
+                        for c in readers {
+                            reopen_producer(engine, c, &stage, &item)?;
+                        }
+                    }
                 }
             }
         }

@@ -239,6 +239,27 @@ pub(super) fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<u32>
     node.tasks().find(|&t| engine.graph.item(t) == item)
 }
 
+/// Whether task `t` reads the output of task `producer`.
+pub(super) fn reads_from(engine: &Engine, t: u32, producer: u32) -> bool {
+    let g = &engine.graph;
+    let producer_stage = g.task_stage[producer as usize] as usize;
+    let mut item_k = 0;
+    for edge in &g.stage_of(t).inputs {
+        match edge.binding {
+            Binding::Expansion => {}
+            Binding::All if edge.stage == producer_stage => return true,
+            Binding::All => {}
+            Binding::Item | Binding::ItemIfPresent => {
+                if g.item_dep(t, item_k) == producer {
+                    return true;
+                }
+                item_k += 1;
+            }
+        }
+    }
+    false
+}
+
 /// A consumer found an input blob corrupt: its producer runs again and the consumer waits.
 /// Returns whether the producer was re-opened now (false when it already was).
 pub(super) fn reopen_producer(

@@ -23,6 +23,13 @@ pub enum CallError {
     /// 404 on a worker call: this coordinator does not know the worker (it restarted).
     #[error("{0}")]
     UnknownWorker(String),
+    /// A blob the coordinator does not have (or removed as damaged): its producer must run
+    /// again.
+    #[error("{0}")]
+    BlobMissing(String),
+    /// A blob arrived with bytes that do not hash to its name.
+    #[error("{0}")]
+    BlobCorrupt(String),
     /// Any other answer that is not a success.
     #[error("the coordinator answered {0}: {1}")]
     Refused(StatusCode, String),
@@ -194,7 +201,10 @@ impl Client {
             .send()
             .await
             .map_err(|e| CallError::Network(chain(&e)))?;
-        response = Self::check(response).await?;
+        response = match Self::check(response).await {
+            Err(CallError::UnknownWorker(message)) => return Err(CallError::BlobMissing(message)),
+            other => other?,
+        };
         let local = |e: std::io::Error| {
             CallError::Refused(StatusCode::OK, format!("writing blob {digest} here: {e}"))
         };
@@ -208,10 +218,9 @@ impl Client {
         }
         match writer.finish() {
             Ok(size) => Ok(size),
-            Err(BlobError::Corrupt { actual, .. }) => Err(CallError::Refused(
-                StatusCode::OK,
-                format!("blob {digest} arrived with bytes that hash to {actual}"),
-            )),
+            Err(BlobError::Corrupt { actual, .. }) => Err(CallError::BlobCorrupt(format!(
+                "blob {digest} arrived with bytes that hash to {actual}"
+            ))),
             Err(e) => Err(CallError::Refused(StatusCode::OK, e.to_string())),
         }
     }

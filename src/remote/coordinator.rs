@@ -22,6 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use indexmap::IndexMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +69,9 @@ pub struct Coordinator {
     pipeline: Mutex<(String, Digest, PipelineText)>,
     to_sched: mpsc::UnboundedSender<SchedMsg>,
     pub shared: Mutex<Shared>,
+    /// Blobs this process has hashed and found whole: `HEAD` and `PUT` trust them without
+    /// reading them again (a full `GET` hashes every time anyway).
+    verified: Mutex<HashSet<Digest>>,
     /// The address actually bound (port 0 picks one).
     pub addr: SocketAddr,
 }
@@ -100,6 +104,7 @@ impl Coordinator {
             pipeline: Mutex::new((pipeline_name.to_string(), digest, pipeline)),
             to_sched,
             shared: Mutex::new(Shared::default()),
+            verified: Mutex::default(),
             addr,
         });
         let app = router(coordinator.clone());
@@ -442,7 +447,40 @@ fn blob_digest(text: &str) -> Result<Digest, Refusal> {
         .map_err(|e| (StatusCode::BAD_REQUEST, e))
 }
 
-/// `GET` (and `HEAD`) a blob, whole or one `Range: bytes=A-B`.
+/// Whether blob `digest` is here and whole. One that is not is quarantined (removed), so
+/// it reads as missing from then on: a worker then reports its input gone, the run reruns
+/// its producer, and that upload stores good bytes again.
+async fn blob_is_whole(c: &Arc<Coordinator>, digest: &Digest) -> Result<bool, Response> {
+    if c.verified.lock().unwrap().contains(digest) && c.store.blobs().size(digest).is_some() {
+        return Ok(true);
+    }
+    let (store, d) = (c.store.clone(), *digest);
+    let checked = tokio::task::spawn_blocking(move || store.blobs().verify(&d))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match checked {
+        Ok(true) => {
+            c.verified.lock().unwrap().insert(*digest);
+            Ok(true)
+        }
+        Ok(false) => {
+            quarantine(c, digest);
+            Ok(false)
+        }
+        Err(BlobError::Missing(_)) => Ok(false),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+fn quarantine(c: &Coordinator, digest: &Digest) {
+    tracing::warn!("blob {digest} is damaged in this cache: removed, so that it is made again");
+    c.verified.lock().unwrap().remove(digest);
+    c.store.blobs().quarantine(digest);
+}
+
+/// `GET` (and `HEAD`) a blob, whole or one `Range: bytes=A-B`. A blob is never served as
+/// good when it is not: `HEAD` and ranges check it first, a whole `GET` hashes it while
+/// sending and breaks off before its last bytes when it does not match its name.
 async fn get_blob(
     State(c): State<Arc<Coordinator>>,
     method: Method,
@@ -453,12 +491,18 @@ async fn get_blob(
         Ok(d) => d,
         Err(e) => return refuse(e),
     };
+    let missing = || error(StatusCode::NOT_FOUND, format!("no blob {digest} here"));
+    if method == Method::HEAD || headers.contains_key(header::RANGE) {
+        match blob_is_whole(&c, &digest).await {
+            Ok(true) => {}
+            Ok(false) => return missing(),
+            Err(response) => return response,
+        }
+    }
     let path = c.store.blobs().path(&digest);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return error(StatusCode::NOT_FOUND, format!("no blob {digest} here"));
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return missing(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let size = match file.metadata().await {
@@ -499,6 +543,10 @@ async fn get_blob(
         shared.blobs_sent.1 += end - start;
     }
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    if range.is_none() {
+        let body = Body::from_stream(hashed_while_sent(c.clone(), digest, file, size));
+        return builder.body(body).expect("valid response");
+    }
     if start > 0
         && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await
     {
@@ -508,6 +556,46 @@ async fn get_blob(
     builder
         .body(Body::from_stream(stream))
         .expect("valid response")
+}
+
+/// A blob's bytes in chunks, hashed on the way: the last chunk is held back until the hash
+/// is known, and when it does not match, the blob is quarantined and the body ends in an
+/// error instead (the receiver never holds the whole of a damaged blob).
+fn hashed_while_sent(
+    c: Arc<Coordinator>,
+    digest: Digest,
+    file: tokio::fs::File,
+    size: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    struct Sending {
+        c: Arc<Coordinator>,
+        file: tokio::fs::File,
+        hasher: blake3::Hasher,
+        left: u64,
+    }
+    let start = Sending {
+        c,
+        file,
+        hasher: blake3::Hasher::new(),
+        left: size,
+    };
+    futures_util::stream::try_unfold(start, move |mut s| async move {
+        use tokio::io::AsyncReadExt;
+        if s.left == 0 {
+            return Ok(None);
+        }
+        let mut chunk = vec![0u8; s.left.min(1 << 20) as usize];
+        s.file.read_exact(&mut chunk).await?;
+        s.hasher.update(&chunk);
+        s.left -= chunk.len() as u64;
+        if s.left == 0 && Digest::from_hasher(&s.hasher) != digest {
+            quarantine(&s.c, &digest);
+            return Err(std::io::Error::other(format!(
+                "blob {digest} is damaged here; it was removed"
+            )));
+        }
+        Ok(Some((axum::body::Bytes::from(chunk), s)))
+    })
 }
 
 /// `bytes=A-B`, `bytes=A-` or `bytes=-N` within `size`, as a half-open range.
@@ -529,7 +617,8 @@ fn parse_range(value: &HeaderValue, size: u64) -> Option<(u64, u64)> {
 }
 
 /// `PUT` a blob: hashed while it arrives, stored only if it hashes to its name. Idempotent:
-/// a blob already here is acknowledged without reading the body.
+/// a blob already here and whole is acknowledged without reading the body; a damaged one is
+/// replaced by the bytes sent.
 async fn put_blob(
     State(c): State<Arc<Coordinator>>,
     Path(digest): Path<String>,
@@ -540,7 +629,13 @@ async fn put_blob(
         Err(e) => return refuse(e),
     };
     if c.store.blobs().size(&digest).is_some() {
-        return axum::Json(serde_json::json!({ "ok": "already here" })).into_response();
+        match blob_is_whole(&c, &digest).await {
+            Ok(true) => {
+                return axum::Json(serde_json::json!({ "ok": "already here" })).into_response();
+            }
+            Ok(false) => {}
+            Err(response) => return response,
+        }
     }
     let mut writer = match c.store.blobs().writer(&digest) {
         Ok(w) => w,
@@ -570,6 +665,7 @@ async fn put_blob(
     }
     match tokio::task::spawn_blocking(move || writer.finish()).await {
         Ok(Ok(size)) => {
+            c.verified.lock().unwrap().insert(digest);
             let mut shared = c.shared.lock().unwrap();
             shared.blobs_received.0 += 1;
             shared.blobs_received.1 += size;

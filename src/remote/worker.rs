@@ -405,21 +405,30 @@ async fn execute(
         .find(|s| s.name == unit.stage)
         .ok_or_else(|| format!("the pipeline has no stage `{}`", unit.stage))?;
     check_shared(state, &unit, &stage.kind).await?;
-    let blobs = state.store.blobs();
-    for task in &unit.tasks {
-        for input in &task.inputs {
-            for (_, result) in &input.items {
-                for (digest, size) in result.blob_outputs() {
-                    if blobs.size(&digest) == Some(size) {
-                        continue;
-                    }
-                    state
-                        .client
-                        .get_blob(&digest, blobs)
-                        .await
-                        .map_err(|e| format!("fetching input blob {digest}: {e}"))?;
-                }
-            }
+    match fetch_inputs(state, &unit.tasks).await {
+        Ok(()) => {}
+        Err(FetchFailed::Other(error)) => return Err(error),
+        // The coordinator has no good copy of an input: the tasks that read it say so, and
+        // the coordinator runs its producer again; the others go back to the queue.
+        Err(FetchFailed::Gone { stage, item, error }) => {
+            tracing::warn!("{error}");
+            let reads = |t: &super::protocol::UnitTaskWire| {
+                t.inputs
+                    .iter()
+                    .any(|i| i.stage == stage && i.items.iter().any(|(it, _)| *it == item))
+            };
+            return Ok(unit
+                .tasks
+                .iter()
+                .map(|t| match reads(t) {
+                    true => TaskOutcome::InputCorrupt {
+                        stage: stage.clone(),
+                        item: item.clone(),
+                        error: error.clone(),
+                    },
+                    false => TaskOutcome::Cancelled,
+                })
+                .collect());
         }
     }
     let tasks: Vec<UnitTask> = unit
@@ -445,6 +454,71 @@ async fn execute(
             .await
             .unwrap_or_else(|| (0..n).map(|_| TaskOutcome::Cancelled).collect()),
     )
+}
+
+/// Why a unit's inputs could not be fetched.
+enum FetchFailed {
+    /// The coordinator has no good copy of the output of `stage/item`.
+    Gone {
+        stage: String,
+        item: String,
+        error: String,
+    },
+    /// Anything else (the network): the unit cannot run here now.
+    Other(String),
+}
+
+/// Tries per blob: a network error or a damaged arrival is tried again (a coordinator that
+/// finds its own copy damaged breaks the transfer off, and answers 404 the next time).
+const FETCH_TRIES: u32 = 3;
+
+/// Fetches the input blobs of a unit's tasks that this worker lacks.
+async fn fetch_inputs(
+    state: &WorkerState,
+    tasks: &[super::protocol::UnitTaskWire],
+) -> Result<(), FetchFailed> {
+    let blobs = state.store.blobs();
+    for task in tasks {
+        for input in &task.inputs {
+            for (item, result) in &input.items {
+                for (digest, size) in result.blob_outputs() {
+                    if blobs.size(&digest) == Some(size) {
+                        continue;
+                    }
+                    let mut backoff = Backoff::default();
+                    let mut tries = 1;
+                    let fetched = loop {
+                        match state.client.get_blob(&digest, blobs).await {
+                            Err(e @ (CallError::Network(_) | CallError::BlobCorrupt(_)))
+                                if tries < FETCH_TRIES =>
+                            {
+                                tracing::info!("fetching blob {digest} (try {tries}): {e}");
+                                tries += 1;
+                                backoff.wait().await;
+                            }
+                            other => break other,
+                        }
+                    };
+                    match fetched {
+                        Ok(_) => {}
+                        Err(e @ (CallError::BlobMissing(_) | CallError::BlobCorrupt(_))) => {
+                            return Err(FetchFailed::Gone {
+                                stage: input.stage.clone(),
+                                item: item.clone(),
+                                error: format!("input {}/{item}: blob {digest}: {e}", input.stage),
+                            });
+                        }
+                        Err(e) => {
+                            return Err(FetchFailed::Other(format!(
+                                "fetching input blob {digest}: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a unit whose stage this worker would run with other shared parameters than the
