@@ -517,7 +517,8 @@ fn worker_arguments_are_checked_and_an_unreachable_coordinator_ends_an_idle_work
 
 /// The coordinator's bookkeeping, driven in process by a hand-written worker: a result sent
 /// twice is recorded once; a unit whose lease expired goes to another worker, and the first
-/// worker's late result is refused; the run finishes with the second worker's result.
+/// worker's late result is refused; the run finishes with the second worker's result. A
+/// unit is bound to the session it was leased to, not to a worker's listed id or name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_recorded_once_and_late_ones_are_refused() {
     use mvc::exec::run::{Listener, RunOptions, run_with};
@@ -560,7 +561,10 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
             .unwrap()
     });
 
+    // Each client is one session (one worker process).
     let client = Client::new(&url, None).unwrap();
+    let client_b = Client::new(&url, None).unwrap();
+    let impostor = Client::new(&url, None).unwrap();
     let register = |name: &str| Register {
         name: name.into(),
         host: "test".into(),
@@ -603,11 +607,45 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
         .await
         .unwrap();
 
-    // The second unit: `a` takes it and goes silent past the lease timeout.
+    // The second unit: `a` takes it.
     let second = client.lease(&lease(a)).await.unwrap().unit.expect("a unit");
+    // Another session that learnt a's id (from /v1/status) and name can neither speak for
+    // a nor report a's unit, even registered under a's name.
+    let status = impostor.status().await.unwrap();
+    assert_eq!(status.workers[0].id, a);
+    impostor.register(&register("a")).await.unwrap();
+    for refused in [
+        impostor
+            .heartbeat(&mvc::remote::protocol::Heartbeat {
+                worker: a,
+                running: vec![second.id],
+            })
+            .await
+            .map(|_| ()),
+        impostor.lease(&lease(a)).await.map(|_| ()),
+    ] {
+        match refused {
+            Err(CallError::Refused(status, message)) => {
+                assert_eq!(status.as_u16(), 403);
+                assert!(message.contains("another session"), "{message}");
+            }
+            other => panic!("another session spoke for worker a: {other:?}"),
+        }
+    }
+    match impostor
+        .complete(second.id, &done(a, "a", &second, "forged"))
+        .await
+    {
+        Err(CallError::Refused(status, message)) => {
+            assert_eq!(status.as_u16(), 409);
+            assert!(message.contains("held by another worker"), "{message}");
+        }
+        other => panic!("another session's result was recorded: {other:?}"),
+    }
+    // a goes silent past the lease timeout.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    let b = client.register(&register("b")).await.unwrap().worker;
-    let again = client
+    let b = client_b.register(&register("b")).await.unwrap().worker;
+    let again = client_b
         .lease(&lease(b))
         .await
         .unwrap()
@@ -631,7 +669,7 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
     // A completion for a unit nobody leased is refused by the running scheduler, and
     // nothing is recorded (b's own result for the task is still taken below).
     let nobody = again.id.wrapping_add(1);
-    match client
+    match client_b
         .complete(nobody, &done(b, "b", &again, "from nobody"))
         .await
     {
@@ -644,7 +682,7 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
         }
         other => panic!("a result for a unit nobody leased was not refused: {other:?}"),
     }
-    client
+    client_b
         .complete(again.id, &done(b, "b", &again, "from b"))
         .await
         .unwrap();

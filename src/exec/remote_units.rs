@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 /// A unit a worker holds.
 struct Lease {
     worker: u64,
+    /// The session the unit was leased to: only it may report the unit.
+    session: Digest,
     worker_name: String,
     stage: usize,
     tasks: Vec<(u32, TaskIdentity)>,
@@ -36,6 +38,9 @@ struct Lease {
 #[derive(Serialize, Deserialize)]
 struct PersistedLease {
     worker_name: String,
+    /// Absent in leases written by an mvc from before sessions: those expire.
+    #[serde(default)]
+    session: Option<Digest>,
     stage: String,
     tasks: Vec<TaskIdentity>,
 }
@@ -248,7 +253,7 @@ impl RemoteUnits {
                 })
                 .collect(),
         };
-        let worker_name = {
+        let (worker_name, session) = {
             let mut shared = self.coord.shared().lock().unwrap();
             shared.leased.insert(id, w.worker);
             let label = match prepared.len() {
@@ -265,12 +270,13 @@ impl RemoteUnits {
                 .get_mut(&w.worker)
                 .map(|e| {
                     e.holding.insert(id, label);
-                    e.register.name.clone()
+                    (e.register.name.clone(), e.session)
                 })
                 .unwrap_or_default()
         };
         let persisted = PersistedLease {
             worker_name: worker_name.clone(),
+            session: Some(session),
             stage: node.name.clone(),
             tasks: prepared.iter().map(|p| p.identity.clone()).collect(),
         };
@@ -282,6 +288,7 @@ impl RemoteUnits {
             id,
             Lease {
                 worker: w.worker,
+                session,
                 worker_name,
                 stage,
                 tasks: prepared.into_iter().map(|p| (p.task, p.identity)).collect(),
@@ -453,13 +460,23 @@ impl RemoteUnits {
                 deadline,
                 reply,
             }),
-            SchedMsg::Complete { unit, body, reply } => {
-                let answer = self.complete(unit, body, engine, queues, effects);
+            SchedMsg::Complete {
+                unit,
+                body,
+                session,
+                reply,
+            } => {
+                let answer = self.complete(unit, body, session, engine, queues, effects);
                 let _ = reply.send(answer);
             }
-            SchedMsg::Fail { unit, body, reply } => {
+            SchedMsg::Fail {
+                unit,
+                body,
+                session,
+                reply,
+            } => {
                 let answer = match self.leases.get(&unit) {
-                    Some(lease) if lease.worker == body.worker => {
+                    Some(lease) if lease.session == session => {
                         let lease = self.drop_lease(unit).expect("present");
                         let why = format!("worker {}: {}", lease.worker_name, body.error);
                         self.lost(lease, &why, queues, effects);
@@ -476,12 +493,15 @@ impl RemoteUnits {
         &mut self,
         unit: u64,
         body: Complete,
+        session: Digest,
         engine: &Engine,
         queues: &mut [VecDeque<u32>],
         effects: &mut Effects,
     ) -> Reply {
         if let Some(lease) = self.leases.get(&unit) {
-            if lease.worker != body.worker && lease.worker_name != body.worker_name {
+            // The session, not the worker's id or name: a worker that registered again (the
+            // coordinator restarted, or its heartbeats were lost) keeps its session.
+            if lease.session != session {
                 return Err((
                     Refused::Conflict,
                     format!("unit {unit} is held by another worker; its result is not recorded"),
@@ -553,7 +573,7 @@ impl RemoteUnits {
             return Ok("already recorded".into());
         }
         let adoptable = self.before.get(&unit).is_some_and(|l| {
-            l.worker_name == body.worker_name
+            l.session == Some(session)
                 && l.tasks.iter().map(|t| t.key).eq(body.keys.iter().copied())
                 && body.outcomes.len() == body.keys.len()
         });

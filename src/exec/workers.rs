@@ -58,11 +58,15 @@ pub enum SchedMsg {
     Complete {
         unit: u64,
         body: Complete,
+        /// The blake3 of the sender's session secret: only the session a unit was leased to
+        /// may report it.
+        session: Digest,
         reply: oneshot::Sender<Reply>,
     },
     Fail {
         unit: u64,
         body: Fail,
+        session: Digest,
         reply: oneshot::Sender<Reply>,
     },
 }
@@ -71,6 +75,9 @@ pub enum SchedMsg {
 #[derive(Debug)]
 pub struct WorkerEntry {
     pub register: Register,
+    /// The blake3 of the secret the worker process chose and sends with every request.
+    /// Names are self-chosen and ids are listed by `/v1/status`: neither proves who asks.
+    pub session: Digest,
     pub last_seen: Instant,
     /// When the worker's last heartbeat came, and the units it listed.
     pub heartbeat: Option<(Instant, Vec<u64>)>,

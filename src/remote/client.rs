@@ -4,7 +4,7 @@
 use super::auth::Token;
 use super::protocol::{
     API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, LeaseReply, LeaseRequest,
-    PipelineText, Register, Registered, Status,
+    PipelineText, Register, Registered, SESSION_HEADER, Status,
 };
 use crate::store::blobs::{BlobError, BlobStore};
 use crate::task::Digest;
@@ -49,6 +49,16 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     auth: Option<String>,
+    /// This client's session secret (see [`SESSION_HEADER`]); clones share it.
+    session: String,
+}
+
+/// 32 random bytes from the operating system, as hex.
+fn new_session() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no random numbers from the system: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// An error and its causes on one line.
@@ -78,11 +88,15 @@ impl Client {
             base: format!("{url}{API}"),
             http,
             auth: token.map(Token::header),
+            session: new_session()?,
         })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(SESSION_HEADER, &self.session);
         if let Some(auth) = &self.auth {
             r = r.header(reqwest::header::AUTHORIZATION, auth);
         }

@@ -6,7 +6,7 @@
 use super::auth::Token;
 use super::protocol::{
     API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, LeaseReply, LeaseRequest,
-    PipelineText, Register, Registered, Status, WorkerStatus,
+    PipelineText, Register, Registered, SESSION_HEADER, Status, WorkerStatus,
 };
 use crate::exec::workers::{Refused, Reply, WorkerHub};
 pub use crate::exec::workers::{SchedMsg, Shared, WorkerEntry};
@@ -215,9 +215,31 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal>
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("unreadable request: {e}")))
 }
 
-async fn register(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+/// The hash of the session secret a request carries.
+fn session_of(headers: &HeaderMap) -> Result<Digest, Refusal> {
+    match headers.get(SESSION_HEADER).map(|v| v.as_bytes()) {
+        Some(secret) if secret.len() >= 32 => Ok(Digest::of(secret)),
+        _ => Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the request carries no session ({SESSION_HEADER}); the worker's mvc is older \
+                 than the coordinator's: update it"
+            ),
+        )),
+    }
+}
+
+async fn register(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let register: Register = match parse_json(&body) {
         Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    let session = match session_of(&headers) {
+        Ok(s) => s,
         Err(e) => return refuse(e),
     };
     let mut shared = c.shared.lock().unwrap();
@@ -235,6 +257,7 @@ async fn register(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) ->
         id,
         WorkerEntry {
             register,
+            session,
             last_seen: Instant::now(),
             heartbeat: None,
             holding: IndexMap::new(),
@@ -249,14 +272,20 @@ async fn register(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) ->
     .into_response()
 }
 
-/// Notes that a worker is alive; `Err` (404) when it is not registered here.
-fn touch(c: &Coordinator, worker: u64) -> Result<(), Refusal> {
+/// Notes that a worker is alive; `Err` (404) when it is not registered here, 403 when the
+/// request comes from another session than the worker's.
+fn touch(c: &Coordinator, worker: u64, headers: &HeaderMap) -> Result<(), Refusal> {
+    let session = session_of(headers)?;
     let mut shared = c.shared.lock().unwrap();
     match shared.workers.get_mut(&worker) {
-        Some(w) => {
+        Some(w) if w.session == session => {
             w.last_seen = Instant::now();
             Ok(())
         }
+        Some(_) => Err((
+            StatusCode::FORBIDDEN,
+            format!("worker {worker} is another session's; register to get an id of your own"),
+        )),
         None => Err((
             StatusCode::NOT_FOUND,
             format!(
@@ -266,12 +295,16 @@ fn touch(c: &Coordinator, worker: u64) -> Result<(), Refusal> {
     }
 }
 
-async fn lease(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+async fn lease(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let request: LeaseRequest = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
-    if let Err(e) = touch(&c, request.worker) {
+    if let Err(e) = touch(&c, request.worker, &headers) {
         return refuse(e);
     }
     if c.shared.lock().unwrap().finished {
@@ -303,11 +336,18 @@ async fn lease(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Re
     axum::Json(LeaseReply { unit, finished }).into_response()
 }
 
-async fn heartbeat(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+async fn heartbeat(
+    State(c): State<Arc<Coordinator>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let beat: Heartbeat = match parse_json(&body) {
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
+    if let Err(e) = touch(&c, beat.worker, &headers) {
+        return refuse(e);
+    }
     let mut shared = c.shared.lock().unwrap();
     let cancel: Vec<u64> = beat
         .running
@@ -315,22 +355,8 @@ async fn heartbeat(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -
         .copied()
         .filter(|u| shared.leased.get(u) != Some(&beat.worker))
         .collect();
-    match shared.workers.get_mut(&beat.worker) {
-        Some(w) => {
-            let now = Instant::now();
-            w.last_seen = now;
-            w.heartbeat = Some((now, beat.running));
-        }
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "worker {} is not registered here (the coordinator restarted?); register \
-                     again",
-                    beat.worker
-                ),
-            );
-        }
+    if let Some(w) = shared.workers.get_mut(&beat.worker) {
+        w.heartbeat = Some((Instant::now(), beat.running));
     }
     axum::Json(HeartbeatReply { cancel }).into_response()
 }
@@ -357,13 +383,20 @@ async fn ask_scheduler(
 async fn complete(
     State(c): State<Arc<Coordinator>>,
     Path(unit): Path<u64>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     relay(
         &c,
+        &headers,
         &body,
         |body: &Complete| body.worker,
-        |body, reply| SchedMsg::Complete { unit, body, reply },
+        |body, session, reply| SchedMsg::Complete {
+            unit,
+            body,
+            session,
+            reply,
+        },
     )
     .await
 }
@@ -371,34 +404,46 @@ async fn complete(
 async fn fail(
     State(c): State<Arc<Coordinator>>,
     Path(unit): Path<u64>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     relay(
         &c,
+        &headers,
         &body,
         |body: &Fail| body.worker,
-        |body, reply| SchedMsg::Fail { unit, body, reply },
+        |body, session, reply| SchedMsg::Fail {
+            unit,
+            body,
+            session,
+            reply,
+        },
     )
     .await
 }
 
-/// A worker's report about a unit, handed to the scheduler, whose answer is the reply. The
-/// sender is noted as alive even when it is not registered here: a worker that registered
-/// again after a coordinator restart still reports its old units, and the scheduler checks
-/// those by worker name against the lease.
+/// A worker's report about a unit, handed to the scheduler with the sender's session,
+/// whose answer is the reply. The scheduler takes it only from the session the unit was
+/// leased to: a worker that registered again after a coordinator restart still reports
+/// its old units, under a new id but the same session.
 async fn relay<B: serde::de::DeserializeOwned>(
     c: &Coordinator,
+    headers: &HeaderMap,
     body: &[u8],
     worker: impl FnOnce(&B) -> u64,
-    message: impl FnOnce(B, oneshot::Sender<Reply>) -> SchedMsg,
+    message: impl FnOnce(B, Digest, oneshot::Sender<Reply>) -> SchedMsg,
 ) -> Response {
     let body: B = match parse_json(body) {
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
-    let _ = touch(c, worker(&body));
+    let session = match session_of(headers) {
+        Ok(s) => s,
+        Err(e) => return refuse(e),
+    };
+    let _ = touch(c, worker(&body), headers);
     let (reply, answer) = oneshot::channel();
-    ask_scheduler(c, message(body, reply), answer).await
+    ask_scheduler(c, message(body, session, reply), answer).await
 }
 
 async fn pipeline_text(State(c): State<Arc<Coordinator>>, Path(digest): Path<String>) -> Response {

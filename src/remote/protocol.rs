@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 /// The versioned prefix of every path.
 pub const API: &str = "/v1";
 
+/// The header in which a worker sends its session secret with every request: a random
+/// value the worker process chose, known only to it and (as a hash) to the coordinator.
+/// Only the session a unit was leased to may report it, heartbeat for its worker or lease
+/// in its name.
+pub const SESSION_HEADER: &str = "x-mvc-session";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Registered {
     pub worker: u64,
