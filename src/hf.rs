@@ -24,6 +24,10 @@ pub struct RetryPolicy {
     pub connect_timeout: Duration,
     /// Longest silence while reading a response.
     pub read_timeout: Duration,
+    /// How long an endpoint found unreachable is taken to stay so (requests meanwhile fail
+    /// at once, with one message); after that the next request tries again. A worker lives
+    /// through many runs, and one outage must not fail its downloads for ever.
+    pub remember_unreachable: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -34,6 +38,7 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            remember_unreachable: Duration::from_secs(30),
         }
     }
 }
@@ -85,10 +90,10 @@ pub struct HubClient {
     base: String,
     token: Option<String>,
     policy: RetryPolicy,
-    /// Set once the endpoint could not be reached after every retry: later requests fail
-    /// at once with this message instead of each retrying (one clear error, not one per
-    /// object).
-    unreachable: Mutex<Option<String>>,
+    /// Set once the endpoint could not be reached after every retry: requests in the next
+    /// `remember_unreachable` fail at once with this message instead of each retrying (one
+    /// clear error, not one per object).
+    unreachable: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl HubClient {
@@ -156,8 +161,15 @@ impl HubClient {
     ) -> Result<u64, FetchError> {
         let mut failures = 0u32;
         loop {
-            if let Some(why) = self.unreachable.lock().expect("not poisoned").clone() {
-                return Err(FetchError::Transient(why));
+            {
+                let mut known = self.unreachable.lock().expect("not poisoned");
+                match &*known {
+                    Some((why, since)) if since.elapsed() < self.policy.remember_unreachable => {
+                        return Err(FetchError::Transient(why.clone()));
+                    }
+                    Some(_) => *known = None,
+                    None => {}
+                }
             }
             let attempt = tokio::select! {
                 a = self.attempt(url, dest, meter) => a,
@@ -193,7 +205,9 @@ impl HubClient {
                     );
                     // Downloads failing at the same moment all report the first message.
                     let mut known = self.unreachable.lock().expect("not poisoned");
-                    let why = known.get_or_insert(why).clone();
+                    let (why, _) = known
+                        .get_or_insert_with(|| (why, std::time::Instant::now()))
+                        .clone();
                     return Err(FetchError::Transient(why));
                 }
                 return Err(FetchError::Transient(message));

@@ -310,6 +310,268 @@ fn a_wrong_token_is_refused_and_the_worker_exits_non_zero() {
     );
 }
 
+/// Off loopback the coordinator serves HTTPS with a self-signed certificate kept in its
+/// cache and prints its fingerprint: a worker that pins it completes units; one given
+/// another fingerprint, or none, is refused at once and exits non-zero; a plain-HTTP client
+/// gets nothing. Given certificate files that are not PEM are named in the error.
+#[test]
+fn off_loopback_workers_pin_the_coordinators_self_signed_certificate() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        r#"
+[stage.a]
+kind = "command"
+items = ["x", "y", "z"]
+resources = { gpu = 1 }
+cmd = "head -c 20000 /dev/urandom > $MVC_OUT/o.bin"
+"#,
+    );
+    sb.write("token", "correct-horse-battery-staple\n");
+    std::fs::set_permissions(
+        sb.path().join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (mut coord, _) = spawn(
+        &sb,
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--listen",
+            "0.0.0.0:0",
+            "--token-file",
+            "token",
+            "--slots",
+            "cpu=1,gpu=0",
+        ],
+        &[],
+    );
+    let url = coord.url.clone().unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    let fingerprint = coord.fingerprint.clone().expect("a fingerprint is printed");
+    assert_eq!(fingerprint.len(), 64, "{fingerprint}");
+    let url = url.replace("0.0.0.0", "127.0.0.1");
+    let cert = std::fs::read(sb.cache().join("tls/coordinator-cert.pem")).unwrap();
+    assert!(String::from_utf8_lossy(&cert).contains("BEGIN CERTIFICATE"));
+
+    let wrong = "ab".repeat(32);
+    for (fingerprint, says) in [
+        (Some(wrong.as_str()), "not the abab"),
+        (None, "give --fingerprint"),
+    ] {
+        let mut args = vec![
+            "worker",
+            "--connect",
+            &url,
+            "--token-file",
+            "token",
+            "--slots",
+            "cpu=0,gpu=1",
+        ];
+        if let Some(f) = fingerprint {
+            args.extend(["--fingerprint", f]);
+        }
+        let started = Instant::now();
+        let refused = sb.mvc(&args);
+        assert_ne!(refused.code, Some(0), "{}", refused.stderr);
+        assert!(
+            refused
+                .stderr
+                .contains("not the coordinator this worker trusts")
+                && refused.stderr.contains(says),
+            "{}",
+            refused.stderr
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "refused at once"
+        );
+    }
+    // Plain HTTP to the TLS port: no answer.
+    let plain = sb.mvc(&[
+        "status",
+        "--connect",
+        &url.replace("https://", "http://"),
+        "--token-file",
+        "token",
+    ]);
+    assert_ne!(plain.code, Some(0), "{}", plain.stdout);
+
+    // The fingerprint may come from the environment, as Slurm's workers get it.
+    let cache = sb.path().join("worker-tls");
+    let mut good = sb.command(&[
+        "--cache",
+        cache.to_str().unwrap(),
+        "worker",
+        "--connect",
+        &url,
+        "--token-file",
+        "token",
+        "--slots",
+        "cpu=0,gpu=1",
+        "--exit-when-idle",
+        "3",
+    ]);
+    good.env("MVC_FINGERPRINT", &fingerprint);
+    let mut good = Background::start(&mut good, false);
+    let ran = coord.finish(Duration::from_secs(60));
+    ran.assert_ok();
+    assert_eq!(ran.count("a", "ran"), 3, "{}", ran.stdout);
+    let worker_ran = good.finish(Duration::from_secs(30));
+    worker_ran.assert_ok();
+    assert!(
+        worker_ran.stderr.contains("(3 unit(s) run)"),
+        "{}",
+        worker_ran.stderr
+    );
+
+    // The same certificate next time: the fingerprint workers were given still holds.
+    let (again, _) = spawn(
+        &sb,
+        &[
+            "run",
+            "p.toml",
+            "--listen",
+            "0.0.0.0:0",
+            "--token-file",
+            "token",
+            "--no-local",
+        ],
+        &[],
+    );
+    assert_eq!(again.fingerprint.as_deref(), Some(fingerprint.as_str()));
+    drop(again);
+
+    // Certificate files that are not PEM, and a key without its certificate.
+    sb.write("cert.pem", "not a certificate\n");
+    sb.write("key.pem", "not a key\n");
+    let bad = sb.mvc(&[
+        "run",
+        "p.toml",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "cert.pem",
+        "--tls-key",
+        "key.pem",
+    ]);
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr
+            .contains("--tls-cert cert.pem: no certificate in it"),
+        "{}",
+        bad.stderr
+    );
+    let alone = sb.mvc(&[
+        "run",
+        "p.toml",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-key",
+        "key.pem",
+    ]);
+    assert_ne!(alone.code, Some(0));
+    assert!(alone.stderr.contains("--tls-cert"), "{}", alone.stderr);
+}
+
+/// The coordinator's server closes a connection that says nothing (after its limit for a
+/// request head) and any connection beyond its bound; a client whose transfer stalls, or
+/// whose answer grows past the bound on JSON, gets an error instead of waiting or filling
+/// memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_end_and_bodies_are_bounded() {
+    use mvc::remote::client::{CallError, Client, ClientOptions};
+    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+    use mvc::remote::protocol::PipelineText;
+    use mvc::store::Store;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+    config.limits.max_connections = 2;
+    config.limits.idle = Duration::from_secs(1);
+    config.limits.handshake = Duration::from_secs(1);
+    let text = PipelineText {
+        path: "p.toml".into(),
+        text: String::new(),
+    };
+    let (coord, _rx) = Coordinator::start(config, store, "p", text).await.unwrap();
+
+    // A connection that sends nothing is closed within its limits.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(coord.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the server closed a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Two connections are open; a third is closed as soon as it is accepted.
+    let _one = tokio::net::TcpStream::connect(coord.addr).await.unwrap();
+    let _two = tokio::net::TcpStream::connect(coord.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(coord.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let read = tokio::time::timeout(Duration::from_millis(900), third.read(&mut buf))
+        .await
+        .expect("the third connection was closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // A server that sends a blob's head and a few bytes, then nothing.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = stall.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let head = if String::from_utf8_lossy(&request).contains("/v1/status") {
+                    // An answer without end: 100 MB of JSON, more than any reply may be.
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\n\r\n[")
+                        .await;
+                    let zeros = vec![b'0'; 1 << 20];
+                    for _ in 0..100 {
+                        if conn.write_all(&zeros).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nabc".as_slice()
+                };
+                let _ = conn.write_all(head).await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    let options = ClientOptions {
+        idle: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let client = Client::with_options(&format!("http://{stall_addr}"), None, &options).unwrap();
+    let blobs = mvc::store::blobs::BlobStore::new(dir.path().join("w"));
+    let started = Instant::now();
+    match client.get_blob(&mvc::task::Digest::of(b"x"), &blobs).await {
+        Err(CallError::Network(message)) => assert!(message.contains("timed out"), "{message}"),
+        other => panic!("a stalled transfer did not fail: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    match client.status().await {
+        Err(CallError::Refused(_, message)) => {
+            assert!(message.contains("larger than"), "{message}")
+        }
+        other => panic!("an answer without bound was read: {other:?}"),
+    }
+}
+
 #[test]
 fn listening_beyond_loopback_without_a_token_is_refused() {
     let sb = Sandbox::new();

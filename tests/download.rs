@@ -1005,3 +1005,58 @@ fn a_local_write_error_is_not_the_objects_failure() {
     second.assert_ok();
     assert_eq!(second.count("objects", "ran"), 1, "{}", second.stderr);
 }
+
+/// An endpoint found unreachable is remembered for a while (one message, not one retry
+/// loop per object), then tried again: a worker that lived through an outage downloads
+/// again once the network is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_is_tried_again_after_a_while() {
+    use mvc::hf::{FetchError, HubClient, RetryPolicy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = RetryPolicy {
+        retries: 0,
+        remember_unreachable: Duration::from_millis(500),
+        ..RetryPolicy::default()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = HubClient::new(&endpoint, "datasets/a/b", "main", None, policy).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("f");
+    let meter = mvc::meter::ByteMeter::default();
+    let kill = tokio_util::sync::CancellationToken::new();
+    let url = client.url("f");
+    let fetch = || client.fetch_url_to_file(&url, &dest, &meter, &kill);
+    match fetch().await {
+        Err(FetchError::Transient(why)) => assert!(why.contains("cannot reach"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The network comes back.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                )
+                .await;
+        }
+    });
+    // Within the memory: the same message at once, no request.
+    match fetch().await {
+        Err(FetchError::Transient(why)) => assert!(why.contains("cannot reach"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(fetch().await.unwrap(), 5);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+}

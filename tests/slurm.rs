@@ -29,13 +29,28 @@ max_workers = 2
 exit_when_idle = 20
 "#;
 
+/// The workers reach the coordinator as a cluster's would, off loopback: over TLS with the
+/// coordinator's self-signed certificate, whose fingerprint (like the token) travels in the
+/// job's environment.
 #[test]
 fn slurm_started_workers_do_the_work_and_leave_nothing_queued() {
     let Some(cluster) = cluster() else { return };
     let sb = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sb.write("token", "slurm-test-token-0123456789\n");
+    std::fs::set_permissions(
+        sb.path().join("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     sb.write(
         "p.toml",
         &(SLURM_EXECUTOR.to_string()
+            + &format!("connect = \"https://127.0.0.1:{port}\"\n")
             + r#"
 [stage.make]
 kind = "command"
@@ -51,14 +66,24 @@ cmd = "cat $MVC_IN_MAKE/*/item.txt | tr -d '\n' > $MVC_OUT/all.txt"
     );
     let conf = cluster.conf.display().to_string();
     let env = [("SLURM_CONF", conf.as_str())];
+    let listen = format!("0.0.0.0:{port}");
     let ran = sb.mvc_env(
-        &["run", "p.toml", "--json", "--listen", "127.0.0.1:0"],
+        &[
+            "run",
+            "p.toml",
+            "--json",
+            "--listen",
+            &listen,
+            "--token-file",
+            "token",
+        ],
         &env,
     );
     ran.assert_ok();
     assert_eq!(ran.count("make", "ran"), 6);
     assert_eq!(ran.count("sum", "ran"), 1);
     assert!(ran.stderr.contains("slurm: submitted"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("over TLS"), "{}", ran.stderr);
     // Every task ran inside a Slurm job: no local slots under Slurm.
     sb.mvc(&["export", "p.toml", "make", "out"]).assert_ok();
     for item in ["a", "b", "c", "d", "e", "f"] {

@@ -19,6 +19,14 @@ pub struct ListenArgs {
     /// listening on anything but loopback.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM; the chain, leaf first). Without it, a
+    /// coordinator off loopback serves a self-signed certificate kept in the cache, whose
+    /// fingerprint workers are given (--fingerprint).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Run nothing on this machine: every unit goes to a worker.
     #[arg(long)]
     pub no_local: bool,
@@ -85,6 +93,12 @@ impl ListenArgs {
             anyhow::bail!("--lease-timeout must be a positive number of seconds");
         }
         config.lease_timeout = Duration::from_secs_f64(self.lease_timeout);
+        config.tls = crate::remote::tls::ServerTls::choose(
+            addr,
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            &store.tls_dir(),
+        )?;
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let source = crate::remote::protocol::PipelineText {
@@ -93,11 +107,19 @@ impl ListenArgs {
         };
         let (coordinator, rx) =
             Coordinator::start(config, store.clone(), &pipeline.name, source).await?;
-        eprintln!(
-            "mvc: serving workers on {} (mvc worker --connect {})",
-            coordinator.url(),
-            coordinator.url()
-        );
+        match coordinator.fingerprint() {
+            None => eprintln!(
+                "mvc: serving workers on {} (mvc worker --connect {})",
+                coordinator.url(),
+                coordinator.url()
+            ),
+            Some(fingerprint) => eprintln!(
+                "mvc: serving workers on {url} over TLS with a self-signed certificate, SHA-256 \
+                 fingerprint {fingerprint} (mvc worker --connect {url} --fingerprint \
+                 {fingerprint})",
+                url = coordinator.url()
+            ),
+        }
         let slurm = match &pipeline.slurm {
             None => None,
             Some(cfg) => {

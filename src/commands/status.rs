@@ -200,6 +200,10 @@ pub struct StatusArgs {
     /// The coordinator's token file (with --connect; else MVC_TOKEN).
     #[arg(long, value_name = "FILE", requires = "connect")]
     pub token_file: Option<std::path::PathBuf>,
+    /// The fingerprint of the coordinator's self-signed certificate (with --connect; else
+    /// MVC_FINGERPRINT).
+    #[arg(long, value_name = "HEX", requires = "connect")]
+    pub fingerprint: Option<String>,
     /// Re-hash every blob and check every index entry.
     #[arg(long)]
     pub verify: bool,
@@ -207,7 +211,7 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
     if let Some(url) = &args.connect {
-        return remote(url, args.token_file.as_deref());
+        return remote(url, args.token_file.as_deref(), args.fingerprint.as_deref());
     }
     let pipeline = args.file.as_deref().map(super::load).transpose()?;
     let dir = global.cache_dir(pipeline.as_ref());
@@ -246,10 +250,18 @@ pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
 }
 
 /// `mvc status --connect URL`.
-fn remote(url: &str, token_file: Option<&std::path::Path>) -> Result<super::Output> {
+fn remote(
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    fingerprint: Option<&str>,
+) -> Result<super::Output> {
     use anyhow::Context as _;
     let token = crate::remote::auth::Token::load(token_file)?;
-    let client = crate::remote::client::Client::new(url, token.as_ref())?;
+    let options = crate::remote::client::ClientOptions {
+        fingerprint: crate::remote::tls::Fingerprint::load(fingerprint)?,
+        ..Default::default()
+    };
+    let client = crate::remote::client::Client::with_options(url, token.as_ref(), &options)?;
     let status = super::block_on(client.status())?.with_context(|| format!("asking {url}"))?;
     Ok(super::Output::new(remote_to_text(&status), &status))
 }

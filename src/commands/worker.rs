@@ -15,6 +15,10 @@ pub struct WorkerArgs {
     /// A file holding the coordinator's token (else MVC_TOKEN).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The SHA-256 fingerprint of a coordinator's self-signed certificate, as it printed
+    /// it (else MVC_FINGERPRINT): the worker trusts that certificate and no other.
+    #[arg(long, value_name = "HEX")]
+    pub fingerprint: Option<String>,
     /// Slots this worker offers, e.g. `cpu=8,gpu=1,blender=2` (default: this machine's
     /// cores and GPUs, and one Blender process when Blender is installed).
     #[arg(long, value_name = "SLOTS")]
@@ -33,6 +37,7 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
     let token = crate::remote::auth::Token::load(args.token_file.as_deref())?;
+    let fingerprint = crate::remote::tls::Fingerprint::load(args.fingerprint.as_deref())?;
     let slots = match args.slots {
         Some(text) => Resources::parse_overrides(&text, default_slots())
             .map_err(|e| anyhow::anyhow!("--slots: {e}"))?,
@@ -48,6 +53,7 @@ pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
     let opts = WorkerOptions {
         url: args.connect,
         token,
+        fingerprint,
         slots,
         labels: args.labels,
         exit_when_idle,

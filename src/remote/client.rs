@@ -3,15 +3,18 @@
 
 use super::auth::Token;
 use super::protocol::{
-    API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, LeaseReply, LeaseRequest,
-    PipelineText, Register, Registered, SESSION_HEADER, Status,
+    API, Complete, ErrorReply, Fail, Heartbeat, HeartbeatReply, JSON_LIMIT, LeaseReply,
+    LeaseRequest, PipelineText, Register, Registered, SESSION_HEADER, Status,
 };
+use super::tls::Fingerprint;
 use crate::store::blobs::{BlobError, BlobStore};
 use crate::task::Digest;
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Why a call failed, sorted by what the caller does about it.
@@ -30,6 +33,9 @@ pub enum CallError {
     /// A blob arrived with bytes that do not hash to its name.
     #[error("{0}")]
     BlobCorrupt(String),
+    /// The coordinator's TLS certificate is not the one trusted. Retrying cannot help.
+    #[error("{0}")]
+    Untrusted(String),
     /// Any other answer that is not a success.
     #[error("the coordinator answered {0}: {1}")]
     Refused(StatusCode, String),
@@ -44,6 +50,25 @@ impl CallError {
     }
 }
 
+/// How a client reaches its coordinator, beyond the URL and the token.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Trust exactly the certificate with this fingerprint (a self-signed coordinator).
+    pub fingerprint: Option<Fingerprint>,
+    /// A transfer on which nothing arrives for this long fails (and is tried again): a
+    /// stalled blob no longer holds its unit for ever.
+    pub idle: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            fingerprint: None,
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -51,7 +76,17 @@ pub struct Client {
     auth: Option<String>,
     /// This client's session secret (see [`SESSION_HEADER`]); clones share it.
     session: String,
+    /// Set by the pinning verifier when it turned the coordinator's certificate down.
+    untrusted: Arc<AtomicBool>,
+    /// With no fingerprint, what to suggest when the certificate is refused.
+    pinned: bool,
 }
+
+/// An error's text is read at most this far (error replies are one sentence).
+const ERROR_TEXT_LIMIT: usize = 64 << 10;
+
+/// Uploads are given at least this rate before they count as stalled.
+const MIN_UPLOAD_RATE: u64 = 1 << 20;
 
 /// 32 random bytes from the operating system, as hex.
 fn new_session() -> anyhow::Result<String> {
@@ -76,20 +111,62 @@ fn chain(e: &dyn std::error::Error) -> String {
 impl Client {
     /// `url` is the coordinator's base URL, e.g. `http://10.0.0.5:7070`.
     pub fn new(url: &str, token: Option<&Token>) -> anyhow::Result<Client> {
+        Client::with_options(url, token, &ClientOptions::default())
+    }
+
+    pub fn with_options(
+        url: &str,
+        token: Option<&Token>,
+        options: &ClientOptions,
+    ) -> anyhow::Result<Client> {
         let url = url.trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!("--connect {url}: give an http:// or https:// URL");
         }
-        let http = reqwest::Client::builder()
+        let untrusted = Arc::new(AtomicBool::new(false));
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .build()?;
+            .read_timeout(options.idle)
+            .tcp_nodelay(true);
+        if let Some(fingerprint) = options.fingerprint {
+            if !url.starts_with("https://") {
+                anyhow::bail!(
+                    "--connect {url}: a fingerprint pins a TLS certificate; give the https:// \
+                     URL the coordinator printed"
+                );
+            }
+            http = http.tls_backend_preconfigured(super::tls::pinned_client(
+                fingerprint,
+                untrusted.clone(),
+            )?);
+        }
         Ok(Client {
             base: format!("{url}{API}"),
-            http,
+            http: http.build()?,
             auth: token.map(Token::header),
             session: new_session()?,
+            untrusted,
+            pinned: options.fingerprint.is_some(),
         })
+    }
+
+    /// A request that got no answer: a certificate turned down is final, anything else is
+    /// the network's and worth another try.
+    fn unanswered(&self, e: &reqwest::Error) -> CallError {
+        let text = chain(e);
+        if self.untrusted.swap(false, Ordering::SeqCst) {
+            return CallError::Untrusted(format!(
+                "{text}; check --fingerprint (or MVC_FINGERPRINT) against the one the \
+                 coordinator printed"
+            ));
+        }
+        if !self.pinned && text.contains("invalid peer certificate") {
+            return CallError::Untrusted(format!(
+                "{text}; a coordinator with a self-signed certificate is trusted by its \
+                 fingerprint: give --fingerprint (or MVC_FINGERPRINT) as it printed"
+            ));
+        }
+        CallError::Network(text)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -108,7 +185,10 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        let text = response.text().await.unwrap_or_default();
+        let text = match read_bounded(response, ERROR_TEXT_LIMIT).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(_) => String::new(),
+        };
         let message = serde_json::from_str::<ErrorReply>(&text)
             .map(|e| e.error)
             .unwrap_or(text);
@@ -133,17 +213,22 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
+            .map_err(|e| self.unanswered(&e))?;
         Self::read_json(response).await
     }
 
     async fn read_json<R: DeserializeOwned>(response: reqwest::Response) -> Result<R, CallError> {
         let url = response.url().path().to_string();
         let response = Self::check(response).await?;
-        let bytes = response
-            .bytes()
+        let bytes = read_bounded(response, JSON_LIMIT)
             .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
+            .map_err(|e| match e {
+                Bounded::TooLarge => CallError::Refused(
+                    StatusCode::OK,
+                    format!("the answer from {url} is larger than {JSON_LIMIT} bytes: refused"),
+                ),
+                Bounded::Network(e) => CallError::Network(chain(&e)),
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Refused(StatusCode::OK, format!("unreadable answer from {url}: {e}"))
         })
@@ -190,7 +275,7 @@ impl Client {
             .timeout(Self::CALL)
             .send()
             .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
+            .map_err(|e| self.unanswered(&e))?;
         Self::read_json(response).await
     }
 
@@ -201,7 +286,7 @@ impl Client {
             .timeout(Self::CALL)
             .send()
             .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
+            .map_err(|e| self.unanswered(&e))?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(false),
             _ => Self::check(response).await.map(|_| true),
@@ -214,7 +299,7 @@ impl Client {
             .request(reqwest::Method::GET, &format!("/blobs/{digest}"))
             .send()
             .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
+            .map_err(|e| self.unanswered(&e))?;
         response = match Self::check(response).await {
             Err(CallError::UnknownWorker(message)) => return Err(CallError::BlobMissing(message)),
             other => other?,
@@ -246,15 +331,36 @@ impl Client {
         })?;
         let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
         let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+        // Stalls on the way out are not seen by the idle limit (that watches what arrives):
+        // the whole upload gets a time from its size at a slow rate.
+        let limit = Self::CALL + Duration::from_secs(size / MIN_UPLOAD_RATE);
         let response = self
             .request(reqwest::Method::PUT, &format!("/blobs/{digest}"))
+            .timeout(limit)
             .header(reqwest::header::CONTENT_LENGTH, size)
             .body(reqwest::Body::wrap_stream(stream))
             .send()
             .await
-            .map_err(|e| CallError::Network(chain(&e)))?;
+            .map_err(|e| self.unanswered(&e))?;
         Self::check(response).await.map(|_| ())
     }
+}
+
+enum Bounded {
+    TooLarge,
+    Network(reqwest::Error),
+}
+
+/// A response's body, refused once it passes `limit` bytes (whatever Content-Length says).
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Bounded> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Bounded::Network)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Bounded::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Waits before the next try: 100 ms doubling to 5 s, with jitter so that many workers

@@ -28,9 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// JSON requests larger than this are refused (a unit's results with inline outputs are far
-/// smaller; a larger body is a mistake or an attack).
-pub const JSON_LIMIT: usize = 64 << 20;
+pub use super::protocol::JSON_LIMIT;
 
 /// How the coordinator listens and treats its workers.
 #[derive(Clone, Debug)]
@@ -43,6 +41,10 @@ pub struct CoordinatorConfig {
     pub max_attempts: u32,
     /// The largest blob a worker may upload.
     pub blob_limit: u64,
+    /// HTTPS with this certificate; plain HTTP when `None` (loopback).
+    pub tls: Option<super::tls::ServerTls>,
+    /// Connections, idle time and handshakes.
+    pub limits: super::serve::ServerLimits,
 }
 
 impl CoordinatorConfig {
@@ -53,6 +55,8 @@ impl CoordinatorConfig {
             lease_timeout: Duration::from_secs(30),
             max_attempts: 3,
             blob_limit: 64 << 30,
+            tls: None,
+            limits: super::serve::ServerLimits::default(),
         }
     }
 
@@ -108,11 +112,17 @@ impl Coordinator {
             addr,
         });
         let app = router(coordinator.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("the coordinator's server stopped: {e}");
-            }
-        });
+        let tls = coordinator
+            .config
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+        tokio::spawn(super::serve::serve(
+            listener,
+            app,
+            tls,
+            coordinator.config.limits,
+        ));
         Ok((coordinator, rx))
     }
 
@@ -130,8 +140,25 @@ impl Coordinator {
         *self.pipeline.lock().unwrap() = (name.to_string(), digest, source);
     }
 
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        match self.config.tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme(), self.addr)
+    }
+
+    /// The fingerprint workers pin, when the certificate is self-signed.
+    pub fn fingerprint(&self) -> Option<super::tls::Fingerprint> {
+        self.config
+            .tls
+            .as_ref()
+            .filter(|t| t.self_signed)
+            .map(|t| t.fingerprint)
     }
 }
 

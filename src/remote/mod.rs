@@ -8,5 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod coordinator;
 pub mod protocol;
+pub mod serve;
 pub mod slurm;
+pub mod tls;
 pub mod worker;

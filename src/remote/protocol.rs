@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// The versioned prefix of every path.
 pub const API: &str = "/v1";
 
+/// JSON bodies larger than this are refused, by either end (a unit with its inputs' records
+/// and inline outputs is far smaller; a larger one is a mistake or an attack).
+pub const JSON_LIMIT: usize = 64 << 20;
+
 /// The header in which a worker sends its session secret with every request: a random
 /// value the worker process chose, known only to it and (as a hash) to the coordinator.
 /// Only the session a unit was leased to may report it, heartbeat for its worker or lease

@@ -167,9 +167,12 @@ impl SlurmLauncher {
         };
         let connect = match &config.connect {
             Some(url) => url.trim_end_matches('/').to_string(),
-            None if coord.addr.ip().is_unspecified() => {
-                format!("http://{}:{}", super::worker::hostname(), coord.addr.port())
-            }
+            None if coord.addr.ip().is_unspecified() => format!(
+                "{}://{}:{}",
+                coord.scheme(),
+                super::worker::hostname(),
+                coord.addr.port()
+            ),
             None => coord.url(),
         };
         Ok(SlurmLauncher {
@@ -323,6 +326,12 @@ impl SlurmLauncher {
         match &self.token_file {
             Some(f) => cmd.env("MVC_TOKEN_FILE", f),
             None => cmd.env_remove("MVC_TOKEN_FILE"),
+        };
+        // A self-signed coordinator's fingerprint travels as the token does: the worker
+        // reads it from its environment.
+        match self.coord.fingerprint() {
+            Some(f) => cmd.env(super::tls::FINGERPRINT_ENV, f.to_string()),
+            None => cmd.env_remove(super::tls::FINGERPRINT_ENV),
         };
         cmd.arg(&self.script);
         let out = cmd.output().await.context("running sbatch")?;

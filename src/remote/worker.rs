@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub struct WorkerOptions {
     pub url: String,
     pub token: Option<Token>,
+    /// The coordinator's certificate, for one that is self-signed.
+    pub fingerprint: Option<super::tls::Fingerprint>,
     pub slots: Resources,
     pub labels: Vec<String>,
     /// Exit after this long with nothing to run (and when the coordinator says the run is
@@ -79,7 +81,14 @@ struct WorkerState {
 }
 
 pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
-    let client = Client::new(&opts.url, opts.token.as_ref())?;
+    let client = Client::with_options(
+        &opts.url,
+        opts.token.as_ref(),
+        &super::client::ClientOptions {
+            fingerprint: opts.fingerprint,
+            ..Default::default()
+        },
+    )?;
     let temp = match &opts.cache {
         Some(_) => None,
         None => Some(
@@ -164,6 +173,12 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
                 Err(CallError::Unauthorized(message)) => {
                     bail!(
                         "{}: the coordinator refused the token (401): {message}",
+                        opts.url
+                    )
+                }
+                Err(CallError::Untrusted(message)) => {
+                    bail!(
+                        "{}: not the coordinator this worker trusts: {message}",
                         opts.url
                     )
                 }

@@ -145,6 +145,12 @@ impl Store {
         self.dir.join("partial")
     }
 
+    /// Where a coordinator keeps its self-signed TLS certificate (kept, so that its
+    /// fingerprint stays the same from run to run; gc leaves it).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
     /// Whether the index has ever recorded a task of `stage` (a stage never seen has only new
     /// items, which the planner says without a lookup each).
     pub fn has_seen_stage(&self, stage: &str) -> bool {

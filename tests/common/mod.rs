@@ -127,6 +127,8 @@ impl Sandbox {
 pub struct Background {
     pub child: Option<Child>,
     pub url: Option<String>,
+    /// The fingerprint of its self-signed certificate, when it serves one.
+    pub fingerprint: Option<String>,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -155,15 +157,24 @@ impl Background {
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-                    let _ = tx.send(url.to_string());
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let Some(url) = words
+                    .iter()
+                    .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+                {
+                    let fingerprint = words
+                        .iter()
+                        .position(|w| *w == "fingerprint")
+                        .and_then(|i| words.get(i + 1))
+                        .map(|f| f.trim_end_matches(')').to_string());
+                    let _ = tx.send((url.to_string(), fingerprint));
                 }
                 let mut s = seen.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
             }
         });
-        let url = listens.then(|| {
+        let said = listens.then(|| {
             rx.recv_timeout(std::time::Duration::from_secs(60))
                 .unwrap_or_else(|_| {
                     panic!(
@@ -172,9 +183,14 @@ impl Background {
                     )
                 })
         });
+        let (url, fingerprint) = match said {
+            Some((url, fingerprint)) => (Some(url), fingerprint),
+            None => (None, None),
+        };
         Background {
             child: Some(child),
             url,
+            fingerprint,
             stderr,
         }
     }

@@ -180,6 +180,7 @@ impl DownloadConfig {
                 defaults.connect_timeout,
             )?,
             read_timeout: seconds(stage, "read_timeout", p.read_timeout, defaults.read_timeout)?,
+            remember_unreachable: defaults.remember_unreachable,
         };
         let dataset = p.dataset.unwrap_or_else(|| "allenai/objaverse".into());
         if dataset.split('/').count() != 2 || dataset.split('/').any(str::is_empty) {
