@@ -1020,6 +1020,74 @@ cmd = \"wc -c < $MVC_IN_BIG/one/big.bin > $MVC_OUT/n.txt\"
     );
 }
 
+/// A worker that cannot check a stage now (its script is not there yet: a shared file
+/// system catching up) refuses that stage's units for a while, not for its whole life: once
+/// the file is there, the next run's units run on the same worker.
+#[test]
+fn a_workers_failed_check_is_tried_again_later() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        r#"
+[stage.a]
+kind = "command"
+items = ["x"]
+resources = { gpu = 1 }
+files = { s = "s.sh" }
+cmd = "sh $MVC_FILE_S > $MVC_OUT/o.txt"
+"#,
+    );
+    sb.write("s.sh", "echo from the script\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    // The worker runs in a directory of its own, which has no s.sh yet.
+    let here = sb.path().join("w");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::copy(sb.path().join("p.toml"), here.join("p.toml")).unwrap();
+    let cache = sb.path().join("worker-cache");
+    let url = format!("http://{listen}");
+    let mut cmd = sb.command(&[
+        "--cache",
+        cache.to_str().unwrap(),
+        "worker",
+        "--connect",
+        &url,
+        "--slots",
+        "cpu=0,gpu=1",
+    ]);
+    // No --exit-when-idle: it stays between the runs (and is killed when the test ends).
+    cmd.current_dir(&here);
+    let _worker = Background::start(&mut cmd, false);
+
+    let run = || {
+        sb.mvc(&[
+            "run",
+            "p.toml",
+            "--json",
+            "--listen",
+            &listen,
+            "--slots",
+            "cpu=1,gpu=0",
+        ])
+    };
+    let first = run();
+    assert_ne!(first.code, Some(0), "{}", first.stderr);
+    assert!(
+        first.stderr.contains("cannot run here now") && first.stderr.contains("s.sh"),
+        "{}",
+        first.stderr
+    );
+    std::fs::copy(sb.path().join("s.sh"), here.join("s.sh")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = run();
+    second.assert_ok();
+    assert_eq!(second.count("a", "ran"), 1, "{}", second.stdout);
+}
+
 /// A worker fetches a blob it already has only once, and `mvc serve` runs again when the
 /// pipeline file changes, with its workers still connected.
 #[test]

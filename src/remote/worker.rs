@@ -70,8 +70,8 @@ struct WorkerState {
     stopping: AtomicBool,
     pipelines: Mutex<HashMap<Digest, Arc<Pipeline>>>,
     /// (pipeline, stage) → whether this worker's shared parameters for the stage are the
-    /// coordinator's (checked once per stage).
-    checked: Mutex<HashMap<(Digest, String), Result<(), String>>>,
+    /// coordinator's.
+    checked: Mutex<HashMap<(Digest, String), Check>>,
     /// Units running (or reporting) → their stop switch.
     running: Mutex<HashMap<u64, CancellationToken>>,
     free: Mutex<Resources>,
@@ -536,6 +536,25 @@ async fn fetch_inputs(
     Ok(())
 }
 
+/// What a worker knows of its shared parameters for one stage.
+#[derive(Clone)]
+enum Check {
+    /// Known for the worker's life: they match, or they differ (another Blender, other
+    /// model files): the same answer every time.
+    Settled(Result<(), String>),
+    /// Could not be computed (a model download failed, a script is not there yet): the
+    /// same error until `retry_at`, then checked again, waiting twice as long after each
+    /// failure (up to a minute), so that one outage does not refuse a stage for ever.
+    Failed {
+        error: String,
+        retry_at: Instant,
+        wait: Duration,
+    },
+}
+
+/// The first wait after a failed check.
+const CHECK_RETRY: Duration = Duration::from_secs(1);
+
 /// Refuses a unit whose stage this worker would run with other shared parameters than the
 /// coordinator keyed (another Blender, other model files, `backend = "auto"` resolving to
 /// another renderer): its outputs would not be what the task keys say.
@@ -545,9 +564,14 @@ async fn check_shared(
     kind: &Arc<dyn crate::stages::StageKind>,
 ) -> Result<(), String> {
     let id = (unit.pipeline, unit.stage.clone());
-    if let Some(verdict) = state.checked.lock().unwrap().get(&id) {
-        return verdict.clone();
-    }
+    let last_wait = match state.checked.lock().unwrap().get(&id) {
+        Some(Check::Settled(verdict)) => return verdict.clone(),
+        Some(Check::Failed {
+            error, retry_at, ..
+        }) if Instant::now() < *retry_at => return Err(error.clone()),
+        Some(Check::Failed { wait, .. }) => Some(*wait),
+        None => None,
+    };
     let (store, kind) = (state.store.clone(), kind.clone());
     let ours = crate::exec::blocking_if(true, move || {
         kind.shared_params(&crate::stages::ParamCtx { store: &store })
@@ -555,19 +579,34 @@ async fn check_shared(
             .map_err(|e| format!("{e:#}"))
     })
     .await;
-    let verdict = match ours {
-        Ok(d) if d == unit.shared => Ok(()),
-        Ok(d) => Err(format!(
+    let check = match ours {
+        Ok(d) if d == unit.shared => Check::Settled(Ok(())),
+        Ok(d) => Check::Settled(Err(format!(
             "stage `{}` would run differently on this worker: its parameters here (digest {}) \
              are not the coordinator's ({}); check that the worker has the same Blender, model \
              files and scripts at the same paths",
             unit.stage,
             d.short(),
             unit.shared.short()
-        )),
-        Err(e) => Err(format!("stage `{}` cannot run here: {e}", unit.stage)),
+        ))),
+        Err(e) => {
+            let wait = last_wait.map_or(CHECK_RETRY, |w| (w * 2).min(Duration::from_secs(60)));
+            Check::Failed {
+                error: format!(
+                    "stage `{}` cannot run here now: {e} (checked again in {:.0}s)",
+                    unit.stage,
+                    wait.as_secs_f64()
+                ),
+                retry_at: Instant::now() + wait,
+                wait,
+            }
+        }
     };
-    state.checked.lock().unwrap().insert(id, verdict.clone());
+    let verdict = match &check {
+        Check::Settled(verdict) => verdict.clone(),
+        Check::Failed { error, .. } => Err(error.clone()),
+    };
+    state.checked.lock().unwrap().insert(id, check);
     verdict
 }
 
