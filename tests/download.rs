@@ -431,6 +431,56 @@ fn cap3d_captions_and_an_invalid_cap3d_file() {
     );
 }
 
+/// A Cap3D CSV that arrives as an HTML page (a proxy's or a login wall's) is a damaged
+/// arrival, not the selection's failure: it is said, not recorded, and the next run (with
+/// no --retry-failed) fetches it again and selects.
+#[test]
+fn a_cap3d_url_answering_html_fails_this_run_only() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    mirror.put(
+        "/cap3d.csv",
+        b"<!DOCTYPE html><html><body>Sign in to continue</body></html>".to_vec(),
+    );
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &download_stage(&format!(
+            "caption = \"cap3d\"\ncap3d_csv = \"{}/cap3d.csv\"",
+            mirror.endpoint
+        )),
+    );
+    let first = run(&sb, &mirror);
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("answered with an HTML page, not Cap3D's CSV"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("nothing was recorded as failed"),
+        "{}",
+        first.stderr
+    );
+    mirror.put(
+        "/cap3d.csv",
+        format!("{},\"A yellow, curved banana.\"\n", uid(1)).into_bytes(),
+    );
+    let second = run(&sb, &mirror);
+    second.assert_ok();
+    let m = manifest(&sb, &mirror);
+    let banana = m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["uid"] == uid(1).as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(banana["caption"], "A yellow, curved banana.");
+}
+
 #[test]
 fn the_study_pipelines_begin_with_the_download_stage() {
     // 40 food objects and a few others: quick takes the first 32 food objects by uid.

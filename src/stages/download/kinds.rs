@@ -248,16 +248,21 @@ impl SelectKind {
         })
     }
 
-    async fn cap3d(&self, ctx: &ExecCtx) -> Result<Option<Vec<u8>>, TaskOutcome> {
-        let read_file = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| TaskOutcome::Failed {
-                error: format!("cannot read cap3d_csv `{}`: {e}", path.display()),
-                stderr: None,
-            })
-        };
-        match &self.0.cap3d {
-            None => Ok(None),
-            Some(Cap3dSource::File(path)) => read_file(path).map(Some),
+    /// Cap3D's captions, read. A local file that is wrong is the pipeline's failure (it is
+    /// recorded; a fixed file has another digest and so another key). What arrives from a URL
+    /// and does not read (an HTML page from a proxy or a login wall, a cut-off file) is a
+    /// damaged arrival, as is a file this machine cannot write or read back: it fails this
+    /// run only, and the next run fetches it again.
+    async fn cap3d(&self, ctx: &ExecCtx) -> Result<Option<std::collections::HashMap<String, String>>, TaskOutcome> {
+        let (bytes, what, from_url) = match &self.0.cap3d {
+            None => return Ok(None),
+            Some(Cap3dSource::File(path)) => {
+                let bytes = std::fs::read(path).map_err(|e| TaskOutcome::Failed {
+                    error: format!("cannot read cap3d_csv `{}`: {e}", path.display()),
+                    stderr: None,
+                })?;
+                (bytes, path.display().to_string(), false)
+            }
             Some(Cap3dSource::Url(url)) => {
                 let dest = ctx.store.tmp_dir().join(format!(
                     "cap3d-{}.csv",
@@ -268,21 +273,51 @@ impl SelectKind {
                     .fetch_url_to_file(url, &dest, &ctx.meter, &ctx.kill)
                     .await
                 {
-                    Ok(_) => {
-                        let bytes = read_file(&dest);
-                        let _ = std::fs::remove_file(&dest);
-                        bytes.map(Some)
+                    Ok(_) => {}
+                    Err(super::hub::FetchError::Permanent(error)) => {
+                        return Err(TaskOutcome::Failed {
+                            error: format!("cap3d_csv: {error}"),
+                            stderr: None,
+                        });
                     }
-                    Err(super::hub::FetchError::Permanent(error)) => Err(TaskOutcome::Failed {
-                        error: format!("cap3d_csv: {error}"),
-                        stderr: None,
-                    }),
                     Err(super::hub::FetchError::Transient(error)) => {
-                        Err(TaskOutcome::Aborted(format!("cap3d_csv: {error}")))
+                        return Err(TaskOutcome::Aborted(format!("cap3d_csv: {error}")));
                     }
-                    Err(super::hub::FetchError::Cancelled) => Err(TaskOutcome::Cancelled),
+                    Err(super::hub::FetchError::Cancelled) => return Err(TaskOutcome::Cancelled),
                 }
+                let bytes = std::fs::read(&dest).map_err(|e| {
+                    TaskOutcome::Aborted(format!(
+                        "cap3d_csv: reading {} back: {e}; free disk space or make the cache \
+                         readable, then run again (nothing was recorded as failed)",
+                        dest.display()
+                    ))
+                })?;
+                let _ = std::fs::remove_file(&dest);
+                (bytes, url.clone(), true)
             }
+        };
+        let looks_html = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'<');
+        if from_url && looks_html {
+            return Err(TaskOutcome::Aborted(format!(
+                "cap3d_csv {what} answered with an HTML page, not Cap3D's CSV (a login page, \
+                 a proxy or an error page?): check the URL; nothing was recorded as failed, \
+                 and the next run fetches it again"
+            )));
+        }
+        let parsed = blocking_if(true, move || read_cap3d(&bytes, &what)).await;
+        match parsed {
+            Ok(captions) => Ok(Some(captions)),
+            Err(e) if from_url => Err(TaskOutcome::Aborted(format!(
+                "{e:#}; the file may have arrived damaged: nothing was recorded as failed, and \
+                 the next run fetches it again"
+            ))),
+            Err(e) => Err(TaskOutcome::Failed {
+                error: format!("{e:#}"),
+                stderr: None,
+            }),
         }
     }
 
@@ -300,12 +335,6 @@ impl SelectKind {
         let config = self.0.clone();
         let store = ctx.store.clone();
         let made = blocking_if(true, move || -> Result<_> {
-            let what = match &config.cap3d {
-                Some(Cap3dSource::File(p)) => p.display().to_string(),
-                Some(Cap3dSource::Url(u)) => u.clone(),
-                None => String::new(),
-            };
-            let cap3d = cap3d.map(|b| read_cap3d(&b, &what)).transpose()?;
             let names: Vec<String> = inputs.shards.iter().map(|(n, _)| n.clone()).collect();
             let read = |name: &str| -> Result<Vec<u8>> {
                 let (_, output) = inputs
