@@ -833,6 +833,7 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
         slots: mvc::exec::slots::Resources::ONE_CPU,
         labels: vec![],
         blender: None,
+        slurm_job: None,
     };
     let lease = |worker: u64| LeaseRequest {
         worker,

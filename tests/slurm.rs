@@ -278,3 +278,61 @@ cmd = "sleep 1; echo $MVC_ITEM > $MVC_OUT/item.txt"
     );
     assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
 }
+
+/// Worker jobs that die before their worker registers (here a job script whose `mvc` is
+/// not there, as with a wrong MVC_BIN or a node without the shared file system) stop the
+/// run after a few, with their logs named, instead of being submitted again and again.
+#[test]
+fn worker_jobs_that_never_register_stop_the_run_with_their_logs_named() {
+    let Some(cluster) = cluster() else { return };
+    let sb = Sandbox::new();
+    sb.write(
+        "broken.sbatch",
+        "#!/bin/sh\necho starting the worker\nexec \"$MVC_BIN.missing\" worker --connect \"$MVC_CONNECT\"\n",
+    );
+    sb.write(
+        "p.toml",
+        &(SLURM_EXECUTOR.to_string()
+            + "script = \"broken.sbatch\"\n"
+            + r#"
+[stage.make]
+kind = "command"
+items = ["a", "b", "c", "d", "e", "f", "g", "h"]
+cmd = "echo $MVC_ITEM > $MVC_OUT/item.txt"
+"#),
+    );
+    let conf = cluster.conf.display().to_string();
+    let mut cmd = sb.command(&["run", "p.toml", "--json", "--listen", "127.0.0.1:0"]);
+    cmd.env("SLURM_CONF", &conf);
+    let mut run = common::Background::start(&mut cmd, false);
+    let ran = run.finish(std::time::Duration::from_secs(120));
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("worker jobs in a row ended without their worker registering"),
+        "{}",
+        ran.stderr
+    );
+    // The logs are named, exist, and say what went wrong.
+    let logs: Vec<&str> = ran
+        .stderr
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter(|w| w.ends_with(".log") && w.contains("slurm/logs/"))
+        .collect();
+    assert!(!logs.is_empty(), "{}", ran.stderr);
+    let first = std::fs::read_to_string(logs[0]).unwrap();
+    assert!(first.contains("starting the worker"), "{first}");
+    assert!(ran.stderr.contains("missing"), "{}", ran.stderr);
+    let submitted: u64 = ran
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("slurm: submitted "))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        submitted <= mvc::remote::slurm::DEAD_JOBS_LIMIT as u64 + 2,
+        "{submitted} jobs submitted:\n{}",
+        ran.stderr
+    );
+    assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
+}

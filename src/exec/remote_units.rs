@@ -403,6 +403,15 @@ impl RemoteUnits {
                 self.lost(lease, &why, queues, effects);
             }
         }
+        // Workers cannot start: what waits for them fails for this run, with the reason.
+        let halt = self.coord.shared().lock().unwrap().halt.clone();
+        if let Some(why) = halt {
+            for queue in queues.iter_mut() {
+                for t in queue.drain(..) {
+                    effects.push((t, Reported::Aborted(why.clone())));
+                }
+            }
+        }
         let mut still = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
             if now >= w.deadline || w.reply.is_closed() {

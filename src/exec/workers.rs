@@ -30,8 +30,13 @@ pub trait WorkerHub: Send + Sync {
     /// The registry of workers, shared with the HTTP handlers.
     fn shared(&self) -> &Mutex<Shared>;
     /// Whether the run is over (lease requests are then answered with `finished`).
+    /// A run starting clears the halt of the one before (`mvc serve` runs again).
     fn set_finished(&self, finished: bool) {
-        self.shared().lock().unwrap().finished = finished;
+        let mut shared = self.shared().lock().unwrap();
+        shared.finished = finished;
+        if !finished {
+            shared.halt = None;
+        }
     }
 }
 
@@ -103,6 +108,11 @@ pub struct Shared {
     /// (count, bytes) of blobs sent to workers and received from them.
     pub blobs_sent: (u64, u64),
     pub blobs_received: (u64, u64),
+    /// The Slurm jobs (`ARRAY_TASK`, or the job id) whose worker registered, ever.
+    pub slurm_jobs_registered: std::collections::HashSet<String>,
+    /// Workers cannot start (their jobs die before registering): the run stops, and what
+    /// is queued fails for this run with this message.
+    pub halt: Option<String>,
 }
 
 /// `POST /v1/workers`: a worker introduces itself.
@@ -118,6 +128,10 @@ pub struct Register {
     /// Whether the worker has Blender (its `blender` slots are then usable).
     #[serde(default)]
     pub blender: Option<String>,
+    /// The Slurm job it runs in (`ARRAY_TASK` of an array, else the job id), when it does:
+    /// the launcher tells jobs that started a worker from jobs that died before.
+    #[serde(default)]
+    pub slurm_job: Option<String>,
 }
 
 /// An execution unit leased to a worker: one or more tasks of one stage.

@@ -270,6 +270,9 @@ async fn register(
         Err(e) => return refuse(e),
     };
     let mut shared = c.shared.lock().unwrap();
+    if let Some(job) = &register.slurm_job {
+        shared.slurm_jobs_registered.insert(job.clone());
+    }
     shared.next_worker += 1;
     // Ids are per coordinator process, so a restarted coordinator never mistakes an old
     // worker id for a new worker: ids start from a random base.

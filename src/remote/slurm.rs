@@ -58,6 +58,14 @@ struct Class {
     slots: Resources,
 }
 
+/// Jobs in a row that end without their worker ever registering before the launcher stops
+/// submitting and the run stops: a wrong `MVC_BIN`, a node without the shared file system or
+/// a script that fails would otherwise have it submit job after job.
+pub const DEAD_JOBS_LIMIT: usize = 3;
+
+/// A job submitted is given this long to show in squeue before its absence means it ended.
+const SHOW_UP: Duration = Duration::from_secs(3);
+
 /// What the launcher did, for the run's last lines.
 #[derive(Debug, Default)]
 pub struct SlurmSummary {
@@ -76,6 +84,10 @@ pub struct SlurmLauncher {
     connect: String,
     token_file: Option<PathBuf>,
     summary: SlurmSummary,
+    /// Job tasks submitted and not yet seen to end: `ARRAY_TASK` → (job name, submitted).
+    watched: HashMap<String, (String, Instant)>,
+    /// Log files of the jobs that ended without registering since one last did.
+    dead: Vec<PathBuf>,
 }
 
 impl SlurmLauncher {
@@ -185,6 +197,8 @@ impl SlurmLauncher {
             connect,
             token_file: token_file.map(std::path::absolute).transpose()?,
             summary: SlurmSummary::default(),
+            watched: HashMap::new(),
+            dead: Vec::new(),
         })
     }
 
@@ -216,8 +230,9 @@ impl SlurmLauncher {
         self.summary
     }
 
-    /// Worker tasks (pending or running) of each class, from squeue.
-    async fn active(&self) -> Result<Vec<u64>> {
+    /// Worker tasks (pending or running) of each class, from squeue, and their ids
+    /// (`ARRAY_TASK`).
+    async fn active(&self) -> Result<(Vec<u64>, std::collections::HashSet<String>)> {
         let names: Vec<&str> = self.classes.iter().map(|c| c.job_name.as_str()).collect();
         let out = Command::new("squeue")
             .args(["-h", "-r", "-o", "%j|%i|%T", "--name"])
@@ -232,9 +247,10 @@ impl SlurmLauncher {
             );
         }
         let mut counts = vec![0u64; self.classes.len()];
+        let mut ids = std::collections::HashSet::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let mut fields = line.split('|');
-            let (Some(name), Some(_), Some(state)) = (fields.next(), fields.next(), fields.next())
+            let (Some(name), Some(id), Some(state)) = (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };
@@ -243,16 +259,80 @@ impl SlurmLauncher {
             }
             if let Some(k) = names.iter().position(|n| *n == name) {
                 counts[k] += 1;
+                ids.insert(id.to_string());
             }
         }
-        Ok(counts)
+        Ok((counts, ids))
+    }
+
+    /// Notes the jobs that ended since the last look; when [`DEAD_JOBS_LIMIT`] in a row
+    /// ended without their worker registering, stops the run (through the coordinator)
+    /// with their logs named. Returns whether it stopped.
+    fn watch_deaths(&mut self, active: &std::collections::HashSet<String>) -> bool {
+        if self.dead.len() >= DEAD_JOBS_LIMIT {
+            // The run that stopped is over and a new one began (`mvc serve`): try again.
+            self.dead.clear();
+        }
+        let registered = self
+            .coord
+            .shared
+            .lock()
+            .unwrap()
+            .slurm_jobs_registered
+            .clone();
+        let now = Instant::now();
+        let mut ended: Vec<(String, String)> = Vec::new();
+        let mut any_registered = false;
+        self.watched.retain(|id, (name, submitted)| {
+            if registered.contains(id) {
+                any_registered = true;
+                return false;
+            }
+            if active.contains(id) || now.duration_since(*submitted) < SHOW_UP {
+                return true;
+            }
+            ended.push((id.clone(), name.clone()));
+            false
+        });
+        if any_registered {
+            // Workers do start: earlier deaths were the nodes', not the setup's.
+            self.dead.clear();
+        }
+        ended.sort();
+        for (id, name) in ended {
+            self.dead
+                .push(self.log_dir.join(format!("{name}-{id}.log")));
+        }
+        if self.dead.len() < DEAD_JOBS_LIMIT {
+            return false;
+        }
+        let last_lines = std::fs::read_to_string(&self.dead[0])
+            .ok()
+            .map(|log| {
+                let lines: Vec<&str> = log.lines().rev().take(3).collect();
+                lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            })
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("; the first ends: {l}"))
+            .unwrap_or_default();
+        let logs: Vec<String> = self.dead.iter().map(|p| p.display().to_string()).collect();
+        let why = format!(
+            "slurm: {} worker jobs in a row ended without their worker registering, so no more \
+             are submitted (is MVC_BIN, the job script or the file system the same on the \
+             nodes?); their logs: {}{last_lines}",
+            self.dead.len(),
+            logs.join(", ")
+        );
+        // The run says it, once, as the reason its queued tasks fail.
+        self.coord.shared.lock().unwrap().halt = Some(why);
+        true
     }
 
     /// One look at the queue: submits the workers that queued work lacks.
     async fn step(&mut self) -> Result<()> {
         let queued: Vec<u64> = {
             let shared = self.coord.shared.lock().unwrap();
-            if shared.finished {
+            if shared.finished || shared.halt.is_some() {
                 return Ok(());
             }
             let mut per_class = vec![0u64; self.classes.len()];
@@ -266,7 +346,10 @@ impl SlurmLauncher {
         if queued.iter().all(|n| *n == 0) {
             return Ok(());
         }
-        let active = self.active().await?;
+        let (active, ids) = self.active().await?;
+        if self.watch_deaths(&ids) {
+            return Ok(());
+        }
         let mut total: u64 = active.iter().sum();
         for (k, class) in self.classes.iter().enumerate() {
             let room = u64::from(self.config.max_workers).saturating_sub(total);
@@ -275,6 +358,11 @@ impl SlurmLauncher {
                 continue;
             }
             let id = self.submit(class, want).await?;
+            let now = Instant::now();
+            for task in 0..want {
+                self.watched
+                    .insert(format!("{id}_{task}"), (class.job_name.clone(), now));
+            }
             total += want;
             self.summary.jobs_submitted += want;
             self.summary.arrays.push(id.clone());

@@ -111,6 +111,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         slots: opts.slots,
         labels: opts.labels.clone(),
         blender: crate::render::blender::find_blender(None).map(|p| p.display().to_string()),
+        slurm_job: slurm_job(),
     };
     let state = Arc::new(WorkerState {
         client,
@@ -266,6 +267,16 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         units: state.units_done.load(Ordering::Relaxed),
         why,
     })
+}
+
+/// The Slurm job this process runs in, as the launcher names it: `ARRAY_TASK` in a job
+/// array, else the job id.
+fn slurm_job() -> Option<String> {
+    let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        (Some(array), Some(task)) => Some(format!("{array}_{task}")),
+        _ => var("SLURM_JOB_ID"),
+    }
 }
 
 /// This machine's host name.
