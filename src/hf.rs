@@ -2,10 +2,17 @@
 //! reliably: timeouts, retries with backoff and jitter on transient errors (honouring
 //! `Retry-After`), no retry on 401/403/404, resume of partial files with `Range`, and a
 //! body shorter than its `Content-Length` never counted as a file.
+//!
+//! A partial file is resumed only as the same file: its validators (the response's strong
+//! `ETag`, and the SHA-256 the hub gives LFS files as `X-Linked-Etag` on its redirect) are
+//! kept beside it, sent back as `If-Range` and compared, so that a repository whose `main`
+//! moved between two runs never has two versions joined. A file whose SHA-256 is known is
+//! checked against it once whole.
 
 use crate::meter::ByteMeter;
+use sha2::Digest as _;
 use std::io::{Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +121,10 @@ impl HubClient {
                  hub ({DEFAULT_ENDPOINT}) or a mirror's base URL"
             );
         }
+        // Redirects are followed by hand: the hub's redirect of an LFS file carries its
+        // SHA-256 (`X-Linked-Etag`), which the response it leads to does not.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(policy.connect_timeout)
             .read_timeout(policy.read_timeout)
             .user_agent(concat!("mvc/", env!("CARGO_PKG_VERSION")))
@@ -151,7 +161,8 @@ impl HubClient {
 
     /// Downloads `url` (a dataset file from [`HubClient::url`], or a Cap3D CSV) into `dest`,
     /// resuming from what `dest` already holds. Returns the file's size. `dest` is complete
-    /// only when this returns `Ok`.
+    /// only when this returns `Ok`; the caller then removes it with [`forget_partial`]
+    /// (or moves it, then calls that), which also removes the validators kept beside it.
     pub async fn fetch_url_to_file(
         &self,
         url: &str,
@@ -242,34 +253,50 @@ impl HubClient {
             .open(dest)
             .map_err(local)?;
         let mut have = file.metadata().map_err(local)?.len();
-        let mut request = self.http.get(url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+        let validators = validator_path(dest);
+        let known = match have {
+            0 => None,
+            _ => read_validator(&validators),
+        };
+        if have > 0 && known.is_none() {
+            // Nothing says which version of the file these bytes are from: start over.
+            file.set_len(0).map_err(local)?;
+            have = 0;
         }
-        if have > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let response = request.send().await.map_err(|e| match e.is_connect() {
-            // Said of the endpoint, not of the file: every download gets the same message.
-            true => Attempt::Retry {
-                unreachable: true,
-                error: error_chain(&e.without_url()),
-                after: None,
-            },
-            false => Attempt::Retry {
-                unreachable: false,
-                error: format!("{url}: {}", error_chain(&e)),
-                after: None,
-            },
-        })?;
+        let (response, linked_sha256) = self.get_following_redirects(url, have, &known).await?;
+        let known_sha256 = known.as_ref().and_then(|k| k.sha256.clone());
         let status = response.status();
+        let mut sha256 = known_sha256.clone().or_else(|| linked_sha256.clone());
         match status.as_u16() {
-            // The server ignored the range: start over.
-            200 if have > 0 => {
-                file.set_len(0).map_err(local)?;
-                have = 0;
+            // A whole file: the server ignored the range, or `If-Range` said the file is
+            // not the one the partial bytes came from. Start over, noting what this is.
+            200 => {
+                if have > 0 {
+                    file.set_len(0).map_err(local)?;
+                    have = 0;
+                }
+                sha256 = linked_sha256;
+                let validator = Validator {
+                    etag: strong_etag(response.headers()),
+                    sha256: sha256.clone(),
+                };
+                write_validator(&validators, &validator).map_err(local)?;
             }
-            200 => {}
+            // A range of a file that is not the one the partial bytes came from (a server
+            // that does not honour `If-Range`): start over.
+            206 if matches!((&known_sha256, &linked_sha256), (Some(before), Some(now)) if before != now) =>
+            {
+                file.set_len(0).map_err(local)?;
+                let _ = std::fs::remove_file(&validators);
+                return Err(Attempt::Retry {
+                    error: format!(
+                        "{url}: the file changed on the hub since its partial download began; \
+                         starting over"
+                    ),
+                    after: None,
+                    unreachable: false,
+                });
+            }
             206 => {
                 let start = response
                     .headers()
@@ -298,6 +325,9 @@ impl HubClient {
                     .and_then(|v| v.strip_prefix("bytes */"))
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 if total == Some(have) {
+                    if let Some(expected) = &sha256 {
+                        verify_sha256(url, dest, &mut file, expected).await?;
+                    }
                     return Ok(have);
                 }
                 // What we hold does not fit the file any more: start over.
@@ -365,10 +395,154 @@ impl HubClient {
                 unreachable: false,
             });
         }
+        if let Some(expected) = &sha256 {
+            verify_sha256(url, dest, &mut file, expected).await?;
+        }
         // No fsync here: the file is checked, then moved into the blob store, which syncs
         // it before it counts (a crash before that leaves a partial file to resume).
         Ok(size)
     }
+
+    /// `GET url` (from byte `have`, if the validators allow), following up to five
+    /// redirects by hand. Returns the last response and the SHA-256 an `X-Linked-Etag`
+    /// gave on the way.
+    async fn get_following_redirects(
+        &self,
+        url: &str,
+        have: u64,
+        known: &Option<Validator>,
+    ) -> Result<(reqwest::Response, Option<String>), Attempt> {
+        let mut at = url.to_string();
+        let mut linked = None;
+        for _ in 0..=5 {
+            let mut request = self.http.get(&at);
+            // The token goes to the hub only, never to where it redirects (a CDN).
+            if let Some(token) = &self.token
+                && at.starts_with(&self.endpoint)
+            {
+                request = request.bearer_auth(token);
+            }
+            if have > 0 {
+                request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+                if let Some(etag) = known.as_ref().and_then(|k| k.etag.as_deref()) {
+                    request = request.header(reqwest::header::IF_RANGE, etag);
+                }
+            }
+            let response = request.send().await.map_err(|e| match e.is_connect() {
+                // Said of the endpoint, not of the file: every download gets the same message.
+                true => Attempt::Retry {
+                    unreachable: true,
+                    error: error_chain(&e.without_url()),
+                    after: None,
+                },
+                false => Attempt::Retry {
+                    unreachable: false,
+                    error: format!("{url}: {}", error_chain(&e)),
+                    after: None,
+                },
+            })?;
+            linked = linked.or_else(|| linked_sha256(response.headers()));
+            if !response.status().is_redirection() {
+                return Ok((response, linked));
+            }
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| reqwest::Url::parse(&at).ok()?.join(l).ok())
+                .ok_or_else(|| {
+                    Attempt::Permanent(format!(
+                        "{url}: HTTP {} without a usable Location",
+                        response.status()
+                    ))
+                })?;
+            at = location.to_string();
+        }
+        Err(Attempt::Permanent(format!("{url}: more than 5 redirects")))
+    }
+}
+
+/// Checks a whole file against the SHA-256 the hub gave; a damaged one is emptied (with its
+/// validators), so the next attempt fetches it afresh.
+async fn verify_sha256(
+    url: &str,
+    dest: &Path,
+    file: &mut std::fs::File,
+    expected: &str,
+) -> Result<(), Attempt> {
+    let local = |e: std::io::Error| Attempt::Local(format!("reading {}: {e}", dest.display()));
+    let path = dest.to_path_buf();
+    let actual = tokio::task::spawn_blocking(move || sha256_of(&path))
+        .await
+        .map_err(|e| Attempt::Local(e.to_string()))?
+        .map_err(local)?;
+    if actual == expected {
+        return Ok(());
+    }
+    file.set_len(0).map_err(local)?;
+    let _ = std::fs::remove_file(validator_path(dest));
+    Err(Attempt::Retry {
+        error: format!(
+            "{url}: arrived damaged: its SHA-256 is {actual}, the hub says {expected}; \
+             fetching it again"
+        ),
+        after: None,
+        unreachable: false,
+    })
+}
+
+/// Removes a partial file and what was kept beside it (once it is stored, or found bad).
+pub fn forget_partial(dest: &Path) {
+    let _ = std::fs::remove_file(dest);
+    let _ = std::fs::remove_file(validator_path(dest));
+}
+
+/// What a partial download was begun against.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Validator {
+    /// The response's strong `ETag`, sent back as `If-Range`.
+    etag: Option<String>,
+    /// The file's SHA-256 as the hub gave it (`X-Linked-Etag` of an LFS file).
+    sha256: Option<String>,
+}
+
+/// Beside the partial file: `NAME.part.validator`.
+fn validator_path(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".validator");
+    PathBuf::from(name)
+}
+
+fn read_validator(path: &Path) -> Option<Validator> {
+    let v: Validator = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    (v.etag.is_some() || v.sha256.is_some()).then_some(v)
+}
+
+fn write_validator(path: &Path, v: &Validator) -> std::io::Result<()> {
+    std::fs::write(path, serde_json::to_vec(v).expect("serialises"))
+}
+
+/// A strong `ETag` (a weak one, `W/"…"`, may not be sent as `If-Range`).
+fn strong_etag(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let etag = headers.get(reqwest::header::ETAG)?.to_str().ok()?.trim();
+    (!etag.starts_with("W/") && !etag.is_empty()).then(|| etag.to_string())
+}
+
+/// The SHA-256 in an `X-Linked-Etag` (64 hex digits, quoted), lower case.
+fn linked_sha256(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let value = headers.get("x-linked-etag")?.to_str().ok()?;
+    let hex = value.trim().trim_start_matches("W/").trim_matches('"');
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| hex.to_lowercase())
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// `bytes N-M/T` → N.

@@ -153,11 +153,11 @@ async fn download_all(
         match client.fetch_url_to_file(&url, &dest, &meter, &kill).await {
             Ok(_) => {}
             Err(FetchError::Permanent(e)) if !required && e.contains("404") => {
-                let _ = std::fs::remove_file(&dest);
+                crate::hf::forget_partial(&dest);
                 continue;
             }
             Err(FetchError::Transient(e)) => {
-                let _ = std::fs::remove_file(&dest);
+                crate::hf::forget_partial(&dest);
                 // The network, not the model: worth trying again in a later run.
                 return Err(NotYetAvailable(format!(
                     "the model {repo} at revision {revision} is not in the cache and could not \
@@ -166,7 +166,7 @@ async fn download_all(
                 .into());
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&dest);
+                crate::hf::forget_partial(&dest);
                 bail!(
                     "downloading {name} of the model {repo} at revision {revision}: {e} (no \
                      local folder named {repo} exists either)"
@@ -174,7 +174,7 @@ async fn download_all(
             }
         }
         let stored = store.blobs().put_file(&dest);
-        let _ = std::fs::remove_file(&dest);
+        crate::hf::forget_partial(&dest);
         let (digest, size) = stored.with_context(|| format!("storing {name} in the cache"))?;
         files.insert(name.to_string(), (digest, size));
     }

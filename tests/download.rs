@@ -619,6 +619,72 @@ fn a_download_cut_off_in_one_run_resumes_in_the_next() {
     assert!(got == *objects[2].glb);
 }
 
+/// `main` moves between two runs while a GLB is half downloaded: the resumed request sends
+/// the first response's ETag as `If-Range`, the mirror answers with the whole new file, and
+/// the object is the new file, not the old half joined to the new one's tail.
+#[test]
+fn a_resumed_download_of_a_file_that_changed_is_not_joined() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &download_stage(&format!("retries = 0\nuids = [\"{}\"]", uid(3))),
+    );
+    let newer = common::mirror::make_glb(99, objects[2].glb.len());
+    assert_ne!(newer, *objects[2].glb);
+    mirror.fault(
+        &objects[2].path(),
+        &[Fault::DropHalfThenChange(newer.clone())],
+    );
+    let first = run(&sb, &mirror);
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    let second = run(&sb, &mirror);
+    second.assert_ok();
+    let asked = mirror.requests(&objects[2].path());
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    let half = objects[2].glb.len() / 2;
+    assert_eq!(asked[1].range.as_deref(), Some(&*format!("bytes={half}-")));
+    let out = sb.path().join("out");
+    sb.mvc_env(
+        &["export", "p.toml", "objects", out.to_str().unwrap()],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+    .assert_ok();
+    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    assert!(got == newer, "the stored GLB is not the new file whole");
+    // Nothing is left beside the partial files.
+    let left: Vec<_> = std::fs::read_dir(sb.cache().join("partial"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A GLB damaged on the way without changing its length (which the GLB check cannot see)
+/// is caught by the SHA-256 the hub gives LFS files, and fetched again.
+#[test]
+fn a_glb_damaged_on_the_way_is_caught_by_its_sha256() {
+    let objects = dataset();
+    let mirror = Mirror::start(&objects);
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &download_stage(&format!("retries = 1\nuids = [\"{}\"]", uid(3))),
+    );
+    mirror.fault(&objects[2].path(), &[Fault::FlipByte]);
+    let ran = run(&sb, &mirror);
+    ran.assert_ok();
+    assert_eq!(mirror.requests(&objects[2].path()).len(), 2);
+    let out = sb.path().join("out");
+    sb.mvc_env(
+        &["export", "p.toml", "objects", out.to_str().unwrap()],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+    .assert_ok();
+    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    assert!(got == *objects[2].glb, "the damaged bytes were kept");
+}
+
 #[test]
 fn ctrl_c_twice_during_downloads_keeps_the_cache_whole() {
     let objects: Vec<Object> = (0..12)
@@ -723,7 +789,10 @@ fn files_that_stay_broken_are_reported_by_name() {
     let objects = dataset();
     let mirror = Mirror::start(&objects);
     // A shard that always arrives cut short, and a GLB the server refuses.
-    mirror.fault("metadata/000-077.json.gz", &[Fault::Truncate; 3]);
+    mirror.fault(
+        "metadata/000-077.json.gz",
+        &[Fault::Truncate, Fault::Truncate, Fault::Truncate],
+    );
     mirror.fault(&objects[3].path(), &[Fault::Status(403)]);
     let sb = Sandbox::new();
     sb.write("p.toml", &download_stage(""));
@@ -853,9 +922,19 @@ fn a_whole_file_left_before_it_was_stored_is_not_fetched_again() {
     );
     let partial = sb.cache().join("partial");
     std::fs::create_dir_all(&partial).unwrap();
-    std::fs::write(
-        partial.join(format!("{}.part", blake3::hash(url.as_bytes()).to_hex())),
+    let part = partial.join(format!("{}.part", blake3::hash(url.as_bytes()).to_hex()));
+    std::fs::write(&part, &*pizza.glb).unwrap();
+    // And beside it, what the download began against (its ETag and the hub's SHA-256).
+    let sha256: String = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
         &*pizza.glb,
+    ))
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect();
+    std::fs::write(
+        part.with_extension("part.validator"),
+        serde_json::json!({ "etag": format!("\"{sha256}\""), "sha256": sha256 }).to_string(),
     )
     .unwrap();
     run(&sb, &mirror).assert_ok();

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
+use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ pub const DATASET: &str = "allenai/objaverse";
 pub const REVISION: &str = "main";
 
 /// One injected misbehaviour, used up by one request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Fault {
     Status(u16),
     /// A status with `Retry-After: SECS`.
@@ -31,6 +32,12 @@ pub enum Fault {
     Truncate,
     /// Answers with an HTML page and status 200.
     Html,
+    /// Sends half the body and drops the connection, like `DropHalf`, and the file is
+    /// replaced by these bytes meanwhile (the repository's `main` moved).
+    DropHalfThenChange(Vec<u8>),
+    /// Sends the file whole with one byte changed (damage on the way that keeps the
+    /// length: only a checksum can tell).
+    FlipByte,
 }
 
 /// A request the mirror received.
@@ -416,8 +423,43 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
     let Some(file) = file else {
         return status(StatusCode::NOT_FOUND);
     };
+    // As the hub: a strong ETag on every file, and an LFS file's SHA-256 as X-Linked-Etag.
+    let sha256: String = sha2::Sha256::digest(&file[..])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let etag = format!("\"{sha256}\"");
+    let linked = path.starts_with("glbs/").then(|| etag.clone());
+    let with_validators = |mut r: Response| {
+        r.headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(&etag).unwrap());
+        if let Some(l) = &linked {
+            r.headers_mut()
+                .insert("x-linked-etag", HeaderValue::from_str(l).unwrap());
+        }
+        r
+    };
+    if let Some(Fault::DropHalfThenChange(next)) = &fault {
+        state
+            .files
+            .lock()
+            .unwrap()
+            .insert(path.clone(), Arc::new(next.clone()));
+    }
     match fault {
-        Some(Fault::DropHalf) => {
+        Some(Fault::FlipByte) => {
+            let mut bytes = file.to_vec();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            return with_validators(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_LENGTH, bytes.len())
+                    .body(Body::from(bytes))
+                    .unwrap(),
+            );
+        }
+        Some(Fault::DropHalf) | Some(Fault::DropHalfThenChange(_)) => {
             let half = file.len() / 2;
             let first = axum::body::Bytes::copy_from_slice(&file[..half]);
             // The pause lets the first half reach the client before the connection drops.
@@ -430,11 +472,13 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
                     ))
                 }),
             );
-            return Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_LENGTH, file.len())
-                .body(Body::from_stream(stream))
-                .unwrap();
+            return with_validators(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_LENGTH, file.len())
+                    .body(Body::from_stream(stream))
+                    .unwrap(),
+            );
         }
         Some(Fault::Truncate) => {
             let half = file[..file.len() / 2].to_vec();
@@ -446,12 +490,17 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
         }
         _ => {}
     }
+    // `If-Range` that is not this file's ETag: the whole file, as RFC 9110 says.
+    let same_file = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
     let start = range
         .as_deref()
+        .filter(|_| same_file)
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok());
-    match start {
+    let response = match start {
         Some(start) if start >= file.len() => {
             let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
             r.headers_mut().insert(
@@ -474,7 +523,8 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
             .header(header::CONTENT_LENGTH, file.len())
             .body(Body::from(file.to_vec()))
             .unwrap(),
-    }
+    };
+    with_validators(response)
 }
 
 fn status(code: StatusCode) -> Response {

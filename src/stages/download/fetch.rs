@@ -76,7 +76,7 @@ pub async fn fetch_output(
         {
             Ok(_) => {}
             Err(FetchError::Permanent(error)) => {
-                let _ = std::fs::remove_file(&partial);
+                crate::hf::forget_partial(&partial);
                 return TaskOutcome::Failed {
                     error,
                     stderr: None,
@@ -96,6 +96,7 @@ pub async fn fetch_output(
         .await;
         match stored {
             Ok(output) => {
+                crate::hf::forget_partial(&partial);
                 return TaskOutcome::Success {
                     outputs: vec![output],
                     stdout: None,
@@ -106,7 +107,7 @@ pub async fn fetch_output(
             }
             Err(error) => {
                 // A whole response that is not what it should be: fetch it afresh.
-                let _ = std::fs::remove_file(&partial);
+                crate::hf::forget_partial(&partial);
                 checks_failed += 1;
                 if checks_failed > CONTENT_RETRIES {
                     // Not recorded as the item's failure: the file is fine on a good

@@ -292,7 +292,7 @@ impl SelectKind {
                         dest.display()
                     ))
                 })?;
-                let _ = std::fs::remove_file(&dest);
+                crate::hf::forget_partial(&dest);
                 (bytes, url.clone(), true)
             }
         };
