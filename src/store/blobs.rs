@@ -92,10 +92,20 @@ impl BlobStore {
         let dest = self.path(&digest);
         match fs::rename(src, &dest) {
             Ok(()) => {}
-            // Different file system (a cache on another mount than its tmp dir): copy.
+            // Different file system (a cache on another mount than its tmp dir): copy,
+            // streaming (a GLB or a model file need not fit in memory), verified on the way.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                let bytes = fs::read(src)?;
-                self.put_bytes(&bytes)?;
+                let mut writer = self.writer(&digest)?;
+                let mut file = File::open(src)?;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    writer.write(&buf[..n])?;
+                }
+                writer.finish().map_err(io::Error::other)?;
                 fs::remove_file(src)?;
             }
             Err(e) => return Err(e),
@@ -361,6 +371,31 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), vec![7u8; 100_000]);
         let listing = store.list().unwrap();
         assert_eq!(listing.blobs, vec![(d, 100_000)]);
+    }
+
+    /// A task's output on another file system than the cache (here /dev/shm, a tmpfs) is
+    /// copied in, streaming, and its source removed.
+    #[test]
+    fn put_file_across_file_systems_copies() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipped: no /dev/shm to put a file on another file system");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        if fs::metadata(shm.path()).unwrap().dev() == fs::metadata(tmp.path()).unwrap().dev() {
+            eprintln!("skipped: /dev/shm is on the same file system as the temp directory");
+            return;
+        }
+        let store = BlobStore::new(tmp.path().join("blobs"));
+        let src = shm.path().join("out.bin");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        fs::write(&src, &bytes).unwrap();
+        let (d, size) = store.put_file(&src).unwrap();
+        assert_eq!((d, size), (Digest::of(&bytes), 3_000_000));
+        assert!(!src.exists());
+        assert_eq!(store.read(&d).unwrap(), bytes);
+        assert!(store.list().unwrap().temp_files.is_empty());
     }
 
     #[test]

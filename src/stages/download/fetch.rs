@@ -122,8 +122,7 @@ pub async fn fetch_output(
 
 /// A gzip-compressed JSON object (`object-paths.json.gz`, metadata shards).
 pub fn check_json_gz(file: &Path, what: &str) -> Result<(), String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    super::objaverse::check_json_gz(&bytes, what).map_err(|e| format!("{e:#}"))
+    super::objaverse::check_json_gz_file(file, what).map_err(|e| format!("{e:#}"))
 }
 
 /// A binary glTF: magic `glTF`, version 2, and a length field equal to the file's size.

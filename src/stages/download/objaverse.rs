@@ -95,15 +95,15 @@ fn check_gzip_magic(bytes: &[u8], what: &str) -> Result<()> {
 /// a few MB into many GB), and is refused before it fills memory or disk.
 pub const MAX_EXPANDED: u64 = 512 << 20;
 
-/// `bytes` decompressed, as a stream.
-fn decoded(bytes: &[u8]) -> impl Read + '_ {
-    std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(bytes))
+/// What `compressed` gives, decompressed, as a stream.
+fn decoded<R: Read>(compressed: R) -> impl Read {
+    std::io::BufReader::with_capacity(256 * 1024, flate2::read::MultiGzDecoder::new(compressed))
 }
 
-/// Fails when `bytes` expand to more than `limit`. Inflating alone is cheap; parsing is not,
-/// so a file is measured before it is parsed.
-fn check_expanded_size(bytes: &[u8], what: &str, limit: u64) -> Result<()> {
-    let expanded = std::io::copy(&mut decoded(bytes).take(limit + 1), &mut std::io::sink())
+/// Fails when `compressed` expands to more than `limit`. Inflating alone is cheap; parsing
+/// is not, so a file is measured before it is parsed.
+fn check_expanded_size<R: Read>(compressed: R, what: &str, limit: u64) -> Result<()> {
+    let expanded = std::io::copy(&mut decoded(compressed).take(limit + 1), &mut std::io::sink())
         .map_err(|e| anyhow::anyhow!("{what} is not valid gzip (truncated or damaged): {e}"))?;
     if expanded > limit {
         return Err(too_large(what, limit));
@@ -138,9 +138,21 @@ fn gunzip_within(bytes: &[u8], what: &str, limit: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Checks that a `.json.gz` file decompresses to a JSON object, streaming: nothing of it is
-/// kept (a check of the 60 MB `object-paths.json` costs no more memory than a small file).
+/// Checks that `bytes`, a `.json.gz` file, decompress to a JSON object.
 pub fn check_json_gz(bytes: &[u8], what: &str) -> Result<()> {
+    check_json_gz_from(|| Ok(bytes), what)
+}
+
+/// Checks that a `.json.gz` file decompresses to a JSON object, streaming from the file:
+/// neither the compressed nor the expanded bytes are held (a check of the 60 MB
+/// `object-paths.json` costs no more memory than a small file's).
+pub fn check_json_gz_file(path: &std::path::Path, what: &str) -> Result<()> {
+    let open = || std::fs::File::open(path);
+    check_json_gz_from(open, what).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The check of a `.json.gz`, reading it twice from `open` (measured, then parsed).
+fn check_json_gz_from<R: Read>(open: impl Fn() -> std::io::Result<R>, what: &str) -> Result<()> {
     struct AnObject;
     impl<'de> serde::Deserialize<'de> for AnObject {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AnObject, D::Error> {
@@ -160,9 +172,11 @@ pub fn check_json_gz(bytes: &[u8], what: &str) -> Result<()> {
             Ok(AnObject)
         }
     }
-    check_gzip_magic(bytes, what)?;
-    check_expanded_size(bytes, what, MAX_EXPANDED)?;
-    let mut de = serde_json::Deserializer::from_reader(decoded(bytes));
+    let mut start = Vec::with_capacity(40);
+    open()?.take(40).read_to_end(&mut start)?;
+    check_gzip_magic(&start, what)?;
+    check_expanded_size(open()?, what, MAX_EXPANDED)?;
+    let mut de = serde_json::Deserializer::from_reader(decoded(open()?).take(MAX_EXPANDED));
     AnObject::deserialize(&mut de)
         .and_then(|_| de.end())
         .map_err(|e| match e.classify() {
