@@ -225,8 +225,7 @@ cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.tx
     wait_for("both slow units to start", Duration::from_secs(30), || {
         count_files(&started, "slow-") == 2
     });
-    // The leases reach the index on its next flush (every 100 ms).
-    std::thread::sleep(Duration::from_millis(500));
+    // A unit leaves only once its lease is on disk: the kill may come at once.
     first_coord.kill9();
     let listen = format!("127.0.0.1:{port}");
     let (mut second, _) = spawn(

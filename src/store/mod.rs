@@ -208,8 +208,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Records a unit leased to a worker, on disk before this returns (not at the next
+    /// periodic flush): the unit leaves only after, so a coordinator killed at any moment
+    /// still knows every unit out and takes the results its workers send to the next one.
     pub fn put_lease(&self, id: u64, value: &[u8]) -> Result<()> {
-        self.index.put(Tree::Leases, &id.to_be_bytes(), value)
+        self.index.put(Tree::Leases, &id.to_be_bytes(), value)?;
+        self.index.flush()
     }
 
     pub fn delete_lease(&self, id: u64) -> Result<()> {
