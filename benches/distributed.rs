@@ -1,7 +1,7 @@
 //! Distribution overhead: N `command` units of 50 ms each (default 2,000), run by the local
 //! executor alone, then through the coordinator (`mvc run --listen --no-local`) by two
-//! `mvc worker` processes on this machine with the same slots in all; plus blob transfer
-//! over loopback.
+//! `mvc worker` processes on this machine with the same slots in all, over plain HTTP and
+//! then over TLS; plus blob transfer over loopback, over HTTP and over TLS.
 //!
 //!     cargo bench --bench distributed
 //!     MVC_BENCH_UNITS=500 MVC_BENCH_SLOTS=8 MVC_BENCH_BLOB_MB=256 cargo bench --bench distributed
@@ -49,54 +49,7 @@ fn main() {
     assert_eq!(code, 0, "the local run failed");
     report("local executor", local, units, slots, cpu);
 
-    let remote_dir = tempfile::tempdir().unwrap();
-    write_pipeline(remote_dir.path(), units);
-    let started = Instant::now();
-    let mut coordinator = Command::new(mvc)
-        .args([
-            "run",
-            "p.toml",
-            "--json",
-            "-q",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-local",
-        ])
-        .current_dir(remote_dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let url = read_url(&mut coordinator);
-    let per_worker = slots / 2;
-    let workers: Vec<_> = (0..2)
-        .map(|k| {
-            Command::new(mvc)
-                .arg("--cache")
-                .arg(remote_dir.path().join(format!("worker-{k}")))
-                .args([
-                    "worker",
-                    "--connect",
-                    &url,
-                    "--exit-when-idle",
-                    "2",
-                    "--slots",
-                ])
-                .arg(format!("cpu={per_worker}"))
-                .current_dir(remote_dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let (code, cpu) = wait_child(coordinator);
-    let remote = started.elapsed();
-    assert_eq!(code, 0, "the coordinated run failed");
-    for mut w in workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    let (remote, cpu) = coordinated(mvc, units, slots, false);
     report("coordinator + 2 workers", remote, units, slots, cpu);
     let extra = (remote.as_secs_f64() - local.as_secs_f64()) * slots as f64 / units as f64;
     println!(
@@ -106,8 +59,83 @@ fn main() {
         cpu.as_secs_f64() * 1e3 / units as f64,
         local.as_secs_f64() / remote.as_secs_f64()
     );
+    let (tls, tls_cpu) = coordinated(mvc, units, slots, true);
+    report("the same over TLS", tls, units, slots, tls_cpu);
+    println!(
+        "TLS against plain HTTP: {:+.2} ms of slot time per unit, {:+.3} ms of the \
+         coordinator's CPU per unit; units/s ratio TLS/HTTP {:.3}",
+        (tls.as_secs_f64() - remote.as_secs_f64()) * slots as f64 / units as f64 * 1e3,
+        (tls_cpu.as_secs_f64() - cpu.as_secs_f64()) * 1e3 / units as f64,
+        remote.as_secs_f64() / tls.as_secs_f64()
+    );
 
-    blob_transfer(blob_mb);
+    let plain = blob_transfer(blob_mb, false);
+    let tls = blob_transfer(blob_mb, true);
+    println!(
+        "blob transfer TLS/HTTP ratio: upload {:.3}, download {:.3}",
+        tls.0 / plain.0,
+        tls.1 / plain.1
+    );
+}
+
+/// The units run by a coordinator (`mvc run --listen --no-local`) and two workers on this
+/// machine, with `slots` in all: over loopback's plain HTTP, or (`tls`) listening on every
+/// address with a token, so over HTTPS with the coordinator's self-signed certificate,
+/// which the workers pin. Returns the wall time and the coordinator's CPU time.
+fn coordinated(mvc: &str, units: u64, slots: u64, tls: bool) -> (Duration, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    write_pipeline(dir.path(), units);
+    std::fs::write(dir.path().join("token"), "bench-token-0123456789abcdef\n").unwrap();
+    let listen = if tls { "0.0.0.0:0" } else { "127.0.0.1:0" };
+    let started = Instant::now();
+    let mut coordinator = Command::new(mvc)
+        .args([
+            "run",
+            "p.toml",
+            "--json",
+            "-q",
+            "--listen",
+            listen,
+            "--no-local",
+        ])
+        .args(["--token-file", "token"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (url, fingerprint) = read_url(&mut coordinator);
+    let url = url.replace("0.0.0.0", "127.0.0.1");
+    assert_eq!(url.starts_with("https://"), tls, "{url}");
+    let per_worker = slots / 2;
+    let workers: Vec<_> = (0..2)
+        .map(|k| {
+            let mut worker = Command::new(mvc);
+            worker
+                .arg("--cache")
+                .arg(dir.path().join(format!("worker-{k}")))
+                .args(["worker", "--connect", &url, "--exit-when-idle", "2"])
+                .args(["--token-file", "token", "--slots"])
+                .arg(format!("cpu={per_worker}"));
+            if let Some(f) = &fingerprint {
+                worker.args(["--fingerprint", f]);
+            }
+            worker
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (code, cpu) = wait_child(coordinator);
+    let wall = started.elapsed();
+    assert_eq!(code, 0, "the coordinated run failed");
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    (wall, cpu)
 }
 
 fn write_pipeline(dir: &Path, units: u64) {
@@ -131,22 +159,32 @@ fn report(mode: &str, wall: Duration, units: u64, slots: u64, cpu: Duration) {
     );
 }
 
-fn read_url(child: &mut std::process::Child) -> String {
+/// The URL the coordinator serves, and its certificate's fingerprint when it has one.
+fn read_url(child: &mut std::process::Child) -> (String, Option<String>) {
     use std::io::{BufRead, BufReader};
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
+    let said = loop {
         let line = lines
             .next()
             .expect("the coordinator said where it listens")
             .unwrap();
-        if let Some(w) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-            break w.to_string();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(w) = words
+            .iter()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        {
+            let fingerprint = words
+                .iter()
+                .position(|w| *w == "fingerprint")
+                .and_then(|i| words.get(i + 1))
+                .map(|f| f.to_string());
+            break (w.to_string(), fingerprint);
         }
     };
     // Keep draining stderr so the coordinator never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    url
+    said
 }
 
 fn run_child(cmd: &mut Command) -> (i32, Duration) {
@@ -175,12 +213,14 @@ fn wait_child(child: std::process::Child) -> (i32, Duration) {
     )
 }
 
-/// One blob of `mb` MB up to and down from a coordinator over 127.0.0.1: MB/s each way,
-/// including hashing, writing and fsync on the receiving side.
-fn blob_transfer(mb: u64) {
-    use mvc::remote::client::Client;
+/// One blob of `mb` MB up to and down from a coordinator over 127.0.0.1, over plain HTTP
+/// or (`tls`) HTTPS with a pinned self-signed certificate: MB/s each way, including hashing,
+/// writing and fsync on the receiving side.
+fn blob_transfer(mb: u64, tls: bool) -> (f64, f64) {
+    use mvc::remote::client::{Client, ClientOptions};
     use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
     use mvc::remote::protocol::PipelineText;
+    use mvc::remote::tls::ServerTls;
     use mvc::store::Store;
     use mvc::store::blobs::BlobStore;
     use mvc::task::Digest;
@@ -200,7 +240,14 @@ fn blob_transfer(mb: u64) {
         .unwrap();
     runtime.block_on(async {
         let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
-        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+        let mut options = ClientOptions::default();
+        if tls {
+            let certificate =
+                ServerTls::self_signed(&dir.path().join("tls"), config.listen).unwrap();
+            options.fingerprint = Some(certificate.fingerprint);
+            config.tls = Some(certificate);
+        }
         let text = PipelineText {
             path: "p.toml".into(),
             text: String::new(),
@@ -208,19 +255,19 @@ fn blob_transfer(mb: u64) {
         let (coord, _rx) = Coordinator::start(config, store, "bench", text)
             .await
             .unwrap();
-        let client = Client::new(&coord.url(), None).unwrap();
+        let client = Client::with_options(&coord.url(), None, &options).unwrap();
         let started = Instant::now();
         client.put_blob(&digest, &file).await.unwrap();
-        let up = started.elapsed();
+        let up = mb as f64 / started.elapsed().as_secs_f64();
         let other = BlobStore::new(dir.path().join("other"));
         let started = Instant::now();
         client.get_blob(&digest, &other).await.unwrap();
-        let down = started.elapsed();
+        let down = mb as f64 / started.elapsed().as_secs_f64();
         println!(
-            "blob transfer, {mb} MB over 127.0.0.1: upload {:.0} MB/s, download {:.0} MB/s \
-             (verified and fsynced on arrival)",
-            mb as f64 / up.as_secs_f64(),
-            mb as f64 / down.as_secs_f64()
+            "blob transfer, {mb} MB over 127.0.0.1 ({}): upload {up:.0} MB/s, download \
+             {down:.0} MB/s (verified and fsynced on arrival)",
+            if tls { "HTTPS" } else { "HTTP" }
         );
-    });
+        (up, down)
+    })
 }

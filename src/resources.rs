@@ -153,6 +153,16 @@ fn visible_gpus() -> u32 {
         .unwrap_or(0)
 }
 
+/// This machine's host name (a worker's name, the names of a self-signed certificate, the
+/// URL Slurm jobs reach the coordinator at).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,6 +75,36 @@ pub(super) struct RemoteUnits {
     told: HashSet<usize>,
     /// Stages whose shared parameters are in the index (stored on first dispatch).
     saved: HashSet<usize>,
+    /// Leased units on their way to their workers, once their leases are on disk.
+    durable: mpsc::UnboundedSender<(oneshot::Sender<Option<Unit>>, Unit)>,
+}
+
+/// Sends leased units to their workers once their leases are on disk. One flush of the
+/// index covers every unit leased while the previous one ran: a flush per unit would hold
+/// the scheduler's loop for an fsync each, and a unit sent before its lease is on disk is
+/// run again should the coordinator be killed (its result would be refused by the next).
+fn durable_replies(
+    store: Arc<Store>,
+) -> mpsc::UnboundedSender<(oneshot::Sender<Option<Unit>>, Unit)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(oneshot::Sender<Option<Unit>>, Unit)>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            let index = store.clone();
+            match tokio::task::spawn_blocking(move || index.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("flushing the leases to the index: {e:#}"),
+                Err(e) => tracing::warn!("flushing the leases to the index: {e}"),
+            }
+            for (reply, unit) in batch {
+                let _ = reply.send(Some(unit));
+            }
+        }
+    });
+    tx
 }
 
 impl RemoteUnits {
@@ -104,6 +134,7 @@ impl RemoteUnits {
             );
         }
         let held_until = Instant::now() + coord.lease_timeout();
+        let durable = durable_replies(coord.store().clone());
         Ok(RemoteUnits {
             coord,
             rx,
@@ -117,6 +148,7 @@ impl RemoteUnits {
             held_tasks: Vec::new(),
             told: HashSet::new(),
             saved: HashSet::new(),
+            durable,
         })
     }
 
@@ -295,14 +327,18 @@ impl RemoteUnits {
                 leased_at: Instant::now(),
             },
         );
-        if w.reply.send(Some(wire)).is_err() {
+        if w.reply.is_closed() {
             // The worker stopped asking (its request was cancelled) before the unit left:
             // the unit goes back, costing no attempt.
             let lease = self.drop_lease(id).expect("just inserted");
             for (t, _) in lease.tasks.into_iter().rev() {
                 queue.push_front(t);
             }
+            return Ok(());
         }
+        // (Should the request end while the lease is flushed, the worker's next heartbeat
+        // does not list the unit, and it goes back to the queue.)
+        let _ = self.durable.send((w.reply, wire));
         Ok(())
     }
 

@@ -182,7 +182,7 @@ impl SlurmLauncher {
             None if coord.addr.ip().is_unspecified() => format!(
                 "{}://{}:{}",
                 coord.scheme(),
-                super::worker::hostname(),
+                crate::resources::hostname(),
                 coord.addr.port()
             ),
             None => coord.url(),

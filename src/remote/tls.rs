@@ -163,7 +163,7 @@ impl ServerTls {
         let key = dir.join("coordinator-key.pem");
         if !(cert.exists() && key.exists()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let mut names = vec![super::worker::hostname(), "localhost".to_string()];
+            let mut names = vec![crate::resources::hostname(), "localhost".to_string()];
             if !listen.ip().is_unspecified() {
                 names.push(listen.ip().to_string());
             }

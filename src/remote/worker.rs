@@ -103,7 +103,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         .clone()
         .unwrap_or_else(|| temp.as_ref().expect("made above").path().to_path_buf());
     let store = Arc::new(Store::open(&cache_dir)?);
-    let host = hostname();
+    let host = crate::resources::hostname();
     let name = format!("{host}:{}", std::process::id());
     let register = Register {
         name: name.clone(),
@@ -277,15 +277,6 @@ fn slurm_job() -> Option<String> {
         (Some(array), Some(task)) => Some(format!("{array}_{task}")),
         _ => var("SLURM_JOB_ID"),
     }
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Tells the coordinator every few seconds that the worker lives and what it runs; stops

@@ -208,12 +208,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a unit leased to a worker, on disk before this returns (not at the next
-    /// periodic flush): the unit leaves only after, so a coordinator killed at any moment
-    /// still knows every unit out and takes the results its workers send to the next one.
+    /// Records a unit leased to a worker. It is on disk after the next [`Store::flush`]; the
+    /// scheduler sends the unit only after that, so a coordinator killed at any moment still
+    /// knows every unit out and takes the results its workers send to the next one.
     pub fn put_lease(&self, id: u64, value: &[u8]) -> Result<()> {
-        self.index.put(Tree::Leases, &id.to_be_bytes(), value)?;
-        self.index.flush()
+        self.index.put(Tree::Leases, &id.to_be_bytes(), value)
     }
 
     pub fn delete_lease(&self, id: u64) -> Result<()> {
