@@ -9,6 +9,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Asserts that a coordinator refused a call with `status`, saying `says`.
+fn refused<T: std::fmt::Debug>(
+    result: Result<T, mvc::remote::client::CallError>,
+    status: u16,
+    says: &str,
+) {
+    match result {
+        Err(mvc::remote::client::CallError::Refused(got, message)) => {
+            assert_eq!(got.as_u16(), status, "{message}");
+            assert!(message.contains(says), "{message}");
+        }
+        other => panic!("not refused with {status} ({says}): {other:?}"),
+    }
+}
+
 /// Starts `mvc ARGS` in the background; returns it and the URL it serves, when it listens.
 fn spawn(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (Background, Option<String>) {
     let mut cmd = sb.command(args);
@@ -783,7 +798,7 @@ fn worker_arguments_are_checked_and_an_unreachable_coordinator_ends_an_idle_work
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_recorded_once_and_late_ones_are_refused() {
     use mvc::exec::run::{Listener, RunOptions, run_with};
-    use mvc::remote::client::{CallError, Client};
+    use mvc::remote::client::Client;
     use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
     use mvc::remote::protocol::{Complete, LeaseRequest, PipelineText, Register};
     use mvc::stages::TaskOutcome;
@@ -876,34 +891,19 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
     let status = impostor.status().await.unwrap();
     assert_eq!(status.workers[0].id, a);
     impostor.register(&register("a")).await.unwrap();
-    for refused in [
+    let beat = mvc::remote::protocol::Heartbeat {
+        worker: a,
+        running: vec![second.id],
+    };
+    refused(impostor.heartbeat(&beat).await, 403, "another session");
+    refused(impostor.lease(&lease(a)).await, 403, "another session");
+    refused(
         impostor
-            .heartbeat(&mvc::remote::protocol::Heartbeat {
-                worker: a,
-                running: vec![second.id],
-            })
-            .await
-            .map(|_| ()),
-        impostor.lease(&lease(a)).await.map(|_| ()),
-    ] {
-        match refused {
-            Err(CallError::Refused(status, message)) => {
-                assert_eq!(status.as_u16(), 403);
-                assert!(message.contains("another session"), "{message}");
-            }
-            other => panic!("another session spoke for worker a: {other:?}"),
-        }
-    }
-    match impostor
-        .complete(second.id, &done(a, "a", &second, "forged"))
-        .await
-    {
-        Err(CallError::Refused(status, message)) => {
-            assert_eq!(status.as_u16(), 409);
-            assert!(message.contains("held by another worker"), "{message}");
-        }
-        other => panic!("another session's result was recorded: {other:?}"),
-    }
+            .complete(second.id, &done(a, "a", &second, "forged"))
+            .await,
+        409,
+        "held by another worker",
+    );
     // a goes silent past the lease timeout.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let b = client_b.register(&register("b")).await.unwrap().worker;
@@ -918,32 +918,23 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
         "the same task, leased again"
     );
     assert_ne!(again.id, second.id);
-    match client
-        .complete(second.id, &done(a, "a", &second, "late from a"))
-        .await
-    {
-        Err(CallError::Refused(status, message)) => {
-            assert_eq!(status.as_u16(), 409);
-            assert!(message.contains("not leased to this worker"), "{message}");
-        }
-        other => panic!("a late result was not refused: {other:?}"),
-    }
+    refused(
+        client
+            .complete(second.id, &done(a, "a", &second, "late from a"))
+            .await,
+        409,
+        "not leased to this worker",
+    );
     // A completion for a unit nobody leased is refused by the running scheduler, and
     // nothing is recorded (b's own result for the task is still taken below).
     let nobody = again.id.wrapping_add(1);
-    match client_b
-        .complete(nobody, &done(b, "b", &again, "from nobody"))
-        .await
-    {
-        Err(CallError::Refused(status, message)) => {
-            assert_eq!(status.as_u16(), 409);
-            assert!(
-                message.contains(&format!("unit {nobody} is not leased")),
-                "{message}"
-            );
-        }
-        other => panic!("a result for a unit nobody leased was not refused: {other:?}"),
-    }
+    refused(
+        client_b
+            .complete(nobody, &done(b, "b", &again, "from nobody"))
+            .await,
+        409,
+        &format!("unit {nobody} is not leased"),
+    );
     client_b
         .complete(again.id, &done(b, "b", &again, "from b"))
         .await

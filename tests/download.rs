@@ -55,6 +55,29 @@ fn manifest(sb: &Sandbox, mirror: &Mirror) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The manifest's entry of object `n`.
+fn selected(manifest: &serde_json::Value, n: u32) -> serde_json::Value {
+    manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["uid"] == uid(n).as_str())
+        .unwrap_or_else(|| panic!("{} is not in the manifest", uid(n)))
+        .clone()
+}
+
+/// The GLB stored for object `n`, exported from the cache.
+fn stored_glb(sb: &Sandbox, mirror: &Mirror, n: u32) -> Vec<u8> {
+    let out = sb.path().join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    sb.mvc_env(
+        &["export", "p.toml", "objects", out.to_str().unwrap()],
+        &[("HF_ENDPOINT", &mirror.endpoint)],
+    )
+    .assert_ok();
+    std::fs::read(out.join(uid(n)).join(format!("{}.glb", uid(n)))).unwrap()
+}
+
 fn object_uids(manifest: &serde_json::Value) -> Vec<String> {
     manifest["objects"]
         .as_array()
@@ -400,23 +423,11 @@ fn cap3d_captions_and_an_invalid_cap3d_file() {
     );
     run(&sb, &mirror);
     let m = manifest(&sb, &mirror);
-    let banana = m["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["uid"] == uid(1).as_str())
-        .unwrap()
-        .clone();
+    let banana = selected(&m, 1);
     assert_eq!(banana["caption"], "A yellow, curved banana.");
     assert_eq!(banana["caption_source"], "cap3d");
     // Objects Cap3D lacks keep their names.
-    let pizza = m["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["uid"] == uid(3).as_str())
-        .unwrap()
-        .clone();
+    let pizza = selected(&m, 3);
     assert_eq!(pizza["caption"], "Pizza");
 
     sb.write("cap3d.csv", &format!("{},fine\nnot a uid,broken\n", uid(1)));
@@ -471,13 +482,7 @@ fn a_cap3d_url_answering_html_fails_this_run_only() {
     let second = run(&sb, &mirror);
     second.assert_ok();
     let m = manifest(&sb, &mirror);
-    let banana = m["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["uid"] == uid(1).as_str())
-        .unwrap()
-        .clone();
+    let banana = selected(&m, 1);
     assert_eq!(banana["caption"], "A yellow, curved banana.");
 }
 
@@ -609,13 +614,7 @@ fn a_download_cut_off_in_one_run_resumes_in_the_next() {
     assert_eq!(pizza.len(), 2);
     let half = objects[2].glb.len() / 2;
     assert_eq!(pizza[1].range.as_deref(), Some(&*format!("bytes={half}-")));
-    let out = sb.path().join("out");
-    sb.mvc_env(
-        &["export", "p.toml", "objects", out.to_str().unwrap()],
-        &[("HF_ENDPOINT", &mirror.endpoint)],
-    )
-    .assert_ok();
-    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    let got = stored_glb(&sb, &mirror, 3);
     assert!(got == *objects[2].glb);
 }
 
@@ -645,13 +644,7 @@ fn a_resumed_download_of_a_file_that_changed_is_not_joined() {
     assert_eq!(asked.len(), 2, "{asked:?}");
     let half = objects[2].glb.len() / 2;
     assert_eq!(asked[1].range.as_deref(), Some(&*format!("bytes={half}-")));
-    let out = sb.path().join("out");
-    sb.mvc_env(
-        &["export", "p.toml", "objects", out.to_str().unwrap()],
-        &[("HF_ENDPOINT", &mirror.endpoint)],
-    )
-    .assert_ok();
-    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    let got = stored_glb(&sb, &mirror, 3);
     assert!(got == newer, "the stored GLB is not the new file whole");
     // Nothing is left beside the partial files.
     let left: Vec<_> = std::fs::read_dir(sb.cache().join("partial"))
@@ -675,13 +668,7 @@ fn a_glb_damaged_on_the_way_is_caught_by_its_sha256() {
     let ran = run(&sb, &mirror);
     ran.assert_ok();
     assert_eq!(mirror.requests(&objects[2].path()).len(), 2);
-    let out = sb.path().join("out");
-    sb.mvc_env(
-        &["export", "p.toml", "objects", out.to_str().unwrap()],
-        &[("HF_ENDPOINT", &mirror.endpoint)],
-    )
-    .assert_ok();
-    let got = std::fs::read(out.join(uid(3)).join(format!("{}.glb", uid(3)))).unwrap();
+    let got = stored_glb(&sb, &mirror, 3);
     assert!(got == *objects[2].glb, "the damaged bytes were kept");
 }
 
