@@ -538,11 +538,7 @@ fn linked_sha256(headers: &reqwest::header::HeaderMap) -> Option<String> {
 fn sha256_of(path: &Path) -> std::io::Result<String> {
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::text::hex(&hasher.finalize()))
 }
 
 /// `bytes N-M/T` → N.

@@ -34,6 +34,11 @@ pub fn name_width<'a>(names: impl Iterator<Item = &'a String>) -> usize {
     names.map(|n| n.len()).max().unwrap_or(0).max(5)
 }
 
+/// Bytes as lower-case hex, two digits each (a SHA-256, a session secret, an index key).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -912,13 +912,7 @@ fn a_whole_file_left_before_it_was_stored_is_not_fetched_again() {
     let part = partial.join(format!("{}.part", blake3::hash(url.as_bytes()).to_hex()));
     std::fs::write(&part, &*pizza.glb).unwrap();
     // And beside it, what the download began against (its ETag and the hub's SHA-256).
-    let sha256: String = sha2::Digest::finalize(sha2::Digest::chain_update(
-        <sha2::Sha256 as sha2::Digest>::new(),
-        &*pizza.glb,
-    ))
-    .iter()
-    .map(|b| format!("{b:02x}"))
-    .collect();
+    let sha256 = mvc::text::hex(&<sha2::Sha256 as sha2::Digest>::digest(&*pizza.glb));
     std::fs::write(
         part.with_extension("part.validator"),
         serde_json::json!({ "etag": format!("\"{sha256}\""), "sha256": sha256 }).to_string(),

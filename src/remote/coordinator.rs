@@ -304,8 +304,7 @@ async fn register(
 
 /// Notes that a worker is alive; `Err` (404) when it is not registered here, 403 when the
 /// request comes from another session than the worker's.
-fn touch(c: &Coordinator, worker: u64, headers: &HeaderMap) -> Result<(), Refusal> {
-    let session = session_of(headers)?;
+fn touch(c: &Coordinator, worker: u64, session: Digest) -> Result<(), Refusal> {
     let mut shared = c.shared.lock().unwrap();
     match shared.workers.get_mut(&worker) {
         Some(w) if w.session == session => {
@@ -334,7 +333,7 @@ async fn lease(
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
-    if let Err(e) = touch(&c, request.worker, &headers) {
+    if let Err(e) = session_of(&headers).and_then(|s| touch(&c, request.worker, s)) {
         return refuse(e);
     }
     if c.shared.lock().unwrap().finished {
@@ -375,7 +374,7 @@ async fn heartbeat(
         Ok(r) => r,
         Err(e) => return refuse(e),
     };
-    if let Err(e) = touch(&c, beat.worker, &headers) {
+    if let Err(e) = session_of(&headers).and_then(|s| touch(&c, beat.worker, s)) {
         return refuse(e);
     }
     let mut shared = c.shared.lock().unwrap();
@@ -471,7 +470,7 @@ async fn relay<B: serde::de::DeserializeOwned>(
         Ok(s) => s,
         Err(e) => return refuse(e),
     };
-    let _ = touch(c, worker(&body), headers);
+    let _ = touch(c, worker(&body), session);
     let (reply, answer) = oneshot::channel();
     ask_scheduler(c, message(body, session, reply), answer).await
 }

@@ -273,13 +273,9 @@ impl SlurmLauncher {
             // The run that stopped is over and a new one began (`mvc serve`): try again.
             self.dead.clear();
         }
-        let registered = self
-            .coord
-            .shared
-            .lock()
-            .unwrap()
-            .slurm_jobs_registered
-            .clone();
+        // Looked up under the lock, not copied: the set grows with every job of the run.
+        let shared = self.coord.shared.lock().unwrap();
+        let registered = &shared.slurm_jobs_registered;
         let now = Instant::now();
         let mut ended: Vec<(String, String)> = Vec::new();
         let mut any_registered = false;
@@ -294,6 +290,7 @@ impl SlurmLauncher {
             ended.push((id.clone(), name.clone()));
             false
         });
+        drop(shared);
         if any_registered {
             // Workers do start: earlier deaths were the nodes', not the setup's.
             self.dead.clear();

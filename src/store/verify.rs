@@ -66,7 +66,9 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         let result: TaskResult = match decode(&value, "task result") {
             Ok(r) => r,
             Err(e) => {
-                report.problems.push(format!("task {}: {e}", hex(&key)));
+                report
+                    .problems
+                    .push(format!("task {}: {e}", crate::text::hex(&key)));
                 continue;
             }
         };
@@ -93,21 +95,26 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             need_blob(format!("{label} log"), log, None, &mut report.problems);
         }
         if store.record(&digest_of(&key))?.is_none() {
-            report
-                .problems
-                .push(format!("{label}: result {} has no key record", hex(&key)));
+            report.problems.push(format!(
+                "{label}: result {} has no key record",
+                crate::text::hex(&key)
+            ));
         }
     }
     for entry in store.index().scan(Tree::Records, b"") {
         let (key, value) = entry?;
         if let Err(e) = KeyRecord::decode(&value) {
-            report.problems.push(format!("record {}: {e}", hex(&key)));
+            report
+                .problems
+                .push(format!("record {}: {e}", crate::text::hex(&key)));
         }
     }
     for entry in store.index().scan(Tree::Failures, b"") {
         let (key, value) = entry?;
         if let Err(e) = decode::<Failure>(&value, "failure record") {
-            report.problems.push(format!("failure {}: {e}", hex(&key)));
+            report
+                .problems
+                .push(format!("failure {}: {e}", crate::text::hex(&key)));
         }
     }
     for entry in store.index().scan(Tree::Latest, b"") {
@@ -139,8 +146,4 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
 
 fn digest_of(key: &[u8]) -> Digest {
     Digest(key.try_into().unwrap_or([0; 32]))
-}
-
-fn hex(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -424,10 +424,7 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
         return status(StatusCode::NOT_FOUND);
     };
     // As the hub: a strong ETag on every file, and an LFS file's SHA-256 as X-Linked-Etag.
-    let sha256: String = sha2::Sha256::digest(&file[..])
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = mvc::text::hex(&sha2::Sha256::digest(&file[..]));
     let etag = format!("\"{sha256}\"");
     let linked = path.starts_with("glbs/").then(|| etag.clone());
     let with_validators = |mut r: Response| {
