@@ -3,13 +3,17 @@
 //!
 //!     cargo bench --bench render
 //!     MVC_BENCH_SAMPLES=32 cargo bench --bench render    # Cycles samples (default 16)
+//!     MVC_BENCH_PART=engines cargo bench --bench render  # EEVEE against Cycles only
 //!
 //! With Blender installed it then renders the same objects (the six real models of the
 //! end-to-end test when assimp-testmodels is installed) from the study's 36 views three
 //! ways: the study's way (a new Blender process per object, one at a time), the same with
 //! persistent render data, and mvc's persistent pool; it reports views per second, the
 //! ratios, whether the pixels agree, and the pool's overhead over Blender's own import and
-//! render time (which the worker measures). Last, the same views through `mvc run`.
+//! render time (which the worker measures). Then the same views through `mvc run`. Last,
+//! EEVEE (the study's engine, 64 samples, on Mesa's software OpenGL under the pool's own
+//! Xvfb when no display is set) against Cycles at 32 samples, both through the pool: views
+//! per second and seconds per view, which is what `pipelines/full.toml`'s engine rests on.
 
 #[path = "../tests/common/glb.rs"]
 mod glb;
@@ -30,9 +34,18 @@ use timed::blender_seconds;
 use tokio_util::sync::CancellationToken;
 
 fn main() {
-    builtin();
+    // MVC_BENCH_PART=engines: only the engines' comparison (the rest takes ten minutes).
+    let only_engines = std::env::var("MVC_BENCH_PART").is_ok_and(|p| p == "engines");
+    if !only_engines {
+        builtin();
+    }
     match find_blender(None) {
-        Some(blender) => blender_three_ways(blender),
+        Some(blender) => {
+            if !only_engines {
+                blender_three_ways(blender.clone());
+            }
+            engines(blender);
+        }
         None => println!("Blender is not installed: the Blender part of this benchmark is skipped"),
     }
 }
@@ -172,7 +185,7 @@ fn blender_three_ways(blender: PathBuf) {
                 let start = Instant::now();
                 let mut outs = Vec::new();
                 for glb in objects {
-                    let pool = BlenderPool::new(blender.clone()).unwrap();
+                    let pool = BlenderPool::new(blender.clone(), "CYCLES").unwrap();
                     let job = job(glb, persistent_data);
                     pool.run(&job, timeout, &kill).await.unwrap();
                     outs.push(job.out);
@@ -185,7 +198,7 @@ fn blender_three_ways(blender: PathBuf) {
 
         // The persistent pool: one process for every object (started before the clock,
         // as a run's pool is warm after its first object).
-        let pool = BlenderPool::new(blender.clone()).unwrap();
+        let pool = BlenderPool::new(blender.clone(), "CYCLES").unwrap();
         let mut warm = job(&objects[0], true);
         warm.views.truncate(1);
         pool.run(&warm, timeout, &kill).await.unwrap();
@@ -279,5 +292,57 @@ fn mvc_run(objects: &[PathBuf], samples: u32) {
          mvc's overhead {:.1}% (Blender's start-up included)",
         views as f64 / wall,
         (wall - own) / own * 100.0
+    );
+}
+
+/// EEVEE at the study's 64 samples against Cycles at 32, through mvc's pool, on the same
+/// objects and the study's 36 views (each pool warmed on one view first, as a run's pool is
+/// after its first object).
+fn engines(blender: PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (objects, what) = bench_objects(dir.path());
+    let views = study_views();
+    let total = (objects.len() * views.len()) as f64;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kill = CancellationToken::new();
+    let timeout = Duration::from_secs(1200);
+    let mut measured = Vec::new();
+    for (engine, samples) in [("CYCLES", 32), ("BLENDER_EEVEE", 64)] {
+        let pool = BlenderPool::new(blender.clone(), engine).unwrap();
+        let job = |glb: &Path, views: Vec<JobView>| Job {
+            object: glb.file_stem().unwrap().to_string_lossy().to_string(),
+            glb: glb.to_path_buf(),
+            out: tempfile::tempdir_in(dir.path()).unwrap().keep(),
+            resolution: 224,
+            engine: engine.into(),
+            samples,
+            lights: "study".into(),
+            persistent_data: true,
+            views,
+        };
+        let per_view = rt.block_on(async {
+            pool.run(&job(&objects[0], views[..1].to_vec()), timeout, &kill)
+                .await
+                .unwrap();
+            let start = Instant::now();
+            for glb in &objects {
+                pool.run(&job(glb, views.clone()), timeout, &kill)
+                    .await
+                    .unwrap();
+            }
+            start.elapsed().as_secs_f64() / total
+        });
+        measured.push((engine, samples, per_view));
+    }
+    println!("Blender engines through mvc's pool (224 px), {what} x the study's 36 views:");
+    for (engine, samples, per_view) in &measured {
+        println!(
+            "  {engine}, {samples} samples: {:.2} views/s ({per_view:.2} s a view)",
+            1.0 / per_view
+        );
+    }
+    println!(
+        "  EEVEE takes {:.2}x Cycles' time per view",
+        measured[1].2 / measured[0].2
     );
 }

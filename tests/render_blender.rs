@@ -412,3 +412,90 @@ fn an_object_past_its_timeout_is_stopped_and_the_next_gets_a_fresh_blender() {
         assert!(error.contains("longer than the timeout (1s)"), "{error}");
     }
 }
+
+/// True when Xvfb is installed (EEVEE without a display needs it). Otherwise the test says
+/// so and skips its EEVEE part, unless MVC_REQUIRE_BLENDER=1 (`.ci/run`, which installs it).
+fn have_xvfb() -> bool {
+    if mvc::render::display::find_xvfb().is_some() {
+        return true;
+    }
+    if std::env::var("MVC_REQUIRE_BLENDER").as_deref() == Ok("1") {
+        panic!("MVC_REQUIRE_BLENDER=1 but Xvfb is not installed (apt-get install xvfb)");
+    }
+    eprintln!("SKIPPED: Xvfb is not installed (apt-get install xvfb); the EEVEE part needs it");
+    false
+}
+
+/// Mean of R, G and B (0–255) of each pixel at least half opaque.
+fn opaque_luminances(img: &image::RgbaImage) -> Vec<f64> {
+    img.pixels()
+        .filter(|p| p[3] >= 128)
+        .map(|p| (p[0] as f64 + p[1] as f64 + p[2] as f64) / 3.0)
+        .collect()
+}
+
+#[test]
+fn the_underside_turned_away_from_the_area_light_is_lit_by_the_world_with_cycles_and_eevee() {
+    if !have_blender(false) {
+        return;
+    }
+    // A cube shows no face turned away from the light to the 80° ring (its underside is
+    // hidden from cameras above it, and the huge area light reaches every side): a slab on
+    // a pillar does, the slab's underside, which the cameras 10° above the horizon look up
+    // at. Without the World only light bounced off the pillar reaches it (black in Cycles,
+    // as mvc rendered before).
+    for (engine, samples) in [("CYCLES", 16), ("BLENDER_EEVEE", 16)] {
+        if engine == "BLENDER_EEVEE" && !have_xvfb() {
+            continue;
+        }
+        let sb = Sandbox::new();
+        let objects = glb::objects_stage(sb.path(), &[("table", glb::slab_on_pillar_glb())]);
+        sb.write(
+            "p.toml",
+            &format!(
+                "{objects}\n[stage.views]\nkind = \"render\"\ninputs = [\"objects\"]\n\
+                 backend = \"blender\"\nengine = \"{engine}\"\nsamples = {samples}\n\
+                 azimuths = [0, 180]\npolar = [80]\nresolution = 96\n"
+            ),
+        );
+        // No display: EEVEE must get the pool's own Xvfb.
+        let ran = sb.mvc_env(&["run", "p.toml", "--json", "-v"], &[("DISPLAY", "")]);
+        ran.assert_ok();
+        assert_eq!(ran.count("views", "ran"), 2, "{engine}");
+        let virtual_display = ran.stderr.contains("OpenGL on the virtual display");
+        assert_eq!(
+            virtual_display,
+            engine == "BLENDER_EEVEE",
+            "{engine}: the pool starts Xvfb for EEVEE alone:\n{}",
+            ran.stderr
+        );
+        let out = sb.path().join("out");
+        sb.mvc(&["export", "p.toml", "views", out.to_str().unwrap()])
+            .assert_ok();
+        for az in ["000", "180"] {
+            let id = format!("az{az}-pol080-d1.5-fov49.1343");
+            let img = image::open(out.join("table").join(format!("{id}.png")))
+                .unwrap()
+                .to_rgba8();
+            let mut lum = opaque_luminances(&img);
+            assert!(lum.len() > 500, "{engine} {id}: the table is missing");
+            lum.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let darkest = lum[lum.len() / 100];
+            assert!(
+                darkest > 25.0,
+                "{engine} {id}: the darkest 1% of the table is {darkest:.1} of 255: the \
+                 underside is black, no World lights it"
+            );
+            // What produced the pixels is in the view's record.
+            let record: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("table").join(format!("{id}.json"))).unwrap(),
+            )
+            .unwrap();
+            let by = &record["produced_by"];
+            assert_eq!(by["engine"], engine, "{record}");
+            assert!(by["blender"].as_str().unwrap().starts_with('3'), "{record}");
+            assert_eq!(by["view_transform"], "Filmic", "{record}");
+            assert_eq!(by["look"], "None", "{record}");
+        }
+    }
+}

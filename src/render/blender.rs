@@ -107,6 +107,9 @@ pub struct JobDone {
     pub import_seconds: f64,
     /// Blender's own time rendering and writing the views.
     pub render_seconds: f64,
+    /// What made the pixels: Blender's version, engine and colour management (view
+    /// transform, look…), as the worker read them from the scene.
+    pub produced_by: serde_json::Value,
 }
 
 /// Why a job gave no images.
@@ -166,6 +169,10 @@ fn answer_in(line: &str) -> Option<Result<serde_json::Value, String>> {
 /// Persistent Blender processes, started on demand, at most as many as run at once.
 pub struct BlenderPool {
     blender: PathBuf,
+    /// Xvfb, when the engine draws with OpenGL and no display is set: one virtual display,
+    /// started with the first process, serves them all (and is started again if it dies).
+    xvfb: Option<PathBuf>,
+    display: tokio::sync::Mutex<Option<super::display::VirtualDisplay>>,
     /// Where the script is written and where Blender gets its own HOME.
     dir: tempfile::TempDir,
     idle: Mutex<Vec<Worker>>,
@@ -183,7 +190,11 @@ impl std::fmt::Debug for BlenderPool {
 }
 
 impl BlenderPool {
-    pub fn new(blender: PathBuf) -> Result<BlenderPool> {
+    /// A pool running `blender` for `engine`. An OpenGL engine (EEVEE, Workbench) on a
+    /// machine with no display gets a virtual one (Xvfb), or an error saying what to install.
+    pub fn new(blender: PathBuf, engine: &str) -> Result<BlenderPool> {
+        use super::display::{display_is_set, find_xvfb, xvfb_to_start};
+        let xvfb = xvfb_to_start(engine, display_is_set(), find_xvfb)?;
         let dir = tempfile::Builder::new()
             .prefix("mvc-blender-")
             .tempdir()
@@ -192,6 +203,8 @@ impl BlenderPool {
         std::fs::create_dir_all(dir.path().join("home"))?;
         Ok(BlenderPool {
             blender,
+            xvfb,
+            display: tokio::sync::Mutex::new(None),
             dir,
             idle: Mutex::new(Vec::new()),
             jobs: AtomicU64::new(0),
@@ -199,8 +212,34 @@ impl BlenderPool {
         })
     }
 
+    /// The virtual display's `DISPLAY` and `XAUTHORITY`, started on first use; `None` when
+    /// Blender needs none or the machine has its own.
+    async fn display(&self) -> Result<Option<(String, PathBuf)>, String> {
+        let Some(xvfb) = &self.xvfb else {
+            return Ok(None);
+        };
+        let mut display = self.display.lock().await;
+        // A server that died (killed from outside) would fail every Blender started on it.
+        if display.as_mut().is_none_or(|d| !d.is_running()) {
+            let started = super::display::VirtualDisplay::start(xvfb, self.dir.path())
+                .await
+                .map_err(|e| format!("starting a virtual display for Blender: {e}"))?;
+            tracing::info!(
+                "blender: OpenGL on the virtual display {} (Xvfb, started by mvc)",
+                started.display
+            );
+            *display = Some(started);
+        }
+        let d = display.as_ref().expect("started above");
+        Ok(Some((d.display.clone(), d.authority.clone())))
+    }
+
     async fn start(&self) -> Result<Worker, String> {
+        let display = self.display().await?;
         let mut cmd = Command::new(&self.blender);
+        if let Some((display, authority)) = display {
+            cmd.env("DISPLAY", display).env("XAUTHORITY", authority);
+        }
         cmd.args([
             "-b",
             "--factory-startup",
@@ -213,15 +252,8 @@ impl BlenderPool {
         .env("HOME", self.dir.path().join("home"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; the child dies with this process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        .stderr(std::process::Stdio::piped());
+        super::dies_with_mvc(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.blender.display()))?;
@@ -313,6 +345,7 @@ impl BlenderPool {
                         views,
                         import_seconds: seconds("import"),
                         render_seconds: seconds("render"),
+                        produced_by: answer["produced_by"].clone(),
                     })
                 } else {
                     Err(JobError::Object(

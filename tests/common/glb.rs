@@ -75,29 +75,32 @@ fn box_mesh(half: [f32; 3]) -> (Vec<[f32; 3]>, Vec<[f32; 2]>, Vec<u16>) {
     (positions, uvs, indices)
 }
 
-/// A textured box with half-sizes `half`, its node translated by `offset` and scaled by
-/// `scale`, so a renderer must normalise it to see it whole.
-pub fn box_glb(half: [f32; 3], offset: [f32; 3], scale: f32) -> Vec<u8> {
-    let (positions, uvs, indices) = box_mesh(half);
+/// Positions, then texture coordinates, then u16 indices, padded to 4 bytes: the binary
+/// chunk, the byte offset of the coordinates and of the indices.
+fn mesh_bin(positions: &[[f32; 3]], uvs: &[[f32; 2]], indices: &[u16]) -> (Vec<u8>, usize, usize) {
     let mut bin = Vec::new();
-    for p in &positions {
-        for c in p {
-            bin.extend_from_slice(&c.to_le_bytes());
-        }
+    for c in positions.iter().flatten() {
+        bin.extend_from_slice(&c.to_le_bytes());
     }
     let uv_offset = bin.len();
-    for t in &uvs {
-        for c in t {
-            bin.extend_from_slice(&c.to_le_bytes());
-        }
+    for c in uvs.iter().flatten() {
+        bin.extend_from_slice(&c.to_le_bytes());
     }
     let index_offset = bin.len();
-    for i in &indices {
+    for i in indices {
         bin.extend_from_slice(&i.to_le_bytes());
     }
     while !bin.len().is_multiple_of(4) {
         bin.push(0);
     }
+    (bin, uv_offset, index_offset)
+}
+
+/// A textured box with half-sizes `half`, its node translated by `offset` and scaled by
+/// `scale`, so a renderer must normalise it to see it whole.
+pub fn box_glb(half: [f32; 3], offset: [f32; 3], scale: f32) -> Vec<u8> {
+    let (positions, uvs, indices) = box_mesh(half);
+    let (mut bin, uv_offset, index_offset) = mesh_bin(&positions, &uvs, &indices);
     let png = checker_png();
     let png_offset = bin.len();
     bin.extend_from_slice(&png);
@@ -539,5 +542,47 @@ pub fn slow_render_pipeline(dir: &std::path::Path, with_good: bool, timeout: u32
          backend = \"builtin\"\nazimuths = [90]\npolar = [60]\nresolution = 128\n\
          supersample = 8\ntimeout = {timeout}\n",
         objects_stage(dir, &objects)
+    )
+}
+
+/// A plain grey "table": a slab on a pillar (glTF is Y-up: the slab on top), one mesh, no
+/// texture, double-sided (EEVEE culls the back faces of a single-sided glTF material, and
+/// this mesh is not wound consistently). The slab's underside faces straight down, away
+/// from the study's area light above, and the 80° ring's cameras (10° above the horizon,
+/// under the slab's underside) see it: only the world's light reaches it.
+pub fn slab_on_pillar_glb() -> Vec<u8> {
+    let mut positions = Vec::new();
+    let mut indices: Vec<u16> = Vec::new();
+    for (half, centre) in [
+        ([0.5f32, 0.05, 0.5], [0.0f32, 0.45, 0.0]),
+        ([0.1, 0.45, 0.1], [0.0, -0.05, 0.0]),
+    ] {
+        let (p, _, i) = box_mesh(half);
+        let base = positions.len() as u16;
+        positions.extend(
+            p.iter()
+                .map(|v| [v[0] + centre[0], v[1] + centre[1], v[2] + centre[2]]),
+        );
+        indices.extend(i.iter().map(|k| k + base));
+    }
+    let (bin, _, index_offset) = mesh_bin(&positions, &[], &indices);
+    glb(
+        json!({
+            "asset": {"version": "2.0"},
+            "scene": 0,
+            "scenes": [{"nodes": [0]}],
+            "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "material": 0}]}],
+            "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [0.8, 0.8, 0.8, 1], "metallicFactor": 0}, "doubleSided": true}],
+            "accessors": [
+                {"bufferView": 0, "componentType": 5126, "count": positions.len(), "type": "VEC3", "min": [-0.5, -0.5, -0.5], "max": [0.5, 0.5, 0.5]},
+                {"bufferView": 1, "componentType": 5123, "count": indices.len(), "type": "SCALAR"}
+            ],
+            "bufferViews": [
+                {"buffer": 0, "byteOffset": 0, "byteLength": index_offset},
+                {"buffer": 0, "byteOffset": index_offset, "byteLength": indices.len() * 2}
+            ]
+        }),
+        &bin,
     )
 }

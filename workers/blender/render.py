@@ -8,7 +8,8 @@
 #    "views": [{"id": ID, "azimuth": DEG, "polar": DEG, "distance": D, "fov": DEG}, ...]}
 # renders every view to DIR/ID.png (RGBA, transparent background), and answers with one
 # line on stdout starting with "MVC-RESULT " and a JSON object: {"ok": true, "views": [ID,
-# ...], "seconds": {"import": S, "render": S}} or {"ok": false, "error": TEXT}. Blender's own chatter on stdout is ignored by mvc.
+# ...], "seconds": {"import": S, "render": S}, "produced_by": {"blender": VERSION,
+# "view_transform": ..., "look": ..., ...}} or {"ok": false, "error": TEXT}. Blender's own chatter on stdout is ignored by mvc.
 #
 # Conventions shared with mvc's built-in renderer (src/render/camera.rs, scene.rs): world Z
 # up; the object normalised (all roots under one empty, longest bounding-box side 1,
@@ -32,8 +33,25 @@ import bpy  # noqa: E402
 from mathutils import Matrix, Vector  # noqa: E402
 
 
+# Blender's startup scene's World (startup.blend, 2.8 to 3.x): a grey background, colour
+# 0.050876 in every channel, strength 1. The study's script rendered in that scene, so this
+# light reaches every surface the area light misses; film transparency hides it from the
+# background only.
+STARTUP_WORLD_COLOUR = 0.050876
+STARTUP_WORLD_STRENGTH = 1.0
+
+
 def reset():
+    # An empty factory scene has no World (the area light alone left sides black): give it
+    # the startup scene's.
     bpy.ops.wm.read_factory_settings(use_empty=True)
+    world = bpy.data.worlds.new("World")
+    world.color = (STARTUP_WORLD_COLOUR,) * 3
+    world.use_nodes = True
+    background = world.node_tree.nodes["Background"]
+    background.inputs["Color"].default_value = (STARTUP_WORLD_COLOUR,) * 3 + (1.0,)
+    background.inputs["Strength"].default_value = STARTUP_WORLD_STRENGTH
+    bpy.context.scene.world = world
 
 
 def normalise():
@@ -125,7 +143,7 @@ def configure(job):
         # Debian's build has no OpenImageDenoise.
         scene.cycles.use_denoising = False
     elif render.engine == "BLENDER_EEVEE":
-        scene.eevee.taa_render_samples = int(job.get("samples", 32))
+        scene.eevee.taa_render_samples = int(job.get("samples", 64))
     render.film_transparent = True
     # Keep Cycles' scene data (BVH, shaders, images) between the views of an object: only
     # the camera moves, so each view after the first skips rebuilding them. The pixels are
@@ -154,7 +172,9 @@ def run(job):
         os._exit(134)
     started = time.perf_counter()
     reset()
-    bpy.ops.import_scene.gltf(filepath=job["glb"])
+    # As the study imported: vertices that share a position are merged (one shading
+    # difference on models whose normals are split).
+    bpy.ops.import_scene.gltf(filepath=job["glb"], merge_vertices=True)
     normalise()
     add_lights(job.get("lights", "study"))
     cam = configure(job)
@@ -168,6 +188,21 @@ def run(job):
         done.append(view["id"])
     rendered = time.perf_counter()
     return done, {"import": imported - started, "render": rendered - imported}
+
+
+def produced_by():
+    """What made the pixels, for every view's record: Blender's version and its colour
+    management (the view transform, Filmic by default in 3.x, changes every pixel)."""
+    view = bpy.context.scene.view_settings
+    return {
+        "blender": bpy.app.version_string,
+        "engine": bpy.context.scene.render.engine,
+        "view_transform": view.view_transform,
+        "look": view.look,
+        "exposure": view.exposure,
+        "gamma": view.gamma,
+        "display_device": bpy.context.scene.display_settings.display_device,
+    }
 
 
 def answer(obj):
@@ -184,7 +219,7 @@ def main():
         try:
             job = json.loads(line)
             views, seconds = run(job)
-            answer({"ok": True, "views": views, "seconds": seconds})
+            answer({"ok": True, "views": views, "seconds": seconds, "produced_by": produced_by()})
         except Exception as e:  # one object's failure must not end the worker
             sys.stderr.write(traceback.format_exc())
             sys.stderr.flush()
