@@ -129,12 +129,14 @@ fn breakdown(h: &Head, data: &Embeddings, device: &Device) {
         candle_core::Var::from_tensor(&h.project(&flat).unwrap().reshape((b, 6, DIM)).unwrap())
             .unwrap();
     let loss_only = time(|| {
-        let l = mvc::heads::loss::object_loss(out.as_tensor(), &t).unwrap();
+        let l = mvc::heads::loss::object_loss(out.as_tensor(), &t)
+            .unwrap()
+            .total;
         let g = l.backward().unwrap();
         sync(g.get(out.as_tensor()).unwrap());
     });
     let step = time(|| {
-        let l = h.loss(&x, &t).unwrap();
+        let l = h.loss(&x, &t).unwrap().total;
         let g = l.backward().unwrap();
         sync(g.get(&h.vars()[0]).unwrap());
     });
@@ -200,6 +202,7 @@ fn main() {
             lr: 1e-3,
             validate_every: 10,
             seed: 42,
+            redraw_validation: variant == Variant::Study,
         };
         let clock = Instant::now();
         train(&h, &data, &val, &settings, &device, &|| false).unwrap();

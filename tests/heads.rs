@@ -3,7 +3,7 @@
 //! synthetic space built like CLIP's on which the heads must show the study's outcomes.
 
 use candle_core::{DType, Device, Tensor, Var};
-use mvc::heads::loss::{self, Normaliser};
+use mvc::heads::loss::{self, DeadCodes, Normaliser};
 use mvc::heads::train::{Embeddings, TrainSettings, train};
 use mvc::heads::{Head, HeadConfig, HeadKind, Variant};
 use mvc::report::metrics::{EvalInput, ViewInfo, evaluate, similarity_matrix};
@@ -167,6 +167,43 @@ fn each_metric_matches_a_direct_computation() {
     let by_el = &m.by_elevation_difference;
     assert_eq!(by_el[1].difference, 30.0);
     close(by_el[1].similarity.mean, el30.0, "elevation 30");
+
+    // Within rings, azimuth 90 only: a ring has no two views at the same azimuth, so no 0°
+    // group (the pooled curve's 0° group is pairs on different rings).
+    let within = &m.by_azimuth_within_ring;
+    assert_eq!(within.len(), 2);
+    for (ring, polar, pairs) in [(0, 20.0, [(0, 1), (1, 0)]), (1, 50.0, [(2, 3), (3, 2)])] {
+        assert_eq!(within[ring].polar, Some(polar));
+        assert_eq!(within[ring].points.len(), 1, "ring {ring}");
+        assert_eq!(within[ring].points[0].difference, 90.0);
+        let (mean, std) = group(&pairs);
+        close(within[ring].points[0].similarity.mean, mean, "within ring");
+        close(
+            within[ring].points[0].similarity.std,
+            std,
+            "within ring std",
+        );
+    }
+    // By the angle between the cameras (10° bins, named by their centres): at polar 20°,
+    // azimuths 0° and 90° are 27.9° apart (cos = cos²20°); one ring apart at the same
+    // azimuth, 30° (on a bin's edge: the 30–40 bin); across both, 52.8° (cos = cos 20° cos
+    // 50°); at polar 50°, 65.6°.
+    let by_view = &m.by_view_angle;
+    let bins: Vec<f64> = by_view.iter().map(|g| g.difference).collect();
+    assert_eq!(bins, [25.0, 35.0, 55.0, 65.0]);
+    for (k, pairs) in [
+        vec![(0, 1), (1, 0)],
+        vec![(0, 2), (2, 0), (1, 3), (3, 1)],
+        vec![(0, 3), (3, 0), (1, 2), (2, 1)],
+        vec![(2, 3), (3, 2)],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (mean, _) = group(pairs);
+        close(by_view[k].similarity.mean, mean, "by view angle");
+        assert_eq!(by_view[k].similarity.count, (pairs.len() * o_n) as u64);
+    }
 
     // Per ring: ring 0 holds views 0 and 1.
     let ring0 = &m.rings[0];
@@ -363,13 +400,21 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
 
     // Values, from the direct pair lists.
     let (same_t, cross_t) = direct_pairs(&images, Some(&texts));
-    let object = scalar(&loss::object_loss(&x, &t).unwrap());
+    let object = scalar(&loss::object_loss(&x, &t).unwrap().total);
     assert!((object + mean(&same_t)).abs() < 1e-9);
     let w = 0.3;
     let study_dissim = cross_t.iter().sum::<f64>() / (d * (d + 1) * b * (b - 1) / 2) as f64;
-    let contrastive = scalar(&loss::contrastive_loss(&x, &t, w, Normaliser::Study).unwrap());
+    let contrastive = scalar(
+        &loss::contrastive_loss(&x, &t, w, Normaliser::Study)
+            .unwrap()
+            .total,
+    );
     assert!((contrastive - ((1.0 - w) * study_dissim - w * mean(&same_t))).abs() < 1e-9);
-    let fixed = scalar(&loss::contrastive_loss(&x, &t, w, Normaliser::TrueMean).unwrap());
+    let fixed = scalar(
+        &loss::contrastive_loss(&x, &t, w, Normaliser::TrueMean)
+            .unwrap()
+            .total,
+    );
     assert!((fixed - ((1.0 - w) * mean(&cross_t) - w * mean(&same_t))).abs() < 1e-9);
     // InfoNCE: −mean over images of log softmax over texts at its own text.
     let tau = 0.5;
@@ -381,7 +426,7 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
             nll += lse - logits[o];
         }
     }
-    let info = scalar(&loss::info_nce_loss(&x, &t, tau).unwrap());
+    let info = scalar(&loss::info_nce_loss(&x, &t, tau).unwrap().total);
     assert!((info - nll / (b * d) as f64).abs() < 1e-9);
     // The autoencoder: reconstruction distance and code similarity terms.
     let decoded: Vec<Vec<Vec<f64>>> = (0..b)
@@ -406,8 +451,17 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
     let flat_dec = tensor3(&decoded).reshape((b * d, n)).unwrap();
     let ae = |normaliser, divisor: f64| {
         let got = scalar(
-            &loss::autoencoder_loss(&flat_x, &flat_dec, &tensor3(&codes), a, w, normaliser)
-                .unwrap(),
+            &loss::autoencoder_loss(
+                &flat_x,
+                &flat_dec,
+                &tensor3(&codes),
+                a,
+                w,
+                normaliser,
+                DeadCodes::Zero,
+            )
+            .unwrap()
+            .total,
         );
         let dissim = cross_c.iter().sum::<f64>() / divisor;
         let want = a * rec + (1.0 - a) * ((1.0 - w) * dissim - w * mean(&same_c));
@@ -417,19 +471,56 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
     ae(Normaliser::TrueMean, cross_c.len() as f64);
 
     // Gradients.
-    check_gradient("object", &x, &|x| loss::object_loss(x, &t).unwrap());
+    check_gradient("object", &x, &|x| loss::object_loss(x, &t).unwrap().total);
     check_gradient("contrastive (study)", &x, &|x| {
-        loss::contrastive_loss(x, &t, 0.5, Normaliser::Study).unwrap()
+        loss::contrastive_loss(x, &t, 0.5, Normaliser::Study)
+            .unwrap()
+            .total
     });
     check_gradient("contrastive (InfoNCE)", &x, &|x| {
-        loss::info_nce_loss(x, &t, 0.5).unwrap()
+        loss::info_nce_loss(x, &t, 0.5).unwrap().total
     });
     let codes = tensor3(&codes);
     check_gradient("autoencoder, by decoding", &flat_dec, &|dec| {
-        loss::autoencoder_loss(&flat_x, dec, &codes, a, w, Normaliser::Study).unwrap()
+        loss::autoencoder_loss(
+            &flat_x,
+            dec,
+            &codes,
+            a,
+            w,
+            Normaliser::Study,
+            DeadCodes::Zero,
+        )
+        .unwrap()
+        .total
     });
     check_gradient("autoencoder, by code", &codes, &|c| {
-        loss::autoencoder_loss(&flat_x, &flat_dec, c, a, w, Normaliser::TrueMean).unwrap()
+        loss::autoencoder_loss(
+            &flat_x,
+            &flat_dec,
+            c,
+            a,
+            w,
+            Normaliser::TrueMean,
+            DeadCodes::Zero,
+        )
+        .unwrap()
+        .total
+    });
+    // The study's cosines of codes (1e-7 added, PyTorch's norm clamp), by code: the fused
+    // backward with its tiny epsilon.
+    check_gradient("autoencoder, by code, as the study", &codes, &|c| {
+        loss::autoencoder_loss(
+            &flat_x,
+            &flat_dec,
+            c,
+            a,
+            w,
+            Normaliser::Study,
+            DeadCodes::Study,
+        )
+        .unwrap()
+        .total
     });
 }
 
@@ -526,7 +617,21 @@ fn settings(steps: u32) -> TrainSettings {
         lr: 1e-3,
         validate_every: 10,
         seed: 42,
+        redraw_validation: false,
     }
+}
+
+/// `h` trained for `steps` on `tr`, validated on `va`, with the test settings.
+fn trained(h: &Head, tr: &Synthetic, va: &Synthetic, steps: u32) -> mvc::heads::train::Curve {
+    train(
+        h,
+        &embeddings(tr),
+        &embeddings(va),
+        &settings(steps),
+        &Device::Cpu,
+        &|| false,
+    )
+    .unwrap()
 }
 
 /// Trains `head` on the synthetic space and evaluates it on held-out objects.
@@ -668,15 +773,7 @@ fn training_is_repeatable_and_a_diverging_loss_names_its_step() {
             &Device::Cpu,
         )
         .unwrap();
-        let curve = train(
-            &h,
-            &embeddings(&tr),
-            &embeddings(&va),
-            &settings(20),
-            &Device::Cpu,
-            &|| false,
-        )
-        .unwrap();
+        let curve = trained(&h, &tr, &va, 20);
         let t: Vec<Vec<u8>> = h.tensors().unwrap().into_iter().map(|t| t.data).collect();
         (curve, t)
     };
@@ -751,4 +848,237 @@ fn the_fused_bias_relu_equals_candles_ops_and_has_their_gradient() {
     // f32, as training runs it.
     let (a, p) = fused_and_plain::<f32>(&z, &b, DType::F32);
     assert_eq!(a, p);
+}
+
+/// The value of the loss term named `name`.
+fn term(loss: &loss::Loss, name: &str) -> f64 {
+    let (_, _, value) = loss
+        .terms
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .unwrap_or_else(|| panic!("no term {name}"));
+    value
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn a_dead_autoencoder_code_has_cosine_one_as_the_study_and_zero_when_fixed() {
+    // Two objects, three views each, every view-independent code dead (all zero after the
+    // last ReLU), at the study's code width.
+    let codes = Tensor::zeros((2, 3, 128), DType::F32, &Device::Cpu).unwrap();
+    let x = Tensor::ones((6, 4), DType::F32, &Device::Cpu).unwrap();
+    let loss_of = |dead| {
+        loss::autoencoder_loss(&x, &x, &codes, 0.5, 0.5, Normaliser::TrueMean, dead).unwrap()
+    };
+    // The study: 1e-7 in every component makes each dead code the same constant vector.
+    let study = loss_of(DeadCodes::Study);
+    let sim = term(&study, "similarity");
+    assert!(
+        (sim - 1.0).abs() < 1e-4,
+        "study: dead codes' cosine {sim}, not 1"
+    );
+    assert!((term(&study, "dissimilarity") - 1.0).abs() < 1e-4);
+    // Fixed: a zero code has cosine 0 with everything.
+    let fixed = loss_of(DeadCodes::Zero);
+    assert!(term(&fixed, "similarity").abs() < 1e-6);
+    assert!(term(&fixed, "dissimilarity").abs() < 1e-6);
+    // The variants choose so.
+    assert_eq!(Variant::Study.dead_codes(), DeadCodes::Study);
+    assert_eq!(Variant::Fixed.dead_codes(), DeadCodes::Zero);
+}
+
+#[test]
+fn the_curve_keeps_every_loss_term_and_they_sum_to_the_total() {
+    let (tr, va) = (synthetic(12, 1), synthetic(4, 2));
+    for (head, variant, names) in [
+        (
+            HeadKind::Autoencoder,
+            Variant::Study,
+            &["reconstruction", "similarity", "dissimilarity"][..],
+        ),
+        (
+            HeadKind::Contrastive,
+            Variant::Study,
+            &["similarity", "dissimilarity"][..],
+        ),
+        (HeadKind::Object, Variant::Study, &["similarity"][..]),
+        (HeadKind::Contrastive, Variant::Fixed, &["info_nce"][..]),
+    ] {
+        let h = Head::init(config(head, variant, tr.dim), 42, &Device::Cpu).unwrap();
+        let curve = trained(&h, &tr, &va, 20);
+        let what = format!("{} ({})", head.name(), variant.name());
+        let got: Vec<&str> = curve.terms.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(got, names, "{what}");
+        assert_eq!(curve.train_terms.len(), 20, "{what}");
+        assert_eq!(curve.validation_terms.len(), 2, "{what}");
+        for (totals, terms) in [
+            (&curve.train, &curve.train_terms),
+            (&curve.validation, &curve.validation_terms),
+        ] {
+            for ((step, total), (term_step, values)) in totals.iter().zip(terms.iter()) {
+                assert_eq!(step, term_step);
+                let sum: f64 = curve
+                    .terms
+                    .iter()
+                    .zip(values)
+                    .map(|(t, v)| t.coefficient * *v as f64)
+                    .sum();
+                assert!(
+                    (sum - *total as f64).abs() < 1e-5 * (1.0 + total.abs() as f64),
+                    "{what}, step {step}: terms sum to {sum}, total {total}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_study_redraws_the_validation_views_and_fixed_keeps_one_draw() {
+    // A learning rate too small to move the weights: every change of the validation loss
+    // comes from which views were drawn.
+    let (tr, va) = (synthetic(12, 1), synthetic(6, 2));
+    let validation_losses = |redraw: bool| {
+        let h = Head::init(
+            config(HeadKind::Object, Variant::Study, tr.dim),
+            42,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut s = settings(40);
+        s.lr = 1e-30;
+        s.redraw_validation = redraw;
+        let curve = train(
+            &h,
+            &embeddings(&tr),
+            &embeddings(&va),
+            &s,
+            &Device::Cpu,
+            &|| false,
+        )
+        .unwrap();
+        assert_eq!(curve.validation_redrawn, redraw);
+        curve
+            .validation
+            .iter()
+            .map(|(_, v)| *v)
+            .collect::<Vec<f32>>()
+    };
+    let redrawn = validation_losses(true);
+    let once = validation_losses(false);
+    assert_eq!(redrawn.len(), 4);
+    assert!(
+        once.windows(2).all(|w| w[0] == w[1]),
+        "one draw, the same views at every validation: {once:?}"
+    );
+    let distinct: std::collections::BTreeSet<u32> = redrawn.iter().map(|v| v.to_bits()).collect();
+    assert!(
+        distinct.len() >= 3,
+        "redrawn views should change the validation loss: {redrawn:?}"
+    );
+    // The first validation draws the same views either way (the same seeded stream).
+    assert_eq!(redrawn[0], once[0]);
+}
+
+/// An evaluation of `objects` random objects with `views` views each (12 azimuths a ring).
+fn evaluation_of(
+    head: HeadKind,
+    variant: Variant,
+    objects: usize,
+    view_count: usize,
+) -> mvc::report::metrics::Evaluation {
+    let mut rng = fastrand::Rng::with_seed(3);
+    let dim = 4;
+    let images: Vec<f32> = (0..objects * view_count * dim).map(|_| rng.f32()).collect();
+    let texts: Vec<f32> = (0..objects * dim).map(|_| rng.f32()).collect();
+    let azimuths: Vec<f64> = (0..12).map(|k| k as f64 * 30.0).collect();
+    let polars = [20.0, 50.0, 80.0];
+    let infos = views(&azimuths, &polars[..view_count / 12]);
+    let m = evaluate(
+        &EvalInput {
+            images: &images,
+            texts: &texts,
+            objects,
+            views: &infos,
+            dim,
+        },
+        1 << 20,
+    )
+    .unwrap();
+    mvc::report::metrics::Evaluation {
+        head: config(head, variant, dim),
+        chosen_step: 0,
+        test_objects: Vec::new(),
+        parts: Vec::new(),
+        test_loss: None,
+        inter_object_similarity: m.same_object,
+        intra_object_similarity: m.cross_object,
+        metrics: m,
+    }
+}
+
+#[test]
+fn the_studys_numbers_stand_only_beside_the_same_head_variant_and_a_large_enough_split() {
+    use mvc::report::table::{Row, markdown, study_comparison};
+    let ok = evaluation_of(HeadKind::Identity, Variant::Study, 50, 36);
+    assert_eq!(study_comparison(&ok).unwrap().head, "identity");
+    // The baseline has no formulas: its variant does not matter.
+    let baseline_fixed = evaluation_of(HeadKind::Identity, Variant::Fixed, 50, 36);
+    assert!(study_comparison(&baseline_fixed).is_ok());
+    let fixed = evaluation_of(HeadKind::Autoencoder, Variant::Fixed, 50, 36);
+    let why = study_comparison(&fixed).unwrap_err();
+    assert!(why.contains("variant = \"fixed\""), "{why}");
+    let tiny = evaluation_of(HeadKind::Object, Variant::Study, 4, 36);
+    let why = study_comparison(&tiny).unwrap_err();
+    assert!(
+        why.contains("4 test objects") && why.contains("at least 50"),
+        "{why}"
+    );
+    let one_ring = evaluation_of(HeadKind::Contrastive, Variant::Study, 60, 12);
+    let why = study_comparison(&one_ring).unwrap_err();
+    assert!(why.contains("12 views per object"), "{why}");
+
+    let rows = [
+        Row {
+            stage: "eval_identity",
+            evaluation: &ok,
+            figures: Vec::new(),
+        },
+        Row {
+            stage: "eval_autoencoder",
+            evaluation: &fixed,
+            figures: Vec::new(),
+        },
+        Row {
+            stage: "eval_object",
+            evaluation: &tiny,
+            figures: Vec::new(),
+        },
+    ];
+    let md = markdown("t", None, &rows, true);
+    let line = |stage: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {stage} |")))
+            .unwrap_or_else(|| panic!("no row for {stage} in\n{md}"))
+            .to_string()
+    };
+    assert!(line("eval_identity").contains("0.893 ± 0.067"), "{md}");
+    assert!(!line("eval_autoencoder").contains("0.965"), "{md}");
+    assert!(
+        line("eval_autoencoder").ends_with("– | – | – | – |"),
+        "{md}"
+    );
+    assert!(!line("eval_object").contains("0.997"), "{md}");
+    assert!(
+        md.contains("No study column for `eval_autoencoder`: variant = \"fixed\""),
+        "{md}"
+    );
+    assert!(
+        md.contains("No study column for `eval_object`: 4 test objects"),
+        "{md}"
+    );
+    assert!(!md.contains("No study column for `eval_identity`"), "{md}");
+    assert!(md.contains("NumPy's shuffle"), "{md}");
 }

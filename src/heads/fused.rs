@@ -20,10 +20,15 @@ pub const NORM_EPS: f64 = 1e-12;
 
 /// Rows scaled to unit length along the last dimension.
 pub fn unit(x: &Tensor) -> Result<Tensor> {
+    unit_eps(x, NORM_EPS)
+}
+
+/// Rows divided by `sqrt(|x|² + eps)`.
+pub fn unit_eps(x: &Tensor, eps: f64) -> Result<Tensor> {
     let norm = x
         .sqr()?
         .sum_keepdim(candle_core::D::Minus1)?
-        .affine(1.0, NORM_EPS)?
+        .affine(1.0, eps)?
         .sqrt()?;
     x.broadcast_div(&norm)
 }
@@ -158,14 +163,14 @@ pub fn bias_relu(z: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Added under the square root when normalising, as everywhere in the losses.
-const EPS: f64 = NORM_EPS;
-
 /// For `x` `[G, M, d]`: each group's sum of its unit rows, `u = x / sqrt(|x|² + eps)`, and in
 /// a last column the group's sum of `|u|²`. Output `[G, d + 1]`.
-struct UnitGroupSums;
+struct UnitGroupSums {
+    /// Added under the square root.
+    eps: f64,
+}
 
-fn unit_group_sums_typed<T: WithDType>(x: &[T], m: usize, d: usize) -> Vec<T> {
+fn unit_group_sums_typed<T: WithDType>(x: &[T], m: usize, d: usize, eps: f64) -> Vec<T> {
     let mut out = vec![T::zero(); x.len() / (m * d) * (d + 1)];
     out.par_chunks_mut(d + 1)
         .zip(x.par_chunks(m * d))
@@ -173,7 +178,7 @@ fn unit_group_sums_typed<T: WithDType>(x: &[T], m: usize, d: usize) -> Vec<T> {
             let mut self_dots = 0f64;
             for row in group.chunks(d) {
                 let s: f64 = row.iter().map(|v| v.to_f64() * v.to_f64()).sum();
-                let p = s + EPS;
+                let p = s + eps;
                 let inv = 1.0 / p.sqrt();
                 for (o, v) in o.iter_mut().zip(row) {
                     *o = T::from_f64(o.to_f64() + v.to_f64() * inv);
@@ -188,9 +193,16 @@ fn unit_group_sums_typed<T: WithDType>(x: &[T], m: usize, d: usize) -> Vec<T> {
 /// The gradient of [`UnitGroupSums`] for `x` given the output's gradient `[G, d + 1]`.
 struct UnitGroupSumsGrad {
     members: usize,
+    eps: f64,
 }
 
-fn unit_group_sums_grad_typed<T: WithDType>(x: &[T], grad: &[T], m: usize, d: usize) -> Vec<T> {
+fn unit_group_sums_grad_typed<T: WithDType>(
+    x: &[T],
+    grad: &[T],
+    m: usize,
+    d: usize,
+    eps: f64,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(m * d)
         .zip(x.par_chunks(m * d).zip(grad.par_chunks(d + 1)))
@@ -198,7 +210,7 @@ fn unit_group_sums_grad_typed<T: WithDType>(x: &[T], grad: &[T], m: usize, d: us
             let q = g[d].to_f64();
             for (orow, row) in o.chunks_mut(d).zip(group.chunks(d)) {
                 let s: f64 = row.iter().map(|v| v.to_f64() * v.to_f64()).sum();
-                let p = s + EPS;
+                let p = s + eps;
                 let n = p.sqrt();
                 let xg: f64 = row
                     .iter()
@@ -206,7 +218,7 @@ fn unit_group_sums_grad_typed<T: WithDType>(x: &[T], grad: &[T], m: usize, d: us
                     .map(|(v, g)| v.to_f64() * g.to_f64())
                     .sum();
                 // d(x/n)/dx = I/n − x xᵀ/n³; d(s/p)/dx = 2·eps·x/p².
-                let along = xg / (n * n * n) - 2.0 * EPS * q / (p * p);
+                let along = xg / (n * n * n) - 2.0 * eps * q / (p * p);
                 for ((o, v), g) in orow.iter_mut().zip(row).zip(g) {
                     *o = T::from_f64(g.to_f64() / n - v.to_f64() * along);
                 }
@@ -225,6 +237,7 @@ impl candle_core::CustomOp1 for UnitGroupSums {
             slice::<T>(s, l, self.name())?,
             m,
             d,
+            self.eps,
         ));
         Ok((out, Shape::from((g, d + 1))))
     }
@@ -232,7 +245,10 @@ impl candle_core::CustomOp1 for UnitGroupSums {
         let (_, m, _) = x.dims3()?;
         Ok(Some(x.apply_op2_no_bwd(
             &grad_res.contiguous()?,
-            &UnitGroupSumsGrad { members: m },
+            &UnitGroupSumsGrad {
+                members: m,
+                eps: self.eps,
+            },
         )?))
     }
 }
@@ -257,6 +273,7 @@ impl CustomOp2 for UnitGroupSumsGrad {
             slice::<T>(s2, l2, self.name())?,
             m,
             d,
+            self.eps,
         ));
         Ok((out, l1.shape().clone()))
     }
@@ -265,12 +282,17 @@ impl CustomOp2 for UnitGroupSumsGrad {
 /// For `x` `[G, M, d]`: (each group's sum of unit rows `[G, d]`, the sum over all rows of
 /// `|u|²`, a scalar). One parallel pass each way on the CPU; candle's ops elsewhere.
 pub fn unit_group_sums(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    unit_group_sums_eps(x, NORM_EPS)
+}
+
+/// [`unit_group_sums`] with `eps` under the square root instead of [`NORM_EPS`].
+pub fn unit_group_sums_eps(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let (_, _, d) = x.dims3()?;
     if x.device().is_cpu() {
-        let out = x.contiguous()?.apply_op1(UnitGroupSums)?;
+        let out = x.contiguous()?.apply_op1(UnitGroupSums { eps })?;
         Ok((out.narrow(1, 0, d)?, out.narrow(1, d, 1)?.sum_all()?))
     } else {
-        let u = unit(x)?;
+        let u = unit_eps(x, eps)?;
         Ok((u.sum(1)?, u.sqr()?.sum_all()?))
     }
 }

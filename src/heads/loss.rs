@@ -73,11 +73,37 @@ fn terms_from_sums(
     Ok((sim, dissim))
 }
 
+/// A loss and the terms it is made of: `total` = Σ coefficient · value over `terms`. The
+/// terms are what the study logged per step (its `metrics.csv`) and what `curve.json` keeps.
+pub struct Loss {
+    pub total: Tensor,
+    /// (name, coefficient, value): e.g. ("similarity", −w, mean same-object cosine).
+    pub terms: Vec<(&'static str, f64, Tensor)>,
+}
+
+impl Loss {
+    /// A loss of weighted terms, the total being their weighted sum.
+    fn of(terms: Vec<(&'static str, f64, Tensor)>) -> Result<Loss> {
+        let mut total: Option<Tensor> = None;
+        for (_, coefficient, value) in &terms {
+            let part = (value * *coefficient)?;
+            total = Some(match total {
+                None => part,
+                Some(t) => (t + part)?,
+            });
+        }
+        Ok(Loss {
+            total: total.expect("every loss has a term"),
+            terms,
+        })
+    }
+}
+
 /// Object head: −(mean cosine over same-object pairs, text included).
 /// `images` `[B, D, d]` (head outputs), `texts` `[B, d]` (raw).
-pub fn object_loss(images: &Tensor, texts: &Tensor) -> Result<Tensor> {
+pub fn object_loss(images: &Tensor, texts: &Tensor) -> Result<Loss> {
     let (sim, _) = text_image_terms(images, texts, Normaliser::TrueMean)?;
-    sim.neg()
+    Loss::of(vec![("similarity", -1.0, sim)])
 }
 
 /// Contrastive head (the study's): (1 − w)·dissim − w·sim over texts and images.
@@ -86,19 +112,22 @@ pub fn contrastive_loss(
     texts: &Tensor,
     weight_similarity: f64,
     normaliser: Normaliser,
-) -> Result<Tensor> {
+) -> Result<Loss> {
     let (sim, dissim) = text_image_terms(images, texts, normaliser)?;
-    weigh(&sim, &dissim, weight_similarity)
+    Loss::of(weighed(sim, dissim, weight_similarity, 1.0))
 }
 
-/// (1 − w)·dissim − w·sim.
-fn weigh(sim: &Tensor, dissim: &Tensor, w: f64) -> Result<Tensor> {
-    (dissim * (1.0 - w))? - (sim * w)?
+/// The terms of `scale`·((1 − w)·dissim − w·sim).
+fn weighed(sim: Tensor, dissim: Tensor, w: f64, scale: f64) -> Vec<(&'static str, f64, Tensor)> {
+    vec![
+        ("similarity", -w * scale, sim),
+        ("dissimilarity", (1.0 - w) * scale, dissim),
+    ]
 }
 
 /// Contrastive head (`variant = "fixed"`): InfoNCE of each image against every object's
 /// text, the image's own text being the positive; cosine logits divided by `temperature`.
-pub fn info_nce_loss(images: &Tensor, texts: &Tensor, temperature: f64) -> Result<Tensor> {
+pub fn info_nce_loss(images: &Tensor, texts: &Tensor, temperature: f64) -> Result<Loss> {
     let (b, d, dim) = images.dims3()?;
     let u = unit(images)?; // [B, D, dim]
     let t = unit(texts)?; // [B, dim]
@@ -107,8 +136,26 @@ pub fn info_nce_loss(images: &Tensor, texts: &Tensor, temperature: f64) -> Resul
     // logits are row-wise dot products, with no [B·D, B] mask.
     let own = (u.broadcast_mul(&t.unsqueeze(1)?)?.sum_all()? / temperature)?;
     let lse = super::fused::row_log_sum_exp(&logits)?.sum_all()?;
-    (lse - own)? / (b * d) as f64
+    Loss::of(vec![("info_nce", 1.0, ((lse - own)? / (b * d) as f64)?)])
 }
+
+/// How the autoencoder's similarity terms take the cosine of a dead (all-zero) code, common
+/// after the study's last ReLU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadCodes {
+    /// As the study: 1e-7 added to every code's components before the cosines, and rows
+    /// scaled as PyTorch's `F.normalize` (the norm clamped at 1e-12, not 1e-12 added under
+    /// the root): a dead code is a constant vector, cosine 1 with the other dead codes.
+    Study,
+    /// Cosine 0 with everything (1e-12 under the root, as every other cosine here).
+    Zero,
+}
+
+/// What the study adds to every component of a view-independent code.
+pub const STUDY_CODE_OFFSET: f64 = 1e-7;
+
+/// PyTorch's `F.normalize` clamps the norm at 1e-12: the square of that under the root.
+pub const TORCH_NORM_EPS: f64 = 1e-24;
 
 /// The autoencoder's loss: a·mean_x |x − decoded|₂ + (1 − a)·((1 − w)·dissim − w·sim), the
 /// similarity terms over the view-independent codes of images only.
@@ -120,13 +167,25 @@ pub fn autoencoder_loss(
     weight_autoencoder: f64,
     weight_similarity: f64,
     normaliser: Normaliser,
-) -> Result<Tensor> {
+    dead: DeadCodes,
+) -> Result<Loss> {
     let rec = reconstruction_distance(x, decoded)?;
     let (b, m, _) = codes.dims3()?;
-    let (group_sums, self_dots) = super::fused::unit_group_sums(codes)?;
+    let (group_sums, self_dots) = match dead {
+        DeadCodes::Zero => super::fused::unit_group_sums(codes)?,
+        DeadCodes::Study => {
+            super::fused::unit_group_sums_eps(&(codes + STUDY_CODE_OFFSET)?, TORCH_NORM_EPS)?
+        }
+    };
     let (sim, dissim) = terms_from_sums(pair_sums_of(&group_sums, &self_dots)?, b, m, normaliser)?;
-    let similarity = weigh(&sim, &dissim, weight_similarity)?;
-    (rec * weight_autoencoder)? + (similarity * (1.0 - weight_autoencoder))?
+    let mut terms = vec![("reconstruction", weight_autoencoder, rec)];
+    terms.extend(weighed(
+        sim,
+        dissim,
+        weight_similarity,
+        1.0 - weight_autoencoder,
+    ));
+    Loss::of(terms)
 }
 
 /// mean over rows of the L2 distance |x − y|₂ (the study's reconstruction term; not squared).

@@ -82,10 +82,17 @@ impl Variant {
             Variant::Fixed => "fixed",
         }
     }
-    fn normaliser(self) -> Normaliser {
+    pub fn normaliser(self) -> Normaliser {
         match self {
             Variant::Study => Normaliser::Study,
             Variant::Fixed => Normaliser::TrueMean,
+        }
+    }
+    /// How the autoencoder's dead codes enter its cosines.
+    pub fn dead_codes(self) -> loss::DeadCodes {
+        match self {
+            Variant::Study => loss::DeadCodes::Study,
+            Variant::Fixed => loss::DeadCodes::Zero,
         }
     }
 }
@@ -255,9 +262,9 @@ impl Head {
         vi + vd
     }
 
-    /// The training loss of a batch: `images` `[B, D, d]` (raw embeddings of D views of B
-    /// objects), `texts` `[B, d]` (raw, never through the head).
-    pub fn loss(&self, images: &Tensor, texts: &Tensor) -> candle_core::Result<Tensor> {
+    /// The training loss of a batch and its terms: `images` `[B, D, d]` (raw embeddings of D
+    /// views of B objects), `texts` `[B, d]` (raw, never through the head).
+    pub fn loss(&self, images: &Tensor, texts: &Tensor) -> candle_core::Result<loss::Loss> {
         let c = &self.config;
         let (b, d, dim) = images.dims3()?;
         let flat = images.reshape((b * d, dim))?;
@@ -288,6 +295,7 @@ impl Head {
                     c.weight_autoencoder,
                     c.weight_similarity,
                     c.variant.normaliser(),
+                    c.variant.dead_codes(),
                 )
             }
         }

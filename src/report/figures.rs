@@ -161,3 +161,91 @@ pub fn line_plot(points: &[(f64, f64, f64)], title: &str, x_desc: &str) -> Resul
         Ok(())
     })
 }
+
+/// One named line of a [`lines`] figure.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Several named lines on one chart, with a legend; `y_range` fixes the vertical axis (else
+/// it spans the data).
+pub fn lines(
+    series: &[Series],
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    y_range: Option<(f64, f64)>,
+) -> Result<Vec<u8>> {
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let finite = |v: &f64| v.is_finite();
+    let x_max = all()
+        .map(|p| p.0)
+        .filter(finite)
+        .fold(0f64, f64::max)
+        .max(1.0);
+    let x_min = all()
+        .map(|p| p.0)
+        .filter(finite)
+        .fold(x_max, f64::min)
+        .min(0.0);
+    let (y_min, y_max) = y_range.unwrap_or_else(|| {
+        let lo = all()
+            .map(|p| p.1)
+            .filter(finite)
+            .fold(f64::INFINITY, f64::min);
+        let hi = all()
+            .map(|p| p.1)
+            .filter(finite)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() && hi > lo {
+            let pad = (hi - lo) * 0.05;
+            (lo - pad, hi + pad)
+        } else if lo.is_finite() {
+            (lo - 1.0, lo + 1.0)
+        } else {
+            (0.0, 1.0)
+        }
+    });
+    png(720, 480, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT, 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_min..x_max, y_min..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        for (k, s) in series.iter().enumerate() {
+            let colour = Palette99::pick(k).to_rgba();
+            let points: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|p| p.0.is_finite() && p.1.is_finite())
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(err)?
+                .label(s.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    })
+}

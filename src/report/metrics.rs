@@ -9,7 +9,11 @@
 //!   nearest (top-5), is a view of the same object;
 //! - per view pair: the V x V similarity averaged over objects, and its std over objects
 //!   (the study's heatmaps), and from it similarity by azimuth and elevation difference;
-//! - per ring (views with the same polar angle): the same metrics restricted to the ring.
+//! - per ring (views with the same polar angle): the same metrics restricted to the ring,
+//!   and similarity by azimuth difference within the ring (the same azimuth step is a
+//!   smaller change of view near the pole than at the equator, so rings are not pooled);
+//! - by view angle: same-object similarity against the true angle between the two cameras'
+//!   directions from the object's centre, in bins of [`VIEW_ANGLE_BIN`] degrees.
 //!
 //! Stds are population stds (divided by the count). The cross-object terms and retrieval
 //! need every image against every image: computed in row blocks of the similarity matrix,
@@ -17,6 +21,7 @@
 
 use super::coverage::Coverage;
 use crate::heads::HeadConfig;
+use crate::heads::train::Term;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -86,6 +91,16 @@ pub struct RingMetrics {
     pub retrieval_top5: f64,
 }
 
+/// The width in degrees of the bins of [`Metrics::by_view_angle`].
+pub const VIEW_ANGLE_BIN: f64 = 10.0;
+
+/// Same-object similarity by azimuth difference among the views of one ring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RingCurve {
+    pub polar: Option<f64>,
+    pub points: Vec<ByAngle>,
+}
+
 /// Similarity of same-object view pairs grouped by an angle difference.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ByAngle {
@@ -103,7 +118,16 @@ pub struct Metrics {
     pub reconstruction_mse: Option<f64>,
     pub retrieval_top1: f64,
     pub retrieval_top5: f64,
+    /// Pooled over every pair of views, whatever their rings (its 0° group holds only pairs
+    /// on different rings); `by_azimuth_within_ring` is the one to read.
     pub by_azimuth_difference: Vec<ByAngle>,
+    /// Per ring, by azimuth difference between two views of that ring.
+    #[serde(default)]
+    pub by_azimuth_within_ring: Vec<RingCurve>,
+    /// By the angle between the two cameras' directions, binned ([`VIEW_ANGLE_BIN`] wide,
+    /// `difference` the bin's centre).
+    #[serde(default)]
+    pub by_view_angle: Vec<ByAngle>,
     pub by_elevation_difference: Vec<ByAngle>,
     pub rings: Vec<RingMetrics>,
     /// V x V, row-major: mean over objects of each view pair's cosine.
@@ -259,6 +283,17 @@ pub fn evaluate(input: &EvalInput, block_bytes: usize) -> Result<Metrics> {
         retrieval_top1: sums.top1 as f64 / n.max(1) as f64,
         retrieval_top5: sums.top5 as f64 / n.max(1) as f64,
         by_azimuth_difference: by_angle(pools.by_azimuth),
+        by_azimuth_within_ring: pools
+            .by_azimuth_in_ring
+            .into_iter()
+            .enumerate()
+            .filter(|(_, groups)| !groups.is_empty())
+            .map(|(r, groups)| RingCurve {
+                polar: ring_angles[r],
+                points: by_angle(groups),
+            })
+            .collect(),
+        by_view_angle: by_angle(pools.by_view_angle),
         by_elevation_difference: by_angle(pools.by_elevation),
         rings: ring_metrics,
         view_pair_mean,
@@ -330,7 +365,34 @@ struct SameObjectPools {
     same: Acc,
     ring_same: Vec<Acc>,
     by_azimuth: Vec<(f64, Acc)>,
+    by_azimuth_in_ring: Vec<Vec<(f64, Acc)>>,
+    by_view_angle: Vec<(f64, Acc)>,
     by_elevation: Vec<(f64, Acc)>,
+}
+
+/// The unit direction from the object's centre to a camera at `azimuth`, `polar` (degrees).
+fn direction(azimuth: f64, polar: f64) -> [f64; 3] {
+    let (a, p) = (azimuth.to_radians(), polar.to_radians());
+    [p.sin() * a.cos(), p.sin() * a.sin(), p.cos()]
+}
+
+/// The angle in degrees between two cameras' directions.
+fn view_angle(a: &ViewInfo, b: &ViewInfo) -> Option<f64> {
+    let (x, y) = (
+        direction(a.azimuth?, a.polar?),
+        direction(b.azimuth?, b.polar?),
+    );
+    let cos: f64 = x.iter().zip(&y).map(|(p, q)| p * q).sum();
+    Some(cos.clamp(-1.0, 1.0).acos().to_degrees())
+}
+
+/// The centre of `angle`'s bin of [`VIEW_ANGLE_BIN`] degrees (180° goes in the last bin).
+fn view_angle_bin(angle: f64) -> f64 {
+    let last = (180.0 / VIEW_ANGLE_BIN).ceil() - 1.0;
+    // Rounded first, so that an angle on a bin's edge (30° computed as 29.9999…) lands in
+    // the bin it is on the edge of.
+    let k = (round4(angle) / VIEW_ANGLE_BIN).floor().min(last);
+    round4((k + 0.5) * VIEW_ANGLE_BIN)
 }
 
 fn same_object_pools(
@@ -350,6 +412,8 @@ fn same_object_pools(
     let mut ring_same = vec![Acc::default(); rings];
     let mut by_az: Vec<(f64, Acc)> = Vec::new();
     let mut by_el: Vec<(f64, Acc)> = Vec::new();
+    let mut by_az_ring: Vec<Vec<(f64, Acc)>> = vec![Vec::new(); rings];
+    let mut by_view: Vec<(f64, Acc)> = Vec::new();
     let add_group = |groups: &mut Vec<(f64, Acc)>, key: f64, acc: &Acc| match groups
         .iter_mut()
         .find(|(k, _)| *k == key)
@@ -370,6 +434,12 @@ fn same_object_pools(
             let (vi, vj) = (&views[i], &views[j]);
             if let (Some(a), Some(b)) = (vi.azimuth, vj.azimuth) {
                 add_group(&mut by_az, azimuth_difference(a, b), &acc);
+                if ring[i] == ring[j] {
+                    add_group(&mut by_az_ring[ring[i]], azimuth_difference(a, b), &acc);
+                }
+            }
+            if let Some(angle) = view_angle(vi, vj) {
+                add_group(&mut by_view, view_angle_bin(angle), &acc);
             }
             if let (Some(a), Some(b)) = (vi.polar, vj.polar) {
                 add_group(&mut by_el, round4((a - b).abs()), &acc);
@@ -380,6 +450,8 @@ fn same_object_pools(
         same,
         ring_same,
         by_azimuth: by_az,
+        by_azimuth_in_ring: by_az_ring,
+        by_view_angle: by_view,
         by_elevation: by_el,
     }
 }
@@ -493,6 +565,17 @@ pub fn similarity_matrix(input: &EvalInput, max_side: usize) -> (Vec<f32>, usize
     (out, side, full)
 }
 
+/// A loss on the test split: `total` = Σ coefficient · value over the terms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestLoss {
+    pub total: f32,
+    pub terms: Vec<Term>,
+    /// Each term's value, in `terms` order.
+    pub values: Vec<f32>,
+    /// Views per object the loss was taken over (all of them).
+    pub views: usize,
+}
+
 /// `metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -505,6 +588,10 @@ pub struct Evaluation {
     /// why (training and validation as the head was trained, then test).
     #[serde(default)]
     pub parts: Vec<Coverage>,
+    /// The head's loss on the test objects with every view, and its terms (the study logged
+    /// its test loss); none for the baseline, which has no loss.
+    #[serde(default)]
+    pub test_loss: Option<TestLoss>,
     /// The study's name for same-object similarity.
     pub inter_object_similarity: Stats,
     /// The study's name for cross-object similarity.

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 /// The study's published table (mean, std), by head: same-object ("inter"), cross-object
 /// ("intra"), text-to-image.
+#[derive(Debug)]
 pub struct StudyRow {
     pub head: &'static str,
     pub same_object: (f64, f64),
@@ -49,6 +50,47 @@ pub const STUDY: &[StudyRow] = &[
 
 pub fn study_row(head: &str) -> Option<&'static StudyRow> {
     STUDY.iter().find(|r| r.head == head)
+}
+
+/// The fewest test objects a row needs before the study's numbers are shown beside it (the
+/// study's test split had 206; with a handful of objects the pooled means are noise).
+pub const STUDY_LEAST_OBJECTS: usize = 50;
+
+/// Views per object in the study's evaluation (12 azimuths x polar 20°, 50°, 80°).
+pub const STUDY_VIEWS: usize = 36;
+
+/// The study's row to show beside an evaluation, or why none is: the same head, the same
+/// formulas (`variant = "study"`; the baseline has none) and a test split large enough, with
+/// every one of the study's views.
+pub fn study_comparison(e: &Evaluation) -> Result<&'static StudyRow, String> {
+    use crate::heads::{HeadKind, Variant};
+    let head = e.head.head;
+    let row = study_row(head.name())
+        .ok_or_else(|| format!("the study published no `{}` head", head.name()))?;
+    if head != HeadKind::Identity && e.head.variant != Variant::Study {
+        return Err(format!(
+            "variant = \"{}\" changes the head's formulas; the study's numbers are for \
+             variant = \"study\"",
+            e.head.variant.name()
+        ));
+    }
+    let m = &e.metrics;
+    if m.objects < STUDY_LEAST_OBJECTS {
+        return Err(format!(
+            "{} test object{} (the study had 206; at least {STUDY_LEAST_OBJECTS} are needed for \
+             a comparison to mean anything)",
+            m.objects,
+            if m.objects == 1 { "" } else { "s" }
+        ));
+    }
+    if m.views != STUDY_VIEWS {
+        return Err(format!(
+            "{} views per object; the study's numbers are over its {STUDY_VIEWS} (12 azimuths \
+             x polar 20°, 50°, 80°)",
+            m.views
+        ));
+    }
+    Ok(row)
 }
 
 /// One evaluated head.
@@ -110,8 +152,8 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
                 .unwrap_or_else(|| "–".into()),
         );
         if compare_study {
-            match study_row(e.head.head.name()) {
-                Some(s) => {
+            match study_comparison(e) {
+                Ok(s) => {
                     let _ = write!(
                         md,
                         " {} | {} | {} | {} |",
@@ -123,7 +165,7 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
                             .unwrap_or_else(|| "–".into()),
                     );
                 }
-                None => md.push_str(" – | – | – | – |"),
+                Err(_) => md.push_str(" – | – | – | – |"),
             }
         }
         md.push('\n');
@@ -131,9 +173,15 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
     if compare_study {
         md.push_str(
             "\nThe study's numbers are its published table (206 test objects × 36 views, \
-             ViT-B/32). Its split came from Python's shuffle, so the test objects differ; the \
-             baseline row depends only on data, rendering and CLIP and is the first check.\n",
+             ViT-B/32). Its split came from NumPy's shuffle (`np.random.shuffle`, seed 42) over \
+             its own list of objects, so the test objects differ; the baseline row depends only \
+             on data, rendering and CLIP and is the first check.\n",
         );
+        for r in rows {
+            if let Err(why) = study_comparison(r.evaluation) {
+                let _ = writeln!(md, "\nNo study column for `{}`: {why}.", r.stage);
+            }
+        }
     }
     md.push_str(&left_out_section(rows));
     md.push_str("\n## Per elevation ring\n\n");
@@ -235,8 +283,13 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("heatmap_mean.png", "mean cosine per view pair"),
     ("heatmap_std.png", "std over objects per view pair"),
     ("similarity_matrix.png", "texts then images"),
-    ("by_azimuth_difference.png", "by azimuth difference"),
+    (
+        "by_azimuth_difference.png",
+        "by azimuth difference, within rings",
+    ),
+    ("by_view_angle.png", "by angle between the cameras"),
     ("by_elevation_difference.png", "by elevation difference"),
+    ("training_curves.png", "training curves"),
 ];
 
 /// `results.csv`.

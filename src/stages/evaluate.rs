@@ -2,7 +2,8 @@
 //! task; reads a train stage, a split stage and an embed stage. Outputs `metrics.json` (see
 //! `report::metrics` for every definition) and `figures/*.png`: the study's two V x V
 //! heatmaps (mean and std over objects, jet, 0–1), the all-texts-then-all-images similarity
-//! matrix, and same-object similarity against azimuth and elevation difference.
+//! matrix, same-object similarity against azimuth difference (per ring), the angle between
+//! the cameras and elevation difference, and the head's training curves.
 
 use super::gather::{Part, gather};
 use super::train::{
@@ -15,11 +16,11 @@ use super::{
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
 use crate::exec::workdir::{InputData, ingest_outputs};
-use crate::heads::train::Curve;
+use crate::heads::train::{Curve, Embeddings, loss_on};
 use crate::heads::{Head, HeadKind};
 use crate::report::coverage::coverage_note;
-use crate::report::figures;
-use crate::report::metrics::{self, EvalInput};
+use crate::report::figures::{self, Series};
+use crate::report::metrics::{self, EvalInput, TestLoss};
 use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::Output;
@@ -33,7 +34,8 @@ use toml::Spanned;
 pub const KIND: &str = "evaluate";
 
 /// 2: incomplete test objects are left out (up to `max_missing`); `parts` in metrics.json.
-const VERSION: u32 = 2;
+/// 3: the test loss, similarity within rings and by view angle, the training curves' figure.
+const VERSION: u32 = 3;
 
 pub const ITEM: &str = "metrics";
 pub const METRICS_FILE: &str = "metrics.json";
@@ -169,6 +171,24 @@ impl EvaluateStage {
             dim: test.dim,
         };
         let mut m = metrics::evaluate(&input, SIMILARITY_BLOCK_BYTES)?;
+        let test_loss = if config.head == HeadKind::Identity {
+            None
+        } else {
+            let data = Embeddings {
+                images: &test.images,
+                texts: &test.texts,
+                objects: test.uids.len(),
+                views: test.views.len(),
+                dim: test.dim,
+            };
+            let (total, terms, values) = loss_on(&head, &data, &device)?;
+            Some(TestLoss {
+                total,
+                terms,
+                values,
+                views: test.views.len(),
+            })
+        };
         if config.head == HeadKind::Autoencoder {
             let full = in_batches(&test.images, test.dim, &device, |x| head.reconstruct(x))?;
             let sq: f64 = test
@@ -217,30 +237,11 @@ impl EvaluateStage {
             fig.join("similarity_matrix.png"),
             figures::heatmap(&matrix, side, &title, "texts, then images (object-major)")?,
         )?;
-        // Curves: azimuth whenever views have one; elevation only with more than one ring.
-        for (groups, least, angle) in [
-            (&m.by_azimuth_difference, 1, "azimuth"),
-            (&m.by_elevation_difference, 2, "elevation"),
-        ] {
-            if groups.len() < least {
-                continue;
-            }
-            let points: Vec<(f64, f64, f64)> = groups
-                .iter()
-                .map(|g| (g.difference, g.similarity.mean, g.similarity.std))
-                .collect();
-            std::fs::write(
-                fig.join(format!("by_{angle}_difference.png")),
-                figures::line_plot(
-                    &points,
-                    &format!("{name}: same-object similarity by {angle} difference"),
-                    &format!("{angle} difference (degrees)"),
-                )?,
-            )?;
-        }
+        draw_curves(&fig, &name, &m, &curve)?;
         let evaluation = Evaluation {
             head: config,
             chosen_step: curve.chosen_step,
+            test_loss,
             test_objects: test.uids.clone(),
             parts: head_file
                 .parts
@@ -257,6 +258,112 @@ impl EvaluateStage {
         )?;
         Ok(out)
     }
+}
+
+/// The line figures: same-object similarity by azimuth difference (one line per ring), by
+/// the angle between the cameras and by elevation difference (with more than one ring), and
+/// the head's training curves (its loss terms, training and validation).
+fn draw_curves(fig: &std::path::Path, name: &str, m: &metrics::Metrics, curve: &Curve) -> Result<()> {
+    if !m.by_azimuth_within_ring.is_empty() {
+        let series: Vec<Series> = m
+            .by_azimuth_within_ring
+            .iter()
+            .map(|ring| Series {
+                name: match ring.polar {
+                    Some(p) => format!("polar {p}° (elevation {}°)", 90.0 - p),
+                    None => "views without a polar angle".into(),
+                },
+                points: ring
+                    .points
+                    .iter()
+                    .map(|g| (g.difference, g.similarity.mean))
+                    .collect(),
+            })
+            .collect();
+        std::fs::write(
+            fig.join("by_azimuth_difference.png"),
+            figures::lines(
+                &series,
+                &format!("{name}: same-object similarity by azimuth difference, within rings"),
+                "azimuth difference (degrees)",
+                "same-object cosine",
+                None,
+            )?,
+        )?;
+    }
+    for (groups, least, file, what) in [
+        (
+            &m.by_view_angle,
+            1,
+            "by_view_angle.png",
+            "angle between the cameras",
+        ),
+        (
+            &m.by_elevation_difference,
+            2,
+            "by_elevation_difference.png",
+            "elevation difference",
+        ),
+    ] {
+        if groups.len() < least {
+            continue;
+        }
+        let points: Vec<(f64, f64, f64)> = groups
+            .iter()
+            .map(|g| (g.difference, g.similarity.mean, g.similarity.std))
+            .collect();
+        std::fs::write(
+            fig.join(file),
+            figures::line_plot(
+                &points,
+                &format!("{name}: same-object similarity by {what}"),
+                &format!("{what} (degrees)"),
+            )?,
+        )?;
+    }
+    if !curve.train.is_empty() {
+        let step_values = |rows: &[(u32, f32)]| -> Vec<(f64, f64)> {
+            rows.iter().map(|(s, v)| (*s as f64, *v as f64)).collect()
+        };
+        let mut series = vec![
+            Series {
+                name: "training loss".into(),
+                points: step_values(&curve.train),
+            },
+            Series {
+                name: "validation loss".into(),
+                points: step_values(&curve.validation),
+            },
+        ];
+        for (k, term) in curve.terms.iter().enumerate() {
+            if curve.terms.len() == 1 && term.coefficient.abs() == 1.0 {
+                continue; // the term is the loss itself, up to its sign
+            }
+            for (part, rows) in [
+                ("training", &curve.train_terms),
+                ("validation", &curve.validation_terms),
+            ] {
+                series.push(Series {
+                    name: format!("{} ({part}; weight {:.3})", term.name, term.coefficient),
+                    points: rows
+                        .iter()
+                        .filter_map(|(s, v)| v.get(k).map(|v| (*s as f64, *v as f64)))
+                        .collect(),
+                });
+            }
+        }
+        std::fs::write(
+            fig.join("training_curves.png"),
+            figures::lines(
+                &series,
+                &format!("{name}: training (best step {})", curve.chosen_step),
+                "step",
+                "loss, and each term's value",
+                None,
+            )?,
+        )?;
+    }
+    Ok(())
 }
 
 #[async_trait::async_trait]

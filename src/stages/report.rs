@@ -143,11 +143,23 @@ impl ReportStage {
         } else {
             Vec::new()
         };
+        // Per row, whether the study's numbers stand beside it, or why not.
+        let comparisons: Vec<serde_json::Value> = if self.compare_study {
+            rows.iter()
+                .map(|r| match table::study_comparison(r.evaluation) {
+                    Ok(s) => serde_json::json!({ "evaluation": r.stage, "study_head": s.head }),
+                    Err(why) => serde_json::json!({ "evaluation": r.stage, "not_compared": why }),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let json = serde_json::json!({
             "title": self.title,
             "note": self.note,
             "results": rows,
             "study": study,
+            "comparisons": comparisons,
         });
         let mut outputs = vec![
             output_from_bytes(store, "results.md".into(), md.into_bytes()),

@@ -28,8 +28,9 @@ use toml::Spanned;
 pub const KIND: &str = "train";
 
 /// 2: objects without every embedding are left out (up to `max_missing`) and listed in
-/// `head.json`.
-const VERSION: u32 = 2;
+/// `head.json`. 3: `study` redraws the validation views and adds 1e-7 to the autoencoder's
+/// codes; `curve.json` has every loss term.
+const VERSION: u32 = 3;
 
 /// The default `max_missing`: the largest fraction of a split's part that may be left out.
 pub const DEFAULT_MAX_MISSING: f64 = 0.1;
@@ -172,6 +173,10 @@ impl TrainStage {
             lr: p.lr.unwrap_or(1e-3),
             validate_every: p.validate_every.unwrap_or(10),
             seed: p.seed.unwrap_or(42),
+            // The study drew the validation views afresh at every validation; `fixed` keeps
+            // one draw, so that a checkpoint is chosen on the same views throughout (a lower
+            // validation loss then means a better head, not luckier views).
+            redraw_validation: variant == Variant::Study,
         };
         let checks = [
             (config.hidden >= 2, "`hidden` must be at least 2"),
