@@ -11,6 +11,7 @@ pub mod heads;
 pub mod hf;
 pub mod meter;
 pub mod models;
+pub mod numpy_random;
 pub mod pipeline;
 pub mod remote;
 pub mod render;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// The floors, bottom first. A module may import the modules of lower floors only.
 const FLOORS: &[&[&str]] = &[
     // Leaves: keys, text, diagnostics, slots, meters.
-    &["text", "diag", "meter", "resources"],
+    &["text", "diag", "meter", "resources", "numpy_random"],
     &["task", "hf"],
     // Leaves that compute: rendering, CLIP, heads, metrics and tables.
     &["render", "clip"],

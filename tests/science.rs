@@ -86,8 +86,13 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
             "heatmap_std.png",
             "similarity_matrix.png",
             "by_azimuth_difference.png",
+            "by_view_angle.png",
             "by_elevation_difference.png",
+            "training_curves.png",
         ] {
+            if head == "identity" && fig == "training_curves.png" {
+                continue; // the baseline trains nothing
+            }
             let path = runs.join(format!("figures/eval_{head}/{fig}"));
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let img = image::load_from_memory(&bytes).unwrap();
@@ -111,6 +116,19 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
         serde_json::from_slice(&std::fs::read(out.join("metrics/metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["head"]["head"], "object");
     assert_eq!(metrics["test_objects"].as_array().unwrap().len(), 2);
+    // The test loss, with its one term (−mean same-object cosine), over all 12 views.
+    let test_loss = &metrics["test_loss"];
+    assert_eq!(test_loss["views"], 12, "{test_loss}");
+    assert_eq!(test_loss["terms"][0]["name"], "similarity");
+    let total = test_loss["total"].as_f64().unwrap();
+    let value = test_loss["values"][0].as_f64().unwrap();
+    assert!((total + value).abs() < 1e-5, "{test_loss}");
+    // Rings compared within themselves: two rings of six azimuths each.
+    assert_eq!(
+        metrics["by_azimuth_within_ring"].as_array().unwrap().len(),
+        2
+    );
+    assert!(!metrics["by_view_angle"].as_array().unwrap().is_empty());
 
     // A second run does nothing.
     let second = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
@@ -569,4 +587,65 @@ fn the_study_split_counts_and_the_hash_split_keeps_objects_in_place() {
     }
     let share = more.test.len() as f64 / 2050.0;
     assert!((share - 0.1).abs() < 0.03, "hash test share {share}");
+}
+
+#[test]
+fn the_study_split_shuffles_exactly_as_numpy() {
+    use mvc::numpy_random::Mt19937;
+    // NumPy's own output (tests/data/make_numpy_shuffle.py, NumPy 1.24): np.random.seed(s);
+    // np.random.shuffle(list(range(n))).
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/numpy_shuffle.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let cases = data["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 24);
+    for case in cases {
+        let seed = case["seed"].as_u64().unwrap() as u32;
+        let n = case["n"].as_u64().unwrap() as usize;
+        let want: Vec<u64> = case["permutation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        let mut got: Vec<u64> = (0..n as u64).collect();
+        Mt19937::new(seed).shuffle(&mut got);
+        assert_eq!(got, want, "seed {seed}, {n} items");
+    }
+    // The split stage uses it: sorted uids, NumPy's shuffle with the seed, int(0.8 N) train.
+    use mvc::stages::split::{Method, assign};
+    let uids: Vec<String> = (0..100).map(|k| format!("u{k:03}")).collect();
+    let s = assign(&uids, Method::Study, [0.8, 0.1, 0.1], 42);
+    let seed42 = cases
+        .iter()
+        .find(|c| c["seed"] == 42 && c["n"] == 100)
+        .unwrap();
+    let mut test: Vec<String> = seed42["permutation"].as_array().unwrap()[90..]
+        .iter()
+        .map(|k| format!("u{:03}", k.as_u64().unwrap()))
+        .collect();
+    test.sort();
+    assert_eq!(s.test, test);
+}
+
+#[test]
+fn a_study_seed_numpy_would_refuse_names_the_line() {
+    let sb = Sandbox::new();
+    let p = small_pipeline(&sb, "seed = 4294967296", "head = \"object\"", &[]);
+    let line = p.lines().position(|l| l.starts_with("seed")).unwrap() + 1;
+    sb.write("p.toml", &p);
+    let ran = sb.mvc(&["plan", "p.toml"]);
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains(&format!(
+            "p.toml:{line}:8: stage `split`: seed = 4294967296 is above 4294967295"
+        )),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("the study's is 42"), "{}", ran.stderr);
 }

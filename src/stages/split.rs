@@ -2,9 +2,11 @@
 //! output `split.json` is the manifest. The task's key holds the uid list (not the upstream
 //! files), so new renders or embeddings of the same objects leave it cached.
 //!
-//! - `method = "study"`: the uids sorted, shuffled with `seed`, then int(f₀·N) train,
-//!   int(f₁·N) validation, the rest test (the study: 0.8 / 0.1 / rest, seed 42). mvc's
-//!   shuffle is not Python's, so the objects in each part differ from the study's own split.
+//! - `method = "study"`: the uids sorted, shuffled with `seed` exactly as NumPy's
+//!   `np.random.seed(seed); np.random.shuffle(uids)` (`crate::numpy_random`), then int(f₀·N)
+//!   train, int(f₁·N) validation, the rest test (the study: 0.8 / 0.1 / rest, seed 42). The
+//!   study shuffled its objects in the order its files were listed, not sorted, so the same
+//!   objects land in the study's parts only if that order was sorted too.
 //! - `method = "hash"`: each uid placed by a hash of (seed, uid) alone, so adding objects
 //!   never moves an existing one.
 
@@ -23,7 +25,8 @@ use toml::Spanned;
 /// The `kind` of its tables in pipeline files (and of its key records).
 pub const KIND: &str = "split";
 
-const VERSION: u32 = 1;
+/// 2: the study method shuffles as NumPy (it used fastrand's shuffle).
+const VERSION: u32 = 2;
 
 /// The stage's one item.
 pub const ITEM: &str = "split";
@@ -42,7 +45,7 @@ pub struct SplitParams {
     /// Train, validation, test (default [0.8, 0.1, 0.1]).
     pub fractions: Option<Spanned<Vec<f64>>>,
     /// Default 42.
-    pub seed: Option<u64>,
+    pub seed: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +66,8 @@ pub struct Split {
     pub test: Vec<String>,
 }
 
-/// Places `uids` (any order; duplicates are ignored).
+/// Places `uids` (any order; duplicates are ignored). The study method takes seeds below
+/// 2³², NumPy's range (the stage refuses others); a larger one is reduced modulo 2³².
 pub fn assign(uids: &[String], method: Method, fractions: [f64; 3], seed: u64) -> Split {
     let mut sorted: Vec<String> = uids.to_vec();
     sorted.sort();
@@ -71,7 +75,7 @@ pub fn assign(uids: &[String], method: Method, fractions: [f64; 3], seed: u64) -
     let (mut train, mut validation, mut test) = (Vec::new(), Vec::new(), Vec::new());
     match method {
         Method::Study => {
-            fastrand::Rng::with_seed(seed).shuffle(&mut sorted);
+            crate::numpy_random::Mt19937::new(seed as u32).shuffle(&mut sorted);
             let n = sorted.len() as f64;
             let a = (fractions[0] * n).floor() as usize;
             let b = a + (fractions[1] * n).floor() as usize;
@@ -222,11 +226,24 @@ impl SplitStage {
                 [v[0], v[1], v[2]]
             }
         };
+        let seed = p.seed.as_ref().map(|s| *s.get_ref()).unwrap_or(42);
+        if let (Method::Study, Some(s)) = (method, &p.seed)
+            && u32::try_from(seed).is_err()
+        {
+            return at(
+                s.span(),
+                format!(
+                    "stage `{stage}`: seed = {seed} is above 4294967295 (2³² − 1), the largest \
+                     seed NumPy's shuffle takes, which the study method reproduces; use a \
+                     smaller seed (the study's is 42)"
+                ),
+            );
+        }
         Ok(SplitStage {
             stage: stage.to_string(),
             method,
             fractions,
-            seed: p.seed.unwrap_or(42),
+            seed,
             from_selection,
         })
     }
