@@ -32,6 +32,12 @@ if not hasattr(numpy, "bool"):
 import bpy  # noqa: E402
 from mathutils import Matrix, Vector  # noqa: E402
 
+# Blender's glTF importer walks the node tree recursively, so at Python's default limit of
+# 1,000 frames a valid model whose hierarchy is a few hundred nodes deep failed with
+# RecursionError. Python 3.11 keeps pure-Python frames off the C stack: a chain of 100,000
+# nodes imports at this limit (slowly: the stage's `timeout` bounds it).
+sys.setrecursionlimit(1_000_000)
+
 
 # Blender's startup scene's World (startup.blend, 2.8 to 3.x): a grey background, colour
 # 0.050876 in every channel, strength 1. The study's script rendered in that scene, so this
