@@ -705,6 +705,18 @@ async fn put_blob(
     if c.store.blobs().size(&digest).is_some() {
         match blob_is_whole(&c, &digest).await {
             Ok(true) => {
+                // Read and drop the body (up to the blob limit) before answering: a reply
+                // while the worker is still sending makes its write fail with a broken pipe,
+                // which it would take for a network failure.
+                use futures_util::StreamExt;
+                let mut stream = body.into_data_stream();
+                let mut read = 0u64;
+                while let Some(Ok(chunk)) = stream.next().await {
+                    read += chunk.len() as u64;
+                    if read > c.config.blob_limit {
+                        break;
+                    }
+                }
                 return axum::Json(serde_json::json!({ "ok": "already here" })).into_response();
             }
             Ok(false) => {}
