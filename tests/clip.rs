@@ -122,6 +122,104 @@ fn features_from_the_reference_inputs_match_within_1e_4() {
     );
 }
 
+/// Pixel values of `n` distinct images (the fixture's two, shifted and tinted), each
+/// `3·S·S` values.
+fn varied_pixels(clip: &Clip, n: usize) -> Vec<Vec<f32>> {
+    let (_, reference) = expected("pixel_values");
+    let per = 3 * clip.encoder.image_size() * clip.encoder.image_size();
+    (0..n)
+        .map(|k| {
+            let base = &reference[(k % 2) * per..(k % 2 + 1) * per];
+            (0..per)
+                .map(|i| (base[(i + 97 * k) % per] as f32) * (1.0 - 0.01 * k as f32))
+                .collect()
+        })
+        .collect()
+}
+
+/// The features of `items` (each `per` values) run in batches of `batch`, in `order`;
+/// returned in the items' own order.
+fn features_in_batches<T: Copy>(
+    items: &[Vec<T>],
+    order: &[usize],
+    batch: usize,
+    dim: usize,
+    forward: impl Fn(&[T], usize) -> Vec<f32>,
+) -> Vec<Vec<f32>> {
+    let mut out = vec![Vec::new(); items.len()];
+    for chunk in order.chunks(batch) {
+        let flat: Vec<T> = chunk
+            .iter()
+            .flat_map(|&i| items[i].iter().copied())
+            .collect();
+        let features = forward(&flat, chunk.len());
+        for (k, &i) in chunk.iter().enumerate() {
+            out[i] = features[k * dim..(k + 1) * dim].to_vec();
+        }
+    }
+    out
+}
+
+/// On the CPU in f32 an image's (and a caption's) features are the same bytes whatever the
+/// batch it is in and wherever it sits in it: batches of 1, 7 and 64, in order, reversed and
+/// shuffled, and split as the embed stage splits work into units.
+#[test]
+fn features_are_identical_bytes_whatever_the_batch() {
+    let clip = load();
+    let dim = clip.encoder.dim();
+    let n = 70;
+    let images = varied_pixels(&clip, n);
+    let forward = |pixels: &[f32], k: usize| clip.encoder.image_features(pixels, k).unwrap();
+    let in_order: Vec<usize> = (0..n).collect();
+    let reference = features_in_batches(&images, &in_order, 1, dim, forward);
+    let reversed: Vec<usize> = (0..n).rev().collect();
+    let mut shuffled = in_order.clone();
+    fastrand::Rng::with_seed(7).shuffle(&mut shuffled);
+    for (batch, order, what) in [
+        (7, &in_order, "batch 7"),
+        (64, &in_order, "batch 64"),
+        (64, &reversed, "batch 64, reversed"),
+        (7, &shuffled, "batch 7, shuffled"),
+        (n, &shuffled, "one batch of 70, shuffled"),
+    ] {
+        let got = features_in_batches(&images, order, batch, dim, forward);
+        for i in 0..n {
+            assert_eq!(
+                got[i], reference[i],
+                "image {i}: {what} differs from batch 1"
+            );
+        }
+    }
+    // Units: the first 20 images alone and the other 50 alone, as two units would run them.
+    let first: Vec<usize> = (0..20).collect();
+    let rest: Vec<usize> = (20..n).collect();
+    let a = features_in_batches(&images, &first, 64, dim, forward);
+    let b = features_in_batches(&images, &rest, 64, dim, forward);
+    for i in 0..n {
+        let got = if i < 20 { &a[i] } else { &b[i] };
+        assert_eq!(got, &reference[i], "image {i} in a unit of its own differs");
+    }
+
+    let captions: Vec<Vec<u32>> = (0..n)
+        .map(|k| {
+            clip.tokenizer
+                .encode(&format!(
+                    "a photo of dish number {k}, {}",
+                    "very ".repeat(k % 9)
+                ))
+                .unwrap()
+        })
+        .collect();
+    let forward = |ids: &[u32], k: usize| clip.encoder.text_features(ids, k).unwrap();
+    let reference = features_in_batches(&captions, &in_order, 1, dim, forward);
+    for (batch, order) in [(7, &shuffled), (64, &reversed)] {
+        let got = features_in_batches(&captions, order, batch, dim, forward);
+        for i in 0..n {
+            assert_eq!(got[i], reference[i], "caption {i} at batch {batch} differs");
+        }
+    }
+}
+
 #[test]
 fn mvc_embed_reproduces_the_reference_from_the_command_line() {
     let sb = Sandbox::new();

@@ -4,6 +4,7 @@
 //! Face folder or from the hub (fetched into the cache by [`crate::models`]).
 
 pub mod config;
+pub mod cpu;
 pub mod model;
 pub mod preprocess;
 pub mod resample;

@@ -1,12 +1,14 @@
-//! The CLIP encoders on candle: weights memory-mapped from `model.safetensors`, raw
+//! The CLIP encoders: weights memory-mapped from `model.safetensors` by candle, raw
 //! (unnormalised) projected features as `get_image_features` / `get_text_features` give them.
 //!
-//! The encoders are candle-transformers' own; the projections and the text pooling are done
-//! here. Pooling picks the pooled token's position on the host (the first end token, as
+//! In f32 on the CPU the features come from mvc's kernels ([`super::cpu`]: faster than
+//! candle's CPU ops and the same bytes whatever the batch); elsewhere (CUDA, f16, bf16) from
+//! candle-transformers' encoders, with the projections and the text pooling done here. Pooling picks the pooled token's position on the host (the first end token, as
 //! Hugging Face does) instead of candle's `argmax` on the device, whose choice among equal
 //! maxima (the padding is the end token too) is not specified on CUDA.
 
 use super::config::ModelConfig;
+use super::cpu::CpuClip;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -109,11 +111,23 @@ fn cuda_device() -> Result<Device, String> {
     Err(NO_CUDA_BUILD.to_string())
 }
 
-pub struct ClipEncoder {
+/// Candle's encoders: the CUDA path (and any non-f32 model).
+struct CandleTowers {
     text: ClipTextTransformer,
     vision: ClipVisionTransformer,
     text_projection: Linear,
     visual_projection: Linear,
+}
+
+/// Which implementation computes the features.
+enum Towers {
+    Candle(Box<CandleTowers>),
+    /// f32 on the CPU: mvc's kernels (fast, and the same bytes whatever the batch).
+    Cpu(Box<CpuClip>),
+}
+
+pub struct ClipEncoder {
+    towers: Towers,
     pub config: ModelConfig,
     device: Device,
     dtype: DType,
@@ -156,34 +170,52 @@ impl ClipEncoder {
                 );
             }
         }
-        ClipEncoder::from_var_builder(vb, config)
-            .with_context(|| format!("{}: the weights do not fit config.json", weights.display()))
+        let towers = if uses_cpu_kernels(&vb) {
+            // Straight to mvc's kernels: candle's towers would copy every weight once more.
+            CpuClip::load(&vb, &config).map(|c| Towers::Cpu(Box::new(c)))
+        } else {
+            candle_towers(&vb, &config).map(|c| Towers::Candle(Box::new(c)))
+        }
+        .with_context(|| format!("{}: the weights do not fit config.json", weights.display()))?;
+        Ok(ClipEncoder {
+            towers,
+            device: device.clone(),
+            dtype: vb.dtype(),
+            config,
+        })
     }
 
-    /// Builds the encoders from any variable source (a benchmark uses random weights).
+    /// Builds the encoders from any variable source (a benchmark uses random weights: candle's
+    /// towers are built first, which gives a `VarMap` its initial values).
     pub fn from_var_builder(vb: VarBuilder, config: ModelConfig) -> Result<ClipEncoder> {
-        let c = &config.clip;
-        let text = ClipTextTransformer::new(vb.pp("text_model"), &c.text_config)?;
-        let vision = ClipVisionTransformer::new(vb.pp("vision_model"), &c.vision_config)?;
-        let visual_projection = candle_nn::linear_no_bias(
-            c.vision_config.embed_dim,
-            config.projection_dim,
-            vb.pp("visual_projection"),
-        )?;
-        let text_projection = candle_nn::linear_no_bias(
-            c.text_config.embed_dim,
-            config.projection_dim,
-            vb.pp("text_projection"),
-        )?;
+        let candle = candle_towers(&vb, &config)?;
+        let towers = if uses_cpu_kernels(&vb) {
+            Towers::Cpu(Box::new(CpuClip::load(&vb, &config)?))
+        } else {
+            Towers::Candle(Box::new(candle))
+        };
         Ok(ClipEncoder {
-            text,
-            vision,
-            text_projection,
-            visual_projection,
+            towers,
             device: vb.device().clone(),
             dtype: vb.dtype(),
             config,
         })
+    }
+
+    /// mvc's CPU model, when it is the one that runs.
+    pub fn cpu(&self) -> Option<&CpuClip> {
+        match &self.towers {
+            Towers::Cpu(c) => Some(c),
+            Towers::Candle(_) => None,
+        }
+    }
+
+    /// Which implementation runs: "mvc CPU kernels" or "candle".
+    pub fn implementation(&self) -> &'static str {
+        match self.towers {
+            Towers::Cpu(_) => "mvc CPU kernels",
+            Towers::Candle(_) => "candle",
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -207,9 +239,13 @@ impl ClipEncoder {
         if n == 0 {
             return Ok(Vec::new());
         }
+        let candle = match &self.towers {
+            Towers::Cpu(cpu) => return Ok(cpu.image_features(pixels, n)),
+            Towers::Candle(c) => c,
+        };
         let x = Tensor::from_slice(pixels, (n, 3, s, s), &self.device)?.to_dtype(self.dtype)?;
-        let pooled = self.vision.forward(&x)?;
-        let features = self.visual_projection.forward(&pooled)?;
+        let pooled = candle.vision.forward(&x)?;
+        let features = candle.visual_projection.forward(&pooled)?;
         Ok(features.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     }
 
@@ -226,17 +262,22 @@ impl ClipEncoder {
         if let Some(bad) = ids.iter().find(|&&id| id >= vocab) {
             bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
-        let positions: Vec<u32> = ids
-            .chunks(t)
+        let pooled_at: Vec<usize> = ids.chunks(t).map(|seq| self.pooled_position(seq)).collect();
+        let candle = match &self.towers {
+            Towers::Cpu(cpu) => return cpu.text_features(ids, n, t, &pooled_at),
+            Towers::Candle(c) => c,
+        };
+        let positions: Vec<u32> = pooled_at
+            .iter()
             .enumerate()
-            .map(|(row, seq)| (row * t + self.pooled_position(seq)) as u32)
+            .map(|(row, p)| (row * t + p) as u32)
             .collect();
         let x = Tensor::from_slice(ids, (n, t), &self.device)?;
-        let hidden = self.text.forward_with_mask(&x, usize::MAX)?; // [n, t, width]
+        let hidden = candle.text.forward_with_mask(&x, usize::MAX)?; // [n, t, width]
         let width = hidden.dim(2)?;
         let rows = Tensor::from_vec(positions, n, &self.device)?;
         let pooled = hidden.reshape((n * t, width))?.index_select(&rows, 0)?;
-        let features = self.text_projection.forward(&pooled)?;
+        let features = candle.text_projection.forward(&pooled)?;
         Ok(features.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
     }
 
@@ -259,4 +300,27 @@ impl ClipEncoder {
             }
         }
     }
+}
+
+/// f32 on the CPU runs on mvc's kernels; everything else on candle's CLIP.
+fn uses_cpu_kernels(vb: &VarBuilder) -> bool {
+    vb.device().is_cpu() && vb.dtype() == DType::F32
+}
+
+fn candle_towers(vb: &VarBuilder, config: &ModelConfig) -> Result<CandleTowers> {
+    let c = &config.clip;
+    Ok(CandleTowers {
+        text: ClipTextTransformer::new(vb.pp("text_model"), &c.text_config)?,
+        vision: ClipVisionTransformer::new(vb.pp("vision_model"), &c.vision_config)?,
+        visual_projection: candle_nn::linear_no_bias(
+            c.vision_config.embed_dim,
+            config.projection_dim,
+            vb.pp("visual_projection"),
+        )?,
+        text_projection: candle_nn::linear_no_bias(
+            c.text_config.embed_dim,
+            config.projection_dim,
+            vb.pp("text_projection"),
+        )?,
+    })
 }
