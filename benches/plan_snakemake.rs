@@ -17,6 +17,8 @@
 
 #[path = "common/timed.rs"]
 mod timed;
+#[path = "common/venv.rs"]
+mod venv;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -204,29 +206,7 @@ fn install_snakemake() -> Option<PathBuf> {
         "installing snakemake {SNAKEMAKE} into {} (from PyPI)",
         venv.display()
     );
-    let step = |program: &Path, args: &[&str]| -> Result<(), String> {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .map_err(|e| format!("{}: {e}", program.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} {}: {}",
-                program.display(),
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    let venv_arg = venv.to_string_lossy().to_string();
-    let result = step(Path::new("python3"), &["-m", "venv", &venv_arg]).and_then(|_| {
-        step(
-            &venv.join("bin/pip"),
-            &["install", "--quiet", &format!("snakemake=={SNAKEMAKE}")],
-        )
-    });
+    let result = venv::install(&venv, &[&format!("snakemake=={SNAKEMAKE}")]);
     match result {
         Ok(()) => Some(bin),
         Err(e) => {
