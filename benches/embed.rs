@@ -139,18 +139,20 @@ fn main() {
     let (device, device_line) = select_device(choice).unwrap();
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-embed");
     let pngs = images(n);
-    let image_dir = work.join(format!("images-{n}"));
-    if !image_dir.join(format!("{:04}.png", n - 1)).is_file() {
-        std::fs::create_dir_all(&image_dir).unwrap();
-        for (k, png) in pngs.iter().enumerate() {
-            std::fs::write(image_dir.join(format!("{k:04}.png")), png).unwrap();
-        }
-    }
+    // PyTorch (and the files it reads) only on the CPU: on a GPU machine the prebuilt
+    // benchmark runs far from this repository (scripts/gpu-check.sh).
     let torch = if device.is_cpu() {
         install_torch()
     } else {
         None
     };
+    let image_dir = work.join(format!("images-{n}"));
+    if torch.is_some() && !image_dir.join(format!("{:04}.png", n - 1)).is_file() {
+        std::fs::create_dir_all(&image_dir).unwrap();
+        for (k, png) in pngs.iter().enumerate() {
+            std::fs::write(image_dir.join(format!("{k:04}.png")), png).unwrap();
+        }
+    }
     let model_dir = work.join("model");
     let encoder = match &torch {
         Some(python) => {
