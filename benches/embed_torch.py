@@ -20,6 +20,11 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 
+def pooled(out):
+    # get_image_features gives a tensor, or (in some transformers versions) an output object.
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
 def make(model_dir):
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig())  # the defaults are ViT-B/32's sizes
@@ -58,8 +63,7 @@ def time_it(model_dir, image_dir, batches, out_features):
             outs.append(model.get_image_features(pixel_values=pixels[i : i + batch]))
         steady = n / (time.perf_counter() - start)
         if features is None:
-            out = outs[0] if len(outs) == 1 else torch.cat([o if torch.is_tensor(o) else o.pooler_output for o in outs])
-            features = out if torch.is_tensor(out) else out.pooler_output
+            features = torch.cat([pooled(o) for o in outs])
         print(json.dumps({"batch": batch, "end_to_end": end_to_end, "steady": steady}), flush=True)
     features.numpy().astype(np.float32).tofile(out_features)
     print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)

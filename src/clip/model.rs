@@ -3,9 +3,10 @@
 //!
 //! In f32 on the CPU the features come from mvc's kernels ([`super::cpu`]: faster than
 //! candle's CPU ops and the same bytes whatever the batch); elsewhere (CUDA, f16, bf16) from
-//! candle-transformers' encoders, with the projections and the text pooling done here. Pooling picks the pooled token's position on the host (the first end token, as
-//! Hugging Face does) instead of candle's `argmax` on the device, whose choice among equal
-//! maxima (the padding is the end token too) is not specified on CUDA.
+//! candle-transformers' encoders, with the projections and the text pooling done here.
+//! Pooling picks the pooled token's position on the host (the first end token, as Hugging
+//! Face does) instead of candle's `argmax` on the device, whose choice among equal maxima
+//! (the padding is the end token too) is not specified on CUDA.
 
 use super::config::ModelConfig;
 use super::cpu::CpuClip;

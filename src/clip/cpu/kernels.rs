@@ -27,7 +27,10 @@ pub const LAYER_NORM_EPS: f32 = 1e-5;
 pub struct Linear {
     /// `[in, out]`, row-major.
     weight_t: Vec<f32>,
-    bias: Option<Vec<f32>>,
+    /// `[out]`; a layer without one (the patch embedding, the projections) holds -0.0, the
+    /// exact identity of addition (x + -0.0 == x, also for x = -0.0), so the epilogues need
+    /// no second form.
+    bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
 }
@@ -71,9 +74,8 @@ impl Linear {
                 weight_t[i * outputs + o] = weight[o * inputs + i];
             }
         }
-        if let Some(b) = &bias {
-            assert_eq!(b.len(), outputs, "bias shape");
-        }
+        let bias = bias.unwrap_or_else(|| vec![-0.0; outputs]);
+        assert_eq!(bias.len(), outputs, "bias shape");
         Linear {
             weight_t,
             bias,
@@ -141,7 +143,7 @@ impl Linear {
                     gemm::Parallelism::None,
                 );
             }
-            let bias = self.bias.as_deref().map(|b| &b[c0..c0 + width]);
+            let bias = &self.bias[c0..c0 + width];
             for r in 0..valid {
                 let row = tile * ROW_TILE + r;
                 let a = &acc[r * width..(r + 1) * width];
@@ -153,16 +155,8 @@ impl Linear {
     }
 }
 
-fn apply_epilogue(out: &mut [f32], acc: &[f32], bias: Option<&[f32]>, epilogue: Epilogue) {
+fn apply_epilogue(out: &mut [f32], acc: &[f32], bias: &[f32], epilogue: Epilogue) {
     // Each arm a plain zip over slices, so that it vectorises.
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = vec![0f32; acc.len()];
-            &zeros
-        }
-    };
     match epilogue {
         Epilogue::Bias => {
             for ((o, a), b) in out.iter_mut().zip(acc).zip(bias) {
