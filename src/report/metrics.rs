@@ -27,6 +27,10 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// Items per parallel chunk in the metrics' sums: fixed, so that the sums' grouping (and so
+/// their rounding) does not depend on how the threads shared the work.
+const DETERMINISTIC_CHUNK: usize = 16;
+
 /// Mean and std of a pooled set of values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -326,9 +330,12 @@ fn per_object(
         text: Acc::default(),
         ring_text: vec![Acc::default(); rings],
     };
+    // Fixed chunks folded in parallel, then merged in order: rayon's fold/reduce groups the
+    // f64 sums by how work was stolen, so the same inputs could give metrics a few ulps
+    // apart from one run to the next.
     (0..o_n)
         .into_par_iter()
-        .fold(zero, |mut acc, o| {
+        .fold_chunks(DETERMINISTIC_CHUNK, zero, |mut acc, o| {
             let rows = &u[o * v_n * dim..(o + 1) * v_n * dim];
             for i in 0..v_n {
                 for j in 0..v_n {
@@ -342,7 +349,9 @@ fn per_object(
             }
             acc
         })
-        .reduce(zero, |mut a, b| {
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(zero(), |mut a, b| {
             a.pair_sum
                 .iter_mut()
                 .zip(&b.pair_sum)
@@ -493,7 +502,8 @@ fn all_pairs(
         let part = sims
             .par_chunks(n)
             .enumerate()
-            .fold(
+            .fold_chunks(
+                DETERMINISTIC_CHUNK,
                 || RowSums::new(rings),
                 |mut acc, (k, row)| {
                     let i = start + k;
@@ -531,7 +541,9 @@ fn all_pairs(
                     acc
                 },
             )
-            .reduce(|| RowSums::new(rings), RowSums::merge);
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(RowSums::new(rings), RowSums::merge);
         sums = sums.merge(part);
         start += rows;
     }
