@@ -60,11 +60,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // `mvc plan … | head` should end quietly, not panic on a closed pipe.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a peer that closes its socket while mvc writes
+    // to it (a TLS client greeting a plain HTTP server, a worker gone mid-answer) is an error
+    // on that connection, not the death of the coordinator or worker. `mvc plan … | head`
+    // still ends quietly: the one writer of stdout (`output::emit`) drops a write error.
+    // Task processes start with SIGPIPE at its default again (std resets it in children).
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == commands::LAUNCHER_ARG)

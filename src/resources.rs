@@ -90,10 +90,21 @@ impl Resources {
             net: 8,
         }
     }
+}
 
-    /// Parses `cpu=4,gpu=1` (the `--slots` flag).
-    pub fn parse_overrides(text: &str, base: Resources) -> Result<Resources, String> {
-        let mut a = base.as_array();
+/// The most of one slot a flag or table may give: more is a typo, not a machine.
+pub const MAX_SLOT_COUNT: u32 = 65_536;
+
+/// Slot counts given on the command line (`--slots cpu=4,gpu=1`), checked when the flag is
+/// parsed and applied over what the pipeline's `[executor]` table or the machine gives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotOverrides([Option<u32>; 4]);
+
+impl SlotOverrides {
+    /// Parses `cpu=4,gpu=1`; the error says what is wrong with which part.
+    pub fn parse(text: &str) -> Result<SlotOverrides, String> {
+        let mut counts = [None; 4];
+        let mut any = false;
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = part
                 .split_once('=')
@@ -108,12 +119,34 @@ impl Resources {
                         SLOT_NAMES.join(", ")
                     )
                 })?;
-            a[idx] = value
+            let count: u32 = value
                 .trim()
                 .parse()
                 .map_err(|_| format!("slot count `{}` is not a whole number", value.trim()))?;
+            if count > MAX_SLOT_COUNT {
+                return Err(format!(
+                    "{count} {} slots is more than any machine has (at most {MAX_SLOT_COUNT})",
+                    SLOT_NAMES[idx]
+                ));
+            }
+            counts[idx] = Some(count);
+            any = true;
         }
-        Ok(Resources::from_array(a))
+        if !any {
+            return Err("no slot given; write NAME=COUNT, e.g. cpu=4,gpu=1".into());
+        }
+        Ok(SlotOverrides(counts))
+    }
+
+    /// `base` with the counts given here in place of its own.
+    pub fn apply(&self, base: Resources) -> Resources {
+        let mut a = base.as_array();
+        for (have, given) in a.iter_mut().zip(self.0) {
+            if let Some(n) = given {
+                *have = n;
+            }
+        }
+        Resources::from_array(a)
     }
 }
 
@@ -170,10 +203,21 @@ mod tests {
     #[test]
     fn overrides_parse_and_name_bad_slots() {
         let base = Resources::ONE_CPU;
-        let r = Resources::parse_overrides("cpu=4, gpu=1", base).unwrap();
+        let r = SlotOverrides::parse("cpu=4, gpu=1").unwrap().apply(base);
         assert_eq!((r.cpu, r.gpu, r.net), (4, 1, 0));
-        let err = Resources::parse_overrides("gpus=1", base).unwrap_err();
+        let kept = SlotOverrides::parse("gpu=2").unwrap().apply(base);
+        assert_eq!((kept.cpu, kept.gpu), (1, 2));
+        let err = SlotOverrides::parse("gpus=1").unwrap_err();
         assert!(err.contains("unknown slot `gpus`"), "{err}");
+        let err = SlotOverrides::parse("cpu=4000000000").unwrap_err();
+        assert!(err.contains("more than any machine has"), "{err}");
+        let err = SlotOverrides::parse("cpu=-1").unwrap_err();
+        assert!(err.contains("not a whole number"), "{err}");
+        assert!(
+            SlotOverrides::parse(" , ")
+                .unwrap_err()
+                .contains("no slot given")
+        );
     }
 
     #[test]

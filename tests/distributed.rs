@@ -757,15 +757,23 @@ fn worker_arguments_are_checked_and_an_unreachable_coordinator_ends_an_idle_work
         "{}",
         ran.stderr
     );
-    let ran = sb.mvc(&[
-        "worker",
-        "--connect",
-        "http://127.0.0.1:1",
-        "--slots",
-        "gpus=1",
-    ]);
-    assert_eq!(ran.code, Some(1));
-    assert!(ran.stderr.contains("unknown slot `gpus`"), "{}", ran.stderr);
+    // Flags are checked when they are parsed (clap's usage error, status 2), naming the flag.
+    for (flag, value, says) in [
+        ("--slots", "gpus=1", "unknown slot `gpus`"),
+        ("--slots", "cpu=9999999", "more than any machine has"),
+        ("--grace", "inf", "not a finite number of seconds"),
+        ("--grace", "-1", "at least 0 seconds"),
+        ("--exit-when-idle", "nan", "not a finite number of seconds"),
+        ("--exit-when-idle", "1e12", "more than a week"),
+    ] {
+        let ran = sb.mvc(&["worker", "--connect", "http://127.0.0.1:1", flag, value]);
+        assert_eq!(ran.code, Some(2), "{flag} {value}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains(&format!("for '{flag} ")) && ran.stderr.contains(says),
+            "{flag} {value}: {}",
+            ran.stderr
+        );
+    }
     let ran = sb.mvc(&[
         "worker",
         "--connect",
@@ -789,6 +797,135 @@ fn worker_arguments_are_checked_and_an_unreachable_coordinator_ends_an_idle_work
     ran.assert_ok();
     assert!(ran.stderr.contains("idle for"), "{}", ran.stderr);
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A port nobody listens on: a worker says so at the default verbosity (what it tried, what
+/// answered, what to check), keeps trying, and ends within its grace on SIGINT and on
+/// SIGTERM, whatever it is waiting for.
+#[test]
+fn a_worker_that_cannot_reach_its_coordinator_says_so_and_stops_on_a_signal() {
+    let sb = Sandbox::new();
+    // A port that was just free: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for (signal, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 0)] {
+        let mut w = Background::start(
+            &mut sb.command(&[
+                "worker",
+                "--connect",
+                &url,
+                "--slots",
+                "cpu=1",
+                "--grace",
+                "2",
+            ]),
+            false,
+        );
+        wait_for(
+            "the worker's first complaint",
+            Duration::from_secs(20),
+            || w.stderr.lock().unwrap().contains("cannot register"),
+        );
+        // Let it get into its backoff between tries.
+        std::thread::sleep(Duration::from_millis(1500));
+        common::signal(w.child.as_ref().unwrap(), signal);
+        let started = Instant::now();
+        let ran = w.finish(Duration::from_secs(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(ran.code, Some(status), "{}", ran.stderr);
+        assert!(
+            ran.stderr.contains(&format!("cannot register with {url}"))
+                && ran.stderr.contains("Connection refused")
+                && ran
+                    .stderr
+                    .contains(&format!("nothing listens on 127.0.0.1:{port}")),
+            "{}",
+            ran.stderr
+        );
+        // One line, not one per try.
+        assert_eq!(
+            ran.stderr.matches("cannot register").count(),
+            1,
+            "{}",
+            ran.stderr
+        );
+    }
+}
+
+/// `http://` for a coordinator that serves TLS, and `https://` for one that does not: the
+/// worker and `mvc status --connect` name the URL to use (and are not killed by the
+/// peer's closed socket on the way).
+#[test]
+fn the_wrong_scheme_for_a_coordinator_is_named() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\nresources = { gpu = 1 }\n\
+         cmd = \"echo > $MVC_OUT/o\"\n",
+    );
+    // A certificate for 127.0.0.1, made with rcgen as mvc makes its own.
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    sb.write("cert.pem", &cert.cert.pem());
+    sb.write("key.pem", &cert.signing_key.serialize_pem());
+    let (_tls, tls_url) = coordinator(
+        &sb,
+        &[
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--slots",
+            "cpu=1,gpu=0",
+        ],
+    );
+    assert!(tls_url.starts_with("https://"), "{tls_url}");
+    let plain_url = tls_url.replace("https://", "http://");
+    let mut w = Background::start(&mut sb.command(&["worker", "--connect", &plain_url]), false);
+    wait_for("the worker's complaint", Duration::from_secs(20), || {
+        w.stderr.lock().unwrap().contains("cannot register")
+    });
+    common::signal(w.child.as_ref().unwrap(), libc::SIGINT);
+    let ran = w.finish(Duration::from_secs(10));
+    let port = tls_url.rsplit(':').next().unwrap();
+    assert!(
+        ran.stderr.contains(&format!(
+            "127.0.0.1:{port} speaks TLS: connect to https://127.0.0.1:{port}"
+        )),
+        "{}",
+        ran.stderr
+    );
+    let status = sb.mvc(&["status", "--connect", &plain_url]);
+    assert_ne!(status.code, Some(0));
+    assert!(status.stderr.contains("speaks TLS"), "{}", status.stderr);
+
+    let other = Sandbox::new();
+    other.write("p.toml", &sb.read("p.toml"));
+    let (_plain, url) = coordinator(&other, &["--slots", "cpu=1,gpu=0"]);
+    let tls_to_plain = url.replace("http://", "https://");
+    let mut w = Background::start(
+        &mut other.command(&["worker", "--connect", &tls_to_plain]),
+        false,
+    );
+    wait_for("the worker's complaint", Duration::from_secs(20), || {
+        w.stderr.lock().unwrap().contains("cannot register")
+    });
+    common::signal(w.child.as_ref().unwrap(), libc::SIGTERM);
+    let ran = w.finish(Duration::from_secs(10));
+    assert_eq!(ran.code, Some(0), "not killed by SIGPIPE: {}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("speaks plain HTTP, not TLS: connect to http://"),
+        "{}",
+        ran.stderr
+    );
 }
 
 /// The coordinator's bookkeeping, driven in process by a hand-written worker: a result sent

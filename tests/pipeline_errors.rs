@@ -143,3 +143,111 @@ fn missing_pipeline_file() {
         ran.stderr
     );
 }
+
+/// Every flag that takes seconds or slots is checked when it is parsed: `inf`, `nan`,
+/// negative and absurd values are usage errors (status 2) that name the flag, before the
+/// pipeline or the cache is touched (they used to panic, or be accepted).
+#[test]
+fn bad_flag_values_name_the_flag() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"echo > $MVC_OUT/o\"\n",
+    );
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["run", "p.toml", "--grace", "inf"],
+            "--grace",
+            "not a finite number",
+        ),
+        (
+            &["run", "p.toml", "--grace", "-5"],
+            "--grace",
+            "at least 0 seconds",
+        ),
+        (
+            &["run", "p.toml", "--grace", "1e9"],
+            "--grace",
+            "more than a week",
+        ),
+        (
+            &["run", "p.toml", "--grace", "soon"],
+            "--grace",
+            "not a number of seconds",
+        ),
+        (
+            &[
+                "run",
+                "p.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-timeout",
+                "nan",
+            ],
+            "--lease-timeout",
+            "not a finite number",
+        ),
+        (
+            &[
+                "run",
+                "p.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-timeout",
+                "0",
+            ],
+            "--lease-timeout",
+            "more than 0 seconds",
+        ),
+        (
+            &["run", "p.toml", "--slots", "cpu=two"],
+            "--slots",
+            "not a whole number",
+        ),
+        (
+            &["run", "p.toml", "--slots", "tpu=1"],
+            "--slots",
+            "unknown slot `tpu`",
+        ),
+        (
+            &["run", "p.toml", "--jobs", "0"],
+            "--jobs",
+            "0 is not in 1..=",
+        ),
+        (
+            &[
+                "serve",
+                "p.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--slots",
+                "cpu=99999999",
+            ],
+            "--slots",
+            "more than any machine has",
+        ),
+        (
+            &[
+                "serve",
+                "p.toml",
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-timeout",
+                "-inf",
+            ],
+            "--lease-timeout",
+            "not a finite number",
+        ),
+    ];
+    for (args, flag, says) in cases {
+        let ran = sb.mvc(args);
+        assert_eq!(ran.code, Some(2), "{args:?}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains(&format!("for '{flag} ")) && ran.stderr.contains(says),
+            "{args:?}: {}",
+            ran.stderr
+        );
+        assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
+    }
+    assert!(!sb.cache().exists(), "a bad flag must not touch the cache");
+}

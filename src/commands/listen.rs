@@ -31,8 +31,8 @@ pub struct ListenArgs {
     #[arg(long)]
     pub no_local: bool,
     /// Seconds a silent worker keeps its units before they go back to the queue.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    pub lease_timeout: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = super::flags::positive_seconds, allow_hyphen_values = true)]
+    pub lease_timeout: Duration,
 }
 
 /// A coordinator and, under Slurm, the launcher submitting its workers.
@@ -89,10 +89,7 @@ impl ListenArgs {
         };
         let token = crate::remote::auth::Token::load(self.token_file.as_deref())?;
         let mut config = CoordinatorConfig::new(addr, token);
-        if !(self.lease_timeout > 0.0 && self.lease_timeout.is_finite()) {
-            anyhow::bail!("--lease-timeout must be a positive number of seconds");
-        }
-        config.lease_timeout = Duration::from_secs_f64(self.lease_timeout);
+        config.lease_timeout = self.lease_timeout;
         config.tls = crate::remote::tls::ServerTls::choose(
             addr,
             self.tls_cert.as_deref(),

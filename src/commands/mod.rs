@@ -4,6 +4,7 @@
 
 pub mod embed;
 pub mod export;
+pub mod flags;
 pub mod gc;
 pub mod listen;
 pub mod output;
@@ -71,12 +72,4 @@ pub fn exit_without_freeing(engine: Engine) -> Result<()> {
     engine.store.flush()?;
     std::mem::forget(engine);
     Ok(())
-}
-
-/// Seconds from a flag, checked: `what` names the flag in the error.
-pub fn seconds(value: f64, what: &str) -> Result<Duration> {
-    if !(value >= 0.0 && value.is_finite()) {
-        anyhow::bail!("{what} must be a number of seconds");
-    }
-    Ok(Duration::from_secs_f64(value))
 }

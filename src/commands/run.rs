@@ -4,6 +4,7 @@ use super::listen::ListenArgs;
 use super::progress::Progress;
 use super::{Global, Output, block_on, load};
 use crate::exec::run::{RunOptions, RunReport, run_with_view};
+use crate::resources::SlotOverrides;
 use crate::store::Store;
 use crate::store::records::RunOutcome;
 use anyhow::Result;
@@ -15,11 +16,11 @@ use std::time::Duration;
 pub struct RunArgs {
     pub file: PathBuf,
     /// CPU slots (concurrent cpu tasks); default: the number of cores.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=crate::resources::MAX_SLOT_COUNT as i64))]
     pub jobs: Option<u32>,
     /// Slot counts, e.g. `cpu=4,gpu=1,blender=2,net=8`.
-    #[arg(long, value_name = "SLOTS")]
-    pub slots: Option<String>,
+    #[arg(long, value_name = "SLOTS", value_parser = super::flags::slots)]
+    pub slots: Option<SlotOverrides>,
     /// Continue past item failures (the default).
     #[arg(long, conflicts_with = "fail_fast")]
     pub keep_going: bool,
@@ -30,17 +31,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub retry_failed: bool,
     /// Seconds running tasks get to finish after Ctrl-C before they are killed.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    pub grace: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = super::flags::seconds, allow_hyphen_values = true)]
+    pub grace: Duration,
     #[command(flatten)]
     pub remote: ListenArgs,
 }
 
 pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
     let pipeline = load(&args.file)?;
-    let slots = pipeline
-        .slots(args.jobs, args.slots.as_deref())
-        .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+    let slots = pipeline.slots(args.jobs, args.slots.as_ref());
     let slots = args.remote.local_slots(&pipeline, slots);
     let store = Arc::new(Store::open(&global.cache_dir(Some(&pipeline)))?);
     let quiet = global.format == super::Format::Quiet;
@@ -48,7 +47,7 @@ pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
         slots,
         keep_going: !args.fail_fast,
         retry_failed: args.retry_failed,
-        grace: Duration::from_secs_f64(args.grace.max(0.0)),
+        grace: args.grace,
         quiet,
     };
     let view = Box::new(Progress::of(&pipeline, quiet));

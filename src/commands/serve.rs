@@ -6,6 +6,7 @@ use super::progress::Progress;
 use super::{Global, Output, block_on, load};
 use crate::exec::run::{RunOptions, run_with_view};
 use crate::pipeline::Pipeline;
+use crate::resources::SlotOverrides;
 use crate::store::Store;
 use crate::store::records::RunOutcome;
 use anyhow::Result;
@@ -17,8 +18,8 @@ use std::time::Duration;
 pub struct ServeArgs {
     pub file: PathBuf,
     /// Slot counts of this machine, e.g. `cpu=4,gpu=1`.
-    #[arg(long, value_name = "SLOTS")]
-    pub slots: Option<String>,
+    #[arg(long, value_name = "SLOTS", value_parser = super::flags::slots)]
+    pub slots: Option<SlotOverrides>,
     #[command(flatten)]
     pub remote: ListenArgs,
 }
@@ -45,7 +46,7 @@ pub async fn serve(
     file: PathBuf,
     mut pipeline: Pipeline,
     store: Arc<Store>,
-    slots: Option<String>,
+    slots: Option<SlotOverrides>,
     global: &Global,
     remote: ListenArgs,
 ) -> Result<Output> {
@@ -71,7 +72,7 @@ async fn serve_loop(
     file: &Path,
     pipeline: &mut Pipeline,
     store: &Arc<Store>,
-    slots: Option<String>,
+    slots: Option<SlotOverrides>,
     global: &Global,
     remote: &ListenArgs,
     started: &mut Remote,
@@ -79,9 +80,7 @@ async fn serve_loop(
     let listener = &mut started.listener;
     let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
     loop {
-        let run_slots = pipeline
-            .slots(None, slots.as_deref())
-            .map_err(|e| anyhow::anyhow!("--slots: {e}"))?;
+        let run_slots = pipeline.slots(None, slots.as_ref());
         let run_slots = remote.local_slots(pipeline, run_slots);
         let opts = RunOptions {
             slots: run_slots,

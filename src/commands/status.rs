@@ -262,6 +262,18 @@ fn remote(
         ..Default::default()
     };
     let client = crate::remote::client::Client::with_options(url, token.as_ref(), &options)?;
-    let status = super::block_on(client.status())?.with_context(|| format!("asking {url}"))?;
+    let status = super::block_on(async {
+        match client.status().await {
+            Err(e) if e.is_network() => {
+                let hint = crate::remote::reach::explain(url).await;
+                Err(anyhow::anyhow!(
+                    "{e}{}",
+                    hint.map(|h| format!("; {h}")).unwrap_or_default()
+                ))
+            }
+            other => other.map_err(anyhow::Error::from),
+        }
+    })?
+    .with_context(|| format!("asking {url}"))?;
     Ok(super::Output::new(remote_to_text(&status), &status))
 }

@@ -1,8 +1,8 @@
 //! `mvc worker`: run units for a coordinator (`mvc run --listen` or `mvc serve` elsewhere).
 
-use super::{Global, Output, block_on, seconds};
+use super::{Global, Output, block_on};
 use crate::remote::worker::{WorkerOptions, default_slots, run_worker};
-use crate::resources::Resources;
+use crate::resources::SlotOverrides;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,44 +21,43 @@ pub struct WorkerArgs {
     pub fingerprint: Option<String>,
     /// Slots this worker offers, e.g. `cpu=8,gpu=1,blender=2` (default: this machine's
     /// cores and GPUs, and one Blender process when Blender is installed).
-    #[arg(long, value_name = "SLOTS")]
-    pub slots: Option<String>,
+    #[arg(long, value_name = "SLOTS", value_parser = super::flags::slots)]
+    pub slots: Option<SlotOverrides>,
     /// A label shown by `mvc status` (repeatable).
     #[arg(long = "label", value_name = "TEXT")]
     pub labels: Vec<String>,
     /// Exit after this many seconds with nothing to do, or when the run is over.
-    #[arg(long, value_name = "SECS")]
-    pub exit_when_idle: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = super::flags::seconds, allow_hyphen_values = true)]
+    pub exit_when_idle: Option<Duration>,
     /// After Ctrl-C or SIGTERM: how long stopped units may take to report before the
     /// worker exits.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub grace: f64,
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::flags::seconds, allow_hyphen_values = true)]
+    pub grace: Duration,
 }
 
 pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
     let token = crate::remote::auth::Token::load(args.token_file.as_deref())?;
     let fingerprint = crate::remote::tls::Fingerprint::load(args.fingerprint.as_deref())?;
     let slots = match args.slots {
-        Some(text) => Resources::parse_overrides(&text, default_slots())
-            .map_err(|e| anyhow::anyhow!("--slots: {e}"))?,
+        Some(given) => given.apply(default_slots()),
         None => default_slots(),
     };
     if slots.is_zero() {
         anyhow::bail!("--slots: the worker offers no slot, so it could run nothing");
     }
-    let exit_when_idle = args
-        .exit_when_idle
-        .map(|s| seconds(s, "--exit-when-idle"))
-        .transpose()?;
     let opts = WorkerOptions {
         url: args.connect,
         token,
         fingerprint,
         slots,
         labels: args.labels,
-        exit_when_idle,
+        exit_when_idle: args.exit_when_idle,
         cache: global.cache.clone(),
-        grace: Duration::from_secs_f64(args.grace.max(0.0)),
+        grace: args.grace,
+        say: crate::remote::worker::Say(match global.format {
+            super::Format::Quiet => std::sync::Arc::new(|_: &str| {}),
+            _ => std::sync::Arc::new(|line: &str| eprintln!("{line}")),
+        }),
     };
     let summary = block_on(run_worker(opts))??;
     // The worker's last line has always gone to stderr, where its log goes.

@@ -171,14 +171,18 @@ impl Pipeline {
     }
 
     /// The executor's slots: machine defaults, then `[executor]`, then flags.
-    pub fn slots(&self, jobs: Option<u32>, overrides: Option<&str>) -> Result<Resources, String> {
+    pub fn slots(
+        &self,
+        jobs: Option<u32>,
+        overrides: Option<&crate::resources::SlotOverrides>,
+    ) -> Resources {
         let mut slots = self.executor.apply(Resources::machine_defaults());
         if let Some(jobs) = jobs {
             slots.cpu = jobs;
         }
-        if let Some(text) = overrides {
-            slots = Resources::parse_overrides(text, slots)?;
+        if let Some(given) = overrides {
+            slots = given.apply(slots);
         }
-        Ok(slots)
+        slots
     }
 }

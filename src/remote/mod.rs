@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod coordinator;
 pub mod protocol;
+pub mod reach;
 pub mod serve;
 pub mod slurm;
 pub mod tls;

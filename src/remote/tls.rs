@@ -28,6 +28,10 @@ pub const FINGERPRINT_ENV: &str = "MVC_FINGERPRINT";
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// A pin no certificate has: a client pinned to it sees any server's certificate and
+    /// trusts none (what a probe for "does this address speak TLS" needs).
+    pub const NONE: Fingerprint = Fingerprint([0; 32]);
+
     pub fn of(der: &[u8]) -> Fingerprint {
         Fingerprint(sha2::Sha256::digest(der).into())
     }

@@ -40,6 +40,60 @@ pub struct WorkerOptions {
     pub cache: Option<PathBuf>,
     /// After Ctrl-C or SIGTERM, how long stopped units may take to report before it exits.
     pub grace: Duration,
+    /// Where its lines for people go.
+    pub say: Say,
+}
+
+/// Where a worker's lines for people go: the command chooses (stderr, or nowhere with -q).
+#[derive(Clone)]
+pub struct Say(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for Say {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Say")
+    }
+}
+
+/// How often a worker that cannot reach its coordinator says so (the first time at once).
+const UNREACHABLE_EVERY: Duration = Duration::from_secs(30);
+
+/// Says that the coordinator cannot be reached: at once the first time, then at most every
+/// [`UNREACHABLE_EVERY`], with what was tried, what answered and what to check.
+#[derive(Default)]
+struct Unreachable {
+    tries: u32,
+    last_said: Option<Instant>,
+}
+
+impl Unreachable {
+    async fn failed(&mut self, doing: &str, url: &str, error: &CallError, say: &Say) {
+        self.tries += 1;
+        if self
+            .last_said
+            .is_some_and(|t| t.elapsed() < UNREACHABLE_EVERY)
+        {
+            tracing::info!("{doing}: {error}");
+            return;
+        }
+        self.last_said = Some(Instant::now());
+        let hint = match error {
+            CallError::Network(_) => super::reach::explain(url).await,
+            _ => None,
+        };
+        let tries = match self.tries {
+            1 => String::new(),
+            n => format!(" ({n} tries so far)"),
+        };
+        (say.0)(&format!(
+            "mvc worker: cannot {doing} {url}{tries}: {error}{}; trying again every few \
+             seconds (Ctrl-C stops)",
+            hint.map(|h| format!("; {h}")).unwrap_or_default()
+        ));
+    }
+
+    fn reached(&mut self) {
+        *self = Unreachable::default();
+    }
 }
 
 /// How a worker ended (its `--json` line).
@@ -129,8 +183,26 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         units_done: AtomicU64::new(0),
         last_busy: Mutex::new(Instant::now()),
     });
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    // Ctrl-C and SIGTERM stop the worker whatever it is waiting for: the coordinator's
+    // answer, a backoff, a unit. `stop` is fired by the first one; `stopped_by` says which.
+    let stop = CancellationToken::new();
+    let stopped_by: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("interrupted"));
+    {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let (stop, stopped_by, state) = (stop.clone(), stopped_by.clone(), state.clone());
+        tokio::spawn(async move {
+            let why = tokio::select! {
+                _ = sigint.recv() => "interrupted",
+                _ = sigterm.recv() => "terminated",
+            };
+            state.stopping.store(true, Ordering::SeqCst);
+            *stopped_by.lock().unwrap() = why;
+            stop.cancel();
+        });
+    }
+    let stopped = || stopped_by.lock().unwrap().to_string();
+    let mut unreachable = Unreachable::default();
     let mut backoff = Backoff::default();
     let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
     let idle_limit = opts.exit_when_idle;
@@ -154,15 +226,20 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
             break why.clone();
         }
         if state.reregister.load(Ordering::Relaxed) && polls == 0 && leaving.is_none() {
-            match state.client.register(&register).await {
+            let attempt = tokio::select! {
+                attempt = state.client.register(&register) => attempt,
+                _ = stop.cancelled() => break stopped(),
+            };
+            match attempt {
                 Ok(registered) => {
                     state.worker.store(registered.worker, Ordering::Relaxed);
                     state.reregister.store(false, Ordering::Relaxed);
                     backoff.reset();
-                    eprintln!(
+                    unreachable.reached();
+                    (opts.say.0)(&format!(
                         "mvc worker {}: registered with {} ({})",
                         state.name, opts.url, opts.slots
-                    );
+                    ));
                     if let Some(h) = heartbeat.take() {
                         h.abort();
                     }
@@ -184,8 +261,14 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
                     )
                 }
                 Err(e) => {
-                    tracing::info!("registering: {e}");
-                    backoff.wait().await;
+                    tokio::select! {
+                        _ = unreachable.failed("register with", &opts.url, &e, &opts.say) => {}
+                        _ = stop.cancelled() => break stopped(),
+                    }
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = stop.cancelled() => break stopped(),
+                    }
                 }
             }
             continue;
@@ -216,6 +299,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
                 match reply {
                     Ok(reply) => {
                         backoff.reset();
+                        unreachable.reached();
                         if let Some(unit) = reply.unit {
                             // A unit that arrives while leaving is run all the same.
                             leaving = None;
@@ -231,7 +315,14 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
                         state.reregister.store(true, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        tracing::info!("leasing: {e}");
+                        if e.is_network() {
+                            tokio::select! {
+                                _ = unreachable.failed("reach", &opts.url, &e, &opts.say) => {}
+                                _ = stop.cancelled() => break stopped(),
+                            }
+                        } else {
+                            tracing::info!("leasing: {e}");
+                        }
                         pause_until = tokio::time::Instant::now() + backoff.next_delay();
                     }
                 }
@@ -241,14 +332,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
             _ = tokio::time::sleep_until(pause_until), if !may_poll && leaving.is_none() => {}
             // Waking now and then re-checks the idle limit.
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = sigint.recv() => {
-                state.stopping.store(true, Ordering::SeqCst);
-                break "interrupted".to_string();
-            }
-            _ = sigterm.recv() => {
-                state.stopping.store(true, Ordering::SeqCst);
-                break "terminated".to_string();
-            }
+            _ = stop.cancelled() => break stopped(),
         }
     };
     // Units still running are stopped; each reports what it has.
