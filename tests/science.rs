@@ -649,3 +649,50 @@ fn a_study_seed_numpy_would_refuse_names_the_line() {
     );
     assert!(ran.stderr.contains("the study's is 42"), "{}", ran.stderr);
 }
+
+/// A stage that makes the results (train, evaluate, report) and failed leaves the run with no
+/// results: it exits 1 and says "no results" on every run, not only the one it failed in,
+/// until the failure is fixed. (A recorded failure of a broken object alone lets a run
+/// exit 0: that is what the views above do.)
+#[test]
+fn a_run_without_results_exits_non_zero_every_time_until_they_exist() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &pipeline_with_broken_objects(&sb, &["broken"], "max_missing = 0"),
+    );
+    let first = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(first.code, Some(1), "{}", first.stderr);
+    assert_eq!(first.count("train", "failed"), 1);
+    for _ in 0..2 {
+        let again = sb.mvc(&["run", "p.toml", "--json"]);
+        assert_eq!(again.code, Some(1), "{}", again.stderr);
+        assert_eq!(again.count("train", "ran") + again.count("eval", "ran"), 0);
+        assert_eq!(again.json()["ok"], false);
+        assert_eq!(
+            again.json()["no_results"],
+            serde_json::json!(["train", "eval", "report"]),
+            "{}",
+            again.stdout
+        );
+        assert!(
+            again.stderr.contains("no results in")
+                && again.stderr.contains("`train`, `eval`, `report` failed")
+                && !again.stderr.contains("\nok in"),
+            "{}",
+            again.stderr
+        );
+    }
+    assert!(!sb.path().join("runs/p/results.md").exists());
+    // Fixed (the setting is in the key): the results exist and the run is ok again, though
+    // the broken object's views are still recorded as failed.
+    sb.write(
+        "p.toml",
+        &pipeline_with_broken_objects(&sb, &["broken"], "max_missing = 0.5"),
+    );
+    let fixed = sb.mvc(&["run", "p.toml", "--json"]);
+    fixed.assert_ok();
+    assert_eq!(fixed.count("views", "failed"), 6);
+    assert!(fixed.stderr.contains("\nok in"), "{}", fixed.stderr);
+    assert!(sb.path().join("runs/p/results.md").exists());
+}

@@ -236,6 +236,13 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn result_note(&self, _store: &Store, _outputs: &[Output]) -> Option<String> {
         None
     }
+    /// Whether the stage is fanned out over items (objects, views), so that one failed item
+    /// is one broken object among many. A stage that makes one result from what it reads
+    /// (a split, a trained head, an evaluation, the report) is not: when its task has failed,
+    /// in this run or an earlier one, the run has no results and exits non-zero.
+    fn fans_out(&self) -> bool {
+        true
+    }
     /// Whether a run copies this stage's outputs into the pipeline's results folder
     /// (`runs/<name>/`; a report stage's `results.md` and figures).
     fn publishes_results(&self) -> bool {

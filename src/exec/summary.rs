@@ -31,6 +31,9 @@ pub struct RunReport {
     /// Stages whose items never became known (their source failed or did not run): why.
     pub deferred: IndexMap<String, String>,
     pub outcome: RunOutcome,
+    /// Stages that make one result from what they read (train, evaluate, report) and have
+    /// none, because they failed in this run or an earlier one: the run has no results.
+    pub no_results: Vec<String>,
     pub failures: Vec<FailureLine>,
     /// What stages said about their results, by stage (a train stage: the objects it left
     /// out, and why).
@@ -52,6 +55,8 @@ impl RunReport {
             not_expanded: &'a IndexMap<String, String>,
             ok: bool,
             interrupted: bool,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            no_results: &'a [String],
             failures: &'a [FailureLine],
             #[serde(skip_serializing_if = "IndexMap::is_empty")]
             notes: &'a IndexMap<String, String>,
@@ -61,6 +66,7 @@ impl RunReport {
             not_expanded: &self.deferred,
             ok: self.ok(),
             interrupted: self.outcome == RunOutcome::Interrupted,
+            no_results: &self.no_results,
             failures: &self.failures,
             notes: &self.notes,
         })
@@ -183,12 +189,22 @@ impl RunReport {
                 let _ = writeln!(out, "  {}: {note}", stages.join(", "));
             }
         }
-        let verdict = match self.outcome {
-            RunOutcome::Ok => "ok",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Interrupted => "interrupted",
+        let elapsed = self.elapsed.as_secs_f64();
+        let _ = match self.outcome {
+            RunOutcome::Failed if !self.no_results.is_empty() => writeln!(
+                out,
+                "\nno results in {elapsed:.1}s: {} failed (above); fix what it says and run \
+                 again (--retry-failed reruns a failure an earlier run recorded)",
+                self.no_results
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            RunOutcome::Ok => writeln!(out, "\nok in {elapsed:.1}s"),
+            RunOutcome::Failed => writeln!(out, "\nfailed in {elapsed:.1}s"),
+            RunOutcome::Interrupted => writeln!(out, "\ninterrupted in {elapsed:.1}s"),
         };
-        let _ = writeln!(out, "\n{verdict} in {:.1}s", self.elapsed.as_secs_f64());
         out
     }
 }
@@ -206,6 +222,7 @@ pub(super) fn summarize(
     let mut failures = Vec::new();
     let mut notes = IndexMap::new();
     let mut new_failures = false;
+    let mut no_results = Vec::new();
     for &s in order {
         let node = &g.stages[s];
         if node.kind.has_result_notes() {
@@ -242,6 +259,11 @@ pub(super) fn summarize(
         if c.all_failed() == 0 {
             continue;
         }
+        // A recorded failure of a broken object does not fail later runs; a stage with one
+        // result (a head, an evaluation, the report) that has none does, every time.
+        if !node.kind.fans_out() {
+            no_results.push(node.name.clone());
+        }
         for t in node.tasks() {
             let state = engine.state[t as usize];
             if !state.is_failure() {
@@ -270,7 +292,11 @@ pub(super) fn summarize(
     }
     let outcome = if interrupted {
         RunOutcome::Interrupted
-    } else if new_failures || not_run.values().any(|n| *n > 0) || !deferred.is_empty() {
+    } else if new_failures
+        || !no_results.is_empty()
+        || not_run.values().any(|n| *n > 0)
+        || !deferred.is_empty()
+    {
         RunOutcome::Failed
     } else {
         RunOutcome::Ok
@@ -280,6 +306,7 @@ pub(super) fn summarize(
         not_run,
         deferred,
         outcome,
+        no_results,
         failures,
         notes,
         elapsed,

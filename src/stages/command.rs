@@ -435,6 +435,12 @@ impl CommandStage {
 
 #[async_trait::async_trait]
 impl StageKind for CommandStage {
+    /// A command run once over all its inputs (`per_item = false`, no items of its own)
+    /// makes one result; one with items of its own or per upstream item fans out.
+    fn fans_out(&self) -> bool {
+        self.per_item || self.items.is_some() || self.items_file.is_some()
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }

@@ -383,6 +383,10 @@ impl StageKind for EvaluateStage {
             self.max_missing.to_string(),
         )]))
     }
+    fn fans_out(&self) -> bool {
+        false
+    }
+
     fn reads_failures(&self) -> bool {
         true
     }

@@ -192,6 +192,10 @@ impl StageKind for ReportStage {
     fn kind(&self) -> &'static str {
         KIND
     }
+    fn fans_out(&self) -> bool {
+        false
+    }
+
     fn publishes_results(&self) -> bool {
         true
     }

@@ -282,6 +282,10 @@ pub fn object_of(item: &str) -> &str {
 
 #[async_trait::async_trait]
 impl StageKind for SplitStage {
+    fn fans_out(&self) -> bool {
+        false
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }

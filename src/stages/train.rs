@@ -345,6 +345,10 @@ impl StageKind for TrainStage {
         p.insert("max_missing".into(), self.max_missing.to_string());
         Ok(p)
     }
+    fn fans_out(&self) -> bool {
+        false
+    }
+
     fn reads_failures(&self) -> bool {
         true
     }
