@@ -6,6 +6,7 @@
 pub mod clip;
 pub mod commands;
 pub mod diag;
+pub mod disk;
 pub mod exec;
 pub mod heads;
 pub mod hf;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const FLOORS: &[&[&str]] = &[
     // Leaves: keys, text, diagnostics, slots, meters.
     &["text", "diag", "meter", "resources", "numpy_random"],
-    &["task", "hf"],
+    &["task", "hf", "disk"],
     // Leaves that compute: rendering, CLIP, heads, metrics and tables.
     &["render", "clip"],
     &["heads"],

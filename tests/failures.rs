@@ -348,3 +348,141 @@ fn slots_that_cannot_run_a_stage_are_named() {
         r.stderr
     );
 }
+
+/// Ten 900 KB outputs into a 6 MB cache: a full disk is the machine's state, not the items'.
+/// The tasks that hit it are not recorded, the message names the file system and its free
+/// space, no new work starts, and the next run, with room again, completes them by itself.
+/// A task that says nothing about it (its stderr thrown away) is told by the file system's
+/// own free space.
+#[test]
+fn a_full_disk_is_not_recorded_against_the_items() {
+    let sb = Sandbox::new();
+    let Some(cache) = common::tmpfs::Tmpfs::mount(&sb.cache(), "6m") else {
+        return;
+    };
+    let items = r#"items = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]"#;
+    sb.write(
+        "p.toml",
+        &format!(
+            "[stage.big]\nkind = \"command\"\n{items}\n\
+             cmd = \"head -c 900000 /dev/urandom > $MVC_OUT/o.bin\"\n"
+        ),
+    );
+    let full = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(full.code, Some(1), "{}", full.stderr);
+    let failures = full.json()["failures"].as_array().unwrap().clone();
+    assert!(!failures.is_empty(), "{}", full.stderr);
+    for f in &failures {
+        let error = f["error"].as_str().unwrap();
+        assert!(
+            error.contains("No space left on device")
+                && error.contains(&format!("(tmpfs at {})", sb.cache().display()))
+                && error.contains("free of 6.0 MiB")
+                && error.contains("nothing is recorded against the item"),
+            "{error}"
+        );
+    }
+    assert!(
+        full.stderr.contains("starting no new tasks"),
+        "{}",
+        full.stderr
+    );
+    // Nothing recorded: the plan runs every item that has no result.
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(plan.count("big", "failed_skipped"), 0, "{}", plan.stdout);
+    let done = full.count("big", "ran");
+    assert_eq!(plan.count("big", "to_run"), 10 - done);
+
+    cache.resize("24m");
+    let again = sb.mvc(&["run", "p.toml", "--json"]);
+    again.assert_ok();
+    assert_eq!(again.count("big", "ran"), 10 - done);
+    assert_eq!(again.count("big", "cached"), done);
+    sb.mvc(&["status", "--verify"]).assert_ok();
+
+    // A quiet task on a disk filled again: its own words are gone, the free space tells.
+    sb.write(
+        "q.toml",
+        &format!(
+            "[stage.quiet]\nkind = \"command\"\n{items}\n\
+             cmd = \"head -c 2500000 /dev/urandom > $MVC_OUT/o.bin 2>/dev/null\"\n"
+        ),
+    );
+    let quiet = sb.mvc(&["run", "q.toml", "--json"]);
+    assert_eq!(quiet.code, Some(1), "{}", quiet.stderr);
+    let error = quiet.json()["failures"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("is full: ") && error.contains("free of 24.0 MiB"),
+        "{error}"
+    );
+    cache.resize("64m");
+    sb.mvc(&["run", "q.toml", "--json"]).assert_ok();
+}
+
+/// The same on a worker: a worker whose own cache is full reports it, and the coordinator
+/// records nothing against the items; with room, the next run completes them.
+#[test]
+fn a_workers_full_disk_is_not_recorded_against_the_items() {
+    let sb = Sandbox::new();
+    let worker_cache = sb.path().join("worker-cache");
+    let Some(disk) = common::tmpfs::Tmpfs::mount(&worker_cache, "4m") else {
+        return;
+    };
+    sb.write(
+        "p.toml",
+        "[stage.big]\nkind = \"command\"\nitems = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\"]\n\
+         cmd = \"head -c 900000 /dev/urandom > $MVC_OUT/o.bin 2>/dev/null\"\n",
+    );
+    let run = |code: i32| {
+        let mut coord = common::Background::start(
+            &mut sb.command(&[
+                "run",
+                "p.toml",
+                "--json",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-local",
+            ]),
+            true,
+        );
+        let url = coord.url.clone().unwrap();
+        let mut worker = common::Background::start(
+            &mut sb.command(&[
+                "--cache",
+                worker_cache.to_str().unwrap(),
+                "worker",
+                "--connect",
+                &url,
+                "--slots",
+                "cpu=1",
+                "--exit-when-idle",
+                "2",
+            ]),
+            false,
+        );
+        let ran = coord.finish(Duration::from_secs(120));
+        let _ = worker.finish(Duration::from_secs(30));
+        assert_eq!(ran.code, Some(code), "{}", ran.stderr);
+        ran
+    };
+    let full = run(1);
+    assert!(
+        full.stderr.contains("is full") && full.stderr.contains("tmpfs at"),
+        "{}",
+        full.stderr
+    );
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(plan.count("big", "failed_skipped"), 0, "{}", plan.stdout);
+    assert!(plan.count("big", "to_run") > 0);
+    disk.resize("32m");
+    let again = run(0);
+    assert_eq!(
+        again.count("big", "ran") + again.count("big", "cached"),
+        6,
+        "{}",
+        again.stderr
+    );
+}

@@ -167,6 +167,27 @@ pub enum TaskOutcome {
     /// Could not run for reasons outside the item (the task could not be started): counted
     /// as failed in this run, not recorded, so the next run tries again.
     Aborted(String),
+    /// Failed because the file system it wrote to is full (what [`unless_disk_full`] says):
+    /// not recorded, and no new work starts where it ran.
+    DiskFull(String),
+}
+
+/// `outcome`, unless it is a failure on a full file system: then [`TaskOutcome::DiskFull`]
+/// naming the file system holding `work` and its free space. Kinds call it before removing
+/// their work directory, whose partial output is what shows the disk full.
+pub fn unless_disk_full(work: &Path, outcome: TaskOutcome) -> TaskOutcome {
+    match outcome {
+        TaskOutcome::Failed { error, stderr } => match crate::disk::full_disk(work, &error) {
+            Some(full) => TaskOutcome::DiskFull(format!("{full} (it said: {error})")),
+            None => TaskOutcome::Failed { error, stderr },
+        },
+        TaskOutcome::Aborted(error) if crate::disk::says_full(&error) => {
+            let usage = crate::disk::usage(work).ok();
+            let full = crate::disk::full_message(work, usage.as_ref());
+            TaskOutcome::DiskFull(format!("{full} (it said: {error})"))
+        }
+        other => other,
+    }
 }
 
 /// One item of a stage export: its id, own parameters and outputs.

@@ -196,10 +196,35 @@ fn task_command(request: &LaunchRequest) -> std::io::Result<Command> {
         .envs(request.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&request.stdout)?)
-        .stderr(std::fs::File::create(&request.stderr)?);
+        .stderr(log_with_room(&request.stderr)?);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     die_with_parent(&mut command);
     Ok(command)
+}
+
+/// Room kept for a task's stderr whatever happens to the disk: its complaint ("No space left
+/// on device") is what says why it failed, and a full disk would otherwise swallow it.
+const STDERR_ROOM: i64 = 64 << 10;
+
+/// Creates a task's stderr file with [`STDERR_ROOM`] bytes allocated ahead (its size stays
+/// 0). A disk too full for that is full now: the task is not started, and the error says so.
+fn log_with_room(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(path)?;
+    // SAFETY: fallocate on a descriptor we own; KEEP_SIZE leaves the file's length alone.
+    let done =
+        unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, STDERR_ROOM) };
+    if done != 0 {
+        let e = std::io::Error::last_os_error();
+        // A file system without fallocate just goes without the room.
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("keeping room for the task's log in {}: {e}", path.display()),
+            ));
+        }
+    }
+    Ok(file)
 }
 
 fn die_with_parent(command: &mut Command) {

@@ -576,7 +576,7 @@ impl RemoteUnits {
                     TaskOutcome::Cancelled => {
                         why = format!("worker {} was stopped while running it", lease.worker_name);
                     }
-                    TaskOutcome::Aborted(error) => {
+                    TaskOutcome::Aborted(error) | TaskOutcome::DiskFull(error) => {
                         why = format!("worker {}: {error}", lease.worker_name);
                     }
                     outcome => {

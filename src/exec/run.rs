@@ -464,6 +464,17 @@ impl Scheduler {
                 }
                 engine.finish_unrecorded(t, error);
             }
+            Reported::DiskFull(error) => {
+                if !self.stopping {
+                    self.stopping = true;
+                    self.view.note(&format!(
+                        "error: {} could not finish: {error}\nstarting no new tasks (they would \
+                         fail the same way); running ones finish",
+                        engine.graph.task_label(t)
+                    ));
+                }
+                engine.finish_unrecorded(t, error);
+            }
             Reported::InputCorrupt { stage, item, error } => {
                 let again = reopen_producer(engine, t, &stage, &item)?;
                 self.view.note(&format!(
@@ -608,7 +619,7 @@ fn spawn_unit(
             .iter()
             .zip(outcomes)
             .map(|(p, outcome)| {
-                let reported = commit_outcome(&store, &stage_name, &p.identity, "local", outcome);
+                let reported = commit_outcome(&store, &stage_name, &p.identity, LOCAL, outcome);
                 (p.task, reported)
             })
             .collect();

@@ -25,6 +25,9 @@ pub(super) enum Reported {
     },
     Cancelled,
     Aborted(String),
+    /// Not run for want of room on the cache's file system: not recorded, and no new work
+    /// starts (every task would fail the same way).
+    DiskFull(String),
 }
 
 /// Takes the next unit from a stage's queue: the front task, and every queued task of the
@@ -173,8 +176,24 @@ pub(super) fn read_inputs(
         .collect()
 }
 
+/// Where a task that ran on this machine ran, in its result.
+pub(super) const LOCAL: &str = "local";
+
+/// A failure that is the machine's, not the item's: the cache's file system is full (by the
+/// error's words, or by its space when the task ran here: a worker judges its own disk and
+/// says so with [`TaskOutcome::DiskFull`]).
+fn disk_full(store: &Store, host: &str, error: &str) -> Option<Reported> {
+    let full = match host {
+        LOCAL => crate::disk::full_disk(store.dir(), error),
+        _ => crate::disk::says_full(error)
+            .then(|| format!("worker {host} ran out of disk space; make room there and run again")),
+    }?;
+    Some(Reported::DiskFull(format!("{full} (it said: {error})")))
+}
+
 /// Records an outcome in the index (the commit point of a task) and says what happened.
-/// `host` is where it ran: `local` or a worker's name.
+/// `host` is where it ran: [`LOCAL`] or a worker's name. A failure is recorded against the
+/// item only when the item could have caused it: not when the disk is full.
 pub(super) fn commit_outcome(
     store: &Store,
     stage: &str,
@@ -210,10 +229,17 @@ pub(super) fn commit_outcome(
                         blobs: result.blob_outputs().collect(),
                     },
                 ),
-                Err(e) => Reported::Failed(format!("recording the result failed: {e:#}")),
+                // The index could not take it: the cache's fault, never the item's.
+                Err(e) => {
+                    let error = format!("recording the result failed: {e:#}");
+                    disk_full(store, LOCAL, &error).unwrap_or(Reported::Aborted(error))
+                }
             }
         }
         TaskOutcome::Failed { error, stderr } => {
+            if let Some(full) = disk_full(store, host, &error) {
+                return full;
+            }
             let failure = Failure {
                 stage: stage.to_string(),
                 item: p.item.clone(),
@@ -222,7 +248,8 @@ pub(super) fn commit_outcome(
                 when_ms: now_ms(),
             };
             if let Err(e) = store.commit_failure(&p.key, &p.record, &failure) {
-                tracing::warn!("could not record the failure of {stage}/{}: {e:#}", p.item);
+                let error = format!("{error} (and recording the failure failed: {e:#})");
+                return disk_full(store, LOCAL, &error).unwrap_or(Reported::Aborted(error));
             }
             Reported::Failed(error)
         }
@@ -230,7 +257,11 @@ pub(super) fn commit_outcome(
             Reported::InputCorrupt { stage, item, error }
         }
         TaskOutcome::Cancelled => Reported::Cancelled,
-        TaskOutcome::Aborted(error) => Reported::Aborted(error),
+        TaskOutcome::Aborted(error) => match crate::disk::says_full(&error) {
+            true => disk_full(store, host, &error).unwrap_or(Reported::Aborted(error)),
+            false => Reported::Aborted(error),
+        },
+        TaskOutcome::DiskFull(error) => Reported::DiskFull(error),
     }
 }
 

@@ -257,11 +257,14 @@ impl CommandStage {
     async fn run_task(&self, ctx: &ExecCtx, task: UnitTask) -> TaskOutcome {
         let dir = ctx.store.tmp_dir().join(task.key.to_hex());
         let outcome = self.run_in(ctx, &task, &dir).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        outcome.unwrap_or_else(|e| TaskOutcome::Failed {
+        let outcome = outcome.unwrap_or_else(|e| TaskOutcome::Failed {
             error: format!("{e:#}"),
             stderr: None,
-        })
+        });
+        // Asked before the work directory goes: its partial output is what fills the disk.
+        let outcome = super::unless_disk_full(ctx.store.tmp_dir(), outcome);
+        let _ = std::fs::remove_dir_all(&dir);
+        outcome
     }
 
     async fn run_in(&self, ctx: &ExecCtx, task: &UnitTask, dir: &Path) -> Result<TaskOutcome> {
@@ -585,6 +588,8 @@ fn store_log(ctx: &ExecCtx, path: &Path) -> Option<crate::task::Digest> {
     let bytes = std::fs::read(path).ok().filter(|b| !b.is_empty())?;
     match ctx.store.blobs().put_bytes(&bytes) {
         Ok(d) => Some(d),
+        // A full disk is said once, by the task's outcome, not again per log.
+        Err(e) if crate::disk::says_full(&e.to_string()) => None,
         Err(e) => {
             tracing::warn!("could not keep the log {}: {e}", path.display());
             None

@@ -247,3 +247,4 @@ pub mod fixture;
 pub mod glb;
 pub mod mirror;
 pub mod slurm;
+pub mod tmpfs;
