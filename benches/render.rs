@@ -187,7 +187,7 @@ fn blender_three_ways(blender: PathBuf) {
                 for glb in objects {
                     let pool = BlenderPool::new(blender.clone(), "CYCLES").unwrap();
                     let job = job(glb, persistent_data);
-                    pool.run(&job, timeout, &kill).await.unwrap();
+                    pool.run(&job, timeout, &kill, false).await.unwrap();
                     outs.push(job.out);
                 }
                 (total / start.elapsed().as_secs_f64(), outs)
@@ -201,13 +201,13 @@ fn blender_three_ways(blender: PathBuf) {
         let pool = BlenderPool::new(blender.clone(), "CYCLES").unwrap();
         let mut warm = job(&objects[0], true);
         warm.views.truncate(1);
-        pool.run(&warm, timeout, &kill).await.unwrap();
+        pool.run(&warm, timeout, &kill, false).await.unwrap();
         let start = Instant::now();
         let mut blender_own = 0.0;
         let mut pool_outs = Vec::new();
         for glb in &objects {
             let job = job(glb, true);
-            let done = pool.run(&job, timeout, &kill).await.unwrap();
+            let done = pool.run(&job, timeout, &kill, false).await.unwrap();
             blender_own += done.import_seconds + done.render_seconds;
             pool_outs.push(job.out);
         }
@@ -321,12 +321,17 @@ fn engines(blender: PathBuf) {
             views,
         };
         let per_view = rt.block_on(async {
-            pool.run(&job(&objects[0], views[..1].to_vec()), timeout, &kill)
-                .await
-                .unwrap();
+            pool.run(
+                &job(&objects[0], views[..1].to_vec()),
+                timeout,
+                &kill,
+                false,
+            )
+            .await
+            .unwrap();
             let start = Instant::now();
             for glb in &objects {
-                pool.run(&job(glb, views.clone()), timeout, &kill)
+                pool.run(&job(glb, views.clone()), timeout, &kill, false)
                     .await
                     .unwrap();
             }

@@ -85,15 +85,12 @@ fn mount_point(path: &Path) -> PathBuf {
 fn fs_type(mount: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = mount.to_str()?;
-    table
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let mut fields = line.split(' ');
-            let point = fields.nth(4)?;
-            let rest = line.split(" - ").nth(1)?;
-            (unescape(point) == wanted).then(|| rest.split(' ').next().map(str::to_string))?
-        })
+    table.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let point = fields.nth(4)?;
+        let rest = line.split(" - ").nth(1)?;
+        (unescape(point) == wanted).then(|| rest.split(' ').next().map(str::to_string))?
+    })
 }
 
 /// mountinfo writes a space, tab, newline and backslash as an octal escape (`\040`).

@@ -18,6 +18,7 @@ pub mod remote;
 pub mod render;
 pub mod report;
 pub mod resources;
+pub mod signals;
 pub mod stages;
 pub mod store;
 pub mod task;

@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 /// The floors, bottom first. A module may import the modules of lower floors only.
 const FLOORS: &[&[&str]] = &[
     // Leaves: keys, text, diagnostics, slots, meters.
-    &["text", "diag", "meter", "resources", "numpy_random"],
+    &[
+        "text",
+        "diag",
+        "meter",
+        "resources",
+        "numpy_random",
+        "signals",
+    ],
     &["task", "hf", "disk"],
     // Leaves that compute: rendering, CLIP, heads, metrics and tables.
     &["render", "clip"],

@@ -486,3 +486,58 @@ fn a_workers_full_disk_is_not_recorded_against_the_items() {
         again.stderr
     );
 }
+
+/// A task process killed by a signal (here by itself, as the OOM killer would) runs once
+/// more in a fresh process before anything is recorded; a second death is recorded, naming
+/// the signal and what to check.
+#[test]
+fn a_task_killed_by_a_signal_is_tried_again_before_it_is_recorded() {
+    let sb = Sandbox::new();
+    let marks = sb.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    sb.write(
+        "p.toml",
+        &format!(
+            r#"
+[stage.work]
+kind = "command"
+items = ["once", "always", "fine"]
+params = {{ marks = "{}" }}
+cmd = '''
+mark="$MVC_PARAM_MARKS/$MVC_ITEM"
+if [ "$MVC_ITEM" = always ] || [ ! -e "$mark" ]; then
+  [ "$MVC_ITEM" = fine ] || {{ echo "about to die" >&2; touch "$mark"; kill -9 $$; }}
+fi
+echo done > "$MVC_OUT/o"
+'''
+"#,
+            marks.display()
+        ),
+    );
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("work", "ran"), 2, "{}", ran.stderr);
+    assert_eq!(ran.count("work", "failed"), 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("work/once: the command was killed by SIGKILL")
+            && ran.stderr.contains("running it again in a fresh process"),
+        "{}",
+        ran.stderr
+    );
+    let failures = ran.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["item"], "always");
+    let error = failures[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(
+            "the command was killed by SIGKILL: out of memory? see dmesg (the kernel names the \
+             OOM killer's victims there)"
+        ) && error.contains("twice (each time in a fresh process): about to die"),
+        "{error}"
+    );
+    // Recorded: the next run does not try it again.
+    let again = sb.mvc(&["run", "p.toml", "--json"]);
+    assert_eq!(again.count("work", "ran"), 0);
+    assert_eq!(again.count("work", "failed"), 1);
+}

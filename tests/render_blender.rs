@@ -239,7 +239,13 @@ fn a_crashing_blender_costs_one_object_and_the_pool_recovers() {
             .all(|f| f["item"].as_str().unwrap().starts_with("b@"))
     );
     let error = failures[0]["error"].as_str().unwrap();
-    assert!(error.contains("Blender crashed on this object"), "{error}");
+    // A death is tried once more in a new Blender; the second one is recorded.
+    assert!(
+        error.contains(
+            "Blender exited with status 134, twice on this object, each time in a new process"
+        ),
+        "{error}"
+    );
 }
 
 #[test]
@@ -486,4 +492,130 @@ fn the_underside_turned_away_from_the_area_light_is_lit_by_the_world_with_cycles
             assert_eq!(by["look"], "None", "{record}");
         }
     }
+}
+
+/// The pids of the Blender processes `mvc` (pid `parent`) runs now.
+fn blender_children(parent: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid: u32 = rest.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+        if comm.ends_with("(blender") && ppid == parent && !rest.starts_with('Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The newest PNG Blender has written into a render work directory of `cache`, if any.
+fn newest_png(cache: &Path) -> Option<std::time::SystemTime> {
+    let tmp = std::fs::read_dir(cache.join("tmp")).ok()?;
+    tmp.flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("render-"))
+        .filter_map(|d| std::fs::read_dir(d.path().join("out")).ok())
+        .flat_map(|dir| dir.flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "png"))
+        .filter_map(|f| f.metadata().ok()?.modified().ok())
+        .max()
+}
+
+/// Waits until a Blender of `mvc` has written a PNG newer than `after`, then kills it with
+/// SIGKILL from outside (as the OOM killer would) and returns its pid.
+fn kill_blender_mid_object(
+    mvc: &common::Background,
+    cache: &Path,
+    after: std::time::SystemTime,
+) -> i32 {
+    let parent = mvc.child.as_ref().unwrap().id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Blender wrote a view in time:\n{}",
+            mvc.stderr.lock().unwrap()
+        );
+        let drawing = newest_png(cache).is_some_and(|t| t > after);
+        if let (true, [pid]) = (drawing, blender_children(parent).as_slice()) {
+            // SAFETY: kill(2) on a process of this test's own mvc.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            return *pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A Blender killed from outside in the middle of an object (the OOM killer's SIGKILL) is
+/// not the object's failure: the object is tried again in a new Blender and renders, and
+/// nothing is recorded. A Blender that dies twice on the same object is recorded, and the
+/// record names the signal and says what to check.
+#[test]
+fn a_blender_killed_from_outside_is_tried_again_and_a_second_death_is_recorded() {
+    if !have_blender(false) {
+        return;
+    }
+    let azimuths = format!(
+        "[{}]",
+        (0..24)
+            .map(|a| (a * 15).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Once: the object renders in a second Blender, and the run is whole.
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &blender_pipeline(sb.path(), "polar = [50]", &azimuths, "samples = 1", 32),
+    );
+    let mut run = common::Background::start(&mut sb.command(&["run", "p.toml", "--json"]), false);
+    kill_blender_mid_object(&run, &sb.cache(), std::time::UNIX_EPOCH);
+    let ran = run.finish(std::time::Duration::from_secs(300));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "ran"), 72, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("killed by SIGKILL: out of memory? see dmesg")
+            && ran.stderr.contains("trying it again in a new Blender"),
+        "{}",
+        ran.stderr
+    );
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(plan.count("views", "failed_skipped"), 0);
+    assert_eq!(plan.count("views", "to_run"), 0);
+
+    // Twice on the same object: recorded, with the signal and what to check.
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        &blender_pipeline(sb.path(), "polar = [50]", &azimuths, "samples = 1", 32),
+    );
+    let mut run = common::Background::start(&mut sb.command(&["run", "p.toml", "--json"]), false);
+    let first = kill_blender_mid_object(&run, &sb.cache(), std::time::UNIX_EPOCH);
+    let at = std::time::SystemTime::now();
+    let second = kill_blender_mid_object(&run, &sb.cache(), at);
+    assert_ne!(first, second, "the second try runs in a new Blender");
+    let ran = run.finish(std::time::Duration::from_secs(300));
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert_eq!(ran.count("views", "ran"), 48, "{}", ran.stderr);
+    assert_eq!(ran.count("views", "failed"), 24, "{}", ran.stderr);
+    let error = ran.json()["failures"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("Blender killed by SIGKILL: out of memory? see dmesg")
+            && error.contains("twice on this object, each time in a new process")
+            && error.contains("render it on a machine with more"),
+        "{error}"
+    );
+    let plan = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(plan.count("views", "failed_skipped"), 24);
 }

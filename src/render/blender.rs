@@ -2,8 +2,11 @@
 //! `workers/blender/render.py`, each taking one object (a GLB and its views) per job, so
 //! that Blender's start-up and the model's import are paid once per object, not per view.
 //!
-//! A process that dies or outlives its job's timeout is killed and replaced; the object it
-//! was rendering fails with Blender's last lines of stderr.
+//! A process that outlives its job's timeout is killed and replaced; the object it was
+//! rendering fails with Blender's last lines of stderr. A process that dies is replaced too,
+//! and the pool says how it died (the signal: SIGKILL from the OOM killer is the machine's
+//! doing, not the object's), so that the render stage can try the object once more in a
+//! new process before it records anything.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -117,8 +120,14 @@ pub struct JobDone {
 pub enum JobError {
     /// The worker reported an error for this object (import failed, no mesh…).
     Object(String),
-    /// The process died or ran past the timeout while rendering this object.
-    Crashed(String),
+    /// The process died while rendering this object: `how` (killed by SIGKILL…, exited
+    /// with status N), and Blender's last lines.
+    Died {
+        how: String,
+        last_lines: String,
+    },
+    /// The process ran past the timeout on this object and was stopped.
+    TimedOut(String),
     /// Blender could not be started at all.
     Start(String),
     Cancelled,
@@ -293,14 +302,19 @@ impl BlenderPool {
     }
 
     /// Renders one object; returns the ids of the views written into `job.out`, and the
-    /// time Blender spent importing and rendering.
+    /// time Blender spent importing and rendering. `new_process` starts a Blender for it
+    /// alone instead of taking one that rendered other objects (a second try after a death).
     pub async fn run(
         &self,
         job: &Job,
         timeout: Duration,
         kill: &CancellationToken,
+        new_process: bool,
     ) -> Result<JobDone, JobError> {
-        let idle = self.idle.lock().expect("not poisoned").pop();
+        let idle = match new_process {
+            true => None,
+            false => self.idle.lock().expect("not poisoned").pop(),
+        };
         let mut worker = match idle {
             Some(w) => w,
             None => self.start().await.map_err(JobError::Start)?,
@@ -357,17 +371,27 @@ impl BlenderPool {
                 }
             }
             Ok(Err(e)) => {
-                let _ = worker.child.start_kill();
+                // How it ended: a process that died has its status (a signal, or an exit
+                // code) a moment after its pipes close; one that is alive is killed.
+                let status =
+                    tokio::time::timeout(Duration::from_secs(2), worker.child.wait()).await;
+                let how = match status {
+                    Ok(Ok(status)) => exit_words(status),
+                    _ => {
+                        let _ = worker.child.start_kill();
+                        format!("stopped answering ({e})")
+                    }
+                };
                 // Let the stderr reader catch the last lines.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Err(JobError::Crashed(format!(
-                    "Blender crashed on this object ({e}); its last lines:\n{}",
-                    worker.stderr_tail()
-                )))
+                Err(JobError::Died {
+                    how,
+                    last_lines: worker.stderr_tail(),
+                })
             }
             Err(_) => {
                 let _ = worker.child.start_kill();
-                Err(JobError::Crashed(format!(
+                Err(JobError::TimedOut(format!(
                     "Blender took longer than the timeout ({}s) on this object and was \
                      stopped; its last lines:\n{}",
                     timeout.as_secs(),
@@ -375,6 +399,17 @@ impl BlenderPool {
                 )))
             }
         }
+    }
+}
+
+/// How a process ended, in words: "killed by SIGKILL: out of memory? …", "exited with
+/// status 134".
+fn exit_words(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.signal(), status.code()) {
+        (Some(signal), _) => crate::signals::death(signal),
+        (None, Some(code)) => format!("exited with status {code}"),
+        (None, None) => "ended".to_string(),
     }
 }
 

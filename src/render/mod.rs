@@ -18,9 +18,12 @@ pub mod raster;
 pub mod scene;
 
 /// Makes a child of a render backend (Blender, Xvfb) die with mvc: killed when dropped, and
-/// sent SIGKILL by the kernel when mvc itself dies, however it dies.
+/// sent SIGKILL by the kernel when mvc itself dies, however it dies. It gets a process group
+/// of its own, as tasks do: a terminal's Ctrl-C reaches mvc alone, which decides (a Blender
+/// killed by it mid-object looked like a crash on that object).
 pub(crate) fn dies_with_mvc(cmd: &mut tokio::process::Command) {
     cmd.kill_on_drop(true);
+    cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe, as code between fork and exec must be.
     unsafe {
         cmd.pre_exec(|| {

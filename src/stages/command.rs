@@ -254,20 +254,55 @@ impl CommandStage {
             .collect()
     }
 
+    /// Runs a task; a process killed by a signal from outside (the OOM killer, a neighbour)
+    /// is not the item's failure, so it runs once more in a fresh process, and only a second
+    /// death is recorded, naming both.
     async fn run_task(&self, ctx: &ExecCtx, task: UnitTask) -> TaskOutcome {
         let dir = ctx.store.tmp_dir().join(task.key.to_hex());
-        let outcome = self.run_in(ctx, &task, &dir).await;
-        let outcome = outcome.unwrap_or_else(|e| TaskOutcome::Failed {
-            error: format!("{e:#}"),
-            stderr: None,
-        });
-        // Asked before the work directory goes: its partial output is what fills the disk.
-        let outcome = super::unless_disk_full(ctx.store.tmp_dir(), outcome);
-        let _ = std::fs::remove_dir_all(&dir);
-        outcome
+        let mut first_death: Option<i32> = None;
+        loop {
+            let mut died_of: Option<(i32, String)> = None;
+            let outcome = self.run_in(ctx, &task, &dir, &mut died_of).await;
+            let outcome = outcome.unwrap_or_else(|e| TaskOutcome::Failed {
+                error: format!("{e:#}"),
+                stderr: None,
+            });
+            // Asked before the work directory goes: its partial output is what fills the disk.
+            let outcome = super::unless_disk_full(ctx.store.tmp_dir(), outcome);
+            let _ = std::fs::remove_dir_all(&dir);
+            let (Some((signal, said)), TaskOutcome::Failed { stderr, .. }) = (died_of, &outcome)
+            else {
+                return outcome;
+            };
+            match first_death {
+                None if !ctx.kill.is_cancelled() => {
+                    tracing::warn!(
+                        "{}/{}: the command was {}; running it again in a fresh process \
+                         (nothing is recorded unless it dies again)",
+                        self.stage,
+                        task.item,
+                        crate::signals::death(signal)
+                    );
+                    first_death = Some(signal);
+                }
+                None => return outcome,
+                Some(first) => {
+                    return TaskOutcome::Failed {
+                        error: died_twice(first, signal, &said),
+                        stderr: *stderr,
+                    };
+                }
+            }
+        }
     }
 
-    async fn run_in(&self, ctx: &ExecCtx, task: &UnitTask, dir: &Path) -> Result<TaskOutcome> {
+    async fn run_in(
+        &self,
+        ctx: &ExecCtx,
+        task: &UnitTask,
+        dir: &Path,
+        died_of: &mut Option<(i32, String)>,
+    ) -> Result<TaskOutcome> {
         let _ = std::fs::remove_dir_all(dir);
         let work = dir.join("work");
         let out = dir.join("out");
@@ -370,16 +405,19 @@ impl CommandStage {
         let stdout = store_log(ctx, &stdout_path);
         let stderr = store_log(ctx, &stderr_path);
         if code != Some(0) {
-            let how = match (code, signal) {
-                (Some(code), _) => format!("exit status {code}"),
-                (None, Some(sig)) => format!("killed by signal {sig}"),
-                _ => "an unknown status".to_string(),
-            };
             let tail = last_lines(&stderr_path, 3);
-            let error = if tail.is_empty() {
-                format!("command failed with {how} (no stderr)")
-            } else {
-                format!("command failed with {how}: {tail}")
+            let said = match tail.is_empty() {
+                true => " (no stderr)".to_string(),
+                false => format!(": {tail}"),
+            };
+            let error = match (code, signal) {
+                (Some(code), _) => format!("command failed with exit status {code}{said}"),
+                (None, Some(sig)) => {
+                    let error = format!("the command was {}{said}", crate::signals::death(sig));
+                    *died_of = Some((sig, said));
+                    error
+                }
+                _ => format!("command failed with an unknown status{said}"),
             };
             return Ok(TaskOutcome::Failed { error, stderr });
         }
@@ -524,6 +562,24 @@ impl StageKind for CommandStage {
         }
         outcomes
     }
+}
+
+/// The failure of a task that a signal ended twice, each time in a fresh process: both
+/// deaths named, and what the second try said (its stderr's last lines).
+fn died_twice(first: i32, second: i32, said: &str) -> String {
+    let how = if first == second {
+        format!(
+            "the command was {}, twice (each time in a fresh process)",
+            crate::signals::death(first)
+        )
+    } else {
+        format!(
+            "the command died twice (each time in a fresh process): first {}; then {}",
+            crate::signals::death(first),
+            crate::signals::death(second)
+        )
+    };
+    format!("{how}{said}")
 }
 
 /// Whether an output directory holds a file large enough to become a blob (its ingestion

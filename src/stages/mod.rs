@@ -105,11 +105,59 @@ where
     let mut outcomes = Vec::with_capacity(unit.len());
     for task in unit {
         let started_ms = crate::store::records::now_ms();
+        let producers = producers(&task);
         let (store, kill, work) = (ctx.store.clone(), ctx.kill.clone(), work.clone());
         let result = crate::exec::blocking_if(true, move || work(&store, task, &kill)).await;
-        outcomes.push(outcome(stage, started_ms, &ctx.kill, result));
+        outcomes.push(match unreadable_input(stage, &result, &producers) {
+            Some(not_ours) => not_ours,
+            None => outcome(stage, started_ms, &ctx.kill, result),
+        });
     }
     outcomes
+}
+
+/// Which upstream task made each blob a task reads: (digest, stage, item). Kept aside while
+/// the task runs (it takes its inputs), to name the producer of one that cannot be read.
+fn producers(task: &UnitTask) -> Vec<(crate::task::Digest, String, String)> {
+    let mut producers = Vec::new();
+    for input in &task.inputs {
+        for (item, result) in &input.items {
+            for (digest, _) in result.blob_outputs() {
+                producers.push((digest, input.stage.clone(), item.clone()));
+            }
+        }
+    }
+    producers
+}
+
+/// A task that failed because an input could not be read is not the item's failure: a blob
+/// gone or damaged makes its producer run again ([`TaskOutcome::InputCorrupt`]); any other
+/// read error (the disk's) is not recorded, and the next run tries again.
+fn unreadable_input(
+    stage: &str,
+    result: &Result<Vec<Output>>,
+    producers: &[(crate::task::Digest, String, String)],
+) -> Option<TaskOutcome> {
+    use crate::store::blobs::BlobError;
+    let error = result.as_ref().err()?;
+    let blob = error.chain().find_map(|c| c.downcast_ref::<BlobError>())?;
+    let producer = match blob {
+        BlobError::Missing(d) | BlobError::Corrupt { digest: d, .. } => {
+            producers.iter().find(|(p, _, _)| p == d)
+        }
+        BlobError::Io { .. } => None,
+    };
+    Some(match producer {
+        Some((_, up, item)) => TaskOutcome::InputCorrupt {
+            stage: up.clone(),
+            item: item.clone(),
+            error: format!("{stage}: {error:#}"),
+        },
+        None => TaskOutcome::Aborted(format!(
+            "{stage}: {error:#} (an input could not be read: not this item's failure, so it is \
+             not recorded; the next run tries again)"
+        )),
+    })
 }
 
 /// An upstream output's bytes by name.
@@ -134,4 +182,40 @@ pub fn env_name(name: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::blobs::BlobError;
+    use crate::task::Digest;
+
+    #[test]
+    fn an_input_that_cannot_be_read_is_not_the_tasks_failure() {
+        let weights = Digest::of(b"weights");
+        let producers = vec![(weights, "train".to_string(), "all".to_string())];
+        let corrupt = Err(anyhow::Error::new(BlobError::Corrupt {
+            digest: weights,
+            actual: Digest::of(b"other"),
+        })
+        .context("reading train/weights.safetensors"));
+        match unreadable_input("eval", &corrupt, &producers) {
+            Some(TaskOutcome::InputCorrupt { stage, item, error }) => {
+                assert_eq!((stage.as_str(), item.as_str()), ("train", "all"));
+                assert!(error.contains("failed verification"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let io = Err(anyhow::Error::new(BlobError::Io {
+            digest: weights,
+            source: std::io::Error::other("Input/output error"),
+        }));
+        assert!(matches!(
+            unreadable_input("eval", &io, &producers),
+            Some(TaskOutcome::Aborted(e)) if e.contains("not recorded")
+        ));
+        let own = Err(anyhow::anyhow!("the test part has 1 object"));
+        assert!(unreadable_input("eval", &own, &producers).is_none());
+        assert!(unreadable_input("eval", &Ok(Vec::new()), &producers).is_none());
+    }
 }

@@ -417,7 +417,7 @@ impl RenderStage {
         };
         let started_ms = now_ms();
         let clock = Instant::now();
-        match pool.run(&job, timeout, &ctx.kill).await {
+        let outcomes = match run_with_second_chance(pool, &job, timeout, &ctx.kill).await {
             Ok(done) => {
                 tracing::info!(
                     "blender: {object}: {} views, import {:.3}s, render {:.3}s",
@@ -462,10 +462,82 @@ impl RenderStage {
             Err(JobError::Object(error)) => {
                 fail_all(views.len(), &explain_blender_error(error, draco))
             }
-            Err(JobError::Crashed(error)) => fail_all(views.len(), &error),
+            Err(JobError::Died { how, last_lines }) => {
+                fail_all(views.len(), &format!("{how}. {}", useful_lines(&last_lines)))
+            }
+            Err(JobError::TimedOut(error)) => fail_all(views.len(), &error),
             Err(JobError::Start(error)) => all(&|| TaskOutcome::Aborted(error.clone())),
             Err(JobError::Cancelled) => all(&|| TaskOutcome::Cancelled),
+        };
+        // Asked before the work directory goes: a full disk is not the object's failure.
+        outcomes
+            .into_iter()
+            .map(|o| super::unless_disk_full(ctx.store.tmp_dir(), o))
+            .collect()
+    }
+}
+
+/// One object's job, tried once more in a new Blender when the first one dies: a process
+/// killed from outside (the OOM killer, a scheduler, a neighbour's `kill`) is not the
+/// object's doing, and nothing is recorded. A second death on the same object is: its
+/// failure says how both ended and what to check.
+async fn run_with_second_chance(
+    pool: &BlenderPool,
+    job: &Job,
+    timeout: std::time::Duration,
+    kill: &tokio_util::sync::CancellationToken,
+) -> Result<crate::render::blender::JobDone, JobError> {
+    let first = match pool.run(job, timeout, kill, false).await {
+        Err(JobError::Died { how, .. }) if !kill.is_cancelled() => how,
+        other => return other,
+    };
+    tracing::warn!(
+        "blender: {}: Blender {first} while rendering it; trying it again in a new Blender \
+         (nothing is recorded unless it dies again)",
+        job.object
+    );
+    match pool.run(job, timeout, kill, true).await {
+        Err(JobError::Died { how, last_lines }) => {
+            let oom = [&first, &how].iter().any(|h| h.contains("SIGKILL"));
+            let advice = if oom {
+                "An object that needs more memory than this machine has is a property of the \
+                 object: render it on a machine with more (a worker), then run with \
+                 --retry-failed; if another job took the memory, just run with --retry-failed"
+            } else {
+                "Run with --retry-failed to try it again"
+            };
+            let how = if how == first {
+                format!("Blender {how}, twice on this object, each time in a new process. {advice}")
+            } else {
+                format!(
+                    "Blender died twice on this object, each time in a new process: first \
+                     {first}; then {how}. {advice}"
+                )
+            };
+            Err(JobError::Died { how, last_lines })
         }
+        other => other,
+    }
+}
+
+/// Blender's last lines for a failure message, without Python's warnings (a NumPy
+/// FutureWarning and its source line said nothing about why Blender died).
+fn useful_lines(lines: &str) -> String {
+    let mut kept = Vec::new();
+    let mut skip_source = false;
+    for line in lines.lines() {
+        if skip_source && line.starts_with(char::is_whitespace) {
+            skip_source = false;
+            continue;
+        }
+        skip_source = line.contains("Warning: ");
+        if !skip_source && !line.trim().is_empty() {
+            kept.push(line);
+        }
+    }
+    match kept.is_empty() {
+        true => "Blender printed nothing before it ended".to_string(),
+        false => format!("Blender's last lines:\n{}", kept.join("\n")),
     }
 }
 
