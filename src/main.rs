@@ -52,6 +52,8 @@ enum Command {
     Status(commands::status::StatusArgs),
     /// Delete what the last runs did not reach.
     Gc(commands::gc::GcArgs),
+    /// Rebuild a damaged index from the run journals and the blobs (the old one is kept).
+    Repair(commands::repair::RepairArgs),
     /// Write a stage's outputs as ordinary files: DIR/<item>/<output>.
     Export(commands::export::ExportArgs),
     /// CLIP embeddings of images and captions into a safetensors file (`image_embeds`,
@@ -111,6 +113,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Why(args) => commands::why::run(args, &global)?,
         Command::Status(args) => commands::status::run(args, &global)?,
         Command::Gc(args) => commands::gc::run(args, &global)?,
+        Command::Repair(args) => commands::repair::run(args, &global)?,
         Command::Export(args) => commands::export::run(args, &global)?,
         Command::Embed(args) => commands::embed::run(args, &global)?,
     };

@@ -339,8 +339,9 @@ fn slots_that_cannot_run_a_stage_are_named() {
     // Granting the slot (there is no GPU to use: the command does not need one) runs it.
     sb.mvc(&["run", "p.toml", "--slots", "gpu=1"]).assert_ok();
 
+    // A bad --slots is a usage error (status 2), found when the flag is parsed.
     let r = sb.mvc(&["run", "p.toml", "--slots", "gpus=1"]);
-    assert_eq!(r.code, Some(1));
+    assert_eq!(r.code, Some(2));
     assert!(
         r.stderr
             .contains("unknown slot `gpus`; slots are cpu, gpu, blender, net"),

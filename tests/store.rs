@@ -321,3 +321,119 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Copies a directory tree (a cache, to damage a fresh copy of it each time).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Flips 4 KiB of a file at `percent` of its length (as a disk fault would).
+fn flip_4k(path: &std::path::Path, percent: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = (bytes.len() as u64 * percent / 100 / 4096 * 4096) as usize;
+    let end = (at + 4096).min(bytes.len());
+    for b in &mut bytes[at..end] {
+        *b ^= 0xff;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// 4 KiB flipped in the middle of the index's data file, at several places: sled either
+/// cannot open it (the error names `mvc repair`, which rebuilds it from the run journal and
+/// the blobs) or opens it at an earlier state without a word (the next command notices and
+/// puts the records back by itself). Either way the run after it runs nothing the last run
+/// had finished, and `status --verify` is clean.
+#[test]
+fn a_damaged_index_is_repaired_from_the_journal() {
+    let sb = Sandbox::new();
+    let items: Vec<String> = (0..400).map(|i| format!("\"i{i:03}\"")).collect();
+    sb.write(
+        "p.toml",
+        &format!(
+            "[stage.a]\nkind = \"command\"\nitems = [{}]\n\
+             cmd = \"head -c 3000 /dev/zero | tr '\\\\\\\\0' x > $MVC_OUT/o; echo $MVC_ITEM >> $MVC_OUT/o\"\n",
+            items.join(", ")
+        ),
+    );
+    sb.mvc(&["run", "p.toml", "-q"]).assert_ok();
+    let pristine = sb.path().join("pristine");
+    copy_tree(&sb.cache(), &pristine);
+    let (mut repaired, mut restored) = (0, 0);
+    for percent in [10, 20, 30, 40, 50, 60, 70, 80, 90, 95] {
+        let _ = std::fs::remove_dir_all(sb.cache());
+        copy_tree(&pristine, &sb.cache());
+        flip_4k(&sb.cache().join("index/db"), percent);
+        let ran = sb.mvc(&["run", "p.toml", "--json"]);
+        if ran.code == Some(1) && ran.stderr.contains("is damaged") {
+            assert!(
+                ran.stderr.contains(&format!(
+                    "run `mvc repair --cache {}`",
+                    sb.cache().display()
+                )),
+                "{percent}%: {}",
+                ran.stderr
+            );
+            let repair = sb.mvc(&["repair"]);
+            repair.assert_ok();
+            assert!(
+                repair.stdout.contains("recovered: 400 results")
+                    && repair.stdout.contains("lost: 0")
+                    && repair.stdout.contains("index.damaged-"),
+                "{percent}%: {}",
+                repair.stdout
+            );
+            repaired += 1;
+            let again = sb.mvc(&["run", "p.toml", "--json"]);
+            again.assert_ok();
+            assert_eq!(again.count("a", "ran"), 0, "{percent}%: {}", again.stderr);
+        } else {
+            ran.assert_ok();
+            assert_eq!(ran.count("a", "ran"), 0, "{percent}%: {}", ran.stderr);
+            if ran.stderr.contains("had come back at an earlier state") {
+                assert!(
+                    ran.stderr.contains("400 results") && ran.stderr.contains("none lost"),
+                    "{percent}%: {}",
+                    ran.stderr
+                );
+                restored += 1;
+            }
+        }
+        let verify = sb.mvc(&["status", "--verify"]);
+        assert!(
+            verify.stdout.contains("clean"),
+            "{percent}%: {}",
+            verify.stdout
+        );
+        verify.assert_ok();
+    }
+    // Both kinds of damage were met (sled's layout puts them at different places).
+    assert!(
+        repaired > 0 && restored > 0,
+        "repaired {repaired}, restored {restored}"
+    );
+
+    // An index that is gone altogether is rebuilt by the next command, from the journal.
+    let _ = std::fs::remove_dir_all(sb.cache().join("index"));
+    let ran = sb.mvc(&["run", "p.toml", "--json"]);
+    ran.assert_ok();
+    assert_eq!(ran.count("a", "ran"), 0, "{}", ran.stderr);
+
+    // An index that is fine is left alone; --force rebuilds it anyway.
+    let refused = sb.mvc(&["repair"]);
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused.stderr.contains("nothing to repair"),
+        "{}",
+        refused.stderr
+    );
+    sb.mvc(&["repair", "--force"]).assert_ok();
+    assert_eq!(sb.mvc(&["run", "p.toml", "--json"]).count("a", "ran"), 0);
+}

@@ -149,7 +149,7 @@ pub struct ExportArgs {
 /// `mvc export`: plans the pipeline (so only cached results are exported) and writes them.
 pub fn run(args: ExportArgs, global: &super::Global) -> Result<super::Output> {
     let pipeline = super::load(&args.file)?;
-    let store = crate::store::Store::open(&global.cache_dir(Some(&pipeline)))?;
+    let store = super::open_store(&global.cache_dir(Some(&pipeline)), global)?;
     let (engine, _) = crate::exec::plan::plan(&pipeline, std::sync::Arc::new(store), false)?;
     let report = export(&engine, &args.file, &args.stage, &args.dir)?;
     let mut text = format!(

@@ -85,7 +85,7 @@ pub struct GcArgs {
 /// while their manifests name them (gc is handed their blobs; the store does not ask).
 pub fn run(args: GcArgs, global: &super::Global) -> anyhow::Result<super::Output> {
     let pipeline = args.file.as_deref().map(super::load).transpose()?;
-    let store = crate::store::Store::open(&global.cache_dir(pipeline.as_ref()))?;
+    let store = super::open_store(&global.cache_dir(pipeline.as_ref()), global)?;
     let keep_runs = args.keep_runs.max(1);
     let roots = crate::models::manifest_blobs(&store)?;
     let report = crate::store::gc::gc(&store, keep_runs, args.dry_run, &roots)?;

@@ -10,6 +10,7 @@ pub mod listen;
 pub mod output;
 pub mod plan;
 pub mod progress;
+pub mod repair;
 pub mod run;
 pub mod serve;
 pub mod status;
@@ -44,6 +45,23 @@ impl Global {
             .or_else(|| pipeline.map(|p| p.cache_dir.clone()))
             .unwrap_or_else(|| PathBuf::from("cache"))
     }
+}
+
+/// Opens the cache at `dir` for a command, and says (on stderr, unless `--quiet`) when
+/// opening it put back records its index had lost.
+pub fn open_store(dir: &Path, global: &Global) -> Result<crate::store::Store> {
+    let store = crate::store::Store::open(dir)?;
+    if let Some(restored) = store.restored()
+        && global.format != Format::Quiet
+    {
+        eprintln!(
+            "mvc: the index of {} had come back at an earlier state than the last run left it \
+             (damage, or power lost before it reached the disk): {}",
+            store.dir().display(),
+            restored.summary()
+        );
+    }
+    Ok(store)
 }
 
 /// Reads and checks a pipeline file (its errors name the file, line and column).

@@ -1,7 +1,6 @@
 //! `mvc plan`: what `run` would do and why, without running anything.
 
 use super::{Global, Output, exit_without_freeing, load};
-use crate::store::Store;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ pub struct PlanArgs {
 pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
     let pipeline = load(&args.file)?;
     let dir = global.cache_dir(Some(&pipeline));
-    let store = Arc::new(Store::open(&dir)?);
+    let store = Arc::new(super::open_store(&dir, global)?);
     let (engine, report) = crate::exec::plan::plan(&pipeline, store, args.retry_failed)?;
     let out = Output {
         text: report.to_text(&pipeline, &dir),

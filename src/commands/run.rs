@@ -5,7 +5,6 @@ use super::progress::Progress;
 use super::{Global, Output, block_on, load};
 use crate::exec::run::{RunOptions, RunReport, run_with_view};
 use crate::resources::SlotOverrides;
-use crate::store::Store;
 use crate::store::records::RunOutcome;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -41,7 +40,10 @@ pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
     let pipeline = load(&args.file)?;
     let slots = pipeline.slots(args.jobs, args.slots.as_ref());
     let slots = args.remote.local_slots(&pipeline, slots);
-    let store = Arc::new(Store::open(&global.cache_dir(Some(&pipeline)))?);
+    let store = Arc::new(super::open_store(
+        &global.cache_dir(Some(&pipeline)),
+        global,
+    )?);
     let quiet = global.format == super::Format::Quiet;
     let opts = RunOptions {
         slots,

@@ -29,7 +29,10 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<Output> {
     if args.remote.listen.is_none() && pipeline.slurm.is_none() {
         anyhow::bail!("mvc serve needs --listen ADDR");
     }
-    let store = Arc::new(Store::open(&global.cache_dir(Some(&pipeline)))?);
+    let store = Arc::new(super::open_store(
+        &global.cache_dir(Some(&pipeline)),
+        global,
+    )?);
     block_on(serve(
         args.file,
         pipeline,

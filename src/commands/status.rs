@@ -221,7 +221,7 @@ pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
             dir.display()
         );
     }
-    let store = std::sync::Arc::new(Store::open(&dir)?);
+    let store = std::sync::Arc::new(super::open_store(&dir, global)?);
     let summary = summarize(&store, 5)?;
     let plan_report = match &pipeline {
         Some(p) => Some(crate::exec::plan::plan(p, store.clone(), false)?.1),

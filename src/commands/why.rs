@@ -336,12 +336,12 @@ pub struct WhyArgs {
 pub fn run(args: WhyArgs, global: &super::Global) -> Result<super::Output> {
     let why = match args.args.as_slice() {
         [key] => {
-            let store = Store::open(&global.cache_dir(None))?;
+            let store = super::open_store(&global.cache_dir(None), global)?;
             why_key(&store, key)?
         }
         [file, stage, item] => {
             let pipeline = super::load(std::path::Path::new(file))?;
-            let store = Store::open(&global.cache_dir(Some(&pipeline)))?;
+            let store = super::open_store(&global.cache_dir(Some(&pipeline)), global)?;
             let (engine, _) =
                 crate::exec::plan::plan(&pipeline, std::sync::Arc::new(store), false)?;
             why_task(&engine, stage, item)?

@@ -108,6 +108,16 @@ async fn run_inner(
 ) -> Result<(RunReport, Option<mpsc::UnboundedReceiver<SchedMsg>>)> {
     let started_ms = now_ms();
     let started = std::time::Instant::now();
+    let mut run_id = started_ms.to_be_bytes().to_vec();
+    run_id.extend_from_slice(&std::process::id().to_be_bytes());
+    // What the run records goes into its journal too, so that a damaged index can be
+    // rebuilt; a journal that cannot be written costs only that.
+    if let Err(e) = store.begin_journal(&run_id) {
+        view.note(&format!(
+            "warning: this run keeps no journal ({e:#}): if the index is damaged later, its \
+             results cannot be rebuilt"
+        ));
+    }
     let order = pipeline.order.clone();
     let (tx, rx) = mpsc::unbounded_channel::<UnitDone>();
     let kill = CancellationToken::new();
@@ -184,9 +194,13 @@ async fn run_inner(
         stages: report.stages.clone(),
         reach,
     };
-    let mut run_id = started_ms.to_be_bytes().to_vec();
-    run_id.extend_from_slice(&std::process::id().to_be_bytes());
     store.put_run(&run_id, &record)?;
+    if let Err(e) = store.end_journal(&run_id) {
+        tracing::warn!(
+            "could not finish this run's journal ({e:#}): if the index is damaged later, its \
+             results cannot be rebuilt"
+        );
+    }
     store.flush()?;
     if let Err(e) = report.write_results(pipeline, &record) {
         tracing::warn!(

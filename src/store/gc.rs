@@ -95,6 +95,9 @@ pub fn gc(
     for tmp in &listing.temp_files {
         let _ = std::fs::remove_file(tmp);
     }
+    // The journals still hold what was just deleted: one snapshot of what is left replaces
+    // them (a repair must not bring back results gc removed, nor keep their bytes).
+    store.snapshot_journal()?;
     Ok(report)
 }
 

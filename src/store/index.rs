@@ -88,6 +88,8 @@ const FLUSH_EVERY_MS: u64 = 100;
 pub struct SledIndex {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// The cache directory, for the error of a damaged index.
+    cache: String,
 }
 
 impl SledIndex {
@@ -105,26 +107,43 @@ impl SledIndex {
             .map(|t| db.open_tree(t.name()))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("opening the index trees at {}", dir.display()))?;
-        Ok(SledIndex { db, trees })
+        let cache = dir.parent().unwrap_or(dir).display().to_string();
+        Ok(SledIndex { db, trees, cache })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
         &self.trees[Tree::ALL.iter().position(|t| *t == tree).unwrap()]
     }
+
+    /// sled's error, as an [`super::IndexDamaged`] (which says what to run) when it is damage
+    /// found while reading: an index can open and still hold a damaged page.
+    fn error(&self, e: sled::Error) -> anyhow::Error {
+        match e {
+            sled::Error::Corruption { .. } => super::IndexDamaged {
+                cache: self.cache.clone(),
+                cause: e.to_string(),
+            }
+            .into(),
+            e => e.into(),
+        }
+    }
 }
 
 impl Index for SledIndex {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+        let value = self.tree(tree).get(key).map_err(|e| self.error(e))?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.tree(tree).insert(key, value)?;
+        self.tree(tree)
+            .insert(key, value)
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 
     fn delete(&self, tree: Tree, key: &[u8]) -> Result<()> {
-        self.tree(tree).remove(key)?;
+        self.tree(tree).remove(key).map_err(|e| self.error(e))?;
         Ok(())
     }
 
@@ -135,7 +154,7 @@ impl Index for SledIndex {
     ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
         Box::new(self.tree(tree).scan_prefix(prefix).map(|r| {
             r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(anyhow::Error::from)
+                .map_err(|e| self.error(e))
         }))
     }
 

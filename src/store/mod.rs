@@ -5,14 +5,18 @@
 //! - `LOCK`: held by the process that has the cache open (pid and command inside);
 //! - `index/`: sled;
 //! - `blobs/ab/cdef…`: content-addressed files;
+//! - `journal/`: what each run recorded, again, to rebuild a damaged index from
+//!   ([`journal`], [`repair`]);
 //! - `tmp/`: work directories of running tasks (emptied whenever the cache is opened).
 
 pub mod blobs;
 pub mod gc;
 pub mod index;
+pub mod journal;
 pub mod lock;
 pub mod memo;
 pub mod records;
+pub mod repair;
 pub mod stat_cache;
 pub mod verify;
 
@@ -41,7 +45,34 @@ pub struct Store {
     index: Box<dyn Index>,
     blobs: BlobStore,
     tmp: PathBuf,
+    /// The journal of the run in progress: every entry recorded goes there too.
+    journal: std::sync::Mutex<Option<journal::Writer>>,
+    /// What opening the cache put back into an index that had lost records.
+    restored: Option<repair::Restored>,
     _lock: CacheLock,
+}
+
+/// What `mvc repair` did.
+#[derive(Debug, serde::Serialize)]
+pub struct RepairReport {
+    pub cache: PathBuf,
+    /// Where the damaged index was moved (kept, in case it is wanted).
+    pub moved_to: PathBuf,
+    /// Why it was rebuilt (sled's error, or the records it had lost).
+    pub why: String,
+    pub restored: repair::Restored,
+}
+
+/// The error of a cache whose index cannot be opened: what sled said, and what to run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the index of the cache {cache} is damaged ({cause}); its results can be rebuilt from the \
+     run journal and the blobs beside it: run `mvc repair --cache {cache}` (the damaged index \
+     is kept aside), then run again"
+)]
+pub struct IndexDamaged {
+    pub cache: String,
+    pub cause: String,
 }
 
 impl Store {
@@ -67,15 +98,155 @@ impl Store {
                 .with_context(|| format!("clearing leftovers in {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp)?;
-        let index = SledIndex::open(&dir.join("index"))?;
+        let index = open_index(dir)?;
         check_schema(&index, dir)?;
+        let blobs = BlobStore::new(dir.join("blobs"));
+        // An index that opens but lacks the last run its journal ended with came back at an
+        // earlier state (sled recovers to the last page it can read, without a word): the
+        // journals put back what it lost before anything is planned on it.
+        let journals = dir.join("journal");
+        let restored = match journal::last_run(&journals)? {
+            Some(run) if !run.is_empty() && index.get(Tree::Runs, &run)?.is_none() => {
+                Some(repair::replay(&index, &blobs, &journals)?)
+            }
+            _ => None,
+        };
         Ok(Store {
             dir: dir.to_path_buf(),
             index: Box::new(index),
-            blobs: BlobStore::new(dir.join("blobs")),
+            blobs,
             tmp,
+            journal: std::sync::Mutex::new(None),
+            restored,
             _lock: lock,
         })
+    }
+
+    /// `mvc repair`: moves the index aside and builds a new one from the run journals and the
+    /// blobs. Without `force`, an index that opens and holds the last run's records is left
+    /// alone (the answer is an error that says so).
+    pub fn repair(dir: &Path, force: bool) -> Result<RepairReport> {
+        let dir = &std::path::absolute(dir)
+            .with_context(|| format!("resolving the cache path {}", dir.display()))?;
+        if !dir.join("index").exists() && !dir.join("journal").exists() {
+            bail!(
+                "{} holds no mvc cache (no index, no journal)",
+                dir.display()
+            );
+        }
+        let lock = CacheLock::acquire(dir)?;
+        let journals = dir.join("journal");
+        let why = match open_index(dir) {
+            // Only damage: an index that cannot be opened for another reason (permissions,
+            // a full disk) is not moved aside.
+            Err(e) => match e.downcast_ref::<IndexDamaged>() {
+                Some(damaged) => format!("it was damaged: {}", damaged.cause),
+                None => return Err(e),
+            },
+            Ok(index) => {
+                let last = journal::last_run(&journals)?;
+                let lacks = match &last {
+                    Some(run) if !run.is_empty() => index.get(Tree::Runs, run)?.is_none(),
+                    _ => false,
+                };
+                if !lacks && !force {
+                    bail!(
+                        "the index of {} opens and holds the last run its journal recorded: \
+                         nothing to repair (--force rebuilds it from the journals anyway)",
+                        dir.display()
+                    );
+                }
+                match lacks {
+                    true => "it opened at an earlier state than the last run left it".into(),
+                    false => "--force".into(),
+                }
+            }
+        };
+        let moved_to = dir.join(format!("index.damaged-{}", now_ms()));
+        if dir.join("index").exists() {
+            std::fs::rename(dir.join("index"), &moved_to).with_context(|| {
+                format!("moving the damaged index aside to {}", moved_to.display())
+            })?;
+        }
+        let index = SledIndex::open(&dir.join("index"))?;
+        check_schema(&index, dir)?;
+        let restored = repair::replay(&index, &BlobStore::new(dir.join("blobs")), &journals)?;
+        drop(lock);
+        Ok(RepairReport {
+            cache: dir.clone(),
+            moved_to,
+            why,
+            restored,
+        })
+    }
+
+    /// What opening the cache put back into its index, if it had lost records.
+    pub fn restored(&self) -> Option<&repair::Restored> {
+        self.restored.as_ref()
+    }
+
+    /// Starts the journal of a run: from now on every entry recorded is written there too.
+    /// A cache with no finished journal yet (new, or from an mvc before journals) first gets
+    /// a snapshot of everything its index holds.
+    pub fn begin_journal(&self, run: &[u8]) -> Result<()> {
+        let dir = self.dir.join("journal");
+        let name = crate::text::hex(run);
+        if journal::last_run(&dir)?.is_none() && self.index.len(Tree::Runs) > 0 {
+            let last = self
+                .index
+                .scan(Tree::Runs, b"")
+                .last()
+                .transpose()?
+                .map(|(k, _)| k)
+                .unwrap_or_default();
+            journal::snapshot(self.index.as_ref(), &dir, &format!("{name}-s"), &last)?;
+        }
+        *self.journal.lock().unwrap() = Some(journal::Writer::create(&dir, &name)?);
+        Ok(())
+    }
+
+    /// Ends the run's journal and makes it durable.
+    pub fn end_journal(&self, run: &[u8]) -> Result<()> {
+        match self.journal.lock().unwrap().take() {
+            Some(writer) => writer.finish(run, false).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// After `gc` deleted entries: one snapshot of the index replaces every journal.
+    pub fn snapshot_journal(&self) -> Result<()> {
+        let last = self
+            .index
+            .scan(Tree::Runs, b"")
+            .last()
+            .transpose()?
+            .map(|(k, _)| k)
+            .unwrap_or_default();
+        let mut id = now_ms().to_be_bytes().to_vec();
+        id.extend_from_slice(&std::process::id().to_be_bytes());
+        journal::snapshot(
+            self.index.as_ref(),
+            &self.dir.join("journal"),
+            &format!("{}-gc", crate::text::hex(&id)),
+            &last,
+        )
+    }
+
+    /// Writes an entry to the index, and to the journal of the run in progress.
+    fn put_kept(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
+        self.index.put(tree, key, value)?;
+        if let Some(w) = self.journal.lock().unwrap().as_mut() {
+            w.put(tree, key, value);
+        }
+        Ok(())
+    }
+
+    fn delete_kept(&self, tree: Tree, key: &[u8]) -> Result<()> {
+        self.index.delete(tree, key)?;
+        if let Some(w) = self.journal.lock().unwrap().as_mut() {
+            w.delete(tree, key);
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -127,7 +298,7 @@ impl Store {
     pub fn put_shared_params(&self, slice: &ParamSlice) -> Result<Digest> {
         let digest = slice_digest(slice);
         if self.index.get(Tree::Params, &digest.0)?.is_none() {
-            self.index.put(Tree::Params, &digest.0, &encode(slice))?;
+            self.put_kept(Tree::Params, &digest.0, &encode(slice))?;
         }
         Ok(digest)
     }
@@ -162,7 +333,7 @@ impl Store {
 
     /// Records a run under `run_id` (its start time and process, so records sort by time).
     pub fn put_run(&self, run_id: &[u8], record: &records::RunRecord) -> Result<()> {
-        self.index.put(Tree::Runs, run_id, &encode(record))
+        self.put_kept(Tree::Runs, run_id, &encode(record))
     }
 
     /// Every run record, oldest first.
@@ -228,10 +399,10 @@ impl Store {
         record: &KeyRecord,
         result: &TaskResult,
     ) -> Result<()> {
-        self.index.put(Tree::Records, &key.0, &record.encode())?;
-        self.index.put(Tree::Tasks, &key.0, &encode(result))?;
+        self.put_kept(Tree::Records, &key.0, &record.encode())?;
+        self.put_kept(Tree::Tasks, &key.0, &encode(result))?;
         self.set_latest(&result.stage, &result.item, key)?;
-        self.index.delete(Tree::Failures, &key.0)?;
+        self.delete_kept(Tree::Failures, &key.0)?;
         Ok(())
     }
 
@@ -242,8 +413,8 @@ impl Store {
         record: &KeyRecord,
         failure: &Failure,
     ) -> Result<()> {
-        self.index.put(Tree::Records, &key.0, &record.encode())?;
-        self.index.put(Tree::Failures, &key.0, &encode(failure))?;
+        self.put_kept(Tree::Records, &key.0, &record.encode())?;
+        self.put_kept(Tree::Failures, &key.0, &encode(failure))?;
         self.set_latest(&failure.stage, &failure.item, key)?;
         Ok(())
     }
@@ -260,13 +431,12 @@ impl Store {
             previous,
             when_ms: now_ms(),
         };
-        self.index
-            .put(Tree::Latest, &latest_key(stage, item), &encode(&latest))
+        self.put_kept(Tree::Latest, &latest_key(stage, item), &encode(&latest))
     }
 
     /// Forgets a result whose outputs are gone or corrupt, so its task runs again.
     pub fn forget_result(&self, key: &TaskKey) -> Result<()> {
-        self.index.delete(Tree::Tasks, &key.0)
+        self.delete_kept(Tree::Tasks, &key.0)
     }
 
     /// The bytes of an output, verified.
@@ -321,6 +491,45 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.index.flush()
     }
+}
+
+/// Opens the index of the cache `dir`; a damaged one (sled's error, or a panic in its
+/// recovery) is an [`IndexDamaged`] error that says what to run.
+fn open_index(dir: &Path) -> Result<SledIndex> {
+    let path = dir.join("index");
+    let damaged = |cause: String| IndexDamaged {
+        cache: dir.display().to_string(),
+        cause,
+    };
+    // sled panics on some damage ("tried to serialize Uninitialized" while it rewrites its
+    // snapshot): caught here, without the panic's own message on stderr.
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| SledIndex::open(&path));
+    std::panic::set_hook(quiet);
+    match opened {
+        Ok(Ok(index)) => Ok(index),
+        Ok(Err(e)) if is_corruption(&e) => Err(damaged(format!("{:#}", e.root_cause())).into()),
+        Ok(Err(e)) => Err(e),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "sled stopped while reading it".into());
+            Err(damaged(format!("sled: {what}")).into())
+        }
+    }
+}
+
+/// Whether an index error is damage to its files (rather than, say, a lock or permissions).
+fn is_corruption(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sled::Error>(),
+            Some(sled::Error::Corruption { .. }) | Some(sled::Error::ReportableBug(_))
+        )
+    })
 }
 
 fn check_schema(index: &dyn Index, dir: &Path) -> Result<()> {
