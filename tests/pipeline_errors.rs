@@ -238,6 +238,37 @@ fn bad_flag_values_name_the_flag() {
             "--lease-timeout",
             "not a finite number",
         ),
+        (
+            &["gc", "--keep-runs", "0"],
+            "--keep-runs",
+            "0 is not in 1..=",
+        ),
+        (
+            &[
+                "embed",
+                "--model",
+                "m",
+                "--out",
+                "o.safetensors",
+                "--batch",
+                "0",
+            ],
+            "--batch",
+            "0 is not in 1..=",
+        ),
+        (
+            &[
+                "embed",
+                "--model",
+                "m",
+                "--out",
+                "o.safetensors",
+                "--background",
+                "pink",
+            ],
+            "--background",
+            "is not a colour",
+        ),
     ];
     for (args, flag, says) in cases {
         let ran = sb.mvc(args);

@@ -125,19 +125,18 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
     pub dtype: Precision,
     /// The colour transparent pixels are composited onto.
-    #[arg(long, default_value = "white", value_name = "white|#rrggbb")]
-    pub background: String,
+    #[arg(long, default_value = "white", value_name = "white|#rrggbb", value_parser = crate::clip::config::parse_colour)]
+    pub background: [u8; 3],
     /// Images or captions per forward pass.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
     /// Also write the model's inputs: `pixel_values` and `input_ids` (int64).
     #[arg(long)]
     pub dump_inputs: bool,
 }
 
 pub fn run(args: EmbedArgs, global: &super::Global) -> Result<super::Output> {
-    let background =
-        crate::clip::config::parse_colour(&args.background).map_err(anyhow::Error::msg)?;
+    let background = args.background;
     let request = EmbedRequest {
         model: args.model,
         revision: args.revision,
@@ -147,7 +146,7 @@ pub fn run(args: EmbedArgs, global: &super::Global) -> Result<super::Output> {
         device: args.device,
         dtype: args.dtype,
         background,
-        batch: args.batch,
+        batch: args.batch as usize,
         dump_inputs: args.dump_inputs,
         cache: global
             .cache

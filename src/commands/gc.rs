@@ -77,8 +77,8 @@ pub struct GcArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Runs to keep per pipeline.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub keep_runs: usize,
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keep_runs: u32,
 }
 
 /// `mvc gc`: deletes what the last runs did not reach. Models fetched from the hub are kept
@@ -86,7 +86,7 @@ pub struct GcArgs {
 pub fn run(args: GcArgs, global: &super::Global) -> anyhow::Result<super::Output> {
     let pipeline = args.file.as_deref().map(super::load).transpose()?;
     let store = super::open_store(&global.cache_dir(pipeline.as_ref()), global)?;
-    let keep_runs = args.keep_runs.max(1);
+    let keep_runs = args.keep_runs as usize;
     let roots = crate::models::manifest_blobs(&store)?;
     let report = crate::store::gc::gc(&store, keep_runs, args.dry_run, &roots)?;
     let text = to_text(&report, keep_runs);

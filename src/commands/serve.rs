@@ -107,9 +107,14 @@ async fn serve_loop(
             "mvc serve: waiting for {} to change (Ctrl-C stops)",
             file.display()
         );
+        // SIGTERM too: the run installed tokio's handler for it, which would otherwise
+        // swallow it here, between runs.
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(Output::nothing(0)),
+                _ = sigterm.recv() => return Ok(Output::nothing(0)),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             if modified(file) != seen {

@@ -110,6 +110,27 @@ async fn run_inner(
     let started = std::time::Instant::now();
     let mut run_id = started_ms.to_be_bytes().to_vec();
     run_id.extend_from_slice(&std::process::id().to_be_bytes());
+    // Before anything is planned: the plan memos name results the plan will not ask the
+    // index about; an index that lost some of them (damage in the middle of sled's log) gets
+    // them back from the journals first.
+    let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+    if let Some(lacked) = store.restore_what_memos_lack(&stages)? {
+        view.note(&match &lacked.restored {
+            Some(restored) => format!(
+                "warning: the index had lost {} records that the last run's plan memos name \
+                 (damage to {}): {}",
+                lacked.missing,
+                store.dir().join("index").display(),
+                restored.summary()
+            ),
+            None => format!(
+                "warning: the index had lost {} records that the last run's plan memos name, \
+                 and there is no run journal to put them back from: the memos are dropped, so \
+                 what the index lacks runs again",
+                lacked.missing
+            ),
+        });
+    }
     // What the run records goes into its journal too, so that a damaged index can be
     // rebuilt; a journal that cannot be written costs only that.
     if let Err(e) = store.begin_journal(&run_id) {

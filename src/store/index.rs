@@ -73,6 +73,8 @@ pub trait Index: Send + Sync {
         tree: Tree,
         prefix: &[u8],
     ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+    /// The keys of a tree, in order (a sequential pass that does not copy the values).
+    fn keys<'a>(&'a self, tree: Tree) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a>;
     fn len(&self, tree: Tree) -> usize;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
@@ -156,6 +158,15 @@ impl Index for SledIndex {
             r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(|e| self.error(e))
         }))
+    }
+
+    fn keys<'a>(&'a self, tree: Tree) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a> {
+        Box::new(
+            self.tree(tree)
+                .iter()
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()).map_err(|e| self.error(e))),
+        )
     }
 
     fn len(&self, tree: Tree) -> usize {

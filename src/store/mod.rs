@@ -52,6 +52,43 @@ pub struct Store {
     _lock: CacheLock,
 }
 
+/// What a run found when the index lacked records its plan memos named.
+#[derive(Debug)]
+pub struct MemosLacked {
+    /// Entries (results, failures, key records) the memos named and the index lacked.
+    pub missing: u64,
+    /// What the journals put back (`None` without journals: the memos were dropped instead).
+    pub restored: Option<repair::Restored>,
+}
+
+/// How many of `wanted` (sorted here) are not keys of `tree`: one merge pass over both.
+fn absent(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<u64> {
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut missing = 0;
+    let mut want = wanted.iter().peekable();
+    for key in index.keys(tree) {
+        let key = key?;
+        while let Some(w) = want.peek() {
+            match w.0.as_slice().cmp(key.as_slice()) {
+                std::cmp::Ordering::Less => {
+                    missing += 1;
+                    want.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    want.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        if want.peek().is_none() {
+            break;
+        }
+    }
+    Ok(missing + want.count() as u64)
+}
+
 /// What `mvc repair` did.
 #[derive(Debug, serde::Serialize)]
 pub struct RepairReport {
@@ -185,6 +222,60 @@ impl Store {
         self.restored.as_ref()
     }
 
+    /// Checks that the index holds every record the plan memos of `stages` name (a result
+    /// and its key record for a task they list as done, a failure for one they list as
+    /// failed), and puts back from the journals what it lacks. sled can lose pages in the
+    /// middle of its log and still open with the last run's record in it; the memos, which a
+    /// plan trusts without asking the index, would then name results the index no longer
+    /// has. One sequential pass over three trees: done once per run, before it plans.
+    pub fn restore_what_memos_lack(&self, stages: &[String]) -> Result<Option<MemosLacked>> {
+        let mut done: Vec<TaskKey> = Vec::new();
+        let mut failed: Vec<TaskKey> = Vec::new();
+        for stage in stages {
+            for (key, value) in memo::StageMemo::load(self.index(), self.blobs(), stage)?.iter() {
+                match value {
+                    memo::MemoValue::Done { .. } => done.push(key),
+                    memo::MemoValue::Failed => failed.push(key),
+                }
+            }
+        }
+        let mut recorded: Vec<TaskKey> = done.iter().chain(&failed).copied().collect();
+        // The three passes at once: the results' tree, the largest, sets the time.
+        let index = self.index();
+        let missing = std::thread::scope(|scope| {
+            let records = scope.spawn(|| absent(index, Tree::Records, &mut recorded));
+            let failures = scope.spawn(|| absent(index, Tree::Failures, &mut failed));
+            let results = absent(index, Tree::Tasks, &mut done);
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<u64>>| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("checking the index panicked")))
+            };
+            Ok::<u64, anyhow::Error>(results? + joined(records)? + joined(failures)?)
+        })?;
+        if missing == 0 {
+            return Ok(None);
+        }
+        let journals = self.dir.join("journal");
+        let restored = match journal::files(&journals)?.is_empty() {
+            false => Some(repair::replay(self.index(), self.blobs(), &journals)?),
+            // Nothing to put back from: the memos go, so that the plan asks the index (and
+            // runs again what it lacks) instead of trusting them.
+            true => {
+                self.forget_memos()?;
+                None
+            }
+        };
+        Ok(Some(MemosLacked { missing, restored }))
+    }
+
+    fn forget_memos(&self) -> Result<()> {
+        let stages: Vec<Vec<u8>> = self.index.keys(Tree::Memos).collect::<Result<_>>()?;
+        for stage in stages {
+            self.index.delete(Tree::Memos, &stage)?;
+        }
+        Ok(())
+    }
+
     /// Starts the journal of a run: from now on every entry recorded is written there too.
     /// A cache with no finished journal yet (new, or from an mvc before journals) first gets
     /// a snapshot of everything its index holds.
@@ -297,8 +388,14 @@ impl Store {
 
     pub fn put_shared_params(&self, slice: &ParamSlice) -> Result<Digest> {
         let digest = slice_digest(slice);
+        let value = encode(slice);
         if self.index.get(Tree::Params, &digest.0)?.is_none() {
-            self.put_kept(Tree::Params, &digest.0, &encode(slice))?;
+            self.index.put(Tree::Params, &digest.0, &value)?;
+        }
+        // Into the journal every time (once per stage and run): a plan may have put it in
+        // the index before any run's journal had it.
+        if let Some(w) = self.journal.lock().unwrap().as_mut() {
+            w.put(Tree::Params, &digest.0, &value);
         }
         Ok(digest)
     }
@@ -546,5 +643,101 @@ fn check_schema(index: &dyn Index, dir: &Path) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memo::{MemoValue, StageMemo};
+    use crate::store::records::{Output, manifest_digest};
+
+    /// Records `n` results of stage `s` (with memos naming them) in a run with a journal.
+    fn recorded(store: &Store, n: u32) -> Vec<TaskKey> {
+        store.begin_journal(b"run1").unwrap();
+        let mut keys = Vec::new();
+        let mut memo = Vec::new();
+        for i in 0..n {
+            let record = KeyRecord {
+                schema: 1,
+                kind: "command".into(),
+                kind_version: 1,
+                item: format!("i{i}"),
+                shared: Digest::of(b"shared"),
+                item_params: ParamSlice::new(),
+                inputs: Default::default(),
+            };
+            let key = record.key();
+            let outputs = vec![Output {
+                name: "o".into(),
+                digest: Digest::of(&i.to_le_bytes()),
+                size: 4,
+                inline: Some(i.to_le_bytes().to_vec()),
+            }];
+            let result = TaskResult {
+                stage: "s".into(),
+                item: format!("i{i}"),
+                manifest: manifest_digest(&outputs),
+                outputs,
+                stdout: None,
+                stderr: None,
+                started_ms: 0,
+                duration_ms: 0,
+                host: "local".into(),
+            };
+            store.commit_success(&key, &record, &result).unwrap();
+            memo.push((
+                key,
+                MemoValue::Done {
+                    manifest: result.manifest,
+                    blobs: Vec::new(),
+                },
+            ));
+            keys.push(key);
+        }
+        StageMemo::save(store.index(), store.blobs(), "s", memo).unwrap();
+        store.end_journal(b"run1").unwrap();
+        keys
+    }
+
+    #[test]
+    fn records_the_memos_name_and_the_index_lost_are_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let keys = recorded(&store, 10);
+        let stages = ["s".to_string()];
+        assert!(store.restore_what_memos_lack(&stages).unwrap().is_none());
+        // Lost in the middle of the log: three results and two key records.
+        for key in &keys[..3] {
+            store.index().delete(Tree::Tasks, &key.0).unwrap();
+        }
+        for key in &keys[5..7] {
+            store.index().delete(Tree::Records, &key.0).unwrap();
+        }
+        let lacked = store.restore_what_memos_lack(&stages).unwrap().unwrap();
+        assert_eq!(lacked.missing, 5);
+        let restored = lacked.restored.unwrap();
+        assert_eq!((restored.results, restored.lost), (10, 0));
+        assert_eq!(restored.results_missing_before, 3);
+        for key in &keys {
+            assert!(store.result(key).unwrap().is_some());
+            assert!(store.record(key).unwrap().is_some());
+        }
+        assert!(store.restore_what_memos_lack(&stages).unwrap().is_none());
+    }
+
+    #[test]
+    fn without_a_journal_the_memos_are_dropped_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let keys = recorded(&store, 4);
+        std::fs::remove_dir_all(dir.path().join("cache/journal")).unwrap();
+        store.index().delete(Tree::Tasks, &keys[0].0).unwrap();
+        let lacked = store
+            .restore_what_memos_lack(&["s".to_string()])
+            .unwrap()
+            .unwrap();
+        assert_eq!((lacked.missing, lacked.restored.is_none()), (1, true));
+        assert!(store.index().get(Tree::Memos, b"s").unwrap().is_none());
     }
 }

@@ -134,10 +134,7 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
             }
         }
     }
-    let memos: Vec<Vec<u8>> = index
-        .scan(Tree::Memos, b"")
-        .map(|e| e.map(|(k, _)| k))
-        .collect::<Result<_>>()?;
+    let memos: Vec<Vec<u8>> = index.keys(Tree::Memos).collect::<Result<_>>()?;
     for stage in memos {
         index.delete(Tree::Memos, &stage)?;
     }
