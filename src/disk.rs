@@ -28,9 +28,13 @@ pub struct Usage {
 impl Usage {
     /// Whether a failure on this file system is likely its lack of room.
     pub fn nearly_full(&self) -> bool {
-        let margin = ((self.total as f64 * FULL_FRACTION) as u64).clamp(FULL_FLOOR, FULL_CAP);
-        self.free < margin
+        nearly_full(self.free, self.total)
     }
+}
+
+fn nearly_full(free: u64, total: u64) -> bool {
+    let margin = ((total as f64 * FULL_FRACTION) as u64).clamp(FULL_FLOOR, FULL_CAP);
+    free < margin
 }
 
 /// The usage of the file system holding `path` (or its nearest existing ancestor).
@@ -131,9 +135,19 @@ pub fn says_full(text: &str) -> bool {
 /// words or by its free space), the message that says so: which file system, how much is
 /// free, and that nothing is recorded against the item. `None` when the disk is not why.
 pub fn full_disk(path: &Path, error: &str) -> Option<String> {
-    let usage = usage(path).ok();
-    let full = says_full(error) || usage.as_ref().is_some_and(Usage::nearly_full);
-    full.then(|| full_message(path, usage.as_ref()))
+    // One statvfs for every failure; the mount point and type only for a full disk.
+    let roomy = || {
+        let at = path
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        // A file system whose space cannot be read is not taken for a full one.
+        space(at).map_or(true, |(free, total)| !nearly_full(free, total))
+    };
+    if !says_full(error) && roomy() {
+        return None;
+    }
+    Some(full_message(path, usage(path).ok().as_ref()))
 }
 
 /// "the file system holding PATH (tmpfs at /mnt) is full: 12.0 KiB free of 6.0 MiB; …"
