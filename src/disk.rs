@@ -38,7 +38,7 @@ fn nearly_full(free: u64, total: u64) -> bool {
 }
 
 /// The usage of the file system holding `path` (or its nearest existing ancestor).
-pub fn usage(path: &Path) -> std::io::Result<Usage> {
+fn usage(path: &Path) -> std::io::Result<Usage> {
     let path = std::path::absolute(path)?;
     let existing = path
         .ancestors()
@@ -133,7 +133,8 @@ pub fn says_full(text: &str) -> bool {
 
 /// When a task failed with `error` and the file system of `path` is full (by the error's
 /// words or by its free space), the message that says so: which file system, how much is
-/// free, and that nothing is recorded against the item. `None` when the disk is not why.
+/// free, that nothing is recorded against the item, and what the task said. `None` when the
+/// disk is not why.
 pub fn full_disk(path: &Path, error: &str) -> Option<String> {
     // One statvfs for every failure; the mount point and type only for a full disk.
     let roomy = || {
@@ -147,11 +148,14 @@ pub fn full_disk(path: &Path, error: &str) -> Option<String> {
     if !says_full(error) && roomy() {
         return None;
     }
-    Some(full_message(path, usage(path).ok().as_ref()))
+    Some(format!(
+        "{} (it said: {error})",
+        full_message(path, usage(path).ok().as_ref())
+    ))
 }
 
 /// "the file system holding PATH (tmpfs at /mnt) is full: 12.0 KiB free of 6.0 MiB; …"
-pub fn full_message(path: &Path, usage: Option<&Usage>) -> String {
+fn full_message(path: &Path, usage: Option<&Usage>) -> String {
     let place = match usage {
         Some(u) => format!(
             "the file system holding {} ({}{}) is full: {} free of {}",

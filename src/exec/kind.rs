@@ -176,17 +176,15 @@ pub enum TaskOutcome {
 /// naming the file system holding `work` and its free space. Kinds call it before removing
 /// their work directory, whose partial output is what shows the disk full.
 pub fn unless_disk_full(work: &Path, outcome: TaskOutcome) -> TaskOutcome {
-    match outcome {
-        TaskOutcome::Failed { error, stderr } => match crate::disk::full_disk(work, &error) {
-            Some(full) => TaskOutcome::DiskFull(format!("{full} (it said: {error})")),
-            None => TaskOutcome::Failed { error, stderr },
-        },
-        TaskOutcome::Aborted(error) if crate::disk::says_full(&error) => {
-            let usage = crate::disk::usage(work).ok();
-            let full = crate::disk::full_message(work, usage.as_ref());
-            TaskOutcome::DiskFull(format!("{full} (it said: {error})"))
-        }
-        other => other,
+    let error = match &outcome {
+        TaskOutcome::Failed { error, .. } => error,
+        // Not recorded either way; said as a full disk when its words say so.
+        TaskOutcome::Aborted(error) if crate::disk::says_full(error) => error,
+        _ => return outcome,
+    };
+    match crate::disk::full_disk(work, error) {
+        Some(full) => TaskOutcome::DiskFull(full),
+        None => outcome,
     }
 }
 

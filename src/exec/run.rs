@@ -108,8 +108,7 @@ async fn run_inner(
 ) -> Result<(RunReport, Option<mpsc::UnboundedReceiver<SchedMsg>>)> {
     let started_ms = now_ms();
     let started = std::time::Instant::now();
-    let mut run_id = started_ms.to_be_bytes().to_vec();
-    run_id.extend_from_slice(&std::process::id().to_be_bytes());
+    let run_id = crate::store::records::run_id(started_ms);
     // Before anything is planned: the plan memos name results the plan will not ask the
     // index about; an index that lost some of them (damage in the middle of sled's log) gets
     // them back from the journals first.

@@ -185,10 +185,14 @@ pub(super) const LOCAL: &str = "local";
 fn disk_full(store: &Store, host: &str, error: &str) -> Option<Reported> {
     let full = match host {
         LOCAL => crate::disk::full_disk(store.dir(), error),
-        _ => crate::disk::says_full(error)
-            .then(|| format!("worker {host} ran out of disk space; make room there and run again")),
+        _ => crate::disk::says_full(error).then(|| {
+            format!(
+                "worker {host} ran out of disk space; make room there and run again (it said: \
+                 {error})"
+            )
+        }),
     }?;
-    Some(Reported::DiskFull(format!("{full} (it said: {error})")))
+    Some(Reported::DiskFull(full))
 }
 
 /// Records an outcome in the index (the commit point of a task) and says what happened.

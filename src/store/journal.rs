@@ -76,7 +76,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts `dir/<name>.journal` (as `.<name>.partial` until it is finished).
+    /// Starts `dir/<name>.journal` (without its end mark until [`Writer::finish`]).
     pub fn create(dir: &Path, name: &str) -> Result<Writer> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the journal directory {}", dir.display()))?;

@@ -269,11 +269,7 @@ impl Store {
     }
 
     fn forget_memos(&self) -> Result<()> {
-        let stages: Vec<Vec<u8>> = self.index.keys(Tree::Memos).collect::<Result<_>>()?;
-        for stage in stages {
-            self.index.delete(Tree::Memos, &stage)?;
-        }
-        Ok(())
+        repair::forget_memos(self.index())
     }
 
     /// Starts the journal of a run: from now on every entry recorded is written there too.
@@ -282,14 +278,9 @@ impl Store {
     pub fn begin_journal(&self, run: &[u8]) -> Result<()> {
         let dir = self.dir.join("journal");
         let name = crate::text::hex(run);
-        if journal::last_run(&dir)?.is_none() && self.index.len(Tree::Runs) > 0 {
-            let last = self
-                .index
-                .scan(Tree::Runs, b"")
-                .last()
-                .transpose()?
-                .map(|(k, _)| k)
-                .unwrap_or_default();
+        if journal::last_run(&dir)?.is_none()
+            && let Some(last) = self.last_run_id()?
+        {
             journal::snapshot(self.index.as_ref(), &dir, &format!("{name}-s"), &last)?;
         }
         *self.journal.lock().unwrap() = Some(journal::Writer::create(&dir, &name)?);
@@ -306,21 +297,18 @@ impl Store {
 
     /// After `gc` deleted entries: one snapshot of the index replaces every journal.
     pub fn snapshot_journal(&self) -> Result<()> {
-        let last = self
-            .index
-            .scan(Tree::Runs, b"")
-            .last()
-            .transpose()?
-            .map(|(k, _)| k)
-            .unwrap_or_default();
-        let mut id = now_ms().to_be_bytes().to_vec();
-        id.extend_from_slice(&std::process::id().to_be_bytes());
+        let last = self.last_run_id()?.unwrap_or_default();
         journal::snapshot(
             self.index.as_ref(),
             &self.dir.join("journal"),
-            &format!("{}-gc", crate::text::hex(&id)),
+            &format!("{}-gc", crate::text::hex(&records::run_id(now_ms()))),
             &last,
         )
+    }
+
+    /// The id of the newest run the index records (ids sort by start time).
+    fn last_run_id(&self) -> Result<Option<Vec<u8>>> {
+        self.index.keys(Tree::Runs).last().transpose()
     }
 
     /// Writes an entry to the index, and to the journal of the run in progress.

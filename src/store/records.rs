@@ -119,6 +119,13 @@ pub struct RunRecord {
     pub reach: Digest,
 }
 
+/// A run's id: its start (big-endian, so ids sort by time) and the process that ran it.
+pub fn run_id(started_ms: u64) -> Vec<u8> {
+    let mut id = started_ms.to_be_bytes().to_vec();
+    id.extend_from_slice(&std::process::id().to_be_bytes());
+    id
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

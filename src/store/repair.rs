@@ -134,15 +134,21 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
             }
         }
     }
-    let memos: Vec<Vec<u8>> = index.keys(Tree::Memos).collect::<Result<_>>()?;
-    for stage in memos {
-        index.delete(Tree::Memos, &stage)?;
-    }
+    forget_memos(index)?;
     index.flush()?;
     restored.results = results.len() as u64;
     restored.failures = failures.len() as u64;
     restored.lost = lost.len() as u64;
     Ok(restored)
+}
+
+/// Removes every plan memo pointer: the next run writes them again from what the index holds.
+pub fn forget_memos(index: &dyn Index) -> Result<()> {
+    let stages: Vec<Vec<u8>> = index.keys(Tree::Memos).collect::<Result<_>>()?;
+    for stage in stages {
+        index.delete(Tree::Memos, &stage)?;
+    }
+    Ok(())
 }
 
 fn key_of(bytes: &[u8]) -> TaskKey {
