@@ -10,7 +10,7 @@
 //! `limit = 1`; the timed run then selects all N and downloads the N - 1 GLBs left, so its
 //! time is the objects stage plus a rerun of the selection.
 
-#[path = "../tests/common/mirror.rs"]
+#[path = "../tests/it/common/mirror.rs"]
 mod mirror;
 
 use mirror::{Mirror, Object};

@@ -15,13 +15,13 @@
 //! Xvfb when no display is set) against Cycles at 32 samples, both through the pool: views
 //! per second and seconds per view, which is what `pipelines/full.toml`'s engine rests on.
 
-#[path = "../tests/common/glb.rs"]
+#[path = "../tests/it/common/glb.rs"]
 mod glb;
 #[path = "common/timed.rs"]
 mod timed;
 // The end-to-end test's real models (it also holds have_blender, unused here).
 #[allow(dead_code)]
-#[path = "../tests/common/blender.rs"]
+#[path = "../tests/it/common/blender.rs"]
 mod common_blender;
 
 use mvc::render::blender::{BlenderPool, Job, JobView, find_blender};

@@ -73,14 +73,18 @@ fn main() -> ExitCode {
     {
         commands::launcher_helper_main();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let json = std::env::args_os().any(|a| a == "--json");
+            return commands::output::emit_usage_error(json, &e);
+        }
+    };
     init_logging(cli.verbose);
+    let format = Format::from_flags(cli.json, cli.quiet);
     match dispatch(cli) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => commands::output::emit_error(format, &e),
     }
 }
 

@@ -1,6 +1,6 @@
 //! NumPy's legacy random stream, reproduced exactly: `np.random.seed(n)` then
 //! `np.random.shuffle(x)`, which is how the study split its objects (seed 42). The same
-//! list in the same order gives the same permutation as NumPy (tests/numpy_shuffle.rs checks
+//! list in the same order gives the same permutation as NumPy (tests/it/science.rs checks
 //! it against NumPy's own output, committed in tests/data).
 //!
 //! The generator is MT19937 (Matsumoto and Nishimura), seeded as NumPy's legacy

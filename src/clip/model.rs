@@ -78,7 +78,7 @@ impl std::str::FromStr for Precision {
 
 /// How a build without the `cuda` feature answers a request for CUDA.
 pub const NO_CUDA_BUILD: &str = "this mvc was built without the `cuda` feature, so it cannot \
-    use a GPU; build one with scripts/build-cuda.sh (see \"GPU build\" in README.md), or use \
+    use a GPU; build one with scripts/build-cuda.sh (see \"GPU build\" in docs/install.md), or use \
     device = \"cpu\"";
 
 /// The device a choice gives, and a line saying which and why.

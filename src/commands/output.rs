@@ -1,6 +1,7 @@
 //! The one output path of every command: a command builds an [`Output`] (its human text and
 //! its JSON value, from the same data) and [`emit`] prints it as text, as JSON (`--json`) or
-//! not at all (`--quiet`). Errors are not output: `main` prints them to stderr.
+//! not at all (`--quiet`). Errors go through [`emit_error`]: `error: …` on stderr, and with
+//! `--json` also one line of JSON on stdout, so a program that reads stdout always gets JSON.
 
 use serde::Serialize;
 use std::io::Write as _;
@@ -87,4 +88,83 @@ pub fn emit(format: Format, out: &Output) -> ExitCode {
     }
     let _ = stdout.flush();
     ExitCode::from(out.code)
+}
+
+/// An error as `--json` prints it: `{"error": {"message", "causes", "file", "line",
+/// "column", "usage"}}`. `message` is the whole chain as the text shows it; `causes` the
+/// chain one entry a link; `file`, `line` and `column` are set when the error is at a
+/// position of a pipeline file; `usage` when the command line itself was wrong (exit 2).
+#[derive(Debug, Serialize)]
+pub struct ErrorJson {
+    pub message: String,
+    pub causes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    pub usage: bool,
+}
+
+impl ErrorJson {
+    fn of(error: &anyhow::Error) -> ErrorJson {
+        let at = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<crate::pipeline::PipelineError>());
+        ErrorJson {
+            message: format!("{error:#}"),
+            causes: error.chain().map(|e| e.to_string()).collect(),
+            file: at.map(|a| a.file.display().to_string()),
+            line: at.and_then(|a| a.position).map(|(line, _)| line),
+            column: at.and_then(|a| a.position).map(|(_, column)| column),
+            usage: false,
+        }
+    }
+}
+
+/// Prints an error that ended a command: `error: …` on stderr, whatever the format, and with
+/// `--json` also `{"error": …}` ([`ErrorJson`]) as one line on stdout. Exit status 1.
+pub fn emit_error(format: Format, error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error:#}");
+    if format == Format::Json {
+        print_error_json(&ErrorJson::of(error));
+    }
+    ExitCode::from(1)
+}
+
+/// A command line that clap refused (exit status 2), printed as clap prints it, and with
+/// `--json` also as one line of JSON on stdout. Help and `--version` are printed as they are.
+pub fn emit_usage_error(json: bool, error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    // 0 for help and --version asked for; 2 for a wrong command line (clap's own codes).
+    let code = u8::try_from(error.exit_code()).unwrap_or(2);
+    if code == 0 {
+        return ExitCode::SUCCESS;
+    }
+    if json {
+        let text = error.render().to_string();
+        let message = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_string();
+        print_error_json(&ErrorJson {
+            causes: vec![message.clone()],
+            message,
+            file: None,
+            line: None,
+            column: None,
+            usage: true,
+        });
+    }
+    ExitCode::from(code)
+}
+
+fn print_error_json(error: &ErrorJson) {
+    let line = serde_json::json!({ "error": error });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }

@@ -12,11 +12,11 @@ use crate::resources::Resources;
 use crate::stages::table::Around;
 use executor::SlurmConfig;
 use parse::ExecutorTable;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// An error in a pipeline file, with its position when it has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error in a pipeline file, with its position when it has one: `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), at_position(*position))]
 pub struct PipelineError {
     pub file: PathBuf,
     /// 1-based line and column.
@@ -42,18 +42,10 @@ impl PipelineError {
     }
 }
 
-impl fmt::Display for PipelineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some((line, col)) => {
-                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
-            }
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
+/// `:LINE:COL` after a file name, or nothing for an error about the whole file.
+fn at_position(position: Option<(usize, usize)>) -> String {
+    position.map_or_else(String::new, |(line, col)| format!(":{line}:{col}"))
 }
-
-impl std::error::Error for PipelineError {}
 
 pub use crate::diag::AtSpan;
 

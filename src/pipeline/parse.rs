@@ -69,7 +69,7 @@ pub fn parse(path: &Path, src: &str) -> Result<RawPipeline, PipelineError> {
         return Err(PipelineError::whole(
             path,
             "the pipeline declares no stages; add at least one `[stage.NAME]` table with a \
-             `kind` (see the pipeline reference in README.md)",
+             `kind` (see the pipeline reference in docs/pipelines.md)",
         ));
     }
     let mut kinds = IndexMap::new();

@@ -3,10 +3,8 @@
 //! object. Without Blender these tests say so and pass, unless MVC_REQUIRE_BLENDER=1 (which
 //! `.ci/run` sets, having installed it).
 
-mod common;
-
-use common::blender::{MODELS, have_blender};
-use common::{Sandbox, glb};
+use crate::common::blender::{MODELS, have_blender};
+use crate::common::{Sandbox, glb};
 use std::path::Path;
 
 /// (min x, min y, max x, max y) of pixels with alpha > 0.
@@ -38,7 +36,7 @@ fn blender_pipeline(
 }
 
 /// The Blender jobs a run made (mvc logs one line per job at -v, with Blender's times).
-fn units(ran: &common::Ran) -> Vec<String> {
+fn units(ran: &crate::common::Ran) -> Vec<String> {
     ran.stderr
         .lines()
         .filter(|l| l.contains("blender: ") && l.contains(" views, import "))
@@ -531,7 +529,7 @@ fn newest_png(cache: &Path) -> Option<std::time::SystemTime> {
 /// Waits until a Blender of `mvc` has written a PNG newer than `after`, then kills it with
 /// SIGKILL from outside (as the OOM killer would) and returns its pid.
 fn kill_blender_mid_object(
-    mvc: &common::Background,
+    mvc: &crate::common::Background,
     cache: &Path,
     after: std::time::SystemTime,
 ) -> i32 {
@@ -575,7 +573,8 @@ fn a_blender_killed_from_outside_is_tried_again_and_a_second_death_is_recorded()
         "p.toml",
         &blender_pipeline(sb.path(), "polar = [50]", &azimuths, "samples = 1", 32),
     );
-    let mut run = common::Background::start(&mut sb.command(&["run", "p.toml", "--json"]), false);
+    let mut run =
+        crate::common::Background::start(&mut sb.command(&["run", "p.toml", "--json"]), false);
     kill_blender_mid_object(&run, &sb.cache(), std::time::UNIX_EPOCH);
     let ran = run.finish(std::time::Duration::from_secs(300));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
@@ -597,7 +596,8 @@ fn a_blender_killed_from_outside_is_tried_again_and_a_second_death_is_recorded()
         "p.toml",
         &blender_pipeline(sb.path(), "polar = [50]", &azimuths, "samples = 1", 32),
     );
-    let mut run = common::Background::start(&mut sb.command(&["run", "p.toml", "--json"]), false);
+    let mut run =
+        crate::common::Background::start(&mut sb.command(&["run", "p.toml", "--json"]), false);
     let first = kill_blender_mid_object(&run, &sb.cache(), std::time::UNIX_EPOCH);
     let at = std::time::SystemTime::now();
     let second = kill_blender_mid_object(&run, &sb.cache(), at);

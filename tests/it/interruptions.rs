@@ -2,8 +2,7 @@
 //! completes, never reruns a task that had completed (was recorded in the index), and the
 //! index and blobs verify clean. Also Ctrl-C: it lets running tasks finish and loses nothing.
 
-mod common;
-use common::{Sandbox, signal};
+use crate::common::{Sandbox, signal};
 use libc::{SIGINT, SIGKILL};
 use mvc::store::Store;
 use mvc::store::index::Tree;
@@ -278,7 +277,7 @@ fn assert_tasks_die_with_mvc(launcher: &str) {
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!marker.exists(), "a task outlived the mvc that started it");
-    let r: common::Ran = sb
+    let r: crate::common::Ran = sb
         .command(&["run", "p.toml", "--json"])
         .env("MVC_LAUNCHER", launcher)
         .output()
@@ -308,9 +307,9 @@ fn sigterm_while_a_tasks_thread_is_stuck_ends_mvc_within_its_grace() {
     let sb = Sandbox::new();
     sb.write(
         "p.toml",
-        &common::glb::slow_render_pipeline(sb.path(), true, 3600),
+        &crate::common::glb::slow_render_pipeline(sb.path(), true, 3600),
     );
-    let mut run = common::Background::start(
+    let mut run = crate::common::Background::start(
         &mut sb.command(&["-v", "run", "p.toml", "--json", "--grace", "1"]),
         false,
     );

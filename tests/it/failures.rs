@@ -1,7 +1,6 @@
 //! Bad input at run time: failing commands, missing outputs, unusable caches, corrupt blobs.
 
-mod common;
-use common::Sandbox;
+use crate::common::Sandbox;
 use std::time::{Duration, Instant};
 
 const FAILING: &str = r#"
@@ -358,7 +357,7 @@ fn slots_that_cannot_run_a_stage_are_named() {
 #[test]
 fn a_full_disk_is_not_recorded_against_the_items() {
     let sb = Sandbox::new();
-    let Some(cache) = common::tmpfs::Tmpfs::mount(&sb.cache(), "6m") else {
+    let Some(cache) = crate::common::tmpfs::Tmpfs::mount(&sb.cache(), "6m") else {
         return;
     };
     let items = r#"items = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]"#;
@@ -431,7 +430,7 @@ fn a_full_disk_is_not_recorded_against_the_items() {
 fn a_workers_full_disk_is_not_recorded_against_the_items() {
     let sb = Sandbox::new();
     let worker_cache = sb.path().join("worker-cache");
-    let Some(disk) = common::tmpfs::Tmpfs::mount(&worker_cache, "4m") else {
+    let Some(disk) = crate::common::tmpfs::Tmpfs::mount(&worker_cache, "4m") else {
         return;
     };
     sb.write(
@@ -440,7 +439,7 @@ fn a_workers_full_disk_is_not_recorded_against_the_items() {
          cmd = \"head -c 900000 /dev/urandom > $MVC_OUT/o.bin 2>/dev/null\"\n",
     );
     let run = |code: i32| {
-        let mut coord = common::Background::start(
+        let mut coord = crate::common::Background::start(
             &mut sb.command(&[
                 "run",
                 "p.toml",
@@ -452,7 +451,7 @@ fn a_workers_full_disk_is_not_recorded_against_the_items() {
             true,
         );
         let url = coord.url.clone().unwrap();
-        let mut worker = common::Background::start(
+        let mut worker = crate::common::Background::start(
             &mut sb.command(&[
                 "--cache",
                 worker_cache.to_str().unwrap(),

@@ -2,11 +2,9 @@
 //! CLIP (`tests/data/clip-tiny`), keyed so that only what changed is embedded again, exported
 //! as one safetensors file, and equal to `mvc embed` on the same inputs.
 
-mod common;
-
-use common::Sandbox;
-use common::fixture;
-use common::mirror::{Mirror, Object};
+use crate::common::Sandbox;
+use crate::common::fixture;
+use crate::common::mirror::{Mirror, Object};
 
 fn objects() -> Vec<Object> {
     let mut objects: Vec<Object> = (0..3)
@@ -50,7 +48,7 @@ model = "{}"
     )
 }
 
-fn run(sb: &Sandbox, mirror: &Mirror) -> common::Ran {
+fn run(sb: &Sandbox, mirror: &Mirror) -> crate::common::Ran {
     let ran = sb.mvc_env(
         &["run", "p.toml", "--json"],
         &[("HF_ENDPOINT", &mirror.endpoint)],

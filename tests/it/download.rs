@@ -2,10 +2,8 @@
 //! selection by category and by uid, faults survived or reported, what reruns after a
 //! change, and the bad inputs of the issue.
 
-mod common;
-
-use common::Sandbox;
-use common::mirror::{Fault, Mirror, Object, uid};
+use crate::common::Sandbox;
+use crate::common::mirror::{Fault, Mirror, Object, uid};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -36,7 +34,7 @@ fn download_stage(extra: &str) -> String {
     format!("[stage.objects]\nkind = \"download\"\nbackoff = 0.05\n{extra}\n")
 }
 
-fn run(sb: &Sandbox, mirror: &Mirror) -> common::Ran {
+fn run(sb: &Sandbox, mirror: &Mirror) -> crate::common::Ran {
     sb.mvc_env(
         &["run", "p.toml", "--json"],
         &[("HF_ENDPOINT", &mirror.endpoint)],
@@ -630,7 +628,7 @@ fn a_resumed_download_of_a_file_that_changed_is_not_joined() {
         "p.toml",
         &download_stage(&format!("retries = 0\nuids = [\"{}\"]", uid(3))),
     );
-    let newer = common::mirror::make_glb(99, objects[2].glb.len());
+    let newer = crate::common::mirror::make_glb(99, objects[2].glb.len());
     assert_ne!(newer, *objects[2].glb);
     mirror.fault(
         &objects[2].path(),
@@ -693,10 +691,10 @@ fn ctrl_c_twice_during_downloads_keeps_the_cache_whole() {
         assert!(std::time::Instant::now() < deadline, "no GLB was requested");
         std::thread::sleep(Duration::from_millis(20));
     }
-    common::signal(&child, libc::SIGINT);
+    crate::common::signal(&child, libc::SIGINT);
     std::thread::sleep(Duration::from_millis(100));
-    common::signal(&child, libc::SIGINT);
-    let out: common::Ran = child.wait_with_output().unwrap().into();
+    crate::common::signal(&child, libc::SIGINT);
+    let out: crate::common::Ran = child.wait_with_output().unwrap().into();
     assert_eq!(out.code, Some(130), "{}", out.stderr);
     assert_eq!(out.json()["interrupted"], true);
     assert!(out.count("objects", "ran") < 12);
@@ -1040,7 +1038,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 /// the wire. Made of concatenated gzip members (one member of a MiB of `0`, repeated), which
 /// gzip readers take as one stream.
 fn gzip_bomb(expanded: u64) -> Vec<u8> {
-    use common::mirror::gzip;
+    use crate::common::mirror::gzip;
     let block = gzip(&vec![b'0'; 1 << 20]);
     let mut bomb = gzip(br#"{"a":""#);
     for _ in 0..expanded.div_ceil(1 << 20) {

@@ -1,9 +1,7 @@
 //! The science stages through the real `mvc` binary: `pipelines/offline.toml` end to end
 //! (no network), its reruns, and the bad inputs of split, train and evaluate.
 
-mod common;
-
-use common::Sandbox;
+use crate::common::Sandbox;
 use std::path::Path;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");

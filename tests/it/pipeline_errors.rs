@@ -1,7 +1,6 @@
 //! Bad pipeline files: each error names the file, line and column, and says what to do.
 
-mod common;
-use common::Sandbox;
+use crate::common::Sandbox;
 
 /// Plans `text` as `p.toml` and returns the error line mvc printed.
 fn plan_error(text: &str) -> String {
@@ -281,4 +280,71 @@ fn bad_flag_values_name_the_flag() {
         assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
     }
     assert!(!sb.cache().exists(), "a bad flag must not touch the cache");
+}
+
+/// With `--json`, an error is one line of JSON on stdout (beside `error: …` on stderr): a
+/// pipeline file's error with its file, line and column; one without a position; a command
+/// line clap refuses (exit status 2, `usage`). Help stays help.
+#[test]
+fn json_errors_are_one_line_of_json() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmdd = \"echo\"\n",
+    );
+    let parse = |stdout: &str| -> serde_json::Value {
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "one line of JSON on stdout: {stdout:?}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    };
+
+    let ran = sb.mvc(&["plan", "p.toml", "--json"]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let error = &parse(&ran.stdout)["error"];
+    assert_eq!(error["file"], "p.toml", "{error}");
+    assert_eq!(error["line"], 4, "{error}");
+    assert_eq!(error["column"], 1, "{error}");
+    assert_eq!(error["usage"], false, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("unknown field `cmdd`"), "{message}");
+    assert!(
+        ran.stderr
+            .starts_with("error: p.toml:4:1: unknown field `cmdd`"),
+        "{}",
+        ran.stderr
+    );
+
+    let ran = sb.mvc(&["run", "nope.toml", "--json"]);
+    assert_eq!(ran.code, Some(1));
+    let error = &parse(&ran.stdout)["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope.toml: cannot read the pipeline file"),
+        "{error}"
+    );
+    assert!(error.get("line").is_none(), "{error}");
+    assert!(!error["causes"].as_array().unwrap().is_empty(), "{error}");
+
+    let ran = sb.mvc(&["status", "--cache", "c", "--jobs", "2", "--json"]);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    let error = &parse(&ran.stdout)["error"];
+    assert_eq!(error["usage"], true, "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("--jobs"),
+        "{error}"
+    );
+
+    let ran = sb.mvc(&["run", "p.toml", "--grace", "inf", "--json"]);
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+    let error = &parse(&ran.stdout)["error"];
+    assert!(
+        error["message"].as_str().unwrap().contains("--grace"),
+        "{error}"
+    );
+
+    let ran = sb.mvc(&["--help", "--json"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(ran.stdout.contains("Usage:"), "{}", ran.stdout);
 }

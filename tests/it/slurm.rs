@@ -1,10 +1,8 @@
 //! Workers started by a real Slurm: a single-node cluster (munged, slurmctld, slurmd on
 //! 127.0.0.1, all state in a temp dir) and a pipeline with `[executor] kind = "slurm"`.
 
-mod common;
-
-use common::Sandbox;
-use common::slurm::{Cluster, unavailable};
+use crate::common::Sandbox;
+use crate::common::slurm::{Cluster, unavailable};
 
 /// Skips (saying why) where Slurm cannot run, except where MVC_REQUIRE_SLURM is set (CI).
 fn cluster() -> Option<Cluster> {
@@ -304,7 +302,7 @@ cmd = "echo $MVC_ITEM > $MVC_OUT/item.txt"
     let conf = cluster.conf.display().to_string();
     let mut cmd = sb.command(&["run", "p.toml", "--json", "--listen", "127.0.0.1:0"]);
     cmd.env("SLURM_CONF", &conf);
-    let mut run = common::Background::start(&mut cmd, false);
+    let mut run = crate::common::Background::start(&mut cmd, false);
     let ran = run.finish(std::time::Duration::from_secs(120));
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     assert!(

@@ -2,10 +2,8 @@
 //! framing (centred, not cropped), determinism (golden digests), the projection of a unit
 //! cube, and GLBs it must refuse with a clear message.
 
-mod common;
-
-use common::glb;
-use common::glb::render_pipeline;
+use crate::common::glb;
+use crate::common::glb::render_pipeline;
 use mvc::render::camera::{ViewSpec, study_fov};
 use mvc::render::raster::{LightRig, RasterSettings, render};
 use mvc::render::scene::Scene;
@@ -173,7 +171,7 @@ fn broken_glbs_are_refused_with_the_reason() {
     assert!(e.contains("no triangles to render"), "{e}");
 }
 
-fn units(ran: &common::Ran) -> Vec<String> {
+fn units(ran: &crate::common::Ran) -> Vec<String> {
     ran.stderr
         .lines()
         .filter(|l| l.contains("in one unit"))
@@ -183,7 +181,7 @@ fn units(ran: &common::Ran) -> Vec<String> {
 
 #[test]
 fn a_new_ring_renders_only_its_views_one_unit_per_object() {
-    let sb = common::Sandbox::new();
+    let sb = crate::common::Sandbox::new();
     let six = "{ start = 0, step = 60, count = 6 }";
     sb.write(
         "p.toml",
@@ -245,7 +243,7 @@ fn a_new_ring_renders_only_its_views_one_unit_per_object() {
 
 #[test]
 fn bad_grids_and_models_are_reported() {
-    let sb = common::Sandbox::new();
+    let sb = crate::common::Sandbox::new();
     let six = "[0, 60]";
     let plan_err = |rings: &str, extra: &str| {
         let mut text = render_pipeline(sb.path(), rings, six);
@@ -308,7 +306,10 @@ fn bad_grids_and_models_are_reported() {
 }
 
 /// The objects whose views failed in a run's JSON summary, with the first error of each.
-fn failed_objects(ran: &common::Ran, stage: &str) -> std::collections::BTreeMap<String, String> {
+fn failed_objects(
+    ran: &crate::common::Ran,
+    stage: &str,
+) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     for f in ran.json()["failures"].as_array().unwrap() {
         if f["stage"] != stage {
@@ -339,7 +340,7 @@ fn node_cycles_fail_with_a_reason_and_a_deep_chain_renders() {
     assert_eq!(chain.triangles.len(), 1);
 
     // Through a run: the cycles fail alone with their reason, the chain renders, the run ends.
-    let sb = common::Sandbox::new();
+    let sb = crate::common::Sandbox::new();
     let objects = glb::objects_stage(
         sb.path(),
         &[
@@ -390,7 +391,7 @@ fn strips_and_fans_render_as_the_triangles_they_make() {
 
 #[test]
 fn a_builtin_render_past_its_timeout_fails_that_object_and_the_run_goes_on() {
-    let sb = common::Sandbox::new();
+    let sb = crate::common::Sandbox::new();
     // The slow object takes minutes; `timeout = 5` stops it.
     sb.write("p.toml", &glb::slow_render_pipeline(sb.path(), true, 5));
     let started = std::time::Instant::now();
@@ -409,7 +410,7 @@ fn a_builtin_render_past_its_timeout_fails_that_object_and_the_run_goes_on() {
 
 #[test]
 fn too_many_samples_for_the_builtin_renderer_is_an_error() {
-    let sb = common::Sandbox::new();
+    let sb = crate::common::Sandbox::new();
     let text = render_pipeline(sb.path(), "polar = [50]", "[0]")
         .replace("resolution = 64", "resolution = 4096\nsupersample = 4");
     sb.write("p.toml", &text);

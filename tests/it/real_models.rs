@@ -5,10 +5,8 @@
 //! alone with a reason, and train, evaluate and report must complete on the rest, naming
 //! the objects they left out.
 
-mod common;
-
-use common::blender::{MODELS, have_blender};
-use common::{Background, Sandbox};
+use crate::common::blender::{MODELS, have_blender};
+use crate::common::{Background, Sandbox};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -161,7 +159,7 @@ fn every_assimp_model_renders_or_fails_alone_and_the_science_completes_on_the_re
     for path in &files {
         let id = item_id(path);
         let glb = sb.path().join(format!("{id}.glb"));
-        std::fs::write(&glb, common::glb::model_file_bytes(path)).unwrap();
+        std::fs::write(&glb, crate::common::glb::model_file_bytes(path)).unwrap();
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         items.push(format!(
             "  {{ id = \"{id}\", params = {{ path = \"{}\", caption = \"a model named {name}\" }} }}",

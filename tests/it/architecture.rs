@@ -1,4 +1,4 @@
-//! Keeps the layers of `src/` (README, "For contributors"): every top-level module imports
+//! Keeps the layers of `src/` (ARCHITECTURE.md, "Code map"): every top-level module imports
 //! only modules on floors below its own, so no two modules import each other and the engine
 //! knows no stage kind. A failure names the file, the line and the import.
 //!
@@ -134,8 +134,8 @@ fn violations(src: &Path) -> Vec<String> {
         }
         let Some(floor) = floor_of(&module) else {
             problems.push(format!(
-                "{shown}: module `{module}` has no floor; add it to FLOORS in tests/architecture.rs \
-                 and to the layer list in README.md"
+                "{shown}: module `{module}` has no floor; add it to FLOORS in tests/it/architecture.rs \
+                 and to the floors of ARCHITECTURE.md"
             ));
             continue;
         };

@@ -1,10 +1,8 @@
 //! CLIP on candle against the Hugging Face reference (`tests/data/clip-tiny`): tokens, pixel
 //! values, features, and `mvc embed` from the command line, plus its bad inputs.
 
-mod common;
-
-use common::Sandbox;
-use common::fixture::{self, diff, expected};
+use crate::common::Sandbox;
+use crate::common::fixture::{self, diff, expected};
 use mvc::clip::{Clip, ClipTokenizer, ModelFiles, Precision, preprocess};
 
 fn load() -> Clip {
@@ -379,7 +377,7 @@ fn the_tokenizer_reads_the_models_own_file() {
 
 #[test]
 fn a_hub_model_is_downloaded_once_into_the_cache() {
-    let mirror = common::mirror::Mirror::start(&[]);
+    let mirror = crate::common::mirror::Mirror::start(&[]);
     let repo = "/tester/clip-tiny/resolve/v1";
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         mirror.put(

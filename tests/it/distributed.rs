@@ -2,9 +2,7 @@
 //! 127.0.0.1, and the faults a cluster brings (a killed worker, a killed coordinator, a bad
 //! upload, a wrong token).
 
-mod common;
-
-use common::{Background, Sandbox};
+use crate::common::{Background, Sandbox};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -832,7 +830,7 @@ fn a_worker_that_cannot_reach_its_coordinator_says_so_and_stops_on_a_signal() {
         );
         // Let it get into its backoff between tries.
         std::thread::sleep(Duration::from_millis(1500));
-        common::signal(w.child.as_ref().unwrap(), signal);
+        crate::common::signal(w.child.as_ref().unwrap(), signal);
         let started = Instant::now();
         let ran = w.finish(Duration::from_secs(10));
         assert!(
@@ -892,7 +890,7 @@ fn the_wrong_scheme_for_a_coordinator_is_named() {
     wait_for("the worker's complaint", Duration::from_secs(20), || {
         w.stderr.lock().unwrap().contains("cannot register")
     });
-    common::signal(w.child.as_ref().unwrap(), libc::SIGINT);
+    crate::common::signal(w.child.as_ref().unwrap(), libc::SIGINT);
     let ran = w.finish(Duration::from_secs(10));
     let port = tls_url.rsplit(':').next().unwrap();
     assert!(
@@ -917,7 +915,7 @@ fn the_wrong_scheme_for_a_coordinator_is_named() {
     wait_for("the worker's complaint", Duration::from_secs(20), || {
         w.stderr.lock().unwrap().contains("cannot register")
     });
-    common::signal(w.child.as_ref().unwrap(), libc::SIGTERM);
+    crate::common::signal(w.child.as_ref().unwrap(), libc::SIGTERM);
     let ran = w.finish(Duration::from_secs(10));
     assert_eq!(ran.code, Some(0), "not killed by SIGPIPE: {}", ran.stderr);
     assert!(
@@ -1294,7 +1292,7 @@ cmd = "wc -c < $MVC_IN_BIG/one/big.bin > $MVC_OUT/n.txt"
     let workers = second["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 1, "{second}");
     assert_eq!(workers[0]["units_done"], 5, "{second}");
-    common::signal(serve.child.as_ref().unwrap(), libc::SIGINT);
+    crate::common::signal(serve.child.as_ref().unwrap(), libc::SIGINT);
     let ran = serve.finish(Duration::from_secs(30));
     ran.assert_ok();
     assert_eq!(ran.stdout.matches("ok in").count(), 2, "{}", ran.stdout);
@@ -1307,7 +1305,7 @@ fn a_worker_sent_sigterm_while_a_units_thread_is_stuck_exits_within_its_grace() 
     // unit stops.
     sb.write(
         "p.toml",
-        &common::glb::slow_render_pipeline(sb.path(), false, 3600),
+        &crate::common::glb::slow_render_pipeline(sb.path(), false, 3600),
     );
     let (_coord, url) = coordinator(&sb, &["--no-local"]);
     let cache = sb.path().join("worker-cache");
@@ -1335,7 +1333,7 @@ fn a_worker_sent_sigterm_while_a_units_thread_is_stuck_exits_within_its_grace() 
     });
     std::thread::sleep(Duration::from_millis(500));
     let stopped = Instant::now();
-    common::signal(w.child.as_ref().unwrap(), libc::SIGTERM);
+    crate::common::signal(w.child.as_ref().unwrap(), libc::SIGTERM);
     let ran = w.finish(Duration::from_secs(60));
     let took = stopped.elapsed();
     assert!(

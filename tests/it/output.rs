@@ -2,8 +2,7 @@
 //! the same value as the text, `--quiet` prints no result, and errors stay on stderr whatever
 //! the format. Each command is run for real on a small command pipeline.
 
-mod common;
-use common::{Background, Sandbox};
+use crate::common::{Background, Sandbox};
 use std::time::Duration;
 
 fn pipeline(scale: u32) -> String {

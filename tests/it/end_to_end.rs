@@ -11,11 +11,9 @@
 //! Without Blender or the models the tests say so and pass, unless MVC_REQUIRE_BLENDER=1
 //! (which `.ci/run` sets, having installed both).
 
-mod common;
-
-use common::blender::{REAL_MODELS, have_blender, real_model_glb};
-use common::mirror::{Mirror, Object};
-use common::{Ran, Sandbox, fixture};
+use crate::common::blender::{REAL_MODELS, have_blender, real_model_glb};
+use crate::common::mirror::{Mirror, Object};
+use crate::common::{Ran, Sandbox, fixture};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -240,7 +238,7 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
     sb.write("p.toml", &pipeline(THREE_RINGS, seed));
     let plan = sb.mvc_env(&["plan", "p.toml"], &[("HF_ENDPOINT", &mirror.endpoint)]);
     plan.assert_ok();
-    // (`cargo test --test end_to_end -- --nocapture` shows it: README's example of a plan.)
+    // (`cargo test --test it end_to_end:: -- --nocapture` shows it: README's example of a plan.)
     eprintln!("mvc plan after adding a ring:\n{}", plan.stdout);
     // The same plan as JSON: every stage planned, with its reasons.
     let plan = sb.mvc_env(
@@ -287,7 +285,7 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
     // no Blender slot, the workers offer only Blender.
     let dist = Sandbox::new();
     dist.write("p.toml", &pipeline(THREE_RINGS, seed));
-    let mut coordinator = common::Background::start(
+    let mut coordinator = crate::common::Background::start(
         dist.command(&[
             "run",
             "p.toml",

@@ -2,8 +2,7 @@
 //! what runs after no change, after one item's parameter changes, and when a rerun
 //! reproduces the same bytes (early cutoff). Counts are read from `--json`.
 
-mod common;
-use common::Sandbox;
+use crate::common::Sandbox;
 use std::fmt::Write as _;
 
 const N: usize = 1000;
@@ -59,7 +58,7 @@ cmd = 'cat "$MVC_IN_DOUBLE"/*/d.txt | awk "{{ s += \$2 }} END {{ print s }}" > "
     )
 }
 
-fn ran(r: &common::Ran) -> (u64, u64, u64) {
+fn ran(r: &crate::common::Ran) -> (u64, u64, u64) {
     (
         r.count("gen", "ran"),
         r.count("double", "ran"),

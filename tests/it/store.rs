@@ -1,7 +1,6 @@
 //! The cache's own parts: the stat cache, input files in keys, gc, export, status.
 
-mod common;
-use common::Sandbox;
+use crate::common::Sandbox;
 use mvc::store::Store;
 use mvc::store::stat_cache::Hashed;
 use std::time::{Duration, SystemTime};
