@@ -1,7 +1,7 @@
 //! The content-addressing rules: digests, key records and task keys.
 //!
 //! A task's key is the blake3 hash of its *key record*: a canonical description of everything
-//! that determines its output (DESIGN.md §2). The record is stored next to the result so that
+//! that determines its output (ARCHITECTURE.md, "The core model"). The record is stored next to the result so that
 //! `mvc why` and `mvc plan` can say which field changed.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -103,7 +103,7 @@ impl ListenArgs {
             text,
         };
         let (coordinator, rx) =
-            Coordinator::start(config, store.clone(), &pipeline.name, source).await?;
+            Coordinator::start(config, store.clone(), &pipeline.workflow.name, source).await?;
         match coordinator.fingerprint() {
             None => eprintln!(
                 "mvc: serving workers on {} (mvc worker --connect {})",
@@ -125,6 +125,8 @@ impl ListenArgs {
                     pipeline,
                     coordinator.clone(),
                     self.token_file.as_deref(),
+                    // Slurm's lines always reach stderr, as the coordinator's own do.
+                    super::output::say(super::Format::Text),
                 )?;
                 let stop = tokio_util::sync::CancellationToken::new();
                 let handle = tokio::spawn(launcher.run(stop.clone()));

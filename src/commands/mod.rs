@@ -42,7 +42,7 @@ impl Global {
     pub fn cache_dir(&self, pipeline: Option<&Pipeline>) -> PathBuf {
         self.cache
             .clone()
-            .or_else(|| pipeline.map(|p| p.cache_dir.clone()))
+            .or_else(|| pipeline.map(|p| p.workflow.cache_dir.clone()))
             .unwrap_or_else(|| PathBuf::from("cache"))
     }
 }

@@ -168,3 +168,12 @@ fn print_error_json(error: &ErrorJson) {
     let _ = writeln!(stdout, "{line}");
     let _ = stdout.flush();
 }
+
+/// Where the lines for people of a worker or the Slurm launcher go: stderr, or nowhere with
+/// `--quiet` (they are progress, not the result).
+pub fn say(format: Format) -> crate::remote::Say {
+    match format {
+        Format::Quiet => crate::remote::Say(std::sync::Arc::new(|_: &str| {})),
+        _ => crate::remote::Say(std::sync::Arc::new(|line: &str| eprintln!("{line}"))),
+    }
+}

@@ -17,9 +17,9 @@ pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
     let pipeline = load(&args.file)?;
     let dir = global.cache_dir(Some(&pipeline));
     let store = Arc::new(super::open_store(&dir, global)?);
-    let (engine, report) = crate::exec::plan::plan(&pipeline, store, args.retry_failed)?;
+    let (engine, report) = crate::exec::plan::plan(&pipeline.workflow, store, args.retry_failed)?;
     let out = Output {
-        text: report.to_text(&pipeline, &dir),
+        text: report.to_text(&pipeline.workflow, &dir),
         json: report.to_json(),
         code: 0,
         text_on_stderr_with_json: false,

@@ -52,11 +52,11 @@ pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
         grace: args.grace,
         quiet,
     };
-    let view = Box::new(Progress::of(&pipeline, quiet));
+    let view = Box::new(Progress::of(&pipeline.workflow, quiet));
     let report = block_on(async {
         let mut started = args.remote.start(&pipeline, &args.file, &store).await?;
         let report = run_with_view(
-            &pipeline,
+            &pipeline.workflow,
             store,
             opts,
             started.as_mut().map(|r| &mut r.listener),

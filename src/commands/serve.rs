@@ -93,8 +93,8 @@ async fn serve_loop(
             quiet: global.format == super::Format::Quiet,
         };
         let seen = modified(file);
-        let view = Box::new(Progress::of(pipeline, opts.quiet));
-        let report = run_with_view(pipeline, store.clone(), opts, Some(listener), view).await?;
+        let view = Box::new(Progress::of(&pipeline.workflow, opts.quiet));
+        let report = run_with_view(&pipeline.workflow, store.clone(), opts, Some(listener), view).await?;
         // Each run's summary is printed as it ends (one JSON line per run with --json).
         super::output::emit(global.format, &super::run::output(&report));
         if report.outcome == RunOutcome::Interrupted {
@@ -124,7 +124,7 @@ async fn serve_loop(
         match Pipeline::load(file) {
             Ok(p) => {
                 let text = std::fs::read_to_string(file)?;
-                coordinator.set_pipeline(&p.name, file, text);
+                coordinator.set_pipeline(&p.workflow.name, file, text);
                 *pipeline = p;
             }
             Err(e) => eprintln!("mvc serve: {e}; waiting for a fix"),

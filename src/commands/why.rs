@@ -343,7 +343,7 @@ pub fn run(args: WhyArgs, global: &super::Global) -> Result<super::Output> {
             let pipeline = super::load(std::path::Path::new(file))?;
             let store = super::open_store(&global.cache_dir(Some(&pipeline)), global)?;
             let (engine, _) =
-                crate::exec::plan::plan(&pipeline, std::sync::Arc::new(store), false)?;
+                crate::exec::plan::plan(&pipeline.workflow, std::sync::Arc::new(store), false)?;
             why_task(&engine, stage, item)?
         }
         _ => bail!("usage: mvc why FILE STAGE ITEM, or mvc why KEY"),

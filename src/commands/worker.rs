@@ -54,10 +54,7 @@ pub fn run(args: WorkerArgs, global: &Global) -> Result<Output> {
         exit_when_idle: args.exit_when_idle,
         cache: global.cache.clone(),
         grace: args.grace,
-        say: crate::remote::worker::Say(match global.format {
-            super::Format::Quiet => std::sync::Arc::new(|_: &str| {}),
-            _ => std::sync::Arc::new(|line: &str| eprintln!("{line}")),
-        }),
+        say: super::output::say(global.format),
     };
     let summary = block_on(run_worker(opts))??;
     // The worker's last line has always gone to stderr, where its log goes.

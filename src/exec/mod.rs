@@ -17,9 +17,6 @@ pub mod workdir;
 pub mod workers;
 pub mod workflow;
 
-/// Resource slots moved to the leaf [`crate::resources`]; the old path stays for callers.
-pub use crate::resources as slots;
-
 /// Runs blocking work inline when it is small, on tokio's blocking pool when it is not.
 ///
 /// Each hop to the blocking pool costs thread wake-ups, and on virtual machines those cost

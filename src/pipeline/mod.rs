@@ -60,27 +60,13 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
 
 pub use crate::exec::workflow::{Stage, Workflow};
 
-/// A validated pipeline: the engine's [`Workflow`] (which it derefs to) and the executor
-/// settings of its file.
+/// A validated pipeline: the engine's [`Workflow`] and the executor settings of its file.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub workflow: Workflow,
     pub executor: ExecutorTable,
     /// Worker jobs through Slurm (`[executor] kind = "slurm"`), checked.
     pub slurm: Option<SlurmConfig>,
-}
-
-impl std::ops::Deref for Pipeline {
-    type Target = Workflow;
-    fn deref(&self) -> &Workflow {
-        &self.workflow
-    }
-}
-
-impl std::ops::DerefMut for Pipeline {
-    fn deref_mut(&mut self) -> &mut Workflow {
-        &mut self.workflow
-    }
 }
 
 impl Pipeline {

@@ -88,6 +88,8 @@ pub struct SlurmLauncher {
     watched: HashMap<String, (String, Instant)>,
     /// Log files of the jobs that ended without registering since one last did.
     dead: Vec<PathBuf>,
+    /// Where its lines for people go (what it submitted, what Slurm refused).
+    say: super::Say,
 }
 
 impl SlurmLauncher {
@@ -97,10 +99,11 @@ impl SlurmLauncher {
         pipeline: &Pipeline,
         coord: Arc<Coordinator>,
         token_file: Option<&Path>,
+        say: super::Say,
     ) -> Result<SlurmLauncher> {
         let base = format!(
             "mvc-{}-{}",
-            job_name_part(&pipeline.name),
+            job_name_part(&pipeline.workflow.name),
             std::process::id()
         );
         let mut classes = vec![Class {
@@ -112,7 +115,7 @@ impl SlurmLauncher {
             },
         }];
         let mut stage_class = HashMap::new();
-        for stage in &pipeline.stages {
+        for stage in &pipeline.workflow.stages {
             let need = stage.kind.resources();
             let class = match config.gres.get(stage.kind.kind()) {
                 None => 0,
@@ -199,6 +202,7 @@ impl SlurmLauncher {
             summary: SlurmSummary::default(),
             watched: HashMap::new(),
             dead: Vec::new(),
+            say,
         })
     }
 
@@ -219,7 +223,7 @@ impl SlurmLauncher {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    eprintln!("slurm: {e:#}");
+                    self.say.line(&format!("slurm: {e:#}"));
                     // Slurm busy or misconfigured: try again later, not in a tight loop.
                     quiet_until =
                         Instant::now() + Duration::from_secs(5 * u64::from(failures.min(12)));
@@ -363,7 +367,7 @@ impl SlurmLauncher {
             total += want;
             self.summary.jobs_submitted += want;
             self.summary.arrays.push(id.clone());
-            eprintln!(
+            self.say.line(&format!(
                 "slurm: submitted {want} worker job(s) as array {id}{} for {} queued task(s)",
                 class
                     .gres
@@ -371,7 +375,7 @@ impl SlurmLauncher {
                     .map(|g| format!(" (--gres={g})"))
                     .unwrap_or_default(),
                 queued[k]
-            );
+            ));
         }
         Ok(())
     }
@@ -444,11 +448,11 @@ impl SlurmLauncher {
             if let Ok(out) = out
                 && !out.status.success()
             {
-                eprintln!(
+                self.say.line(&format!(
                     "slurm: scancel --name={} failed: {}",
                     class.job_name,
                     String::from_utf8_lossy(&out.stderr).trim()
-                );
+                ));
             }
         }
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -462,7 +466,8 @@ impl SlurmLauncher {
             let empty = matches!(&out, Ok(o) if o.status.success() && o.stdout.iter().all(|b| b.is_ascii_whitespace()));
             if empty || Instant::now() > deadline {
                 if !empty {
-                    eprintln!("slurm: some worker jobs are still listed by squeue after scancel");
+                    self.say
+                        .line("slurm: some worker jobs are still listed by squeue after scancel");
                 }
                 break;
             }

@@ -6,6 +6,7 @@
 //! state: a render stage's Blender processes and an embed stage's loaded CLIP model stay warm
 //! from one unit to the next.
 
+use super::Say;
 use super::auth::Token;
 use super::client::{Backoff, CallError, Client};
 use super::protocol::{Complete, Fail, Heartbeat, LeaseRequest, Register, Unit};
@@ -44,15 +45,6 @@ pub struct WorkerOptions {
     pub say: Say,
 }
 
-/// Where a worker's lines for people go: the command chooses (stderr, or nowhere with -q).
-#[derive(Clone)]
-pub struct Say(pub Arc<dyn Fn(&str) + Send + Sync>);
-
-impl std::fmt::Debug for Say {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Say")
-    }
-}
 
 /// How often a worker that cannot reach its coordinator says so (the first time at once).
 const UNREACHABLE_EVERY: Duration = Duration::from_secs(30);
@@ -84,7 +76,7 @@ impl Unreachable {
             1 => String::new(),
             n => format!(" ({n} tries so far)"),
         };
-        (say.0)(&format!(
+        say.line(&format!(
             "mvc worker: cannot {doing} {url}{tries}: {error}{}; trying again every few \
              seconds (Ctrl-C stops)",
             hint.map(|h| format!("; {h}")).unwrap_or_default()
@@ -236,7 +228,7 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
                     state.reregister.store(false, Ordering::Relaxed);
                     backoff.reset();
                     unreachable.reached();
-                    (opts.say.0)(&format!(
+                    opts.say.line(&format!(
                         "mvc worker {}: registered with {} ({})",
                         state.name, opts.url, opts.slots
                     ));
@@ -501,6 +493,7 @@ async fn execute(
 ) -> Result<Vec<TaskOutcome>, String> {
     let pipeline = pipeline(state, &unit.pipeline).await?;
     let stage = pipeline
+        .workflow
         .stages
         .iter()
         .find(|s| s.name == unit.stage)

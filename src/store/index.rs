@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// The trees of the index (DESIGN.md §3).
+/// The trees of the index (ARCHITECTURE.md, "The cache").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tree {
     /// Index-wide facts: the schema version.

@@ -1,4 +1,4 @@
-//! The cache (DESIGN.md §3): a sled index behind the [`Index`] trait, a content-addressed
+//! The cache (ARCHITECTURE.md, "The cache"): a sled index behind the [`Index`] trait, a content-addressed
 //! blob store, a stat cache, plan memos, and the lock that keeps it to one process.
 //!
 //! Layout of a cache directory:

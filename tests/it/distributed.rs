@@ -961,13 +961,13 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
     let run_store = store.clone();
     let run = tokio::spawn(async move {
         let opts = RunOptions {
-            slots: mvc::exec::slots::Resources::default(),
+            slots: mvc::resources::Resources::default(),
             keep_going: true,
             retry_failed: false,
             grace: Duration::from_secs(1),
             quiet: true,
         };
-        run_with(&pipeline, run_store, opts, Some(&mut listener))
+        run_with(&pipeline.workflow, run_store, opts, Some(&mut listener))
             .await
             .unwrap()
     });
@@ -979,14 +979,14 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
     let register = |name: &str| Register {
         name: name.into(),
         host: "test".into(),
-        slots: mvc::exec::slots::Resources::ONE_CPU,
+        slots: mvc::resources::Resources::ONE_CPU,
         labels: vec![],
         blender: None,
         slurm_job: None,
     };
     let lease = |worker: u64| LeaseRequest {
         worker,
-        free: mvc::exec::slots::Resources::ONE_CPU,
+        free: mvc::resources::Resources::ONE_CPU,
         wait_ms: 5000,
     };
     let output = |text: &str| TaskOutcome::Success {

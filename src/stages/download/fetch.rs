@@ -2,7 +2,7 @@
 //! (so a later attempt or run resumes it), checked, then moved into the blob store.
 
 use super::DownloadConfig;
-use super::hub::FetchError;
+use crate::hf::FetchError;
 use crate::exec::blocking_if;
 use crate::exec::workdir::output_from_file;
 use crate::stages::{ExecCtx, TaskOutcome};

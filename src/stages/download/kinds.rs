@@ -274,16 +274,16 @@ impl SelectKind {
                     .await
                 {
                     Ok(_) => {}
-                    Err(super::hub::FetchError::Permanent(error)) => {
+                    Err(crate::hf::FetchError::Permanent(error)) => {
                         return Err(TaskOutcome::Failed {
                             error: format!("cap3d_csv: {error}"),
                             stderr: None,
                         });
                     }
-                    Err(super::hub::FetchError::Transient(error)) => {
+                    Err(crate::hf::FetchError::Transient(error)) => {
                         return Err(TaskOutcome::Aborted(format!("cap3d_csv: {error}")));
                     }
-                    Err(super::hub::FetchError::Cancelled) => return Err(TaskOutcome::Cancelled),
+                    Err(crate::hf::FetchError::Cancelled) => return Err(TaskOutcome::Cancelled),
                 }
                 let bytes = std::fs::read(&dest).map_err(|e| {
                     TaskOutcome::Aborted(format!(

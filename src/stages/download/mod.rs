@@ -13,8 +13,6 @@
 //! Each later stage is expanded once the one before it has run (its items come from it).
 
 mod fetch;
-/// The Hugging Face client is a leaf ([`crate::hf`]) that models use too.
-pub use crate::hf as hub;
 mod kinds;
 pub use kinds::read_selection;
 pub mod objaverse;
@@ -24,7 +22,7 @@ use crate::diag::AtSpan;
 use crate::diag::closest;
 use crate::stages::StageKind;
 use anyhow::{Result, bail};
-use hub::{HubClient, RetryPolicy};
+use crate::hf::{HubClient, RetryPolicy};
 use objaverse::{CATEGORIES, CaptionSource, LICENSES, is_uid};
 use serde::Deserialize;
 use std::path::PathBuf;
