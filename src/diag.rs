@@ -10,6 +10,16 @@ pub struct AtSpan {
     pub message: String,
 }
 
+/// Fails with an [`AtSpan`]: the error a stage table's check gives about one value, which the
+/// pipeline reports at that value's line and column.
+pub fn at<T>(span: std::ops::Range<usize>, message: impl Into<String>) -> anyhow::Result<T> {
+    Err(AtSpan {
+        span,
+        message: message.into(),
+    }
+    .into())
+}
+
 /// The closest of `candidates` to `word`, if any is reasonably close.
 pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates

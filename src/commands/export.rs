@@ -150,7 +150,8 @@ pub struct ExportArgs {
 pub fn run(args: ExportArgs, global: &super::Global) -> Result<super::Output> {
     let pipeline = super::load(&args.file)?;
     let store = super::open_store(&global.cache_dir(Some(&pipeline)), global)?;
-    let (engine, _) = crate::exec::plan::plan(&pipeline.workflow, std::sync::Arc::new(store), false)?;
+    let (engine, _) =
+        crate::exec::plan::plan(&pipeline.workflow, std::sync::Arc::new(store), false)?;
     let report = export(&engine, &args.file, &args.stage, &args.dir)?;
     let mut text = format!(
         "exported {} item(s), {} file(s) ({}) of stage `{}` to {}\n",

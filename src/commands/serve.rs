@@ -94,7 +94,14 @@ async fn serve_loop(
         };
         let seen = modified(file);
         let view = Box::new(Progress::of(&pipeline.workflow, opts.quiet));
-        let report = run_with_view(&pipeline.workflow, store.clone(), opts, Some(listener), view).await?;
+        let report = run_with_view(
+            &pipeline.workflow,
+            store.clone(),
+            opts,
+            Some(listener),
+            view,
+        )
+        .await?;
         // Each run's summary is printed as it ends (one JSON line per run with --json).
         super::output::emit(global.format, &super::run::output(&report));
         if report.outcome == RunOutcome::Interrupted {

@@ -45,7 +45,6 @@ pub struct WorkerOptions {
     pub say: Say,
 }
 
-
 /// How often a worker that cannot reach its coordinator says so (the first time at once).
 const UNREACHABLE_EVERY: Duration = Duration::from_secs(30);
 

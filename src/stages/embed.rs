@@ -6,6 +6,7 @@
 //! one runs through the model. Each feature vector (raw, unnormalised, float32) is a small
 //! output stored inline in the index; `mvc export` writes the stage as one safetensors file.
 
+use crate::diag::at;
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ExportedItem, NotYetAvailable, ParamCtx, PlannedItem,
     StageKind, TaskOutcome, UnitTask,
@@ -16,7 +17,6 @@ use crate::clip::tensors_file::{self, NamedTensor};
 use crate::clip::{
     Clip, ClipEncoder, DeviceChoice, ModelFiles, ModelSource, Precision, preprocess,
 };
-use crate::diag::AtSpan;
 use crate::exec::blocking_if;
 use crate::exec::workdir::output_from_bytes;
 use crate::resources::Resources;
@@ -116,9 +116,6 @@ impl std::fmt::Debug for EmbedStage {
     }
 }
 
-fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
-    Err(AtSpan { span, message }.into())
-}
 
 impl EmbedStage {
     /// `roles` says what each input (already rewritten: a download stage to its `.select`)

@@ -10,10 +10,10 @@
 //! - `method = "hash"`: each uid placed by a hash of (seed, uid) alone, so adding objects
 //!   never moves an existing one.
 
+use crate::diag::at;
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
 };
-use crate::diag::AtSpan;
 use crate::exec::workdir::output_from_bytes;
 use crate::resources::Resources;
 use crate::store::records::now_ms;
@@ -172,9 +172,6 @@ pub struct SplitStage {
     from_selection: bool,
 }
 
-fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
-    Err(AtSpan { span, message }.into())
-}
 
 impl SplitStage {
     pub fn new(stage: &str, p: SplitParams, from_selection: bool) -> Result<SplitStage> {

@@ -3,6 +3,7 @@
 //! head's settings), `curve.json` (training and validation losses, the chosen step) and,
 //! except for the `identity` baseline, `weights.safetensors` (the best checkpoint).
 
+use crate::diag::at;
 use super::gather::{Part, gather};
 use super::{
     Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
@@ -11,7 +12,6 @@ use super::{
 use crate::clip::DeviceChoice;
 use crate::clip::model::select_device;
 use crate::clip::tensors_file;
-use crate::diag::AtSpan;
 use crate::exec::workdir::{InputData, ingest_outputs};
 use crate::heads::train::{Embeddings, TrainSettings, train};
 use crate::heads::{Head, HeadConfig, HeadKind, Variant};
@@ -111,9 +111,6 @@ pub struct TrainStage {
     embeddings: usize,
 }
 
-fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
-    Err(AtSpan { span, message }.into())
-}
 
 /// The index of the one input with `role`, or an error saying what to add.
 pub fn one_input(stage: &str, roles: &[Role], role: Role, example: &str) -> Result<usize> {

@@ -18,7 +18,7 @@ pub use kinds::read_selection;
 pub mod objaverse;
 mod select;
 
-use crate::diag::AtSpan;
+use crate::diag::at;
 use crate::diag::closest;
 use crate::stages::StageKind;
 use anyhow::{Result, bail};
@@ -124,9 +124,6 @@ impl DownloadConfig {
     }
 }
 
-fn at<T>(span: std::ops::Range<usize>, message: String) -> Result<T> {
-    Err(AtSpan { span, message }.into())
-}
 
 fn seconds(stage: &str, field: &str, value: Option<f64>, default: Duration) -> Result<Duration> {
     match value {
