@@ -7,7 +7,8 @@
 
 use super::resolve::Engine;
 use super::units::{
-    PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs, take_unit,
+    MissingInput, PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs,
+    take_unit,
 };
 use super::workers::{Complete, Refused, Reply, SchedMsg, Unit, UnitTaskWire, WorkerHub};
 use crate::exec::kind::TaskOutcome;
@@ -246,7 +247,7 @@ impl RemoteUnits {
         let wanted = prepared.iter().map(|p| p.inputs.clone()).collect();
         let inputs = match read_inputs(self.store(), wanted) {
             Ok(inputs) => inputs,
-            Err((stage, item, error)) => {
+            Err(MissingInput { stage, item, error }) => {
                 for p in &prepared {
                     effects.push((
                         p.task,

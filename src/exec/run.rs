@@ -627,7 +627,7 @@ fn spawn_unit(
                         .collect();
                     kind.execute(&ctx, unit).await
                 }
-                Err((stage, item, error)) => prepared
+                Err(MissingInput { stage, item, error }) => prepared
                     .iter()
                     .map(|_| TaskOutcome::InputCorrupt {
                         stage: stage.clone(),
@@ -668,10 +668,6 @@ async fn load_inputs(
 ) -> Result<Vec<Vec<InputData>>, MissingInput> {
     let wanted: Vec<Vec<InputKeys>> = prepared.iter().map(|p| p.inputs.clone()).collect();
     let store = store.clone();
-    let lookups: usize = wanted
-        .iter()
-        .flatten()
-        .map(|(_, _, items, _)| items.len())
-        .sum();
+    let lookups: usize = wanted.iter().flatten().map(|input| input.items.len()).sum();
     super::blocking_if(lookups > 64, move || read_inputs(&store, wanted)).await
 }

@@ -53,15 +53,17 @@ pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> 
     unit
 }
 
-/// What a task reads from one input: the upstream stage, how it binds, the (item, key)
-/// of each upstream task it reads, and (for a kind that reads failures) the upstream items
-/// without a result.
-pub(super) type InputKeys = (
-    String,
-    Binding,
-    Vec<(String, TaskKey)>,
-    Option<Arc<Vec<LeftOut>>>,
-);
+/// What a task reads from one input.
+#[derive(Clone, Debug)]
+pub(super) struct InputKeys {
+    /// The upstream stage.
+    pub(super) stage: String,
+    pub(super) binding: Binding,
+    /// The (item, key) of each upstream task it reads.
+    pub(super) items: Vec<(String, TaskKey)>,
+    /// For a kind that reads failures: the upstream items without a result.
+    pub(super) left_out: Option<Arc<Vec<LeftOut>>>,
+}
 
 /// A task of a unit with what the scheduler knows of it; the upstream results themselves
 /// are read from the index inside the unit's own task, off the scheduler.
@@ -120,7 +122,12 @@ pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<Prepared
                 let left_out = (edge.binding == Binding::All && node.kind.reads_failures())
                     .then(|| engine.left_out(edge.stage))
                     .flatten();
-                inputs.push((up.name.clone(), edge.binding, items, left_out));
+                inputs.push(InputKeys {
+                    stage: up.name.clone(),
+                    binding: edge.binding,
+                    items,
+                    left_out,
+                });
             }
             Ok(PreparedTask {
                 task: t,
@@ -135,7 +142,15 @@ pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<Prepared
         .collect()
 }
 
-pub(super) type MissingInput = (String, String, String);
+/// An upstream result a task reads that the index does not give (gone, or unreadable): the
+/// task is not run, and its producer runs again ([`Reported::InputCorrupt`]).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{stage}/{item}: {error}")]
+pub(super) struct MissingInput {
+    pub(super) stage: String,
+    pub(super) item: String,
+    pub(super) error: String,
+}
 
 /// Reads the upstream results of each task's inputs, in order.
 pub(super) fn read_inputs(
@@ -147,21 +162,28 @@ pub(super) fn read_inputs(
         .map(|inputs| {
             inputs
                 .into_iter()
-                .map(|(stage, binding, items, left_out)| {
+                .map(|input| {
+                    let InputKeys {
+                        stage,
+                        binding,
+                        items,
+                        left_out,
+                    } = input;
                     let mut loaded = Vec::with_capacity(items.len());
                     for (item, key) in items {
+                        let missing = |error: String| MissingInput {
+                            stage: stage.clone(),
+                            item: item.clone(),
+                            error,
+                        };
                         match store.result(&key) {
                             Ok(Some(result)) => loaded.push((item, result)),
                             Ok(None) => {
-                                return Err((
-                                    stage.clone(),
-                                    item.clone(),
-                                    format!("the result of {stage}/{item} is gone from the index"),
-                                ));
+                                let error =
+                                    format!("the result of {stage}/{item} is gone from the index");
+                                return Err(missing(error));
                             }
-                            Err(e) => {
-                                return Err((stage.clone(), item.clone(), format!("{e:#}")));
-                            }
+                            Err(e) => return Err(missing(format!("{e:#}"))),
                         }
                     }
                     Ok(InputData {

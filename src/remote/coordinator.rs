@@ -201,14 +201,81 @@ fn router(c: Arc<Coordinator>) -> Router {
     Router::new().nest(API, api).with_state(c)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(ErrorReply {
-            error: message.into(),
-        }),
-    )
-        .into_response()
+/// Why the coordinator refuses a request. Each variant is one HTTP status; its message says
+/// what to do, and the worker shows it. Handlers return `Result<Response, ApiError>` and use
+/// `?`: [`IntoResponse`] makes the `{"error": …}` reply ([`ErrorReply`]) in this one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be read, or names something malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no token, or the wrong one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a worker id used from another session than the one that registered it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such worker, blob or pipeline here.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the report contradicts what the scheduler knows (a unit leased to another).
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: a blob over the coordinator's limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 416: a `Range` outside the blob (its size goes into `Content-Range`).
+    #[error("the range is not within the blob's {size} bytes")]
+    RangeOutside { size: u64 },
+    /// 503: the run is over, or ended before the report was recorded.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: this machine failed (a file it could not read or write).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeOutside { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let content_range = match &self {
+            ApiError::RangeOutside { size } => {
+                HeaderValue::from_str(&format!("bytes */{size}")).ok()
+            }
+            _ => None,
+        };
+        let mut response = (
+            status,
+            axum::Json(ErrorReply {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if let Some(value) = content_range {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        response
+    }
 }
 
 /// Every request carries `Authorization: Bearer TOKEN` when the coordinator has a token.
@@ -220,39 +287,30 @@ async fn authorize(State(c): State<Arc<Coordinator>>, request: Request, next: Ne
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| token.matches(g)) {
-            return error(
-                StatusCode::UNAUTHORIZED,
+            return ApiError::Unauthorized(
                 "missing or wrong token: give the coordinator's token with --token-file or \
-                 MVC_TOKEN",
-            );
+                 MVC_TOKEN"
+                    .into(),
+            )
+            .into_response();
         }
     }
     next.run(request).await
 }
 
-/// A refusal: its status and message (made into a response by [`refuse`]).
-pub type Refusal = (StatusCode, String);
-
-fn refuse((status, message): Refusal) -> Response {
-    error(status, message)
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("unreadable request: {e}")))
+        .map_err(|e| ApiError::BadRequest(format!("unreadable request: {e}")))
 }
 
 /// The hash of the session secret a request carries.
-fn session_of(headers: &HeaderMap) -> Result<Digest, Refusal> {
+fn session_of(headers: &HeaderMap) -> Result<Digest, ApiError> {
     match headers.get(SESSION_HEADER).map(|v| v.as_bytes()) {
         Some(secret) if secret.len() >= 32 => Ok(Digest::of(secret)),
-        _ => Err((
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the request carries no session ({SESSION_HEADER}); the worker's mvc is older \
-                 than the coordinator's: update it"
-            ),
-        )),
+        _ => Err(ApiError::BadRequest(format!(
+            "the request carries no session ({SESSION_HEADER}); the worker's mvc is older \
+             than the coordinator's: update it"
+        ))),
     }
 }
 
@@ -260,15 +318,9 @@ async fn register(
     State(c): State<Arc<Coordinator>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let register: Register = match parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return refuse(e),
-    };
-    let session = match session_of(&headers) {
-        Ok(s) => s,
-        Err(e) => return refuse(e),
-    };
+) -> Result<Response, ApiError> {
+    let register: Register = parse_json(&body)?;
+    let session = session_of(&headers)?;
     let mut shared = c.shared.lock().unwrap();
     if let Some(job) = &register.slurm_job {
         shared.slurm_jobs_registered.insert(job.clone());
@@ -294,33 +346,29 @@ async fn register(
             units_done: 0,
         },
     );
-    axum::Json(Registered {
+    Ok(axum::Json(Registered {
         worker: id,
         heartbeat_ms: c.config.heartbeat().as_millis() as u64,
         lease_timeout_ms: c.config.lease_timeout.as_millis() as u64,
     })
-    .into_response()
+    .into_response())
 }
 
 /// Notes that a worker is alive; `Err` (404) when it is not registered here, 403 when the
 /// request comes from another session than the worker's.
-fn touch(c: &Coordinator, worker: u64, session: Digest) -> Result<(), Refusal> {
+fn touch(c: &Coordinator, worker: u64, session: Digest) -> Result<(), ApiError> {
     let mut shared = c.shared.lock().unwrap();
     match shared.workers.get_mut(&worker) {
         Some(w) if w.session == session => {
             w.last_seen = Instant::now();
             Ok(())
         }
-        Some(_) => Err((
-            StatusCode::FORBIDDEN,
-            format!("worker {worker} is another session's; register to get an id of your own"),
-        )),
-        None => Err((
-            StatusCode::NOT_FOUND,
-            format!(
-                "worker {worker} is not registered here (the coordinator restarted?); register again"
-            ),
-        )),
+        Some(_) => Err(ApiError::Forbidden(format!(
+            "worker {worker} is another session's; register to get an id of your own"
+        ))),
+        None => Err(ApiError::NotFound(format!(
+            "worker {worker} is not registered here (the coordinator restarted?); register again"
+        ))),
     }
 }
 
@@ -328,20 +376,15 @@ async fn lease(
     State(c): State<Arc<Coordinator>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let request: LeaseRequest = match parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return refuse(e),
-    };
-    if let Err(e) = session_of(&headers).and_then(|s| touch(&c, request.worker, s)) {
-        return refuse(e);
-    }
+) -> Result<Response, ApiError> {
+    let request: LeaseRequest = parse_json(&body)?;
+    touch(&c, request.worker, session_of(&headers)?)?;
     if c.shared.lock().unwrap().finished {
-        return axum::Json(LeaseReply {
+        let reply = LeaseReply {
             unit: None,
             finished: true,
-        })
-        .into_response();
+        };
+        return Ok(axum::Json(reply).into_response());
     }
     let wait = Duration::from_millis(request.wait_ms.min(60_000));
     let (reply, answer) = oneshot::channel();
@@ -352,7 +395,7 @@ async fn lease(
         reply,
     });
     if sent.is_err() {
-        return axum::Json(LeaseReply::default()).into_response();
+        return Ok(axum::Json(LeaseReply::default()).into_response());
     }
     // The scheduler answers by the deadline while a run is going; between runs (or while
     // the run plans) nobody answers and the request ends empty a little after it.
@@ -362,21 +405,16 @@ async fn lease(
         .and_then(|r| r.ok())
         .flatten();
     let finished = unit.is_none() && c.shared.lock().unwrap().finished;
-    axum::Json(LeaseReply { unit, finished }).into_response()
+    Ok(axum::Json(LeaseReply { unit, finished }).into_response())
 }
 
 async fn heartbeat(
     State(c): State<Arc<Coordinator>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let beat: Heartbeat = match parse_json(&body) {
-        Ok(r) => r,
-        Err(e) => return refuse(e),
-    };
-    if let Err(e) = session_of(&headers).and_then(|s| touch(&c, beat.worker, s)) {
-        return refuse(e);
-    }
+) -> Result<Response, ApiError> {
+    let beat: Heartbeat = parse_json(&body)?;
+    touch(&c, beat.worker, session_of(&headers)?)?;
     let mut shared = c.shared.lock().unwrap();
     let cancel: Vec<u64> = beat
         .running
@@ -387,25 +425,24 @@ async fn heartbeat(
     if let Some(w) = shared.workers.get_mut(&beat.worker) {
         w.heartbeat = Some((Instant::now(), beat.running));
     }
-    axum::Json(HeartbeatReply { cancel }).into_response()
+    Ok(axum::Json(HeartbeatReply { cancel }).into_response())
 }
 
 async fn ask_scheduler(
     c: &Coordinator,
     msg: SchedMsg,
     answer: oneshot::Receiver<Reply>,
-) -> Response {
+) -> Result<Response, ApiError> {
     if c.to_sched.send(msg).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the run is over");
+        return Err(ApiError::Unavailable("the run is over".into()));
     }
     match answer.await {
-        Ok(Ok(message)) => axum::Json(serde_json::json!({ "ok": message })).into_response(),
-        Ok(Err((Refused::Conflict, message))) => error(StatusCode::CONFLICT, message),
-        Ok(Err((Refused::BadRequest, message))) => error(StatusCode::BAD_REQUEST, message),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the run ended before this was recorded; send it again",
-        ),
+        Ok(Ok(message)) => Ok(axum::Json(serde_json::json!({ "ok": message })).into_response()),
+        Ok(Err((Refused::Conflict, message))) => Err(ApiError::Conflict(message)),
+        Ok(Err((Refused::BadRequest, message))) => Err(ApiError::BadRequest(message)),
+        Err(_) => Err(ApiError::Unavailable(
+            "the run ended before this was recorded; send it again".into(),
+        )),
     }
 }
 
@@ -414,7 +451,7 @@ async fn complete(
     Path(unit): Path<u64>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     relay(
         &c,
         &headers,
@@ -435,7 +472,7 @@ async fn fail(
     Path(unit): Path<u64>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     relay(
         &c,
         &headers,
@@ -461,30 +498,27 @@ async fn relay<B: serde::de::DeserializeOwned>(
     body: &[u8],
     worker: impl FnOnce(&B) -> u64,
     message: impl FnOnce(B, Digest, oneshot::Sender<Reply>) -> SchedMsg,
-) -> Response {
-    let body: B = match parse_json(body) {
-        Ok(r) => r,
-        Err(e) => return refuse(e),
-    };
-    let session = match session_of(headers) {
-        Ok(s) => s,
-        Err(e) => return refuse(e),
-    };
+) -> Result<Response, ApiError> {
+    let body: B = parse_json(body)?;
+    let session = session_of(headers)?;
     let _ = touch(c, worker(&body), session);
     let (reply, answer) = oneshot::channel();
     ask_scheduler(c, message(body, session, reply), answer).await
 }
 
-async fn pipeline_text(State(c): State<Arc<Coordinator>>, Path(digest): Path<String>) -> Response {
+async fn pipeline_text(
+    State(c): State<Arc<Coordinator>>,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
     let pipeline = c.pipeline.lock().unwrap().clone();
-    match digest.parse::<Digest>() {
-        Ok(d) if d == pipeline.1 => axum::Json(pipeline.2).into_response(),
-        Ok(d) => error(
-            StatusCode::NOT_FOUND,
-            format!("this coordinator runs another pipeline than {}", d.short()),
-        ),
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    let asked = digest.parse::<Digest>().map_err(ApiError::BadRequest)?;
+    if asked != pipeline.1 {
+        return Err(ApiError::NotFound(format!(
+            "this coordinator runs another pipeline than {}",
+            asked.short()
+        )));
     }
+    Ok(axum::Json(pipeline.2).into_response())
 }
 
 async fn status(State(c): State<Arc<Coordinator>>) -> Response {
@@ -516,22 +550,21 @@ async fn status(State(c): State<Arc<Coordinator>>) -> Response {
 }
 
 /// The digest of a blob path: validated before any path is built from it.
-fn blob_digest(text: &str) -> Result<Digest, Refusal> {
-    text.parse::<Digest>()
-        .map_err(|e| (StatusCode::BAD_REQUEST, e))
+fn blob_digest(text: &str) -> Result<Digest, ApiError> {
+    text.parse::<Digest>().map_err(ApiError::BadRequest)
 }
 
 /// Whether blob `digest` is here and whole. One that is not is quarantined (removed), so
 /// it reads as missing from then on: a worker then reports its input gone, the run reruns
 /// its producer, and that upload stores good bytes again.
-async fn blob_is_whole(c: &Arc<Coordinator>, digest: &Digest) -> Result<bool, Response> {
+async fn blob_is_whole(c: &Arc<Coordinator>, digest: &Digest) -> Result<bool, ApiError> {
     if c.verified.lock().unwrap().contains(digest) && c.store.blobs().size(digest).is_some() {
         return Ok(true);
     }
     let (store, d) = (c.store.clone(), *digest);
     let checked = tokio::task::spawn_blocking(move || store.blobs().verify(&d))
         .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(ApiError::internal)?;
     match checked {
         Ok(true) => {
             c.verified.lock().unwrap().insert(*digest);
@@ -542,7 +575,7 @@ async fn blob_is_whole(c: &Arc<Coordinator>, digest: &Digest) -> Result<bool, Re
             Ok(false)
         }
         Err(BlobError::Missing(_)) => Ok(false),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(ApiError::internal(e)),
     }
 }
 
@@ -560,42 +593,25 @@ async fn get_blob(
     method: Method,
     Path(digest): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let digest = match blob_digest(&digest) {
-        Ok(d) => d,
-        Err(e) => return refuse(e),
-    };
-    let missing = || error(StatusCode::NOT_FOUND, format!("no blob {digest} here"));
-    if method == Method::HEAD || headers.contains_key(header::RANGE) {
-        match blob_is_whole(&c, &digest).await {
-            Ok(true) => {}
-            Ok(false) => return missing(),
-            Err(response) => return response,
-        }
+) -> Result<Response, ApiError> {
+    let digest = blob_digest(&digest)?;
+    let missing = || ApiError::NotFound(format!("no blob {digest} here"));
+    if (method == Method::HEAD || headers.contains_key(header::RANGE))
+        && !blob_is_whole(&c, &digest).await?
+    {
+        return Err(missing());
     }
     let path = c.store.blobs().path(&digest);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return missing(),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(ApiError::internal(e)),
     };
-    let size = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let size = file.metadata().await.map_err(ApiError::internal)?.len();
     let range = match headers.get(header::RANGE).map(|v| parse_range(v, size)) {
         None => None,
         Some(Some(r)) => Some(r),
-        Some(None) => {
-            let mut response = error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("the range is not within the blob's {size} bytes"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return response;
-        }
+        Some(None) => return Err(ApiError::RangeOutside { size }),
     };
     let (start, end) = range.unwrap_or((0, size));
     let mut builder = Response::builder()
@@ -609,7 +625,7 @@ async fn get_blob(
         );
     }
     if method == Method::HEAD {
-        return builder.body(Body::empty()).expect("valid response");
+        return Ok(builder.body(Body::empty()).expect("valid response"));
     }
     {
         let mut shared = c.shared.lock().unwrap();
@@ -619,17 +635,17 @@ async fn get_blob(
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     if range.is_none() {
         let body = Body::from_stream(hashed_while_sent(c.clone(), digest, file, size));
-        return builder.body(body).expect("valid response");
+        return Ok(builder.body(body).expect("valid response"));
     }
-    if start > 0
-        && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(ApiError::internal)?;
     }
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 1 << 20);
-    builder
+    Ok(builder
         .body(Body::from_stream(stream))
-        .expect("valid response")
+        .expect("valid response"))
 }
 
 /// A blob's bytes in chunks, hashed on the way: the last chunk is held back until the hash
@@ -697,74 +713,60 @@ async fn put_blob(
     State(c): State<Arc<Coordinator>>,
     Path(digest): Path<String>,
     body: Body,
-) -> Response {
-    let digest = match blob_digest(&digest) {
-        Ok(d) => d,
-        Err(e) => return refuse(e),
-    };
-    if c.store.blobs().size(&digest).is_some() {
-        match blob_is_whole(&c, &digest).await {
-            Ok(true) => {
-                // Read and drop the body (up to the blob limit) before answering: a reply
-                // while the worker is still sending makes its write fail with a broken pipe,
-                // which it would take for a network failure.
-                use futures_util::StreamExt;
-                let mut stream = body.into_data_stream();
-                let mut read = 0u64;
-                while let Some(Ok(chunk)) = stream.next().await {
-                    read += chunk.len() as u64;
-                    if read > c.config.blob_limit {
-                        break;
-                    }
-                }
-                return axum::Json(serde_json::json!({ "ok": "already here" })).into_response();
+) -> Result<Response, ApiError> {
+    let digest = blob_digest(&digest)?;
+    if c.store.blobs().size(&digest).is_some() && blob_is_whole(&c, &digest).await? {
+        // Read and drop the body (up to the blob limit) before answering: a reply while the
+        // worker is still sending makes its write fail with a broken pipe, which it would
+        // take for a network failure.
+        use futures_util::StreamExt;
+        let mut stream = body.into_data_stream();
+        let mut read = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len() as u64;
+            if read > c.config.blob_limit {
+                break;
             }
-            Ok(false) => {}
-            Err(response) => return response,
         }
+        return Ok(axum::Json(serde_json::json!({ "ok": "already here" })).into_response());
     }
-    let mut writer = match c.store.blobs().writer(&digest) {
-        Ok(w) => w,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let mut writer = c
+        .store
+        .blobs()
+        .writer(&digest)
+        .map_err(ApiError::internal)?;
     use futures_util::StreamExt;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
-        };
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
         if writer.size() + chunk.len() as u64 > c.config.blob_limit {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "blobs larger than {} bytes are refused",
-                    c.config.blob_limit
-                ),
-            );
+            return Err(ApiError::TooLarge(format!(
+                "blobs larger than {} bytes are refused",
+                c.config.blob_limit
+            )));
         }
         // Small synchronous writes into the page cache: cheaper than a hop to the blocking
         // pool per chunk.
-        if let Err(e) = writer.write(&chunk) {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        }
+        writer.write(&chunk).map_err(ApiError::internal)?;
     }
-    match tokio::task::spawn_blocking(move || writer.finish()).await {
-        Ok(Ok(size)) => {
-            c.verified.lock().unwrap().insert(digest);
-            let mut shared = c.shared.lock().unwrap();
-            shared.blobs_received.0 += 1;
-            shared.blobs_received.1 += size;
-            drop(shared);
-            axum::Json(serde_json::json!({ "ok": size })).into_response()
+    let finished = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(ApiError::internal)?;
+    let size = match finished {
+        Ok(size) => size,
+        Err(BlobError::Corrupt { digest, actual }) => {
+            return Err(ApiError::BadRequest(format!(
+                "the bytes sent hash to {actual}, not {digest}: refused"
+            )));
         }
-        Ok(Err(BlobError::Corrupt { digest, actual })) => error(
-            StatusCode::BAD_REQUEST,
-            format!("the bytes sent hash to {actual}, not {digest}: refused"),
-        ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    c.verified.lock().unwrap().insert(digest);
+    let mut shared = c.shared.lock().unwrap();
+    shared.blobs_received.0 += 1;
+    shared.blobs_received.1 += size;
+    drop(shared);
+    Ok(axum::Json(serde_json::json!({ "ok": size })).into_response())
 }
 
 #[cfg(test)]

@@ -99,11 +99,29 @@ pub struct EmbedStage {
     precision: Precision,
     background: [u8; 3],
     roles: Vec<InputRole>,
-    /// Resolved when first needed (a hub model is downloaded then). The error says whether
-    /// it was the network (the stage waits for a later run) or the model (a plain error).
-    files: OnceLock<Result<ModelFiles, (String, bool)>>,
+    /// Resolved when first needed (a hub model is downloaded then).
+    files: OnceLock<Result<ModelFiles, ModelUnavailable>>,
     /// Loaded on the first unit and kept for the rest of the run.
     loaded: OnceLock<Result<Arc<Loaded>, String>>,
+}
+
+/// Why a stage's model files are not at hand: the network (the stage waits for a later run:
+/// [`NotYetAvailable`]) or the model itself (a plain error).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+struct ModelUnavailable {
+    message: String,
+    network: bool,
+}
+
+impl ModelUnavailable {
+    /// The error keying gives: "not yet" for the network, so the stage waits.
+    fn into_error(self) -> anyhow::Error {
+        match self.network {
+            true => anyhow::Error::new(NotYetAvailable(self.message)),
+            false => anyhow::Error::msg(self.message),
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbedStage {
@@ -178,12 +196,14 @@ impl EmbedStage {
         })
     }
 
-    fn files(&self, store: &Store) -> Result<ModelFiles, (String, bool)> {
+    fn files(&self, store: &Store) -> Result<ModelFiles, ModelUnavailable> {
         self.files
             .get_or_init(|| {
                 crate::models::model_files(&self.source, || Ok(store)).map_err(|e| {
-                    let network = e.downcast_ref::<NotYetAvailable>().is_some();
-                    (format!("stage `{}`: {e:#}", self.stage), network)
+                    ModelUnavailable {
+                        network: e.downcast_ref::<NotYetAvailable>().is_some(),
+                        message: format!("stage `{}`: {e:#}", self.stage),
+                    }
                 })
             })
             .clone()
@@ -192,7 +212,7 @@ impl EmbedStage {
     fn load(&self, store: &Store) -> Result<Arc<Loaded>, String> {
         self.loaded
             .get_or_init(|| {
-                let files = self.files(store).map_err(|(e, _)| e)?;
+                let files = self.files(store).map_err(|e| e.message)?;
                 let (device, line) = select_device(self.device)
                     .map_err(|e| format!("stage `{}`: {e:#}", self.stage))?;
                 let mut clip = Clip::load(&files, &device, self.precision)
@@ -509,10 +529,7 @@ impl StageKind for EmbedStage {
     fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice> {
         let files = self
             .files(ctx.store)
-            .map_err(|(e, network)| match network {
-                true => anyhow::Error::new(NotYetAvailable(e)),
-                false => anyhow::Error::msg(e),
-            })?;
+            .map_err(ModelUnavailable::into_error)?;
         let model_config = config::read_model_config(&files.config)?;
         let pre = config::read_preprocess(
             files.preprocessor.as_deref(),
