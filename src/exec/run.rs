@@ -2,6 +2,7 @@
 //! ones not cached in units on tokio within the resource slots, and records every result
 //! as soon as it exists, so that an interrupted run loses only what was running.
 
+use super::dispatch::{Dispatch, Interrupt};
 use super::graph::{Sources, TaskGraph};
 use super::launcher::Launcher;
 use super::remote_units::{Effects, RemoteUnits};
@@ -18,7 +19,7 @@ use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::{RunRecord, encode, now_ms};
 use anyhow::{Context, Result, bail};
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -156,11 +157,9 @@ async fn run_inner(
         kill,
         sigint: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
         sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        stopping: false,
-        interrupted: false,
+        dispatch: Dispatch::new(&order, opts.slots, opts.keep_going),
         shared_saved: HashSet::new(),
-        last_abort: None,
-        opts: opts.clone(),
+        grace: opts.grace,
         order: order.clone(),
         remote,
     };
@@ -187,7 +186,7 @@ async fn run_inner(
         sched.view.set_stages(&totals, &deferred);
         sched.round(&mut engine).await?;
         engine.save_memos()?;
-        if sched.stopping || !engine.graph.has_deferred() {
+        if sched.dispatch.stopping() || !engine.graph.has_deferred() {
             break engine;
         }
         let more = engine.sources(&sources)?;
@@ -200,7 +199,7 @@ async fn run_inner(
     let elapsed = started.elapsed();
     sched.view.close();
 
-    let report = summarize(&engine, &order, sched.interrupted, elapsed);
+    let report = summarize(&engine, &order, sched.dispatch.interrupted(), elapsed);
     let reach = store
         .blobs()
         .put_bytes(&encode(&engine.reached_keys()))
@@ -303,13 +302,12 @@ struct Scheduler {
     kill: CancellationToken,
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
-    /// No new units are started (Ctrl-C, or a failure without --keep-going).
-    stopping: bool,
-    interrupted: bool,
+    /// Queues, slots and whether the run stops: the state the events below change.
+    dispatch: Dispatch,
+    /// Stages whose shared parameters are in the index already.
     shared_saved: HashSet<usize>,
-    /// The error of the last task that could not run (printed once, not once per task).
-    last_abort: Option<String>,
-    opts: RunOptions,
+    /// How long running units may finish after Ctrl-C.
+    grace: Duration,
     order: Vec<usize>,
     /// Remote workers' side, when the run listens for them.
     remote: Option<RemoteUnits>,
@@ -332,122 +330,60 @@ impl Scheduler {
 
     /// Runs everything the graph can run now; returns when nothing more can start.
     async fn round(&mut self, engine: &mut Engine) -> Result<()> {
-        let n_stages = engine.graph.stages.len();
-        let mut queues: Vec<VecDeque<u32>> = vec![VecDeque::new(); n_stages];
-        let mut free = self.opts.slots;
-        let mut running = 0usize;
-        let store = self.shared.store.clone();
+        self.dispatch.begin_round(engine.graph.stages.len());
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(grace);
-        if self.interrupted {
-            grace
-                .as_mut()
-                .reset(tokio::time::Instant::now() + self.opts.grace);
-        }
-
         loop {
-            for t in engine.resolve_ready()? {
-                let s = engine.graph.task_stage[t as usize] as usize;
-                self.meters[s].add_total(engine.graph.item_bytes(t));
-                if let Some(r) = &mut self.remote
-                    && r.hold(engine, t)
-                {
-                    continue;
-                }
-                queues[s].push_back(t);
-            }
+            self.queue_ready(engine)?;
             self.update_progress(engine);
-
-            if !self.stopping {
-                for k in 0..self.order.len() {
-                    let s = self.order[k];
-                    let need = engine.graph.stages[s].kind.resources();
-                    while !queues[s].is_empty() && free.fits(&need) {
-                        let unit = take_unit(engine, &mut queues[s]);
-                        if self.shared_saved.insert(s) {
-                            store.put_shared_params(&engine.graph.stages[s].shared)?;
-                        }
-                        let prepared = prepare_unit(engine, &unit)?;
-                        for &t in &unit {
-                            engine.start(t);
-                        }
-                        free.take(&need);
-                        running += 1;
-                        spawn_unit(engine, s, prepared, need, &self.shared, &self.meters[s]);
-                    }
-                    if let Some(r) = &mut self.remote
-                        && !queues[s].is_empty()
-                        && !self.opts.slots.fits(&need)
-                        && r.first_wait(s)
-                    {
-                        self.view.note(&format!(
-                            "stage `{}` needs {need} per task, more than this machine's slots: \
-                             its tasks wait for a worker that has it",
-                            engine.graph.stages[s].name
-                        ));
-                    }
-                }
-            }
+            self.start_units(engine)?;
             let mut effects = Vec::new();
             if let Some(r) = &mut self.remote {
                 if self.kill.is_cancelled() {
                     r.cancel_all(&mut effects);
                 }
-                r.serve(
-                    engine,
-                    &mut queues,
-                    &self.order,
-                    self.stopping,
-                    &mut effects,
-                )?;
+                let stopping = self.dispatch.stopping();
+                let queues = &mut self.dispatch.queues;
+                r.serve(engine, queues, &self.order, stopping, &mut effects)?;
             }
-            self.take_effects(engine, &mut queues, effects)?;
-
+            self.take_effects(engine, effects)?;
             let (remote_running, held) = self
                 .remote
                 .as_ref()
                 .map(|r| (r.active(), r.held()))
                 .unwrap_or((0, 0));
-            let queued: usize = queues.iter().map(|q| q.len()).sum::<usize>() + held;
-            if running == 0 && remote_running == 0 && (self.stopping || queued == 0) {
+            if self.dispatch.is_over(remote_running, held) {
                 if let Some(r) = &self.remote {
-                    r.publish_queue(engine, &queues);
+                    r.publish_queue(engine, &self.dispatch.queues);
                 }
                 break;
             }
-
+            let stopping = self.dispatch.stopping() && self.dispatch.interrupted();
             tokio::select! {
                 Some(done) = self.rx.recv() => {
-                    running -= 1;
-                    free.give(&done.slots);
-                    for (t, reported) in done.outcomes {
-                        self.take_outcome(engine, &mut queues, t, reported)?;
-                    }
+                    self.dispatch.unit_done(&done.slots);
+                    self.take_effects(engine, done.outcomes)?;
                 }
-                _ = self.sigint.recv() => {
-                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, self.view.as_ref(), grace.as_mut());
-                }
-                _ = self.sigterm.recv() => {
-                    on_signal(&mut self.stopping, &mut self.interrupted, &self.kill, running, &self.opts, self.view.as_ref(), grace.as_mut());
-                }
-                _ = &mut grace, if self.stopping && self.interrupted && !self.kill.is_cancelled() => {
+                _ = self.sigint.recv() => self.on_signal(grace.as_mut()),
+                _ = self.sigterm.recv() => self.on_signal(grace.as_mut()),
+                _ = &mut grace, if stopping && !self.kill.is_cancelled() => {
                     self.view.note("grace period over: stopping running tasks");
                     self.kill.cancel();
                 }
                 Some(msg) = next_remote(&mut self.remote) => {
                     let mut effects = Vec::new();
                     if let Some(r) = &mut self.remote {
-                        r.handle(msg, engine, &mut queues, &mut effects);
+                        r.handle(msg, engine, &mut self.dispatch.queues, &mut effects);
                     }
-                    self.take_effects(engine, &mut queues, effects)?;
+                    self.take_effects(engine, effects)?;
                 }
                 _ = ticker.tick() => {
                     let mut effects = Vec::new();
                     if let Some(r) = &mut self.remote {
-                        r.tick(engine, &mut queues, &mut effects);
+                        r.tick(engine, &mut self.dispatch.queues, &mut effects);
                     }
-                    self.take_effects(engine, &mut queues, effects)?;
+                    self.take_effects(engine, effects)?;
                 }
             }
         }
@@ -455,89 +391,88 @@ impl Scheduler {
         Ok(())
     }
 
-    fn take_effects(
-        &mut self,
-        engine: &mut Engine,
-        queues: &mut [VecDeque<u32>],
-        effects: Effects,
-    ) -> Result<()> {
-        for (t, reported) in effects {
-            self.take_outcome(engine, queues, t, reported)?;
+    /// Queues the tasks that have become ready (a coordinator may hold some for workers).
+    fn queue_ready(&mut self, engine: &mut Engine) -> Result<()> {
+        for t in engine.resolve_ready()? {
+            let s = engine.graph.task_stage[t as usize] as usize;
+            self.meters[s].add_total(engine.graph.item_bytes(t));
+            if let Some(r) = &mut self.remote
+                && r.hold(engine, t)
+            {
+                continue;
+            }
+            self.dispatch.enqueue(engine, t);
         }
         Ok(())
     }
 
-    fn take_outcome(
-        &mut self,
-        engine: &mut Engine,
-        queues: &mut [VecDeque<u32>],
-        t: u32,
-        reported: Reported,
-    ) -> Result<()> {
-        match reported {
-            Reported::Success(manifest, value) => engine.finish(t, Ok((manifest, value))),
-            Reported::Failed(error) => {
-                engine.finish(t, Err(error));
-                if !self.opts.keep_going && !self.stopping {
-                    self.stopping = true;
-                    self.view.note(
-                        "a task failed: letting running tasks finish, starting no new ones \
-                         (--keep-going continues past failures)",
-                    );
-                }
+    /// Starts every unit the free slots allow, stage by stage in order; says once when a
+    /// stage's tasks need more than this machine has and wait for a worker.
+    fn start_units(&mut self, engine: &mut Engine) -> Result<()> {
+        if self.dispatch.stopping() {
+            return Ok(());
+        }
+        for unit in self.dispatch.units_to_start(engine) {
+            let s = unit.stage;
+            if self.shared_saved.insert(s) {
+                let store = &self.shared.store;
+                store.put_shared_params(&engine.graph.stages[s].shared)?;
             }
-            Reported::Cancelled => engine.unrun(t),
-            Reported::Aborted(error) => {
-                // Many tasks failing for one reason (an unreachable server) say it once.
-                if self.last_abort.as_ref() != Some(&error) {
-                    self.view.note(&format!(
-                        "error: {} could not run: {error}",
-                        engine.graph.task_label(t)
-                    ));
-                    self.last_abort = Some(error.clone());
-                }
-                engine.finish_unrecorded(t, error);
-            }
-            Reported::DiskFull(error) => {
-                if !self.stopping {
-                    self.stopping = true;
-                    self.view.note(&format!(
-                        "error: {} could not finish: {error}\nstarting no new tasks (they would \
-                         fail the same way); running ones finish",
-                        engine.graph.task_label(t)
-                    ));
-                }
-                engine.finish_unrecorded(t, error);
-            }
-            Reported::InputCorrupt { stage, item, error } => {
-                let again = reopen_producer(engine, t, &stage, &item)?;
+            let prepared = prepare_unit(engine, &unit.tasks)?;
+            spawn_unit(
+                engine,
+                s,
+                prepared,
+                unit.slots,
+                &self.shared,
+                &self.meters[s],
+            );
+        }
+        for &s in &self.order {
+            let need = engine.graph.stages[s].kind.resources();
+            if let Some(r) = &mut self.remote
+                && !self.dispatch.queues[s].is_empty()
+                && !self.dispatch.fits_machine(&need)
+                && r.first_wait(s)
+            {
                 self.view.note(&format!(
-                    "warning: {error}; {stage}/{item} is treated as a cache miss and {}, then {} \
-                     runs",
-                    if again {
-                        "runs again"
-                    } else {
-                        "is already running again"
-                    },
-                    engine.graph.task_label(t)
+                    "stage `{}` needs {need} per task, more than this machine's slots: \
+                     its tasks wait for a worker that has it",
+                    engine.graph.stages[s].name
                 ));
-                if let Some(p) = again.then(|| find_item(engine, &stage, &item)).flatten() {
-                    let s = engine.graph.task_stage[p as usize] as usize;
-                    queues[s].push_back(p);
-                    // Tasks queued already that read it wait for it too (they would be
-                    // dispatched with an input that is no longer there).
-                    for queue in queues.iter_mut() {
-                        let readers: Vec<u32> = queue
-                            .iter()
-                            .copied()
-                            .filter(|&c| reads_from(engine, c, p))
-                            .collect();
-                        queue.retain(|c| !readers.contains(c));
-                        for c in readers {
-                            reopen_producer(engine, c, &stage, &item)?;
-                        }
-                    }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ctrl-C or SIGTERM: the first stops new work and starts the grace period, the second
+    /// kills running units now.
+    fn on_signal(&mut self, grace: std::pin::Pin<&mut tokio::time::Sleep>) {
+        match self.dispatch.interrupt() {
+            Interrupt::KillNow => {
+                self.view
+                    .note("interrupted again: stopping running tasks now");
+                self.kill.cancel();
+            }
+            Interrupt::Stop { running } => {
+                if running > 0 {
+                    self.view.note(&format!(
+                        "interrupted: starting no new tasks; waiting up to {:.0}s for {running} \
+                         running unit{} to finish (Ctrl-C again to stop them now)",
+                        self.grace.as_secs_f64(),
+                        if running == 1 { "" } else { "s" }
+                    ));
                 }
+                grace.reset(tokio::time::Instant::now() + self.grace);
+            }
+        }
+    }
+
+    /// Hands each reported outcome to the dispatch and shows what it says.
+    fn take_effects(&mut self, engine: &mut Engine, effects: Effects) -> Result<()> {
+        for (t, reported) in effects {
+            if let Some(note) = self.dispatch.take_outcome(engine, t, reported)? {
+                self.view.note(&note);
             }
         }
         Ok(())
@@ -546,33 +481,6 @@ impl Scheduler {
 
 fn ordered(counts: &[Counts], order: &[usize]) -> Vec<Counts> {
     order.iter().map(|&s| counts[s]).collect()
-}
-
-fn on_signal(
-    stopping: &mut bool,
-    interrupted: &mut bool,
-    kill: &CancellationToken,
-    running: usize,
-    opts: &RunOptions,
-    view: &dyn RunView,
-    grace: std::pin::Pin<&mut tokio::time::Sleep>,
-) {
-    if *interrupted {
-        view.note("interrupted again: stopping running tasks now");
-        kill.cancel();
-        return;
-    }
-    *stopping = true;
-    *interrupted = true;
-    if running > 0 {
-        view.note(&format!(
-            "interrupted: starting no new tasks; waiting up to {:.0}s for {running} running \
-             unit{} to finish (Ctrl-C again to stop them now)",
-            opts.grace.as_secs_f64(),
-            if running == 1 { "" } else { "s" }
-        ));
-    }
-    grace.reset(tokio::time::Instant::now() + opts.grace);
 }
 
 /// What every unit runs with, whatever its stage.

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod client;
 pub mod coordinator;
+pub mod lease_loop;
 pub mod protocol;
 pub mod reach;
 pub mod serve;

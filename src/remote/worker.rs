@@ -9,6 +9,7 @@
 use super::Say;
 use super::auth::Token;
 use super::client::{Backoff, CallError, Client};
+use super::lease_loop::{LeaseLoop, Next, Seen};
 use super::protocol::{Complete, Fail, Heartbeat, LeaseRequest, Register, Unit};
 use crate::exec::launcher::Launcher;
 use crate::pipeline::Pipeline;
@@ -126,6 +127,43 @@ struct WorkerState {
 }
 
 pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
+    let (state, register, _temp) = open_worker(&opts)?;
+    let (stop, stopped_by) = stop_on_signals(&state)?;
+    let mut conversation = Conversation {
+        opts: &opts,
+        state: &state,
+        register,
+        unreachable: Unreachable::default(),
+        backoff: Backoff::default(),
+        heartbeat: None,
+    };
+    let why = match conversation.lease_until_done(&stop).await? {
+        Some(why) => why,
+        None => stopped_by.lock().unwrap().to_string(),
+    };
+    // Units still running are stopped; each reports what it has.
+    state.stopping.store(true, Ordering::SeqCst);
+    for kill in state.running.lock().unwrap().values() {
+        kill.cancel();
+    }
+    let deadline = Instant::now() + opts.grace;
+    while !state.running.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(h) = conversation.heartbeat {
+        h.abort();
+    }
+    Ok(WorkerSummary {
+        units: state.units_done.load(Ordering::Relaxed),
+        why,
+    })
+}
+
+/// The worker's state, what it registers with, and its temporary cache (removed when the
+/// returned guard is dropped, at exit) when it was given none.
+fn open_worker(
+    opts: &WorkerOptions,
+) -> Result<(Arc<WorkerState>, Register, Option<tempfile::TempDir>)> {
     let client = Client::with_options(
         &opts.url,
         opts.token.as_ref(),
@@ -174,174 +212,212 @@ pub async fn run_worker(opts: WorkerOptions) -> Result<WorkerSummary> {
         units_done: AtomicU64::new(0),
         last_busy: Mutex::new(Instant::now()),
     });
-    // Ctrl-C and SIGTERM stop the worker whatever it is waiting for: the coordinator's
-    // answer, a backoff, a unit. `stop` is fired by the first one; `stopped_by` says which.
+    Ok((state, register, temp))
+}
+
+/// Ctrl-C and SIGTERM stop the worker whatever it is waiting for: the coordinator's answer,
+/// a backoff, a unit. The token is fired by the first one; the text says which.
+fn stop_on_signals(
+    state: &Arc<WorkerState>,
+) -> Result<(CancellationToken, Arc<Mutex<&'static str>>)> {
     let stop = CancellationToken::new();
     let stopped_by: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("interrupted"));
-    {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let (stop, stopped_by, state) = (stop.clone(), stopped_by.clone(), state.clone());
-        tokio::spawn(async move {
-            let why = tokio::select! {
-                _ = sigint.recv() => "interrupted",
-                _ = sigterm.recv() => "terminated",
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let (token, by, state) = (stop.clone(), stopped_by.clone(), state.clone());
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            _ = sigint.recv() => "interrupted",
+            _ = sigterm.recv() => "terminated",
+        };
+        state.stopping.store(true, Ordering::SeqCst);
+        *by.lock().unwrap() = why;
+        token.cancel();
+    });
+    Ok((stop, stopped_by))
+}
+
+/// The worker's side of its conversation with the coordinator: registering, leasing, and
+/// saying when it cannot reach it. What to do next is [`LeaseLoop`]'s decision.
+struct Conversation<'a> {
+    opts: &'a WorkerOptions,
+    state: &'a Arc<WorkerState>,
+    register: Register,
+    unreachable: Unreachable,
+    backoff: Backoff,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A lease request's answer, with the slots it had reserved.
+type LeaseAnswer = (Resources, Result<super::protocol::LeaseReply, CallError>);
+
+impl Conversation<'_> {
+    /// Registers, leases and starts units until the worker leaves (`Some(why)`) or is
+    /// stopped by a signal (`None`). Lease requests run concurrently, each reserving the
+    /// free slots it advertised, so that slots freed while one request waits are offered by
+    /// another at once; a request is never abandoned midway.
+    async fn lease_until_done(&mut self, stop: &CancellationToken) -> Result<Option<String>> {
+        let (polls_tx, mut polls_rx) = tokio::sync::mpsc::unbounded_channel::<LeaseAnswer>();
+        let mut lease_loop = LeaseLoop::new(Instant::now(), self.opts.exit_when_idle);
+        loop {
+            let state = self.state;
+            let seen = Seen {
+                now: Instant::now(),
+                running: !state.running.lock().unwrap().is_empty(),
+                idle_for: state.last_busy.lock().unwrap().elapsed(),
+                must_register: state.reregister.load(Ordering::Relaxed),
+                free: *state.free.lock().unwrap(),
             };
-            state.stopping.store(true, Ordering::SeqCst);
-            *stopped_by.lock().unwrap() = why;
-            stop.cancel();
+            match lease_loop.next(&seen) {
+                Next::Leave(why) => return Ok(Some(why)),
+                Next::Register => {
+                    if !self.register(stop).await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                Next::Lease(free) => self.ask_for_units(free, &polls_tx),
+                Next::Wait => {}
+            }
+            let wake = lease_loop
+                .wake_at(seen.now)
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                Some((reserved, reply)) = polls_rx.recv() => {
+                    state.free.lock().unwrap().give(&reserved);
+                    if !self.answered(&mut lease_loop, reply, stop).await? {
+                        return Ok(None);
+                    }
+                }
+                // A unit finished: the slots it gave back are offered by a new request.
+                _ = state.changed.notified() => {}
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+                // Waking now and then re-checks the idle limit.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    /// Sends one lease request for `free` (reserved until it is answered on `answers`).
+    fn ask_for_units(
+        &self,
+        free: Resources,
+        answers: &tokio::sync::mpsc::UnboundedSender<LeaseAnswer>,
+    ) {
+        self.state.free.lock().unwrap().take(&free);
+        let request = LeaseRequest {
+            worker: self.state.worker.load(Ordering::Relaxed),
+            free,
+            wait_ms: 2000,
+        };
+        let (client, tx) = (self.state.client.clone(), answers.clone());
+        tokio::spawn(async move {
+            let reply = client.lease(&request).await;
+            let _ = tx.send((request.free, reply));
         });
     }
-    let stopped = || stopped_by.lock().unwrap().to_string();
-    let mut unreachable = Unreachable::default();
-    let mut backoff = Backoff::default();
-    let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
-    let idle_limit = opts.exit_when_idle;
-    // Lease requests run concurrently, each reserving the free slots it advertised, so that
-    // slots freed while one request waits are offered by another at once. A request is never
-    // abandoned midway: a unit the coordinator sent would be lost until its lease expired.
-    let (polls_tx, mut polls_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut polls = 0usize;
-    let mut pause_until = tokio::time::Instant::now();
-    let mut leaving: Option<String> = None;
-    let why = loop {
-        let running_now = !state.running.lock().unwrap().is_empty();
-        let idle_for = state.last_busy.lock().unwrap().elapsed();
-        if leaving.is_none() && !running_now && idle_limit.is_some_and(|limit| idle_for >= limit) {
-            leaving = Some(format!("idle for {:.0}s", idle_for.as_secs_f64()));
-        }
-        if let Some(why) = &leaving
-            && polls == 0
-            && !running_now
-        {
-            break why.clone();
-        }
-        if state.reregister.load(Ordering::Relaxed) && polls == 0 && leaving.is_none() {
-            let attempt = tokio::select! {
-                attempt = state.client.register(&register) => attempt,
-                _ = stop.cancelled() => break stopped(),
-            };
-            match attempt {
-                Ok(registered) => {
-                    state.worker.store(registered.worker, Ordering::Relaxed);
-                    state.reregister.store(false, Ordering::Relaxed);
-                    backoff.reset();
-                    unreachable.reached();
-                    opts.say.line(&format!(
-                        "mvc worker {}: registered with {} ({})",
-                        state.name, opts.url, opts.slots
-                    ));
-                    if let Some(h) = heartbeat.take() {
-                        h.abort();
+
+    /// Takes a lease request's answer: starts the unit it brought, or notes why none came.
+    /// False when a signal stopped the worker meanwhile.
+    async fn answered(
+        &mut self,
+        lease_loop: &mut LeaseLoop,
+        reply: Result<super::protocol::LeaseReply, CallError>,
+        stop: &CancellationToken,
+    ) -> Result<bool> {
+        let opts = self.opts;
+        match reply {
+            Ok(reply) => {
+                self.backoff.reset();
+                self.unreachable.reached();
+                let finished = reply.finished;
+                match reply.unit {
+                    Some(unit) => {
+                        lease_loop.answered(true, finished);
+                        start_unit(self.state, unit);
                     }
-                    heartbeat = Some(tokio::spawn(heartbeats(
-                        state.clone(),
-                        Duration::from_millis(registered.heartbeat_ms.max(50)),
-                    )));
+                    None => {
+                        lease_loop.answered(false, finished);
+                    }
                 }
-                Err(CallError::Unauthorized(message)) => {
-                    bail!(
-                        "{}: the coordinator refused the token (401): {message}",
-                        opts.url
-                    )
-                }
-                Err(CallError::Untrusted(message)) => {
-                    bail!(
-                        "{}: not the coordinator this worker trusts: {message}",
-                        opts.url
-                    )
-                }
-                Err(e) => {
+            }
+            Err(CallError::Unauthorized(message)) => {
+                bail!(
+                    "{}: the coordinator refused the token (401): {message}",
+                    opts.url
+                )
+            }
+            Err(CallError::UnknownWorker(_)) => {
+                lease_loop.unknown();
+                self.state.reregister.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                lease_loop.failed(Instant::now(), self.backoff.next_delay());
+                if e.is_network() {
                     tokio::select! {
-                        _ = unreachable.failed("register with", &opts.url, &e, &opts.say) => {}
-                        _ = stop.cancelled() => break stopped(),
+                        _ = self.unreachable.failed("reach", &opts.url, &e, &opts.say) => {}
+                        _ = stop.cancelled() => return Ok(false),
                     }
-                    tokio::select! {
-                        _ = backoff.wait() => {}
-                        _ = stop.cancelled() => break stopped(),
-                    }
+                } else {
+                    tracing::info!("leasing: {e}");
                 }
             }
-            continue;
         }
-        let may_poll = leaving.is_none()
-            && !state.reregister.load(Ordering::Relaxed)
-            && tokio::time::Instant::now() >= pause_until;
-        if may_poll {
-            let free = std::mem::take(&mut *state.free.lock().unwrap());
-            if !free.is_zero() {
-                polls += 1;
-                let request = LeaseRequest {
-                    worker: state.worker.load(Ordering::Relaxed),
-                    free,
-                    wait_ms: 2000,
-                };
-                let (client, tx) = (state.client.clone(), polls_tx.clone());
-                tokio::spawn(async move {
-                    let reply = client.lease(&request).await;
-                    let _ = tx.send((request.free, reply));
-                });
+        Ok(true)
+    }
+
+    /// One attempt to register (waiting out the backoff after a failure); starts the
+    /// heartbeats once registered. False when a signal stopped the worker meanwhile.
+    async fn register(&mut self, stop: &CancellationToken) -> Result<bool> {
+        let (opts, state) = (self.opts, self.state);
+        let attempt = tokio::select! {
+            attempt = state.client.register(&self.register) => attempt,
+            _ = stop.cancelled() => return Ok(false),
+        };
+        match attempt {
+            Ok(registered) => {
+                state.worker.store(registered.worker, Ordering::Relaxed);
+                state.reregister.store(false, Ordering::Relaxed);
+                self.backoff.reset();
+                self.unreachable.reached();
+                opts.say.line(&format!(
+                    "mvc worker {}: registered with {} ({})",
+                    state.name, opts.url, opts.slots
+                ));
+                if let Some(h) = self.heartbeat.take() {
+                    h.abort();
+                }
+                self.heartbeat = Some(tokio::spawn(heartbeats(
+                    state.clone(),
+                    Duration::from_millis(registered.heartbeat_ms.max(50)),
+                )));
             }
-        }
-        tokio::select! {
-            Some((reserved, reply)) = polls_rx.recv() => {
-                polls -= 1;
-                state.free.lock().unwrap().give(&reserved);
-                match reply {
-                    Ok(reply) => {
-                        backoff.reset();
-                        unreachable.reached();
-                        if let Some(unit) = reply.unit {
-                            // A unit that arrives while leaving is run all the same.
-                            leaving = None;
-                            start_unit(&state, unit);
-                        } else if reply.finished && idle_limit.is_some() {
-                            leaving.get_or_insert_with(|| "the run is over".to_string());
-                        }
-                    }
-                    Err(CallError::Unauthorized(message)) => {
-                        bail!("{}: the coordinator refused the token (401): {message}", opts.url)
-                    }
-                    Err(CallError::UnknownWorker(_)) => {
-                        state.reregister.store(true, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if e.is_network() {
-                            tokio::select! {
-                                _ = unreachable.failed("reach", &opts.url, &e, &opts.say) => {}
-                                _ = stop.cancelled() => break stopped(),
-                            }
-                        } else {
-                            tracing::info!("leasing: {e}");
-                        }
-                        pause_until = tokio::time::Instant::now() + backoff.next_delay();
-                    }
+            Err(CallError::Unauthorized(message)) => {
+                bail!(
+                    "{}: the coordinator refused the token (401): {message}",
+                    opts.url
+                )
+            }
+            Err(CallError::Untrusted(message)) => {
+                bail!(
+                    "{}: not the coordinator this worker trusts: {message}",
+                    opts.url
+                )
+            }
+            Err(e) => {
+                tokio::select! {
+                    _ = self.unreachable.failed("register with", &opts.url, &e, &opts.say) => {}
+                    _ = stop.cancelled() => return Ok(false),
+                }
+                tokio::select! {
+                    _ = self.backoff.wait() => {}
+                    _ = stop.cancelled() => return Ok(false),
                 }
             }
-            // A unit finished: the slots it gave back are offered by a new request.
-            _ = state.changed.notified() => {}
-            _ = tokio::time::sleep_until(pause_until), if !may_poll && leaving.is_none() => {}
-            // Waking now and then re-checks the idle limit.
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.cancelled() => break stopped(),
         }
-    };
-    // Units still running are stopped; each reports what it has.
-    state.stopping.store(true, Ordering::SeqCst);
-    for kill in state.running.lock().unwrap().values() {
-        kill.cancel();
+        Ok(true)
     }
-    let deadline = Instant::now() + opts.grace;
-    while !state.running.lock().unwrap().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
-    Ok(WorkerSummary {
-        units: state.units_done.load(Ordering::Relaxed),
-        why,
-    })
 }
 
 /// The Slurm job this process runs in, as the launcher names it: `ARRAY_TASK` in a job
