@@ -88,6 +88,209 @@ enum Attempt {
     },
 }
 
+/// What a response's status says about a download in progress.
+enum Answer {
+    /// The file was whole already (a run stopped between the download and storing it).
+    AlreadyWhole(u64),
+    /// Its body is the file (or the rest of it), whose SHA-256 is `sha256` when known.
+    Body { sha256: Option<String> },
+}
+
+/// A download's file as the last attempt left it: its bytes so far, and the validators that
+/// say which version of the file they are from.
+struct Partial {
+    dest: PathBuf,
+    file: std::fs::File,
+    have: u64,
+    validators: PathBuf,
+    known: Option<Validator>,
+}
+
+impl Partial {
+    /// Opens `dest` to resume it; bytes that nothing says the version of are dropped.
+    fn open(dest: &Path) -> Result<Partial, Attempt> {
+        let local = |e| local_error(dest, e);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dest)
+            .map_err(local)?;
+        let mut have = file.metadata().map_err(local)?.len();
+        let validators = validator_path(dest);
+        let known = match have {
+            0 => None,
+            _ => read_validator(&validators),
+        };
+        if have > 0 && known.is_none() {
+            // Nothing says which version of the file these bytes are from: start over.
+            file.set_len(0).map_err(local)?;
+            have = 0;
+        }
+        Ok(Partial {
+            dest: dest.to_path_buf(),
+            file,
+            have,
+            validators,
+            known,
+        })
+    }
+
+    fn local(&self, e: std::io::Error) -> Attempt {
+        local_error(&self.dest, e)
+    }
+
+    /// Drops the bytes held: the next attempt starts over.
+    fn start_over(&mut self) -> Result<(), Attempt> {
+        self.file.set_len(0).map_err(|e| self.local(e))?;
+        self.have = 0;
+        Ok(())
+    }
+
+    /// What the response's status means for the bytes held: resume, start over, done, or
+    /// an error (retried or permanent).
+    async fn answer(
+        &mut self,
+        url: &str,
+        response: &reqwest::Response,
+        linked_sha256: Option<String>,
+    ) -> Result<Answer, Attempt> {
+        let known_sha256 = self.known.as_ref().and_then(|k| k.sha256.clone());
+        let status = response.status();
+        let sha256 = known_sha256.clone().or_else(|| linked_sha256.clone());
+        let retry = |error: String| Attempt::Retry {
+            error,
+            after: None,
+            unreachable: false,
+        };
+        let content_range = response
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        match status.as_u16() {
+            // A whole file: the server ignored the range, or `If-Range` said the file is
+            // not the one the partial bytes came from. Start over, noting what this is.
+            200 => {
+                if self.have > 0 {
+                    self.start_over()?;
+                }
+                let validator = Validator {
+                    etag: strong_etag(response.headers()),
+                    sha256: linked_sha256.clone(),
+                };
+                write_validator(&self.validators, &validator).map_err(|e| self.local(e))?;
+                Ok(Answer::Body {
+                    sha256: linked_sha256,
+                })
+            }
+            // A range of a file that is not the one the partial bytes came from (a server
+            // that does not honour `If-Range`): start over.
+            206 if matches!((&known_sha256, &linked_sha256), (Some(before), Some(now)) if before != now) =>
+            {
+                self.start_over()?;
+                let _ = std::fs::remove_file(&self.validators);
+                Err(retry(format!(
+                    "{url}: the file changed on the hub since its partial download began; \
+                     starting over"
+                )))
+            }
+            206 if content_range.and_then(content_range_start) != Some(self.have) => {
+                let have = self.have;
+                self.start_over()?;
+                Err(retry(format!(
+                    "{url}: asked to resume at byte {have}, the server answered a different \
+                     range; starting over"
+                )))
+            }
+            206 => Ok(Answer::Body { sha256 }),
+            416 => {
+                // `bytes */TOTAL`: when we hold exactly TOTAL bytes, the file was whole already
+                // (a run stopped between the download and storing it).
+                let total = content_range
+                    .and_then(|v| v.strip_prefix("bytes */"))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if total == Some(self.have) {
+                    if let Some(expected) = &sha256 {
+                        verify_sha256(url, &self.dest, &mut self.file, expected).await?;
+                    }
+                    return Ok(Answer::AlreadyWhole(self.have));
+                }
+                // What we hold does not fit the file any more: start over.
+                self.start_over()?;
+                Err(retry(format!(
+                    "{url}: the partial download does not fit; starting over"
+                )))
+            }
+            408 | 429 | 500..=599 => Err(Attempt::Retry {
+                error: format!("{url}: HTTP {status}"),
+                after: retry_after(response.headers()),
+                unreachable: false,
+            }),
+            401 | 403 => Err(Attempt::Permanent(format!(
+                "{url}: HTTP {status}: not allowed; if the dataset is gated or private, set \
+                 HF_TOKEN to a token that can read it"
+            ))),
+            _ if !status.is_success() => Err(Attempt::Permanent(format!("{url}: HTTP {status}"))),
+            _ => Ok(Answer::Body { sha256 }),
+        }
+    }
+
+    /// Appends the response's body to the bytes held; its size in the end. A body that
+    /// breaks off keeps what arrived, so that the next attempt resumes after it.
+    async fn receive(
+        &mut self,
+        url: &str,
+        mut response: reqwest::Response,
+        meter: &ByteMeter,
+    ) -> Result<u64, Attempt> {
+        let local = |e| local_error(&self.dest, e);
+        let expected = response.content_length().map(|n| n + self.have);
+        self.file
+            .seek(std::io::SeekFrom::Start(self.have))
+            .map_err(local)?;
+        let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &mut self.file);
+        let mut size = self.have;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    writer.write_all(&chunk).map_err(local)?;
+                    size += chunk.len() as u64;
+                    meter.add_done(chunk.len() as u64);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    writer.flush().map_err(local)?;
+                    return Err(Attempt::Retry {
+                        error: format!(
+                            "{url}: the response broke off after {size}{} bytes: {}",
+                            expected.map(|n| format!(" of {n}")).unwrap_or_default(),
+                            error_chain(&e)
+                        ),
+                        after: None,
+                        unreachable: false,
+                    });
+                }
+            }
+        }
+        writer.flush().map_err(local)?;
+        drop(writer);
+        match expected {
+            Some(expected) if size != expected => Err(Attempt::Retry {
+                error: format!("{url}: the response ended after {size} of {expected} bytes"),
+                after: None,
+                unreachable: false,
+            }),
+            _ => Ok(size),
+        }
+    }
+}
+
+/// This machine's failure while writing a download.
+fn local_error(dest: &Path, e: std::io::Error) -> Attempt {
+    Attempt::Local(format!("writing {}: {e}", dest.display()))
+}
+
 /// A client for one repository (a dataset or a model) at one revision.
 #[derive(Debug)]
 pub struct HubClient {
@@ -244,159 +447,17 @@ impl HubClient {
     }
 
     async fn attempt(&self, url: &str, dest: &Path, meter: &ByteMeter) -> Result<u64, Attempt> {
-        let local = |e: std::io::Error| Attempt::Local(format!("writing {}: {e}", dest.display()));
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(dest)
-            .map_err(local)?;
-        let mut have = file.metadata().map_err(local)?.len();
-        let validators = validator_path(dest);
-        let known = match have {
-            0 => None,
-            _ => read_validator(&validators),
+        let mut partial = Partial::open(dest)?;
+        let (response, linked_sha256) = self
+            .get_following_redirects(url, partial.have, &partial.known)
+            .await?;
+        let sha256 = match partial.answer(url, &response, linked_sha256).await? {
+            Answer::AlreadyWhole(size) => return Ok(size),
+            Answer::Body { sha256 } => sha256,
         };
-        if have > 0 && known.is_none() {
-            // Nothing says which version of the file these bytes are from: start over.
-            file.set_len(0).map_err(local)?;
-            have = 0;
-        }
-        let (response, linked_sha256) = self.get_following_redirects(url, have, &known).await?;
-        let known_sha256 = known.as_ref().and_then(|k| k.sha256.clone());
-        let status = response.status();
-        let mut sha256 = known_sha256.clone().or_else(|| linked_sha256.clone());
-        match status.as_u16() {
-            // A whole file: the server ignored the range, or `If-Range` said the file is
-            // not the one the partial bytes came from. Start over, noting what this is.
-            200 => {
-                if have > 0 {
-                    file.set_len(0).map_err(local)?;
-                    have = 0;
-                }
-                sha256 = linked_sha256;
-                let validator = Validator {
-                    etag: strong_etag(response.headers()),
-                    sha256: sha256.clone(),
-                };
-                write_validator(&validators, &validator).map_err(local)?;
-            }
-            // A range of a file that is not the one the partial bytes came from (a server
-            // that does not honour `If-Range`): start over.
-            206 if matches!((&known_sha256, &linked_sha256), (Some(before), Some(now)) if before != now) =>
-            {
-                file.set_len(0).map_err(local)?;
-                let _ = std::fs::remove_file(&validators);
-                return Err(Attempt::Retry {
-                    error: format!(
-                        "{url}: the file changed on the hub since its partial download began; \
-                         starting over"
-                    ),
-                    after: None,
-                    unreachable: false,
-                });
-            }
-            206 => {
-                let start = response
-                    .headers()
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(content_range_start);
-                if start != Some(have) {
-                    file.set_len(0).map_err(local)?;
-                    return Err(Attempt::Retry {
-                        error: format!(
-                            "{url}: asked to resume at byte {have}, the server answered a \
-                             different range; starting over"
-                        ),
-                        after: None,
-                        unreachable: false,
-                    });
-                }
-            }
-            416 => {
-                // `bytes */TOTAL`: when we hold exactly TOTAL bytes, the file was whole already
-                // (a run stopped between the download and storing it).
-                let total = response
-                    .headers()
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes */"))
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                if total == Some(have) {
-                    if let Some(expected) = &sha256 {
-                        verify_sha256(url, dest, &mut file, expected).await?;
-                    }
-                    return Ok(have);
-                }
-                // What we hold does not fit the file any more: start over.
-                file.set_len(0).map_err(local)?;
-                return Err(Attempt::Retry {
-                    error: format!("{url}: the partial download does not fit; starting over"),
-                    after: None,
-                    unreachable: false,
-                });
-            }
-            408 | 429 | 500..=599 => {
-                return Err(Attempt::Retry {
-                    error: format!("{url}: HTTP {status}"),
-                    after: retry_after(response.headers()),
-                    unreachable: false,
-                });
-            }
-            401 | 403 => {
-                return Err(Attempt::Permanent(format!(
-                    "{url}: HTTP {status}: not allowed; if the dataset is gated or private, \
-                     set HF_TOKEN to a token that can read it"
-                )));
-            }
-            _ if !status.is_success() => {
-                return Err(Attempt::Permanent(format!("{url}: HTTP {status}")));
-            }
-            _ => {}
-        }
-        let expected = response.content_length().map(|n| n + have);
-        file.seek(std::io::SeekFrom::Start(have)).map_err(local)?;
-        let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &mut file);
-        let mut response = response;
-        let mut size = have;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    writer.write_all(&chunk).map_err(local)?;
-                    size += chunk.len() as u64;
-                    meter.add_done(chunk.len() as u64);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Keep what arrived: the next attempt resumes after it.
-                    writer.flush().map_err(local)?;
-                    return Err(Attempt::Retry {
-                        error: format!(
-                            "{url}: the response broke off after {size}{} bytes: {}",
-                            expected.map(|n| format!(" of {n}")).unwrap_or_default(),
-                            error_chain(&e)
-                        ),
-                        after: None,
-                        unreachable: false,
-                    });
-                }
-            }
-        }
-        writer.flush().map_err(local)?;
-        drop(writer);
-        if let Some(expected) = expected
-            && size != expected
-        {
-            return Err(Attempt::Retry {
-                error: format!("{url}: the response ended after {size} of {expected} bytes"),
-                after: None,
-                unreachable: false,
-            });
-        }
+        let size = partial.receive(url, response, meter).await?;
         if let Some(expected) = &sha256 {
-            verify_sha256(url, dest, &mut file, expected).await?;
+            verify_sha256(url, dest, &mut partial.file, expected).await?;
         }
         // No fsync here: the file is checked, then moved into the blob store, which syncs
         // it before it counts (a crash before that leaves a partial file to resume).

@@ -303,6 +303,68 @@ impl CommandStage {
         dir: &Path,
         died_of: &mut Option<(i32, String)>,
     ) -> Result<TaskOutcome> {
+        let (work, out, env) = match self.prepare(ctx, task, dir).await? {
+            Ok(prepared) => prepared,
+            Err(outcome) => return Ok(outcome),
+        };
+        let stdout_path = dir.join("stdout");
+        let stderr_path = dir.join("stderr");
+        let started_ms = now_ms();
+        let started = Instant::now();
+        let request = LaunchRequest {
+            cmd: self.cmd.clone(),
+            cwd: work,
+            env,
+            stdout: stdout_path.clone(),
+            stderr: stderr_path.clone(),
+        };
+        let launched = match ctx.launcher.launch(request).await {
+            Ok(l) => l,
+            // Not the item's fault: nothing is recorded, the task stays to run.
+            Err(e) => {
+                return Ok(TaskOutcome::Aborted(format!(
+                    "could not start the task: {e}"
+                )));
+            }
+        };
+        let (code, signal) = match self.wait_for(ctx, launched, &stderr_path).await {
+            Ok(ended) => ended,
+            Err(outcome) => return Ok(outcome),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let stdout = store_log(ctx, &stdout_path);
+        let stderr = store_log(ctx, &stderr_path);
+        if code != Some(0) {
+            let error = exit_failure(code, signal, &stderr_path, died_of);
+            return Ok(TaskOutcome::Failed { error, stderr });
+        }
+        let store = ctx.store.clone();
+        let heavy = dir_holds_blobs(&out);
+        let outputs = blocking_if(heavy, move || ingest_outputs(&store, &out)).await;
+        let outputs = match outputs {
+            Ok(o) => o,
+            Err(error) => return Ok(TaskOutcome::Failed { error, stderr }),
+        };
+        if let Some(error) = self.outputs_lacking(&outputs) {
+            return Ok(TaskOutcome::Failed { error, stderr });
+        }
+        Ok(TaskOutcome::Success {
+            outputs,
+            stdout,
+            stderr,
+            started_ms,
+            duration_ms,
+        })
+    }
+
+    /// A fresh task directory (`work/`, `out/`, `in/<stage>/` with the inputs as files) and
+    /// the task's environment; a damaged input is the task's outcome instead.
+    async fn prepare(
+        &self,
+        ctx: &ExecCtx,
+        task: &UnitTask,
+        dir: &Path,
+    ) -> Result<Result<(PathBuf, PathBuf, Vec<(String, String)>), TaskOutcome>> {
         let _ = std::fs::remove_dir_all(dir);
         let work = dir.join("work");
         let out = dir.join("out");
@@ -325,11 +387,11 @@ impl CommandStage {
             })
             .await;
             if let Err(corrupt) = materialized {
-                return Ok(TaskOutcome::InputCorrupt {
+                return Ok(Err(TaskOutcome::InputCorrupt {
                     stage: corrupt.stage,
                     item: corrupt.item,
                     error: corrupt.error.to_string(),
-                });
+                }));
             }
             env.push((
                 format!("MVC_IN_{}", env_name(&input.stage)),
@@ -344,30 +406,17 @@ impl CommandStage {
                 abs.display().to_string(),
             ));
         }
+        Ok(Ok((work, out, env)))
+    }
 
-        let stdout_path = dir.join("stdout");
-        let stderr_path = dir.join("stderr");
-        let started_ms = now_ms();
-        let started = Instant::now();
-        let launched = ctx
-            .launcher
-            .launch(LaunchRequest {
-                cmd: self.cmd.clone(),
-                cwd: work.clone(),
-                env,
-                stdout: stdout_path.clone(),
-                stderr: stderr_path.clone(),
-            })
-            .await;
-        let mut launched = match launched {
-            Ok(l) => l,
-            // Not the item's fault: nothing is recorded, the task stays to run.
-            Err(e) => {
-                return Ok(TaskOutcome::Aborted(format!(
-                    "could not start the task: {e}"
-                )));
-            }
-        };
+    /// Waits for the task's process to end: its exit code and signal, or the outcome when
+    /// it was killed (Ctrl-C's kill, the stage's `timeout`) or lost.
+    async fn wait_for(
+        &self,
+        ctx: &ExecCtx,
+        mut launched: crate::exec::launcher::Launched,
+        stderr_path: &Path,
+    ) -> Result<(Option<i32>, Option<i32>), TaskOutcome> {
         let pid = Some(launched.pid);
         let timeout = async {
             match self.timeout {
@@ -375,102 +424,83 @@ impl CommandStage {
                 None => std::future::pending().await,
             }
         };
-        let (code, signal) = tokio::select! {
+        tokio::select! {
             event = launched.events.recv() => match event {
-                Some(Event::Exited { code, signal }) => (code, signal),
-                Some(Event::Error { message }) => return Ok(TaskOutcome::Aborted(message)),
+                Some(Event::Exited { code, signal }) => Ok((code, signal)),
+                Some(Event::Error { message }) => Err(TaskOutcome::Aborted(message)),
                 Some(Event::Started { .. }) | None => {
-                    return Ok(TaskOutcome::Aborted("lost track of the task".into()));
+                    Err(TaskOutcome::Aborted("lost track of the task".into()))
                 }
             },
             _ = ctx.kill.cancelled() => {
                 kill_group(pid);
                 let _ = launched.events.recv().await;
-                return Ok(TaskOutcome::Cancelled);
+                Err(TaskOutcome::Cancelled)
             }
             _ = timeout => {
                 kill_group(pid);
                 let _ = launched.events.recv().await;
-                let stderr = store_log(ctx, &stderr_path);
-                return Ok(TaskOutcome::Failed {
+                let stderr = store_log(ctx, stderr_path);
+                Err(TaskOutcome::Failed {
                     error: format!(
                         "timed out after {:.1}s (the stage's `timeout`)",
                         self.timeout.unwrap_or_default().as_secs_f64()
                     ),
                     stderr,
-                });
+                })
             }
-        };
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let stdout = store_log(ctx, &stdout_path);
-        let stderr = store_log(ctx, &stderr_path);
-        if code != Some(0) {
-            let tail = last_lines(&stderr_path, 3);
-            let said = match tail.is_empty() {
-                true => " (no stderr)".to_string(),
-                false => format!(": {tail}"),
-            };
-            let error = match (code, signal) {
-                (Some(code), _) => format!("command failed with exit status {code}{said}"),
-                (None, Some(sig)) => {
-                    let error = format!("the command was {}{said}", crate::signals::death(sig));
-                    *died_of = Some((sig, said));
-                    error
-                }
-                _ => format!("command failed with an unknown status{said}"),
-            };
-            return Ok(TaskOutcome::Failed { error, stderr });
         }
+    }
 
-        let store = ctx.store.clone();
-        let out_dir = out.clone();
-        let heavy = dir_holds_blobs(&out);
-        let outputs = blocking_if(heavy, move || ingest_outputs(&store, &out_dir)).await;
-        let outputs = match outputs {
-            Ok(o) => o,
-            Err(error) => return Ok(TaskOutcome::Failed { error, stderr }),
-        };
+    /// What is wrong with the outputs a command left: nothing at all (without `outputs`),
+    /// or not every declared one.
+    fn outputs_lacking(&self, outputs: &[crate::store::records::Output]) -> Option<String> {
         match &self.outputs {
-            None if outputs.is_empty() => {
-                return Ok(TaskOutcome::Failed {
-                    error: format!(
-                        "the command wrote nothing into $MVC_OUT; every file it leaves there \
-                         becomes an output. Write its results there, or set `outputs = []` on \
-                         stage `{}` if it has none",
-                        self.stage
-                    ),
-                    stderr,
-                });
-            }
+            None if outputs.is_empty() => Some(format!(
+                "the command wrote nothing into $MVC_OUT; every file it leaves there becomes an \
+                 output. Write its results there, or set `outputs = []` on stage `{}` if it has \
+                 none",
+                self.stage
+            )),
             Some(required) => {
-                let missing: Vec<&str> = required
+                let missing: Vec<String> = required
                     .iter()
                     .filter(|r| !outputs.iter().any(|o| o.name == **r))
-                    .map(String::as_str)
+                    .map(|m| format!("`{m}`"))
                     .collect();
-                if !missing.is_empty() {
-                    return Ok(TaskOutcome::Failed {
-                        error: format!(
-                            "the command did not write the declared output(s) {} into $MVC_OUT",
-                            missing
-                                .iter()
-                                .map(|m| format!("`{m}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        stderr,
-                    });
-                }
+                (!missing.is_empty()).then(|| {
+                    format!(
+                        "the command did not write the declared output(s) {} into $MVC_OUT",
+                        missing.join(", ")
+                    )
+                })
             }
-            None => {}
+            None => None,
         }
-        Ok(TaskOutcome::Success {
-            outputs,
-            stdout,
-            stderr,
-            started_ms,
-            duration_ms,
-        })
+    }
+}
+
+/// The failure of a command that did not exit with 0, with its stderr's last lines; a death
+/// by a signal is noted in `died_of` (the task is tried once more before it is recorded).
+fn exit_failure(
+    code: Option<i32>,
+    signal: Option<i32>,
+    stderr_path: &Path,
+    died_of: &mut Option<(i32, String)>,
+) -> String {
+    let tail = last_lines(stderr_path, 3);
+    let said = match tail.is_empty() {
+        true => " (no stderr)".to_string(),
+        false => format!(": {tail}"),
+    };
+    match (code, signal) {
+        (Some(code), _) => format!("command failed with exit status {code}{said}"),
+        (None, Some(sig)) => {
+            let error = format!("the command was {}{said}", crate::signals::death(sig));
+            *died_of = Some((sig, said));
+            error
+        }
+        _ => format!("command failed with an unknown status{said}"),
     }
 }
 

@@ -5,7 +5,7 @@
 //! matrix, same-object similarity against azimuth difference (per ring), the angle between
 //! the cameras and elevation difference, and the head's training curves.
 
-use super::gather::{Part, gather};
+use super::gather::{Gathered, Part, gather};
 use super::train::{
     CURVE_FILE, HEAD_FILE, HeadFile, Role, WEIGHTS_FILE, max_missing_param, one_input,
 };
@@ -171,72 +171,18 @@ impl EvaluateStage {
             dim: test.dim,
         };
         let mut m = metrics::evaluate(&input, SIMILARITY_BLOCK_BYTES)?;
-        let test_loss = if config.head == HeadKind::Identity {
-            None
-        } else {
-            let data = Embeddings {
-                images: &test.images,
-                texts: &test.texts,
-                objects: test.uids.len(),
-                views: test.views.len(),
-                dim: test.dim,
-            };
-            let (total, terms, values) = loss_on(&head, &data, &device)?;
-            Some(TestLoss {
-                total,
-                terms,
-                values,
-                views: test.views.len(),
-            })
+        let test_loss = match config.head {
+            HeadKind::Identity => None,
+            _ => Some(test_loss(&head, &test, &device)?),
         };
         if config.head == HeadKind::Autoencoder {
-            let full = in_batches(&test.images, test.dim, &device, |x| head.reconstruct(x))?;
-            let sq: f64 = test
-                .images
-                .iter()
-                .zip(&full)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
-                .sum();
-            m.reconstruction_mse = Some(sq / test.images.len().max(1) as f64);
+            m.reconstruction_mse = Some(reconstruction_mse(&head, &test, &device)?);
         }
-
         let out = tempfile::tempdir()?;
         let fig = out.path().join("figures");
         std::fs::create_dir_all(&fig)?;
         let name = format!("{} ({})", self.stage, config.head.name());
-        let v = m.views;
-        std::fs::write(
-            fig.join("heatmap_mean.png"),
-            figures::heatmap(
-                &m.view_pair_mean,
-                v,
-                &format!("{name}: mean cosine per view pair"),
-                "view",
-            )?,
-        )?;
-        std::fs::write(
-            fig.join("heatmap_std.png"),
-            figures::heatmap(
-                &m.view_pair_std,
-                v,
-                &format!("{name}: std over objects"),
-                "view",
-            )?,
-        )?;
-        let (matrix, side, full) = metrics::similarity_matrix(&input, MATRIX_FIGURE_SIDE);
-        let matrix: Vec<f64> = matrix.into_iter().map(f64::from).collect();
-        let title = if side < full {
-            format!(
-                "{name}: texts then images ({full} rows, every {:.1}th shown)",
-                full as f64 / side as f64
-            )
-        } else {
-            format!("{name}: texts then images")
-        };
-        std::fs::write(
-            fig.join("similarity_matrix.png"),
-            figures::heatmap(&matrix, side, &title, "texts, then images (object-major)")?,
-        )?;
+        draw_heatmaps(&fig, &name, &m, &input)?;
         draw_curves(&fig, &name, &m, &curve)?;
         let evaluation = Evaluation {
             head: config,
@@ -258,6 +204,80 @@ impl EvaluateStage {
         )?;
         Ok(out)
     }
+}
+
+/// The head's loss on the test objects, each of its terms, with the views used.
+fn test_loss(head: &Head, test: &Gathered, device: &Device) -> Result<TestLoss> {
+    let data = Embeddings {
+        images: &test.images,
+        texts: &test.texts,
+        objects: test.uids.len(),
+        views: test.views.len(),
+        dim: test.dim,
+    };
+    let (total, terms, values) = loss_on(head, &data, device)?;
+    Ok(TestLoss {
+        total,
+        terms,
+        values,
+        views: test.views.len(),
+    })
+}
+
+/// An autoencoder's mean squared reconstruction error over every test view's embedding.
+fn reconstruction_mse(head: &Head, test: &Gathered, device: &Device) -> Result<f64> {
+    let full = in_batches(&test.images, test.dim, device, |x| head.reconstruct(x))?;
+    let sq: f64 = test
+        .images
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    Ok(sq / test.images.len().max(1) as f64)
+}
+
+/// The square figures: the study's mean and std heatmaps per view pair, and the
+/// similarity matrix of every caption and image (shrunk to a readable side).
+fn draw_heatmaps(
+    fig: &std::path::Path,
+    name: &str,
+    m: &metrics::Metrics,
+    input: &EvalInput,
+) -> Result<()> {
+    let v = m.views;
+    std::fs::write(
+        fig.join("heatmap_mean.png"),
+        figures::heatmap(
+            &m.view_pair_mean,
+            v,
+            &format!("{name}: mean cosine per view pair"),
+            "view",
+        )?,
+    )?;
+    std::fs::write(
+        fig.join("heatmap_std.png"),
+        figures::heatmap(
+            &m.view_pair_std,
+            v,
+            &format!("{name}: std over objects"),
+            "view",
+        )?,
+    )?;
+    let (matrix, side, full) = metrics::similarity_matrix(input, MATRIX_FIGURE_SIDE);
+    let matrix: Vec<f64> = matrix.into_iter().map(f64::from).collect();
+    let title = if side < full {
+        format!(
+            "{name}: texts then images ({full} rows, every {:.1}th shown)",
+            full as f64 / side as f64
+        )
+    } else {
+        format!("{name}: texts then images")
+    };
+    std::fs::write(
+        fig.join("similarity_matrix.png"),
+        figures::heatmap(&matrix, side, &title, "texts, then images (object-major)")?,
+    )?;
+    Ok(())
 }
 
 /// The line figures: same-object similarity by azimuth difference (one line per ring), by

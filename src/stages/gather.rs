@@ -86,11 +86,6 @@ fn item_parts(item: &str) -> (&str, Option<&str>) {
 /// allows, or fewer complete objects than it needs, is an error that lists them.
 pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered> {
     let wanted: HashSet<&str> = part.uids.iter().map(String::as_str).collect();
-    let mut objects: BTreeMap<&str, Object> = part
-        .uids
-        .iter()
-        .map(|u| (u.as_str(), Object::default()))
-        .collect();
     // Every view any object has or should have had: a view that failed for every object is
     // still a view each of them lacks.
     let all_views: BTreeSet<&str> = input
@@ -100,81 +95,8 @@ pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered>
         .chain(input.left_out.iter().map(|l| l.item.as_str()))
         .filter_map(|item| item_parts(item).1)
         .collect();
-    // The first failure upstream of each wanted object.
-    let mut failure: HashMap<&str, &str> = HashMap::new();
-    for l in &input.left_out {
-        let (uid, _) = item_parts(&l.item);
-        if wanted.contains(uid) {
-            failure.entry(uid).or_insert(l.reason.as_str());
-        }
-    }
-    let mut dim = None;
-    for (item, result) in &input.items {
-        let (uid, view) = item_parts(item);
-        if !wanted.contains(uid) {
-            continue;
-        }
-        let output = result
-            .outputs
-            .iter()
-            .find(|o| o.name == EMBEDDING)
-            .with_context(|| format!("{}/{item} has no {EMBEDDING}", input.stage))?;
-        let values = floats(&store.read_output(output).with_context(|| {
-            format!(
-                "{}/{item}: reading its embedding; run the pipeline again",
-                input.stage
-            )
-        })?);
-        match dim {
-            None => dim = Some(values.len()),
-            Some(d) if d != values.len() => bail!(
-                "{}/{item} has {} values where the others have {d}",
-                input.stage,
-                values.len()
-            ),
-            Some(_) => {}
-        }
-        let object = objects.get_mut(uid).expect("wanted");
-        match view {
-            None => object.caption = Some(values),
-            Some(v) => {
-                object.views.insert(v.to_string(), values);
-            }
-        }
-    }
-    let mut left_out = Vec::new();
-    let mut problems = Vec::new();
-    for (uid, o) in &objects {
-        let missing: Vec<&str> = all_views
-            .iter()
-            .filter(|v| !o.views.contains_key(**v))
-            .copied()
-            .collect();
-        if missing.is_empty() && o.caption.is_some() {
-            continue;
-        }
-        let mut what = Vec::new();
-        if !missing.is_empty() {
-            what.push(format!(
-                "{} of {} views missing ({})",
-                missing.len(),
-                all_views.len(),
-                some(&missing.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            ));
-        }
-        if o.caption.is_none() {
-            what.push("no caption embedding".into());
-        }
-        let reason = match failure.get(uid) {
-            Some(reason) => reason.to_string(),
-            None => what.join(", "),
-        };
-        problems.push(format!("{uid}: {reason}"));
-        left_out.push(LeftOutObject {
-            uid: uid.to_string(),
-            reason,
-        });
-    }
+    let (mut objects, dim) = read_embeddings(store, input, part, &wanted)?;
+    let (left_out, problems) = incomplete_objects(input, &objects, &all_views, &wanted);
     let n = objects.len();
     let allowed = allowed_missing(part.max_missing, n);
     if left_out.len() > allowed {
@@ -213,24 +135,7 @@ pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered>
             input.stage, part.name
         )
     })?;
-    let mut views: Vec<ViewInfo> = all_views
-        .iter()
-        .map(|id| {
-            let spec = ViewSpec::parse_id(id);
-            ViewInfo {
-                id: id.to_string(),
-                azimuth: spec.map(|s| s.azimuth),
-                polar: spec.map(|s| s.polar),
-            }
-        })
-        .collect();
-    views.sort_by(|a, b| {
-        let key = |v: &ViewInfo| (v.polar.unwrap_or(f64::MAX), v.azimuth.unwrap_or(f64::MAX));
-        key(a)
-            .partial_cmp(&key(b))
-            .expect("finite angles")
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    let views = ordered_views(&all_views);
     let mut images = Vec::with_capacity(objects.len() * views.len() * dim);
     let mut texts = Vec::with_capacity(objects.len() * dim);
     for o in objects.values() {
@@ -252,4 +157,129 @@ pub fn gather(store: &Store, input: &InputData, part: &Part) -> Result<Gathered>
             left_out,
         },
     })
+}
+
+/// The embeddings of the wanted objects, by uid (an object with none is there, empty), and
+/// their width; every embedding must have the same.
+fn read_embeddings<'a>(
+    store: &Store,
+    input: &'a InputData,
+    part: &'a Part,
+    wanted: &HashSet<&str>,
+) -> Result<(BTreeMap<&'a str, Object>, Option<usize>)> {
+    let mut objects: BTreeMap<&str, Object> = part
+        .uids
+        .iter()
+        .map(|u| (u.as_str(), Object::default()))
+        .collect();
+    let mut dim = None;
+    for (item, result) in &input.items {
+        let (uid, view) = item_parts(item);
+        if !wanted.contains(uid) {
+            continue;
+        }
+        let output = result
+            .outputs
+            .iter()
+            .find(|o| o.name == EMBEDDING)
+            .with_context(|| format!("{}/{item} has no {EMBEDDING}", input.stage))?;
+        let values = floats(&store.read_output(output).with_context(|| {
+            format!(
+                "{}/{item}: reading its embedding; run the pipeline again",
+                input.stage
+            )
+        })?);
+        match dim {
+            None => dim = Some(values.len()),
+            Some(d) if d != values.len() => bail!(
+                "{}/{item} has {} values where the others have {d}",
+                input.stage,
+                values.len()
+            ),
+            Some(_) => {}
+        }
+        let object = objects.get_mut(uid).expect("wanted");
+        match view {
+            None => object.caption = Some(values),
+            Some(v) => {
+                object.views.insert(v.to_string(), values);
+            }
+        }
+    }
+    Ok((objects, dim))
+}
+
+/// The objects that lack a view or their caption, each with its reason (the first failure
+/// upstream of it, else what it lacks), and the same as `uid: reason` lines.
+fn incomplete_objects(
+    input: &InputData,
+    objects: &BTreeMap<&str, Object>,
+    all_views: &BTreeSet<&str>,
+    wanted: &HashSet<&str>,
+) -> (Vec<LeftOutObject>, Vec<String>) {
+    let mut failure: HashMap<&str, &str> = HashMap::new();
+    for l in &input.left_out {
+        let (uid, _) = item_parts(&l.item);
+        if wanted.contains(uid) {
+            failure.entry(uid).or_insert(l.reason.as_str());
+        }
+    }
+    let mut left_out = Vec::new();
+    let mut problems = Vec::new();
+    for (uid, o) in objects {
+        let missing: Vec<String> = all_views
+            .iter()
+            .filter(|v| !o.views.contains_key(**v))
+            .map(|v| v.to_string())
+            .collect();
+        if missing.is_empty() && o.caption.is_some() {
+            continue;
+        }
+        let mut what = Vec::new();
+        if !missing.is_empty() {
+            what.push(format!(
+                "{} of {} views missing ({})",
+                missing.len(),
+                all_views.len(),
+                some(&missing)
+            ));
+        }
+        if o.caption.is_none() {
+            what.push("no caption embedding".into());
+        }
+        let reason = match failure.get(uid) {
+            Some(reason) => reason.to_string(),
+            None => what.join(", "),
+        };
+        problems.push(format!("{uid}: {reason}"));
+        left_out.push(LeftOutObject {
+            uid: uid.to_string(),
+            reason,
+        });
+    }
+    (left_out, problems)
+}
+
+/// The views as the study orders them: ring by ring (polar angle), azimuth within a ring;
+/// ids that are not cameras last, by id.
+fn ordered_views(all_views: &BTreeSet<&str>) -> Vec<ViewInfo> {
+    let mut views: Vec<ViewInfo> = all_views
+        .iter()
+        .map(|id| {
+            let spec = ViewSpec::parse_id(id);
+            ViewInfo {
+                id: id.to_string(),
+                azimuth: spec.map(|s| s.azimuth),
+                polar: spec.map(|s| s.polar),
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| {
+        let key = |v: &ViewInfo| (v.polar.unwrap_or(f64::MAX), v.azimuth.unwrap_or(f64::MAX));
+        key(a)
+            .partial_cmp(&key(b))
+            .expect("finite angles")
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    views
 }

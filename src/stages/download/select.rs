@@ -65,97 +65,163 @@ pub fn select(
         revision: config.revision.clone(),
         ..Manifest::default()
     };
-    let mut candidates: BTreeMap<String, Candidate>;
-    let paths: BTreeMap<String, String>;
-
-    match &config.uids {
-        Some(uids) => {
-            let wanted: HashSet<&str> = uids.iter().map(String::as_str).collect();
-            paths = read_object_paths(object_paths, OBJECT_PATHS, &|uid| wanted.contains(uid))?;
-            candidates = scan_shards(shards, read, &|uid, _| wanted.contains(uid))?
-                .into_iter()
-                .collect();
-            let fetched: HashSet<&str> = shards.iter().map(String::as_str).collect();
-            for uid in uids {
-                if candidates.contains_key(uid) {
-                    continue;
-                }
-                let reason = match paths.get(uid).map(|p| (p, shard_of(p))) {
-                    None => format!(
-                        "uid `{uid}` is not in {OBJECT_PATHS} of {}@{}; check the uid",
-                        config.dataset, config.revision
-                    ),
-                    Some((p, None)) => {
-                        format!("its path in {OBJECT_PATHS}, `{p}`, is not under glbs/")
-                    }
-                    Some((_, Some(shard))) if !fetched.contains(shard) => {
-                        format!("its metadata shard {} was not fetched", shard_path(shard))
-                    }
-                    Some((_, Some(shard))) => {
-                        format!("`{uid}` has no annotation in {}", shard_path(shard))
-                    }
-                };
-                manifest.missing.push(Unavailable {
-                    uid: uid.clone(),
-                    reason,
-                });
-            }
-            candidates.retain(|uid, _| paths.contains_key(uid));
-            if let Some(categories) = &config.categories {
-                candidates.retain(|uid, c| {
-                    let keep = c.annotation.in_any_category(categories);
-                    if !keep {
-                        manifest.skipped.push(Unavailable {
-                            uid: uid.clone(),
-                            reason: format!("not in the categories {}", categories.join(", ")),
-                        });
-                    }
-                    keep
-                });
-            }
+    let sources = Sources {
+        object_paths,
+        shards,
+        read,
+    };
+    let (candidates, paths) = match &config.uids {
+        Some(uids) => by_uids(config, uids, &sources, &mut manifest)?,
+        None => by_categories(config, &sources, &mut manifest)?,
+    };
+    let kept = filter(config, candidates, &mut manifest);
+    let mut metadata = String::from("{");
+    for (i, (uid, c)) in kept.iter().enumerate() {
+        let (text, source) = caption(uid, &c.annotation, config.caption, cap3d);
+        manifest.objects.push(SelectedObject {
+            uid: uid.clone(),
+            path: paths[uid].clone(),
+            caption: text,
+            caption_source: source.to_string(),
+            name: c.annotation.name.clone(),
+            size: c.annotation.glb_size(),
+            license: c.annotation.license.clone(),
+        });
+        if i > 0 {
+            metadata.push(',');
         }
-        None => {
-            let categories = config
-                .categories
-                .as_ref()
-                .expect("categories default when no uids are given");
-            candidates = scan_shards(shards, read, &|_, a| a.in_any_category(categories))?
-                .into_iter()
-                .collect();
-            // A uid from the metadata names an item, a file and folders: one that is not a
-            // uid (a damaged or hostile mirror) is left out, with the reason, before it
-            // names anything.
-            candidates.retain(|uid, _| {
-                let ok = is_uid(uid);
-                if !ok {
-                    manifest.missing.push(Unavailable {
-                        uid: uid.clone(),
-                        reason: format!(
-                            "`{}` in the metadata is not an Objaverse uid (32 lower-case \
-                             hexadecimal digits): the dataset's metadata is damaged or not \
-                             Objaverse's; the object is left out",
-                            uid.escape_debug()
-                        ),
-                    });
-                }
-                ok
-            });
-            paths = read_object_paths(object_paths, OBJECT_PATHS, &|uid| {
-                candidates.contains_key(uid)
-            })?;
-            candidates.retain(|uid, _| {
-                let known = paths.contains_key(uid);
-                if !known {
-                    manifest.missing.push(Unavailable {
-                        uid: uid.clone(),
-                        reason: format!("`{uid}` has metadata but no path in {OBJECT_PATHS}"),
-                    });
-                }
-                known
-            });
-        }
+        metadata.push_str(&serde_json::to_string(uid)?);
+        metadata.push(':');
+        metadata.push_str(c.raw.get());
     }
+    metadata.push('}');
+    manifest.missing.sort_by(|a, b| a.uid.cmp(&b.uid));
+    manifest.skipped.sort_by(|a, b| a.uid.cmp(&b.uid));
+    Ok((manifest, metadata.into_bytes()))
+}
 
+/// Where a selection reads from: the object paths' file and the metadata shards.
+struct Sources<'a> {
+    object_paths: &'a [u8],
+    shards: &'a [String],
+    read: &'a ShardReader<'a>,
+}
+
+/// Candidates and their GLB paths.
+type Found = (BTreeMap<String, Candidate>, BTreeMap<String, String>);
+
+/// The listed uids that have metadata and a path (and are in the categories, when given);
+/// each one that is not is in the manifest with its reason.
+fn by_uids(
+    config: &DownloadConfig,
+    uids: &[String],
+    sources: &Sources,
+    manifest: &mut Manifest,
+) -> Result<Found> {
+    let wanted: HashSet<&str> = uids.iter().map(String::as_str).collect();
+    let paths = read_object_paths(sources.object_paths, OBJECT_PATHS, &|uid| {
+        wanted.contains(uid)
+    })?;
+    let mut candidates: BTreeMap<String, Candidate> =
+        scan_shards(sources.shards, sources.read, &|uid, _| wanted.contains(uid))?
+            .into_iter()
+            .collect();
+    let fetched: HashSet<&str> = sources.shards.iter().map(String::as_str).collect();
+    for uid in uids {
+        if candidates.contains_key(uid) {
+            continue;
+        }
+        let reason = match paths.get(uid).map(|p| (p, shard_of(p))) {
+            None => format!(
+                "uid `{uid}` is not in {OBJECT_PATHS} of {}@{}; check the uid",
+                config.dataset, config.revision
+            ),
+            Some((p, None)) => format!("its path in {OBJECT_PATHS}, `{p}`, is not under glbs/"),
+            Some((_, Some(shard))) if !fetched.contains(shard) => {
+                format!("its metadata shard {} was not fetched", shard_path(shard))
+            }
+            Some((_, Some(shard))) => {
+                format!("`{uid}` has no annotation in {}", shard_path(shard))
+            }
+        };
+        manifest.missing.push(Unavailable {
+            uid: uid.clone(),
+            reason,
+        });
+    }
+    candidates.retain(|uid, _| paths.contains_key(uid));
+    if let Some(categories) = &config.categories {
+        candidates.retain(|uid, c| {
+            let keep = c.annotation.in_any_category(categories);
+            if !keep {
+                manifest.skipped.push(Unavailable {
+                    uid: uid.clone(),
+                    reason: format!("not in the categories {}", categories.join(", ")),
+                });
+            }
+            keep
+        });
+    }
+    Ok((candidates, paths))
+}
+
+/// Every object of the categories whose uid is an Objaverse uid and that has a path; the
+/// others are in the manifest with their reason.
+fn by_categories(
+    config: &DownloadConfig,
+    sources: &Sources,
+    manifest: &mut Manifest,
+) -> Result<Found> {
+    let categories = config
+        .categories
+        .as_ref()
+        .expect("categories default when no uids are given");
+    let mut candidates: BTreeMap<String, Candidate> =
+        scan_shards(sources.shards, sources.read, &|_, a| {
+            a.in_any_category(categories)
+        })?
+        .into_iter()
+        .collect();
+    // A uid from the metadata names an item, a file and folders: one that is not a uid (a
+    // damaged or hostile mirror) is left out, with the reason, before it names anything.
+    candidates.retain(|uid, _| {
+        let ok = is_uid(uid);
+        if !ok {
+            manifest.missing.push(Unavailable {
+                uid: uid.clone(),
+                reason: format!(
+                    "`{}` in the metadata is not an Objaverse uid (32 lower-case hexadecimal \
+                     digits): the dataset's metadata is damaged or not Objaverse's; the object \
+                     is left out",
+                    uid.escape_debug()
+                ),
+            });
+        }
+        ok
+    });
+    let paths = read_object_paths(sources.object_paths, OBJECT_PATHS, &|uid| {
+        candidates.contains_key(uid)
+    })?;
+    candidates.retain(|uid, _| {
+        let known = paths.contains_key(uid);
+        if !known {
+            manifest.missing.push(Unavailable {
+                uid: uid.clone(),
+                reason: format!("`{uid}` has metadata but no path in {OBJECT_PATHS}"),
+            });
+        }
+        known
+    });
+    Ok((candidates, paths))
+}
+
+/// The candidates the license and size filters keep, in uid order, up to the limit; the
+/// others are in the manifest as skipped (or counted over the limit).
+fn filter(
+    config: &DownloadConfig,
+    candidates: BTreeMap<String, Candidate>,
+    manifest: &mut Manifest,
+) -> Vec<(String, Candidate)> {
     let mut kept = Vec::new();
     for (uid, c) in candidates {
         let a = &c.annotation;
@@ -186,28 +252,5 @@ pub fn select(
         manifest.over_limit = kept.len() as u64 - limit;
         kept.truncate(limit as usize);
     }
-
-    let mut metadata = String::from("{");
-    for (i, (uid, c)) in kept.iter().enumerate() {
-        let (text, source) = caption(uid, &c.annotation, config.caption, cap3d);
-        manifest.objects.push(SelectedObject {
-            uid: uid.clone(),
-            path: paths[uid].clone(),
-            caption: text,
-            caption_source: source.to_string(),
-            name: c.annotation.name.clone(),
-            size: c.annotation.glb_size(),
-            license: c.annotation.license.clone(),
-        });
-        if i > 0 {
-            metadata.push(',');
-        }
-        metadata.push_str(&serde_json::to_string(uid)?);
-        metadata.push(':');
-        metadata.push_str(c.raw.get());
-    }
-    metadata.push('}');
-    manifest.missing.sort_by(|a, b| a.uid.cmp(&b.uid));
-    manifest.skipped.sort_by(|a, b| a.uid.cmp(&b.uid));
-    Ok((manifest, metadata.into_bytes()))
+    kept
 }
