@@ -286,27 +286,7 @@ impl RemoteUnits {
                 })
                 .collect(),
         };
-        let (worker_name, session) = {
-            let mut shared = self.coord.shared().lock().unwrap();
-            shared.leased.insert(id, w.worker);
-            let label = match prepared.len() {
-                1 => format!("{}/{}", node.name, prepared[0].identity.item),
-                n => format!(
-                    "{}/{} (+{} more)",
-                    node.name,
-                    prepared[0].identity.item,
-                    n - 1
-                ),
-            };
-            shared
-                .workers
-                .get_mut(&w.worker)
-                .map(|e| {
-                    e.holding.insert(id, label);
-                    (e.register.name.clone(), e.session)
-                })
-                .unwrap_or_default()
-        };
+        let (worker_name, session) = self.note_held(id, w.worker, &node.name, &prepared);
         let persisted = PersistedLease {
             worker_name: worker_name.clone(),
             session: Some(session),
@@ -341,6 +321,32 @@ impl RemoteUnits {
         // does not list the unit, and it goes back to the queue.)
         let _ = self.durable.send((w.reply, wire));
         Ok(())
+    }
+
+    /// Notes in what the coordinator shows that worker `worker` holds unit `id` (labelled by
+    /// its first task); returns the worker's name and session.
+    fn note_held(
+        &self,
+        id: u64,
+        worker: u64,
+        stage: &str,
+        prepared: &[PreparedTask],
+    ) -> (String, Digest) {
+        let mut shared = self.coord.shared().lock().unwrap();
+        shared.leased.insert(id, worker);
+        let first = &prepared[0].identity.item;
+        let label = match prepared.len() {
+            1 => format!("{stage}/{first}"),
+            n => format!("{stage}/{first} (+{} more)", n - 1),
+        };
+        shared
+            .workers
+            .get_mut(&worker)
+            .map(|e| {
+                e.holding.insert(id, label);
+                (e.register.name.clone(), e.session)
+            })
+            .unwrap_or_default()
     }
 
     /// Removes a lease everywhere it is noted.
@@ -544,7 +550,42 @@ impl RemoteUnits {
         queues: &mut [VecDeque<u32>],
         effects: &mut Effects,
     ) -> Reply {
-        if let Some(lease) = self.leases.get(&unit) {
+        if self.leases.contains_key(&unit) {
+            return self.complete_leased(unit, body, session, engine, queues, effects);
+        }
+        if self.done_units.contains(&unit) {
+            return Ok("already recorded".into());
+        }
+        let adoptable = self.before.get(&unit).is_some_and(|l| {
+            l.session == Some(session)
+                && l.tasks.iter().map(|t| t.key).eq(body.keys.iter().copied())
+                && body.outcomes.len() == body.keys.len()
+        });
+        if adoptable && Instant::now() < self.held_until {
+            return self.adopt(unit, body, engine, effects);
+        }
+        Err((
+            Refused::Conflict,
+            format!(
+                "unit {unit} is not leased to this worker any more (its lease expired and it \
+                 went back to the queue, or the run was stopped); its result is not recorded"
+            ),
+        ))
+    }
+
+    /// The report of a unit leased in this run: recorded if it comes from the session the
+    /// unit was leased to and names its tasks.
+    fn complete_leased(
+        &mut self,
+        unit: u64,
+        body: Complete,
+        session: Digest,
+        engine: &Engine,
+        queues: &mut [VecDeque<u32>],
+        effects: &mut Effects,
+    ) -> Reply {
+        {
+            let lease = &self.leases[&unit];
             // The session, not the worker's id or name: a worker that registered again (the
             // coordinator restarted, or its heartbeats were lost) keeps its session.
             if lease.session != session {
@@ -560,105 +601,100 @@ impl RemoteUnits {
                     format!("the result does not match unit {unit}'s tasks"),
                 ));
             }
-            let lease = self.drop_lease(unit).expect("present");
-            if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
-                let why = format!("worker {}: {problem}", lease.worker_name);
-                self.lost(lease, &why, queues, effects);
-                return Err((Refused::BadRequest, problem));
-            }
-            let stage = engine.graph.stages[lease.stage].name.clone();
-            let mut stopped = Vec::new();
-            let mut why = String::new();
-            for ((t, identity), outcome) in lease.tasks.iter().zip(body.outcomes) {
-                // A worker that was stopped (Ctrl-C, scancel, which also kills its task
-                // launcher) or could not start the task: not the item's doing, and another
-                // worker may succeed, so the task goes back to the queue (bounded attempts).
-                match outcome {
-                    TaskOutcome::Cancelled => {
-                        why = format!("worker {} was stopped while running it", lease.worker_name);
-                    }
-                    TaskOutcome::Aborted(error) | TaskOutcome::DiskFull(error) => {
-                        why = format!("worker {}: {error}", lease.worker_name);
-                    }
-                    outcome => {
-                        let reported = commit_outcome(
-                            self.store(),
-                            &stage,
-                            identity,
-                            &lease.worker_name,
-                            outcome,
-                        );
-                        effects.push((*t, reported));
-                        continue;
-                    }
+        }
+        let lease = self.drop_lease(unit).expect("present");
+        if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
+            let why = format!("worker {}: {problem}", lease.worker_name);
+            self.lost(lease, &why, queues, effects);
+            return Err((Refused::BadRequest, problem));
+        }
+        let worker = lease.worker;
+        self.record_outcomes(lease, body.outcomes, engine, queues, effects);
+        self.done_units.insert(unit);
+        if let Some(w) = self.coord.shared().lock().unwrap().workers.get_mut(&worker) {
+            w.units_done += 1;
+        }
+        Ok("recorded".into())
+    }
+
+    /// Records each outcome of a unit a worker ran. A worker that was stopped (Ctrl-C,
+    /// scancel, which also kills its task launcher) or could not start a task is not the
+    /// item's doing, and another worker may succeed: such tasks go back to the queue
+    /// (bounded attempts).
+    fn record_outcomes(
+        &mut self,
+        lease: Lease,
+        outcomes: Vec<TaskOutcome>,
+        engine: &Engine,
+        queues: &mut [VecDeque<u32>],
+        effects: &mut Effects,
+    ) {
+        let stage = engine.graph.stages[lease.stage].name.clone();
+        let mut stopped = Vec::new();
+        let mut why = String::new();
+        for ((t, identity), outcome) in lease.tasks.iter().zip(outcomes) {
+            match outcome {
+                TaskOutcome::Cancelled => {
+                    why = format!("worker {} was stopped while running it", lease.worker_name);
                 }
-                stopped.push((*t, identity.clone()));
+                TaskOutcome::Aborted(error) | TaskOutcome::DiskFull(error) => {
+                    why = format!("worker {}: {error}", lease.worker_name);
+                }
+                outcome => {
+                    let reported =
+                        commit_outcome(self.store(), &stage, identity, &lease.worker_name, outcome);
+                    effects.push((*t, reported));
+                    continue;
+                }
             }
-            if !stopped.is_empty() {
-                let partial = Lease {
-                    tasks: stopped,
-                    worker_name: lease.worker_name.clone(),
-                    ..lease
-                };
-                self.lost(partial, &why, queues, effects);
-            }
-            self.done_units.insert(unit);
-            if let Some(w) = self
-                .coord
-                .shared()
-                .lock()
-                .unwrap()
-                .workers
-                .get_mut(&lease.worker)
+            stopped.push((*t, identity.clone()));
+        }
+        if !stopped.is_empty() {
+            let partial = Lease {
+                tasks: stopped,
+                worker_name: lease.worker_name.clone(),
+                ..lease
+            };
+            self.lost(partial, &why, queues, effects);
+        }
+    }
+
+    /// The report of a unit the previous coordinator leased (this one restarted): recorded,
+    /// and handed to the task of this run that waits for it.
+    fn adopt(
+        &mut self,
+        unit: u64,
+        body: Complete,
+        engine: &Engine,
+        effects: &mut Effects,
+    ) -> Reply {
+        if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
+            return Err((Refused::BadRequest, problem));
+        }
+        let lease = self.before.remove(&unit).expect("present");
+        let _ = self.store().delete_lease(unit);
+        for (identity, outcome) in lease.tasks.iter().zip(body.outcomes) {
+            let reported = commit_outcome(
+                self.store(),
+                &lease.stage,
+                identity,
+                &body.worker_name,
+                outcome,
+            );
+            // A task of this run already waiting for it finishes now; one not reached yet
+            // will find the result in the cache.
+            if let Some(k) = self
+                .held_tasks
+                .iter()
+                .position(|&t| engine.keys[t as usize] == identity.key)
             {
-                w.units_done += 1;
+                let t = self.held_tasks.swap_remove(k);
+                effects.push((t, reported));
             }
-            return Ok("recorded".into());
+            self.held_keys.remove(&identity.key);
         }
-        if self.done_units.contains(&unit) {
-            return Ok("already recorded".into());
-        }
-        let adoptable = self.before.get(&unit).is_some_and(|l| {
-            l.session == Some(session)
-                && l.tasks.iter().map(|t| t.key).eq(body.keys.iter().copied())
-                && body.outcomes.len() == body.keys.len()
-        });
-        if adoptable && Instant::now() < self.held_until {
-            if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
-                return Err((Refused::BadRequest, problem));
-            }
-            let lease = self.before.remove(&unit).expect("present");
-            let _ = self.store().delete_lease(unit);
-            for (identity, outcome) in lease.tasks.iter().zip(body.outcomes) {
-                let reported = commit_outcome(
-                    self.store(),
-                    &lease.stage,
-                    identity,
-                    &body.worker_name,
-                    outcome,
-                );
-                // A task of this run already waiting for it finishes now; one not reached yet
-                // will find the result in the cache.
-                if let Some(k) = self
-                    .held_tasks
-                    .iter()
-                    .position(|&t| engine.keys[t as usize] == identity.key)
-                {
-                    let t = self.held_tasks.swap_remove(k);
-                    effects.push((t, reported));
-                }
-                self.held_keys.remove(&identity.key);
-            }
-            self.done_units.insert(unit);
-            return Ok("recorded (leased by the previous coordinator)".into());
-        }
-        Err((
-            Refused::Conflict,
-            format!(
-                "unit {unit} is not leased to this worker any more (its lease expired and it \
-                 went back to the queue, or the run was stopped); its result is not recorded"
-            ),
-        ))
+        self.done_units.insert(unit);
+        Ok("recorded (leased by the previous coordinator)".into())
     }
 
     /// The run is being killed: every unit out with a worker is abandoned (the workers hear

@@ -110,35 +110,7 @@ async fn run_inner(
     let started_ms = now_ms();
     let started = std::time::Instant::now();
     let run_id = crate::store::records::run_id(started_ms);
-    // Before anything is planned: the plan memos name results the plan will not ask the
-    // index about; an index that lost some of them (damage in the middle of sled's log) gets
-    // them back from the journals first.
-    let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
-    if let Some(lacked) = store.restore_what_memos_lack(&stages)? {
-        view.note(&match &lacked.restored {
-            Some(restored) => format!(
-                "warning: the index had lost {} records that the last run's plan memos name \
-                 (damage to {}): {}",
-                lacked.missing,
-                store.dir().join("index").display(),
-                restored.summary()
-            ),
-            None => format!(
-                "warning: the index had lost {} records that the last run's plan memos name, \
-                 and there is no run journal to put them back from: the memos are dropped, so \
-                 what the index lacks runs again",
-                lacked.missing
-            ),
-        });
-    }
-    // What the run records goes into its journal too, so that a damaged index can be
-    // rebuilt; a journal that cannot be written costs only that.
-    if let Err(e) = store.begin_journal(&run_id) {
-        view.note(&format!(
-            "warning: this run keeps no journal ({e:#}): if the index is damaged later, its \
-             results cannot be rebuilt"
-        ));
-    }
+    prepare_store(pipeline, &store, &run_id, view.as_ref())?;
     let order = pipeline.order.clone();
     let (tx, rx) = mpsc::unbounded_channel::<UnitDone>();
     let kill = CancellationToken::new();
@@ -198,8 +170,56 @@ async fn run_inner(
     };
     let elapsed = started.elapsed();
     sched.view.close();
-
     let report = summarize(&engine, &order, sched.dispatch.interrupted(), elapsed);
+    record_run(pipeline, &engine, &report, (&run_id, started_ms))?;
+    Ok((report, sched.remote.map(RemoteUnits::into_receiver)))
+}
+
+/// Readies the cache for a run: before anything is planned, an index that lost records its
+/// plan memos name (damage in the middle of sled's log) gets them back from the journals;
+/// then the run's journal begins (one that cannot be written costs only that).
+fn prepare_store(
+    pipeline: &Workflow,
+    store: &Store,
+    run_id: &[u8],
+    view: &dyn RunView,
+) -> Result<()> {
+    let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+    if let Some(lacked) = store.restore_what_memos_lack(&stages)? {
+        view.note(&match &lacked.restored {
+            Some(restored) => format!(
+                "warning: the index had lost {} records that the last run's plan memos name \
+                 (damage to {}): {}",
+                lacked.missing,
+                store.dir().join("index").display(),
+                restored.summary()
+            ),
+            None => format!(
+                "warning: the index had lost {} records that the last run's plan memos name, \
+                 and there is no run journal to put them back from: the memos are dropped, so \
+                 what the index lacks runs again",
+                lacked.missing
+            ),
+        });
+    }
+    if let Err(e) = store.begin_journal(run_id) {
+        view.note(&format!(
+            "warning: this run keeps no journal ({e:#}): if the index is damaged later, its \
+             results cannot be rebuilt"
+        ));
+    }
+    Ok(())
+}
+
+/// Records a run that is over: what it reached (what gc keeps), its run record, the end
+/// of its journal; then writes its summary and publishes its results.
+fn record_run(
+    pipeline: &Workflow,
+    engine: &Engine,
+    report: &RunReport,
+    (run_id, started_ms): (&[u8], u64),
+) -> Result<()> {
+    let store = &engine.store;
     let reach = store
         .blobs()
         .put_bytes(&encode(&engine.reached_keys()))
@@ -213,8 +233,8 @@ async fn run_inner(
         stages: report.stages.clone(),
         reach,
     };
-    store.put_run(&run_id, &record)?;
-    if let Err(e) = store.end_journal(&run_id) {
+    store.put_run(run_id, &record)?;
+    if let Err(e) = store.end_journal(run_id) {
         tracing::warn!(
             "could not finish this run's journal ({e:#}): if the index is damaged later, its \
              results cannot be rebuilt"
@@ -227,13 +247,13 @@ async fn run_inner(
             pipeline.results_dir.display()
         );
     }
-    if let Err(e) = publish_results(&engine, pipeline) {
+    if let Err(e) = publish_results(engine, pipeline) {
         tracing::warn!(
             "could not copy the results to {}: {e:#}",
             pipeline.results_dir.display()
         );
     }
-    Ok((report, sched.remote.map(RemoteUnits::into_receiver)))
+    Ok(())
 }
 
 /// Copies the outputs of every successful stage whose kind

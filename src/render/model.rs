@@ -465,7 +465,6 @@ fn read_primitive(
     world: &Mat4,
     purpose: Purpose,
 ) -> Result<Primitive> {
-    use gltf::accessor::{DataType, Dimensions};
     use gltf::mesh::Mode;
     if !matches!(
         primitive.mode(),
@@ -480,79 +479,9 @@ fn read_primitive(
     if vertices == 0 || (position.view().is_none() && position.sparse().is_none()) {
         return Ok(Primitive::NoPositions);
     }
-    // A sparse accessor can declare billions of vertices in a few bytes: what is read is
-    // bounded before anything is allocated for it.
-    let declared = primitive.indices().map_or(0, |a| a.count()).max(vertices);
-    if declared > MAX_VERTICES {
-        bail!(
-            "it declares {declared} vertices or indices in one primitive, more than mvc reads \
-             ({MAX_VERTICES})"
-        );
-    }
-    // Attributes of one primitive describe the same vertices: counts that differ make
-    // Blender's importer fail or hang, and readers index past the shorter ones.
-    if let Some((semantic, other)) = primitive.attributes().find(|(_, a)| a.count() != vertices) {
-        bail!(
-            "its attributes disagree on the number of vertices (POSITION has {vertices}, \
-             {semantic:?} has {})",
-            other.count()
-        );
-    }
-    let float_positions =
-        position.data_type() == DataType::F32 && position.dimensions() == Dimensions::Vec3;
-    let reader = primitive.reader(|b| buffers.get(b.index()).map(|d| &d.0[..]));
-    // Quantized positions (KHR_mesh_quantization) are integers, so finite; Blender reads
-    // them, the built-in renderer reads float positions only.
-    let positions: Option<Vec<[f32; 3]>> = if float_positions {
-        let p: Vec<[f32; 3]> = reader
-            .read_positions()
-            .context("its positions lie outside its buffers")?
-            .collect();
-        if p.iter().flatten().any(|c| !c.is_finite()) {
-            bail!("it has coordinates that are not finite numbers");
-        }
-        Some(p)
-    } else if purpose == Purpose::Render {
-        bail!(
-            "its positions are stored as {:?} {:?} (KHR_mesh_quantization); the built-in \
-             renderer reads float positions only: render it with Blender (backend = \"blender\")",
-            position.dimensions(),
-            position.data_type()
-        );
-    } else {
-        None
-    };
-    // Indices are read only when the file has them: a primitive without them is its vertices
-    // in order, and its declared count is not trusted with an allocation before its
-    // positions have been read from the buffer.
-    let indices: Option<Vec<u32>> = match primitive.indices() {
-        Some(accessor) => {
-            if !matches!(
-                accessor.data_type(),
-                DataType::U8 | DataType::U16 | DataType::U32
-            ) || accessor.dimensions() != Dimensions::Scalar
-            {
-                bail!(
-                    "its indices are stored as {:?} {:?}, not unsigned integers",
-                    accessor.dimensions(),
-                    accessor.data_type()
-                );
-            }
-            Some(if accessor.count() == 0 {
-                Vec::new()
-            } else {
-                reader
-                    .read_indices()
-                    .context("its indices lie outside its buffers")?
-                    .into_u32()
-                    .collect()
-            })
-        }
-        None => None,
-    };
-    if let Some(bad) = indices.iter().flatten().find(|&&i| i as usize >= vertices) {
-        bail!("index {bad} is out of range: the primitive has {vertices} vertices");
-    }
+    check_counts(primitive, vertices)?;
+    let positions = read_positions(primitive, &position, buffers, purpose)?;
+    let indices = read_indices(primitive, buffers, vertices)?;
     let n = indices.as_ref().map_or(vertices, Vec::len);
     if primitive.mode() == Mode::Triangles && !n.is_multiple_of(3) {
         bail!(
@@ -575,11 +504,122 @@ fn read_primitive(
         unreachable!("the built-in renderer's positions were read above")
     };
     let indices = indices.unwrap_or_else(|| (0..vertices as u32).collect());
-    let triangles = triangulate(primitive.mode(), &indices);
+    let geometry = geometry(primitive, buffers, world, &positions, &indices)?;
+    Ok(Primitive::Triangles(count, Some(geometry)))
+}
+
+/// What a primitive declares, checked before anything is allocated for it: a sparse
+/// accessor can declare billions of vertices in a few bytes, and attributes of one primitive
+/// that disagree on the number of vertices make Blender's importer fail or hang, and
+/// readers index past the shorter ones.
+fn check_counts(primitive: &gltf::Primitive, vertices: usize) -> Result<()> {
+    let declared = primitive.indices().map_or(0, |a| a.count()).max(vertices);
+    if declared > MAX_VERTICES {
+        bail!(
+            "it declares {declared} vertices or indices in one primitive, more than mvc reads \
+             ({MAX_VERTICES})"
+        );
+    }
+    if let Some((semantic, other)) = primitive.attributes().find(|(_, a)| a.count() != vertices) {
+        bail!(
+            "its attributes disagree on the number of vertices (POSITION has {vertices}, \
+             {semantic:?} has {})",
+            other.count()
+        );
+    }
+    Ok(())
+}
+
+/// The float positions of a primitive, checked finite. Quantized positions
+/// (KHR_mesh_quantization) are integers, so finite; Blender reads them (`None` here), the
+/// built-in renderer reads float positions only.
+fn read_positions(
+    primitive: &gltf::Primitive,
+    position: &gltf::Accessor,
+    buffers: &[gltf::buffer::Data],
+    purpose: Purpose,
+) -> Result<Option<Vec<[f32; 3]>>> {
+    use gltf::accessor::{DataType, Dimensions};
+    let float_positions =
+        position.data_type() == DataType::F32 && position.dimensions() == Dimensions::Vec3;
+    if float_positions {
+        let reader = primitive.reader(|b| buffers.get(b.index()).map(|d| &d.0[..]));
+        let p: Vec<[f32; 3]> = reader
+            .read_positions()
+            .context("its positions lie outside its buffers")?
+            .collect();
+        if p.iter().flatten().any(|c| !c.is_finite()) {
+            bail!("it has coordinates that are not finite numbers");
+        }
+        return Ok(Some(p));
+    }
+    if purpose == Purpose::Render {
+        bail!(
+            "its positions are stored as {:?} {:?} (KHR_mesh_quantization); the built-in \
+             renderer reads float positions only: render it with Blender (backend = \"blender\")",
+            position.dimensions(),
+            position.data_type()
+        );
+    }
+    Ok(None)
+}
+
+/// A primitive's indices, when the file has them, each checked against its `vertices`. A
+/// primitive without them is its vertices in order, and its declared count is not trusted
+/// with an allocation before its positions have been read from the buffer.
+fn read_indices(
+    primitive: &gltf::Primitive,
+    buffers: &[gltf::buffer::Data],
+    vertices: usize,
+) -> Result<Option<Vec<u32>>> {
+    use gltf::accessor::{DataType, Dimensions};
+    let Some(accessor) = primitive.indices() else {
+        return Ok(None);
+    };
+    if !matches!(
+        accessor.data_type(),
+        DataType::U8 | DataType::U16 | DataType::U32
+    ) || accessor.dimensions() != Dimensions::Scalar
+    {
+        bail!(
+            "its indices are stored as {:?} {:?}, not unsigned integers",
+            accessor.dimensions(),
+            accessor.data_type()
+        );
+    }
+    let indices: Vec<u32> = if accessor.count() == 0 {
+        Vec::new()
+    } else {
+        let reader = primitive.reader(|b| buffers.get(b.index()).map(|d| &d.0[..]));
+        reader
+            .read_indices()
+            .context("its indices lie outside its buffers")?
+            .into_u32()
+            .collect()
+    };
+    if let Some(bad) = indices.iter().find(|&&i| i as usize >= vertices) {
+        bail!("index {bad} is out of range: the primitive has {vertices} vertices");
+    }
+    Ok(Some(indices))
+}
+
+/// The triangles of a primitive placed in the world, with their texture coordinates (when
+/// the first set is one the renderer reads).
+fn geometry(
+    primitive: &gltf::Primitive,
+    buffers: &[gltf::buffer::Data],
+    world: &Mat4,
+    positions: &[[f32; 3]],
+    indices: &[u32],
+) -> Result<Geometry> {
+    use gltf::accessor::{DataType, Dimensions};
+    let vertices = positions.len();
+    let triangles = triangulate(primitive.mode(), indices);
     let world_positions: Vec<[f32; 3]> = positions.iter().map(|p| apply(world, *p)).collect();
     if world_positions.iter().flatten().any(|c| !c.is_finite()) {
         bail!("its coordinates, placed by its nodes, are not finite numbers");
     }
+    let reader = primitive.reader(|b| buffers.get(b.index()).map(|d| &d.0[..]));
     let uvs: Vec<[f32; 2]> = match primitive.get(&gltf::Semantic::TexCoords(0)) {
         Some(a)
             if a.count() == vertices
@@ -593,13 +633,12 @@ fn read_primitive(
         }
         _ => Vec::new(),
     };
-    let geometry = Some(Geometry {
+    Ok(Geometry {
         positions: world_positions,
         uvs,
         triangles,
         material: primitive.material().index(),
-    });
-    Ok(Primitive::Triangles(count, geometry))
+    })
 }
 
 /// The encoded bytes of an image stored in the file: in its buffers, or in a `data:` URI.
