@@ -32,34 +32,7 @@ pub fn export(
     dir: &Path,
 ) -> Result<ExportReport> {
     let g = &engine.graph;
-    let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
-        let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!(
-            "no stage `{stage}` in this pipeline (stages: {})",
-            names.join(", ")
-        );
-    };
-    if let Some(why) = &node.deferred {
-        bail!(
-            "stage `{stage}` has no items yet ({why}); run the pipeline first (`mvc run {}`)",
-            pipeline_file.display()
-        );
-    }
-    let missing: Vec<u32> = node
-        .tasks()
-        .filter(|&t| matches!(engine.state[t as usize], State::ToRun | State::Pending))
-        .collect();
-    if let Some(&first) = missing.first() {
-        bail!(
-            "stage `{stage}`: {} of {} tasks are not in the cache (e.g. {}: {}); run the pipeline \
-             first (`mvc run {}`)",
-            missing.len(),
-            node.len(),
-            g.task_label(first),
-            engine.cause(first).unwrap_or_default(),
-            pipeline_file.display()
-        );
-    }
+    let node = exportable_stage(engine, pipeline_file, stage)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut report = ExportReport::default();
     // The cached results, read once; failed items are skipped and listed.
@@ -97,30 +70,7 @@ pub fn export(
         return Ok(report);
     }
     for (_, item, key, result) in &results {
-        // Every exported file lies under `dir`: an item whose folder would not be a plain
-        // name (a result recorded before ids were checked) is left out.
-        if let Err(why) = crate::task::validate_item_id(&node.kind.export_dir(item)) {
-            tracing::warn!("{stage}/{item}: not exported: {why}");
-            continue;
-        }
-        for output in &result.outputs {
-            let rel = safe_relative(&output.name).with_context(|| {
-                format!("{stage}/{item}: output name `{}` is unsafe", output.name)
-            })?;
-            let dest = dir.join(node.kind.export_dir(item)).join(rel);
-            if let Err(e) = engine.store.materialize_output(output, &dest) {
-                if e.is_missing_or_corrupt() {
-                    engine.store.forget_result(key)?;
-                    engine.store.flush()?;
-                }
-                bail!(
-                    "{stage}/{item}: output `{}`: {e}; run the pipeline again to recompute it",
-                    output.name
-                );
-            }
-            report.files += 1;
-            report.bytes += output.size;
-        }
+        write_item(engine, node, item, key, &result.outputs, dir, &mut report)?;
     }
     let entries: Vec<IndexEntry> = results
         .iter()
@@ -137,6 +87,82 @@ pub fn export(
         .export_finish(dir, &exported)
         .with_context(|| format!("finishing the export of {stage}"))?;
     Ok(report)
+}
+
+/// The stage to export, once every one of its tasks has a result or a failure cached.
+fn exportable_stage<'e>(
+    engine: &'e Engine,
+    pipeline_file: &Path,
+    stage: &str,
+) -> Result<&'e crate::exec::graph::StageNode> {
+    let g = &engine.graph;
+    let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
+        let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "no stage `{stage}` in this pipeline (stages: {})",
+            names.join(", ")
+        );
+    };
+    if let Some(why) = &node.deferred {
+        bail!(
+            "stage `{stage}` has no items yet ({why}); run the pipeline first (`mvc run {}`)",
+            pipeline_file.display()
+        );
+    }
+    let missing: Vec<u32> = node
+        .tasks()
+        .filter(|&t| matches!(engine.state[t as usize], State::ToRun | State::Pending))
+        .collect();
+    if let Some(&first) = missing.first() {
+        bail!(
+            "stage `{stage}`: {} of {} tasks are not in the cache (e.g. {}: {}); run the pipeline \
+             first (`mvc run {}`)",
+            missing.len(),
+            node.len(),
+            g.task_label(first),
+            engine.cause(first).unwrap_or_default(),
+            pipeline_file.display()
+        );
+    }
+    Ok(node)
+}
+
+/// Writes one item's outputs under its folder of `dir`. Every exported file lies under
+/// `dir`: an item whose folder would not be a plain name (a result recorded before ids
+/// were checked) is left out. A blob found missing or damaged is forgotten, so the next
+/// run recomputes it.
+fn write_item(
+    engine: &Engine,
+    node: &crate::exec::graph::StageNode,
+    item: &str,
+    key: &crate::task::TaskKey,
+    outputs: &[crate::store::records::Output],
+    dir: &Path,
+    report: &mut ExportReport,
+) -> Result<()> {
+    let stage = &node.name;
+    if let Err(why) = crate::task::validate_item_id(&node.kind.export_dir(item)) {
+        tracing::warn!("{stage}/{item}: not exported: {why}");
+        return Ok(());
+    }
+    for output in outputs {
+        let rel = safe_relative(&output.name)
+            .with_context(|| format!("{stage}/{item}: output name `{}` is unsafe", output.name))?;
+        let dest = dir.join(node.kind.export_dir(item)).join(rel);
+        if let Err(e) = engine.store.materialize_output(output, &dest) {
+            if e.is_missing_or_corrupt() {
+                engine.store.forget_result(key)?;
+                engine.store.flush()?;
+            }
+            bail!(
+                "{stage}/{item}: output `{}`: {e}; run the pipeline again to recompute it",
+                output.name
+            );
+        }
+        report.files += 1;
+        report.bytes += output.size;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]

@@ -84,6 +84,75 @@ pub struct TaskGraph {
     pub dependents: Vec<u32>,
 }
 
+impl StageNode {
+    /// A stage's node from its expansion (numbered later: `start` and `deps_base` are 0).
+    fn new(
+        stage: &super::workflow::Stage,
+        inputs: &[usize],
+        expansion: Expansion,
+        (shared, deferred): (ParamSlice, Option<String>),
+    ) -> StageNode {
+        let mut items = Vec::with_capacity(expansion.items.len());
+        let mut item_params = HashMap::new();
+        let mut item_bytes = HashMap::new();
+        let mut item_sources = HashMap::new();
+        for (i, item) in expansion.items.into_iter().enumerate() {
+            if let Some(source) = item.source {
+                item_sources.insert(i as u32, source);
+            }
+            if !item.params.is_empty() {
+                item_params.insert(i as u32, item.params);
+            }
+            if let Some(bytes) = item.bytes {
+                item_bytes.insert(i as u32, bytes);
+            }
+            items.push(item.id);
+        }
+        let edges: Vec<InputEdge> = inputs
+            .iter()
+            .zip(&expansion.bindings)
+            .map(|(&stage, &binding)| InputEdge { stage, binding })
+            .collect();
+        let item_inputs: Vec<usize> = edges
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e.binding, Binding::Item | Binding::ItemIfPresent))
+            .map(|(i, _)| i)
+            .collect();
+        StageNode {
+            name: stage.name.clone(),
+            kind: stage.kind.clone(),
+            start: 0,
+            deps_base: 0,
+            shared_digest: slice_digest(&shared),
+            shared,
+            items,
+            item_params,
+            item_bytes,
+            item_sources,
+            deferred,
+            inputs: edges,
+            item_inputs,
+            all_consumers: Vec::new(),
+        }
+    }
+}
+
+/// Notes on each stage the tasks that read all of it.
+fn note_whole_stage_consumers(stages: &mut [StageNode]) {
+    let mut consumers: Vec<Vec<u32>> = vec![Vec::new(); stages.len()];
+    for node in stages.iter() {
+        for edge in &node.inputs {
+            if edge.binding == Binding::All {
+                consumers[edge.stage].extend(node.tasks());
+            }
+        }
+    }
+    for (node, c) in stages.iter_mut().zip(consumers) {
+        node.all_consumers = c;
+    }
+}
+
 impl TaskGraph {
     /// Expands every stage (upstream first) and keys its shared parameters. A stage that
     /// expands from outputs its `sources` lack, and every stage downstream of it, is left
@@ -108,54 +177,14 @@ impl TaskGraph {
                 .collect();
             let (shared, deferred, expansion) =
                 expand_stage(stage, &inputs, &upstream, sources, store)?;
-            let mut items = Vec::with_capacity(expansion.items.len());
-            let mut item_params = HashMap::new();
-            let mut item_bytes = HashMap::new();
-            let mut item_sources = HashMap::new();
-            for (i, item) in expansion.items.into_iter().enumerate() {
-                if let Some(source) = item.source {
-                    item_sources.insert(i as u32, source);
-                }
-                if !item.params.is_empty() {
-                    item_params.insert(i as u32, item.params);
-                }
-                if let Some(bytes) = item.bytes {
-                    item_bytes.insert(i as u32, bytes);
-                }
-                items.push(item.id);
-            }
-            let edges: Vec<InputEdge> = inputs
-                .iter()
-                .zip(&expansion.bindings)
-                .map(|(&stage, &binding)| InputEdge { stage, binding })
-                .collect();
-            let item_inputs: Vec<usize> = edges
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| matches!(e.binding, Binding::Item | Binding::ItemIfPresent))
-                .map(|(i, _)| i)
-                .collect();
             let start = next_task;
-            next_task += items.len() as u64;
+            next_task += expansion.items.len() as u64;
             if next_task >= MISSING as u64 {
                 anyhow::bail!("the pipeline expands to more than {} tasks", MISSING - 1);
             }
-            let node = StageNode {
-                name: stage.name.clone(),
-                kind: stage.kind.clone(),
-                start: start as u32,
-                deps_base: deps_len,
-                shared_digest: slice_digest(&shared),
-                shared,
-                items,
-                item_params,
-                item_bytes,
-                item_sources,
-                deferred,
-                inputs: edges,
-                item_inputs,
-                all_consumers: Vec::new(),
-            };
+            let mut node = StageNode::new(stage, &inputs, expansion, (shared, deferred));
+            node.start = start as u32;
+            node.deps_base = deps_len;
             deps_len += node.items.len() * node.item_inputs.len();
             stages[s] = Some(node);
         }
@@ -171,19 +200,7 @@ impl TaskGraph {
 
         let item_deps = item_edges(&stages, deps_len);
         let (counts, dependents) = dependents_of(&stages, &item_deps, total);
-
-        // Whole-stage consumers.
-        let mut consumers: Vec<Vec<u32>> = vec![Vec::new(); stages.len()];
-        for node in &stages {
-            for edge in &node.inputs {
-                if edge.binding == Binding::All {
-                    consumers[edge.stage].extend(node.tasks());
-                }
-            }
-        }
-        for (node, c) in stages.iter_mut().zip(consumers) {
-            node.all_consumers = c;
-        }
+        note_whole_stage_consumers(&mut stages);
 
         Ok(TaskGraph {
             stages,

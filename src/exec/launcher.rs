@@ -328,28 +328,7 @@ pub fn helper_main() -> ! {
         if fds[1].revents != 0 {
             // SAFETY: draining a non-blocking signalfd into a plain buffer.
             unsafe { while libc::read(sfd, buf.as_mut_ptr().cast(), buf.len()) > 0 {} }
-            loop {
-                let mut status = 0;
-                // SAFETY: reaping our own children.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                if let Some(id) = running.remove(&pid) {
-                    let event = if libc::WIFEXITED(status) {
-                        Event::Exited {
-                            code: Some(libc::WEXITSTATUS(status)),
-                            signal: None,
-                        }
-                    } else {
-                        Event::Exited {
-                            code: None,
-                            signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-                        }
-                    };
-                    send(id, event);
-                }
-            }
+            reap_exited(&mut running, &mut send);
         }
         if fds[0].revents != 0 {
             // SAFETY: reading stdin into a buffer we own.
@@ -361,29 +340,65 @@ pub fn helper_main() -> ! {
             input.extend_from_slice(&buf[..read as usize]);
             while let Some(end) = input.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = input.drain(..=end).collect();
-                let request: Request = match serde_json::from_slice(&line) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("mvc launcher: unreadable request: {e}");
-                        continue;
-                    }
-                };
-                match task_command(&request.launch).and_then(|mut c| c.spawn()) {
-                    Ok(child) => {
-                        let pid = child.id() as i32;
-                        running.insert(pid, request.id);
-                        send(request.id, Event::Started { pid });
-                        // Reaped through waitpid above; the handle itself is not needed.
-                        drop(child);
-                    }
-                    Err(e) => send(
-                        request.id,
-                        Event::Error {
-                            message: format!("starting `sh`: {e}"),
-                        },
-                    ),
-                }
+                start_requested(&line, &mut running, &mut send);
             }
         }
+    }
+}
+
+/// Reaps every child that has ended and reports its exit.
+fn reap_exited(running: &mut HashMap<i32, u64>, send: &mut impl FnMut(u64, Event)) {
+    loop {
+        let mut status = 0;
+        // SAFETY: reaping our own children.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+        if let Some(id) = running.remove(&pid) {
+            let event = if libc::WIFEXITED(status) {
+                Event::Exited {
+                    code: Some(libc::WEXITSTATUS(status)),
+                    signal: None,
+                }
+            } else {
+                Event::Exited {
+                    code: None,
+                    signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+                }
+            };
+            send(id, event);
+        }
+    }
+}
+
+/// Starts the process one request line asks for and reports it started (or why not).
+fn start_requested(
+    line: &[u8],
+    running: &mut HashMap<i32, u64>,
+    send: &mut impl FnMut(u64, Event),
+) {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            // The helper's stderr is mvc's: the one place this process can say it.
+            eprintln!("mvc launcher: unreadable request: {e}");
+            return;
+        }
+    };
+    match task_command(&request.launch).and_then(|mut c| c.spawn()) {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            running.insert(pid, request.id);
+            send(request.id, Event::Started { pid });
+            // Reaped through waitpid above; the handle itself is not needed.
+            drop(child);
+        }
+        Err(e) => send(
+            request.id,
+            Event::Error {
+                message: format!("starting `sh`: {e}"),
+            },
+        ),
     }
 }

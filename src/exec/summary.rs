@@ -125,6 +125,31 @@ impl RunReport {
                 _ => out.push('\n'),
             }
         }
+        self.failure_lines(&mut out);
+        self.note_lines(&mut out);
+        let elapsed = self.elapsed.as_secs_f64();
+        let _ = match self.outcome {
+            RunOutcome::Failed if !self.no_results.is_empty() => writeln!(
+                out,
+                "\nno results in {elapsed:.1}s: {} failed (above); fix what it says and run \
+                 again (--retry-failed reruns a failure an earlier run recorded)",
+                self.no_results
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            RunOutcome::Ok => writeln!(out, "\nok in {elapsed:.1}s"),
+            RunOutcome::Failed => writeln!(out, "\nfailed in {elapsed:.1}s"),
+            RunOutcome::Interrupted => writeln!(out, "\ninterrupted in {elapsed:.1}s"),
+        };
+        out
+    }
+
+    /// The failures, one line for the items of a stage that failed alike, at most 20 lines.
+    fn failure_lines(&self, out: &mut String) {
+        use crate::text::group_digits as g;
+        use std::fmt::Write as _;
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nfailed:");
             const SHOWN: usize = 20;
@@ -174,6 +199,12 @@ impl RunReport {
                 let _ = writeln!(out, "  … and {} more", g(rest as u64));
             }
         }
+    }
+
+    /// The objects train and evaluate stages left out (one line for stages that say the
+    /// same).
+    fn note_lines(&self, out: &mut String) {
+        use std::fmt::Write as _;
         if !self.notes.is_empty() {
             let _ = writeln!(
                 out,
@@ -189,24 +220,58 @@ impl RunReport {
                 let _ = writeln!(out, "  {}: {note}", stages.join(", "));
             }
         }
-        let elapsed = self.elapsed.as_secs_f64();
-        let _ = match self.outcome {
-            RunOutcome::Failed if !self.no_results.is_empty() => writeln!(
-                out,
-                "\nno results in {elapsed:.1}s: {} failed (above); fix what it says and run \
-                 again (--retry-failed reruns a failure an earlier run recorded)",
-                self.no_results
-                    .iter()
-                    .map(|s| format!("`{s}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            RunOutcome::Ok => writeln!(out, "\nok in {elapsed:.1}s"),
-            RunOutcome::Failed => writeln!(out, "\nfailed in {elapsed:.1}s"),
-            RunOutcome::Interrupted => writeln!(out, "\ninterrupted in {elapsed:.1}s"),
-        };
-        out
     }
+}
+
+/// What the kind says of a stage's successful tasks (the objects a head left out), when it
+/// has something to say: the last such note.
+fn result_note(engine: &Engine, node: &super::graph::StageNode) -> Option<String> {
+    if !node.kind.has_result_notes() {
+        return None;
+    }
+    let mut note = None;
+    for t in node.tasks() {
+        if !engine.state[t as usize].is_success() {
+            continue;
+        }
+        if let Ok(Some(result)) = engine.store.result(&engine.keys[t as usize])
+            && let Some(said) = node.kind.result_note(&engine.store, &result.outputs)
+        {
+            note = Some(said);
+        }
+    }
+    note
+}
+
+/// A line for each failed (or blocked) task of a stage, with its stderr's path when kept.
+fn failure_lines(engine: &Engine, node: &super::graph::StageNode) -> Vec<FailureLine> {
+    let mut lines = Vec::new();
+    for t in node.tasks() {
+        let state = engine.state[t as usize];
+        if !state.is_failure() {
+            continue;
+        }
+        let log = (state != State::Blocked)
+            .then(|| {
+                engine
+                    .store
+                    .failure(&engine.keys[t as usize])
+                    .ok()
+                    .flatten()
+            })
+            .flatten()
+            .and_then(|f| f.stderr)
+            .map(|d| engine.store.blobs().path(&d).display().to_string());
+        lines.push(FailureLine {
+            stage: node.name.clone(),
+            item: engine.graph.item(t).to_string(),
+            error: engine.notes.get(&t).cloned().unwrap_or_default(),
+            earlier: state == State::KnownFailure,
+            blocked: state == State::Blocked,
+            log,
+        });
+    }
+    lines
 }
 
 pub(super) fn summarize(
@@ -225,17 +290,8 @@ pub(super) fn summarize(
     let mut no_results = Vec::new();
     for &s in order {
         let node = &g.stages[s];
-        if node.kind.has_result_notes() {
-            for t in node.tasks() {
-                if !engine.state[t as usize].is_success() {
-                    continue;
-                }
-                if let Ok(Some(result)) = engine.store.result(&engine.keys[t as usize])
-                    && let Some(note) = node.kind.result_note(&engine.store, &result.outputs)
-                {
-                    notes.insert(node.name.clone(), note);
-                }
-            }
+        if let Some(note) = result_note(engine, node) {
+            notes.insert(node.name.clone(), note);
         }
         let c = &engine.counts[s];
         stages.insert(
@@ -264,31 +320,7 @@ pub(super) fn summarize(
         if !node.kind.fans_out() {
             no_results.push(node.name.clone());
         }
-        for t in node.tasks() {
-            let state = engine.state[t as usize];
-            if !state.is_failure() {
-                continue;
-            }
-            let log = (state != State::Blocked)
-                .then(|| {
-                    engine
-                        .store
-                        .failure(&engine.keys[t as usize])
-                        .ok()
-                        .flatten()
-                })
-                .flatten()
-                .and_then(|f| f.stderr)
-                .map(|d| engine.store.blobs().path(&d).display().to_string());
-            failures.push(FailureLine {
-                stage: node.name.clone(),
-                item: g.item(t).to_string(),
-                error: engine.notes.get(&t).cloned().unwrap_or_default(),
-                earlier: state == State::KnownFailure,
-                blocked: state == State::Blocked,
-                log,
-            });
-        }
+        failures.extend(failure_lines(engine, node));
     }
     let outcome = if interrupted {
         RunOutcome::Interrupted

@@ -92,6 +92,64 @@ pub struct SlurmLauncher {
     say: super::Say,
 }
 
+/// The kinds of worker job the pipeline needs: one for cpu work, and one per `gres` its
+/// GPU stages ask for; and each stage's class with what one of its tasks needs. A stage
+/// whose tasks need more than its jobs would offer is an error that says what to set.
+fn job_classes(
+    config: &SlurmConfig,
+    pipeline: &Pipeline,
+    base: &str,
+) -> Result<(Vec<Class>, HashMap<String, (usize, Resources)>)> {
+    let mut classes = vec![Class {
+        gres: None,
+        job_name: format!("{base}-cpu"),
+        slots: Resources {
+            cpu: config.cpus_per_worker,
+            ..Resources::default()
+        },
+    }];
+    let mut stage_class = HashMap::new();
+    for stage in &pipeline.workflow.stages {
+        let need = stage.kind.resources();
+        let class = match config.gres.get(stage.kind.kind()) {
+            None => 0,
+            Some(g) => match classes.iter().position(|c| c.gres.as_deref() == Some(g)) {
+                Some(k) => k,
+                None => {
+                    classes.push(Class {
+                        gres: Some(g.clone()),
+                        job_name: format!("{base}-{}", classes.len()),
+                        slots: Resources {
+                            cpu: config.cpus_per_worker,
+                            gpu: gres_gpus(g),
+                            ..Resources::default()
+                        },
+                    });
+                    classes.len() - 1
+                }
+            },
+        };
+        let mut offered = classes[class].slots;
+        // Blender and network slots are what the node has: not known here, assumed.
+        offered.blender = need.blender;
+        offered.net = need.net;
+        if let Some((slot, n, have)) = offered.shortfall(&need) {
+            bail!(
+                "stage `{}` needs {slot} = {n} per task, but its Slurm workers would offer \
+                 {have}; {}",
+                stage.name,
+                if slot == "gpu" {
+                    format!("give [executor.gres] {} = \"gpu:{n}\"", stage.kind.kind())
+                } else {
+                    format!("raise cpus_per_worker to {n}")
+                }
+            );
+        }
+        stage_class.insert(stage.name.clone(), (class, need));
+    }
+    Ok((classes, stage_class))
+}
+
 impl SlurmLauncher {
     /// Checks that Slurm's commands answer and writes the job script into the cache.
     pub fn new(
@@ -106,53 +164,7 @@ impl SlurmLauncher {
             job_name_part(&pipeline.workflow.name),
             std::process::id()
         );
-        let mut classes = vec![Class {
-            gres: None,
-            job_name: format!("{base}-cpu"),
-            slots: Resources {
-                cpu: config.cpus_per_worker,
-                ..Resources::default()
-            },
-        }];
-        let mut stage_class = HashMap::new();
-        for stage in &pipeline.workflow.stages {
-            let need = stage.kind.resources();
-            let class = match config.gres.get(stage.kind.kind()) {
-                None => 0,
-                Some(g) => match classes.iter().position(|c| c.gres.as_deref() == Some(g)) {
-                    Some(k) => k,
-                    None => {
-                        classes.push(Class {
-                            gres: Some(g.clone()),
-                            job_name: format!("{base}-{}", classes.len()),
-                            slots: Resources {
-                                cpu: config.cpus_per_worker,
-                                gpu: gres_gpus(g),
-                                ..Resources::default()
-                            },
-                        });
-                        classes.len() - 1
-                    }
-                },
-            };
-            let mut offered = classes[class].slots;
-            // Blender and network slots are what the node has: not known here, assumed.
-            offered.blender = need.blender;
-            offered.net = need.net;
-            if let Some((slot, n, have)) = offered.shortfall(&need) {
-                bail!(
-                    "stage `{}` needs {slot} = {n} per task, but its Slurm workers would offer \
-                     {have}; {}",
-                    stage.name,
-                    if slot == "gpu" {
-                        format!("give [executor.gres] {} = \"gpu:{n}\"", stage.kind.kind())
-                    } else {
-                        format!("raise cpus_per_worker to {n}")
-                    }
-                );
-            }
-            stage_class.insert(stage.name.clone(), (class, need));
-        }
+        let (classes, stage_class) = job_classes(&config, pipeline, &base)?;
         // Not `sbatch --version`: it needs the cluster's configuration to answer at all.
         let on_path = |tool: &str| {
             std::env::var_os("PATH")

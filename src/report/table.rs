@@ -131,6 +131,16 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
         rule.push_str(" --- | --- | --- | --- |");
     }
     let _ = writeln!(md, "{header}\n{rule}");
+    md.push_str(&main_rows(rows, compare_study));
+    md.push_str(&left_out_section(rows));
+    md.push_str(&rings_and_figures(rows));
+    md
+}
+
+/// The rows of the main table (with the study's columns when compared), and the notes that
+/// say why a row has no study column.
+fn main_rows(rows: &[Row], compare_study: bool) -> String {
+    let mut md = String::new();
     for r in rows {
         let e = r.evaluation;
         let m = &e.metrics;
@@ -183,7 +193,12 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
             }
         }
     }
-    md.push_str(&left_out_section(rows));
+    md
+}
+
+/// The per-ring table and the figures of each evaluation.
+fn rings_and_figures(rows: &[Row]) -> String {
+    let mut md = String::new();
     md.push_str("\n## Per elevation ring\n\n");
     md.push_str(
         "| evaluation | polar (elevation) | views | same-object | cross-object | text-to-image | \

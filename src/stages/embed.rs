@@ -370,90 +370,119 @@ fn run_jobs(
             }
         }
     }
-    let encoder = &model.clip.encoder;
-    let pre = &model.clip.preprocess;
-    let per_image = 3 * encoder.image_size() * encoder.image_size();
-
-    // Images: a preprocessing thread feeds prepared batches through a channel of one.
-    std::thread::scope(|scope| {
-        let (send, receive) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(1);
-        let mut failed: Vec<(usize, TaskOutcome)> = Vec::new();
-        let producer = scope.spawn(move || {
-            let mut failed = Vec::new();
-            let mut chunks = images.into_iter().peekable();
-            while chunks.peek().is_some() {
-                let mut rows = Vec::with_capacity(batch);
-                let mut pixels = Vec::with_capacity(batch * per_image);
-                for (i, source) in chunks.by_ref().take(batch) {
-                    match source.pixel_values(store, pre) {
-                        Ok(values) => {
-                            rows.push(i);
-                            pixels.extend(values);
-                        }
-                        Err(outcome) => failed.push((i, outcome)),
-                    }
-                }
-                if !rows.is_empty() && send.send((rows, pixels)).is_err() {
-                    break;
-                }
-            }
-            failed
-        });
-        for (rows, pixels) in receive {
-            if kill.is_cancelled() {
-                for i in rows {
-                    outcomes[i] = Some(TaskOutcome::Cancelled);
-                }
-                continue;
-            }
-            forward_batch(model, store, rows, &mut outcomes, |e, n| {
-                e.image_features(&pixels, n)
-            });
-        }
-        failed.extend(producer.join().expect("preprocessing does not panic"));
-        for (i, outcome) in failed {
-            outcomes[i] = Some(outcome);
-        }
-    });
-
-    // Captions: tokenising is cheap next to the model.
-    let tokens = model.clip.tokenizer.max_tokens;
-    for chunk in texts.chunks(batch) {
-        if kill.is_cancelled() {
-            for (i, _) in chunk {
-                outcomes[*i] = Some(TaskOutcome::Cancelled);
-            }
-            continue;
-        }
-        let mut rows = Vec::with_capacity(chunk.len());
-        let mut ids = Vec::with_capacity(chunk.len() * tokens);
-        for (i, caption) in chunk {
-            match model.clip.tokenizer.encode(caption) {
-                Ok(t) => {
-                    rows.push(*i);
-                    ids.extend(t);
-                }
-                Err(e) => {
-                    outcomes[*i] = Some(TaskOutcome::Failed {
-                        error: format!("{e:#}"),
-                        stderr: None,
-                    })
-                }
-            }
-        }
-        if rows.is_empty() {
-            continue;
-        }
-        forward_batch(model, store, rows, &mut outcomes, |e, n| {
-            e.text_features(&ids, n)
-        });
-    }
+    let todo = Todo {
+        model,
+        store,
+        batch,
+        kill,
+    };
+    todo.images(images, &mut outcomes);
+    todo.captions(&texts, &mut outcomes);
     outcomes
         .into_iter()
         .map(|o| {
             o.unwrap_or_else(|| TaskOutcome::Aborted("internal: a task got no outcome".into()))
         })
         .collect()
+}
+
+/// What the batches of one unit's jobs run with.
+struct Todo<'a> {
+    model: &'a Loaded,
+    store: &'a Store,
+    batch: usize,
+    kill: &'a CancellationToken,
+}
+
+impl Todo<'_> {
+    /// Embeds the images: a preprocessing thread feeds prepared batches through a channel
+    /// of one, so decoding the next batch overlaps the model's work on this one.
+    fn images(&self, images: Vec<(usize, ImageSource)>, outcomes: &mut [Option<TaskOutcome>]) {
+        let (model, store, batch, kill) = (self.model, self.store, self.batch, self.kill);
+        let encoder = &model.clip.encoder;
+        let pre = &model.clip.preprocess;
+        let per_image = 3 * encoder.image_size() * encoder.image_size();
+
+        // Images: a preprocessing thread feeds prepared batches through a channel of one.
+        std::thread::scope(|scope| {
+            let (send, receive) = std::sync::mpsc::sync_channel::<(Vec<usize>, Vec<f32>)>(1);
+            let mut failed: Vec<(usize, TaskOutcome)> = Vec::new();
+            let producer = scope.spawn(move || {
+                let mut failed = Vec::new();
+                let mut chunks = images.into_iter().peekable();
+                while chunks.peek().is_some() {
+                    let mut rows = Vec::with_capacity(batch);
+                    let mut pixels = Vec::with_capacity(batch * per_image);
+                    for (i, source) in chunks.by_ref().take(batch) {
+                        match source.pixel_values(store, pre) {
+                            Ok(values) => {
+                                rows.push(i);
+                                pixels.extend(values);
+                            }
+                            Err(outcome) => failed.push((i, outcome)),
+                        }
+                    }
+                    if !rows.is_empty() && send.send((rows, pixels)).is_err() {
+                        break;
+                    }
+                }
+                failed
+            });
+            for (rows, pixels) in receive {
+                if kill.is_cancelled() {
+                    for i in rows {
+                        outcomes[i] = Some(TaskOutcome::Cancelled);
+                    }
+                    continue;
+                }
+                forward_batch(model, store, rows, outcomes, |e, n| {
+                    e.image_features(&pixels, n)
+                });
+            }
+            failed.extend(producer.join().expect("preprocessing does not panic"));
+            for (i, outcome) in failed {
+                outcomes[i] = Some(outcome);
+            }
+        });
+
+    }
+
+    /// Embeds the captions (tokenising is cheap next to the model).
+    fn captions(&self, texts: &[(usize, String)], outcomes: &mut [Option<TaskOutcome>]) {
+        let (model, store, batch, kill) = (self.model, self.store, self.batch, self.kill);
+        // Captions: tokenising is cheap next to the model.
+        let tokens = model.clip.tokenizer.max_tokens;
+        for chunk in texts.chunks(batch) {
+            if kill.is_cancelled() {
+                for (i, _) in chunk {
+                    outcomes[*i] = Some(TaskOutcome::Cancelled);
+                }
+                continue;
+            }
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut ids = Vec::with_capacity(chunk.len() * tokens);
+            for (i, caption) in chunk {
+                match model.clip.tokenizer.encode(caption) {
+                    Ok(t) => {
+                        rows.push(*i);
+                        ids.extend(t);
+                    }
+                    Err(e) => {
+                        outcomes[*i] = Some(TaskOutcome::Failed {
+                            error: format!("{e:#}"),
+                            stderr: None,
+                        })
+                    }
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            forward_batch(model, store, rows, outcomes, |e, n| {
+                e.text_features(&ids, n)
+            });
+        }
+    }
 }
 
 /// (uid, caption) of every object of caption input `k`: a download's selection, or the

@@ -342,47 +342,54 @@ fn draw_curves(fig: &std::path::Path, name: &str, m: &metrics::Metrics, curve: &
         )?;
     }
     if !curve.train.is_empty() {
-        let step_values = |rows: &[(u32, f32)]| -> Vec<(f64, f64)> {
-            rows.iter().map(|(s, v)| (*s as f64, *v as f64)).collect()
-        };
-        let mut series = vec![
-            Series {
-                name: "training loss".into(),
-                points: step_values(&curve.train),
-            },
-            Series {
-                name: "validation loss".into(),
-                points: step_values(&curve.validation),
-            },
-        ];
-        for (k, term) in curve.terms.iter().enumerate() {
-            if curve.terms.len() == 1 && term.coefficient.abs() == 1.0 {
-                continue; // the term is the loss itself, up to its sign
-            }
-            for (part, rows) in [
-                ("training", &curve.train_terms),
-                ("validation", &curve.validation_terms),
-            ] {
-                series.push(Series {
-                    name: format!("{} ({part}; weight {:.3})", term.name, term.coefficient),
-                    points: rows
-                        .iter()
-                        .filter_map(|(s, v)| v.get(k).map(|v| (*s as f64, *v as f64)))
-                        .collect(),
-                });
-            }
-        }
-        std::fs::write(
-            fig.join("training_curves.png"),
-            figures::lines(
-                &series,
-                &format!("{name}: training (best step {})", curve.chosen_step),
-                "step",
-                "loss, and each term's value",
-                None,
-            )?,
-        )?;
+        draw_training_curves(fig, name, curve)?;
     }
+    Ok(())
+}
+
+/// The head's training curves: its loss for training and validation, and each of its
+/// terms (unless the loss is its one term).
+fn draw_training_curves(fig: &std::path::Path, name: &str, curve: &Curve) -> Result<()> {
+    let step_values = |rows: &[(u32, f32)]| -> Vec<(f64, f64)> {
+        rows.iter().map(|(s, v)| (*s as f64, *v as f64)).collect()
+    };
+    let mut series = vec![
+        Series {
+            name: "training loss".into(),
+            points: step_values(&curve.train),
+        },
+        Series {
+            name: "validation loss".into(),
+            points: step_values(&curve.validation),
+        },
+    ];
+    for (k, term) in curve.terms.iter().enumerate() {
+        if curve.terms.len() == 1 && term.coefficient.abs() == 1.0 {
+            continue; // the term is the loss itself, up to its sign
+        }
+        for (part, rows) in [
+            ("training", &curve.train_terms),
+            ("validation", &curve.validation_terms),
+        ] {
+            series.push(Series {
+                name: format!("{} ({part}; weight {:.3})", term.name, term.coefficient),
+                points: rows
+                    .iter()
+                    .filter_map(|(s, v)| v.get(k).map(|v| (*s as f64, *v as f64)))
+                    .collect(),
+            });
+        }
+    }
+    std::fs::write(
+        fig.join("training_curves.png"),
+        figures::lines(
+            &series,
+            &format!("{name}: training (best step {})", curve.chosen_step),
+            "step",
+            "loss, and each term's value",
+            None,
+        )?,
+    )?;
     Ok(())
 }
 

@@ -127,40 +127,7 @@ impl ReportStage {
             .collect();
         let md = table::markdown(&self.title, self.note.as_deref(), &rows, self.compare_study);
         let csv = table::csv(&rows)?;
-        let study: Vec<serde_json::Value> = if self.compare_study {
-            STUDY
-                .iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "head": s.head,
-                        "same_object": { "mean": s.same_object.0, "std": s.same_object.1 },
-                        "cross_object": { "mean": s.cross_object.0, "std": s.cross_object.1 },
-                        "text_to_image": { "mean": s.text_to_image.0, "std": s.text_to_image.1 },
-                        "reconstruction_mse": s.reconstruction_mse,
-                    })
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // Per row, whether the study's numbers stand beside it, or why not.
-        let comparisons: Vec<serde_json::Value> = if self.compare_study {
-            rows.iter()
-                .map(|r| match table::study_comparison(r.evaluation) {
-                    Ok(s) => serde_json::json!({ "evaluation": r.stage, "study_head": s.head }),
-                    Err(why) => serde_json::json!({ "evaluation": r.stage, "not_compared": why }),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let json = serde_json::json!({
-            "title": self.title,
-            "note": self.note,
-            "results": rows,
-            "study": study,
-            "comparisons": comparisons,
-        });
+        let json = self.results_json(&rows);
         let mut outputs = vec![
             output_from_bytes(store, "results.md".into(), md.into_bytes()),
             output_from_bytes(store, "results.csv".into(), csv),
@@ -184,6 +151,44 @@ impl ReportStage {
         }
         outputs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(outputs)
+    }
+
+    /// `results.json`: the rows, and with `compare = "study"` the study's published numbers
+    /// and, per row, whether they stand beside it or why not.
+    fn results_json(&self, rows: &[Row]) -> serde_json::Value {
+        let study: Vec<serde_json::Value> = if self.compare_study {
+            STUDY
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "head": s.head,
+                        "same_object": { "mean": s.same_object.0, "std": s.same_object.1 },
+                        "cross_object": { "mean": s.cross_object.0, "std": s.cross_object.1 },
+                        "text_to_image": { "mean": s.text_to_image.0, "std": s.text_to_image.1 },
+                        "reconstruction_mse": s.reconstruction_mse,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let comparisons: Vec<serde_json::Value> = if self.compare_study {
+            rows.iter()
+                .map(|r| match table::study_comparison(r.evaluation) {
+                    Ok(s) => serde_json::json!({ "evaluation": r.stage, "study_head": s.head }),
+                    Err(why) => serde_json::json!({ "evaluation": r.stage, "not_compared": why }),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        serde_json::json!({
+            "title": self.title,
+            "note": self.note,
+            "results": rows,
+            "study": study,
+            "comparisons": comparisons,
+        })
     }
 }
 

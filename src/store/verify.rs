@@ -26,81 +26,9 @@ impl VerifyReport {
 
 pub fn verify(store: &Store) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let listing = store.blobs().list()?;
-    report.temp_files = listing.temp_files.len() as u64;
-    let mut sizes: HashMap<Digest, u64> = HashMap::with_capacity(listing.blobs.len());
-    for (digest, size) in &listing.blobs {
-        report.blobs += 1;
-        report.blob_bytes += size;
-        match store.blobs().verify(digest) {
-            Ok(true) => {
-                sizes.insert(*digest, *size);
-            }
-            Ok(false) => report
-                .problems
-                .push(format!("blob {digest} does not match its digest (corrupt)")),
-            Err(e) => report.problems.push(e.to_string()),
-        }
-    }
-    for stray in &listing.strays {
-        report.problems.push(format!(
-            "{} is not a blob (stray file in the blob store)",
-            stray.display()
-        ));
-    }
-    let need_blob = |what: String,
-                     digest: &Digest,
-                     size: Option<u64>,
-                     problems: &mut Vec<String>| match (sizes.get(digest), size)
-    {
-        (None, _) => problems.push(format!("{what}: blob {digest} is missing or corrupt")),
-        (Some(have), Some(want)) if *have != want => problems.push(format!(
-            "{what}: blob {digest} has {have} bytes, the index says {want}"
-        )),
-        _ => {}
-    };
-
-    for entry in store.index().scan(Tree::Tasks, b"") {
-        let (key, value) = entry?;
-        report.results += 1;
-        let result: TaskResult = match decode(&value, "task result") {
-            Ok(r) => r,
-            Err(e) => {
-                report
-                    .problems
-                    .push(format!("task {}: {e}", crate::text::hex(&key)));
-                continue;
-            }
-        };
-        let label = format!("{}/{}", result.stage, result.item);
-        for output in &result.outputs {
-            match &output.inline {
-                Some(bytes) => {
-                    if Digest::of(bytes) != output.digest {
-                        report.problems.push(format!(
-                            "{label}: inline output `{}` is corrupt",
-                            output.name
-                        ));
-                    }
-                }
-                None => need_blob(
-                    format!("{label} output `{}`", output.name),
-                    &output.digest,
-                    Some(output.size),
-                    &mut report.problems,
-                ),
-            }
-        }
-        for log in result.stdout.iter().chain(&result.stderr) {
-            need_blob(format!("{label} log"), log, None, &mut report.problems);
-        }
-        if store.record(&digest_of(&key))?.is_none() {
-            report.problems.push(format!(
-                "{label}: result {} has no key record",
-                crate::text::hex(&key)
-            ));
-        }
-    }
+    let sizes = verify_blobs(store, &mut report)?;
+    let blobs = Blobs { sizes: &sizes };
+    verify_results(store, &blobs, &mut report)?;
     for entry in store.index().scan(Tree::Records, b"") {
         let (key, value) = entry?;
         if let Err(e) = KeyRecord::decode(&value) {
@@ -128,7 +56,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     for entry in store.index().scan(Tree::Runs, b"") {
         let (_, value) = entry?;
         match decode::<RunRecord>(&value, "run record") {
-            Ok(run) => need_blob(
+            Ok(run) => blobs.need(
                 format!(
                     "run of {} at {}",
                     run.pipeline,
@@ -142,6 +70,98 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// Re-hashes every blob; returns the size of each whole one.
+fn verify_blobs(store: &Store, report: &mut VerifyReport) -> Result<HashMap<Digest, u64>> {
+    let listing = store.blobs().list()?;
+    report.temp_files = listing.temp_files.len() as u64;
+    let mut sizes: HashMap<Digest, u64> = HashMap::with_capacity(listing.blobs.len());
+    for (digest, size) in &listing.blobs {
+        report.blobs += 1;
+        report.blob_bytes += size;
+        match store.blobs().verify(digest) {
+            Ok(true) => {
+                sizes.insert(*digest, *size);
+            }
+            Ok(false) => report
+                .problems
+                .push(format!("blob {digest} does not match its digest (corrupt)")),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    for stray in &listing.strays {
+        report.problems.push(format!(
+            "{} is not a blob (stray file in the blob store)",
+            stray.display()
+        ));
+    }
+    Ok(sizes)
+}
+
+/// The whole blobs, by digest, that index entries must find.
+struct Blobs<'a> {
+    sizes: &'a HashMap<Digest, u64>,
+}
+
+impl Blobs<'_> {
+    /// Notes a problem when `digest` is not a whole blob (of `size` bytes, when given).
+    fn need(&self, what: String, digest: &Digest, size: Option<u64>, problems: &mut Vec<String>) {
+        match (self.sizes.get(digest), size) {
+            (None, _) => problems.push(format!("{what}: blob {digest} is missing or corrupt")),
+            (Some(have), Some(want)) if *have != want => problems.push(format!(
+                "{what}: blob {digest} has {have} bytes, the index says {want}"
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Checks every task result: it decodes, its inline outputs match their digests, its blob
+/// outputs and logs are whole, and its key record is there.
+fn verify_results(store: &Store, blobs: &Blobs, report: &mut VerifyReport) -> Result<()> {
+    for entry in store.index().scan(Tree::Tasks, b"") {
+        let (key, value) = entry?;
+        report.results += 1;
+        let result: TaskResult = match decode(&value, "task result") {
+            Ok(r) => r,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("task {}: {e}", crate::text::hex(&key)));
+                continue;
+            }
+        };
+        let label = format!("{}/{}", result.stage, result.item);
+        for output in &result.outputs {
+            match &output.inline {
+                Some(bytes) => {
+                    if Digest::of(bytes) != output.digest {
+                        report.problems.push(format!(
+                            "{label}: inline output `{}` is corrupt",
+                            output.name
+                        ));
+                    }
+                }
+                None => blobs.need(
+                    format!("{label} output `{}`", output.name),
+                    &output.digest,
+                    Some(output.size),
+                    &mut report.problems,
+                ),
+            }
+        }
+        for log in result.stdout.iter().chain(&result.stderr) {
+            blobs.need(format!("{label} log"), log, None, &mut report.problems);
+        }
+        if store.record(&digest_of(&key))?.is_none() {
+            report.problems.push(format!(
+                "{label}: result {} has no key record",
+                crate::text::hex(&key)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn digest_of(key: &[u8]) -> Digest {
