@@ -92,6 +92,9 @@ pub struct SlurmLauncher {
     say: super::Say,
 }
 
+/// Stage name → its job class, and what one of its tasks needs.
+type StageClasses = HashMap<String, (usize, Resources)>;
+
 /// The kinds of worker job the pipeline needs: one for cpu work, and one per `gres` its
 /// GPU stages ask for; and each stage's class with what one of its tasks needs. A stage
 /// whose tasks need more than its jobs would offer is an error that says what to set.
@@ -99,7 +102,7 @@ fn job_classes(
     config: &SlurmConfig,
     pipeline: &Pipeline,
     base: &str,
-) -> Result<(Vec<Class>, HashMap<String, (usize, Resources)>)> {
+) -> Result<(Vec<Class>, StageClasses)> {
     let mut classes = vec![Class {
         gres: None,
         job_name: format!("{base}-cpu"),

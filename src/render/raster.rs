@@ -298,8 +298,8 @@ impl Samples {
                     let idx = ((oy * ss + sy) * size + ox * ss + sx) as usize;
                     if self.depth[idx] > 0.0 {
                         covered += 1;
-                        for k in 0..3 {
-                            sum[k] += self.color[idx][k];
+                        for (total, c) in sum.iter_mut().zip(self.color[idx]) {
+                            *total += c;
                         }
                     }
                 }
