@@ -2,6 +2,7 @@
 //! (a kind may choose another folder per item: a render view goes under its object), plus
 //! `DIR/index.json` listing items, keys and files.
 
+use crate::exec::ids::TaskId;
 use crate::exec::resolve::{Engine, State};
 use crate::exec::workdir::safe_relative;
 use crate::stages::ExportedItem;
@@ -39,11 +40,11 @@ pub fn export(
     let mut results = Vec::new();
     for t in node.tasks() {
         let item = g.item(t);
-        if engine.state[t as usize] != State::Cached {
+        if engine.state[t] != State::Cached {
             report.failed.push(item.to_string());
             continue;
         }
-        let key = engine.keys[t as usize];
+        let key = engine.keys[t];
         let result = engine
             .store
             .result(&key)?
@@ -109,9 +110,9 @@ fn exportable_stage<'e>(
             pipeline_file.display()
         );
     }
-    let missing: Vec<u32> = node
+    let missing: Vec<TaskId> = node
         .tasks()
-        .filter(|&t| matches!(engine.state[t as usize], State::ToRun | State::Pending))
+        .filter(|&t| matches!(engine.state[t], State::ToRun | State::Pending))
         .collect();
     if let Some(&first) = missing.first() {
         bail!(

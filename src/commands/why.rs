@@ -1,5 +1,6 @@
 //! `mvc why`: a task's key record, and what changed since the last record for its item.
 
+use crate::exec::ids::TaskId;
 use crate::exec::resolve::{Engine, NotKeyed, State};
 use crate::store::Store;
 use crate::store::records::format_time;
@@ -57,7 +58,7 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<Why> {
             (partial, None)
         }
     };
-    let state = engine.state[t as usize];
+    let state = engine.state[t];
     let status = status_line(engine, t, state, key.as_ref())?;
     let history = match (store.latest(stage, item)?, key) {
         (None, _) => History {
@@ -110,7 +111,7 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<Why> {
     })
 }
 
-fn status_line(engine: &Engine, t: u32, state: State, key: Option<&TaskKey>) -> Result<String> {
+fn status_line(engine: &Engine, t: TaskId, state: State, key: Option<&TaskKey>) -> Result<String> {
     let store = &engine.store;
     Ok(match state {
         State::Cached => match key.map(|k| store.result(k)).transpose()?.flatten() {

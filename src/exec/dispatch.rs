@@ -5,6 +5,7 @@
 //! it gets back. The unit tests below drive a `Dispatch` through whole runs by hand, with no
 //! process, socket or timer, as HyperQueue's `tako` tests its reactor.
 
+use super::ids::TaskId;
 use super::resolve::Engine;
 use super::units::{Reported, find_item, reads_from, reopen_producer, take_unit};
 use crate::resources::Resources;
@@ -16,7 +17,7 @@ use std::collections::VecDeque;
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct UnitToStart {
     pub(super) stage: usize,
-    pub(super) tasks: Vec<u32>,
+    pub(super) tasks: Vec<TaskId>,
     pub(super) slots: Resources,
 }
 
@@ -34,7 +35,7 @@ pub(super) enum Interrupt {
 /// built again once deferred stages can expand) starts with [`Dispatch::begin_round`].
 pub(super) struct Dispatch {
     /// Tasks ready to run, per stage (indexed like the graph's stages), in this round.
-    pub(super) queues: Vec<VecDeque<u32>>,
+    pub(super) queues: Vec<VecDeque<TaskId>>,
     /// All the slots of this machine.
     slots: Resources,
     /// Slots not held by a running unit.
@@ -90,8 +91,8 @@ impl Dispatch {
     }
 
     /// Queues a task that has just become ready.
-    pub(super) fn enqueue(&mut self, engine: &Engine, t: u32) {
-        let s = engine.graph.task_stage[t as usize] as usize;
+    pub(super) fn enqueue(&mut self, engine: &Engine, t: TaskId) {
+        let s = engine.graph.task_stage[t] as usize;
         self.queues[s].push_back(t);
     }
 
@@ -163,7 +164,7 @@ impl Dispatch {
     pub(super) fn take_outcome(
         &mut self,
         engine: &mut Engine,
-        t: u32,
+        t: TaskId,
         reported: Reported,
     ) -> Result<Option<String>> {
         Ok(match reported {
@@ -227,7 +228,7 @@ impl Dispatch {
     fn input_corrupt(
         &mut self,
         engine: &mut Engine,
-        t: u32,
+        t: TaskId,
         stage: &str,
         item: &str,
         error: &str,
@@ -247,7 +248,7 @@ impl Dispatch {
             // Tasks queued already that read it wait for it too (they would be dispatched
             // with an input that is no longer there).
             for queue in self.queues.iter_mut() {
-                let readers: Vec<u32> = queue
+                let readers: Vec<TaskId> = queue
                     .iter()
                     .copied()
                     .filter(|&c| reads_from(engine, c, p))
@@ -422,11 +423,11 @@ mod tests {
                 .collect()
         }
 
-        fn label(&self, t: u32) -> String {
+        fn label(&self, t: TaskId) -> String {
             self.engine.graph.task_label(t)
         }
 
-        fn task(&self, label: &str) -> u32 {
+        fn task(&self, label: &str) -> TaskId {
             let (stage, item) = label.split_once('/').unwrap();
             find_item(&self.engine, stage, item).unwrap()
         }
@@ -438,7 +439,7 @@ mod tests {
             labels: &[&str],
             outcome: impl Fn(&Store) -> TaskOutcome,
         ) -> Vec<String> {
-            let tasks: Vec<u32> = labels.iter().map(|l| self.task(l)).collect();
+            let tasks: Vec<TaskId> = labels.iter().map(|l| self.task(l)).collect();
             let prepared = prepare_unit(&self.engine, &tasks).unwrap();
             let slots = self.engine.graph.stage_of(tasks[0]).kind.resources();
             self.dispatch.unit_done(&slots);
@@ -479,7 +480,7 @@ mod tests {
         }
 
         fn state(&self, label: &str) -> State {
-            self.engine.state[self.task(label) as usize]
+            self.engine.state[self.task(label)]
         }
     }
 
@@ -557,7 +558,7 @@ mod tests {
         run.succeed(&["b/y"]);
         assert_eq!(run.step(), units(&[&["c/all"]]), "c reads what b has");
         // The failure is recorded against its key: the next run will not try it again.
-        let key = run.engine.keys[run.task("a/x") as usize];
+        let key = run.engine.keys[run.task("a/x")];
         assert!(run.store.failure(&key).unwrap().is_some());
     }
 
@@ -594,7 +595,7 @@ mod tests {
         run.report(&["a/y"], |_| TaskOutcome::Cancelled);
         assert!(run.dispatch.is_over(0, 0));
         assert!(!run.state("a/y").is_success() && !run.state("a/y").is_failure());
-        let key = run.engine.keys[run.task("a/y") as usize];
+        let key = run.engine.keys[run.task("a/y")];
         assert!(run.store.failure(&key).unwrap().is_none());
         // The interruption carries over to a later round of the same run.
         run.dispatch.begin_round(3);
@@ -616,7 +617,7 @@ mod tests {
         assert!(notes[0].contains("starting no new tasks"), "{}", notes[0]);
         assert!(run.report(&["a/y"], full).is_empty(), "said once");
         assert_eq!(run.step(), units(&[]));
-        let key = run.engine.keys[run.task("a/x") as usize];
+        let key = run.engine.keys[run.task("a/x")];
         assert!(
             run.store.failure(&key).unwrap().is_none(),
             "not the item's failure"

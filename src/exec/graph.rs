@@ -4,6 +4,7 @@
 //! Tasks are numbered densely (a stage's tasks are contiguous) and the graph is stored in
 //! flat arrays, so a million tasks cost tens of megabytes, not hundreds.
 
+use super::ids::{TaskId, TaskRange};
 use super::workflow::{Stage, Workflow};
 use crate::exec::kind::{
     Binding, ExpandCtx, Expansion, NotYetAvailable, ParamCtx, StageKind, StageOutputs,
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Marks an item input whose upstream stage has no item of that id.
-pub const MISSING: u32 = u32::MAX;
+pub const MISSING: TaskId = TaskId::MISSING;
 
 /// Results of fully resolved stages (by stage index), for the stages that expand from
 /// their inputs' outputs. A graph is built again when more of them become known.
@@ -31,8 +32,8 @@ pub struct InputEdge {
 pub struct StageNode {
     pub name: String,
     pub kind: Arc<dyn StageKind>,
-    /// Global index of the stage's first task.
-    pub start: u32,
+    /// The stage's first task.
+    pub start: TaskId,
     /// Shared with the stages that fan out over the same items (no copy per stage).
     pub items: Vec<Arc<str>>,
     /// Parameters of items that have their own (most have none).
@@ -52,7 +53,7 @@ pub struct StageNode {
     pub shared: ParamSlice,
     pub shared_digest: Digest,
     /// Tasks (of other stages) that read this whole stage at once.
-    pub all_consumers: Vec<u32>,
+    pub all_consumers: Vec<TaskId>,
 }
 
 impl StageNode {
@@ -64,8 +65,13 @@ impl StageNode {
         self.items.is_empty()
     }
 
-    pub fn tasks(&self) -> std::ops::Range<u32> {
-        self.start..self.start + self.len()
+    pub fn tasks(&self) -> TaskRange {
+        TaskId::range(self.start, self.len())
+    }
+
+    /// A task's place among the stage's items.
+    pub fn local(&self, task: TaskId) -> u32 {
+        task.0 - self.start.0
     }
 }
 
@@ -78,10 +84,10 @@ pub struct TaskGraph {
     /// Stage index of each task.
     pub task_stage: Vec<u32>,
     /// For each task, for each of its stage's per-item inputs: the upstream task (or MISSING).
-    pub item_deps: Vec<u32>,
+    pub item_deps: Vec<TaskId>,
     /// Per-item dependents of each task, as offsets into `dependents` (CSR layout).
     pub dependents_off: Vec<u32>,
-    pub dependents: Vec<u32>,
+    pub dependents: Vec<TaskId>,
 }
 
 impl StageNode {
@@ -122,7 +128,7 @@ impl StageNode {
         StageNode {
             name: stage.name.clone(),
             kind: stage.kind.clone(),
-            start: 0,
+            start: TaskId(0),
             deps_base: 0,
             shared_digest: slice_digest(&shared),
             shared,
@@ -140,7 +146,7 @@ impl StageNode {
 
 /// Notes on each stage the tasks that read all of it.
 fn note_whole_stage_consumers(stages: &mut [StageNode]) {
-    let mut consumers: Vec<Vec<u32>> = vec![Vec::new(); stages.len()];
+    let mut consumers: Vec<Vec<TaskId>> = vec![Vec::new(); stages.len()];
     for node in stages.iter() {
         for edge in &node.inputs {
             if edge.binding == Binding::All {
@@ -179,11 +185,11 @@ impl TaskGraph {
                 expand_stage(stage, &inputs, &upstream, sources, store)?;
             let start = next_task;
             next_task += expansion.items.len() as u64;
-            if next_task >= MISSING as u64 {
-                anyhow::bail!("the pipeline expands to more than {} tasks", MISSING - 1);
+            if next_task >= MISSING.0 as u64 {
+                anyhow::bail!("the pipeline expands to more than {} tasks", MISSING.0 - 1);
             }
             let mut node = StageNode::new(stage, &inputs, expansion, (shared, deferred));
-            node.start = start as u32;
+            node.start = TaskId(start as u32);
             node.deps_base = deps_len;
             deps_len += node.items.len() * node.item_inputs.len();
             stages[s] = Some(node);
@@ -194,7 +200,7 @@ impl TaskGraph {
         let mut task_stage = vec![0u32; total];
         for (s, node) in stages.iter().enumerate() {
             for t in node.tasks() {
-                task_stage[t as usize] = s as u32;
+                task_stage[t] = s as u32;
             }
         }
 
@@ -220,31 +226,28 @@ impl TaskGraph {
         self.task_stage.is_empty()
     }
 
-    pub fn stage_of(&self, task: u32) -> &StageNode {
-        &self.stages[self.task_stage[task as usize] as usize]
+    pub fn stage_of(&self, task: TaskId) -> &StageNode {
+        &self.stages[self.task_stage[task] as usize]
     }
 
-    pub fn item(&self, task: u32) -> &str {
+    pub fn item(&self, task: TaskId) -> &str {
         let node = self.stage_of(task);
-        &node.items[(task - node.start) as usize]
+        &node.items[node.local(task) as usize]
     }
 
     /// The upstream item a task's per-item inputs read (its own id unless it names another).
-    pub fn source_item(&self, task: u32) -> &str {
+    pub fn source_item(&self, task: TaskId) -> &str {
         let node = self.stage_of(task);
-        match node.item_sources.get(&(task - node.start)) {
+        match node.item_sources.get(&node.local(task)) {
             Some(source) => source,
             None => self.item(task),
         }
     }
 
     /// Expected bytes of a task (0 when its item declares none).
-    pub fn item_bytes(&self, task: u32) -> u64 {
+    pub fn item_bytes(&self, task: TaskId) -> u64 {
         let node = self.stage_of(task);
-        node.item_bytes
-            .get(&(task - node.start))
-            .copied()
-            .unwrap_or(0)
+        node.item_bytes.get(&node.local(task)).copied().unwrap_or(0)
     }
 
     /// Whether some stage's items are not known yet.
@@ -252,30 +255,30 @@ impl TaskGraph {
         self.stages.iter().any(|s| s.deferred.is_some())
     }
 
-    pub fn item_params(&self, task: u32) -> ParamSlice {
+    pub fn item_params(&self, task: TaskId) -> ParamSlice {
         let node = self.stage_of(task);
         node.item_params
-            .get(&(task - node.start))
+            .get(&node.local(task))
             .cloned()
             .unwrap_or_default()
     }
 
     /// The upstream task of `task` for its stage's `k`-th per-item input.
-    pub fn item_dep(&self, task: u32, k: usize) -> u32 {
+    pub fn item_dep(&self, task: TaskId, k: usize) -> TaskId {
         let node = self.stage_of(task);
         let stride = node.item_inputs.len();
-        self.item_deps[node.deps_base + (task - node.start) as usize * stride + k]
+        self.item_deps[node.deps_base + node.local(task) as usize * stride + k]
     }
 
-    pub fn dependents_of(&self, task: u32) -> &[u32] {
-        let a = self.dependents_off[task as usize] as usize;
-        let b = self.dependents_off[task as usize + 1] as usize;
+    pub fn dependents_of(&self, task: TaskId) -> &[TaskId] {
+        let a = self.dependents_off[task] as usize;
+        let b = self.dependents_off[task.index() + 1] as usize;
         &self.dependents[a..b]
     }
 
     /// Number of upstream edges a task waits for (one per item input that exists, one per
     /// whole-stage input).
-    pub fn dep_count(&self, task: u32) -> u32 {
+    pub fn dep_count(&self, task: TaskId) -> u32 {
         let node = self.stage_of(task);
         let items = (0..node.item_inputs.len())
             .filter(|&k| self.item_dep(task, k) != MISSING)
@@ -288,7 +291,7 @@ impl TaskGraph {
         (items + alls) as u32
     }
 
-    pub fn task_label(&self, task: u32) -> String {
+    pub fn task_label(&self, task: TaskId) -> String {
         format!("{}/{}", self.stage_of(task).name, self.item(task))
     }
 }
@@ -367,9 +370,9 @@ fn expand_stage(
 /// Per-item edges: for each task, the upstream task of each per-item input (`MISSING` when
 /// the upstream stage lacks the item). Joined on item id, by a direct index when the lists
 /// line up (they do for `per_item` stages reading their first input).
-fn item_edges(stages: &[StageNode], deps_len: usize) -> Vec<u32> {
+fn item_edges(stages: &[StageNode], deps_len: usize) -> Vec<TaskId> {
     let mut item_deps = vec![MISSING; deps_len];
-    let mut lookups: HashMap<usize, HashMap<&str, u32>> = HashMap::new();
+    let mut lookups: HashMap<usize, HashMap<&str, TaskId>> = HashMap::new();
     for node in stages {
         for (k, &input) in node.item_inputs.iter().enumerate() {
             let up = &stages[node.inputs[input].stage];
@@ -377,13 +380,13 @@ fn item_edges(stages: &[StageNode], deps_len: usize) -> Vec<u32> {
             for (local, own) in node.items.iter().enumerate() {
                 let item = node.item_sources.get(&(local as u32)).unwrap_or(own);
                 let dep = if up.items.get(local) == Some(item) {
-                    up.start + local as u32
+                    TaskId(up.start.0 + local as u32)
                 } else {
                     let map = lookups.entry(node.inputs[input].stage).or_insert_with(|| {
                         up.items
                             .iter()
                             .enumerate()
-                            .map(|(i, id)| (&**id, up.start + i as u32))
+                            .map(|(i, id)| (&**id, TaskId(up.start.0 + i as u32)))
                             .collect()
                     });
                     map.get(&**item).copied().unwrap_or(MISSING)
@@ -397,26 +400,30 @@ fn item_edges(stages: &[StageNode], deps_len: usize) -> Vec<u32> {
 
 /// The dependents of each task, in CSR form: (offsets, one per task and one more; the
 /// dependent tasks).
-fn dependents_of(stages: &[StageNode], item_deps: &[u32], total: usize) -> (Vec<u32>, Vec<u32>) {
+fn dependents_of(
+    stages: &[StageNode],
+    item_deps: &[TaskId],
+    total: usize,
+) -> (Vec<u32>, Vec<TaskId>) {
     let mut counts = vec![0u32; total + 1];
     for &dep in item_deps {
         if dep != MISSING {
-            counts[dep as usize + 1] += 1;
+            counts[dep.index() + 1] += 1;
         }
     }
     for i in 0..total {
         counts[i + 1] += counts[i];
     }
     let mut fill = counts.clone();
-    let mut dependents = vec![0u32; item_deps.len()];
+    let mut dependents = vec![TaskId(0); item_deps.len()];
     for node in stages {
         let stride = node.item_inputs.len();
         for local in 0..node.items.len() {
             for k in 0..stride {
                 let dep = item_deps[node.deps_base + local * stride + k];
                 if dep != MISSING {
-                    dependents[fill[dep as usize] as usize] = node.start + local as u32;
-                    fill[dep as usize] += 1;
+                    dependents[fill[dep] as usize] = TaskId(node.start.0 + local as u32);
+                    fill[dep] += 1;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! the cache lookup (memo, then index), and why a task runs (the fields that changed).
 
 use super::graph::MISSING;
+use super::ids::TaskId;
 use super::resolve::{Aggregate, Engine, NotKeyed, Resolution, State};
 use crate::exec::kind::Binding;
 use crate::store::memo::MemoValue;
@@ -13,7 +14,7 @@ use anyhow::Result;
 
 impl Engine {
     /// The digests a task reads from each input, sorted by input name.
-    pub(super) fn input_digests(&self, t: u32) -> Result<Vec<(&str, Digest)>, NotKeyed> {
+    pub(super) fn input_digests(&self, t: TaskId) -> Result<Vec<(&str, Digest)>, NotKeyed> {
         let g = &self.graph;
         let node = g.stage_of(t);
         let mut inputs = Vec::with_capacity(node.inputs.len());
@@ -34,8 +35,8 @@ impl Engine {
                             g.source_item(t)
                         )));
                     }
-                    match self.state[u as usize] {
-                        State::Cached | State::Done => self.manifests[u as usize],
+                    match self.state[u] {
+                        State::Cached | State::Done => self.manifests[u],
                         State::Failed | State::KnownFailure | State::Blocked => {
                             return Err(NotKeyed::Blocked(format!(
                                 "upstream {} failed",
@@ -81,7 +82,7 @@ impl Engine {
     }
 
     /// The key record of a task whose inputs are resolved.
-    pub fn record_of(&self, t: u32) -> Result<KeyRecord, NotKeyed> {
+    pub fn record_of(&self, t: TaskId) -> Result<KeyRecord, NotKeyed> {
         let node = self.graph.stage_of(t);
         let inputs = self.input_digests(t)?;
         Ok(KeyRecord {
@@ -99,10 +100,10 @@ impl Engine {
     }
 
     /// The key of a task whose inputs are resolved, without building its record.
-    pub(super) fn key_of(&self, t: u32) -> Result<TaskKey, NotKeyed> {
+    pub(super) fn key_of(&self, t: TaskId) -> Result<TaskKey, NotKeyed> {
         let node = self.graph.stage_of(t);
         let inputs = self.input_digests(t)?;
-        let local = t - node.start;
+        let local = node.local(t);
         let no_params = ParamSlice::new();
         Ok(KeyRecordRef {
             schema: KEY_SCHEMA,
@@ -116,7 +117,7 @@ impl Engine {
         .key())
     }
 
-    pub(super) fn resolve_one(&self, t: u32) -> Result<Resolution> {
+    pub(super) fn resolve_one(&self, t: TaskId) -> Result<Resolution> {
         // Item ids come from outside too (a dataset's metadata, a mirror's file list) and
         // name directories (exports, inputs of all-at-once stages): one that could name a
         // path outside them fails its item here, before any kind sees it.
@@ -129,8 +130,8 @@ impl Engine {
         }
     }
 
-    pub(super) fn look_up(&self, t: u32, key: TaskKey) -> Result<Resolution> {
-        let s = self.graph.task_stage[t as usize] as usize;
+    pub(super) fn look_up(&self, t: TaskId, key: TaskKey) -> Result<Resolution> {
+        let s = self.graph.task_stage[t] as usize;
         let mut blobs_missing = false;
         match self.memos[s].get(&key) {
             Some(MemoValue::Done { manifest, blobs }) => {
@@ -178,8 +179,8 @@ impl Engine {
     }
 
     /// Why a task is to run, grouped as `mvc plan` reports it.
-    pub fn cause(&self, t: u32) -> Result<String> {
-        let i = t as usize;
+    pub fn cause(&self, t: TaskId) -> Result<String> {
+        let i = t.index();
         match self.state[i] {
             State::Pending => {
                 // A task waiting for its upstream that was never run for this item (the
@@ -218,7 +219,7 @@ impl Engine {
     }
 
     /// Field changes of a task's record against the record stored under `old`.
-    pub fn changes_since(&self, t: u32, old: &TaskKey) -> Result<Option<Vec<FieldChange>>> {
+    pub fn changes_since(&self, t: TaskId, old: &TaskKey) -> Result<Option<Vec<FieldChange>>> {
         let Some(old_record) = self.store.record(old)? else {
             return Ok(None);
         };

@@ -4,6 +4,7 @@
 
 mod dispatch;
 pub mod graph;
+pub mod ids;
 pub mod keying;
 pub mod kind;
 pub mod launcher;

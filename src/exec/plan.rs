@@ -171,7 +171,7 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
             // A stage the index has never recorded: every task is new, without a lookup each.
             let never_seen = !engine.store.has_seen_stage(&node.name);
             for t in node.tasks() {
-                let cause = match engine.state[t as usize] {
+                let cause = match engine.state[t] {
                     State::ToRun | State::Pending if never_seen => "new item".to_string(),
                     State::ToRun | State::Pending => engine.cause(t)?,
                     _ => continue,

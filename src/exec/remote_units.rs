@@ -5,6 +5,7 @@
 //! lease, its result and its expiry never race each other: whichever reaches the loop first
 //! wins, and the others find the lease gone.
 
+use super::ids::TaskId;
 use super::resolve::Engine;
 use super::units::{
     MissingInput, PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs,
@@ -30,7 +31,7 @@ struct Lease {
     session: Digest,
     worker_name: String,
     stage: usize,
-    tasks: Vec<(u32, TaskIdentity)>,
+    tasks: Vec<(TaskId, TaskIdentity)>,
     leased_at: Instant,
 }
 
@@ -54,7 +55,7 @@ struct Waiting {
 }
 
 /// Task outcomes for the scheduler to take (tasks to put back go straight to their queue).
-pub(super) type Effects = Vec<(u32, Reported)>;
+pub(super) type Effects = Vec<(TaskId, Reported)>;
 
 pub(super) struct RemoteUnits {
     pub(super) coord: Arc<dyn WorkerHub>,
@@ -62,7 +63,7 @@ pub(super) struct RemoteUnits {
     leases: HashMap<u64, Lease>,
     waiting: VecDeque<Waiting>,
     /// Task → (leases lost, the last reason).
-    attempts: HashMap<u32, (u32, String)>,
+    attempts: HashMap<TaskId, (u32, String)>,
     /// Units whose result was recorded (a second completion is acknowledged, not recorded).
     done_units: HashSet<u64>,
     /// Units leased by an earlier coordinator process on this cache, by id.
@@ -71,7 +72,7 @@ pub(super) struct RemoteUnits {
     /// running them can report first.
     held_keys: HashSet<TaskKey>,
     held_until: Instant,
-    held_tasks: Vec<u32>,
+    held_tasks: Vec<TaskId>,
     /// Stages already said to need a worker (said once).
     told: HashSet<usize>,
     /// Stages whose shared parameters are in the index (stored on first dispatch).
@@ -178,11 +179,11 @@ impl RemoteUnits {
 
     /// Whether a task that is ready to run must wait for a worker of an earlier coordinator
     /// (it is then kept here instead of queued).
-    pub(super) fn hold(&mut self, engine: &Engine, t: u32) -> bool {
+    pub(super) fn hold(&mut self, engine: &Engine, t: TaskId) -> bool {
         if self.held_keys.is_empty() || Instant::now() >= self.held_until {
             return false;
         }
-        if self.held_keys.contains(&engine.keys[t as usize]) {
+        if self.held_keys.contains(&engine.keys[t]) {
             self.held_tasks.push(t);
             return true;
         }
@@ -203,7 +204,7 @@ impl RemoteUnits {
     pub(super) fn serve(
         &mut self,
         engine: &mut Engine,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         order: &[usize],
         stopping: bool,
         effects: &mut Effects,
@@ -233,7 +234,7 @@ impl RemoteUnits {
     fn lease(
         &mut self,
         engine: &mut Engine,
-        queue: &mut VecDeque<u32>,
+        queue: &mut VecDeque<TaskId>,
         stage: usize,
         w: Waiting,
         effects: &mut Effects,
@@ -370,7 +371,7 @@ impl RemoteUnits {
         &mut self,
         lease: Lease,
         why: &str,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         effects: &mut Effects,
     ) {
         let max = self.coord.max_attempts().max(1);
@@ -398,7 +399,7 @@ impl RemoteUnits {
     pub(super) fn tick(
         &mut self,
         engine: &Engine,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         effects: &mut Effects,
     ) {
         self.publish_queue(engine, queues);
@@ -470,7 +471,7 @@ impl RemoteUnits {
             }
             self.held_keys.clear();
             for t in std::mem::take(&mut self.held_tasks) {
-                let s = engine.graph.task_stage[t as usize] as usize;
+                let s = engine.graph.task_stage[t] as usize;
                 queues[s].push_back(t);
             }
         }
@@ -479,7 +480,7 @@ impl RemoteUnits {
     /// What waits in the queues, for `mvc status` and the Slurm launcher. Published on the
     /// ticker, not on every turn of the scheduler's loop: a turn per finished unit would
     /// rebuild it thousands of times a second for nothing.
-    pub(super) fn publish_queue(&self, engine: &Engine, queues: &[VecDeque<u32>]) {
+    pub(super) fn publish_queue(&self, engine: &Engine, queues: &[VecDeque<TaskId>]) {
         let mut shared = self.coord.shared().lock().unwrap();
         shared.queued =
             queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
@@ -497,7 +498,7 @@ impl RemoteUnits {
         &mut self,
         msg: SchedMsg,
         engine: &Engine,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         effects: &mut Effects,
     ) {
         match msg {
@@ -547,7 +548,7 @@ impl RemoteUnits {
         body: Complete,
         session: Digest,
         engine: &Engine,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         effects: &mut Effects,
     ) -> Reply {
         if self.leases.contains_key(&unit) {
@@ -581,7 +582,7 @@ impl RemoteUnits {
         body: Complete,
         session: Digest,
         engine: &Engine,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         effects: &mut Effects,
     ) -> Reply {
         {
@@ -626,7 +627,7 @@ impl RemoteUnits {
         lease: Lease,
         outcomes: Vec<TaskOutcome>,
         engine: &Engine,
-        queues: &mut [VecDeque<u32>],
+        queues: &mut [VecDeque<TaskId>],
         effects: &mut Effects,
     ) {
         let stage = engine.graph.stages[lease.stage].name.clone();
@@ -686,7 +687,7 @@ impl RemoteUnits {
             if let Some(k) = self
                 .held_tasks
                 .iter()
-                .position(|&t| engine.keys[t as usize] == identity.key)
+                .position(|&t| engine.keys[t] == identity.key)
             {
                 let t = self.held_tasks.swap_remove(k);
                 effects.push((t, reported));

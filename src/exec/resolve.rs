@@ -5,6 +5,7 @@
 //! digests of upstream tasks, never on whether they ran: that is early cutoff.
 
 use super::graph::{MISSING, Sources, TaskGraph};
+use super::ids::TaskId;
 use super::workdir::LeftOut;
 use crate::exec::kind::{Binding, StageOutputs};
 use crate::store::Store;
@@ -156,16 +157,16 @@ pub struct Engine {
     /// Memo values learnt outside the memo (index hits, fresh results, new failures).
     pub fresh: KeyMap<MemoValue>,
     /// Per task: why it is blocked, pending, failed, or to run.
-    pub notes: HashMap<u32, String>,
+    pub notes: HashMap<TaskId, String>,
     /// Tasks whose cached outputs were missing (they run again).
-    pub(super) blobs_missing: HashSet<u32>,
+    pub(super) blobs_missing: HashSet<TaskId>,
     /// Producers re-opened because a blob of theirs failed verification.
-    reopened: HashSet<u32>,
+    reopened: HashSet<TaskId>,
     /// Tasks waiting on a re-opened producer, by producer.
-    reopened_waiters: HashMap<u32, Vec<u32>>,
+    reopened_waiters: HashMap<TaskId, Vec<TaskId>>,
     /// Tasks waiting for a re-opened stage to complete again, by stage.
-    stage_waiters: HashMap<usize, Vec<u32>>,
-    ready: Vec<u32>,
+    stage_waiters: HashMap<usize, Vec<TaskId>>,
+    ready: Vec<TaskId>,
 }
 
 impl Engine {
@@ -182,7 +183,9 @@ impl Engine {
             .iter()
             .map(|s| StageMemo::load(store.index(), store.blobs(), &s.name))
             .collect::<Result<Vec<_>>>()?;
-        let left: Vec<u32> = (0..n as u32).map(|t| graph.dep_count(t)).collect();
+        let left: Vec<u32> = TaskId::range(TaskId(0), n as u32)
+            .map(|t| graph.dep_count(t))
+            .collect();
         let stage_left: Vec<u32> = graph.stages.iter().map(|s| s.len()).collect();
         let n_stages = graph.stages.len();
         let mut engine = Engine {
@@ -212,8 +215,8 @@ impl Engine {
         };
         // Tasks with nothing to wait for (their items may still be blocked by a missing
         // upstream item: resolution says so).
-        engine.ready = (0..n as u32)
-            .filter(|&t| engine.left[t as usize] == 0)
+        engine.ready = TaskId::range(TaskId(0), n as u32)
+            .filter(|&t| engine.left[t] == 0)
             .collect();
         for s in 0..n_stages {
             if engine.stage_left[s] == 0 {
@@ -225,7 +228,7 @@ impl Engine {
 
     /// Resolves everything that can be resolved now. Returns the tasks that must run (in
     /// `Run` mode they stay unresolved until [`Engine::finish`] is called for them).
-    pub fn resolve_ready(&mut self) -> Result<Vec<u32>> {
+    pub fn resolve_ready(&mut self) -> Result<Vec<TaskId>> {
         let mut to_run = Vec::new();
         while !self.ready.is_empty() {
             let mut batch = std::mem::take(&mut self.ready);
@@ -243,8 +246,8 @@ impl Engine {
         Ok(to_run)
     }
 
-    fn apply(&mut self, t: u32, resolution: Resolution, to_run: &mut Vec<u32>) {
-        let i = t as usize;
+    fn apply(&mut self, t: TaskId, resolution: Resolution, to_run: &mut Vec<TaskId>) {
+        let i = t.index();
         match resolution {
             Resolution::Cached {
                 key,
@@ -317,8 +320,8 @@ impl Engine {
     }
 
     /// Records that a task to run has run: `Some(manifest)` on success, `None` on failure.
-    pub fn finish(&mut self, t: u32, outcome: Result<(Digest, MemoValue), String>) {
-        let i = t as usize;
+    pub fn finish(&mut self, t: TaskId, outcome: Result<(Digest, MemoValue), String>) {
+        let i = t.index();
         self.stage_counts(t).to_run -= 1;
         match outcome {
             Ok((manifest, value)) => {
@@ -337,32 +340,32 @@ impl Engine {
         self.resolved(t);
     }
 
-    fn stage_counts(&mut self, t: u32) -> &mut Counts {
-        &mut self.counts[self.graph.task_stage[t as usize] as usize]
+    fn stage_counts(&mut self, t: TaskId) -> &mut Counts {
+        &mut self.counts[self.graph.task_stage[t] as usize]
     }
 
     /// Marks a task as dispatched.
-    pub fn start(&mut self, t: u32) {
-        self.state[t as usize] = State::Running;
+    pub fn start(&mut self, t: TaskId) {
+        self.state[t] = State::Running;
     }
 
     /// A task that could not run for reasons outside its item: failed in this run, but not
     /// remembered as failed.
-    pub fn finish_unrecorded(&mut self, t: u32, error: String) {
+    pub fn finish_unrecorded(&mut self, t: TaskId, error: String) {
         self.stage_counts(t).to_run -= 1;
         self.stage_counts(t).failed += 1;
-        self.state[t as usize] = State::Failed;
+        self.state[t] = State::Failed;
         self.notes.insert(t, error);
         self.resolved(t);
     }
 
     /// Puts a dispatched task back (it was cancelled before it finished).
-    pub fn unrun(&mut self, t: u32) {
-        self.state[t as usize] = State::ToRun;
+    pub fn unrun(&mut self, t: TaskId) {
+        self.state[t] = State::ToRun;
     }
 
-    fn resolved(&mut self, t: u32) {
-        let s = self.graph.task_stage[t as usize] as usize;
+    fn resolved(&mut self, t: TaskId) {
+        let s = self.graph.task_stage[t] as usize;
         if self.reopened.remove(&t) {
             // A re-opened producer: only the tasks that waited on it again are told; its
             // other dependents were told the first time.
@@ -386,8 +389,8 @@ impl Engine {
         }
     }
 
-    fn release(&mut self, t: u32) {
-        let i = t as usize;
+    fn release(&mut self, t: TaskId) {
+        let i = t.index();
         if self.state[i] != State::Waiting {
             return;
         }
@@ -403,11 +406,10 @@ impl Engine {
         let mut failed = 0usize;
         let mut pairs: Vec<(&str, &Digest)> = Vec::with_capacity(node.items.len());
         for t in node.tasks() {
-            match self.state[t as usize] {
-                State::Cached | State::Done => pairs.push((
-                    &*node.items[(t - node.start) as usize],
-                    &self.manifests[t as usize],
-                )),
+            match self.state[t] {
+                State::Cached | State::Done => {
+                    pairs.push((&*node.items[node.local(t) as usize], &self.manifests[t]))
+                }
                 State::ToRun | State::Pending | State::Running | State::Waiting => pending = true,
                 _ => failed += 1,
             }
@@ -431,7 +433,7 @@ impl Engine {
         self.left_out[s] = (failed > 0 && self.failures_are_read(s)).then(|| {
             let list: Vec<LeftOut> = self.graph.stages[s]
                 .tasks()
-                .filter(|&t| self.state[t as usize].is_failure())
+                .filter(|&t| self.state[t].is_failure())
                 .map(|t| LeftOut {
                     item: self.graph.item(t).to_string(),
                     reason: self.root_failure(t),
@@ -469,17 +471,17 @@ impl Engine {
     /// What keeps task `t` from a result, as `stage: error`: its own failure, or for a
     /// blocked task the failure upstream that blocked it (a view blocked because its object
     /// failed to download says the download's error).
-    pub fn root_failure(&self, t: u32) -> String {
+    pub fn root_failure(&self, t: TaskId) -> String {
         let g = &self.graph;
         let mut t = t;
         // Each step goes one stage up, so the walk ends.
         for _ in 0..=g.stages.len() {
-            if self.state[t as usize] != State::Blocked {
+            if self.state[t] != State::Blocked {
                 break;
             }
             let upstream = (0..g.stage_of(t).item_inputs.len())
                 .map(|k| g.item_dep(t, k))
-                .find(|&u| u != MISSING && self.state[u as usize].is_failure());
+                .find(|&u| u != MISSING && self.state[u].is_failure());
             match upstream {
                 Some(u) => t = u,
                 None => break,
@@ -499,9 +501,14 @@ impl Engine {
 
     /// Re-opens a producer whose output blob failed verification while `consumer` read it:
     /// its result is forgotten, it runs again, and the consumer waits for it.
-    pub fn reopen(&mut self, producer: u32, consumer: u32, all_binding: bool) -> Result<bool> {
-        let p = producer as usize;
-        let c = consumer as usize;
+    pub fn reopen(
+        &mut self,
+        producer: TaskId,
+        consumer: TaskId,
+        all_binding: bool,
+    ) -> Result<bool> {
+        let p = producer.index();
+        let c = consumer.index();
         let reopen_producer = self.state[p].is_success();
         if reopen_producer {
             self.store.forget_result(&self.keys[p])?;
@@ -544,7 +551,11 @@ impl Engine {
                     carry.ran.insert(self.keys[t]);
                 }
                 State::Failed => {
-                    let note = self.notes.get(&(t as u32)).cloned().unwrap_or_default();
+                    let note = self
+                        .notes
+                        .get(&TaskId(t as u32))
+                        .cloned()
+                        .unwrap_or_default();
                     carry.failed.insert(self.keys[t], note);
                 }
                 _ => {}
@@ -568,7 +579,7 @@ impl Engine {
                     continue;
                 }
                 let settled = up.tasks().all(|t| {
-                    let state = self.state[t as usize];
+                    let state = self.state[t];
                     state.is_success() || state.is_failure()
                 });
                 if !settled {
@@ -576,12 +587,12 @@ impl Engine {
                 }
                 let mut outputs = StageOutputs::default();
                 for t in up.tasks() {
-                    let item = up.items[(t - up.start) as usize].clone();
-                    if !self.state[t as usize].is_success() {
+                    let item = up.items[up.local(t) as usize].clone();
+                    if !self.state[t].is_success() {
                         outputs.failed.push(item);
                         continue;
                     }
-                    let Some(result) = self.store.result(&self.keys[t as usize])? else {
+                    let Some(result) = self.store.result(&self.keys[t])? else {
                         anyhow::bail!("the result of {} is gone from the index", g.task_label(t));
                     };
                     outputs.items.push((item, result.outputs));
@@ -603,7 +614,7 @@ impl Engine {
             let mut list = Vec::with_capacity(node.items.len());
             let mut learnt = false;
             for t in node.tasks() {
-                let i = t as usize;
+                let i = t.index();
                 let key = self.keys[i];
                 let value = match self.state[i] {
                     State::Cached | State::Done | State::Failed | State::KnownFailure => {

@@ -4,6 +4,7 @@
 
 use super::dispatch::{Dispatch, Interrupt};
 use super::graph::{Sources, TaskGraph};
+use super::ids::TaskId;
 use super::launcher::Launcher;
 use super::remote_units::{Effects, RemoteUnits};
 use super::resolve::{Carry, Counts, Engine, Mode};
@@ -43,7 +44,7 @@ pub struct RunOptions {
 /// What a finished unit reports back to the scheduler.
 struct UnitDone {
     slots: Resources,
-    outcomes: Vec<(u32, Reported)>,
+    outcomes: Vec<(TaskId, Reported)>,
 }
 
 pub async fn run(pipeline: &Workflow, store: Arc<Store>, opts: RunOptions) -> Result<RunReport> {
@@ -273,10 +274,10 @@ fn publish_results(engine: &Engine, pipeline: &Workflow) -> Result<()> {
             _ => pipeline.results_dir.join(&node.name),
         };
         for t in node.tasks() {
-            if !engine.state[t as usize].is_success() {
+            if !engine.state[t].is_success() {
                 continue;
             }
-            let Some(result) = engine.store.result(&engine.keys[t as usize])? else {
+            let Some(result) = engine.store.result(&engine.keys[t])? else {
                 continue;
             };
             for output in &result.outputs {
@@ -414,7 +415,7 @@ impl Scheduler {
     /// Queues the tasks that have become ready (a coordinator may hold some for workers).
     fn queue_ready(&mut self, engine: &mut Engine) -> Result<()> {
         for t in engine.resolve_ready()? {
-            let s = engine.graph.task_stage[t as usize] as usize;
+            let s = engine.graph.task_stage[t] as usize;
             self.meters[s].add_total(engine.graph.item_bytes(t));
             if let Some(r) = &mut self.remote
                 && r.hold(engine, t)
@@ -577,7 +578,7 @@ fn spawn_unit(
             }
         };
         // A few index writes per task: cheaper here than a hop to the blocking pool.
-        let outcomes: Vec<(u32, Reported)> = prepared
+        let outcomes: Vec<(TaskId, Reported)> = prepared
             .iter()
             .zip(outcomes)
             .map(|(p, outcome)| {

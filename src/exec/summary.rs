@@ -231,10 +231,10 @@ fn result_note(engine: &Engine, node: &super::graph::StageNode) -> Option<String
     }
     let mut note = None;
     for t in node.tasks() {
-        if !engine.state[t as usize].is_success() {
+        if !engine.state[t].is_success() {
             continue;
         }
-        if let Ok(Some(result)) = engine.store.result(&engine.keys[t as usize])
+        if let Ok(Some(result)) = engine.store.result(&engine.keys[t])
             && let Some(said) = node.kind.result_note(&engine.store, &result.outputs)
         {
             note = Some(said);
@@ -247,18 +247,12 @@ fn result_note(engine: &Engine, node: &super::graph::StageNode) -> Option<String
 fn failure_lines(engine: &Engine, node: &super::graph::StageNode) -> Vec<FailureLine> {
     let mut lines = Vec::new();
     for t in node.tasks() {
-        let state = engine.state[t as usize];
+        let state = engine.state[t];
         if !state.is_failure() {
             continue;
         }
         let log = (state != State::Blocked)
-            .then(|| {
-                engine
-                    .store
-                    .failure(&engine.keys[t as usize])
-                    .ok()
-                    .flatten()
-            })
+            .then(|| engine.store.failure(&engine.keys[t]).ok().flatten())
             .flatten()
             .and_then(|f| f.stderr)
             .map(|d| engine.store.blobs().path(&d).display().to_string());

@@ -3,6 +3,7 @@
 //! outcome. Shared by local execution (`run`) and remote units (`remote_units`).
 
 use super::graph::MISSING;
+use super::ids::TaskId;
 use super::resolve::Engine;
 use super::workdir::{InputData, LeftOut};
 use crate::exec::kind::{Binding, TaskOutcome};
@@ -32,7 +33,7 @@ pub(super) enum Reported {
 
 /// Takes the next unit from a stage's queue: the front task, and every queued task of the
 /// same unit group when the kind groups them.
-pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<u32>) -> Vec<u32> {
+pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<TaskId>) -> Vec<TaskId> {
     let first = queue.pop_front().expect("queue is not empty");
     let node = engine.graph.stage_of(first);
     let Some(group) = node.kind.unit_group(engine.graph.item(first)) else {
@@ -68,7 +69,7 @@ pub(super) struct InputKeys {
 /// A task of a unit with what the scheduler knows of it; the upstream results themselves
 /// are read from the index inside the unit's own task, off the scheduler.
 pub(super) struct PreparedTask {
-    pub(super) task: u32,
+    pub(super) task: TaskId,
     pub(super) identity: TaskIdentity,
     pub(super) inputs: Vec<InputKeys>,
 }
@@ -81,7 +82,7 @@ pub(super) struct TaskIdentity {
     pub(super) item: String,
 }
 
-pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<PreparedTask>> {
+pub(super) fn prepare_unit(engine: &Engine, unit: &[TaskId]) -> Result<Vec<PreparedTask>> {
     let g = &engine.graph;
     unit.iter()
         .map(|&t| {
@@ -105,15 +106,15 @@ pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<Prepared
                             debug_assert_eq!(edge.binding, Binding::ItemIfPresent);
                             Vec::new()
                         } else {
-                            vec![(g.item(u).to_string(), engine.keys[u as usize])]
+                            vec![(g.item(u).to_string(), engine.keys[u])]
                         }
                     }
                     Binding::Expansion => unreachable!("skipped above"),
                     Binding::All => {
                         let mut items: Vec<(String, TaskKey)> = up
                             .tasks()
-                            .filter(|&u| engine.state[u as usize].is_success())
-                            .map(|u| (g.item(u).to_string(), engine.keys[u as usize]))
+                            .filter(|&u| engine.state[u].is_success())
+                            .map(|u| (g.item(u).to_string(), engine.keys[u]))
                             .collect();
                         items.sort_by(|a, b| a.0.cmp(&b.0));
                         items
@@ -132,7 +133,7 @@ pub(super) fn prepare_unit(engine: &Engine, unit: &[u32]) -> Result<Vec<Prepared
             Ok(PreparedTask {
                 task: t,
                 identity: TaskIdentity {
-                    key: engine.keys[t as usize],
+                    key: engine.keys[t],
                     record,
                     item: g.item(t).to_string(),
                 },
@@ -291,15 +292,15 @@ pub(super) fn commit_outcome(
     }
 }
 
-pub(super) fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<u32> {
+pub(super) fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<TaskId> {
     let node = engine.graph.stages.iter().find(|s| s.name == stage)?;
     node.tasks().find(|&t| engine.graph.item(t) == item)
 }
 
 /// Whether task `t` reads the output of task `producer`.
-pub(super) fn reads_from(engine: &Engine, t: u32, producer: u32) -> bool {
+pub(super) fn reads_from(engine: &Engine, t: TaskId, producer: TaskId) -> bool {
     let g = &engine.graph;
-    let producer_stage = g.task_stage[producer as usize] as usize;
+    let producer_stage = g.task_stage[producer] as usize;
     let mut item_k = 0;
     for edge in &g.stage_of(t).inputs {
         match edge.binding {
@@ -321,7 +322,7 @@ pub(super) fn reads_from(engine: &Engine, t: u32, producer: u32) -> bool {
 /// Returns whether the producer was re-opened now (false when it already was).
 pub(super) fn reopen_producer(
     engine: &mut Engine,
-    consumer: u32,
+    consumer: TaskId,
     stage: &str,
     item: &str,
 ) -> Result<bool> {
