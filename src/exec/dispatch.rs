@@ -5,7 +5,7 @@
 //! it gets back. The unit tests below drive a `Dispatch` through whole runs by hand, with no
 //! process, socket or timer, as HyperQueue's `tako` tests its reactor.
 
-use super::ids::TaskId;
+use super::ids::{StageId, TaskId};
 use super::resolve::Engine;
 use super::units::{Reported, find_item, reads_from, reopen_producer, take_unit};
 use crate::resources::Resources;
@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 /// and the slots it holds until it is done.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct UnitToStart {
-    pub(super) stage: usize,
+    pub(super) stage: StageId,
     pub(super) tasks: Vec<TaskId>,
     pub(super) slots: Resources,
 }
@@ -48,14 +48,14 @@ pub(super) struct Dispatch {
     interrupted: bool,
     keep_going: bool,
     /// Stages in the order their queues are served (upstream first).
-    order: Vec<usize>,
+    order: Vec<StageId>,
     /// The error of the last task that could not run (said once, not once per task).
     last_abort: Option<String>,
 }
 
 impl Dispatch {
     /// A run's dispatch: stages served in `order`, with `slots` to fill.
-    pub(super) fn new(order: &[usize], slots: Resources, keep_going: bool) -> Dispatch {
+    pub(super) fn new(order: &[StageId], slots: Resources, keep_going: bool) -> Dispatch {
         Dispatch {
             queues: Vec::new(),
             slots,
@@ -92,13 +92,13 @@ impl Dispatch {
 
     /// Queues a task that has just become ready.
     pub(super) fn enqueue(&mut self, engine: &Engine, t: TaskId) {
-        let s = engine.graph.task_stage[t] as usize;
+        let s = engine.graph.task_stage[t];
         self.queues[s].push_back(t);
     }
 
     /// The next unit of stage `s` that fits in the free slots, if any: its tasks are marked
     /// running and its slots taken. Nothing starts while the run is stopping.
-    pub(super) fn next_unit(&mut self, engine: &mut Engine, s: usize) -> Option<UnitToStart> {
+    pub(super) fn next_unit(&mut self, engine: &mut Engine, s: StageId) -> Option<UnitToStart> {
         let need = engine.graph.stages[s].kind.resources();
         if self.stopping || self.queues[s].is_empty() || !self.free.fits(&need) {
             return None;
@@ -271,6 +271,7 @@ mod tests {
 
     use super::*;
     use crate::exec::graph::{Sources, TaskGraph};
+    use crate::exec::ids::StageId;
     use crate::exec::kind::{
         Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
         UnitTask,
@@ -385,7 +386,7 @@ mod tests {
         fn new(stages: Vec<Stage>, cpu: u32, keep_going: bool) -> Run {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
-            let order = (0..stages.len()).collect();
+            let order = (0..stages.len()).map(|s| StageId(s as u32)).collect();
             let workflow = Workflow {
                 path: dir.path().join("p.toml"),
                 name: "p".into(),

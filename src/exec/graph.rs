@@ -4,7 +4,7 @@
 //! Tasks are numbered densely (a stage's tasks are contiguous) and the graph is stored in
 //! flat arrays, so a million tasks cost tens of megabytes, not hundreds.
 
-use super::ids::{TaskId, TaskRange};
+use super::ids::{StageId, TaskId, TaskRange};
 use super::workflow::{Stage, Workflow};
 use crate::exec::kind::{
     Binding, ExpandCtx, Expansion, NotYetAvailable, ParamCtx, StageKind, StageOutputs,
@@ -20,11 +20,11 @@ pub const MISSING: TaskId = TaskId::MISSING;
 
 /// Results of fully resolved stages (by stage index), for the stages that expand from
 /// their inputs' outputs. A graph is built again when more of them become known.
-pub type Sources = HashMap<usize, Arc<StageOutputs>>;
+pub type Sources = HashMap<StageId, Arc<StageOutputs>>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct InputEdge {
-    pub stage: usize,
+    pub stage: StageId,
     pub binding: Binding,
 }
 
@@ -80,9 +80,9 @@ pub struct TaskGraph {
     /// Indexed like `Pipeline::stages` (declaration order).
     pub stages: Vec<StageNode>,
     /// Topological order of stage indices.
-    pub order: Vec<usize>,
+    pub order: Vec<StageId>,
     /// Stage index of each task.
-    pub task_stage: Vec<u32>,
+    pub task_stage: Vec<StageId>,
     /// For each task, for each of its stage's per-item inputs: the upstream task (or MISSING).
     pub item_deps: Vec<TaskId>,
     /// Per-item dependents of each task, as offsets into `dependents` (CSR layout).
@@ -94,7 +94,7 @@ impl StageNode {
     /// A stage's node from its expansion (numbered later: `start` and `deps_base` are 0).
     fn new(
         stage: &super::workflow::Stage,
-        inputs: &[usize],
+        inputs: &[StageId],
         expansion: Expansion,
         (shared, deferred): (ParamSlice, Option<String>),
     ) -> StageNode {
@@ -172,7 +172,7 @@ impl TaskGraph {
         // always have smaller indices; assign `start` in that order.
         for &s in &pipeline.order {
             let stage = &pipeline.stages[s];
-            let inputs: Vec<usize> = stage
+            let inputs: Vec<StageId> = stage
                 .inputs
                 .iter()
                 .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
@@ -197,10 +197,10 @@ impl TaskGraph {
         let mut stages: Vec<StageNode> = stages.into_iter().map(|s| s.unwrap()).collect();
 
         let total = next_task as usize;
-        let mut task_stage = vec![0u32; total];
+        let mut task_stage = vec![StageId(0); total];
         for (s, node) in stages.iter().enumerate() {
             for t in node.tasks() {
-                task_stage[t] = s as u32;
+                task_stage[t] = StageId(s as u32);
             }
         }
 
@@ -227,7 +227,7 @@ impl TaskGraph {
     }
 
     pub fn stage_of(&self, task: TaskId) -> &StageNode {
-        &self.stages[self.task_stage[task] as usize]
+        &self.stages[self.task_stage[task]]
     }
 
     pub fn item(&self, task: TaskId) -> &str {
@@ -301,7 +301,7 @@ impl TaskGraph {
 /// known yet, or while its parameters cannot be known (its model could not be downloaded).
 fn expand_stage(
     stage: &Stage,
-    inputs: &[usize],
+    inputs: &[StageId],
     upstream: &[&StageNode],
     sources: &Sources,
     store: &Store,
@@ -372,7 +372,7 @@ fn expand_stage(
 /// line up (they do for `per_item` stages reading their first input).
 fn item_edges(stages: &[StageNode], deps_len: usize) -> Vec<TaskId> {
     let mut item_deps = vec![MISSING; deps_len];
-    let mut lookups: HashMap<usize, HashMap<&str, TaskId>> = HashMap::new();
+    let mut lookups: HashMap<StageId, HashMap<&str, TaskId>> = HashMap::new();
     for node in stages {
         for (k, &input) in node.item_inputs.iter().enumerate() {
             let up = &stages[node.inputs[input].stage];

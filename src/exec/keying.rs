@@ -131,7 +131,7 @@ impl Engine {
     }
 
     pub(super) fn look_up(&self, t: TaskId, key: TaskKey) -> Result<Resolution> {
-        let s = self.graph.task_stage[t] as usize;
+        let s = self.graph.task_stage[t];
         let mut blobs_missing = false;
         match self.memos[s].get(&key) {
             Some(MemoValue::Done { manifest, blobs }) => {

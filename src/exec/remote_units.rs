@@ -5,7 +5,7 @@
 //! lease, its result and its expiry never race each other: whichever reaches the loop first
 //! wins, and the others find the lease gone.
 
-use super::ids::TaskId;
+use super::ids::{StageId, TaskId};
 use super::resolve::Engine;
 use super::units::{
     MissingInput, PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs,
@@ -30,7 +30,7 @@ struct Lease {
     /// The session the unit was leased to: only it may report the unit.
     session: Digest,
     worker_name: String,
-    stage: usize,
+    stage: StageId,
     tasks: Vec<(TaskId, TaskIdentity)>,
     leased_at: Instant,
 }
@@ -74,9 +74,9 @@ pub(super) struct RemoteUnits {
     held_until: Instant,
     held_tasks: Vec<TaskId>,
     /// Stages already said to need a worker (said once).
-    told: HashSet<usize>,
+    told: HashSet<StageId>,
     /// Stages whose shared parameters are in the index (stored on first dispatch).
-    saved: HashSet<usize>,
+    saved: HashSet<StageId>,
     /// Leased units on their way to their workers, once their leases are on disk.
     durable: mpsc::UnboundedSender<(oneshot::Sender<Option<Unit>>, Unit)>,
 }
@@ -196,7 +196,7 @@ impl RemoteUnits {
 
     /// Whether to say (once per stage) that a stage's tasks wait for a worker, because no
     /// local slot can run them.
-    pub(super) fn first_wait(&mut self, stage: usize) -> bool {
+    pub(super) fn first_wait(&mut self, stage: StageId) -> bool {
         self.told.insert(stage)
     }
 
@@ -205,7 +205,7 @@ impl RemoteUnits {
         &mut self,
         engine: &mut Engine,
         queues: &mut [VecDeque<TaskId>],
-        order: &[usize],
+        order: &[StageId],
         stopping: bool,
         effects: &mut Effects,
     ) -> Result<()> {
@@ -235,7 +235,7 @@ impl RemoteUnits {
         &mut self,
         engine: &mut Engine,
         queue: &mut VecDeque<TaskId>,
-        stage: usize,
+        stage: StageId,
         w: Waiting,
         effects: &mut Effects,
     ) -> Result<()> {
@@ -471,7 +471,7 @@ impl RemoteUnits {
             }
             self.held_keys.clear();
             for t in std::mem::take(&mut self.held_tasks) {
-                let s = engine.graph.task_stage[t] as usize;
+                let s = engine.graph.task_stage[t];
                 queues[s].push_back(t);
             }
         }

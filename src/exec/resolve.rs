@@ -5,7 +5,7 @@
 //! digests of upstream tasks, never on whether they ran: that is early cutoff.
 
 use super::graph::{MISSING, Sources, TaskGraph};
-use super::ids::TaskId;
+use super::ids::{StageId, TaskId};
 use super::workdir::LeftOut;
 use crate::exec::kind::{Binding, StageOutputs};
 use crate::store::Store;
@@ -165,7 +165,7 @@ pub struct Engine {
     /// Tasks waiting on a re-opened producer, by producer.
     reopened_waiters: HashMap<TaskId, Vec<TaskId>>,
     /// Tasks waiting for a re-opened stage to complete again, by stage.
-    stage_waiters: HashMap<usize, Vec<TaskId>>,
+    stage_waiters: HashMap<StageId, Vec<TaskId>>,
     ready: Vec<TaskId>,
 }
 
@@ -218,7 +218,7 @@ impl Engine {
         engine.ready = TaskId::range(TaskId(0), n as u32)
             .filter(|&t| engine.left[t] == 0)
             .collect();
-        for s in 0..n_stages {
+        for s in (0..n_stages).map(|s| StageId(s as u32)) {
             if engine.stage_left[s] == 0 {
                 engine.complete_stage(s);
             }
@@ -341,7 +341,7 @@ impl Engine {
     }
 
     fn stage_counts(&mut self, t: TaskId) -> &mut Counts {
-        &mut self.counts[self.graph.task_stage[t] as usize]
+        &mut self.counts[self.graph.task_stage[t]]
     }
 
     /// Marks a task as dispatched.
@@ -365,7 +365,7 @@ impl Engine {
     }
 
     fn resolved(&mut self, t: TaskId) {
-        let s = self.graph.task_stage[t] as usize;
+        let s = self.graph.task_stage[t];
         if self.reopened.remove(&t) {
             // A re-opened producer: only the tasks that waited on it again are told; its
             // other dependents were told the first time.
@@ -400,7 +400,7 @@ impl Engine {
         }
     }
 
-    fn complete_stage(&mut self, s: usize) {
+    fn complete_stage(&mut self, s: StageId) {
         let node = &self.graph.stages[s];
         let mut pending = false;
         let mut failed = 0usize;
@@ -458,7 +458,7 @@ impl Engine {
     }
 
     /// Whether some stage reads all of stage `s` and wants to know its failures.
-    fn failures_are_read(&self, s: usize) -> bool {
+    fn failures_are_read(&self, s: StageId) -> bool {
         self.graph.stages.iter().any(|node| {
             node.kind.reads_failures()
                 && node
@@ -495,7 +495,7 @@ impl Engine {
     }
 
     /// The items of stage `s` without a result and why, when a failure-reading kind reads it.
-    pub fn left_out(&self, s: usize) -> Option<Arc<Vec<LeftOut>>> {
+    pub fn left_out(&self, s: StageId) -> Option<Arc<Vec<LeftOut>>> {
         self.left_out[s].as_ref().map(|(list, _)| list.clone())
     }
 
@@ -523,7 +523,7 @@ impl Engine {
             self.state[p] = State::ToRun;
             self.blobs_missing.insert(producer);
             self.reopened.insert(producer);
-            let s = self.graph.task_stage[p] as usize;
+            let s = self.graph.task_stage[p];
             self.stage_left[s] += 1;
             self.aggregates[s] = None;
         }
@@ -531,7 +531,7 @@ impl Engine {
         self.state[c] = State::Waiting;
         self.left[c] = 1;
         if all_binding {
-            let s = self.graph.task_stage[p] as usize;
+            let s = self.graph.task_stage[p];
             self.stage_waiters.entry(s).or_default().push(consumer);
         } else {
             self.reopened_waiters

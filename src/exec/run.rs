@@ -4,7 +4,7 @@
 
 use super::dispatch::{Dispatch, Interrupt};
 use super::graph::{Sources, TaskGraph};
-use super::ids::TaskId;
+use super::ids::{StageId, TaskId};
 use super::launcher::Launcher;
 use super::remote_units::{Effects, RemoteUnits};
 use super::resolve::{Carry, Counts, Engine, Mode};
@@ -326,10 +326,10 @@ struct Scheduler {
     /// Queues, slots and whether the run stops: the state the events below change.
     dispatch: Dispatch,
     /// Stages whose shared parameters are in the index already.
-    shared_saved: HashSet<usize>,
+    shared_saved: HashSet<StageId>,
     /// How long running units may finish after Ctrl-C.
     grace: Duration,
-    order: Vec<usize>,
+    order: Vec<StageId>,
     /// Remote workers' side, when the run listens for them.
     remote: Option<RemoteUnits>,
 }
@@ -415,7 +415,7 @@ impl Scheduler {
     /// Queues the tasks that have become ready (a coordinator may hold some for workers).
     fn queue_ready(&mut self, engine: &mut Engine) -> Result<()> {
         for t in engine.resolve_ready()? {
-            let s = engine.graph.task_stage[t] as usize;
+            let s = engine.graph.task_stage[t];
             self.meters[s].add_total(engine.graph.item_bytes(t));
             if let Some(r) = &mut self.remote
                 && r.hold(engine, t)
@@ -500,7 +500,7 @@ impl Scheduler {
     }
 }
 
-fn ordered(counts: &[Counts], order: &[usize]) -> Vec<Counts> {
+fn ordered(counts: &[Counts], order: &[StageId]) -> Vec<Counts> {
     order.iter().map(|&s| counts[s]).collect()
 }
 
@@ -514,7 +514,7 @@ struct UnitShared {
 
 fn spawn_unit(
     engine: &Engine,
-    stage: usize,
+    stage: StageId,
     prepared: Vec<PreparedTask>,
     slots: Resources,
     shared: &UnitShared,

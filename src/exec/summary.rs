@@ -1,6 +1,7 @@
 //! What a run reports: counts per stage, failures, what was left out, and the summary
 //! printed at the end (as text and JSON).
 
+use super::ids::StageId;
 use super::resolve::{Engine, State};
 use super::workflow::Workflow;
 use crate::store::records::*;
@@ -270,7 +271,7 @@ fn failure_lines(engine: &Engine, node: &super::graph::StageNode) -> Vec<Failure
 
 pub(super) fn summarize(
     engine: &Engine,
-    order: &[usize],
+    order: &[StageId],
     interrupted: bool,
     elapsed: Duration,
 ) -> RunReport {

@@ -300,7 +300,7 @@ pub(super) fn find_item(engine: &Engine, stage: &str, item: &str) -> Option<Task
 /// Whether task `t` reads the output of task `producer`.
 pub(super) fn reads_from(engine: &Engine, t: TaskId, producer: TaskId) -> bool {
     let g = &engine.graph;
-    let producer_stage = g.task_stage[producer] as usize;
+    let producer_stage = g.task_stage[producer];
     let mut item_k = 0;
     for edge in &g.stage_of(t).inputs {
         match edge.binding {

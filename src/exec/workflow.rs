@@ -2,6 +2,7 @@
 //! order to expand them in. The pipeline file (`crate::pipeline`) builds one; the engine never
 //! reads the file.
 
+use super::ids::StageId;
 use super::kind::StageKind;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,11 +30,14 @@ pub struct Workflow {
     /// In declaration order.
     pub stages: Vec<Stage>,
     /// Stage indices in a topological order (upstream first; ties in declaration order).
-    pub order: Vec<usize>,
+    pub order: Vec<StageId>,
 }
 
 impl Workflow {
-    pub fn stage_index(&self, name: &str) -> Option<usize> {
-        self.stages.iter().position(|s| s.name == name)
+    pub fn stage_index(&self, name: &str) -> Option<StageId> {
+        self.stages
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| StageId(i as u32))
     }
 }

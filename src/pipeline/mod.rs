@@ -58,6 +58,7 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, src[line_start..offset].chars().count() + 1)
 }
 
+use crate::exec::ids::StageId;
 pub use crate::exec::workflow::{Stage, Workflow};
 
 /// A validated pipeline: the engine's [`Workflow`] and the executor settings of its file.
@@ -117,9 +118,9 @@ impl Pipeline {
         }
         // Sub-stages read only each other and run just before their stage, so the raw order
         // with each stage replaced by its graph stages is still topological.
-        let order: Vec<usize> = order
+        let order: Vec<StageId> = order
             .iter()
-            .flat_map(|&raw| expanded[raw].iter().copied())
+            .flat_map(|&raw| expanded[raw].iter().map(|&s| StageId(s as u32)))
             .collect();
         let name = raw.pipeline.name.clone().unwrap_or_else(|| {
             path.file_stem()
