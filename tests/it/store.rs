@@ -345,7 +345,7 @@ fn flip_4k(path: &std::path::Path, percent: u64) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// 4 KiB flipped in the middle of the index's data file, at several places: sled either
+/// 4 KiB flipped in the middle of the index's data file, at 19 places: sled either
 /// cannot open it (the error names `mvc repair`, which rebuilds it from the run journal and
 /// the blobs) or opens it at an earlier state without a word (the next command notices and
 /// puts the records back by itself). Either way the run after it runs nothing the last run
@@ -362,11 +362,14 @@ fn a_damaged_index_is_repaired_from_the_journal() {
             items.join(", ")
         ),
     );
-    sb.mvc(&["run", "p.toml", "-q"]).assert_ok();
+    // One task at a time: the index's layout then depends little on the order tasks end
+    // in (with the whole suite in one binary, other tests load the machine meanwhile).
+    sb.mvc(&["run", "p.toml", "-q", "-j", "1"]).assert_ok();
     let pristine = sb.path().join("pristine");
     copy_tree(&sb.cache(), &pristine);
     let (mut repaired, mut restored) = (0, 0);
-    for percent in [10, 20, 30, 40, 50, 60, 70, 80, 90, 95] {
+    // Every 5%: enough places that both kinds of damage are met whatever sled's layout.
+    for percent in (1..20).map(|k| k * 5) {
         let _ = std::fs::remove_dir_all(sb.cache());
         copy_tree(&pristine, &sb.cache());
         flip_4k(&sb.cache().join("index/db"), percent);
