@@ -51,30 +51,30 @@ impl Default for RetryPolicy {
 }
 
 /// Why a fetch gave up.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The server says the file is not there or not ours to read (401, 403, 404, 410, and
-    /// other 4xx): retrying will not help.
+    /// The server says the file is not there (404, 410): retrying will not help, and a
+    /// caller for whom the file is optional goes on without it.
+    #[error("{0}")]
+    NotFound(String),
+    /// The server says the file is not ours to read (401, 403), or refuses it otherwise
+    /// (other 4xx, too many redirects): retrying will not help.
+    #[error("{0}")]
     Permanent(String),
     /// Still failing after every retry (connection errors, timeouts, 408, 429, 5xx, cut-off
     /// bodies), the endpoint is known to be unreachable, or this machine could not write the
     /// file (a full disk): worth trying in a later run.
+    #[error("{0}")]
     Transient(String),
     /// Stopped by Ctrl-C.
+    #[error("cancelled")]
     Cancelled,
-}
-
-impl std::fmt::Display for FetchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FetchError::Permanent(m) | FetchError::Transient(m) => f.write_str(m),
-            FetchError::Cancelled => f.write_str("cancelled"),
-        }
-    }
 }
 
 /// What one attempt gave, when not the file.
 enum Attempt {
+    /// 404 or 410.
+    NotFound(String),
     Permanent(String),
     /// This machine failed (the disk is full, the cache is not writable): not the file's
     /// fault, and no retry in the next seconds helps; the item fails for this run only.
@@ -231,6 +231,7 @@ impl Partial {
                 "{url}: HTTP {status}: not allowed; if the dataset is gated or private, set \
                  HF_TOKEN to a token that can read it"
             ))),
+            404 | 410 => Err(Attempt::NotFound(format!("{url}: HTTP {status}"))),
             _ if !status.is_success() => Err(Attempt::Permanent(format!("{url}: HTTP {status}"))),
             _ => Ok(Answer::Body { sha256 }),
         }
@@ -391,6 +392,7 @@ impl HubClient {
             };
             let (error, after, unreachable) = match attempt {
                 Ok(size) => return Ok(size),
+                Err(Attempt::NotFound(error)) => return Err(FetchError::NotFound(error)),
                 Err(Attempt::Permanent(error)) => return Err(FetchError::Permanent(error)),
                 Err(Attempt::Local(error)) => {
                     return Err(FetchError::Transient(format!(

@@ -152,7 +152,7 @@ async fn download_all(
         tracing::info!("downloading {url}");
         match client.fetch_url_to_file(&url, &dest, &meter, &kill).await {
             Ok(_) => {}
-            Err(FetchError::Permanent(e)) if !required && e.contains("404") => {
+            Err(FetchError::NotFound(_)) if !required => {
                 crate::hf::forget_partial(&dest);
                 continue;
             }

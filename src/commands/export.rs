@@ -97,13 +97,7 @@ fn exportable_stage<'e>(
     stage: &str,
 ) -> Result<&'e crate::exec::graph::StageNode> {
     let g = &engine.graph;
-    let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
-        let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!(
-            "no stage `{stage}` in this pipeline (stages: {})",
-            names.join(", ")
-        );
-    };
+    let node = g.stage_named(stage)?;
     if let Some(why) = &node.deferred {
         bail!(
             "stage `{stage}` has no items yet ({why}); run the pipeline first (`mvc run {}`)",

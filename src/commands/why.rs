@@ -13,13 +13,7 @@ use std::fmt::Write as _;
 /// `mvc why FILE STAGE ITEM`, on a planned engine.
 pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<Why> {
     let g = &engine.graph;
-    let Some(node) = g.stages.iter().find(|s| s.name == stage) else {
-        let names: Vec<&str> = g.stages.iter().map(|s| s.name.as_str()).collect();
-        bail!(
-            "no stage `{stage}` in this pipeline (stages: {})",
-            names.join(", ")
-        );
-    };
+    let node = g.stage_named(stage)?;
     if let Some(why) = &node.deferred {
         bail!("stage `{stage}` has no items yet: {why}");
     }

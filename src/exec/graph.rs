@@ -291,6 +291,20 @@ impl TaskGraph {
         (items + alls) as u32
     }
 
+    /// The stage called `name`, or an error that lists the stages there are.
+    pub fn stage_named(&self, name: &str) -> Result<&StageNode> {
+        self.stages
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+                format!(
+                    "no stage `{name}` in this pipeline (stages: {})",
+                    names.join(", ")
+                )
+            })
+    }
+
     pub fn task_label(&self, task: TaskId) -> String {
         format!("{}/{}", self.stage_of(task).name, self.item(task))
     }

@@ -75,7 +75,7 @@ pub async fn fetch_output(
             .await
         {
             Ok(_) => {}
-            Err(FetchError::Permanent(error)) => {
+            Err(FetchError::Permanent(error) | FetchError::NotFound(error)) => {
                 crate::hf::forget_partial(&partial);
                 return TaskOutcome::Failed {
                     error,

@@ -274,7 +274,9 @@ impl SelectKind {
                     .await
                 {
                     Ok(_) => {}
-                    Err(crate::hf::FetchError::Permanent(error)) => {
+                    Err(
+                        crate::hf::FetchError::Permanent(error) | crate::hf::FetchError::NotFound(error),
+                    ) => {
                         return Err(TaskOutcome::Failed {
                             error: format!("cap3d_csv: {error}"),
                             stderr: None,
