@@ -265,3 +265,100 @@ fn the_checker_sees_upward_imports() {
     assert!(has("`exec` and `store` import each other"), "{text}");
     assert_eq!(problems.len(), 6, "{text}");
 }
+
+/// Files of `src/` that may write to stdout: the output layer, and the process launcher's
+/// helper (a child process whose stdout is its protocol with mvc).
+const STDOUT_WRITERS: &[&str] = &["commands/output.rs", "exec/launcher.rs"];
+
+/// Every write to stdout outside [`STDOUT_WRITERS`], and every `eprintln!` under `remote/`
+/// (its lines for people go through `remote::Say`, which the command makes), as
+/// `file:line: message`. Comments are skipped.
+fn stray_prints(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = code_of(line);
+            let to_stdout = writes_stdout(code);
+            if to_stdout && !STDOUT_WRITERS.contains(&rel.as_str()) {
+                problems.push(format!(
+                    "src/{rel}:{}: writes to stdout; results go through commands::output",
+                    i + 1
+                ));
+            }
+            if rel.starts_with("remote/") && code.contains("eprintln!(") {
+                problems.push(format!(
+                    "src/{rel}:{}: prints to stderr; say it through remote::Say",
+                    i + 1
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Whether a line of code prints to stdout: `print!`/`println!` (not `eprint!`), or takes
+/// stdout for anything but asking whether it is a terminal.
+fn writes_stdout(code: &str) -> bool {
+    let macro_at = |name: &str| {
+        code.match_indices(name).any(|(i, _)| {
+            !code[..i]
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+    };
+    let takes_stdout = code
+        .match_indices("stdout()")
+        .any(|(i, m)| !code[i + m.len()..].starts_with(".is_terminal()"));
+    macro_at("println!(") || macro_at("print!(") || takes_stdout
+}
+
+#[test]
+fn only_the_output_layer_writes_to_stdout() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let problems = stray_prints(&src);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_print_checker_sees_a_stray_print() {
+    let dir = std::env::temp_dir().join(format!("mvc-prints-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("remote")).unwrap();
+    std::fs::create_dir_all(dir.join("commands")).unwrap();
+    std::fs::write(
+        dir.join("store.rs"),
+        "// println!(\"a comment\")\nfn f() { println!(\"x\"); }\nfn g() { eprintln!(\"y\"); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("remote/slurm.rs"),
+        "fn f() { eprintln!(\"x\"); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("commands/output.rs"),
+        "fn f() { println!(\"x\"); }\n",
+    )
+    .unwrap();
+    let problems = stray_prints(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("remote/slurm.rs:1: prints to stderr"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("store.rs:2: writes to stdout"),
+        "{problems:?}"
+    );
+}
