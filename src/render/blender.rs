@@ -116,20 +116,22 @@ pub struct JobDone {
 }
 
 /// Why a job gave no images.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The worker reported an error for this object (import failed, no mesh…).
+    #[error("{0}")]
     Object(String),
     /// The process died while rendering this object: `how` (killed by SIGKILL…, exited
     /// with status N), and Blender's last lines.
-    Died {
-        how: String,
-        last_lines: String,
-    },
+    #[error("Blender {how}")]
+    Died { how: String, last_lines: String },
     /// The process ran past the timeout on this object and was stopped.
+    #[error("{0}")]
     TimedOut(String),
     /// Blender could not be started at all.
+    #[error("{0}")]
     Start(String),
+    #[error("cancelled")]
     Cancelled,
 }
 

@@ -192,20 +192,13 @@ struct SelectInputs {
 }
 
 /// A metadata shard whose blob failed verification while the selection read it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{stage}/{item}: {error}")]
 struct CorruptShard {
     stage: String,
     item: String,
     error: String,
 }
-
-impl std::fmt::Display for CorruptShard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}: {}", self.stage, self.item, self.error)
-    }
-}
-
-impl std::error::Error for CorruptShard {}
 
 /// The selection and captions.
 #[derive(Debug)]
