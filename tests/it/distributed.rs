@@ -368,39 +368,7 @@ cmd = "head -c 20000 /dev/urandom > $MVC_OUT/o.bin"
     let cert = std::fs::read(sb.cache().join("tls/coordinator-cert.pem")).unwrap();
     assert!(String::from_utf8_lossy(&cert).contains("BEGIN CERTIFICATE"));
 
-    let wrong = "ab".repeat(32);
-    for (fingerprint, says) in [
-        (Some(wrong.as_str()), "not the abab"),
-        (None, "give --fingerprint"),
-    ] {
-        let mut args = vec![
-            "worker",
-            "--connect",
-            &url,
-            "--token-file",
-            "token",
-            "--slots",
-            "cpu=0,gpu=1",
-        ];
-        if let Some(f) = fingerprint {
-            args.extend(["--fingerprint", f]);
-        }
-        let started = Instant::now();
-        let refused = sb.mvc(&args);
-        assert_ne!(refused.code, Some(0), "{}", refused.stderr);
-        assert!(
-            refused
-                .stderr
-                .contains("not the coordinator this worker trusts")
-                && refused.stderr.contains(says),
-            "{}",
-            refused.stderr
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "refused at once"
-        );
-    }
+    refused_without_the_right_fingerprint(&sb, &url);
     // Plain HTTP to the TLS port: no answer.
     let plain = sb.mvc(&[
         "status",
@@ -456,7 +424,48 @@ cmd = "head -c 20000 /dev/urandom > $MVC_OUT/o.bin"
     assert_eq!(again.fingerprint.as_deref(), Some(fingerprint.as_str()));
     drop(again);
 
-    // Certificate files that are not PEM, and a key without its certificate.
+    certificate_files_that_are_not_pem_are_named(&sb);
+}
+
+/// A worker given another fingerprint, or none, is refused at once and says why.
+fn refused_without_the_right_fingerprint(sb: &Sandbox, url: &str) {
+    let wrong = "ab".repeat(32);
+    for (fingerprint, says) in [
+        (Some(wrong.as_str()), "not the abab"),
+        (None, "give --fingerprint"),
+    ] {
+        let mut args = vec![
+            "worker",
+            "--connect",
+            url,
+            "--token-file",
+            "token",
+            "--slots",
+            "cpu=0,gpu=1",
+        ];
+        if let Some(f) = fingerprint {
+            args.extend(["--fingerprint", f]);
+        }
+        let started = Instant::now();
+        let refused = sb.mvc(&args);
+        assert_ne!(refused.code, Some(0), "{}", refused.stderr);
+        assert!(
+            refused
+                .stderr
+                .contains("not the coordinator this worker trusts")
+                && refused.stderr.contains(says),
+            "{}",
+            refused.stderr
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "refused at once"
+        );
+    }
+}
+
+/// Certificate files that are not PEM, and a key without its certificate, are named.
+fn certificate_files_that_are_not_pem_are_named(sb: &Sandbox) {
     sb.write("cert.pem", "not a certificate\n");
     sb.write("key.pem", "not a key\n");
     let bad = sb.mvc(&[
@@ -668,38 +677,7 @@ async fn blobs_are_verified_on_upload_and_served_with_ranges() {
     let other = mvc::store::blobs::BlobStore::new(dir.path().join("other"));
     assert_eq!(client.get_blob(&digest, &other).await.unwrap(), 300_000);
 
-    // The stored copy rots (same size, one byte changed). A download breaks off before its
-    // end and the blob is removed; asked again, the coordinator has none; an upload of the
-    // right bytes then stores it whole again.
-    let stored = store.blobs().path(&digest);
-    let mut rotten = bytes.clone();
-    rotten[299_999] ^= 1;
-    std::fs::set_permissions(&stored, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    std::fs::write(&stored, &rotten).unwrap();
-    let fresh = mvc::store::blobs::BlobStore::new(dir.path().join("fresh"));
-    match client.get_blob(&digest, &fresh).await {
-        Err(CallError::Network(_)) => {}
-        other => panic!("a damaged blob was served as whole: {other:?}"),
-    }
-    assert!(fresh.size(&digest).is_none());
-    assert!(!stored.exists(), "the damaged copy is removed");
-    match client.get_blob(&digest, &fresh).await {
-        Err(CallError::BlobMissing(message)) => assert!(message.contains("no blob"), "{message}"),
-        other => panic!("a removed blob was not missing: {other:?}"),
-    }
-    // Rot found by HEAD (an uploader's check) and by PUT (an upload of a blob that seems here).
-    std::fs::write(&stored, &rotten).unwrap();
-    assert!(
-        !client.has_blob(&digest).await.unwrap(),
-        "HEAD of a damaged blob"
-    );
-    std::fs::write(&stored, &rotten).unwrap();
-    client.put_blob(&digest, &file).await.unwrap();
-    assert_eq!(
-        store.blobs().read(&digest).unwrap(),
-        bytes,
-        "the upload replaced it"
-    );
+    rotten_blobs_are_found_and_replaced(&client, &store, dir.path(), &bytes).await;
 
     let http = reqwest::Client::new();
     let url = format!("{}/v1/blobs/{digest}", coord.url());
@@ -743,6 +721,50 @@ async fn blobs_are_verified_on_upload_and_served_with_ranges() {
         other => panic!("an oversized upload was not refused: {other:?}"),
     }
     assert!(!client.has_blob(&Digest::of(&big)).await.unwrap());
+}
+
+/// The stored copy of a blob rots (same size, one byte changed). A download breaks off
+/// before its end and the blob is removed; asked again, the coordinator has none; an upload
+/// of the right bytes then stores it whole again. HEAD (an uploader's check) and PUT (an
+/// upload of a blob that seems here) find the rot too.
+async fn rotten_blobs_are_found_and_replaced(
+    client: &mvc::remote::client::Client,
+    store: &mvc::store::Store,
+    dir: &Path,
+    bytes: &[u8],
+) {
+    use mvc::remote::client::CallError;
+    let digest = mvc::task::Digest::of(bytes);
+    let file = dir.join("blob.bin");
+    let stored = store.blobs().path(&digest);
+    let mut rotten = bytes.to_vec();
+    rotten[299_999] ^= 1;
+    std::fs::set_permissions(&stored, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&stored, &rotten).unwrap();
+    let fresh = mvc::store::blobs::BlobStore::new(dir.join("fresh"));
+    match client.get_blob(&digest, &fresh).await {
+        Err(CallError::Network(_)) => {}
+        other => panic!("a damaged blob was served as whole: {other:?}"),
+    }
+    assert!(fresh.size(&digest).is_none());
+    assert!(!stored.exists(), "the damaged copy is removed");
+    match client.get_blob(&digest, &fresh).await {
+        Err(CallError::BlobMissing(message)) => assert!(message.contains("no blob"), "{message}"),
+        other => panic!("a removed blob was not missing: {other:?}"),
+    }
+    // Rot found by HEAD (an uploader's check) and by PUT (an upload of a blob that seems here).
+    std::fs::write(&stored, &rotten).unwrap();
+    assert!(
+        !client.has_blob(&digest).await.unwrap(),
+        "HEAD of a damaged blob"
+    );
+    std::fs::write(&stored, &rotten).unwrap();
+    client.put_blob(&digest, &file).await.unwrap();
+    assert_eq!(
+        store.blobs().read(&digest).unwrap(),
+        bytes,
+        "the upload replaced it"
+    );
 }
 
 #[test]
@@ -932,83 +954,18 @@ fn the_wrong_scheme_for_a_coordinator_is_named() {
 /// unit is bound to the session it was leased to, not to a worker's listed id or name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_are_recorded_once_and_late_ones_are_refused() {
-    use mvc::exec::run::{Listener, RunOptions, run_with};
     use mvc::remote::client::Client;
-    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
-    use mvc::remote::protocol::{Complete, LeaseRequest, PipelineText, Register};
-    use mvc::stages::TaskOutcome;
-    use mvc::store::Store;
-    use mvc::store::records::Output;
-    use mvc::task::Digest;
 
     let dir = tempfile::tempdir().unwrap();
-    let text = "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n";
-    let path = dir.path().join("p.toml");
-    std::fs::write(&path, text).unwrap();
-    let pipeline = mvc::pipeline::Pipeline::parse(&path, text).unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
-    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
-    config.lease_timeout = Duration::from_secs(1);
-    let source = PipelineText {
-        path: path.display().to_string(),
-        text: text.into(),
-    };
-    let (coord, rx) = Coordinator::start(config, store.clone(), "p", source)
-        .await
-        .unwrap();
-    let url = coord.url();
-    let mut listener = Listener::new(coord, rx);
-    let run_store = store.clone();
-    let run = tokio::spawn(async move {
-        let opts = RunOptions {
-            slots: mvc::resources::Resources::default(),
-            keep_going: true,
-            retry_failed: false,
-            grace: Duration::from_secs(1),
-            quiet: true,
-        };
-        run_with(&pipeline.workflow, run_store, opts, Some(&mut listener))
-            .await
-            .unwrap()
-    });
+    let (url, store, run) = listening_run(dir.path(), 1).await;
 
     // Each client is one session (one worker process).
     let client = Client::new(&url, None).unwrap();
     let client_b = Client::new(&url, None).unwrap();
     let impostor = Client::new(&url, None).unwrap();
-    let register = |name: &str| Register {
-        name: name.into(),
-        host: "test".into(),
-        slots: mvc::resources::Resources::ONE_CPU,
-        labels: vec![],
-        blender: None,
-        slurm_job: None,
-    };
-    let lease = |worker: u64| LeaseRequest {
-        worker,
-        free: mvc::resources::Resources::ONE_CPU,
-        wait_ms: 5000,
-    };
-    let output = |text: &str| TaskOutcome::Success {
-        outputs: vec![Output {
-            name: "o".into(),
-            digest: Digest::of(text.as_bytes()),
-            size: text.len() as u64,
-            inline: Some(text.as_bytes().to_vec()),
-        }],
-        stdout: None,
-        stderr: None,
-        started_ms: 0,
-        duration_ms: 1,
-    };
+    let (register, lease, done) = (worker_named, lease_for, completed);
     let a = client.register(&register("a")).await.unwrap().worker;
     let first = client.lease(&lease(a)).await.unwrap().unit.expect("a unit");
-    let done = |worker: u64, name: &str, unit: &mvc::remote::protocol::Unit, text: &str| Complete {
-        worker,
-        worker_name: name.into(),
-        keys: unit.tasks.iter().map(|t| t.key).collect(),
-        outcomes: unit.tasks.iter().map(|_| output(text)).collect(),
-    };
     client
         .complete(first.id, &done(a, "a", &first, "from a"))
         .await
@@ -1086,6 +1043,101 @@ async fn results_are_recorded_once_and_late_ones_are_refused() {
     );
     let first_result = store.result(&first.tasks[0].key).unwrap().unwrap();
     assert_eq!(first_result.host, "a");
+}
+
+/// A run of two command tasks that only workers can run, listening on loopback with leases
+/// of `lease_timeout_s`: its coordinator's URL, its store, and the run itself.
+async fn listening_run(
+    dir: &Path,
+    lease_timeout_s: u64,
+) -> (
+    String,
+    Arc<mvc::store::Store>,
+    tokio::task::JoinHandle<mvc::exec::run::RunReport>,
+) {
+    use mvc::exec::run::{Listener, RunOptions, run_with};
+    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+    use mvc::remote::protocol::PipelineText;
+    use mvc::store::Store;
+    let text = "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n";
+    let path = dir.join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    let pipeline = mvc::pipeline::Pipeline::parse(&path, text).unwrap();
+    let store = Arc::new(Store::open(&dir.join("cache")).unwrap());
+    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+    config.lease_timeout = Duration::from_secs(lease_timeout_s);
+    let source = PipelineText {
+        path: path.display().to_string(),
+        text: text.into(),
+    };
+    let (coord, rx) = Coordinator::start(config, store.clone(), "p", source)
+        .await
+        .unwrap();
+    let url = coord.url();
+    let mut listener = Listener::new(coord, rx);
+    let run_store = store.clone();
+    let run = tokio::spawn(async move {
+        let opts = RunOptions {
+            slots: mvc::resources::Resources::default(),
+            keep_going: true,
+            retry_failed: false,
+            grace: Duration::from_secs(1),
+            quiet: true,
+        };
+        run_with(&pipeline.workflow, run_store, opts, Some(&mut listener))
+            .await
+            .unwrap()
+    });
+
+    (url, store, run)
+}
+
+/// A hand-written worker's registration.
+fn worker_named(name: &str) -> mvc::remote::protocol::Register {
+    mvc::remote::protocol::Register {
+        name: name.into(),
+        host: "test".into(),
+        slots: mvc::resources::Resources::ONE_CPU,
+        labels: vec![],
+        blender: None,
+        slurm_job: None,
+    }
+}
+
+/// A lease request for one cpu slot, waiting up to 5 s.
+fn lease_for(worker: u64) -> mvc::remote::protocol::LeaseRequest {
+    mvc::remote::protocol::LeaseRequest {
+        worker,
+        free: mvc::resources::Resources::ONE_CPU,
+        wait_ms: 5000,
+    }
+}
+
+/// A report that every task of `unit` made one inline output, `text`.
+fn completed(
+    worker: u64,
+    name: &str,
+    unit: &mvc::remote::protocol::Unit,
+    text: &str,
+) -> mvc::remote::protocol::Complete {
+    let output = || mvc::stages::TaskOutcome::Success {
+        outputs: vec![mvc::store::records::Output {
+            name: "o".into(),
+            digest: mvc::task::Digest::of(text.as_bytes()),
+            size: text.len() as u64,
+            inline: Some(text.as_bytes().to_vec()),
+        }],
+        stdout: None,
+        stderr: None,
+        started_ms: 0,
+        duration_ms: 1,
+    };
+    mvc::remote::protocol::Complete {
+        worker,
+        worker_name: name.into(),
+        keys: unit.tasks.iter().map(|t| t.key).collect(),
+        outcomes: unit.tasks.iter().map(|_| output()).collect(),
+    }
 }
 
 /// A blob damaged in the coordinator's cache heals: the worker that fetches it is refused

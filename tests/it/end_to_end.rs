@@ -240,7 +240,58 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
     plan.assert_ok();
     // (`cargo test --test it end_to_end:: -- --nocapture` shows it: README's example of a plan.)
     eprintln!("mvc plan after adding a ring:\n{}", plan.stdout);
-    // The same plan as JSON: every stage planned, with its reasons.
+    check_ring_plan_json(&sb, &mirror);
+    let ring = run(&sb, &mirror, &[]);
+    assert_eq!(ring.count("objects", "ran"), 0);
+    assert_eq!(ring.count("objects", "cached"), 6);
+    assert_eq!(ring.count("views", "ran"), 36);
+    assert_eq!(ring.count("views", "cached"), 72);
+    assert_eq!(ring.count("embed", "ran"), 36, "image embeddings only");
+    assert_eq!(ring.count("embed", "cached"), 72 + 6);
+    assert_eq!(ring.count("split", "cached"), 1);
+    assert_eq!(ring.count("split", "ran"), 0);
+    for h in HEADS {
+        assert_eq!(ring.count(&format!("train_{h}"), "ran"), 1, "train_{h}");
+        assert_eq!(ring.count(&format!("eval_{h}"), "ran"), 1, "eval_{h}");
+    }
+    assert_eq!(ring.count("report", "ran"), 1);
+    let local = metrics(&sb, "local");
+
+    // The same from scratch, with the rendering done by two workers: the coordinator keeps
+    // no Blender slot, the workers offer only Blender.
+    let (dist, ran) = run_with_two_render_workers(&mirror, seed);
+    ran.assert_ok();
+    assert_eq!(ran.count("views", "ran"), 108);
+    // The renders themselves: the same bytes whichever process made them.
+    sb.mvc(&["export", "p.toml", "views", "views-local"])
+        .assert_ok();
+    dist.mvc(&["export", "p.toml", "views", "views-dist"])
+        .assert_ok();
+    let differing = differing_files(
+        &sb.path().join("views-local"),
+        &dist.path().join("views-dist"),
+    );
+    say_pixel_differences(&sb, &dist, &differing);
+    assert!(differing.is_empty(), "renders differ: {differing:?}");
+    let dist_metrics = metrics(&dist, "dist");
+    for (h, (a, b)) in HEADS.iter().zip(local.iter().zip(&dist_metrics)) {
+        let a: serde_json::Value = serde_json::from_slice(a).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(b).unwrap();
+        let worst = max_difference(&a, &b, &format!("eval_{h}"));
+        eprintln!("eval_{h}: largest difference from the local run's metrics {worst:e}");
+        // Exactly equal: the renders are (asserted above), and CLIP on the CPU gives an
+        // image the same bytes whatever batch the embed stage happened to put it in (which
+        // depends on when each worker finished), so training and evaluation see the same
+        // numbers.
+        assert!(
+            worst == 0.0,
+            "eval_{h}: metrics differ from the local run's by up to {worst:e}"
+        );
+    }
+}
+
+/// The plan after adding a ring, as JSON: every stage planned, with its reasons.
+fn check_ring_plan_json(sb: &Sandbox, mirror: &Mirror) {
     let plan = sb.mvc_env(
         &["plan", "p.toml", "--json"],
         &[("HF_ENDPOINT", &mirror.endpoint)],
@@ -265,24 +316,11 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
             "train_{h}"
         );
     }
-    let ring = run(&sb, &mirror, &[]);
-    assert_eq!(ring.count("objects", "ran"), 0);
-    assert_eq!(ring.count("objects", "cached"), 6);
-    assert_eq!(ring.count("views", "ran"), 36);
-    assert_eq!(ring.count("views", "cached"), 72);
-    assert_eq!(ring.count("embed", "ran"), 36, "image embeddings only");
-    assert_eq!(ring.count("embed", "cached"), 72 + 6);
-    assert_eq!(ring.count("split", "cached"), 1);
-    assert_eq!(ring.count("split", "ran"), 0);
-    for h in HEADS {
-        assert_eq!(ring.count(&format!("train_{h}"), "ran"), 1, "train_{h}");
-        assert_eq!(ring.count(&format!("eval_{h}"), "ran"), 1, "eval_{h}");
-    }
-    assert_eq!(ring.count("report", "ran"), 1);
-    let local = metrics(&sb, "local");
+}
 
-    // The same from scratch, with the rendering done by two workers: the coordinator keeps
-    // no Blender slot, the workers offer only Blender.
+/// The three-ring pipeline from scratch in a sandbox of its own, rendered by two workers
+/// (the coordinator keeps no Blender slot, the workers offer only Blender).
+fn run_with_two_render_workers(mirror: &Mirror, seed: u64) -> (Sandbox, Ran) {
     let dist = Sandbox::new();
     dist.write("p.toml", &pipeline(THREE_RINGS, seed));
     let mut coordinator = crate::common::Background::start(
@@ -322,17 +360,11 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
         let _ = w.kill();
         let _ = w.wait();
     }
-    ran.assert_ok();
-    assert_eq!(ran.count("views", "ran"), 108);
-    // The renders themselves: the same bytes whichever process made them.
-    sb.mvc(&["export", "p.toml", "views", "views-local"])
-        .assert_ok();
-    dist.mvc(&["export", "p.toml", "views", "views-dist"])
-        .assert_ok();
-    let differing = differing_files(
-        &sb.path().join("views-local"),
-        &dist.path().join("views-dist"),
-    );
+    (dist, ran)
+}
+
+/// For a few renders that differ between the local and the distributed run, how much.
+fn say_pixel_differences(sb: &Sandbox, dist: &Sandbox, differing: &[String]) {
     for f in differing.iter().filter(|f| f.ends_with(".png")).take(3) {
         let a = image::open(sb.path().join("views-local").join(f))
             .unwrap()
@@ -353,22 +385,6 @@ fn the_study_runs_from_one_command_and_a_new_ring_reruns_only_what_it_changes() 
             .filter(|(x, y)| x != y)
             .count();
         eprintln!("{f}: max pixel difference {max:?}, {n} bytes differ");
-    }
-    assert!(differing.is_empty(), "renders differ: {differing:?}");
-    let dist_metrics = metrics(&dist, "dist");
-    for (h, (a, b)) in HEADS.iter().zip(local.iter().zip(&dist_metrics)) {
-        let a: serde_json::Value = serde_json::from_slice(a).unwrap();
-        let b: serde_json::Value = serde_json::from_slice(b).unwrap();
-        let worst = max_difference(&a, &b, &format!("eval_{h}"));
-        eprintln!("eval_{h}: largest difference from the local run's metrics {worst:e}");
-        // Exactly equal: the renders are (asserted above), and CLIP on the CPU gives an
-        // image the same bytes whatever batch the embed stage happened to put it in (which
-        // depends on when each worker finished), so training and evaluation see the same
-        // numbers.
-        assert!(
-            worst == 0.0,
-            "eval_{h}: metrics differ from the local run's by up to {worst:e}"
-        );
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use mvc::heads::loss::{self, DeadCodes, Normaliser};
 use mvc::heads::train::{Embeddings, TrainSettings, train};
 use mvc::heads::{Head, HeadConfig, HeadKind, Variant};
-use mvc::report::metrics::{EvalInput, ViewInfo, evaluate, similarity_matrix};
+use mvc::report::metrics::{EvalInput, Metrics, ViewInfo, evaluate, similarity_matrix};
 
 fn cos(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
@@ -74,6 +74,50 @@ fn each_metric_matches_a_direct_computation() {
     };
     // A block of one row at a time, so the blocked pass really is blocked.
     let m = evaluate(&input, 1).unwrap();
+    check_pooled(&m, &images, &texts);
+    check_heatmaps(&m, &images);
+    check_curves(&m, &images);
+    check_ring(&m, &images);
+
+    // Blocks of any size give the same numbers.
+    let whole = evaluate(&input, 1 << 30).unwrap();
+    assert_eq!(whole.cross_object.count, m.cross_object.count);
+    close(
+        whole.cross_object.mean,
+        m.cross_object.mean,
+        "blocked vs whole",
+    );
+    assert_eq!(whole.retrieval_top1, m.retrieval_top1);
+
+    // The texts-then-images matrix: diagonal zero, entry (text 1, image 0 of object 2).
+    let (matrix, side, full) = similarity_matrix(&input, 2000);
+    assert_eq!((side, full), (15, 15));
+    assert_eq!(matrix[0], 0.0);
+    close(
+        matrix[3 + 8] as f64,
+        cos(&texts[0], &images[2][0]),
+        "matrix entry",
+    );
+    let (_, side, full) = similarity_matrix(&input, 4);
+    assert_eq!((side, full), (4, 15));
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
+}
+
+/// Same-object similarity over the given view pairs, pooled over the objects.
+fn pair_group(images: &PerView, pairs: &[(usize, usize)]) -> (f64, f64) {
+    let v: Vec<f64> = (0..images.len())
+        .flat_map(|o| pairs.iter().map(move |&(i, j)| (o, i, j)))
+        .map(|(o, i, j)| cos(&images[o][i], &images[o][j]))
+        .collect();
+    mean_std(&v)
+}
+
+/// The pooled metrics (same-object, cross-object, text-to-image, retrieval) against every
+/// pair computed directly.
+fn check_pooled(m: &Metrics, images: &PerView, texts: &[Vec<f64>]) {
     let (o_n, v_n) = (3, 4);
     let mut same = Vec::new();
     let mut cross = Vec::new();
@@ -103,7 +147,6 @@ fn each_metric_matches_a_direct_computation() {
             top5 += others[..5].iter().any(|x| x.1 == o) as usize;
         }
     }
-    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
     let (sm, ss) = mean_std(&same);
     close(m.same_object.mean, sm, "same-object mean");
     close(m.same_object.std, ss, "same-object std");
@@ -116,8 +159,11 @@ fn each_metric_matches_a_direct_computation() {
     close(m.text_to_image.std, ts, "text-to-image std");
     close(m.retrieval_top1, top1 as f64 / 12.0, "top-1");
     close(m.retrieval_top5, top5 as f64 / 12.0, "top-5");
+}
 
-    // Heatmaps: per view pair over objects.
+/// The heatmaps: per view pair over objects.
+fn check_heatmaps(m: &Metrics, images: &PerView) {
+    let (o_n, v_n) = (3, 4);
     for i in 0..v_n {
         for j in 0..v_n {
             let per: Vec<f64> = (0..o_n)
@@ -128,15 +174,15 @@ fn each_metric_matches_a_direct_computation() {
             close(m.view_pair_std[i * v_n + j], ps, "heatmap std");
         }
     }
+}
+
+/// The curves: by azimuth difference (pooled and within rings), by elevation difference,
+/// by the angle between the cameras.
+fn check_curves(m: &Metrics, images: &PerView) {
+    let o_n = images.len();
     // Azimuth difference 90: pairs (0,1), (2,3) and their reverses, plus (0,3), (1,2)...:
     // views are [az0 p20, az90 p20, az0 p50, az90 p50].
-    let group = |pairs: &[(usize, usize)]| {
-        let v: Vec<f64> = (0..o_n)
-            .flat_map(|o| pairs.iter().map(move |&(i, j)| (o, i, j)))
-            .map(|(o, i, j)| cos(&images[o][i], &images[o][j]))
-            .collect();
-        mean_std(&v)
-    };
+    let group = |pairs: &[(usize, usize)]| pair_group(images, pairs);
     let az90 = group(&[
         (0, 1),
         (1, 0),
@@ -204,8 +250,11 @@ fn each_metric_matches_a_direct_computation() {
         close(by_view[k].similarity.mean, mean, "by view angle");
         assert_eq!(by_view[k].similarity.count, (pairs.len() * o_n) as u64);
     }
+}
 
-    // Per ring: ring 0 holds views 0 and 1.
+/// Per ring: ring 0 holds views 0 and 1.
+fn check_ring(m: &Metrics, images: &PerView) {
+    let o_n = images.len();
     let ring0 = &m.rings[0];
     assert_eq!(ring0.polar, Some(20.0));
     let same0: Vec<f64> = (0..o_n)
@@ -239,28 +288,6 @@ fn each_metric_matches_a_direct_computation() {
         mean_std(&cross0).1,
         "ring cross-object std",
     );
-
-    // Blocks of any size give the same numbers.
-    let whole = evaluate(&input, 1 << 30).unwrap();
-    assert_eq!(whole.cross_object.count, m.cross_object.count);
-    close(
-        whole.cross_object.mean,
-        m.cross_object.mean,
-        "blocked vs whole",
-    );
-    assert_eq!(whole.retrieval_top1, m.retrieval_top1);
-
-    // The texts-then-images matrix: diagonal zero, entry (text 1, image 0 of object 2).
-    let (matrix, side, full) = similarity_matrix(&input, 2000);
-    assert_eq!((side, full), (15, 15));
-    assert_eq!(matrix[0], 0.0);
-    close(
-        matrix[3 + 8] as f64,
-        cos(&texts[0], &images[2][0]),
-        "matrix entry",
-    );
-    let (_, side, full) = similarity_matrix(&input, 4);
-    assert_eq!((side, full), (4, 15));
 }
 
 fn tensor3(v: &[Vec<Vec<f64>>]) -> Tensor {
@@ -470,34 +497,36 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
     ae(Normaliser::Study, (d * (d - 1) * b * (b - 1) / 2) as f64);
     ae(Normaliser::TrueMean, cross_c.len() as f64);
 
-    // Gradients.
-    check_gradient("object", &x, &|x| loss::object_loss(x, &t).unwrap().total);
-    check_gradient("contrastive (study)", &x, &|x| {
-        loss::contrastive_loss(x, &t, 0.5, Normaliser::Study)
+    let codes = tensor3(&codes);
+    check_loss_gradients(&x, &t, (&flat_x, &flat_dec, &codes), (a, w));
+}
+
+/// Each loss's gradient, by x (and by decoding and by code for the autoencoder), against
+/// finite differences.
+fn check_loss_gradients(
+    x: &Tensor,
+    t: &Tensor,
+    (flat_x, flat_dec, codes): (&Tensor, &Tensor, &Tensor),
+    (a, w): (f64, f64),
+) {
+    check_gradient("object", x, &|x| loss::object_loss(x, t).unwrap().total);
+    check_gradient("contrastive (study)", x, &|x| {
+        loss::contrastive_loss(x, t, 0.5, Normaliser::Study)
             .unwrap()
             .total
     });
-    check_gradient("contrastive (InfoNCE)", &x, &|x| {
-        loss::info_nce_loss(x, &t, 0.5).unwrap().total
+    check_gradient("contrastive (InfoNCE)", x, &|x| {
+        loss::info_nce_loss(x, t, 0.5).unwrap().total
     });
-    let codes = tensor3(&codes);
-    check_gradient("autoencoder, by decoding", &flat_dec, &|dec| {
-        loss::autoencoder_loss(
-            &flat_x,
-            dec,
-            &codes,
-            a,
-            w,
-            Normaliser::Study,
-            DeadCodes::Zero,
-        )
-        .unwrap()
-        .total
+    check_gradient("autoencoder, by decoding", flat_dec, &|dec| {
+        loss::autoencoder_loss(flat_x, dec, codes, a, w, Normaliser::Study, DeadCodes::Zero)
+            .unwrap()
+            .total
     });
-    check_gradient("autoencoder, by code", &codes, &|c| {
+    check_gradient("autoencoder, by code", codes, &|c| {
         loss::autoencoder_loss(
-            &flat_x,
-            &flat_dec,
+            flat_x,
+            flat_dec,
             c,
             a,
             w,
@@ -509,10 +538,10 @@ fn each_loss_has_the_value_and_gradient_of_its_formula() {
     });
     // The study's cosines of codes (1e-7 added, PyTorch's norm clamp), by code: the fused
     // backward with its tiny epsilon.
-    check_gradient("autoencoder, by code, as the study", &codes, &|c| {
+    check_gradient("autoencoder, by code, as the study", codes, &|c| {
         loss::autoencoder_loss(
-            &flat_x,
-            &flat_dec,
+            flat_x,
+            flat_dec,
             c,
             a,
             w,

@@ -5,11 +5,6 @@
 //!
 //! Run one area with `cargo test --test it AREA::` (e.g. `cargo test --test it store::`).
 
-// A test is one scenario read top to bottom (set up, run, check each thing it promises):
-// splitting it would scatter its assertions. The 100-line limit of clippy.toml holds for
-// src/; here it is lifted.
-#![allow(clippy::too_many_lines)]
-
 mod common;
 
 mod architecture;

@@ -143,6 +143,124 @@ fn missing_pipeline_file() {
     );
 }
 
+/// Command lines with a bad flag value, the flag, and what the error says of its value.
+const BAD_FLAGS: &[(&[&str], &str, &str)] = &[
+    (
+        &["run", "p.toml", "--grace", "inf"],
+        "--grace",
+        "not a finite number",
+    ),
+    (
+        &["run", "p.toml", "--grace", "-5"],
+        "--grace",
+        "at least 0 seconds",
+    ),
+    (
+        &["run", "p.toml", "--grace", "1e9"],
+        "--grace",
+        "more than a week",
+    ),
+    (
+        &["run", "p.toml", "--grace", "soon"],
+        "--grace",
+        "not a number of seconds",
+    ),
+    (
+        &[
+            "run",
+            "p.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-timeout",
+            "nan",
+        ],
+        "--lease-timeout",
+        "not a finite number",
+    ),
+    (
+        &[
+            "run",
+            "p.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-timeout",
+            "0",
+        ],
+        "--lease-timeout",
+        "more than 0 seconds",
+    ),
+    (
+        &["run", "p.toml", "--slots", "cpu=two"],
+        "--slots",
+        "not a whole number",
+    ),
+    (
+        &["run", "p.toml", "--slots", "tpu=1"],
+        "--slots",
+        "unknown slot `tpu`",
+    ),
+    (
+        &["run", "p.toml", "--jobs", "0"],
+        "--jobs",
+        "0 is not in 1..=",
+    ),
+    (
+        &[
+            "serve",
+            "p.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--slots",
+            "cpu=99999999",
+        ],
+        "--slots",
+        "more than any machine has",
+    ),
+    (
+        &[
+            "serve",
+            "p.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-timeout",
+            "-inf",
+        ],
+        "--lease-timeout",
+        "not a finite number",
+    ),
+    (
+        &["gc", "--keep-runs", "0"],
+        "--keep-runs",
+        "0 is not in 1..=",
+    ),
+    (
+        &[
+            "embed",
+            "--model",
+            "m",
+            "--out",
+            "o.safetensors",
+            "--batch",
+            "0",
+        ],
+        "--batch",
+        "0 is not in 1..=",
+    ),
+    (
+        &[
+            "embed",
+            "--model",
+            "m",
+            "--out",
+            "o.safetensors",
+            "--background",
+            "pink",
+        ],
+        "--background",
+        "is not a colour",
+    ),
+];
+
 /// Every flag that takes seconds or slots is checked when it is parsed: `inf`, `nan`,
 /// negative and absurd values are usage errors (status 2) that name the flag, before the
 /// pipeline or the cache is touched (they used to panic, or be accepted).
@@ -153,123 +271,7 @@ fn bad_flag_values_name_the_flag() {
         "p.toml",
         "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"echo > $MVC_OUT/o\"\n",
     );
-    let cases: &[(&[&str], &str, &str)] = &[
-        (
-            &["run", "p.toml", "--grace", "inf"],
-            "--grace",
-            "not a finite number",
-        ),
-        (
-            &["run", "p.toml", "--grace", "-5"],
-            "--grace",
-            "at least 0 seconds",
-        ),
-        (
-            &["run", "p.toml", "--grace", "1e9"],
-            "--grace",
-            "more than a week",
-        ),
-        (
-            &["run", "p.toml", "--grace", "soon"],
-            "--grace",
-            "not a number of seconds",
-        ),
-        (
-            &[
-                "run",
-                "p.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--lease-timeout",
-                "nan",
-            ],
-            "--lease-timeout",
-            "not a finite number",
-        ),
-        (
-            &[
-                "run",
-                "p.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--lease-timeout",
-                "0",
-            ],
-            "--lease-timeout",
-            "more than 0 seconds",
-        ),
-        (
-            &["run", "p.toml", "--slots", "cpu=two"],
-            "--slots",
-            "not a whole number",
-        ),
-        (
-            &["run", "p.toml", "--slots", "tpu=1"],
-            "--slots",
-            "unknown slot `tpu`",
-        ),
-        (
-            &["run", "p.toml", "--jobs", "0"],
-            "--jobs",
-            "0 is not in 1..=",
-        ),
-        (
-            &[
-                "serve",
-                "p.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--slots",
-                "cpu=99999999",
-            ],
-            "--slots",
-            "more than any machine has",
-        ),
-        (
-            &[
-                "serve",
-                "p.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--lease-timeout",
-                "-inf",
-            ],
-            "--lease-timeout",
-            "not a finite number",
-        ),
-        (
-            &["gc", "--keep-runs", "0"],
-            "--keep-runs",
-            "0 is not in 1..=",
-        ),
-        (
-            &[
-                "embed",
-                "--model",
-                "m",
-                "--out",
-                "o.safetensors",
-                "--batch",
-                "0",
-            ],
-            "--batch",
-            "0 is not in 1..=",
-        ),
-        (
-            &[
-                "embed",
-                "--model",
-                "m",
-                "--out",
-                "o.safetensors",
-                "--background",
-                "pink",
-            ],
-            "--background",
-            "is not a colour",
-        ),
-    ];
-    for (args, flag, says) in cases {
+    for (args, flag, says) in BAD_FLAGS {
         let ran = sb.mvc(args);
         assert_eq!(ran.code, Some(2), "{args:?}: {}", ran.stderr);
         assert!(

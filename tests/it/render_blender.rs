@@ -297,79 +297,7 @@ fn broken_models_fail_alone_with_both_backends() {
     let ran = sb.mvc(&["run", "p.toml", "--json"]);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
     for backend in ["blender", "builtin"] {
-        // The good object renders; the missing texture leaves a model to render or fails
-        // alone; every other object fails alone, with its reason.
-        let failures: Vec<serde_json::Value> = ran.json()["failures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["stage"] == backend)
-            .cloned()
-            .collect();
-        let failed: std::collections::BTreeSet<&str> = failures
-            .iter()
-            .map(|f| f["item"].as_str().unwrap().split('@').next().unwrap())
-            .collect();
-        for broken in [
-            "html",
-            "infinite",
-            "outofrange",
-            "empty",
-            "cycle",
-            "selfcycle",
-        ] {
-            assert!(
-                failed.contains(broken),
-                "{backend}: {broken} did not fail: {failures:?}"
-            );
-        }
-        // A missing texture costs the texture, not the object.
-        assert!(
-            !failed.contains("good") && !failed.contains("notexture"),
-            "{backend}: {failures:?}"
-        );
-        // A chain 20,000 nodes deep is valid glTF: mvc walks it without recursion and both
-        // backends draw it (Blender's importer recurses; the worker raises Python's
-        // recursion limit for it, which stopped it at 1,000 before).
-        assert!(!failed.contains("chain"), "{backend}: {failures:?}");
-        assert_eq!(failed.len(), 6, "{backend}: {failures:?}");
-        let error = |object: &str| {
-            failures
-                .iter()
-                .find(|f| {
-                    f["item"]
-                        .as_str()
-                        .unwrap()
-                        .starts_with(&format!("{object}@"))
-                })
-                .unwrap()["error"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        };
-        assert!(
-            error("html").contains("not a readable glTF 2.0 file"),
-            "{}",
-            error("html")
-        );
-        assert!(
-            error("outofrange").contains("index 7 is out of range"),
-            "{}",
-            error("outofrange")
-        );
-        assert!(
-            error("empty").contains("no triangles to render"),
-            "{}",
-            error("empty")
-        );
-        assert!(!error("infinite").is_empty());
-        for cycle in ["cycle", "selfcycle"] {
-            assert!(
-                error(cycle).contains("node hierarchy has a cycle"),
-                "{}",
-                error(cycle)
-            );
-        }
+        check_broken_models(&ran, backend);
     }
     assert!(
         ran.stderr.contains("textures left out"),
@@ -378,6 +306,84 @@ fn broken_models_fail_alone_with_both_backends() {
     );
     // Blender's pool survived all that: the good object was rendered by it.
     assert!(ran.count("blender", "ran") >= 2);
+}
+
+/// Each broken model failed alone with `backend`, with its reason; the good one, the one
+/// missing its texture and the 20,000-deep chain rendered.
+fn check_broken_models(ran: &crate::common::Ran, backend: &str) {
+    // The good object renders; the missing texture leaves a model to render or fails
+    // alone; every other object fails alone, with its reason.
+    let failures: Vec<serde_json::Value> = ran.json()["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["stage"] == backend)
+        .cloned()
+        .collect();
+    let failed: std::collections::BTreeSet<&str> = failures
+        .iter()
+        .map(|f| f["item"].as_str().unwrap().split('@').next().unwrap())
+        .collect();
+    for broken in [
+        "html",
+        "infinite",
+        "outofrange",
+        "empty",
+        "cycle",
+        "selfcycle",
+    ] {
+        assert!(
+            failed.contains(broken),
+            "{backend}: {broken} did not fail: {failures:?}"
+        );
+    }
+    // A missing texture costs the texture, not the object.
+    assert!(
+        !failed.contains("good") && !failed.contains("notexture"),
+        "{backend}: {failures:?}"
+    );
+    // A chain 20,000 nodes deep is valid glTF: mvc walks it without recursion and both
+    // backends draw it (Blender's importer recurses; the worker raises Python's
+    // recursion limit for it, which stopped it at 1,000 before).
+    assert!(!failed.contains("chain"), "{backend}: {failures:?}");
+    assert_eq!(failed.len(), 6, "{backend}: {failures:?}");
+    let error = |object: &str| {
+        failures
+            .iter()
+            .find(|f| {
+                f["item"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{object}@"))
+            })
+            .unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        error("html").contains("not a readable glTF 2.0 file"),
+        "{}",
+        error("html")
+    );
+    assert!(
+        error("outofrange").contains("index 7 is out of range"),
+        "{}",
+        error("outofrange")
+    );
+    assert!(
+        error("empty").contains("no triangles to render"),
+        "{}",
+        error("empty")
+    );
+    assert!(!error("infinite").is_empty());
+    for cycle in ["cycle", "selfcycle"] {
+        assert!(
+            error(cycle).contains("node hierarchy has a cycle"),
+            "{}",
+            error(cycle)
+        );
+    }
 }
 
 #[test]

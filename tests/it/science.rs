@@ -54,8 +54,42 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
         assert_eq!(first.count(stage, "ran"), 1, "{stage}");
     }
 
-    // results.md with all four heads, its CSV and JSON, every evaluation's figures.
-    let runs = sb.path().join("runs/offline");
+    check_results_folder(&sb.path().join("runs/offline"));
+    check_exported_metrics(&sb);
+
+    // A second run does nothing.
+    let second = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
+    second.assert_ok();
+    for (stage, _) in second.json()["stages"].as_object().unwrap() {
+        assert_eq!(second.count(stage, "ran"), 0, "{stage} ran again");
+    }
+
+    // One head's weight: only that head's train and evaluate, and the report.
+    let file = sb.path().join("pipelines/offline.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.matches("weight_similarity = 0.5").count(), 1);
+    std::fs::write(
+        &file,
+        text.replace("weight_similarity = 0.5", "weight_similarity = 0.8"),
+    )
+    .unwrap();
+    let plan = sb.mvc(&["plan", "pipelines/offline.toml"]);
+    assert!(plan.stdout.contains("train_contrastive"), "{}", plan.stdout);
+    let third = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
+    third.assert_ok();
+    let mut ran: Vec<String> = third.json()["stages"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| c["ran"].as_u64() != Some(0))
+        .map(|(s, _)| s.clone())
+        .collect();
+    ran.sort();
+    assert_eq!(ran, ["eval_contrastive", "report", "train_contrastive"]);
+}
+
+/// results.md with all four heads, its CSV and JSON, every evaluation's figures.
+fn check_results_folder(runs: &Path) {
     let md = std::fs::read_to_string(runs.join("results.md")).unwrap();
     for head in ["identity", "object", "contrastive", "autoencoder"] {
         assert!(
@@ -101,7 +135,10 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
             );
         }
     }
-    // Each evaluation's metrics.json, exported.
+}
+
+/// Each evaluation's metrics.json, exported.
+fn check_exported_metrics(sb: &Sandbox) {
     let out = sb.path().join("export");
     sb.mvc(&[
         "export",
@@ -127,36 +164,6 @@ fn the_offline_pipeline_runs_every_stage_and_reruns_only_what_changed() {
         2
     );
     assert!(!metrics["by_view_angle"].as_array().unwrap().is_empty());
-
-    // A second run does nothing.
-    let second = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
-    second.assert_ok();
-    for (stage, _) in second.json()["stages"].as_object().unwrap() {
-        assert_eq!(second.count(stage, "ran"), 0, "{stage} ran again");
-    }
-
-    // One head's weight: only that head's train and evaluate, and the report.
-    let file = sb.path().join("pipelines/offline.toml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(text.matches("weight_similarity = 0.5").count(), 1);
-    std::fs::write(
-        &file,
-        text.replace("weight_similarity = 0.5", "weight_similarity = 0.8"),
-    )
-    .unwrap();
-    let plan = sb.mvc(&["plan", "pipelines/offline.toml"]);
-    assert!(plan.stdout.contains("train_contrastive"), "{}", plan.stdout);
-    let third = sb.mvc(&["run", "pipelines/offline.toml", "--json"]);
-    third.assert_ok();
-    let mut ran: Vec<String> = third.json()["stages"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, c)| c["ran"].as_u64() != Some(0))
-        .map(|(s, _)| s.clone())
-        .collect();
-    ran.sort();
-    assert_eq!(ran, ["eval_contrastive", "report", "train_contrastive"]);
 }
 
 /// Four boxes (and any `extra` objects), six views, the tiny CLIP, a split and one head.

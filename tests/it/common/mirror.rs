@@ -380,15 +380,7 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    state.log.lock().unwrap().push(Logged {
-        path: path.clone(),
-        range: range.clone(),
-        authorization: headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        at: Instant::now(),
-    });
+    log_request(&state, &path, &range, &headers);
     if *state.html_everywhere.lock().unwrap() {
         return html();
     }
@@ -443,18 +435,58 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
             .unwrap()
             .insert(path.clone(), Arc::new(next.clone()));
     }
+    if let Some(broken) = broken_body(&fault, &file) {
+        return with_validators(broken);
+    }
+    if let Some(Fault::Truncate) = fault {
+        let half = file[..file.len() / 2].to_vec();
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, half.len())
+            .body(Body::from(half))
+            .unwrap();
+    }
+    // `If-Range` that is not this file's ETag: the whole file, as RFC 9110 says.
+    let same_file = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
+    let start = range
+        .as_deref()
+        .filter(|_| same_file)
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<usize>().ok());
+    with_validators(from_byte(&file, start))
+}
+
+/// Notes a request in the mirror's log.
+fn log_request(state: &MirrorState, path: &str, range: &Option<String>, headers: &HeaderMap) {
+    state.log.lock().unwrap().push(Logged {
+        path: path.to_string(),
+        range: range.clone(),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        at: Instant::now(),
+    });
+}
+
+/// The body of a fault that sends a file wrong: a flipped byte, or half of it and then a
+/// dropped connection.
+fn broken_body(fault: &Option<Fault>, file: &[u8]) -> Option<Response> {
     match fault {
         Some(Fault::FlipByte) => {
             let mut bytes = file.to_vec();
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x55;
-            return with_validators(
+            Some(
                 Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_LENGTH, bytes.len())
                     .body(Body::from(bytes))
                     .unwrap(),
-            );
+            )
         }
         Some(Fault::DropHalf) | Some(Fault::DropHalfThenChange(_)) => {
             let half = file.len() / 2;
@@ -469,35 +501,21 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
                     ))
                 }),
             );
-            return with_validators(
+            Some(
                 Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_LENGTH, file.len())
                     .body(Body::from_stream(stream))
                     .unwrap(),
-            );
+            )
         }
-        Some(Fault::Truncate) => {
-            let half = file[..file.len() / 2].to_vec();
-            return Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_LENGTH, half.len())
-                .body(Body::from(half))
-                .unwrap();
-        }
-        _ => {}
+        _ => None,
     }
-    // `If-Range` that is not this file's ETag: the whole file, as RFC 9110 says.
-    let same_file = headers
-        .get(header::IF_RANGE)
-        .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
-    let start = range
-        .as_deref()
-        .filter(|_| same_file)
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.strip_suffix('-'))
-        .and_then(|n| n.parse::<usize>().ok());
-    let response = match start {
+}
+
+/// The file from byte `start` (206, or 416 past its end), or whole (200).
+fn from_byte(file: &[u8], start: Option<usize>) -> Response {
+    match start {
         Some(start) if start >= file.len() => {
             let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
             r.headers_mut().insert(
@@ -520,8 +538,7 @@ async fn serve(State(state): State<Arc<MirrorState>>, uri: Uri, headers: HeaderM
             .header(header::CONTENT_LENGTH, file.len())
             .body(Body::from(file.to_vec()))
             .unwrap(),
-    };
-    with_validators(response)
+    }
 }
 
 fn status(code: StatusCode) -> Response {

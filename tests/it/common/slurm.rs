@@ -59,6 +59,72 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// The configuration of a one-node cluster on this host (its CPUs, sockets and half its
+/// memory, as `slurmd -C` sees them), all its state under `d`, authenticated by the munged
+/// on `sock`.
+fn slurm_conf(d: &Path, sock: &Path) -> String {
+    // The node as slurmd sees it (CPUs, sockets, memory), under this host's short name.
+    let probe = Command::new(tool("slurmd")).arg("-C").output().unwrap();
+    let node_line = String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .find(|l| l.starts_with("NodeName="))
+        .expect("slurmd -C describes the node")
+        .to_string();
+    let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut node = format!("NodeName={host} NodeAddr=127.0.0.1");
+    for field in node_line.split_whitespace().skip(1) {
+        if let Some(mem) = field.strip_prefix("RealMemory=") {
+            let mem: u64 = mem.parse().unwrap_or(1000);
+            node.push_str(&format!(" RealMemory={}", (mem / 2).max(100)));
+        } else if !field.starts_with("UpTime") {
+            node.push(' ');
+            node.push_str(field);
+        }
+    }
+    let p = |s: &str| d.join(s).display().to_string();
+    let conf = format!(
+        "ClusterName=mvctest\n\
+         SlurmctldHost={host}(127.0.0.1)\n\
+         SlurmUser=root\n\
+         SlurmdUser=root\n\
+         AuthType=auth/munge\n\
+         AuthInfo=socket={sock}\n\
+         CredType=cred/munge\n\
+         ProctrackType=proctrack/linuxproc\n\
+         TaskPlugin=task/none\n\
+         JobAcctGatherType=jobacct_gather/none\n\
+         AccountingStorageType=accounting_storage/none\n\
+         JobCompType=jobcomp/none\n\
+         SelectType=select/cons_tres\n\
+         SelectTypeParameters=CR_Core\n\
+         ReturnToService=2\n\
+         MpiDefault=none\n\
+         SlurmctldPort={ctld}\n\
+         SlurmdPort={slurmd}\n\
+         StateSaveLocation={state}\n\
+         SlurmdSpoolDir={spool}\n\
+         SlurmctldPidFile={ctld_pid}\n\
+         SlurmdPidFile={slurmd_pid}\n\
+         SlurmctldLogFile={ctld_log}\n\
+         SlurmdLogFile={slurmd_log}\n\
+         {node} State=UNKNOWN\n\
+         PartitionName=debug Nodes=ALL Default=YES State=UP MaxTime=INFINITE\n",
+        sock = sock.display(),
+        ctld = free_port(),
+        slurmd = free_port(),
+        state = p("state"),
+        spool = p("spool"),
+        ctld_pid = p("slurmctld.pid"),
+        slurmd_pid = p("slurmd.pid"),
+        ctld_log = p("log/slurmctld.log"),
+        slurmd_log = p("log/slurmd.log"),
+    );
+    conf
+}
+
 impl Cluster {
     pub fn start() -> Cluster {
         let dir = tempfile::Builder::new()
@@ -87,65 +153,7 @@ impl Cluster {
             .arg(d.join("munge/seed"))
             .arg("--force"));
 
-        // The node as slurmd sees it (CPUs, sockets, memory), under this host's short name.
-        let probe = Command::new(tool("slurmd")).arg("-C").output().unwrap();
-        let node_line = String::from_utf8_lossy(&probe.stdout)
-            .lines()
-            .find(|l| l.starts_with("NodeName="))
-            .expect("slurmd -C describes the node")
-            .to_string();
-        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_string();
-        let mut node = format!("NodeName={host} NodeAddr=127.0.0.1");
-        for field in node_line.split_whitespace().skip(1) {
-            if let Some(mem) = field.strip_prefix("RealMemory=") {
-                let mem: u64 = mem.parse().unwrap_or(1000);
-                node.push_str(&format!(" RealMemory={}", (mem / 2).max(100)));
-            } else if !field.starts_with("UpTime") {
-                node.push(' ');
-                node.push_str(field);
-            }
-        }
-        let p = |s: &str| d.join(s).display().to_string();
-        let conf = format!(
-            "ClusterName=mvctest\n\
-             SlurmctldHost={host}(127.0.0.1)\n\
-             SlurmUser=root\n\
-             SlurmdUser=root\n\
-             AuthType=auth/munge\n\
-             AuthInfo=socket={sock}\n\
-             CredType=cred/munge\n\
-             ProctrackType=proctrack/linuxproc\n\
-             TaskPlugin=task/none\n\
-             JobAcctGatherType=jobacct_gather/none\n\
-             AccountingStorageType=accounting_storage/none\n\
-             JobCompType=jobcomp/none\n\
-             SelectType=select/cons_tres\n\
-             SelectTypeParameters=CR_Core\n\
-             ReturnToService=2\n\
-             MpiDefault=none\n\
-             SlurmctldPort={ctld}\n\
-             SlurmdPort={slurmd}\n\
-             StateSaveLocation={state}\n\
-             SlurmdSpoolDir={spool}\n\
-             SlurmctldPidFile={ctld_pid}\n\
-             SlurmdPidFile={slurmd_pid}\n\
-             SlurmctldLogFile={ctld_log}\n\
-             SlurmdLogFile={slurmd_log}\n\
-             {node} State=UNKNOWN\n\
-             PartitionName=debug Nodes=ALL Default=YES State=UP MaxTime=INFINITE\n",
-            sock = sock.display(),
-            ctld = free_port(),
-            slurmd = free_port(),
-            state = p("state"),
-            spool = p("spool"),
-            ctld_pid = p("slurmctld.pid"),
-            slurmd_pid = p("slurmd.pid"),
-            ctld_log = p("log/slurmctld.log"),
-            slurmd_log = p("log/slurmd.log"),
-        );
+        let conf = slurm_conf(d, &sock);
         let conf_path = d.join("slurm.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let cluster = Cluster {
@@ -155,9 +163,16 @@ impl Cluster {
         // -i: ignore any state a crashed earlier test left (there is none in a fresh dir).
         run(cluster.cmd(tool("slurmctld")).arg("-i"));
         run(&mut cluster.cmd(tool("slurmd")));
+        cluster.wait_until_idle();
+        cluster
+    }
+
+    /// Waits (up to a minute) until the node is idle; past that, fails with the controller's
+    /// log.
+    fn wait_until_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = cluster
+            let out = self
                 .client("sinfo")
                 .args(["-h", "-o", "%T"])
                 .output()
@@ -169,13 +184,12 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "the test cluster did not become idle (sinfo: {state:?}); logs in {}:\n{}",
-                cluster.dir.path().display(),
-                std::fs::read_to_string(cluster.dir.path().join("log/slurmctld.log"))
+                self.dir.path().display(),
+                std::fs::read_to_string(self.dir.path().join("log/slurmctld.log"))
                     .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        cluster
     }
 
     /// A daemon of this cluster, with its configuration.
