@@ -96,10 +96,15 @@ impl Dispatch {
         self.queues[s].push_back(t);
     }
 
-    /// The next unit of stage `s` that fits in the free slots, if any: its tasks are marked
-    /// running and its slots taken. Nothing starts while the run is stopping.
-    pub(super) fn next_unit(&mut self, engine: &mut Engine, s: StageId) -> Option<UnitToStart> {
-        let need = engine.graph.stages[s].kind.resources();
+    /// The next unit of stage `s`, whose tasks each need `need`, if it fits in the free
+    /// slots: its tasks are marked running and its slots taken. Nothing starts while the run
+    /// is stopping.
+    fn next_unit(
+        &mut self,
+        engine: &mut Engine,
+        s: StageId,
+        need: Resources,
+    ) -> Option<UnitToStart> {
         if self.stopping || self.queues[s].is_empty() || !self.free.fits(&need) {
             return None;
         }
@@ -127,7 +132,8 @@ impl Dispatch {
         let mut units = Vec::new();
         for k in 0..self.order.len() {
             let s = self.order[k];
-            while let Some(unit) = self.next_unit(engine, s) {
+            let need = engine.graph.stages[s].kind.resources();
+            while let Some(unit) = self.next_unit(engine, s, need) {
                 units.push(unit);
             }
         }

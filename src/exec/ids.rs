@@ -28,12 +28,6 @@ impl TaskId {
     }
 }
 
-impl std::fmt::Display for TaskId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "task {}", self.0)
-    }
-}
-
 /// Consecutive tasks (a stage's).
 pub type TaskRange = std::iter::Map<std::ops::Range<u32>, fn(u32) -> TaskId>;
 

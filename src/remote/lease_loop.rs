@@ -59,6 +59,7 @@ impl LeaseLoop {
     }
 
     /// Lease requests not answered yet.
+    #[cfg(test)]
     pub fn polls(&self) -> usize {
         self.polls
     }

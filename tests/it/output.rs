@@ -161,13 +161,10 @@ cmd = 'test "$MVC_ITEM" = good && echo ok > "$MVC_OUT/v.txt"'
     assert_eq!(ran.stdout, "");
 }
 
-/// The error of a command with `--json`, as its one line of JSON on stdout (issue 27: it
-/// used to print nothing there; the message on stderr is unchanged).
-fn json_error(stdout: &str) -> String {
-    let line: Vec<&str> = stdout.lines().collect();
-    assert_eq!(line.len(), 1, "one line on stdout: {stdout:?}");
-    let value: serde_json::Value = serde_json::from_str(line[0]).unwrap();
-    value["error"]["message"].as_str().unwrap().to_string()
+/// The message of a command's error with `--json`: its one line of JSON on stdout (issue
+/// 27: it used to print nothing there; the message on stderr is unchanged).
+fn json_error(ran: &crate::common::Ran) -> String {
+    ran.json_error()["message"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -177,7 +174,7 @@ fn errors_go_to_stderr_whatever_the_format_and_with_json_also_as_json() {
     // Before anything opened a cache (the others create one).
     let ran = sb.mvc(&["status", "--json"]);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    assert!(json_error(&ran.stdout).contains("there is no cache at cache yet"));
+    assert!(json_error(&ran).contains("there is no cache at cache yet"));
     assert!(
         ran.stderr.contains("there is no cache at cache yet"),
         "{}",
@@ -197,7 +194,7 @@ fn errors_go_to_stderr_whatever_the_format_and_with_json_also_as_json() {
             ran.stderr
         );
         assert!(ran.stderr.starts_with("error: "), "{}", ran.stderr);
-        let message = json_error(&ran.stdout);
+        let message = json_error(&ran);
         assert!(ran.stderr.contains(&message), "{message} / {}", ran.stderr);
     }
     let ran = sb.mvc(&["why", "p.toml", "nosuch", "a", "--json"]);

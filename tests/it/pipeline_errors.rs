@@ -294,15 +294,10 @@ fn json_errors_are_one_line_of_json() {
         "p.toml",
         "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmdd = \"echo\"\n",
     );
-    let parse = |stdout: &str| -> serde_json::Value {
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "one line of JSON on stdout: {stdout:?}");
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-    };
 
     let ran = sb.mvc(&["plan", "p.toml", "--json"]);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    let error = &parse(&ran.stdout)["error"];
+    let error = &ran.json_error();
     assert_eq!(error["file"], "p.toml", "{error}");
     assert_eq!(error["line"], 4, "{error}");
     assert_eq!(error["column"], 1, "{error}");
@@ -318,7 +313,7 @@ fn json_errors_are_one_line_of_json() {
 
     let ran = sb.mvc(&["run", "nope.toml", "--json"]);
     assert_eq!(ran.code, Some(1));
-    let error = &parse(&ran.stdout)["error"];
+    let error = &ran.json_error();
     assert!(
         error["message"]
             .as_str()
@@ -331,7 +326,7 @@ fn json_errors_are_one_line_of_json() {
 
     let ran = sb.mvc(&["status", "--cache", "c", "--jobs", "2", "--json"]);
     assert_eq!(ran.code, Some(2), "{}", ran.stderr);
-    let error = &parse(&ran.stdout)["error"];
+    let error = &ran.json_error();
     assert_eq!(error["usage"], true, "{error}");
     assert!(
         error["message"].as_str().unwrap().contains("--jobs"),
@@ -340,7 +335,7 @@ fn json_errors_are_one_line_of_json() {
 
     let ran = sb.mvc(&["run", "p.toml", "--grace", "inf", "--json"]);
     assert_eq!(ran.code, Some(2), "{}", ran.stderr);
-    let error = &parse(&ran.stdout)["error"];
+    let error = &ran.json_error();
     assert!(
         error["message"].as_str().unwrap().contains("--grace"),
         "{error}"

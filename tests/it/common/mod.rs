@@ -31,6 +31,19 @@ impl Ran {
     }
 
     /// `stages.NAME.FIELD` of a run or plan JSON summary.
+    /// With `--json`, a failed command's stdout: exactly one line, `{"error": …}`; its
+    /// `error` object.
+    pub fn json_error(&self) -> serde_json::Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one line of JSON on stdout: {:?}",
+            self.stdout
+        );
+        self.json()["error"].clone()
+    }
+
     pub fn count(&self, stage: &str, field: &str) -> u64 {
         let json = self.json();
         json["stages"][stage][field]
