@@ -165,6 +165,8 @@ fn run_record() -> mvc::store::records::RunRecord {
         outcome: mvc::store::records::RunOutcome::Ok,
         stages: Default::default(),
         reach: Digest::of(b""),
+        source: None,
+        published: Vec::new(),
     }
 }
 

@@ -23,3 +23,4 @@ pub mod stages;
 pub mod store;
 pub mod task;
 pub mod text;
+pub mod ui;

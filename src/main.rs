@@ -50,6 +50,9 @@ enum Command {
     Why(commands::why::WhyArgs),
     /// What the cache holds and its last runs; with FILE, where each stage stands.
     Status(commands::status::StatusArgs),
+    /// Serve the page of a cache no run holds: its stages, failures, objects, results and
+    /// runs, read-only (Ctrl-C stops).
+    Ui(commands::ui::UiArgs),
     /// Delete what the last runs did not reach.
     Gc(commands::gc::GcArgs),
     /// Rebuild a damaged index from the run journals and the blobs (the old one is kept).
@@ -116,6 +119,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => commands::plan::run(args, &global)?,
         Command::Why(args) => commands::why::run(args, &global)?,
         Command::Status(args) => commands::status::run(args, &global)?,
+        Command::Ui(args) => commands::ui::run(args, &global)?,
         Command::Gc(args) => commands::gc::run(args, &global)?,
         Command::Repair(args) => commands::repair::run(args, &global)?,
         Command::Export(args) => commands::export::run(args, &global)?,

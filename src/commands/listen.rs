@@ -73,6 +73,7 @@ impl ListenArgs {
         pipeline: &Pipeline,
         file: &Path,
         store: &Arc<Store>,
+        page: Option<&Arc<crate::ui::UiState>>,
     ) -> Result<Option<Remote>> {
         use crate::remote::coordinator::{Coordinator, CoordinatorConfig};
         let addr = match (self.listen, &pipeline.slurm) {
@@ -88,7 +89,9 @@ impl ListenArgs {
             }
         };
         let token = crate::remote::auth::Token::load(self.token_file.as_deref())?;
-        let mut config = CoordinatorConfig::new(addr, token);
+        let mut config = CoordinatorConfig::new(addr, token.clone());
+        // The page, on the coordinator's own address, behind its token and TLS.
+        config.more_routes = page.map(|state| crate::ui::router(state.clone(), token));
         config.lease_timeout = self.lease_timeout;
         config.tls = crate::remote::tls::ServerTls::choose(
             addr,
@@ -117,6 +120,10 @@ impl ListenArgs {
                 url = coordinator.url()
             ),
         }
+        if let Some(state) = page {
+            let _ = state.coordinator.set(coordinator.clone());
+            eprintln!("mvc: the run's page is at {}/", coordinator.url());
+        }
         let slurm = match &pipeline.slurm {
             None => None,
             Some(cfg) => {
@@ -138,6 +145,23 @@ impl ListenArgs {
             coordinator,
             slurm,
         }))
+    }
+
+    /// Where a page asked for with `flag` listens, with this run's token and TLS settings.
+    pub fn page_listen<'a>(
+        &'a self,
+        addr: std::net::SocketAddr,
+        flag: &'a str,
+        store: &Store,
+    ) -> crate::ui::serve::PageListen<'a> {
+        crate::ui::serve::PageListen {
+            addr,
+            token_file: self.token_file.as_deref(),
+            tls_cert: self.tls_cert.as_deref(),
+            tls_key: self.tls_key.as_deref(),
+            tls_dir: store.tls_dir(),
+            flag,
+        }
     }
 
     /// The slots of this machine: none with --no-local, or under Slurm unless

@@ -14,6 +14,7 @@ pub mod repair;
 pub mod run;
 pub mod serve;
 pub mod status;
+pub mod ui;
 pub mod why;
 pub mod worker;
 

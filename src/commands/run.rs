@@ -6,6 +6,7 @@ use super::{Global, Output, block_on, load};
 use crate::exec::run::{RunOptions, RunReport, run_with_view};
 use crate::resources::SlotOverrides;
 use crate::store::records::RunOutcome;
+use crate::ui::RunPage;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub struct RunArgs {
     /// Seconds running tasks get to finish after Ctrl-C before they are killed.
     #[arg(long, default_value = "30", value_name = "SECS", value_parser = super::flags::seconds, allow_hyphen_values = true)]
     pub grace: Duration,
+    /// Serve the run's live page on this address (e.g. 127.0.0.1:8080); off loopback it
+    /// needs --token-file and serves HTTPS (--tls-cert, or a self-signed certificate).
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub remote: ListenArgs,
 }
@@ -52,9 +57,23 @@ pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
         grace: args.grace,
         quiet,
     };
-    let view = Box::new(Progress::of(&pipeline.workflow, quiet));
+    let page = RunPage::new(&pipeline.workflow, store.clone());
+    let view = page.view(Box::new(Progress::of(&pipeline.workflow, quiet)));
     let report = block_on(async {
-        let mut started = args.remote.start(&pipeline, &args.file, &store).await?;
+        // The page's address is taken before anything runs: one in use stops the run here.
+        if let Some(addr) = args.ui {
+            let how = args.remote.page_listen(addr, "--ui", &store);
+            let served = crate::ui::serve::start(how, page.state.clone()).await?;
+            eprintln!("{}", served.line());
+            store.announce_page(&served.url);
+        }
+        let mut started = args
+            .remote
+            .start(&pipeline, &args.file, &store, Some(&page.state))
+            .await?;
+        if args.ui.is_some() || started.is_some() {
+            page.plan_in_background(pipeline.workflow.clone(), args.retry_failed);
+        }
         let report = run_with_view(
             &pipeline.workflow,
             store,

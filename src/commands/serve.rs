@@ -9,6 +9,7 @@ use crate::pipeline::Pipeline;
 use crate::resources::SlotOverrides;
 use crate::store::Store;
 use crate::store::records::RunOutcome;
+use crate::ui::RunPage;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,14 +54,15 @@ pub async fn serve(
     global: &Global,
     remote: ListenArgs,
 ) -> Result<Output> {
+    let page = RunPage::new(&pipeline.workflow, store.clone());
     let mut started = remote
-        .start(&pipeline, &file, &store)
+        .start(&pipeline, &file, &store, Some(&page.state))
         .await?
         .expect("--listen was checked");
     let outcome = serve_loop(
         &file,
         &mut pipeline,
-        &store,
+        (&store, &page),
         slots,
         global,
         &remote,
@@ -74,7 +76,7 @@ pub async fn serve(
 async fn serve_loop(
     file: &Path,
     pipeline: &mut Pipeline,
-    store: &Arc<Store>,
+    (store, page): (&Arc<Store>, &RunPage),
     slots: Option<SlotOverrides>,
     global: &Global,
     remote: &ListenArgs,
@@ -93,7 +95,9 @@ async fn serve_loop(
             quiet: global.format == super::Format::Quiet,
         };
         let seen = modified(file);
-        let view = Box::new(Progress::of(&pipeline.workflow, opts.quiet));
+        page.state.live.restart(&pipeline.workflow);
+        page.plan_in_background(pipeline.workflow.clone(), false);
+        let view = page.view(Box::new(Progress::of(&pipeline.workflow, opts.quiet)));
         let report = run_with_view(
             &pipeline.workflow,
             store.clone(),

@@ -400,6 +400,7 @@ mod tests {
                 results_dir: dir.path().join("runs"),
                 stages,
                 order,
+                source: String::new(),
             };
             let graph = TaskGraph::build(&workflow, &store, &Sources::new()).unwrap();
             let engine =

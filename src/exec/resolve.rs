@@ -68,6 +68,8 @@ pub struct Counts {
     pub to_run: u64,
     /// (plan) Waiting on upstream tasks that will run.
     pub pending: u64,
+    /// Of `to_run`: dispatched and not finished (what the live page shows as running).
+    pub running: u64,
 }
 
 impl Counts {
@@ -322,6 +324,7 @@ impl Engine {
     /// Records that a task to run has run: `Some(manifest)` on success, `None` on failure.
     pub fn finish(&mut self, t: TaskId, outcome: Result<(Digest, MemoValue), String>) {
         let i = t.index();
+        self.leave_running(t);
         self.stage_counts(t).to_run -= 1;
         match outcome {
             Ok((manifest, value)) => {
@@ -346,12 +349,23 @@ impl Engine {
 
     /// Marks a task as dispatched.
     pub fn start(&mut self, t: TaskId) {
+        if self.state[t] != State::Running {
+            self.stage_counts(t).running += 1;
+        }
         self.state[t] = State::Running;
+    }
+
+    /// Keeps the running count true when a dispatched task changes state.
+    fn leave_running(&mut self, t: TaskId) {
+        if self.state[t] == State::Running {
+            self.stage_counts(t).running -= 1;
+        }
     }
 
     /// A task that could not run for reasons outside its item: failed in this run, but not
     /// remembered as failed.
     pub fn finish_unrecorded(&mut self, t: TaskId, error: String) {
+        self.leave_running(t);
         self.stage_counts(t).to_run -= 1;
         self.stage_counts(t).failed += 1;
         self.state[t] = State::Failed;
@@ -361,6 +375,7 @@ impl Engine {
 
     /// Puts a dispatched task back (it was cancelled before it finished).
     pub fn unrun(&mut self, t: TaskId) {
+        self.leave_running(t);
         self.state[t] = State::ToRun;
     }
 
@@ -527,6 +542,7 @@ impl Engine {
             self.stage_left[s] += 1;
             self.aggregates[s] = None;
         }
+        self.leave_running(consumer);
         self.stage_counts(consumer).to_run -= 1;
         self.state[c] = State::Waiting;
         self.left[c] = 1;

@@ -173,6 +173,7 @@ async fn run_inner(
     sched.view.close();
     let report = summarize(&engine, &order, sched.dispatch.interrupted(), elapsed);
     record_run(pipeline, &engine, &report, (&run_id, started_ms))?;
+    sched.view.finished(&report);
     Ok((report, sched.remote.map(RemoteUnits::into_receiver)))
 }
 
@@ -233,6 +234,8 @@ fn record_run(
         outcome: report.outcome,
         stages: report.stages.clone(),
         reach,
+        source: store.blobs().put_bytes(pipeline.source.as_bytes()).ok(),
+        published: published_results(engine),
     };
     store.put_run(run_id, &record)?;
     if let Err(e) = store.end_journal(run_id) {
@@ -255,6 +258,18 @@ fn record_run(
         );
     }
     Ok(())
+}
+
+/// The key of each successful result of a stage that publishes results (a report).
+fn published_results(engine: &Engine) -> Vec<(String, crate::task::TaskKey)> {
+    let g = &engine.graph;
+    g.order
+        .iter()
+        .filter(|&&s| g.stages[s].kind.publishes_results())
+        .flat_map(|&s| g.stages[s].tasks())
+        .filter(|&t| engine.state[t].is_success())
+        .map(|t| (g.stages[g.task_stage[t]].name.clone(), engine.keys[t]))
+        .collect()
 }
 
 /// Copies the outputs of every successful stage whose kind
@@ -494,6 +509,9 @@ impl Scheduler {
         for (t, reported) in effects {
             if let Some(note) = self.dispatch.take_outcome(engine, t, reported)? {
                 self.view.note(&note);
+            }
+            if engine.state[t] == super::resolve::State::Failed {
+                self.view.failed(&super::summary::failure_line(engine, t));
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! What a run reports: counts per stage, failures, what was left out, and the summary
 //! printed at the end (as text and JSON).
 
-use super::ids::StageId;
+use super::ids::{StageId, TaskId};
 use super::resolve::{Engine, State};
 use super::workflow::Workflow;
 use crate::store::records::*;
@@ -22,6 +22,12 @@ pub struct FailureLine {
     pub blocked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// The task's key (none for a blocked task, which may have none): what the page links.
+    #[serde(skip)]
+    pub key: Option<crate::task::TaskKey>,
+    /// The digest of its kept stderr, which the page serves.
+    #[serde(skip)]
+    pub stderr: Option<crate::task::Digest>,
 }
 
 #[derive(Clone, Debug)]
@@ -246,27 +252,39 @@ fn result_note(engine: &Engine, node: &super::graph::StageNode) -> Option<String
 
 /// A line for each failed (or blocked) task of a stage, with its stderr's path when kept.
 fn failure_lines(engine: &Engine, node: &super::graph::StageNode) -> Vec<FailureLine> {
-    let mut lines = Vec::new();
-    for t in node.tasks() {
-        let state = engine.state[t];
-        if !state.is_failure() {
-            continue;
-        }
-        let log = (state != State::Blocked)
-            .then(|| engine.store.failure(&engine.keys[t]).ok().flatten())
-            .flatten()
-            .and_then(|f| f.stderr)
-            .map(|d| engine.store.blobs().path(&d).display().to_string());
-        lines.push(FailureLine {
-            stage: node.name.clone(),
-            item: engine.graph.item(t).to_string(),
-            error: engine.notes.get(&t).cloned().unwrap_or_default(),
-            earlier: state == State::KnownFailure,
-            blocked: state == State::Blocked,
-            log,
-        });
+    node.tasks()
+        .filter(|&t| engine.state[t].is_failure())
+        .map(|t| failure_line(engine, t))
+        .collect()
+}
+
+/// The failures a planned engine knows of: recorded by earlier runs, and the items they
+/// block (what the page of a cache lists).
+pub fn known_failures(engine: &Engine) -> Vec<FailureLine> {
+    let g = &engine.graph;
+    g.order
+        .iter()
+        .flat_map(|&s| failure_lines(engine, &g.stages[s]))
+        .collect()
+}
+
+/// The line of one failed (or blocked) task: its error, and its log when one was kept.
+pub(super) fn failure_line(engine: &Engine, t: TaskId) -> FailureLine {
+    let state = engine.state[t];
+    let stderr = (state != State::Blocked)
+        .then(|| engine.store.failure(&engine.keys[t]).ok().flatten())
+        .flatten()
+        .and_then(|f| f.stderr);
+    FailureLine {
+        stage: engine.graph.stages[engine.graph.task_stage[t]].name.clone(),
+        item: engine.graph.item(t).to_string(),
+        error: engine.notes.get(&t).cloned().unwrap_or_default(),
+        earlier: state == State::KnownFailure,
+        blocked: state == State::Blocked,
+        log: stderr.map(|d| engine.store.blobs().path(&d).display().to_string()),
+        key: (state != State::Blocked).then(|| engine.keys[t]),
+        stderr,
     }
-    lines
 }
 
 pub(super) fn summarize(

@@ -3,6 +3,7 @@
 //! a terminal, plain lines in a log) belongs to the commands' output layer.
 
 use super::resolve::Counts;
+use super::summary::{FailureLine, RunReport};
 
 /// A live view of a run. Stages are indexed in the order the engine expands them (the
 /// workflow's `order`).
@@ -16,8 +17,13 @@ pub trait RunView: Send {
     fn update(&mut self, counts: &[Counts]);
     /// A note for whoever watches (stopping, retrying, waiting for a worker).
     fn note(&self, line: &str);
+    /// A task failed in this run (called as it happens; the report at the end lists them
+    /// all).
+    fn failed(&mut self, _line: &FailureLine) {}
     /// The run is over.
     fn close(&mut self) {}
+    /// What the run reports, once it is over (after [`RunView::close`]).
+    fn finished(&mut self, _report: &RunReport) {}
 }
 
 /// No display, only the notes, on stderr: what a run shows when its caller chose no view.

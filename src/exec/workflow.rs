@@ -31,6 +31,9 @@ pub struct Workflow {
     pub stages: Vec<Stage>,
     /// Stage indices in a topological order (upstream first; ties in declaration order).
     pub order: Vec<StageId>,
+    /// The file's text as it was read: each run records it, so that two runs' parameters
+    /// can be compared later (the page's history).
+    pub source: String,
 }
 
 impl Workflow {

@@ -143,6 +143,7 @@ impl Pipeline {
                 results_dir,
                 stages,
                 order,
+                source: src.to_string(),
             },
             executor,
             slurm,

@@ -45,6 +45,8 @@ pub struct CoordinatorConfig {
     pub tls: Option<super::tls::ServerTls>,
     /// Connections, idle time and handshakes.
     pub limits: super::serve::ServerLimits,
+    /// More routes on the same address, with their own checks (the page, `ui`).
+    pub more_routes: Option<Router>,
 }
 
 impl CoordinatorConfig {
@@ -57,6 +59,7 @@ impl CoordinatorConfig {
             blob_limit: 64 << 30,
             tls: None,
             limits: super::serve::ServerLimits::default(),
+            more_routes: None,
         }
     }
 
@@ -111,7 +114,10 @@ impl Coordinator {
             verified: Mutex::default(),
             addr,
         });
-        let app = router(coordinator.clone());
+        let mut app = router(coordinator.clone());
+        if let Some(more) = coordinator.config.more_routes.clone() {
+            app = app.merge(more);
+        }
         let tls = coordinator
             .config
             .tls
@@ -150,6 +156,48 @@ impl Coordinator {
 
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme(), self.addr)
+    }
+
+    /// Its workers and queue, as `GET /v1/status` answers (and the page shows).
+    pub fn status(&self) -> Status {
+        let shared = self.shared.lock().unwrap();
+        let now = Instant::now();
+        Status {
+            pipeline: self.pipeline.lock().unwrap().0.clone(),
+            workers: shared
+                .workers
+                .iter()
+                .map(|(id, w)| WorkerStatus {
+                    id: *id,
+                    name: w.register.name.clone(),
+                    host: w.register.host.clone(),
+                    slots: w.register.slots,
+                    labels: w.register.labels.clone(),
+                    blender: w.register.blender.clone(),
+                    running: w.holding.values().cloned().collect(),
+                    units_done: w.units_done,
+                    last_seen_ms_ago: now.duration_since(w.last_seen).as_millis() as u64,
+                })
+                .collect(),
+            queued: shared.queued,
+            finished: shared.finished,
+            blobs_sent: shared.blobs_sent,
+            blobs_received: shared.blobs_received,
+        }
+    }
+
+    /// The Slurm jobs whose worker registered, sorted.
+    pub fn slurm_jobs(&self) -> Vec<String> {
+        let mut jobs: Vec<String> = self
+            .shared
+            .lock()
+            .unwrap()
+            .slurm_jobs_registered
+            .iter()
+            .cloned()
+            .collect();
+        jobs.sort();
+        jobs
     }
 
     /// The fingerprint workers pin, when the certificate is self-signed.
@@ -522,31 +570,7 @@ async fn pipeline_text(
 }
 
 async fn status(State(c): State<Arc<Coordinator>>) -> Response {
-    let shared = c.shared.lock().unwrap();
-    let now = Instant::now();
-    axum::Json(Status {
-        pipeline: c.pipeline.lock().unwrap().0.clone(),
-        workers: shared
-            .workers
-            .iter()
-            .map(|(id, w)| WorkerStatus {
-                id: *id,
-                name: w.register.name.clone(),
-                host: w.register.host.clone(),
-                slots: w.register.slots,
-                labels: w.register.labels.clone(),
-                blender: w.register.blender.clone(),
-                running: w.holding.values().cloned().collect(),
-                units_done: w.units_done,
-                last_seen_ms_ago: now.duration_since(w.last_seen).as_millis() as u64,
-            })
-            .collect(),
-        queued: shared.queued,
-        finished: shared.finished,
-        blobs_sent: shared.blobs_sent,
-        blobs_received: shared.blobs_received,
-    })
-    .into_response()
+    axum::Json(c.status()).into_response()
 }
 
 /// The digest of a blob path: validated before any path is built from it.

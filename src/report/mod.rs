@@ -2,5 +2,6 @@
 
 pub mod coverage;
 pub mod figures;
+pub mod html;
 pub mod metrics;
 pub mod table;

@@ -1,5 +1,6 @@
 //! Stage kind `report`: the evaluate stages named in `inputs`, gathered into one table. One
-//! task; outputs `results.md`, `results.csv`, `results.json` and `figures/<evaluation>/*.png`.
+//! task; outputs `results.md`, `results.csv`, `results.json`, `report.html` (the same results as one
+//! self-contained page, figures inline) and `figures/<evaluation>/*.png`.
 //! After every run, `mvc run` copies a report stage's outputs into the pipeline's results
 //! folder (`runs/<pipeline>/`).
 
@@ -9,6 +10,7 @@ use super::{
     UnitTask, outcome,
 };
 use crate::exec::workdir::output_from_bytes;
+use crate::report::html;
 use crate::report::table::{self, Row, STUDY};
 use crate::resources::Resources;
 use crate::store::Store;
@@ -21,8 +23,8 @@ use toml::Spanned;
 /// The `kind` of its tables in pipeline files (and of its key records).
 pub const KIND: &str = "report";
 
-/// 2: results.md has a section on the objects left out.
-const VERSION: u32 = 2;
+/// 2: results.md has a section on the objects left out. 3: report.html.
+const VERSION: u32 = 3;
 
 pub const ITEM: &str = "results";
 
@@ -128,7 +130,9 @@ impl ReportStage {
         let md = table::markdown(&self.title, self.note.as_deref(), &rows, self.compare_study);
         let csv = table::csv(&rows)?;
         let json = self.results_json(&rows);
+        let page = self.standalone_page(store, &rows, &figures)?;
         let mut outputs = vec![
+            output_from_bytes(store, "report.html".into(), page.into_bytes()),
             output_from_bytes(store, "results.md".into(), md.into_bytes()),
             output_from_bytes(store, "results.csv".into(), csv),
             output_from_bytes(
@@ -151,6 +155,28 @@ impl ReportStage {
         }
         outputs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(outputs)
+    }
+
+    /// `report.html`: the results section of the live page as one file that needs nothing
+    /// else (figures as `data:` URIs), to open offline or send by mail.
+    fn standalone_page(
+        &self,
+        store: &Store,
+        rows: &[Row],
+        figures: &[Vec<(String, Output)>],
+    ) -> Result<String> {
+        let mut inline = std::collections::HashMap::new();
+        for (row, figs) in rows.iter().zip(figures) {
+            for (file, output) in figs {
+                let bytes = store
+                    .read_output(output)
+                    .with_context(|| format!("reading {}/figures/{file}", row.stage))?;
+                inline.insert((row.stage.to_string(), file.clone()), html::png_data_uri(&bytes));
+            }
+        }
+        let src = |stage: &str, file: &str| inline.get(&(stage.to_string(), file.to_string())).cloned();
+        let body = html::results(&self.title, self.note.as_deref(), rows, self.compare_study, &src);
+        Ok(html::standalone(&self.title, body))
     }
 
     /// `results.json`: the rows, and with `compare = "study"` the study's published numbers

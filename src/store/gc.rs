@@ -107,7 +107,7 @@ fn runs_to_keep(store: &Store, keep_runs: usize) -> Result<(Vec<RunRecord>, Vec<
     let mut runs: Vec<(Vec<u8>, RunRecord)> = Vec::new();
     for entry in store.index().scan(Tree::Runs, b"") {
         let (id, value) = entry?;
-        runs.push((id, decode(&value, "run record")?));
+        runs.push((id, super::records::decode_run(&value)?));
     }
     // Per pipeline: runs kept so far, and whether one of them finished `ok`.
     let mut per_pipeline: HashMap<String, (usize, bool)> = HashMap::new();
@@ -145,6 +145,8 @@ fn reached(store: &Store, runs: &[RunRecord]) -> Result<(KeySet, HashSet<Digest>
         let keys: Vec<TaskKey> = decode(&bytes, "run reach list")?;
         keep.extend(keys);
         keep_blobs.insert(run.reach);
+        // The pipeline's text, which the page's history compares runs by.
+        keep_blobs.extend(run.source);
     }
     Ok((keep, keep_blobs))
 }

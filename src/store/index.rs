@@ -73,6 +73,14 @@ pub trait Index: Send + Sync {
         tree: Tree,
         prefix: &[u8],
     ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+    /// Entries whose key starts with `prefix` and is at least `from`, in key order (a page
+    /// of a long scan, without reading the entries before it).
+    fn scan_from<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a>;
     /// The keys of a tree, in order (a sequential pass that does not copy the values).
     fn keys<'a>(&'a self, tree: Tree) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a>;
     fn len(&self, tree: Tree) -> usize;
@@ -158,6 +166,24 @@ impl Index for SledIndex {
             r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(|e| self.error(e))
         }))
+    }
+
+    fn scan_from<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        let prefix = prefix.to_vec();
+        Box::new(
+            self.tree(tree)
+                .range(from.to_vec()..)
+                .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+                .map(|r| {
+                    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(|e| self.error(e))
+                }),
+        )
     }
 
     fn keys<'a>(&'a self, tree: Tree) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a> {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 #[derive(Debug)]
 pub struct CacheLock {
-    _file: File,
+    file: File,
 }
 
 impl CacheLock {
@@ -48,8 +48,28 @@ impl CacheLock {
         writeln!(file, "pid {}", std::process::id())?;
         writeln!(file, "command {}", argv.join(" "))?;
         file.flush()?;
-        Ok(CacheLock { _file: file })
+        Ok(CacheLock { file })
     }
+}
+
+impl CacheLock {
+    /// Says, in the lock file, where the holder's page is: `mvc ui` on a held cache points
+    /// there.
+    pub fn announce_page(&self, url: &str) -> Result<()> {
+        let mut file = &self.file;
+        file.seek(SeekFrom::End(0))?;
+        writeln!(file, "page {url}")?;
+        file.flush()?;
+        Ok(())
+    }
+}
+
+/// Where the page of the process holding the cache at `cache_dir` is, if it serves one.
+pub fn holder_page(cache_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(cache_dir.join("LOCK")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("page "))
+        .map(|u| u.trim().to_string())
 }
 
 fn describe_holder(contents: &str) -> String {

@@ -49,7 +49,7 @@ pub struct Store {
     journal: std::sync::Mutex<Option<journal::Writer>>,
     /// What opening the cache put back into an index that had lost records.
     restored: Option<repair::Restored>,
-    _lock: CacheLock,
+    lock: CacheLock,
 }
 
 /// What a run found when the index lacked records its plan memos named.
@@ -155,7 +155,7 @@ impl Store {
             tmp,
             journal: std::sync::Mutex::new(None),
             restored,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -395,6 +395,24 @@ impl Store {
             .transpose()
     }
 
+    /// The items of `stage` that have a result recorded, with their latest entries, in item
+    /// order, from the first item not before `from` (the page's object grid pages by it).
+    pub fn latest_of_stage<'a>(
+        &'a self,
+        stage: &str,
+        from: &str,
+    ) -> impl Iterator<Item = Result<(String, Latest)>> + 'a {
+        let prefix = latest_key(stage, "");
+        let start = latest_key(stage, from);
+        self.index
+            .scan_from(Tree::Latest, &prefix, &start)
+            .map(move |entry| {
+                let (k, v) = entry?;
+                let item = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((item, decode(&v, "latest entry")?))
+            })
+    }
+
     /// Where partial downloads wait to be resumed by a later run (kept across runs, unlike
     /// work directories; gc removes them).
     pub fn partial_dir(&self) -> PathBuf {
@@ -403,6 +421,14 @@ impl Store {
 
     /// Where a coordinator keeps its self-signed TLS certificate (kept, so that its
     /// fingerprint stays the same from run to run; gc leaves it).
+    /// Notes where this process's page is, for `mvc ui` on this cache (best effort: the page
+    /// works without it).
+    pub fn announce_page(&self, url: &str) {
+        if let Err(e) = self.lock.announce_page(url) {
+            tracing::debug!("noting the page's address in the cache lock: {e:#}");
+        }
+    }
+
     pub fn tls_dir(&self) -> PathBuf {
         self.dir.join("tls")
     }
@@ -426,7 +452,7 @@ impl Store {
         let mut runs = Vec::new();
         for entry in self.index.scan(Tree::Runs, b"") {
             let (_, value) = entry?;
-            runs.push(decode(&value, "run record")?);
+            runs.push(records::decode_run(&value)?);
         }
         Ok(runs)
     }

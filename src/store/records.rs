@@ -117,6 +117,43 @@ pub struct RunRecord {
     pub stages: IndexMap<String, StageCounts>,
     /// Blob holding the sorted task keys this run's plan reached: what `gc` keeps.
     pub reach: Digest,
+    /// Blob holding the pipeline file's text as the run read it (none in records written
+    /// before mvc kept it): what the page compares two runs' parameters by.
+    pub source: Option<Digest>,
+    /// The result of each stage that publishes results (a report), by stage: its key.
+    pub published: Vec<(String, TaskKey)>,
+}
+
+/// A run record as mvc wrote them before `source` and `published` (postcard is not
+/// self-describing, so an old record is read through its own layout).
+#[derive(Deserialize)]
+struct RunRecordV1 {
+    pipeline: String,
+    pipeline_path: String,
+    started_ms: u64,
+    ended_ms: u64,
+    outcome: RunOutcome,
+    stages: IndexMap<String, StageCounts>,
+    reach: Digest,
+}
+
+/// Reads a run record of either layout.
+pub fn decode_run(bytes: &[u8]) -> anyhow::Result<RunRecord> {
+    if let Ok(record) = postcard::from_bytes::<RunRecord>(bytes) {
+        return Ok(record);
+    }
+    let old: RunRecordV1 = decode(bytes, "run record")?;
+    Ok(RunRecord {
+        pipeline: old.pipeline,
+        pipeline_path: old.pipeline_path,
+        started_ms: old.started_ms,
+        ended_ms: old.ended_ms,
+        outcome: old.outcome,
+        stages: old.stages,
+        reach: old.reach,
+        source: None,
+        published: Vec::new(),
+    })
 }
 
 /// A run's id: its start (big-endian, so ids sort by time) and the process that ran it.

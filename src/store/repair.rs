@@ -121,7 +121,7 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
                 }
                 Tree::Runs => {
                     // A run whose reach blob is gone (gc took it) would fail `status --verify`.
-                    let run: RunRecord = decode(&value, "run record")?;
+                    let run: RunRecord = super::records::decode_run(&value)?;
                     if blobs.size(&run.reach).is_some() {
                         index.put(tree, &key, &value)?;
                     }

@@ -3,7 +3,7 @@
 
 use super::Store;
 use super::index::Tree;
-use super::records::{Failure, Latest, RunRecord, TaskResult, decode};
+use super::records::{Failure, Latest, TaskResult, decode};
 use crate::task::{Digest, KeyRecord};
 use anyhow::Result;
 use std::collections::HashMap;
@@ -55,7 +55,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     }
     for entry in store.index().scan(Tree::Runs, b"") {
         let (_, value) = entry?;
-        match decode::<RunRecord>(&value, "run record") {
+        match super::records::decode_run(&value) {
             Ok(run) => blobs.need(
                 format!(
                     "run of {} at {}",

@@ -26,3 +26,4 @@ mod render_blender;
 mod science;
 mod slurm;
 mod store;
+mod ui;

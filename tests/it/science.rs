@@ -9,19 +9,8 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Copies what `pipelines/offline.toml` reads into the sandbox, as a clone would have it.
 fn offline_sandbox() -> Sandbox {
     let sb = Sandbox::new();
-    let copy_dir = |from: &str| {
-        let src = Path::new(REPO).join(from);
-        let dst = sb.path().join(from);
-        std::fs::create_dir_all(&dst).unwrap();
-        for entry in std::fs::read_dir(&src).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-            }
-        }
-    };
-    copy_dir("pipelines/offline/objects");
-    copy_dir("tests/data/clip-tiny");
+    sb.copy_from_repo("pipelines/offline/objects");
+    sb.copy_from_repo("tests/data/clip-tiny");
     std::fs::copy(
         Path::new(REPO).join("pipelines/offline.toml"),
         sb.path().join("pipelines/offline.toml"),

@@ -130,6 +130,20 @@ impl Sandbox {
             .expect("starting mvc")
     }
 
+    /// Copies the files of a folder of the repository into the same place in the sandbox,
+    /// as a clone would have them.
+    pub fn copy_from_repo(&self, dir: &str) {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let dst = self.path().join(dir);
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
     pub fn cache(&self) -> PathBuf {
         self.path().join("cache")
     }
@@ -256,6 +270,7 @@ pub fn signal(child: &Child, sig: i32) {
     }
 }
 pub mod blender;
+pub mod browser;
 pub mod fixture;
 pub mod glb;
 pub mod mirror;

@@ -1,0 +1,231 @@
+//! The results as HTML: the one template behind `report.html` (the report stage's
+//! self-contained file) and the results view of the live page (`ui`), so that the two never
+//! disagree. Everything shown is escaped by maud; figures come from a function the caller
+//! gives (inline `data:` URIs in the file, `/blob/<digest>` on the page).
+
+use super::coverage;
+use super::table::{FIGURES, Row, study_comparison};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+/// The page's style sheet, shared by the live page (served as a file) and report.html
+/// (inlined).
+pub const STYLE: &str = include_str!("../../assets/page.css");
+
+/// Where the image of a figure comes from, given its evaluation stage and file name; `None`
+/// when it has no such figure.
+pub type FigureSrc<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
+
+/// What the study's names mean, said once above the table (as in results.md).
+const NAMES_NOTE: &str = "Same-object similarity is what the study calls \"inter-object\", \
+    cross-object what it calls \"intra-object\" (its names are swapped). Mean ± std pooled \
+    over all pairs; test split, all views.";
+
+/// The whole results section: the table (beside the study's numbers when compared), the
+/// objects left out, the per-ring table and every figure.
+pub fn results(
+    title: &str,
+    note: Option<&str>,
+    rows: &[Row],
+    compare_study: bool,
+    figure: FigureSrc,
+) -> Markup {
+    html! {
+        h1 { (title) }
+        @if let Some(note) = note { p.note { (note) } }
+        p.muted { (NAMES_NOTE) }
+        (main_table(rows, compare_study))
+        (left_out(rows))
+        (per_ring(rows))
+        (figures(rows, figure))
+    }
+}
+
+fn pm(mean: f64, std: f64) -> String {
+    format!("{mean:.3} ± {std:.3}")
+}
+
+fn main_table(rows: &[Row], compare_study: bool) -> Markup {
+    html! {
+        table.results {
+            tr {
+                th { "evaluation" } th { "head" } th { "variant" } th { "test objects × views" }
+                th { "same-object (\"inter\")" } th { "cross-object (\"intra\")" }
+                th { "text-to-image" } th { "retrieval top-1" } th { "top-5" }
+                th { "reconstruction MSE" }
+                @if compare_study {
+                    th.study { "study: same-object" } th.study { "study: cross-object" }
+                    th.study { "study: text-to-image" } th.study { "study: MSE" }
+                }
+            }
+            @for r in rows { (main_row(r, compare_study)) }
+        }
+        @if compare_study {
+            p.muted {
+                "The study's numbers are its published table (206 test objects × 36 views, \
+                 ViT-B/32); its split differs from this one, so the baseline row is the first \
+                 check."
+            }
+            @for r in rows {
+                @if let Err(why) = study_comparison(r.evaluation) {
+                    p.muted { "No study column for " code { (r.stage) } ": " (why) "." }
+                }
+            }
+        }
+    }
+}
+
+fn main_row(r: &Row, compare_study: bool) -> Markup {
+    let e = r.evaluation;
+    let m = &e.metrics;
+    let mse = |x: Option<f64>, digits: usize| {
+        x.map(|x| format!("{x:.digits$}"))
+            .unwrap_or_else(|| "–".into())
+    };
+    html! {
+        tr {
+            td { (r.stage) } td { (e.head.head.name()) } td { (e.head.variant.name()) }
+            td.num { (m.objects) " × " (m.views) }
+            td.num { (pm(m.same_object.mean, m.same_object.std)) }
+            td.num { (pm(m.cross_object.mean, m.cross_object.std)) }
+            td.num { (pm(m.text_to_image.mean, m.text_to_image.std)) }
+            td.num { (format!("{:.3}", m.retrieval_top1)) }
+            td.num { (format!("{:.3}", m.retrieval_top5)) }
+            td.num { (mse(m.reconstruction_mse, 4)) }
+            @if compare_study {
+                @match study_comparison(e) {
+                    Ok(s) => {
+                        td.num { (pm(s.same_object.0, s.same_object.1)) }
+                        td.num { (pm(s.cross_object.0, s.cross_object.1)) }
+                        td.num { (pm(s.text_to_image.0, s.text_to_image.1)) }
+                        td.num { (mse(s.reconstruction_mse, 2)) }
+                    }
+                    Err(_) => { td { "–" } td { "–" } td { "–" } td { "–" } }
+                }
+            }
+        }
+    }
+}
+
+/// The objects left out, per account of evaluations that saw the same objects.
+fn left_out(rows: &[Row]) -> Markup {
+    let mut accounts: Vec<(Vec<&str>, &Vec<coverage::Coverage>)> = Vec::new();
+    for r in rows {
+        match accounts
+            .iter_mut()
+            .find(|(_, c)| *c == &r.evaluation.parts)
+        {
+            Some((stages, _)) => stages.push(r.stage),
+            None => accounts.push((vec![r.stage], &r.evaluation.parts)),
+        }
+    }
+    html! {
+        h2 #left-out { "Objects left out" }
+        @for (stages, parts) in &accounts {
+            @if accounts.len() > 1 { h3 { (stages.join(", ")) } }
+            @let lost: usize = parts.iter().map(|p| p.left_out.len()).sum();
+            @if parts.is_empty() {
+                p { "Not recorded by this evaluation." }
+            } @else if lost == 0 {
+                p { "Every object of the split was used (" (coverage::counts(parts)) ")." }
+            } @else {
+                p { "Objects used: " (coverage::counts(parts)) ". " (lost)
+                    " left out: they lacked embeddings (a download, render or embed failed)." }
+                table {
+                    tr { th { "reason" } th { "objects" } }
+                    @for (reason, objects) in coverage::by_reason(parts) {
+                        tr {
+                            td { (coverage::one_line(reason)) }
+                            td { (objects.len()) ": "
+                                @for (i, (uid, part)) in objects.iter().enumerate() {
+                                    @if i > 0 { ", " }
+                                    code { (uid) } " (" (part) ")"
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn per_ring(rows: &[Row]) -> Markup {
+    html! {
+        h2 #rings { "Per elevation ring" }
+        table {
+            tr {
+                th { "evaluation" } th { "polar (elevation)" } th { "views" }
+                th { "same-object" } th { "cross-object" } th { "text-to-image" }
+                th { "retrieval top-1" } th { "top-5" }
+            }
+            @for r in rows {
+                @for ring in &r.evaluation.metrics.rings {
+                    tr {
+                        td { (r.stage) }
+                        td { @match (ring.polar, ring.elevation) {
+                            (Some(p), Some(e)) => { (p) "° (" (e) "°)" }
+                            _ => { "–" }
+                        } }
+                        td.num { (ring.views) }
+                        td.num { (pm(ring.same_object.mean, ring.same_object.std)) }
+                        td.num { (pm(ring.cross_object.mean, ring.cross_object.std)) }
+                        td.num { (pm(ring.text_to_image.mean, ring.text_to_image.std)) }
+                        td.num { (format!("{:.3}", ring.retrieval_top1)) }
+                        td.num { (format!("{:.3}", ring.retrieval_top5)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn figures(rows: &[Row], figure: FigureSrc) -> Markup {
+    html! {
+        h2 #figures { "Figures" }
+        @for r in rows {
+            h3 { (r.stage) " (" (r.evaluation.head.head.name()) ")" }
+            div.figures {
+                @for (file, caption) in FIGURES {
+                    @if r.figures.iter().any(|f| f == file) {
+                        @if let Some(src) = figure(r.stage, file) {
+                            figure {
+                                img src=(src) alt=(caption);
+                                figcaption { (caption) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A whole page that needs nothing else: the style inline, and a Content-Security-Policy that
+/// forbids every request and every script, so that the file opens offline and nothing in it
+/// (a caption, an error) can run.
+pub fn standalone(title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="Content-Security-Policy"
+                    content="default-src 'none'; img-src data:; style-src 'unsafe-inline'";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body { main { (body) } }
+        }
+    }
+    .into_string()
+}
+
+/// A PNG as a `data:` URI, for a page that must not fetch anything.
+pub fn png_data_uri(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
