@@ -322,11 +322,13 @@ fn find_key(store: &Store, text: &str) -> Result<TaskKey> {
         .ok_or_else(|| anyhow::anyhow!("no task key starting with `{text}` in this cache"))
 }
 
-
 /// [`why_key`] with what changed since the record its item had before it (or since the
 /// item's latest, when this key is an older one): the page's task view. Also returns the
 /// (stage, item) the key belongs to, when the cache knows it.
-pub fn why_key_with_history(store: &Store, key: &TaskKey) -> Result<(Why, Option<(String, String)>)> {
+pub fn why_key_with_history(
+    store: &Store,
+    key: &TaskKey,
+) -> Result<(Why, Option<(String, String)>)> {
     let mut why = why_key(store, &key.to_hex())?;
     let owner = match store.result(key)? {
         Some(r) => Some((r.stage, r.item)),

@@ -110,10 +110,7 @@ fn main_row(r: &Row, compare_study: bool) -> Markup {
 fn left_out(rows: &[Row]) -> Markup {
     let mut accounts: Vec<(Vec<&str>, &Vec<coverage::Coverage>)> = Vec::new();
     for r in rows {
-        match accounts
-            .iter_mut()
-            .find(|(_, c)| *c == &r.evaluation.parts)
-        {
+        match accounts.iter_mut().find(|(_, c)| *c == &r.evaluation.parts) {
             Some((stages, _)) => stages.push(r.stage),
             None => accounts.push((vec![r.stage], &r.evaluation.parts)),
         }

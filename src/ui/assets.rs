@@ -13,7 +13,11 @@ pub const ICON: &str = include_str!("../../assets/icon.svg");
 
 /// (name, content type, bytes).
 const FILES: &[(&str, &str, &str)] = &[
-    ("page.css", "text/css; charset=utf-8", crate::report::html::STYLE),
+    (
+        "page.css",
+        "text/css; charset=utf-8",
+        crate::report::html::STYLE,
+    ),
     ("page.js", "text/javascript; charset=utf-8", SCRIPT),
     ("icon.svg", "image/svg+xml", ICON),
 ];

@@ -47,10 +47,7 @@ fn layout(stages: &[StageLive]) -> Vec<(u32, u32)> {
 }
 
 fn origin((col, row): (u32, u32)) -> (u32, u32) {
-    (
-        PAD + col * (NODE_W + GAP_X),
-        PAD + row * (NODE_H + GAP_Y),
-    )
+    (PAD + col * (NODE_W + GAP_X), PAD + row * (NODE_H + GAP_Y))
 }
 
 /// The widths of a bar's segments, in the order of [`STATES`].

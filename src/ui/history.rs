@@ -2,7 +2,7 @@
 //! the cache has records of, and two runs side by side (the stages that ran, the parameters
 //! that changed, the results and their differences).
 
-use super::pages::{Nav, page};
+use super::layout::{Nav, page};
 use super::{UiError, UiState};
 use crate::report::html;
 use crate::report::metrics::Evaluation;
@@ -308,8 +308,11 @@ fn results_of(store: &Store, r: &RunRecord) -> Result<IndexMap<String, Evaluatio
     Ok(out)
 }
 
+/// How to read one metric of an evaluation.
+type Metric = fn(&Evaluation) -> f64;
+
 /// The metrics compared, with how to read each.
-const METRICS: &[(&str, fn(&Evaluation) -> f64)] = &[
+const METRICS: &[(&str, Metric)] = &[
     ("same-object", |e| e.metrics.same_object.mean),
     ("cross-object", |e| e.metrics.cross_object.mean),
     ("text-to-image", |e| e.metrics.text_to_image.mean),

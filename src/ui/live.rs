@@ -200,7 +200,8 @@ impl Live {
         let version = *self.changed.borrow();
         let mut cached = self.cached.lock().expect("the snapshot cache lock");
         if cached.0 != version || cached.1.is_empty() {
-            let json = self.read(|s| serde_json::to_string(&Snapshot::of(s)))
+            let json = self
+                .read(|s| serde_json::to_string(&Snapshot::of(s)))
                 .expect("snapshots always serialise");
             *cached = (version, Arc::from(json));
         }
@@ -470,8 +471,23 @@ impl RunView for UiView {
 }
 
 fn same_counts(a: &Counts, b: &Counts) -> bool {
-    (a.cached, a.ran, a.failed, a.known_failed, a.blocked, a.to_run, a.running)
-        == (b.cached, b.ran, b.failed, b.known_failed, b.blocked, b.to_run, b.running)
+    (
+        a.cached,
+        a.ran,
+        a.failed,
+        a.known_failed,
+        a.blocked,
+        a.to_run,
+        a.running,
+    ) == (
+        b.cached,
+        b.ran,
+        b.failed,
+        b.known_failed,
+        b.blocked,
+        b.to_run,
+        b.running,
+    )
 }
 
 /// The run is over: its outcome, its length, and the report's full list of failures (with
@@ -489,4 +505,104 @@ pub fn finish(state: &mut LiveState, report: &RunReport) {
         add_failure(state, line);
     }
     state.left_out = report.notes.clone();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(stage: &str, item: &str, error: &str, blocked: bool) -> FailureLine {
+        FailureLine {
+            stage: stage.into(),
+            item: item.into(),
+            error: error.into(),
+            earlier: false,
+            blocked,
+            log: None,
+            key: None,
+            stderr: None,
+        }
+    }
+
+    fn state() -> LiveState {
+        empty_state()
+    }
+
+    /// The failures come before what they blocked, however many items they blocked.
+    #[test]
+    fn failures_group_by_reason_with_causes_before_what_they_blocked() {
+        let mut s = state();
+        add_failure(&mut s, &line("objects", "broken", "exit 3", false));
+        for i in 0..40 {
+            add_failure(&mut s, &line("views", &format!("broken@{i}"), "x", true));
+        }
+        add_failure(&mut s, &line("objects", "other", "exit 3", false));
+        add_failure(&mut s, &line("objects", "third", "not found", false));
+        let groups = s.failure_groups();
+        let shape: Vec<(&str, &str, u64)> =
+            groups.iter().map(|g| (g.stage, g.error, g.count)).collect();
+        assert_eq!(
+            shape,
+            [
+                ("objects", "exit 3", 2),
+                ("objects", "not found", 1),
+                ("views", "blocked: an item it reads failed", 40)
+            ]
+        );
+        assert_eq!(
+            groups[2].lines.len(),
+            5,
+            "a group keeps its first few items"
+        );
+    }
+
+    /// A run where a million items fail keeps a bounded list and sends a bounded snapshot;
+    /// its count stays exact.
+    #[test]
+    fn a_million_failures_keep_the_page_small() {
+        let mut s = state();
+        for i in 0..1_000_000u32 {
+            add_failure(
+                &mut s,
+                &line(
+                    "views",
+                    &format!("o{}@v", i % 50_000),
+                    &format!("error {}", i % 977),
+                    false,
+                ),
+            );
+        }
+        assert_eq!(s.failures_total, 1_000_000);
+        assert_eq!(s.failures.len(), FAILURES_KEPT);
+        let json = serde_json::to_string(&Snapshot::of(&s)).unwrap();
+        assert!(json.len() < 64 * 1024, "{} bytes", json.len());
+        assert!(json.contains("\"failures_total\":1000000"));
+    }
+
+    /// Readers are woken only when something changed.
+    #[test]
+    fn readers_wake_only_on_change() {
+        let workflow = crate::exec::workflow::Workflow {
+            path: "p.toml".into(),
+            name: "p".into(),
+            cache_dir: "cache".into(),
+            results_dir: "runs".into(),
+            stages: Vec::new(),
+            order: Vec::new(),
+            source: String::new(),
+        };
+        let live = Live::new(&workflow, Phase::Running);
+        let rx = live.subscribe();
+        let mut view = UiView::new(Box::new(crate::exec::view::NotesOnly), live.clone());
+        view.update(&[]);
+        assert!(!rx.has_changed().unwrap(), "nothing changed");
+        view.failed(&line("s", "i", "e", false));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(live.read(|s| s.failures_total), 1);
+        let first = live.snapshot_json();
+        assert!(
+            Arc::ptr_eq(&first, &live.snapshot_json()),
+            "built once per version"
+        );
+    }
 }

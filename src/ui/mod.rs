@@ -15,6 +15,7 @@ pub mod assets;
 pub mod events;
 pub mod graph;
 pub mod history;
+pub mod layout;
 pub mod live;
 pub mod objects;
 pub mod pages;
@@ -68,7 +69,7 @@ impl IntoResponse for UiError {
             UiError::NotFound(_) => StatusCode::NOT_FOUND,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let body = pages::message_page(status.as_str(), &self.to_string());
+        let body = layout::message_page(status.as_str(), &self.to_string());
         (status, body).into_response()
     }
 }
@@ -119,7 +120,11 @@ impl RunPage {
     /// Plans `workflow` beside the run, for the plan's reasons ("parameter changed: polar"),
     /// which the engine of a run does not group. It reads the cache as the run begins; the
     /// page shows the reasons when it is done.
-    pub fn plan_in_background(&self, workflow: crate::exec::workflow::Workflow, retry_failed: bool) {
+    pub fn plan_in_background(
+        &self,
+        workflow: crate::exec::workflow::Workflow,
+        retry_failed: bool,
+    ) {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
             match crate::exec::plan::plan(&workflow, state.store.clone(), retry_failed) {

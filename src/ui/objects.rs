@@ -3,7 +3,7 @@
 //! drew. Paged by object over the render stage's recorded items, so a page reads only its
 //! own objects whatever the cache holds.
 
-use super::pages::{Nav, page};
+use super::layout::{Nav, page};
 use super::{UiError, UiState};
 use crate::render::camera::ViewSpec;
 use crate::stages::embed::CAPTION_SUFFIX;
@@ -45,12 +45,18 @@ pub async fn objects_page(
     Query(q): Query<ObjectsQuery>,
 ) -> Result<Html<String>, UiError> {
     let (renders, others) = state.live.read(|s| {
-        let (renders, others): (Vec<_>, Vec<_>) = s.stages.iter().partition(|st| st.kind == "render");
+        let (renders, others): (Vec<_>, Vec<_>) =
+            s.stages.iter().partition(|st| st.kind == "render");
         let names = |v: Vec<&super::live::StageLive>| -> Vec<(String, String)> {
-            v.into_iter().map(|st| (st.name.clone(), st.kind.clone())).collect()
+            v.into_iter()
+                .map(|st| (st.name.clone(), st.kind.clone()))
+                .collect()
         };
         (
-            names(renders).into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            names(renders)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
             names(others),
         )
     });

@@ -4,75 +4,13 @@
 
 use super::UiState;
 use super::graph;
+use super::layout::{Nav, page, pager};
 use super::live::{FailureGroup, LiveState, Phase, StageNumbers};
 use axum::extract::{Query, State};
 use axum::response::Html;
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 use std::sync::Arc;
-
-/// The sections of the page, for its navigation.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
-    Run,
-    Failures,
-    Objects,
-    Results,
-    History,
-    Workers,
-    None,
-}
-
-const LINKS: &[(Nav, &str, &str)] = &[
-    (Nav::Run, "/", "Run"),
-    (Nav::Failures, "/failures", "Failures"),
-    (Nav::Objects, "/objects", "Objects"),
-    (Nav::Results, "/results", "Results"),
-    (Nav::History, "/runs", "History"),
-    (Nav::Workers, "/workers", "Workers"),
-];
-
-/// A whole page: the frame (style, script, navigation) around `body`.
-pub fn page(title: &str, here: Nav, body: Markup) -> Html<String> {
-    let page_name = match here {
-        Nav::Run => "run",
-        _ => "other",
-    };
-    Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " · mvc" }
-                    link rel="stylesheet" href="/assets/page.css";
-                    link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
-                    script src="/assets/page.js" defer {}
-                }
-                body data-page=(page_name) {
-                    header.top {
-                        span.brand { "mvc" }
-                        @for (nav, href, name) in LINKS {
-                            a href=(href) class=[(*nav == here).then_some("here")] { (name) }
-                        }
-                    }
-                    main { (body) }
-                }
-            }
-        }
-        .into_string(),
-    )
-}
-
-/// A page that only says something (an error, a refusal).
-pub fn message_page(status: &str, message: &str) -> Html<String> {
-    page(
-        status,
-        Nav::None,
-        html! { h1 { (status) } p { (message) } p { a href="/" { "Back to the run" } } },
-    )
-}
 
 fn phase_text(phase: Phase) -> &'static str {
     match phase {
@@ -266,17 +204,6 @@ pub async fn failures(
     page("Failures", Nav::Failures, body)
 }
 
-/// Links to the previous and next pages.
-pub fn pager(base: &str, page_no: usize, pages: usize) -> Markup {
-    html! {
-        p.pager {
-            @if page_no > 0 { a href=(format!("{base}page={}", page_no - 1)) { "← previous" } }
-            span { "page " (page_no + 1) " of " (pages) }
-            @if page_no + 1 < pages { a href=(format!("{base}page={}", page_no + 1)) { "next →" } }
-        }
-    }
-}
-
 /// The coordinator's workers: slots, what each runs, when it was last heard from; and the
 /// Slurm jobs whose workers registered.
 pub async fn workers(State(state): State<Arc<UiState>>) -> Html<String> {
@@ -298,7 +225,7 @@ pub async fn workers(State(state): State<Arc<UiState>>) -> Html<String> {
                     @for w in &status.workers {
                         tr {
                             td { (w.name) } td { (w.host) }
-                            td { (format!("{:?}", w.slots)) }
+                            td { (w.slots.to_string()) }
                             td { @for r in &w.running { div { (r) } } }
                             td.num { (w.units_done) }
                             td.num { (format!("{:.1} s ago", w.last_seen_ms_ago as f64 / 1000.0)) }

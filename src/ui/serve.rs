@@ -71,7 +71,11 @@ async fn authorize(token: Token, req: Request, next: Next) -> Response {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_string))
+        .filter_map(|c| {
+            c.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
         .any(|c| given(&c));
     if bearer || cookie {
         return next.run(req).await;
@@ -95,7 +99,7 @@ async fn authorize(token: Token, req: Request, next: Next) -> Response {
     }
     (
         StatusCode::UNAUTHORIZED,
-        super::pages::message_page(
+        super::layout::message_page(
             "401",
             "This page needs the run's token: open it once as URL?token=TOKEN (the browser then \
              keeps it as a cookie), or reach the page through an SSH tunnel to its loopback \

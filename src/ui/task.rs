@@ -3,7 +3,7 @@
 //! by digest, small outputs by key and position. Every id is parsed as 64 hex digits before
 //! anything is looked up, so no request names a path.
 
-use super::pages::{Nav, page};
+use super::layout::{Nav, page};
 use super::{UiError, UiState};
 use crate::exec::why::why_key_with_history;
 use crate::store::Store;
@@ -43,7 +43,9 @@ pub async fn task_page(
 ) -> Result<Html<String>, UiError> {
     let key = parse_digest(&key)?;
     if state.store.record(&key)?.is_none() {
-        return Err(UiError::NotFound(format!("no task with key {key} in this cache")));
+        return Err(UiError::NotFound(format!(
+            "no task with key {key} in this cache"
+        )));
     }
     let (why, owner) = why_key_with_history(&state.store, &key)?;
     let result = state.store.result(&key)?;

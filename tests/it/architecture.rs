@@ -36,6 +36,9 @@ const FLOORS: &[&[&str]] = &[
     &["pipeline"],
     // Coordinator, workers, Slurm.
     &["remote"],
+    // The page: a view of runs above the engine; the commands serve it, and a coordinator
+    // is handed its routes.
+    &["ui"],
     // One file per subcommand, and the output layer.
     &["commands"],
     // The binary: parses arguments and calls one command.

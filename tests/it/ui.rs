@@ -74,13 +74,19 @@ const SLOW_DONE: &str = "const row = [...document.querySelectorAll('#stages tr')
 /// console stays clean.
 #[test]
 fn the_live_page_follows_a_run_in_chromium() {
+    let Some(browser) = Browser::start("the_live_page_follows_a_run_in_chromium") else {
+        return;
+    };
     let sb = page_sandbox();
     let mut run = run_with_page(&sb, "0.4");
     let url = run.url.clone().unwrap();
-    let browser = Browser::start();
     browser.goto(&url);
     browser.eval("window.__loadedOnce = true; return 1;");
-    browser.wait_until("the first event", "return document.body.dataset.events", Duration::from_secs(20));
+    browser.wait_until(
+        "the first event",
+        "return document.body.dataset.events",
+        Duration::from_secs(20),
+    );
     let before = browser.wait_until("the slow stage's row", SLOW_DONE, Duration::from_secs(30));
     let before: u64 = before.as_str().unwrap().parse().unwrap();
     let after = browser.wait_until(
@@ -91,7 +97,10 @@ fn the_live_page_follows_a_run_in_chromium() {
         ),
         Duration::from_secs(60),
     );
-    assert_eq!(browser.eval("return document.body.dataset.transport"), "events");
+    assert_eq!(
+        browser.eval("return document.body.dataset.transport"),
+        "events"
+    );
     assert!(after.as_u64().unwrap() > before, "{before} → {after}");
     check_failure_listed(&browser);
     browser.screenshot("live-run");
@@ -100,7 +109,12 @@ fn the_live_page_follows_a_run_in_chromium() {
     check_objects_grid(&browser, &url, "live-objects");
     assert_eq!(browser.console_errors(), Vec::<String>::new());
     let ran = run.finish(Duration::from_secs(300));
-    assert_eq!(ran.code, Some(1), "the broken object fails the run: {}", ran.stderr);
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "the broken object fails the run: {}",
+        ran.stderr
+    );
     check_cache_page(&sb, &browser);
     check_report_offline(&sb, &browser);
 }
@@ -123,7 +137,10 @@ fn check_failure_listed(browser: &Browser) {
     assert!(text.contains("objects"), "{text}");
     assert!(text.contains("broken"), "{text}");
     assert!(text.contains("status 3"), "the reason: {text}");
-    assert!(text.contains("<img src=x onerror="), "the log line shows as text: {text}");
+    assert!(
+        text.contains("<img src=x onerror="),
+        "the log line shows as text: {text}"
+    );
     assert_nothing_ran(browser);
 }
 
@@ -186,7 +203,10 @@ fn check_cache_page(sb: &Sandbox, browser: &Browser) {
          return g && g.innerText.includes('broken') && g.querySelector('pre.logtail') ? g.innerText : null;",
         Duration::from_secs(30),
     );
-    assert!(text.as_str().unwrap().contains("<img src=x onerror="), "{text}");
+    assert!(
+        text.as_str().unwrap().contains("<img src=x onerror="),
+        "{text}"
+    );
     assert_nothing_ran(browser);
     browser.screenshot("ui-run");
     browser.goto(&format!("{url}results"));
@@ -212,7 +232,13 @@ fn check_cache_page(sb: &Sandbox, browser: &Browser) {
 fn check_report_offline(sb: &Sandbox, browser: &Browser) {
     let report = sb.path().join("runs/page/report.html");
     let html = std::fs::read_to_string(&report).unwrap();
-    for bad in ["src=\"http", "href=\"http", "src='http", "href='http", "<script"] {
+    for bad in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "<script",
+    ] {
         assert!(!html.contains(bad), "report.html holds {bad}");
     }
     browser.offline(true);
@@ -227,7 +253,11 @@ fn check_report_offline(sb: &Sandbox, browser: &Browser) {
     let resources = browser.eval(
         "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'))",
     );
-    assert_eq!(resources, serde_json::json!([]), "report.html fetched something");
+    assert_eq!(
+        resources,
+        serde_json::json!([]),
+        "report.html fetched something"
+    );
     assert_nothing_ran(browser);
     browser.screenshot("report-offline");
     browser.offline(false);
@@ -272,7 +302,11 @@ fn the_page_refuses_bad_ids_and_paths_and_escapes_what_it_shows() {
         );
     }
     for method in ["POST", "PUT", "DELETE"] {
-        assert_eq!(raw_request(&url, method, "/").0, 405, "{method} / changes nothing");
+        assert_eq!(
+            raw_request(&url, method, "/").0,
+            405,
+            "{method} / changes nothing"
+        );
     }
     let (_, home) = raw_get(&url, "/");
     assert!(home.contains("&lt;img src=x onerror="), "{home}");
@@ -291,15 +325,39 @@ fn page_addresses_that_cannot_serve_are_refused_before_anything_runs() {
     let addr = taken.local_addr().unwrap().to_string();
     let ran = sb.mvc(&["run", "page.toml", "--ui", &addr]);
     assert_eq!(ran.code, Some(1));
-    assert!(ran.stderr.contains(&format!("--ui {addr}: cannot listen there")), "{}", ran.stderr);
-    assert!(!sb.path().join("runs").exists(), "nothing ran: {}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains(&format!("--ui {addr}: cannot listen there")),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !sb.path().join("runs").exists(),
+        "nothing ran: {}",
+        ran.stderr
+    );
     let ran = sb.mvc(&["run", "page.toml", "--ui", "0.0.0.0:0"]);
     assert_eq!(ran.code, Some(1));
-    assert!(ran.stderr.contains("--ui 0.0.0.0:0: a page on an address other than loopback needs a token"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("--ui 0.0.0.0:0: a page on an address other than loopback needs a token"),
+        "{}",
+        ran.stderr
+    );
     let ran = sb.mvc(&["ui", "page.toml", "--listen", "0.0.0.0:0"]);
-    assert!(ran.stderr.contains("--listen 0.0.0.0:0: a page on an address other than loopback needs a token"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("--listen 0.0.0.0:0: a page on an address other than loopback needs a token"),
+        "{}",
+        ran.stderr
+    );
     let ran = sb.mvc(&["ui", "--cache", "empty-cache"]);
-    assert!(ran.stderr.contains("has no run that recorded its pipeline; give the pipeline file"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("has no run that recorded its pipeline; give the pipeline file"),
+        "{}",
+        ran.stderr
+    );
 }
 
 /// Readers that never read, and readers that come and go, do not hold the run back; `mvc ui`
@@ -309,7 +367,10 @@ fn slow_and_many_readers_never_hold_the_run_and_mvc_ui_points_to_its_page() {
     let sb = page_sandbox();
     let mut run = run_with_page(&sb, "0.05");
     let url = run.url.clone().unwrap();
-    let host = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     // 100 event streams that never read a byte, and 50 that disconnect at once.
     let stalled: Vec<std::net::TcpStream> = (0..100)
         .map(|_| {
@@ -324,13 +385,23 @@ fn slow_and_many_readers_never_hold_the_run_and_mvc_ui_points_to_its_page() {
     }
     let held = sb.mvc(&["ui", "page.toml", "--listen", "127.0.0.1:0"]);
     assert_ne!(held.code, Some(0));
-    assert!(held.stderr.contains(&format!("that run's page is at {url}")), "{}", held.stderr);
+    assert!(
+        held.stderr
+            .contains(&format!("that run's page is at {url}")),
+        "{}",
+        held.stderr
+    );
     // A fresh reader still gets a snapshot at once.
     let (status, state) = raw_get(&url, "/state.json");
     assert_eq!(status, 200);
     assert!(state.contains("\"stages\""), "{state}");
     let ran = run.finish(Duration::from_secs(240));
-    assert_eq!(ran.code, Some(1), "the run ends as without readers: {}", ran.stderr);
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "the run ends as without readers: {}",
+        ran.stderr
+    );
     assert!(ran.stderr.contains("report: 1/1 tasks"), "{}", ran.stderr);
     drop(stalled);
 }
@@ -339,11 +410,19 @@ fn slow_and_many_readers_never_hold_the_run_and_mvc_ui_points_to_its_page() {
 #[test]
 fn history_compares_two_runs_by_parameters_stages_and_results() {
     let sb = page_sandbox();
-    assert_eq!(sb.mvc_env(&["run", "page.toml"], &[("MVC_SLOW", "0")]).code, Some(1));
+    assert_eq!(
+        sb.mvc_env(&["run", "page.toml"], &[("MVC_SLOW", "0")]).code,
+        Some(1)
+    );
     let toml = std::fs::read_to_string(sb.path().join("page.toml")).unwrap();
     sb.write("page.toml", &toml.replace("echo done >", "echo finished >"));
     let second = sb.mvc_env(&["run", "page.toml", "--json"], &[("MVC_SLOW", "0")]);
-    assert_eq!(second.json()["stages"]["slow"]["ran"], 64, "{}", second.stderr);
+    assert_eq!(
+        second.json()["stages"]["slow"]["ran"],
+        64,
+        "{}",
+        second.stderr
+    );
     let page = serve_cache(&sb);
     let url = page.url.clone().unwrap();
     let (_, runs) = raw_get(&url, "/runs");
@@ -355,9 +434,21 @@ fn history_compares_two_runs_by_parameters_stages_and_results() {
     assert!(ids.len() >= 4, "two runs in each select: {runs}");
     let (status, compare) = raw_get(&url, &format!("/compare?a={}&b={}", ids[1], ids[0]));
     assert_eq!(status, 200, "{compare}");
-    assert!(compare.contains("stage.slow.cmd"), "the changed parameter: {compare}");
+    assert!(
+        compare.contains("stage.slow.cmd"),
+        "the changed parameter: {compare}"
+    );
     assert!(compare.contains("echo finished"), "{compare}");
-    assert!(!compare.contains("stage.views.polar"), "only what changed: {compare}");
-    assert!(compare.contains("64 ran, 0 cached"), "slow ran again in B: {compare}");
-    assert!(compare.contains("eval_identity"), "the results compared: {compare}");
+    assert!(
+        !compare.contains("stage.views.polar"),
+        "only what changed: {compare}"
+    );
+    assert!(
+        compare.contains("64 ran, 0 cached"),
+        "slow ran again in B: {compare}"
+    );
+    assert!(
+        compare.contains("eval_identity"),
+        "the results compared: {compare}"
+    );
 }
