@@ -133,8 +133,8 @@ impl Served {
         match &self.fingerprint {
             None => format!("mvc: the page is at {}", self.url),
             Some(f) => format!(
-                "mvc: the page is at {} (a self-signed certificate, SHA-256 fingerprint {f}; \
-                 open it once with ?token=TOKEN)",
+                "mvc: the page is at {} (open it once with ?token=TOKEN; a self-signed \
+                 certificate, SHA-256 fingerprint {f})",
                 self.url
             ),
         }

@@ -451,4 +451,74 @@ fn history_compares_two_runs_by_parameters_stages_and_results() {
         compare.contains("eval_identity"),
         "the results compared: {compare}"
     );
+    // Without the pipeline file, `mvc ui --cache DIR` serves the pipeline its last run read.
+    drop(page);
+    let by_cache = Background::start(
+        &mut sb.command(&["ui", "--cache", "cache", "--listen", "127.0.0.1:0"]),
+        true,
+    );
+    let (status, home) = raw_get(by_cache.url.as_ref().unwrap(), "/");
+    assert_eq!(status, 200, "{home}");
+    assert!(home.contains("No run holds this cache"), "{home}");
+    assert!(home.contains(">slow<"), "the last run's stages: {home}");
+}
+
+/// Off loopback the page needs the token and serves HTTPS: a browser without the token gets
+/// 401; `?token=` once sets a cookie (and drops the token from the address); the cookie then
+/// opens every page. A wrong token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_page_asks_for_the_token_once_over_tls() {
+    let sb = page_sandbox();
+    let ran = sb.mvc_env(&["run", "page.toml"], &[("MVC_SLOW", "0")]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let token = "a-token-of-sixteen-or-more";
+    sb.write("token", token);
+    let page = Background::start(
+        &mut sb.command(&["ui", "page.toml", "--listen", "0.0.0.0:0", "--token-file", "token"]),
+        true,
+    );
+    let url = page.url.clone().unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    let port = url.trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+    let base = format!("https://127.0.0.1:{port}");
+    let fingerprint = page.fingerprint.clone().expect("a self-signed certificate's fingerprint");
+    let tls = mvc::remote::tls::pinned_client(
+        mvc::remote::tls::Fingerprint::parse(&fingerprint).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let get = |path: String, cookie: Option<String>| {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    let refused = get("/".into(), None).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("content-security-policy"));
+    let wrong = get("/?token=not-the-token-at-all".into(), None).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let given = get(format!("/results?token={token}"), None).await.unwrap();
+    assert_eq!(given.status(), 303);
+    assert_eq!(given.headers()["location"], "/results");
+    let cookie = given.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("Secure"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let opened = get("/results".into(), Some(pair.clone())).await.unwrap();
+    assert_eq!(opened.status(), 200);
+    assert!(opened.text().await.unwrap().contains("eval_identity"));
+    let bearer = http
+        .get(format!("{base}/state.json"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
 }
