@@ -53,8 +53,10 @@ fn raw_request(url: &str, method: &str, path: &str) -> (u16, String) {
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    let mut reply = String::new();
-    let _ = tcp.read_to_string(&mut reply);
+    // Bytes, not a string: an image's body is not UTF-8.
+    let mut bytes = Vec::new();
+    let _ = tcp.read_to_end(&mut bytes);
+    let reply = String::from_utf8_lossy(&bytes).into_owned();
     let status = reply
         .split_whitespace()
         .nth(1)
@@ -312,8 +314,42 @@ fn the_page_refuses_bad_ids_and_paths_and_escapes_what_it_shows() {
     assert!(home.contains("&lt;img src=x onerror="), "{home}");
     assert!(!home.contains("<img src=x"), "{home}");
     let (_, objects) = raw_get(&url, "/objects");
+    check_a_render_tasks_page(&url, &objects);
     assert!(objects.contains("&lt;script&gt;document.body"), "{objects}");
     assert!(!objects.contains("<script>document"), "{objects}");
+}
+
+/// A view's task page (linked from the objects grid): `mvc why`'s record, its output image
+/// inline (and served as a PNG), and what changed (a new item: nothing before it).
+fn check_a_render_tasks_page(url: &str, objects: &str) {
+    let key = objects
+        .split("href=\"/task/")
+        .nth(1)
+        .and_then(|s| s.get(..64))
+        .expect("the grid links each view to its task");
+    let (status, task) = raw_get(url, &format!("/task/{key}"));
+    assert_eq!(status, 200, "{task}");
+    for part in [
+        "Key record",
+        "Outputs",
+        "What changed",
+        "azimuth",
+        "cached result of views/",
+    ] {
+        assert!(task.contains(part), "the task page shows {part}: {task}");
+    }
+    let image = task
+        .split("<img src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the render shown inline");
+    let (status, png) = raw_get(url, image);
+    assert_eq!(status, 200);
+    assert!(
+        png.contains("content-type: image/png"),
+        "{}",
+        &png[..png.len().min(300)]
+    );
 }
 
 /// An address in use, and an address off loopback without a token, stop the command before
@@ -474,14 +510,29 @@ async fn off_loopback_the_page_asks_for_the_token_once_over_tls() {
     let token = "a-token-of-sixteen-or-more";
     sb.write("token", token);
     let page = Background::start(
-        &mut sb.command(&["ui", "page.toml", "--listen", "0.0.0.0:0", "--token-file", "token"]),
+        &mut sb.command(&[
+            "ui",
+            "page.toml",
+            "--listen",
+            "0.0.0.0:0",
+            "--token-file",
+            "token",
+        ]),
         true,
     );
     let url = page.url.clone().unwrap();
     assert!(url.starts_with("https://"), "{url}");
-    let port = url.trim_end_matches('/').rsplit(':').next().unwrap().to_string();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
     let base = format!("https://127.0.0.1:{port}");
-    let fingerprint = page.fingerprint.clone().expect("a self-signed certificate's fingerprint");
+    let fingerprint = page
+        .fingerprint
+        .clone()
+        .expect("a self-signed certificate's fingerprint");
     let tls = mvc::remote::tls::pinned_client(
         mvc::remote::tls::Fingerprint::parse(&fingerprint).unwrap(),
         Default::default(),
@@ -503,13 +554,18 @@ async fn off_loopback_the_page_asks_for_the_token_once_over_tls() {
     let refused = get("/".into(), None).await.unwrap();
     assert_eq!(refused.status(), 401);
     assert!(refused.headers().contains_key("content-security-policy"));
-    let wrong = get("/?token=not-the-token-at-all".into(), None).await.unwrap();
+    let wrong = get("/?token=not-the-token-at-all".into(), None)
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
     let given = get(format!("/results?token={token}"), None).await.unwrap();
     assert_eq!(given.status(), 303);
     assert_eq!(given.headers()["location"], "/results");
     let cookie = given.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("Secure"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Secure"),
+        "{cookie}"
+    );
     let pair = cookie.split(';').next().unwrap().to_string();
     let opened = get("/results".into(), Some(pair.clone())).await.unwrap();
     assert_eq!(opened.status(), 200);
