@@ -15,24 +15,51 @@ pub struct ListenArgs {
     /// Serve workers on this address (e.g. 127.0.0.1:7070, or 0.0.0.0:7070 with a token).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
-    /// A file holding the token workers must present (else MVC_TOKEN); required when
-    /// listening on anything but loopback.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Serve HTTPS with this certificate (PEM; the chain, leaf first). Without it, a
-    /// coordinator off loopback serves a self-signed certificate kept in the cache, whose
-    /// fingerprint workers are given (--fingerprint).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: ServerAuth,
     /// Run nothing on this machine: every unit goes to a worker.
     #[arg(long)]
     pub no_local: bool,
     /// Seconds a silent worker keeps its units before they go back to the queue.
     #[arg(long, default_value = "30", value_name = "SECS", value_parser = super::flags::positive_seconds, allow_hyphen_values = true)]
     pub lease_timeout: Duration,
+}
+
+/// Who may talk to what mvc serves (workers, the page), and over what: the same flags for a
+/// coordinator, `--ui` and `mvc ui`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerAuth {
+    /// A file holding the token workers and the page ask for (else MVC_TOKEN); required when
+    /// listening on anything but loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM; the chain, leaf first). Without it, a server
+    /// off loopback serves a self-signed certificate kept in the cache, whose fingerprint
+    /// workers are given (--fingerprint).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServerAuth {
+    /// Where a page asked for with `flag` listens, with these token and TLS settings.
+    pub fn page_listen<'a>(
+        &'a self,
+        addr: std::net::SocketAddr,
+        flag: &'a str,
+        store: &Store,
+    ) -> crate::ui::serve::PageListen<'a> {
+        crate::ui::serve::PageListen {
+            addr,
+            token_file: self.token_file.as_deref(),
+            tls_cert: self.tls_cert.as_deref(),
+            tls_key: self.tls_key.as_deref(),
+            tls_dir: store.tls_dir(),
+            flag,
+        }
+    }
 }
 
 /// A coordinator and, under Slurm, the launcher submitting its workers.
@@ -88,15 +115,15 @@ impl ListenArgs {
                 return Ok(None);
             }
         };
-        let token = crate::remote::auth::Token::load(self.token_file.as_deref())?;
+        let token = crate::remote::auth::Token::load(self.auth.token_file.as_deref())?;
         let mut config = CoordinatorConfig::new(addr, token.clone());
         // The page, on the coordinator's own address, behind its token and TLS.
         config.more_routes = page.map(|state| crate::ui::router(state.clone(), token));
         config.lease_timeout = self.lease_timeout;
         config.tls = crate::remote::tls::ServerTls::choose(
             addr,
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
+            self.auth.tls_cert.as_deref(),
+            self.auth.tls_key.as_deref(),
             &store.tls_dir(),
         )?;
         let text =
@@ -131,7 +158,7 @@ impl ListenArgs {
                     cfg.clone(),
                     pipeline,
                     coordinator.clone(),
-                    self.token_file.as_deref(),
+                    self.auth.token_file.as_deref(),
                     // Slurm's lines always reach stderr, as the coordinator's own do.
                     super::output::say(super::Format::Text),
                 )?;
@@ -145,23 +172,6 @@ impl ListenArgs {
             coordinator,
             slurm,
         }))
-    }
-
-    /// Where a page asked for with `flag` listens, with this run's token and TLS settings.
-    pub fn page_listen<'a>(
-        &'a self,
-        addr: std::net::SocketAddr,
-        flag: &'a str,
-        store: &Store,
-    ) -> crate::ui::serve::PageListen<'a> {
-        crate::ui::serve::PageListen {
-            addr,
-            token_file: self.token_file.as_deref(),
-            tls_cert: self.tls_cert.as_deref(),
-            tls_key: self.tls_key.as_deref(),
-            tls_dir: store.tls_dir(),
-            flag,
-        }
     }
 
     /// The slots of this machine: none with --no-local, or under Slurm unless

@@ -62,7 +62,7 @@ pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
     let report = block_on(async {
         // The page's address is taken before anything runs: one in use stops the run here.
         if let Some(addr) = args.ui {
-            let how = args.remote.page_listen(addr, "--ui", &store);
+            let how = args.remote.auth.page_listen(addr, "--ui", &store);
             let served = crate::ui::serve::start(how, page.state.clone()).await?;
             eprintln!("{}", served.line());
             store.announce_page(&served.url);

@@ -9,7 +9,6 @@ use crate::store::Store;
 use crate::store::records::format_time;
 use crate::ui::UiState;
 use crate::ui::live::{Live, Phase};
-use crate::ui::serve::PageListen;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,15 +20,8 @@ pub struct UiArgs {
     /// Where to serve the page. Off loopback it needs --token-file and serves HTTPS.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// A file holding the token the page asks for (else MVC_TOKEN); required off loopback.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Serve HTTPS with this certificate (PEM); off loopback without it, a self-signed one.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: super::listen::ServerAuth,
 }
 
 pub fn run(args: UiArgs, global: &Global) -> Result<Output> {
@@ -59,14 +51,7 @@ pub fn run(args: UiArgs, global: &Global) -> Result<Output> {
     });
     let state = UiState::new(live, store.clone());
     block_on(async move {
-        let how = PageListen {
-            addr: args.listen,
-            token_file: args.token_file.as_deref(),
-            tls_cert: args.tls_cert.as_deref(),
-            tls_key: args.tls_key.as_deref(),
-            tls_dir: store.tls_dir(),
-            flag: "--listen",
-        };
+        let how = args.auth.page_listen(args.listen, "--listen", &store);
         let served = crate::ui::serve::start(how, state).await?;
         eprintln!("{} (Ctrl-C stops)", served.line());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -90,40 +90,8 @@ impl Live {
     /// The page of a run of `workflow` that is about to start (`phase` Running), or of a
     /// cache (`Idle`).
     pub fn new(workflow: &Workflow, phase: Phase) -> Arc<Live> {
-        let stages = workflow
-            .order
-            .iter()
-            .map(|&s| {
-                let stage = &workflow.stages[s];
-                StageLive {
-                    name: stage.name.clone(),
-                    kind: stage.kind.kind().to_string(),
-                    inputs: stage.inputs.clone(),
-                    total: 0,
-                    counts: Counts::default(),
-                    deferred: None,
-                    first_done: None,
-                }
-            })
-            .collect();
-        let state = LiveState {
-            version: 1,
-            pipeline: workflow.name.clone(),
-            pipeline_path: workflow.path.display().to_string(),
-            stages,
-            phase,
-            started: Instant::now(),
-            started_ms: now_ms(),
-            elapsed: None,
-            failures: Vec::new(),
-            failures_total: 0,
-            reasons: IndexMap::new(),
-            notes: VecDeque::new(),
-            left_out: IndexMap::new(),
-            about: None,
-        };
         Arc::new(Live {
-            state: Mutex::new(state),
+            state: Mutex::new(state_of(workflow, phase)),
             changed: watch::Sender::new(1),
             cached: Mutex::new((0, Arc::from(""))),
         })
@@ -143,11 +111,7 @@ impl Live {
     /// A new run of `workflow` on the same page (`mvc serve` runs again after its file
     /// changed): its stages, counts and failures start afresh.
     pub fn restart(&self, workflow: &Workflow) {
-        let fresh = Live::new(workflow, Phase::Running);
-        let fresh = std::mem::replace(
-            &mut *fresh.state.lock().expect("the page's state lock"),
-            empty_state(),
-        );
+        let fresh = state_of(workflow, Phase::Running);
         self.change(|s| {
             let version = s.version;
             *s = fresh;
@@ -209,16 +173,32 @@ impl Live {
     }
 }
 
-/// A placeholder state (what [`Live::restart`] swaps out).
-fn empty_state() -> LiveState {
+/// What the page knows of a run of `workflow` before the engine has said anything.
+fn state_of(workflow: &Workflow, phase: Phase) -> LiveState {
+    let stages = workflow
+        .order
+        .iter()
+        .map(|&s| {
+            let stage = &workflow.stages[s];
+            StageLive {
+                name: stage.name.clone(),
+                kind: stage.kind.kind().to_string(),
+                inputs: stage.inputs.clone(),
+                total: 0,
+                counts: Counts::default(),
+                deferred: None,
+                first_done: None,
+            }
+        })
+        .collect();
     LiveState {
-        version: 0,
-        pipeline: String::new(),
-        pipeline_path: String::new(),
-        stages: Vec::new(),
-        phase: Phase::Idle,
+        version: 1,
+        pipeline: workflow.name.clone(),
+        pipeline_path: workflow.path.display().to_string(),
+        stages,
+        phase,
         started: Instant::now(),
-        started_ms: 0,
+        started_ms: now_ms(),
         elapsed: None,
         failures: Vec::new(),
         failures_total: 0,
@@ -524,8 +504,20 @@ mod tests {
         }
     }
 
+    fn workflow() -> crate::exec::workflow::Workflow {
+        crate::exec::workflow::Workflow {
+            path: "p.toml".into(),
+            name: "p".into(),
+            cache_dir: "cache".into(),
+            results_dir: "runs".into(),
+            stages: Vec::new(),
+            order: Vec::new(),
+            source: String::new(),
+        }
+    }
+
     fn state() -> LiveState {
-        empty_state()
+        state_of(&workflow(), Phase::Running)
     }
 
     /// The failures come before what they blocked, however many items they blocked.
@@ -582,16 +574,7 @@ mod tests {
     /// Readers are woken only when something changed.
     #[test]
     fn readers_wake_only_on_change() {
-        let workflow = crate::exec::workflow::Workflow {
-            path: "p.toml".into(),
-            name: "p".into(),
-            cache_dir: "cache".into(),
-            results_dir: "runs".into(),
-            stages: Vec::new(),
-            order: Vec::new(),
-            source: String::new(),
-        };
-        let live = Live::new(&workflow, Phase::Running);
+        let live = Live::new(&workflow(), Phase::Running);
         let rx = live.subscribe();
         let mut view = UiView::new(Box::new(crate::exec::view::NotesOnly), live.clone());
         view.update(&[]);

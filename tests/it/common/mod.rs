@@ -269,6 +269,15 @@ pub fn signal(child: &Child, sig: i32) {
         libc::kill(child.id() as i32, sig);
     }
 }
+/// A port free on 127.0.0.1 now (for a program that takes a port, not a listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub mod blender;
 pub mod browser;
 pub mod fixture;

@@ -1,6 +1,7 @@
 //! A real single-node Slurm cluster for tests: munged, slurmctld and slurmd on 127.0.0.1,
 //! every file in a temp dir, stopped by pid when dropped. Recipe: ../shared/reference/stack.md.
 
+use super::free_port;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,14 +46,6 @@ fn tool(name: &str) -> PathBuf {
     } else {
         PathBuf::from(name)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
