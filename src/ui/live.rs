@@ -119,8 +119,8 @@ impl Live {
         });
     }
 
-    /// What a plan says: each stage's reasons and, for a page of a cache (`counts`), its
-    /// totals and counts too, with the failures the cache recorded.
+    /// What a plan says: each stage's reasons, `failures` the cache recorded and, for a page
+    /// of a cache (`counts`), each stage's totals and counts too.
     pub fn apply_plan(&self, plan: &PlanReport, failures: &[FailureLine], counts: bool) {
         self.change(|s| {
             s.reasons = plan
@@ -128,6 +128,12 @@ impl Live {
                 .iter()
                 .map(|(name, p)| (name.clone(), p.reasons.clone()))
                 .collect();
+            // A run that ended first has listed every failure in its report already.
+            if matches!(s.phase, Phase::Running | Phase::Idle) {
+                for line in failures {
+                    add_failure(s, line);
+                }
+            }
             if !counts {
                 return;
             }
@@ -142,9 +148,6 @@ impl Live {
                         ..Counts::default()
                     };
                 }
-            }
-            for line in failures {
-                add_failure(s, line);
             }
         });
     }

@@ -118,8 +118,9 @@ impl RunPage {
     }
 
     /// Plans `workflow` beside the run, for the plan's reasons ("parameter changed: polar"),
-    /// which the engine of a run does not group. It reads the cache as the run begins; the
-    /// page shows the reasons when it is done.
+    /// which the engine of a run does not group, and the failures earlier runs recorded
+    /// (which the run reports only at its end). It reads the cache as the run begins; the
+    /// page shows them when it is done.
     pub fn plan_in_background(
         &self,
         workflow: crate::exec::workflow::Workflow,
@@ -128,7 +129,11 @@ impl RunPage {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
             match crate::exec::plan::plan(&workflow, state.store.clone(), retry_failed) {
-                Ok((_engine, report)) => state.live.apply_plan(&report, &[], false),
+                Ok((engine, report)) => {
+                    let mut earlier = crate::exec::summary::known_failures(&engine);
+                    earlier.retain(|f| f.earlier);
+                    state.live.apply_plan(&report, &earlier, false);
+                }
                 Err(e) => tracing::warn!("the page's plan failed: {e:#}"),
             }
         });
