@@ -65,18 +65,20 @@ pub fn run(args: UiArgs, global: &Global) -> Result<Output> {
 
 /// The cache, or, when a run holds it, an error that says where that run's page is.
 fn open_unheld(cache: &Path, global: &Global) -> Result<Store> {
-    match super::open_store(cache, global) {
-        Ok(store) => Ok(store),
-        Err(e) if format!("{e:#}").contains("in use by another mvc process") => {
-            match crate::store::lock::holder_page(cache) {
-                Some(url) => bail!("{e:#}\nthat run's page is at {url}"),
-                None => bail!(
-                    "{e:#}\nthat run serves no page; a run started with --ui ADDR (or --listen \
-                     ADDR) has one"
-                ),
-            }
-        }
-        Err(e) => Err(e),
+    let e = match super::open_store(cache, global) {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    let held = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::store::lock::CacheInUse>());
+    match held.map(|h| h.page.as_deref()) {
+        Some(Some(url)) => bail!("{e:#}\nthat run's page is at {url}"),
+        Some(None) => bail!(
+            "{e:#}\nthat run serves no page; a run started with --ui ADDR (or --listen ADDR) \
+             has one"
+        ),
+        None => Err(e),
     }
 }
 

@@ -53,7 +53,7 @@ pub enum Mode {
 }
 
 /// Per-stage tallies, kept as tasks change state (progress reads them without a scan).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub cached: u64,
     /// Ran and succeeded.

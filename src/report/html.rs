@@ -4,7 +4,7 @@
 //! gives (inline `data:` URIs in the file, `/blob/<digest>` on the page).
 
 use super::coverage;
-use super::table::{FIGURES, Row, study_comparison};
+use super::table::{FIGURES, NAMES_NOTE, Row, pm, study_comparison};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// The page's style sheet, shared by the live page (served as a file) and report.html
@@ -14,11 +14,6 @@ pub const STYLE: &str = include_str!("../../assets/page.css");
 /// Where the image of a figure comes from, given its evaluation stage and file name; `None`
 /// when it has no such figure.
 pub type FigureSrc<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
-
-/// What the study's names mean, said once above the table (as in results.md).
-const NAMES_NOTE: &str = "Same-object similarity is what the study calls \"inter-object\", \
-    cross-object what it calls \"intra-object\" (its names are swapped). Mean ± std pooled \
-    over all pairs; test split, all views.";
 
 /// The whole results section: the table (beside the study's numbers when compared), the
 /// objects left out, the per-ring table and every figure.
@@ -38,10 +33,6 @@ pub fn results(
         (per_ring(rows))
         (figures(rows, figure))
     }
-}
-
-fn pm(mean: f64, std: f64) -> String {
-    format!("{mean:.3} ± {std:.3}")
 }
 
 fn main_table(rows: &[Row], compare_study: bool) -> Markup {

@@ -104,7 +104,13 @@ pub struct Row<'a> {
     pub figures: Vec<String>,
 }
 
-fn pm(mean: f64, std: f64) -> String {
+/// What the study's names mean, said once above the table (in results.md and report.html).
+pub const NAMES_NOTE: &str = "Same-object similarity is what the study calls \"inter-object\", \
+    cross-object what it calls \"intra-object\" (its names are swapped). Mean ± std pooled \
+    over all pairs; test split, all views.";
+
+/// `mean ± std`, as every table writes it.
+pub fn pm(mean: f64, std: f64) -> String {
     format!("{mean:.3} ± {std:.3}")
 }
 
@@ -114,11 +120,8 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
     if let Some(note) = note {
         let _ = writeln!(md, "> {note}\n");
     }
-    md.push_str(
-        "Same-object similarity is what the study calls \"inter-object\", cross-object what it \
-         calls \"intra-object\" (its names are swapped). Mean ± std pooled over all pairs; \
-         test split, all views.\n\n",
-    );
+    md.push_str(NAMES_NOTE);
+    md.push_str("\n\n");
     let mut header = String::from(
         "| evaluation | head | variant | test objects × views | same-object (\"inter\") | \
          cross-object (\"intra\") | text-to-image | retrieval top-1 | top-5 | reconstruction MSE |",

@@ -5,7 +5,7 @@
 //! into it, so a second process can name the holder. The kernel releases the lock when the
 //! holder dies, even by SIGKILL, so a stale `LOCK` file never blocks anyone.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -28,15 +28,17 @@ impl CacheLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = describe_holder(&holder);
-                bail!(
-                    "the cache {} is in use by another mvc process ({holder}); wait for it to \
-                     finish, stop it, or pass --cache DIR to use another cache (a run started \
-                     with --listen answers `mvc status --connect URL` while it runs)",
-                    cache_dir.display()
-                );
+                let mut contents = String::new();
+                let _ = file.read_to_string(&mut contents);
+                return Err(CacheInUse {
+                    dir: cache_dir.to_path_buf(),
+                    holder: describe_holder(&contents),
+                    page: contents
+                        .lines()
+                        .find_map(|l| l.strip_prefix("page "))
+                        .map(|u| u.trim().to_string()),
+                }
+                .into());
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
@@ -64,12 +66,19 @@ impl CacheLock {
     }
 }
 
-/// Where the page of the process holding the cache at `cache_dir` is, if it serves one.
-pub fn holder_page(cache_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(cache_dir.join("LOCK")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("page "))
-        .map(|u| u.trim().to_string())
+/// Another mvc process holds the cache: who, and where its page is if it serves one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the cache {} is in use by another mvc process ({holder}); wait for it to finish, stop it, \
+     or pass --cache DIR to use another cache (a run started with --listen answers `mvc status \
+     --connect URL` while it runs)",
+    dir.display()
+)]
+pub struct CacheInUse {
+    pub dir: std::path::PathBuf,
+    pub holder: String,
+    /// The holder's page (`mvc run --ui`, a coordinator), from its `page URL` line.
+    pub page: Option<String>,
 }
 
 fn describe_holder(contents: &str) -> String {

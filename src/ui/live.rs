@@ -99,9 +99,19 @@ impl Live {
 
     /// Changes the state and tells every reader.
     pub fn change(&self, f: impl FnOnce(&mut LiveState)) {
+        self.change_if(|s| {
+            f(s);
+            true
+        });
+    }
+
+    /// Lets `f` change the state, and tells the readers only when it says it did.
+    pub fn change_if(&self, f: impl FnOnce(&mut LiveState) -> bool) {
         let version = {
             let mut state = self.state.lock().expect("the page's state lock");
-            f(&mut state);
+            if !f(&mut state) {
+                return;
+            }
             state.version += 1;
             state.version
         };
@@ -413,22 +423,19 @@ impl RunView for UiView {
         self.inner.update(counts);
         // Most updates change nothing (a tick with no task finished): readers are not woken
         // for those.
-        let same = self.live.read(|s| {
-            s.stages
-                .iter()
-                .zip(counts)
-                .all(|(stage, c)| same_counts(&stage.counts, c))
-        });
-        if same {
-            return;
-        }
-        self.live.change(|s| {
+        self.live.change_if(|s| {
+            let mut changed = false;
             for (stage, c) in s.stages.iter_mut().zip(counts) {
+                if stage.counts == *c {
+                    continue;
+                }
                 if stage.first_done.is_none() && c.ran + c.failed > 0 {
                     stage.first_done = Some((Instant::now(), c.ran + c.failed));
                 }
                 stage.counts = *c;
+                changed = true;
             }
+            changed
         });
     }
     fn note(&self, line: &str) {
@@ -451,26 +458,6 @@ impl RunView for UiView {
         self.inner.finished(report);
         self.live.change(|s| finish(s, report));
     }
-}
-
-fn same_counts(a: &Counts, b: &Counts) -> bool {
-    (
-        a.cached,
-        a.ran,
-        a.failed,
-        a.known_failed,
-        a.blocked,
-        a.to_run,
-        a.running,
-    ) == (
-        b.cached,
-        b.ran,
-        b.failed,
-        b.known_failed,
-        b.blocked,
-        b.to_run,
-        b.running,
-    )
 }
 
 /// The run is over: its outcome, its length, and the report's full list of failures (with

@@ -44,22 +44,18 @@ pub async fn objects_page(
     State(state): State<Arc<UiState>>,
     Query(q): Query<ObjectsQuery>,
 ) -> Result<Html<String>, UiError> {
-    let (renders, others) = state.live.read(|s| {
-        let (renders, others): (Vec<_>, Vec<_>) =
-            s.stages.iter().partition(|st| st.kind == "render");
-        let names = |v: Vec<&super::live::StageLive>| -> Vec<(String, String)> {
-            v.into_iter()
-                .map(|st| (st.name.clone(), st.kind.clone()))
-                .collect()
-        };
-        (
-            names(renders)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect::<Vec<_>>(),
-            names(others),
-        )
+    // (name, kind) of every stage: the render stages are the grids, the others hold captions.
+    let stages: Vec<(String, String)> = state.live.read(|s| {
+        s.stages
+            .iter()
+            .map(|st| (st.name.clone(), st.kind.clone()))
+            .collect()
     });
+    let renders: Vec<String> = stages
+        .iter()
+        .filter(|(_, kind)| kind == "render")
+        .map(|(name, _)| name.clone())
+        .collect();
     let Some(stage) = q.stage.clone().or_else(|| renders.first().cloned()) else {
         let body = html! { h1 { "Objects" } p { "This pipeline has no render stage." } };
         return Ok(page("Objects", Nav::Objects, body));
@@ -81,7 +77,7 @@ pub async fn objects_page(
             ". Rows are rings of polar angle, columns azimuths; " (OBJECTS_PER_PAGE) " objects a page."
         }
         @if objects.is_empty() { p { "No renders recorded yet." } }
-        @for o in &objects { (object_grid(o, caption(&state.store, &others, &o.uid))) }
+        @for o in &objects { (object_grid(o, caption(&state.store, &stages, &o.uid))) }
         p.pager {
             @if !from.is_empty() { a href=(base.clone()) { "← first page" } }
             @if let Some(next) = &next {

@@ -18,15 +18,7 @@ use std::sync::Arc;
 
 /// A digest or key from a request: 64 hex digits, or a 400.
 fn parse_digest(text: &str) -> Result<Digest, UiError> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(UiError::BadRequest(format!(
-            "`{}` is not a digest (64 hex digits)",
-            text.chars().take(80).collect::<String>()
-        )));
-    }
-    text.to_ascii_lowercase()
-        .parse::<Digest>()
-        .map_err(UiError::BadRequest)
+    text.parse().map_err(UiError::BadRequest)
 }
 
 /// The last `lines` lines of a log blob, as text; `None` when the cache lacks it.

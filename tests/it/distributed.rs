@@ -76,21 +76,6 @@ fn count_files(dir: &Path, prefix: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// One plain HTTP/1.1 GET on a loopback URL: the reply, head and body.
-fn http_get_text(url: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut tcp = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply).unwrap();
-    reply
-}
-
 #[test]
 fn gpu_units_run_only_on_the_worker_that_has_a_gpu() {
     let sb = Sandbox::new();
@@ -139,7 +124,7 @@ cmd = "cat $MVC_IN_MAKE/item.txt > $MVC_OUT/out.txt; wc -c < $MVC_IN_MAKE/big.bi
     assert!(text.stdout.contains("gpu=1"), "{}", text.stdout);
     // The coordinator's own address serves the run's page, whose Workers section lists both
     // workers with their slots.
-    let page = http_get_text(&url, "/workers");
+    let page = crate::common::raw_http(&url, "GET", "/workers").1;
     assert!(page.contains("200 OK"), "{page}");
     assert!(page.contains("2 registered"), "{page}");
     assert!(page.contains("gpu=1") && page.contains("cpu=2"), "{page}");

@@ -4,8 +4,8 @@
 //! never send (paths with `..`, ids that are not hex).
 
 use crate::common::browser::Browser;
-use crate::common::{Background, Sandbox};
-use std::io::{Read, Write};
+use crate::common::{Background, Sandbox, raw_http};
+use std::io::Write;
 use std::time::Duration;
 
 /// The page's test pipeline and what it reads, in a sandbox.
@@ -38,31 +38,7 @@ fn serve_cache(sb: &Sandbox) -> Background {
 
 /// One raw HTTP/1.1 GET (no client normalises the path): (status, headers and body).
 fn raw_get(url: &str, path: &str) -> (u16, String) {
-    raw_request(url, "GET", path)
-}
-
-fn raw_request(url: &str, method: &str, path: &str) -> (u16, String) {
-    let host = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let mut tcp = std::net::TcpStream::connect(&host).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        tcp,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    // Bytes, not a string: an image's body is not UTF-8.
-    let mut bytes = Vec::new();
-    let _ = tcp.read_to_end(&mut bytes);
-    let reply = String::from_utf8_lossy(&bytes).into_owned();
-    let status = reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, reply)
+    raw_http(url, "GET", path)
 }
 
 /// The `ran` cell of the `slow` stage in the page's stages table, as text (null before the
@@ -305,7 +281,7 @@ fn the_page_refuses_bad_ids_and_paths_and_escapes_what_it_shows() {
     }
     for method in ["POST", "PUT", "DELETE"] {
         assert_eq!(
-            raw_request(&url, method, "/").0,
+            raw_http(&url, method, "/").0,
             405,
             "{method} / changes nothing"
         );

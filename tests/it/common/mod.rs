@@ -278,6 +278,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// One plain HTTP/1.1 request to a loopback `http://` URL, sent exactly as written (no
+/// client normalises the path): (status, the whole reply, head and body, as text).
+pub fn raw_http(url: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut tcp = std::net::TcpStream::connect(host).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    // Bytes, not a string: an image's body is not UTF-8.
+    let mut bytes = Vec::new();
+    let _ = tcp.read_to_end(&mut bytes);
+    let reply = String::from_utf8_lossy(&bytes).into_owned();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, reply)
+}
+
 pub mod blender;
 pub mod browser;
 pub mod fixture;
