@@ -167,6 +167,7 @@ fn run_record() -> mvc::store::records::RunRecord {
         reach: Digest::of(b""),
         source: None,
         published: Vec::new(),
+        command: Vec::new(),
     }
 }
 

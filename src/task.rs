@@ -232,7 +232,9 @@ pub fn diff_fields(
 
 /// The grouped cause of a set of changes, as `mvc plan` reports it: "kind version changed",
 /// "parameter changed: params.scale", "input changed: gen", "input file changed: data".
-pub fn cause_of(changes: &[FieldChange]) -> String {
+/// `set_by`: the parameters an overlay or override set, as `(key, origin)`: a changed one is
+/// named with its origin ("parameter changed: steps (--set)").
+pub fn cause_of(changes: &[FieldChange], set_by: &[(String, String)]) -> String {
     let mut kind = false;
     let mut schema = false;
     let mut params = Vec::new();
@@ -249,7 +251,15 @@ pub fn cause_of(changes: &[FieldChange]) -> String {
         } else if let Some(file) = f.strip_prefix("files.") {
             files.push(file.to_string());
         } else if f != "item" {
-            params.push(f.to_string());
+            let origin = set_by.iter().rev().find(|(key, _)| {
+                f == key
+                    || f.strip_prefix(key.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            });
+            match origin {
+                Some((_, origin)) => params.push(format!("{f} ({origin})")),
+                None => params.push(f.to_string()),
+            }
         }
     }
     let mut causes = Vec::new();
@@ -420,7 +430,12 @@ mod tests {
         let changes = diff_fields(&old, &new);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].field, "params.x");
-        assert_eq!(cause_of(&changes), "parameter changed: params.x");
+        assert_eq!(cause_of(&changes, &[]), "parameter changed: params.x");
+        let set_by = [("params".to_string(), "--set".to_string())];
+        assert_eq!(
+            cause_of(&changes, &set_by),
+            "parameter changed: params.x (--set)"
+        );
     }
 
     #[test]

@@ -39,6 +39,29 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A command line as a shell would take it back: words with spaces or quotes in single quotes.
+pub fn shell_line(args: &[String]) -> String {
+    if args.is_empty() {
+        return "–".into();
+    }
+    let word = |a: &String| {
+        let plain = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@+".contains(c));
+        if plain {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
+    let mut words: Vec<String> = args.iter().map(word).collect();
+    // The program as the user typed it is noise; its name is enough.
+    if let Some(first) = words.first_mut() {
+        *first = "mvc".into();
+    }
+    words.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

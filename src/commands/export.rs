@@ -165,11 +165,13 @@ pub struct ExportArgs {
     pub file: std::path::PathBuf,
     pub stage: String,
     pub dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub variants: super::VariantArgs,
 }
 
 /// `mvc export`: plans the pipeline (so only cached results are exported) and writes them.
 pub fn run(args: ExportArgs, global: &super::Global) -> Result<super::Output> {
-    let pipeline = super::load(&args.file)?;
+    let pipeline = super::load(&args.file, &args.variants)?;
     let store = super::open_store(&global.cache_dir(Some(&pipeline)), global)?;
     let (engine, _) =
         crate::exec::plan::plan(&pipeline.workflow, std::sync::Arc::new(store), false)?;

@@ -84,7 +84,11 @@ pub struct GcArgs {
 /// `mvc gc`: deletes what the last runs did not reach. Models fetched from the hub are kept
 /// while their manifests name them (gc is handed their blobs; the store does not ask).
 pub fn run(args: GcArgs, global: &super::Global) -> anyhow::Result<super::Output> {
-    let pipeline = args.file.as_deref().map(super::load).transpose()?;
+    let pipeline = args
+        .file
+        .as_deref()
+        .map(|f| super::load(f, &super::VariantArgs::default()))
+        .transpose()?;
     let store = super::open_store(&global.cache_dir(pipeline.as_ref()), global)?;
     let keep_runs = args.keep_runs as usize;
     let roots = crate::models::manifest_blobs(&store)?;

@@ -4,7 +4,7 @@
 use crate::pipeline::Pipeline;
 use crate::resources::Resources;
 use crate::store::Store;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,11 +126,11 @@ impl ListenArgs {
             self.auth.tls_key.as_deref(),
             &store.tls_dir(),
         )?;
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        // The pipeline as it runs (with its overlays and overrides): workers build the same
+        // stages from it.
         let source = crate::remote::protocol::PipelineText {
             path: file.display().to_string(),
-            text,
+            text: pipeline.workflow.source.clone(),
         };
         let (coordinator, rx) =
             Coordinator::start(config, store.clone(), &pipeline.workflow.name, source).await?;

@@ -65,9 +65,44 @@ pub fn open_store(dir: &Path, global: &Global) -> Result<crate::store::Store> {
     Ok(store)
 }
 
-/// Reads and checks a pipeline file (its errors name the file, line and column).
-pub fn load(file: &Path) -> Result<Pipeline> {
-    Ok(Pipeline::load(file)?)
+/// `--with FILE` and `--set STAGE.KEY=VALUE`: a variant of the pipeline without editing its
+/// file, on every command that reads one.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct VariantArgs {
+    /// Merge a TOML file of the pipeline's shape over it (tables merge, values replace, a
+    /// stage only it has is added). Repeatable, applied in order.
+    #[arg(long = "with", value_name = "FILE")]
+    pub with: Vec<PathBuf>,
+    /// Set one parameter, e.g. --set train_object.steps=2000 or --set
+    /// 'views.polar=[20,50]'. VALUE is TOML (a bare word is a string); `{ sweep = [...] }`
+    /// sweeps it. Repeatable, applied after every --with.
+    #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl VariantArgs {
+    pub fn layers(&self) -> crate::pipeline::Layers {
+        crate::pipeline::Layers {
+            with: self.with.clone(),
+            set: self.set.clone(),
+        }
+    }
+
+    /// For a command whose pipeline file is optional: the flags mean nothing without one.
+    pub fn need_file(&self, file: Option<&Path>) -> Result<()> {
+        if file.is_none() && !(self.with.is_empty() && self.set.is_empty()) {
+            anyhow::bail!("--with and --set change a pipeline: give its file");
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a pipeline file with its overlays and overrides (errors name the file,
+/// line and column, or the override); the run records the command line that gave them.
+pub fn load(file: &Path, variants: &VariantArgs) -> Result<Pipeline> {
+    let mut pipeline = Pipeline::load_with(file, &variants.layers())?;
+    pipeline.workflow.command = std::env::args().collect();
+    Ok(pipeline)
 }
 
 /// Runs the async part of a command that runs, serves or talks over HTTP, on a tokio

@@ -11,10 +11,12 @@ pub struct PlanArgs {
     /// Plan as if --retry-failed were given to run.
     #[arg(long)]
     pub retry_failed: bool,
+    #[command(flatten)]
+    pub variants: super::VariantArgs,
 }
 
 pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
-    let pipeline = load(&args.file)?;
+    let pipeline = load(&args.file, &args.variants)?;
     let dir = global.cache_dir(Some(&pipeline));
     let store = Arc::new(super::open_store(&dir, global)?);
     let (engine, report) = crate::exec::plan::plan(&pipeline.workflow, store, args.retry_failed)?;

@@ -16,7 +16,11 @@ pub struct RepairArgs {
 }
 
 pub fn run(args: RepairArgs, global: &Global) -> Result<Output> {
-    let pipeline = args.file.as_deref().map(super::load).transpose()?;
+    let pipeline = args
+        .file
+        .as_deref()
+        .map(|f| super::load(f, &super::VariantArgs::default()))
+        .transpose()?;
     let report = Store::repair(&global.cache_dir(pipeline.as_ref()), args.force)?;
     Ok(Output::new(to_text(&report), &report))
 }

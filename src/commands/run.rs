@@ -39,10 +39,12 @@ pub struct RunArgs {
     pub ui: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub remote: ListenArgs,
+    #[command(flatten)]
+    pub variants: super::VariantArgs,
 }
 
 pub fn run(args: RunArgs, global: &Global) -> Result<Output> {
-    let pipeline = load(&args.file)?;
+    let pipeline = load(&args.file, &args.variants)?;
     let slots = pipeline.slots(args.jobs, args.slots.as_ref());
     let slots = args.remote.local_slots(&pipeline, slots);
     let store = Arc::new(super::open_store(

@@ -23,10 +23,12 @@ pub struct ServeArgs {
     pub slots: Option<SlotOverrides>,
     #[command(flatten)]
     pub remote: ListenArgs,
+    #[command(flatten)]
+    pub variants: super::VariantArgs,
 }
 
 pub fn run(args: ServeArgs, global: &Global) -> Result<Output> {
-    let pipeline = load(&args.file)?;
+    let pipeline = load(&args.file, &args.variants)?;
     if args.remote.listen.is_none() && pipeline.slurm.is_none() {
         anyhow::bail!("mvc serve needs --listen ADDR");
     }
@@ -35,7 +37,7 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<Output> {
         global,
     )?);
     block_on(serve(
-        args.file,
+        (args.file, args.variants),
         pipeline,
         store,
         args.slots,
@@ -47,7 +49,7 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<Output> {
 /// `mvc serve`: runs, then waits for the pipeline file to change (or Ctrl-C) and runs again,
 /// keeping the coordinator, and so its workers, up in between.
 pub async fn serve(
-    file: PathBuf,
+    (file, variants): (PathBuf, super::VariantArgs),
     mut pipeline: Pipeline,
     store: Arc<Store>,
     slots: Option<SlotOverrides>,
@@ -60,7 +62,7 @@ pub async fn serve(
         .await?
         .expect("--listen was checked");
     let outcome = serve_loop(
-        &file,
+        (&file, &variants),
         &mut pipeline,
         (&store, &page),
         slots,
@@ -74,7 +76,7 @@ pub async fn serve(
 }
 
 async fn serve_loop(
-    file: &Path,
+    (file, variants): (&Path, &super::VariantArgs),
     pipeline: &mut Pipeline,
     (store, page): (&Arc<Store>, &RunPage),
     slots: Option<SlotOverrides>,
@@ -83,7 +85,16 @@ async fn serve_loop(
     started: &mut Remote,
 ) -> Result<Output> {
     let listener = &mut started.listener;
-    let modified = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    // The file and its overlays: a change to any is a new pipeline.
+    let watched: Vec<&Path> = std::iter::once(file)
+        .chain(variants.with.iter().map(PathBuf::as_path))
+        .collect();
+    let modified = || {
+        watched
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect::<Vec<_>>()
+    };
     loop {
         let run_slots = pipeline.slots(None, slots.as_ref());
         let run_slots = remote.local_slots(pipeline, run_slots);
@@ -94,7 +105,7 @@ async fn serve_loop(
             grace: Duration::from_secs(30),
             quiet: global.format == super::Format::Quiet,
         };
-        let seen = modified(file);
+        let seen = modified();
         page.state.live.restart(&pipeline.workflow);
         page.plan_in_background(pipeline.workflow.clone(), false);
         let view = page.view(Box::new(Progress::of(&pipeline.workflow, opts.quiet)));
@@ -128,14 +139,13 @@ async fn serve_loop(
                 _ = sigterm.recv() => return Ok(Output::nothing(0)),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            if modified(file) != seen {
+            if modified() != seen {
                 break;
             }
         }
-        match Pipeline::load(file) {
+        match load(file, variants) {
             Ok(p) => {
-                let text = std::fs::read_to_string(file)?;
-                coordinator.set_pipeline(&p.workflow.name, file, text);
+                coordinator.set_pipeline(&p.workflow.name, file, p.workflow.source.clone());
                 *pipeline = p;
             }
             Err(e) => eprintln!("mvc serve: {e}; waiting for a fix"),

@@ -207,13 +207,20 @@ pub struct StatusArgs {
     /// Re-hash every blob and check every index entry.
     #[arg(long)]
     pub verify: bool,
+    #[command(flatten)]
+    pub variants: super::VariantArgs,
 }
 
 pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
     if let Some(url) = &args.connect {
         return remote(url, args.token_file.as_deref(), args.fingerprint.as_deref());
     }
-    let pipeline = args.file.as_deref().map(super::load).transpose()?;
+    args.variants.need_file(args.file.as_deref())?;
+    let pipeline = args
+        .file
+        .as_deref()
+        .map(|f| super::load(f, &args.variants))
+        .transpose()?;
     let dir = global.cache_dir(pipeline.as_ref());
     if !dir.exists() {
         anyhow::bail!(

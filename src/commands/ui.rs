@@ -22,10 +22,17 @@ pub struct UiArgs {
     pub listen: std::net::SocketAddr,
     #[command(flatten)]
     pub auth: super::listen::ServerAuth,
+    #[command(flatten)]
+    pub variants: super::VariantArgs,
 }
 
 pub fn run(args: UiArgs, global: &Global) -> Result<Output> {
-    let given = args.file.as_deref().map(load).transpose()?;
+    args.variants.need_file(args.file.as_deref())?;
+    let given = args
+        .file
+        .as_deref()
+        .map(|f| load(f, &args.variants))
+        .transpose()?;
     let cache = global.cache_dir(given.as_ref());
     let store = Arc::new(open_unheld(&cache, global)?);
     let pipeline = match given {

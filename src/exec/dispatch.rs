@@ -342,6 +342,8 @@ mod tests {
             name: name.to_string(),
             line: 1,
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            input_keys: Vec::new(),
+            set_by: Vec::new(),
             kind: Arc::new(kind),
         }
     }
@@ -401,6 +403,8 @@ mod tests {
                 stages,
                 order,
                 source: String::new(),
+                variants: Vec::new(),
+                command: Vec::new(),
             };
             let graph = TaskGraph::build(&workflow, &store, &Sources::new()).unwrap();
             let engine =

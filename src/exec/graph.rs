@@ -46,6 +46,11 @@ pub struct StageNode {
     /// do not exist yet): why. Such a stage has no tasks in this graph.
     pub deferred: Option<String>,
     pub inputs: Vec<InputEdge>,
+    /// The name each input counts under in task keys, by position in `inputs`
+    /// ([`super::workflow::Stage::input_keys`]).
+    pub input_keys: Vec<String>,
+    /// The parameters an overlay or override set, with where from.
+    pub set_by: Vec<(String, String)>,
     /// Positions in `inputs` of the per-item inputs.
     pub item_inputs: Vec<usize>,
     /// Offset of this stage's rows in [`TaskGraph::item_deps`].
@@ -137,6 +142,12 @@ impl StageNode {
             item_bytes,
             item_sources,
             deferred,
+            input_keys: if stage.input_keys.len() == stage.inputs.len() {
+                stage.input_keys.clone()
+            } else {
+                stage.inputs.clone()
+            },
+            set_by: stage.set_by.clone(),
             inputs: edges,
             item_inputs,
             all_consumers: Vec::new(),

@@ -19,7 +19,7 @@ impl Engine {
         let node = g.stage_of(t);
         let mut inputs = Vec::with_capacity(node.inputs.len());
         let mut item_k = 0;
-        for edge in &node.inputs {
+        for (position, edge) in node.inputs.iter().enumerate() {
             let up = &g.stages[edge.stage];
             let digest = match edge.binding {
                 Binding::Item | Binding::ItemIfPresent => {
@@ -69,13 +69,20 @@ impl Engine {
                         _ => *d,
                     },
                     Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
-                    Some(Aggregate::Failed(why)) => return Err(NotKeyed::Blocked(why.clone())),
+                    Some(Aggregate::Failed(why)) => match &self.left_out[edge.stage] {
+                        // What the reader leaves out, and why, is all it reads.
+                        Some((_, failures)) if node.kind.reads_failed_stages() => Digest::of(
+                            &postcard::to_stdvec(&("failed", failures))
+                                .expect("digests always encode"),
+                        ),
+                        _ => return Err(NotKeyed::Blocked(why.clone())),
+                    },
                     None => {
                         return Err(NotKeyed::Pending(format!("upstream reruns: {}", up.name)));
                     }
                 },
             };
-            inputs.push((up.name.as_str(), digest));
+            inputs.push((node.input_keys[position].as_str(), digest));
         }
         inputs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         Ok(inputs)
@@ -213,7 +220,7 @@ impl Engine {
         }
         let changes = self.changes_since(t, &latest.key)?;
         Ok(match changes {
-            Some(changes) => cause_of(&changes),
+            Some(changes) => cause_of(&changes, &node.set_by),
             None => "new item (earlier record unavailable)".into(),
         })
     }

@@ -245,6 +245,12 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn reads_failures(&self) -> bool {
         false
     }
+    /// Whether a task reading a whole upstream stage still runs when every item of it failed,
+    /// told why through [`InputData::left_out`] (the report: a failed variant is a row it
+    /// leaves out, not a reason to write no table). Only with [`StageKind::reads_failures`].
+    fn reads_failed_stages(&self) -> bool {
+        false
+    }
     /// Whether the run summary asks [`StageKind::result_note`] about this stage's successful
     /// tasks (reading their outputs costs a lookup each, so only kinds with something to say).
     fn has_result_notes(&self) -> bool {

@@ -28,6 +28,9 @@ pub struct StagePlan {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PlanReport {
     pub stages: IndexMap<String, StagePlan>,
+    /// Each stage of the file a sweep made several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<super::workflow::Swept>,
 }
 
 impl PlanReport {
@@ -39,6 +42,46 @@ impl PlanReport {
         serde_json::to_string(self).expect("plans always serialise")
     }
 
+    /// The plan's "variants" lines: each swept stage, its variants and their seeds.
+    fn variants_text(&self) -> String {
+        let mut out = String::new();
+        if self.variants.is_empty() {
+            return out;
+        }
+        let _ = writeln!(out, "variants (the stages each sweep makes):");
+        for s in &self.variants {
+            let plural =
+                |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+            let mut line = format!("  {}: ", s.stage);
+            if s.variants.len() > 1 || s.seeds.is_empty() {
+                let shown: Vec<&str> = s
+                    .variants
+                    .iter()
+                    .map(|n| n.strip_prefix(s.stage.as_str()).unwrap_or(n))
+                    .collect();
+                let _ = write!(
+                    line,
+                    "{} {}",
+                    plural(s.variants.len(), "variant"),
+                    shown.join(" ")
+                );
+            }
+            if !s.seeds.is_empty() {
+                if s.variants.len() > 1 {
+                    line.push_str(", each with ");
+                }
+                let _ = write!(
+                    line,
+                    "{} ({})",
+                    plural(s.seeds.len(), "seed"),
+                    s.seeds.join(" ")
+                );
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        out
+    }
+
     pub fn to_text(&self, pipeline: &Workflow, cache: &std::path::Path) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -48,6 +91,7 @@ impl PlanReport {
             pipeline.path.display(),
             cache.display()
         );
+        out.push_str(&self.variants_text());
         let width = name_width(self.stages.keys());
         let _ = writeln!(
             out,
@@ -153,7 +197,8 @@ pub fn plan(
             sources.clone()
         };
         if more.len() == sources.len() {
-            let report = report(&engine)?;
+            let mut report = report(&engine)?;
+            report.variants = pipeline.variants.clone();
             return Ok((engine, report));
         }
         sources = more;
@@ -193,5 +238,8 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
             },
         );
     }
-    Ok(PlanReport { stages })
+    Ok(PlanReport {
+        stages,
+        variants: Vec::new(),
+    })
 }

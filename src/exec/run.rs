@@ -236,6 +236,7 @@ fn record_run(
         reach,
         source: store.blobs().put_bytes(pipeline.source.as_bytes()).ok(),
         published: published_results(engine),
+        command: pipeline.command.clone(),
     };
     store.put_run(run_id, &record)?;
     if let Err(e) = store.end_journal(run_id) {

@@ -41,6 +41,9 @@ pub struct RunReport {
     /// Stages that make one result from what they read (train, evaluate, report) and have
     /// none, because they failed in this run or an earlier one: the run has no results.
     pub no_results: Vec<String>,
+    /// Whether a stage that publishes results (a report) has them all the same: it left
+    /// the failed stages out (a failed variant of a sweep).
+    pub published: bool,
     pub failures: Vec<FailureLine>,
     /// What stages said about their results, by stage (a train stage: the objects it left
     /// out, and why).
@@ -89,16 +92,21 @@ impl RunReport {
         json["pipeline_file"] = pipeline.path.display().to_string().into();
         json["started"] = crate::store::records::format_time(record.started_ms).into();
         json["ended"] = crate::store::records::format_time(record.ended_ms).into();
+        json["command"] = record.command.clone().into();
         std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(&json)?)?;
         let md = format!(
-            "# Run of `{}`\n\n{} to {} ({})\n\n```\n{}```\n",
+            "# Run of `{}`\n\n{} to {} ({}; the pipeline as it ran is pipeline.toml)\n\n    {}\n\n```\n{}```\n",
             pipeline.name,
             crate::store::records::format_time(record.started_ms),
             crate::store::records::format_time(record.ended_ms),
             pipeline.path.display(),
+            crate::text::shell_line(&record.command),
             self.to_text()
         );
         std::fs::write(dir.join("run.md"), md)?;
+        // The pipeline as it ran: the file, or with the run's --with and --set merged over it
+        // (the file itself is never rewritten).
+        std::fs::write(dir.join("pipeline.toml"), &pipeline.source)?;
         Ok(())
     }
 
@@ -135,16 +143,26 @@ impl RunReport {
         self.failure_lines(&mut out);
         self.note_lines(&mut out);
         let elapsed = self.elapsed.as_secs_f64();
+        let failed_list = || {
+            self.no_results
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let _ = match self.outcome {
+            RunOutcome::Failed if !self.no_results.is_empty() && self.published => writeln!(
+                out,
+                "\nresults without {} in {elapsed:.1}s: they failed (above) and the report \
+                 leaves them out; fix what it says and run again (--retry-failed reruns a \
+                 failure an earlier run recorded)",
+                failed_list()
+            ),
             RunOutcome::Failed if !self.no_results.is_empty() => writeln!(
                 out,
                 "\nno results in {elapsed:.1}s: {} failed (above); fix what it says and run \
                  again (--retry-failed reruns a failure an earlier run recorded)",
-                self.no_results
-                    .iter()
-                    .map(|s| format!("`{s}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                failed_list()
             ),
             RunOutcome::Ok => writeln!(out, "\nok in {elapsed:.1}s"),
             RunOutcome::Failed => writeln!(out, "\nfailed in {elapsed:.1}s"),
@@ -346,12 +364,17 @@ pub(super) fn summarize(
     } else {
         RunOutcome::Ok
     };
+    let published = g
+        .stages
+        .iter()
+        .any(|n| n.kind.publishes_results() && n.tasks().any(|t| engine.state[t].is_success()));
     RunReport {
         stages,
         not_run,
         deferred,
         outcome,
         no_results,
+        published,
         failures,
         notes,
         elapsed,

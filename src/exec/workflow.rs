@@ -15,6 +15,14 @@ pub struct Stage {
     pub line: usize,
     /// Upstream stage names, in the order written.
     pub inputs: Vec<String>,
+    /// The name each input counts under in task keys (empty: the inputs' own names). A
+    /// variant of a sweep reads the variant of its input under the input's name as the file
+    /// writes it, so that `eval[lr=0.1]` reading `train[lr=0.1]` has the key `eval` has when
+    /// `train` sets `lr = 0.1` without a sweep, and shares its cache.
+    pub input_keys: Vec<String>,
+    /// The parameters an overlay or override set, as `(key, origin)` (`--set`, `--with
+    /// FILE`): `mvc plan` names the origin beside a changed parameter.
+    pub set_by: Vec<(String, String)>,
     pub kind: Arc<dyn StageKind>,
 }
 
@@ -31,9 +39,27 @@ pub struct Workflow {
     pub stages: Vec<Stage>,
     /// Stage indices in a topological order (upstream first; ties in declaration order).
     pub order: Vec<StageId>,
-    /// The file's text as it was read: each run records it, so that two runs' parameters
-    /// can be compared later (the page's history).
+    /// The pipeline's text as it runs: the file as it was read, or with overlays and
+    /// overrides the merged pipeline. Each run records it, so that two runs' parameters can
+    /// be compared later (the page's history), and a remote worker builds its stages from it.
     pub source: String,
+    /// Each stage of the file that a sweep made several.
+    pub variants: Vec<Swept>,
+    /// The command line that ran it (recorded with the run); empty when not a command's.
+    pub command: Vec<String>,
+}
+
+/// A stage of the file that a sweep made several.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Swept {
+    /// As the file names it.
+    pub stage: String,
+    /// The stages it became.
+    pub stages: Vec<String>,
+    /// Its variants, named without their seeds (`train[lr=0.1]`), in order.
+    pub variants: Vec<String>,
+    /// The seeds each variant has (`seed=1`), in order; empty when no seed was swept.
+    pub seeds: Vec<String>,
 }
 
 impl Workflow {

@@ -1,17 +1,17 @@
 //! The stage graph: a petgraph DAG from each input to the stage that reads it.
 
 use super::PipelineError;
+use super::layers::Sources;
 use super::parse::{RawStage, closest};
 use crate::stages::env_name;
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 
 /// Checks inputs and acyclicity; returns stage indices in topological order (upstream first,
 /// ties broken by declaration order so plans print in a stable order).
-pub fn check(path: &Path, src: &str, stages: &[RawStage]) -> Result<Vec<usize>, PipelineError> {
-    let at = |offset: usize, message: String| PipelineError::at(path, src, offset, message);
+pub fn check(sources: &Sources, stages: &[RawStage]) -> Result<Vec<usize>, PipelineError> {
+    let at = |offset: usize, message: String| sources.at(offset, message);
     check_env_names(stages).map_err(|(offset, message)| at(offset, message))?;
     let (graph, nodes) = input_graph(stages).map_err(|(offset, message)| at(offset, message))?;
     if let Err(cycle) = petgraph::algo::toposort(&graph, None) {
@@ -21,13 +21,7 @@ pub fn check(path: &Path, src: &str, stages: &[RawStage]) -> Result<Vec<usize>, 
         ring.push(names[members[0]]);
         let lines: Vec<String> = members
             .iter()
-            .map(|&i| {
-                format!(
-                    "`{}` at line {}",
-                    names[i],
-                    super::line_col(src, stages[i].span.start).0
-                )
-            })
+            .map(|&i| format!("`{}` at {}", names[i], sources.place(stages[i].span.start)))
             .collect();
         return Err(at(
             stages[members[0]].span.start,

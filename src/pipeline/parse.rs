@@ -6,14 +6,15 @@
 //! struct (found by name with `stages::read_table`): no buffering, so type errors and unknown fields carry their line and column.
 
 use super::PipelineError;
+use super::layers::Sources;
 use crate::stages::{self, KINDS, StageTable};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
 use toml::Spanned;
+use toml::de::DeTable;
 
 /// The `[pipeline]` table.
 #[derive(Debug, Default, Deserialize)]
@@ -63,22 +64,22 @@ struct StageProbe {
     kind: Option<Spanned<String>>,
 }
 
-pub fn parse(path: &Path, src: &str) -> Result<RawPipeline, PipelineError> {
-    let probe: Probe = toml::from_str(src).map_err(|e| toml_error(path, src, e))?;
+/// Reads the merged pipeline (the file with its overlays, overrides and sweeps applied):
+/// errors name the file, overlay or override that wrote what is wrong.
+pub fn parse(sources: &Sources, root: &Spanned<DeTable<'_>>) -> Result<RawPipeline, PipelineError> {
+    let document = || toml::de::Deserializer::from(root.clone());
+    let probe = Probe::deserialize(document()).map_err(|e| toml_error(sources, e))?;
     if probe.stage.is_empty() {
-        return Err(PipelineError::whole(
-            path,
+        return Err(sources.whole(
             "the pipeline declares no stages; add at least one `[stage.NAME]` table with a \
              `kind` (see the pipeline reference in docs/pipelines.md)",
         ));
     }
     let mut kinds = IndexMap::new();
     for (name, stage) in &probe.stage {
-        check_stage_name(path, src, name, stage.span())?;
+        check_variant_name(sources, name, stage.span())?;
         let Some(kind) = &stage.get_ref().kind else {
-            return Err(PipelineError::at(
-                path,
-                src,
+            return Err(sources.at(
                 stage.span().start,
                 format!(
                     "stage `{name}` has no `kind`; add `kind = \"...\"`, one of: {}",
@@ -92,19 +93,18 @@ pub fn parse(path: &Path, src: &str) -> Result<RawPipeline, PipelineError> {
             if let Some(close) = closest(kind.get_ref(), KINDS) {
                 msg.push_str(&format!(" (did you mean `{close}`?)"));
             }
-            return Err(PipelineError::at(path, src, kind.span().start, msg));
+            return Err(sources.at(kind.span().start, msg));
         }
         kinds.insert(name.clone(), (kind.get_ref().clone(), stage.span()));
     }
-    let de = toml::de::Deserializer::parse(src).map_err(|e| toml_error(path, src, e))?;
     FileSeed { kinds: &kinds }
-        .deserialize(de)
-        .map_err(|e| toml_error(path, src, e))
+        .deserialize(document())
+        .map_err(|e| toml_error(sources, e))
 }
 
-fn check_stage_name(
-    path: &Path,
-    src: &str,
+/// A stage's name as the file writes it: letters, digits, `_` and `-`.
+pub fn check_stage_name(
+    sources: &Sources,
     name: &str,
     span: Range<usize>,
 ) -> Result<(), PipelineError> {
@@ -115,9 +115,7 @@ fn check_stage_name(
     if ok {
         Ok(())
     } else {
-        Err(PipelineError::at(
-            path,
-            src,
+        Err(sources.at(
             span.start,
             format!(
                 "stage name `{name}` may hold only letters, digits, `_` and `-` (it names \
@@ -129,10 +127,23 @@ fn check_stage_name(
 
 pub use crate::diag::closest;
 
+/// A stage's name after sweeps: as the file writes it, or a variant of it (`NAME[...]`,
+/// which only a sweep makes: the file's own names were checked before).
+fn check_variant_name(
+    sources: &Sources,
+    name: &str,
+    span: Range<usize>,
+) -> Result<(), PipelineError> {
+    match name.split_once('[') {
+        Some((stage, _)) if name.ends_with(']') => check_stage_name(sources, stage, span),
+        _ => check_stage_name(sources, name, span),
+    }
+}
+
 /// Turns a TOML or serde error into `file:line:col: message`, adding the closest valid name
-/// to "unknown field" errors.
-fn toml_error(path: &Path, src: &str, e: toml::de::Error) -> PipelineError {
-    let mut message = e.message().trim().to_string();
+/// to "unknown field" errors, and saying "an integer" where serde says `u32`.
+fn toml_error(sources: &Sources, e: toml::de::Error) -> PipelineError {
+    let mut message = plain_types(e.message().trim());
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some((field, expected)) = rest.split_once('`')
     {
@@ -145,9 +156,29 @@ fn toml_error(path: &Path, src: &str, e: toml::de::Error) -> PipelineError {
         }
     }
     match e.span() {
-        Some(span) => PipelineError::at(path, src, span.start, message),
-        None => PipelineError::whole(path, message),
+        Some(span) => sources.at(span.start, message),
+        None => sources.whole(message),
     }
+}
+
+/// serde's `expected u32` as a person says it: `expected an integer (u32)`.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for ty in [
+        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+    ] {
+        let serde_says = format!("expected {ty}");
+        if let Some(at) = out.find(&serde_says)
+            && !out[at + serde_says.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            out.replace_range(
+                at..at + serde_says.len(),
+                &format!("expected an integer ({ty})"),
+            );
+            break;
+        }
+    }
+    out
 }
 
 struct FileSeed<'a> {

@@ -249,3 +249,120 @@ pub fn lines(
         Ok(())
     })
 }
+
+/// A line of a [`sweep_panels`] figure: a point per value of the swept parameter (its index
+/// on the axis), with the std over seeds as an error bar (0: none drawn).
+pub struct ErrorSeries {
+    pub name: String,
+    pub points: Vec<(usize, f64, f64)>,
+}
+
+/// A panel of a [`sweep_panels`] figure: one metric.
+pub struct Panel {
+    pub title: String,
+    pub series: Vec<ErrorSeries>,
+}
+
+/// Each metric against the values of a swept parameter, a panel per metric (two columns),
+/// the values evenly spaced in the order swept, error bars where seeds were swept.
+pub fn sweep_panels(
+    title: &str,
+    param: &str,
+    values: &[String],
+    panels: &[Panel],
+) -> Result<Vec<u8>> {
+    let rows = panels.len().div_ceil(2).max(1);
+    png(960, 40 + 300 * rows as u32, |root| {
+        let (top, body) = root.split_vertically(40);
+        top.titled(title, (FONT, 20)).map_err(err)?;
+        let cells = body.split_evenly((rows, 2));
+        for (panel, area) in panels.iter().zip(cells.iter()) {
+            let all = || panel.series.iter().flat_map(|s| s.points.iter());
+            let lo = all()
+                .map(|p| p.1 - p.2)
+                .filter(|v| v.is_finite())
+                .fold(f64::INFINITY, f64::min);
+            let hi = all()
+                .map(|p| p.1 + p.2)
+                .filter(|v| v.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max);
+            let (lo, hi) = if lo.is_finite() && hi > lo {
+                let pad = (hi - lo) * 0.1;
+                (lo - pad, hi + pad)
+            } else if lo.is_finite() {
+                (lo - 0.05, lo + 0.05)
+            } else {
+                (0.0, 1.0)
+            };
+            let n = values.len().max(1) as f64;
+            let mut chart = ChartBuilder::on(area)
+                .caption(&panel.title, (FONT, 16))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(-0.5f64..n - 0.5, lo..hi)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(param)
+                .x_labels(values.len().max(1))
+                .x_label_formatter(&|v| {
+                    let i = v.round();
+                    if (v - i).abs() < 1e-6 && i >= 0.0 {
+                        values.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .label_style((FONT, 12))
+                .draw()
+                .map_err(err)?;
+            for (k, s) in panel.series.iter().enumerate() {
+                let colour = Palette99::pick(k).to_rgba();
+                let points: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .filter(|p| p.1.is_finite())
+                    .map(|p| (p.0 as f64, p.1))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+                    .map_err(err)?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                    });
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+                    .map_err(err)?;
+                chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .filter(|p| p.2 > 0.0 && p.1.is_finite())
+                            .map(|p| {
+                                ErrorBar::new_vertical(
+                                    p.0 as f64,
+                                    p.1 - p.2,
+                                    p.1,
+                                    p.1 + p.2,
+                                    colour.stroke_width(1),
+                                    8,
+                                )
+                            }),
+                    )
+                    .map_err(err)?;
+            }
+            if panel.series.len() > 1 {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .label_font((FONT, 11))
+                    .draw()
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    })
+}

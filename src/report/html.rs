@@ -4,7 +4,8 @@
 //! gives (inline `data:` URIs in the file, `/blob/<digest>` on the page).
 
 use super::coverage;
-use super::table::{FIGURES, NAMES_NOTE, Row, pm, study_comparison};
+use super::table::{FIGURES, Missing, NAMES_NOTE, Results, Row, pm, study_comparison};
+use super::variants::{self, Comparison, METRICS};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 /// The page's style sheet, shared by the live page (served as a file) and report.html
@@ -17,21 +18,129 @@ pub type FigureSrc<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
 
 /// The whole results section: the table (beside the study's numbers when compared), the
 /// objects left out, the per-ring table and every figure.
-pub fn results(
-    title: &str,
-    note: Option<&str>,
-    rows: &[Row],
-    compare_study: bool,
-    figure: FigureSrc,
-) -> Markup {
+pub fn results(r: &Results, figure: FigureSrc) -> Markup {
+    let comparison = variants::compare(r.rows);
     html! {
-        h1 { (title) }
-        @if let Some(note) = note { p.note { (note) } }
+        h1 { (r.title) }
+        @if let Some(note) = r.note { p.note { (note) } }
         p.muted { (NAMES_NOTE) }
-        (main_table(rows, compare_study))
-        (left_out(rows))
-        (per_ring(rows))
-        (figures(rows, figure))
+        @match &comparison {
+            Some(c) => { (variants_table(c, r.compare_study)) }
+            None => { (main_table(r.rows, r.compare_study)) }
+        }
+        (missing(r.missing))
+        (left_out(r.rows))
+        (per_ring(r.rows))
+        (figures(r.rows, figure))
+        @if let Some(c) = &comparison { (sweep_figures(c, figure)) }
+    }
+}
+
+/// One row per variant, the parameters that vary as columns; then each variant against its
+/// base.
+fn variants_table(c: &Comparison, compare_study: bool) -> Markup {
+    html! {
+        table.results #variants {
+            tr {
+                th { "evaluation" }
+                @for p in &c.params { th.param { (p) } }
+                th { "seeds" } th { "head" } th { "variant" } th { "test objects × views" }
+                @for m in METRICS { th { (m.title) } }
+                @if compare_study {
+                    th.study { "study: same-object" } th.study { "study: cross-object" }
+                    th.study { "study: text-to-image" } th.study { "study: MSE" }
+                }
+            }
+            @for g in &c.groups {
+                @let e = g.first();
+                tr {
+                    td { (g.variant.stage) }
+                    @for p in &c.params { td.param { (g.param(p).unwrap_or("–")) } }
+                    td.num { (g.seeds()) }
+                    td { (e.head.head.name()) } td { (e.head.variant.name()) }
+                    td.num { (e.metrics.objects) " × " (e.metrics.views) }
+                    @for k in 0..METRICS.len() { td.num { (variants::cell(g, k)) } }
+                    @if compare_study { (study_cells(e)) }
+                }
+            }
+        }
+        @for note in variants::notes(c) { p.muted { (note) } }
+        @if c.groups.iter().any(|g| g.base.is_some()) {
+            h2 #against { "Variants against their base" }
+            table.results {
+                tr {
+                    th { "variant" } th { "base" } th { "seeds" }
+                    @for m in METRICS { th { (m.title) } }
+                }
+                @for g in &c.groups {
+                    @if let Some(base) = g.base {
+                        tr {
+                            td { (g.variant.name()) } td { (c.groups[base].variant.name()) }
+                            td.num { (g.seeds()) " vs " (c.groups[base].seeds()) }
+                            @for a in &g.against {
+                                @match a {
+                                    Some(a) => { td.num class=(format!("verdict {}", a.verdict.words().replace(' ', "-"))) { (a.cell()) } }
+                                    None => { td { "–" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The evaluations without a result (failed variants), and why.
+fn missing(missing: &[Missing]) -> Markup {
+    html! {
+        @if !missing.is_empty() {
+            h2 #missing { "Evaluations left out" }
+            p { "These evaluations have no result; the table is without them." }
+            table {
+                tr { th { "evaluation" } th { "reason" } }
+                @for m in missing {
+                    tr { td { (m.evaluation) } td { (coverage::one_line(&m.reason)) } }
+                }
+            }
+        }
+    }
+}
+
+/// A figure per swept parameter.
+fn sweep_figures(c: &Comparison, figure: FigureSrc) -> Markup {
+    let swept = variants::swept_params(c);
+    html! {
+        @if !swept.is_empty() {
+            h2 #sweeps { "Sweeps" }
+            div.figures {
+                @for (stage, param) in &swept {
+                    @let file = variants::sweep_figure_file(stage, param);
+                    @if let Some(src) = figure(variants::SWEEP_FIGURES, &file) {
+                        figure {
+                            img src=(src) alt=(format!("{stage}: each metric against {param}"));
+                            figcaption { (stage) ": each metric against " (param) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The study's four numbers beside a row, or dashes.
+fn study_cells(e: &super::metrics::Evaluation) -> Markup {
+    let mse = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
+    html! {
+        @match study_comparison(e) {
+            Ok(s) => {
+                td.num { (pm(s.same_object.0, s.same_object.1)) }
+                td.num { (pm(s.cross_object.0, s.cross_object.1)) }
+                td.num { (pm(s.text_to_image.0, s.text_to_image.1)) }
+                td.num { (mse(s.reconstruction_mse)) }
+            }
+            Err(_) => { td { "–" } td { "–" } td { "–" } td { "–" } }
+        }
     }
 }
 
@@ -82,17 +191,7 @@ fn main_row(r: &Row, compare_study: bool) -> Markup {
             td.num { (format!("{:.3}", m.retrieval_top1)) }
             td.num { (format!("{:.3}", m.retrieval_top5)) }
             td.num { (mse(m.reconstruction_mse, 4)) }
-            @if compare_study {
-                @match study_comparison(e) {
-                    Ok(s) => {
-                        td.num { (pm(s.same_object.0, s.same_object.1)) }
-                        td.num { (pm(s.cross_object.0, s.cross_object.1)) }
-                        td.num { (pm(s.text_to_image.0, s.text_to_image.1)) }
-                        td.num { (mse(s.reconstruction_mse, 2)) }
-                    }
-                    Err(_) => { td { "–" } td { "–" } td { "–" } td { "–" } }
-                }
-            }
+            @if compare_study { (study_cells(e)) }
         }
     }
 }

@@ -5,3 +5,4 @@ pub mod figures;
 pub mod html;
 pub mod metrics;
 pub mod table;
+pub mod variants;

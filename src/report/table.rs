@@ -3,6 +3,7 @@
 
 use super::coverage::{self, Coverage};
 use super::metrics::Evaluation;
+use super::variants::{self, Comparison, METRICS, VariantOf};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -102,6 +103,16 @@ pub struct Row<'a> {
     /// The figure files it has (linked from results.md).
     #[serde(skip)]
     pub figures: Vec<String>,
+    /// What makes it a variant, when the pipeline swept a parameter it depends on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<&'a VariantOf>,
+}
+
+/// An evaluation the report has no result of (a failed variant), and why.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct Missing {
+    pub evaluation: String,
+    pub reason: String,
 }
 
 /// What the study's names mean, said once above the table (in results.md and report.html).
@@ -114,14 +125,42 @@ pub fn pm(mean: f64, std: f64) -> String {
     format!("{mean:.3} ± {std:.3}")
 }
 
+/// What results.md, results.csv, results.json and report.html are written from.
+pub struct Results<'a> {
+    pub title: &'a str,
+    pub note: Option<&'a str>,
+    pub rows: &'a [Row<'a>],
+    pub compare_study: bool,
+    /// Evaluations without a result (failed variants), left out of the table.
+    pub missing: &'a [Missing],
+}
+
 /// `results.md`.
-pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bool) -> String {
-    let mut md = format!("# {title}\n\n");
-    if let Some(note) = note {
+pub fn markdown(r: &Results) -> String {
+    let (rows, compare_study) = (r.rows, r.compare_study);
+    let mut md = format!("# {}\n\n", r.title);
+    if let Some(note) = r.note {
         let _ = writeln!(md, "> {note}\n");
     }
     md.push_str(NAMES_NOTE);
     md.push_str("\n\n");
+    let comparison = variants::compare(rows);
+    match &comparison {
+        Some(c) => md.push_str(&variants_markdown(c, compare_study)),
+        None => md.push_str(&plain_table(rows, compare_study)),
+    }
+    md.push_str(&missing_section(r.missing));
+    md.push_str(&left_out_section(rows));
+    md.push_str(&rings_and_figures(rows));
+    if let Some(c) = &comparison {
+        md.push_str(&sweep_figures(c));
+    }
+    md
+}
+
+/// The table of one row per evaluation, beside the study's numbers when compared.
+fn plain_table(rows: &[Row], compare_study: bool) -> String {
+    let mut md = String::new();
     let mut header = String::from(
         "| evaluation | head | variant | test objects × views | same-object (\"inter\") | \
          cross-object (\"intra\") | text-to-image | retrieval top-1 | top-5 | reconstruction MSE |",
@@ -135,8 +174,134 @@ pub fn markdown(title: &str, note: Option<&str>, rows: &[Row], compare_study: bo
     }
     let _ = writeln!(md, "{header}\n{rule}");
     md.push_str(&main_rows(rows, compare_study));
-    md.push_str(&left_out_section(rows));
-    md.push_str(&rings_and_figures(rows));
+    md
+}
+
+/// The study's four numbers beside a row, or dashes.
+fn study_cells(e: &Evaluation) -> String {
+    match study_comparison(e) {
+        Ok(s) => format!(
+            " {} | {} | {} | {} |",
+            pm(s.same_object.0, s.same_object.1),
+            pm(s.cross_object.0, s.cross_object.1),
+            pm(s.text_to_image.0, s.text_to_image.1),
+            s.reconstruction_mse
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "–".into()),
+        ),
+        Err(_) => " – | – | – | – |".to_string(),
+    }
+}
+
+/// One row per variant (its seeds together), the parameters that vary as columns; then each
+/// variant against its base.
+fn variants_markdown(c: &Comparison, compare_study: bool) -> String {
+    let mut md = String::new();
+    let mut header = String::from("| evaluation |");
+    for p in &c.params {
+        let _ = write!(header, " {p} |");
+    }
+    header.push_str(" seeds | head | variant | test objects × views |");
+    for m in METRICS {
+        let _ = write!(header, " {} |", m.title);
+    }
+    if compare_study {
+        header.push_str(
+            " study: same-object | study: cross-object | study: text-to-image | study: MSE |",
+        );
+    }
+    let columns = header.matches('|').count() - 1;
+    let _ = writeln!(md, "{header}\n|{}", " --- |".repeat(columns));
+    for g in &c.groups {
+        let e = g.first();
+        let _ = write!(md, "| {} |", g.variant.stage);
+        for p in &c.params {
+            let _ = write!(md, " {} |", g.param(p).unwrap_or("–"));
+        }
+        let _ = write!(
+            md,
+            " {} | {} | {} | {} × {} |",
+            g.seeds(),
+            e.head.head.name(),
+            e.head.variant.name(),
+            e.metrics.objects,
+            e.metrics.views
+        );
+        for k in 0..METRICS.len() {
+            let _ = write!(md, " {} |", variants::cell(g, k));
+        }
+        if compare_study {
+            md.push_str(&study_cells(e));
+        }
+        md.push('\n');
+    }
+    if compare_study {
+        let firsts: Vec<&Row> = c.groups.iter().map(|g| g.rows[0]).collect();
+        md.push_str(&study_notes_of(&firsts));
+    }
+    for note in variants::notes(c) {
+        let _ = writeln!(md, "\n{note}");
+    }
+    if c.groups.iter().any(|g| g.base.is_some()) {
+        md.push_str("\n## Variants against their base\n\n| variant | base | seeds |");
+        for m in METRICS {
+            let _ = write!(md, " {} |", m.title);
+        }
+        let _ = writeln!(md, "\n|{}", " --- |".repeat(3 + METRICS.len()));
+        for g in &c.groups {
+            let Some(base) = g.base else { continue };
+            let _ = write!(
+                md,
+                "| {} | {} | {} vs {} |",
+                g.variant.name(),
+                c.groups[base].variant.name(),
+                g.seeds(),
+                c.groups[base].seeds()
+            );
+            for a in &g.against {
+                let _ = write!(md, " {} |", a.as_ref().map_or("–".into(), |a| a.cell()));
+            }
+            md.push('\n');
+        }
+    }
+    md
+}
+
+/// "Evaluations left out": the evaluations (failed variants) the table lacks, and why.
+fn missing_section(missing: &[Missing]) -> String {
+    if missing.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Evaluations left out\n\nThese evaluations have no result; the table is \
+         without them.\n\n| evaluation | reason |\n| --- | --- |\n",
+    );
+    for m in missing {
+        let _ = writeln!(
+            md,
+            "| {} | {} |",
+            m.evaluation,
+            coverage::one_line(&m.reason).replace('|', "\\|")
+        );
+    }
+    md
+}
+
+/// A figure per swept parameter: each metric against its values.
+fn sweep_figures(c: &Comparison) -> String {
+    let swept = variants::swept_params(c);
+    if swept.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n## Sweeps\n");
+    for (stage, param) in swept {
+        let _ = writeln!(
+            md,
+            "\n### {stage}: {param}\n\n![each metric against {param}](figures/{}/{})",
+            variants::SWEEP_FIGURES,
+            variants::sweep_figure_file(&stage, &param)
+        );
+    }
     md
 }
 
@@ -165,35 +330,31 @@ fn main_rows(rows: &[Row], compare_study: bool) -> String {
                 .unwrap_or_else(|| "–".into()),
         );
         if compare_study {
-            match study_comparison(e) {
-                Ok(s) => {
-                    let _ = write!(
-                        md,
-                        " {} | {} | {} | {} |",
-                        pm(s.same_object.0, s.same_object.1),
-                        pm(s.cross_object.0, s.cross_object.1),
-                        pm(s.text_to_image.0, s.text_to_image.1),
-                        s.reconstruction_mse
-                            .map(|x| format!("{x:.2}"))
-                            .unwrap_or_else(|| "–".into()),
-                    );
-                }
-                Err(_) => md.push_str(" – | – | – | – |"),
-            }
+            md.push_str(&study_cells(e));
         }
         md.push('\n');
     }
     if compare_study {
-        md.push_str(
-            "\nThe study's numbers are its published table (206 test objects × 36 views, \
-             ViT-B/32). Its split came from NumPy's shuffle (`np.random.shuffle`, seed 42) over \
-             its own list of objects, so the test objects differ; the baseline row depends only \
-             on data, rendering and CLIP and is the first check.\n",
-        );
-        for r in rows {
-            if let Err(why) = study_comparison(r.evaluation) {
-                let _ = writeln!(md, "\nNo study column for `{}`: {why}.", r.stage);
-            }
+        md.push_str(&study_notes(rows));
+    }
+    md
+}
+
+fn study_notes(rows: &[Row]) -> String {
+    study_notes_of(&rows.iter().collect::<Vec<_>>())
+}
+
+/// Under a table compared with the study: what its numbers are, and why a row has none.
+fn study_notes_of(rows: &[&Row]) -> String {
+    let mut md = String::from(
+        "\nThe study's numbers are its published table (206 test objects × 36 views, \
+         ViT-B/32). Its split came from NumPy's shuffle (`np.random.shuffle`, seed 42) over \
+         its own list of objects, so the test objects differ; the baseline row depends only \
+         on data, rendering and CLIP and is the first check.\n",
+    );
+    for r in rows {
+        if let Err(why) = study_comparison(r.evaluation) {
+            let _ = writeln!(md, "\nNo study column for `{}`: {why}.", r.stage);
         }
     }
     md
@@ -310,8 +471,11 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("training_curves.png", "training curves"),
 ];
 
-/// `results.csv`.
+/// `results.csv`: one row per evaluation, or with variants one row per variant.
 pub fn csv(rows: &[Row]) -> anyhow::Result<Vec<u8>> {
+    if let Some(c) = variants::compare(rows) {
+        return variants_csv(&c);
+    }
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "evaluation",
@@ -350,6 +514,86 @@ pub fn csv(rows: &[Row]) -> anyhow::Result<Vec<u8>> {
                 .map(|x| x.to_string())
                 .unwrap_or_default(),
         ])?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// `results.csv` with variants: one row per variant, its varying parameters as columns, each
+/// metric's mean and std (over seeds when `spread` is `seeds`, over pairs when `pairs`), and
+/// each metric's verdict against the variant's base.
+fn variants_csv(c: &Comparison) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = vec!["evaluation".into()];
+    header.extend(c.params.iter().cloned());
+    header.extend(
+        [
+            "seeds",
+            "spread",
+            "head",
+            "variant",
+            "test_objects",
+            "views",
+        ]
+        .map(String::from),
+    );
+    for m in METRICS {
+        header.push(format!("{}_mean", m.key));
+        header.push(format!("{}_std", m.key));
+    }
+    header.push("base".into());
+    for m in METRICS {
+        header.push(format!("{}_difference", m.key));
+        header.push(format!("{}_verdict", m.key));
+    }
+    w.write_record(&header)?;
+    for g in &c.groups {
+        let e = g.first();
+        let mut record: Vec<String> = vec![g.variant.stage.clone()];
+        record.extend(
+            c.params
+                .iter()
+                .map(|p| g.param(p).unwrap_or_default().to_string()),
+        );
+        let spread = if g.seeds() > 1 { "seeds" } else { "pairs" };
+        record.extend([
+            g.seeds().to_string(),
+            spread.to_string(),
+            e.head.head.name().to_string(),
+            e.head.variant.name().to_string(),
+            e.metrics.objects.to_string(),
+            e.metrics.views.to_string(),
+        ]);
+        let pooled = [
+            Some(e.metrics.same_object.std),
+            Some(e.metrics.cross_object.std),
+            Some(e.metrics.text_to_image.std),
+        ];
+        for (k, m) in g.metrics.iter().enumerate() {
+            let std = match m {
+                Some(m) if m.n > 1 => Some(m.std),
+                _ => pooled.get(k).copied().flatten(),
+            };
+            record.push(m.as_ref().map(|m| m.mean.to_string()).unwrap_or_default());
+            record.push(std.map(|s| s.to_string()).unwrap_or_default());
+        }
+        record.push(
+            g.base
+                .map(|b| c.groups[b].variant.name())
+                .unwrap_or_default(),
+        );
+        for a in &g.against {
+            record.push(
+                a.as_ref()
+                    .map(|a| a.difference.to_string())
+                    .unwrap_or_default(),
+            );
+            record.push(
+                a.as_ref()
+                    .map(|a| a.verdict.words().to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        w.write_record(&record)?;
     }
     Ok(w.into_inner()?)
 }

@@ -36,6 +36,12 @@ pub use item_decl::ItemDecl;
 
 pub use table::StageTable;
 
+/// Whether a stage of this kind reads every variant of a swept input (the report, which
+/// compares them), rather than following the sweep with a variant of its own per variant.
+pub fn takes_every_variant(kind: &str) -> bool {
+    kind == report::KIND
+}
+
 /// The `device` of a stage table: `auto` (default), `cpu` or `cuda`; an error at its position.
 pub fn device_param(
     stage: &str,

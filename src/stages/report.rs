@@ -11,7 +11,8 @@ use super::{
 };
 use crate::exec::workdir::output_from_bytes;
 use crate::report::html;
-use crate::report::table::{self, Row, STUDY};
+use crate::report::table::{self, Missing, Results, Row, STUDY};
+use crate::report::variants::{self, VariantOf};
 use crate::resources::Resources;
 use crate::store::Store;
 use crate::store::records::{Output, now_ms};
@@ -23,7 +24,8 @@ use toml::Spanned;
 /// The `kind` of its tables in pipeline files (and of its key records).
 pub const KIND: &str = "report";
 
-/// 2: results.md has a section on the objects left out. 3: report.html.
+/// 2: results.md has a section on the objects left out. 3: report.html. (Variants changed
+/// nothing for a report without them: its key carries them when there are some.)
 const VERSION: u32 = 3;
 
 pub const ITEM: &str = "results";
@@ -49,10 +51,17 @@ pub struct ReportStage {
     title: String,
     note: Option<String>,
     compare_study: bool,
+    /// The evaluations that are variants of a swept pipeline, by stage.
+    variants: Vec<(String, VariantOf)>,
 }
 
 impl ReportStage {
-    pub fn new(stage: &str, p: ReportParams, all_evaluate: bool) -> Result<ReportStage> {
+    pub fn new(
+        stage: &str,
+        p: ReportParams,
+        all_evaluate: bool,
+        variants: Vec<(String, VariantOf)>,
+    ) -> Result<ReportStage> {
         if p.inputs.is_empty() || !all_evaluate {
             bail!(
                 "stage `{stage}`: a report stage reads evaluate stages, e.g. inputs = \
@@ -79,17 +88,32 @@ impl ReportStage {
             title: p.title.unwrap_or_else(|| "Results".to_string()),
             note: p.note,
             compare_study,
+            variants,
         })
+    }
+
+    fn variant_of(&self, stage: &str) -> Option<&VariantOf> {
+        self.variants.iter().find(|(s, _)| s == stage).map(|(_, v)| v)
     }
 
     fn run(&self, store: &Store, task: &UnitTask) -> Result<Vec<Output>> {
         let mut evaluations = Vec::new();
         let mut figures: Vec<Vec<(String, Output)>> = Vec::new();
+        let mut missing = Vec::new();
         for input in &task.inputs {
-            let (_, result) = input
-                .items
-                .first()
-                .with_context(|| format!("`{}` has no result", input.stage))?;
+            let Some((_, result)) = input.items.first() else {
+                // A failed evaluation (a variant whose training failed): the table is
+                // without it, and says why.
+                missing.push(Missing {
+                    evaluation: input.stage.clone(),
+                    reason: input
+                        .left_out
+                        .first()
+                        .map(|l| l.reason.clone())
+                        .unwrap_or_else(|| "no result".into()),
+                });
+                continue;
+            };
             let metrics = result
                 .outputs
                 .iter()
@@ -125,12 +149,21 @@ impl ReportStage {
                 stage,
                 evaluation: e,
                 figures: figs.iter().map(|(f, _)| f.clone()).collect(),
+                variant: self.variant_of(stage),
             })
             .collect();
-        let md = table::markdown(&self.title, self.note.as_deref(), &rows, self.compare_study);
+        let results = Results {
+            title: &self.title,
+            note: self.note.as_deref(),
+            rows: &rows,
+            compare_study: self.compare_study,
+            missing: &missing,
+        };
+        let md = table::markdown(&results);
         let csv = table::csv(&rows)?;
-        let json = self.results_json(&rows);
-        let page = self.standalone_page(store, &rows, &figures)?;
+        let json = self.results_json(&results);
+        let sweeps = sweep_figures(&rows)?;
+        let page = self.standalone_page(store, &results, &figures, &sweeps)?;
         let mut outputs = vec![
             output_from_bytes(store, "report.html".into(), page.into_bytes()),
             output_from_bytes(store, "results.md".into(), md.into_bytes()),
@@ -153,6 +186,10 @@ impl ReportStage {
                 });
             }
         }
+        for (file, png) in sweeps {
+            let name = format!("figures/{}/{file}", variants::SWEEP_FIGURES);
+            outputs.push(output_from_bytes(store, name, png).map_err(anyhow::Error::msg)?);
+        }
         outputs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(outputs)
     }
@@ -162,11 +199,16 @@ impl ReportStage {
     fn standalone_page(
         &self,
         store: &Store,
-        rows: &[Row],
+        results: &Results,
         figures: &[Vec<(String, Output)>],
+        sweeps: &[(String, Vec<u8>)],
     ) -> Result<String> {
         let mut inline = std::collections::HashMap::new();
-        for (row, figs) in rows.iter().zip(figures) {
+        for (file, png) in sweeps {
+            let folder = variants::SWEEP_FIGURES.to_string();
+            inline.insert((folder, file.clone()), html::png_data_uri(png));
+        }
+        for (row, figs) in results.rows.iter().zip(figures) {
             for (file, output) in figs {
                 let bytes = store
                     .read_output(output)
@@ -175,13 +217,14 @@ impl ReportStage {
             }
         }
         let src = |stage: &str, file: &str| inline.get(&(stage.to_string(), file.to_string())).cloned();
-        let body = html::results(&self.title, self.note.as_deref(), rows, self.compare_study, &src);
+        let body = html::results(results, &src);
         Ok(html::standalone(&self.title, body))
     }
 
     /// `results.json`: the rows, and with `compare = "study"` the study's published numbers
     /// and, per row, whether they stand beside it or why not.
-    fn results_json(&self, rows: &[Row]) -> serde_json::Value {
+    fn results_json(&self, results: &Results) -> serde_json::Value {
+        let rows = results.rows;
         let study: Vec<serde_json::Value> = if self.compare_study {
             STUDY
                 .iter()
@@ -208,14 +251,35 @@ impl ReportStage {
         } else {
             Vec::new()
         };
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "title": self.title,
             "note": self.note,
             "results": rows,
             "study": study,
             "comparisons": comparisons,
-        })
+        });
+        if let Some(c) = variants::compare(rows) {
+            json["variants"] = variants::to_json(&c);
+        }
+        if !results.missing.is_empty() {
+            json["missing"] = serde_json::json!(results.missing);
+        }
+        json
     }
+}
+
+/// Each swept parameter's figure, as `(file, png)`.
+fn sweep_figures(rows: &[Row]) -> Result<Vec<(String, Vec<u8>)>> {
+    let Some(c) = variants::compare(rows) else {
+        return Ok(Vec::new());
+    };
+    variants::swept_params(&c)
+        .into_iter()
+        .map(|(stage, param)| {
+            let png = variants::sweep_figure(&c, &stage, &param)?;
+            Ok((variants::sweep_figure_file(&stage, &param), png))
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -236,6 +300,12 @@ impl StageKind for ReportStage {
     fn resources(&self) -> Resources {
         Resources::ONE_CPU
     }
+    fn reads_failures(&self) -> bool {
+        true
+    }
+    fn reads_failed_stages(&self) -> bool {
+        true
+    }
     fn shared_params(&self, _: &ParamCtx) -> Result<ParamSlice> {
         let mut p = ParamSlice::from([
             ("title".to_string(), self.title.clone()),
@@ -246,6 +316,11 @@ impl StageKind for ReportStage {
         ]);
         if let Some(n) = &self.note {
             p.insert("note".into(), n.clone());
+        }
+        // What makes each evaluation a variant is in the table, so in the key (absent when
+        // nothing was swept: the key of a report without variants is what it always was).
+        if !self.variants.is_empty() {
+            p.insert("variants".into(), serde_json::to_string(&self.variants)?);
         }
         Ok(p)
     }
@@ -274,7 +349,11 @@ impl super::table::StageTable for ReportParams {
         around: &super::table::Around,
     ) -> Result<Vec<super::table::Built>> {
         let all_evaluate = inputs.iter().all(|i| around.kind_of(i) == Some(super::evaluate::KIND));
-        let stage = ReportStage::new(name, *self, all_evaluate)?;
+        let variants = inputs
+            .iter()
+            .filter_map(|i| around.variant_of(i).map(|v| (i.clone(), v.clone())))
+            .collect();
+        let stage = ReportStage::new(name, *self, all_evaluate, variants)?;
         Ok(super::table::Built::one(name, inputs, stage))
     }
 }

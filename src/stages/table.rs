@@ -2,6 +2,7 @@
 //! builds ([`Built`]), and what it may know of the other stages ([`Around`]).
 
 use super::StageKind;
+use crate::report::variants::VariantOf;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ struct Facts {
 #[derive(Debug, Default)]
 pub struct Around {
     stages: HashMap<String, Facts>,
+    /// The stages that are variants of a swept stage, and what makes them so.
+    variants: HashMap<String, VariantOf>,
 }
 
 impl Around {
@@ -87,7 +90,20 @@ impl Around {
                 (name.to_string(), facts)
             })
             .collect();
-        Around { stages }
+        Around {
+            stages,
+            variants: HashMap::new(),
+        }
+    }
+
+    /// The same, knowing which stages are variants of a sweep.
+    pub fn with_variants(self, variants: HashMap<String, VariantOf>) -> Around {
+        Around { variants, ..self }
+    }
+
+    /// What makes a stage a variant, when it is one.
+    pub fn variant_of(&self, name: &str) -> Option<&VariantOf> {
+        self.variants.get(name)
     }
 
     /// The kind of a stage of the file (`None` for a sub-stage or an unknown name).

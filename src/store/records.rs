@@ -122,10 +122,27 @@ pub struct RunRecord {
     pub source: Option<Digest>,
     /// The result of each stage that publishes results (a report), by stage: its key.
     pub published: Vec<(String, TaskKey)>,
+    /// The command line that ran it (with its `--with` and `--set`), as given.
+    pub command: Vec<String>,
 }
 
-/// A run record as mvc wrote them before `source` and `published` (postcard is not
-/// self-describing, so an old record is read through its own layout).
+/// A run record as mvc wrote them before `command` (postcard is not self-describing, so an
+/// old record is read through its own layout).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct RunRecordV2 {
+    pipeline: String,
+    pipeline_path: String,
+    started_ms: u64,
+    ended_ms: u64,
+    outcome: RunOutcome,
+    stages: IndexMap<String, StageCounts>,
+    reach: Digest,
+    source: Option<Digest>,
+    published: Vec<(String, TaskKey)>,
+}
+
+/// A run record as mvc wrote them before `source` and `published`.
 #[derive(Deserialize)]
 struct RunRecordV1 {
     pipeline: String,
@@ -142,6 +159,20 @@ pub fn decode_run(bytes: &[u8]) -> anyhow::Result<RunRecord> {
     if let Ok(record) = postcard::from_bytes::<RunRecord>(bytes) {
         return Ok(record);
     }
+    if let Ok(old) = postcard::from_bytes::<RunRecordV2>(bytes) {
+        return Ok(RunRecord {
+            pipeline: old.pipeline,
+            pipeline_path: old.pipeline_path,
+            started_ms: old.started_ms,
+            ended_ms: old.ended_ms,
+            outcome: old.outcome,
+            stages: old.stages,
+            reach: old.reach,
+            source: old.source,
+            published: old.published,
+            command: Vec::new(),
+        });
+    }
     let old: RunRecordV1 = decode(bytes, "run record")?;
     Ok(RunRecord {
         pipeline: old.pipeline,
@@ -153,6 +184,7 @@ pub fn decode_run(bytes: &[u8]) -> anyhow::Result<RunRecord> {
         reach: old.reach,
         source: None,
         published: Vec::new(),
+        command: Vec::new(),
     })
 }
 
@@ -182,4 +214,30 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> anyhow::Result<T> {
     postcard::from_bytes(bytes)
         .map_err(|e| anyhow::anyhow!("the index holds an unreadable {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_record_written_before_the_command_line_was_kept_reads_whole() {
+        let source = Some(Digest::of(b"[stage.a]"));
+        let published = vec![("report".to_string(), Digest::of(b"k"))];
+        let old = RunRecordV2 {
+            pipeline: "p".into(),
+            pipeline_path: "p.toml".into(),
+            started_ms: 1,
+            ended_ms: 2,
+            outcome: RunOutcome::Ok,
+            stages: IndexMap::new(),
+            reach: Digest::of(b""),
+            source,
+            published: published.clone(),
+        };
+        let record = decode_run(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(record.source, source);
+        assert_eq!(record.published, published);
+        assert!(record.command.is_empty());
+    }
 }

@@ -6,7 +6,8 @@ use super::layout::{Nav, page};
 use super::{UiError, UiState};
 use crate::report::html;
 use crate::report::metrics::Evaluation;
-use crate::report::table::Row;
+use crate::report::table::{Missing, Results, Row};
+use crate::report::variants::VariantOf;
 use crate::store::Store;
 use crate::store::records::{RunRecord, TaskResult, format_time};
 use crate::task::TaskKey;
@@ -26,12 +27,16 @@ struct ResultsFile {
     results: Vec<OwnedRow>,
     #[serde(default)]
     study: Vec<serde_json::Value>,
+    #[serde(default)]
+    missing: Vec<Missing>,
 }
 
 #[derive(Deserialize)]
 struct OwnedRow {
     stage: String,
     evaluation: Evaluation,
+    #[serde(default)]
+    variant: Option<VariantOf>,
 }
 
 /// A report's result: its table and its figures' URLs (by evaluation and file).
@@ -96,6 +101,7 @@ fn results_markup(p: &Published) -> Markup {
                 .filter(|(s, _)| *s == r.stage)
                 .map(|(_, f)| f.clone())
                 .collect(),
+            variant: r.variant.as_ref(),
         })
         .collect();
     let src = |stage: &str, file: &str| {
@@ -104,10 +110,13 @@ fn results_markup(p: &Published) -> Markup {
             .cloned()
     };
     html::results(
-        &p.results.title,
-        p.results.note.as_deref(),
-        &rows,
-        !p.results.study.is_empty(),
+        &Results {
+            title: &p.results.title,
+            note: p.results.note.as_deref(),
+            rows: &rows,
+            compare_study: !p.results.study.is_empty(),
+            missing: &p.results.missing,
+        },
         &src,
     )
 }
@@ -167,20 +176,34 @@ pub async fn runs_page(State(state): State<Arc<UiState>>) -> Result<Html<String>
         }
         table {
             tr { th { "started" } th { "pipeline" } th { "outcome" } th.num { "seconds" }
-                 th.num { "ran" } th.num { "cached" } th.num { "failed" } }
+                 th.num { "ran" } th.num { "cached" } th.num { "failed" } th { "command" } }
             @for r in &runs {
                 tr {
-                    td { (format_time(r.started_ms)) } td { (r.pipeline) }
+                    td { (format_time(r.started_ms)) }
+                    td { (pipeline_link(r)) }
                     td { (format!("{:?}", r.outcome).to_lowercase()) }
                     td.num { (format!("{:.1}", r.ended_ms.saturating_sub(r.started_ms) as f64 / 1000.0)) }
                     td.num { (r.stages.values().map(|s| s.ran).sum::<u64>()) }
                     td.num { (r.stages.values().map(|s| s.cached).sum::<u64>()) }
                     td.num { (r.stages.values().map(|s| s.failed).sum::<u64>()) }
+                    td { code { (crate::text::shell_line(&r.command)) } }
                 }
             }
         }
+        p.muted { "A pipeline's link shows the text the run read: the file as it was, or with \
+                   the run's --with and --set merged over it." }
     };
     Ok(page("History", Nav::History, body))
+}
+
+/// The run's pipeline, linked to the text it ran (when the run kept it).
+fn pipeline_link(r: &RunRecord) -> Markup {
+    html! {
+        @match r.source {
+            Some(digest) => a href=(format!("/log/{}", digest.to_hex())) title="the pipeline this run read" { (r.pipeline) },
+            None => (r.pipeline),
+        }
+    }
 }
 
 fn run_label(r: &RunRecord) -> String {
@@ -212,7 +235,8 @@ pub async fn compare_page(
     let results = (results_of(&state.store, a)?, results_of(&state.store, b)?);
     let body = maud::html! {
         h1 { "Two runs side by side" }
-        p { b { "A" } " " (run_label(a)) br; b { "B" } " " (run_label(b)) }
+        p { b { "A" } " " (run_label(a)) " " code { (crate::text::shell_line(&a.command)) } br;
+            b { "B" } " " (run_label(b)) " " code { (crate::text::shell_line(&b.command)) } }
         h2 { "Stages" }
         (stages_table(a, b))
         h2 { "Parameters that changed" }

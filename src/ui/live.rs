@@ -503,6 +503,8 @@ mod tests {
             stages: Vec::new(),
             order: Vec::new(),
             source: String::new(),
+            variants: Vec::new(),
+            command: Vec::new(),
         }
     }
 

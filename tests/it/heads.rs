@@ -1050,7 +1050,7 @@ fn evaluation_of(
 
 #[test]
 fn the_studys_numbers_stand_only_beside_the_same_head_variant_and_a_large_enough_split() {
-    use mvc::report::table::{Row, markdown, study_comparison};
+    use mvc::report::table::{Results, Row, markdown, study_comparison};
     let ok = evaluation_of(HeadKind::Identity, Variant::Study, 50, 36);
     assert_eq!(study_comparison(&ok).unwrap().head, "identity");
     // The baseline has no formulas: its variant does not matter.
@@ -1074,19 +1074,28 @@ fn the_studys_numbers_stand_only_beside_the_same_head_variant_and_a_large_enough
             stage: "eval_identity",
             evaluation: &ok,
             figures: Vec::new(),
+            variant: None,
         },
         Row {
             stage: "eval_autoencoder",
             evaluation: &fixed,
             figures: Vec::new(),
+            variant: None,
         },
         Row {
             stage: "eval_object",
             evaluation: &tiny,
             figures: Vec::new(),
+            variant: None,
         },
     ];
-    let md = markdown("t", None, &rows, true);
+    let md = markdown(&Results {
+        title: "t",
+        note: None,
+        rows: &rows,
+        compare_study: true,
+        missing: &[],
+    });
     let line = |stage: &str| {
         md.lines()
             .find(|l| l.starts_with(&format!("| {stage} |")))

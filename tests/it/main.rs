@@ -27,3 +27,4 @@ mod science;
 mod slurm;
 mod store;
 mod ui;
+mod variants;

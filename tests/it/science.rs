@@ -1,23 +1,10 @@
 //! The science stages through the real `mvc` binary: `pipelines/offline.toml` end to end
 //! (no network), its reruns, and the bad inputs of split, train and evaluate.
 
-use crate::common::Sandbox;
+use crate::common::{Sandbox, offline_sandbox};
 use std::path::Path;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Copies what `pipelines/offline.toml` reads into the sandbox, as a clone would have it.
-fn offline_sandbox() -> Sandbox {
-    let sb = Sandbox::new();
-    sb.copy_from_repo("pipelines/offline/objects");
-    sb.copy_from_repo("tests/data/clip-tiny");
-    std::fs::copy(
-        Path::new(REPO).join("pipelines/offline.toml"),
-        sb.path().join("pipelines/offline.toml"),
-    )
-    .unwrap();
-    sb
-}
 
 const SCIENCE: &[&str] = &[
     "split",

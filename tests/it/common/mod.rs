@@ -149,6 +149,17 @@ impl Sandbox {
     }
 }
 
+/// A sandbox with what `pipelines/offline.toml` reads, the study's other pipeline files and
+/// the shipped experiments (`experiments/*.toml`), as a clone would have them.
+pub fn offline_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    sb.copy_from_repo("pipelines/offline/objects");
+    sb.copy_from_repo("pipelines");
+    sb.copy_from_repo("experiments");
+    sb.copy_from_repo("tests/data/clip-tiny");
+    sb
+}
+
 /// An `mvc` process in the background, killed when dropped: its stderr is collected as it
 /// comes, and the URL it serves is read from it (a coordinator says where it listens).
 pub struct Background {
