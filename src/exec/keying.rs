@@ -71,10 +71,14 @@ impl Engine {
                     Some(Aggregate::Pending(why)) => return Err(NotKeyed::Pending(why.clone())),
                     Some(Aggregate::Failed(why)) => match &self.left_out[edge.stage] {
                         // What the reader leaves out, and why, is all it reads.
-                        Some((_, failures)) if node.kind.reads_failed_stages() => Digest::of(
-                            &postcard::to_stdvec(&("failed", failures))
-                                .expect("digests always encode"),
-                        ),
+                        Some((_, failures))
+                            if node.kind.reads_failed_stages() && self.reads_some_results(t) =>
+                        {
+                            Digest::of(
+                                &postcard::to_stdvec(&("failed", failures))
+                                    .expect("digests always encode"),
+                            )
+                        }
                         _ => return Err(NotKeyed::Blocked(why.clone())),
                     },
                     None => {
@@ -86,6 +90,17 @@ impl Engine {
         }
         inputs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         Ok(inputs)
+    }
+
+    /// Whether some whole stage a task reads has results (or may still have: not complete
+    /// yet): a task that reads failed stages runs without them only beside one that has
+    /// results (a report of nothing but failures is blocked, not an empty table).
+    fn reads_some_results(&self, t: TaskId) -> bool {
+        let node = self.graph.stage_of(t);
+        node.inputs.iter().any(|e| {
+            e.binding == Binding::All
+                && !matches!(self.aggregates[e.stage], Some(Aggregate::Failed(_)))
+        })
     }
 
     /// The key record of a task whose inputs are resolved.

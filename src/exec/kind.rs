@@ -247,7 +247,9 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     }
     /// Whether a task reading a whole upstream stage still runs when every item of it failed,
     /// told why through [`InputData::left_out`] (the report: a failed variant is a row it
-    /// leaves out, not a reason to write no table). Only with [`StageKind::reads_failures`].
+    /// leaves out, not a reason to write no table), as long as another stage it reads has
+    /// results (a report of failures alone is blocked). Only with
+    /// [`StageKind::reads_failures`].
     fn reads_failed_stages(&self) -> bool {
         false
     }

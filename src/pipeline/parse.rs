@@ -67,8 +67,8 @@ struct StageProbe {
 /// Reads the merged pipeline (the file with its overlays, overrides and sweeps applied):
 /// errors name the file, overlay or override that wrote what is wrong.
 pub fn parse(sources: &Sources, root: &Spanned<DeTable<'_>>) -> Result<RawPipeline, PipelineError> {
-    let document = || toml::de::Deserializer::from(root.clone());
-    let probe = Probe::deserialize(document()).map_err(|e| toml_error(sources, e))?;
+    let probe = Probe::deserialize(toml::de::Deserializer::from(skeleton(root)))
+        .map_err(|e| toml_error(sources, e))?;
     if probe.stage.is_empty() {
         return Err(sources.whole(
             "the pipeline declares no stages; add at least one `[stage.NAME]` table with a \
@@ -98,8 +98,38 @@ pub fn parse(sources: &Sources, root: &Spanned<DeTable<'_>>) -> Result<RawPipeli
         kinds.insert(name.clone(), (kind.get_ref().clone(), stage.span()));
     }
     FileSeed { kinds: &kinds }
-        .deserialize(document())
+        .deserialize(toml::de::Deserializer::from(root.clone()))
         .map_err(|e| toml_error(sources, e))
+}
+
+/// What pass 1 reads: the top-level tables, and of each stage table only its `kind` (a copy
+/// of the whole pipeline would copy every inline item list once more).
+fn skeleton<'s>(root: &Spanned<DeTable<'s>>) -> Spanned<DeTable<'s>> {
+    let mut top = DeTable::new();
+    for (key, value) in root.get_ref() {
+        let kept = match (key.get_ref().as_ref(), value.get_ref()) {
+            ("stage", toml::de::DeValue::Table(stages)) => {
+                let mut only_kinds = DeTable::new();
+                for (name, stage) in stages {
+                    let kept = match stage.get_ref() {
+                        toml::de::DeValue::Table(t) => {
+                            let mut kind = DeTable::new();
+                            if let Some((k, v)) = t.get_key_value("kind") {
+                                kind.insert(k.clone(), v.clone());
+                            }
+                            Spanned::new(stage.span(), toml::de::DeValue::Table(kind))
+                        }
+                        _ => stage.clone(),
+                    };
+                    only_kinds.insert(name.clone(), kept);
+                }
+                Spanned::new(value.span(), toml::de::DeValue::Table(only_kinds))
+            }
+            _ => value.clone(),
+        };
+        top.insert(key.clone(), kept);
+    }
+    Spanned::new(root.span(), top)
 }
 
 /// A stage's name as the file writes it: letters, digits, `_` and `-`.

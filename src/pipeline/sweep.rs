@@ -194,7 +194,7 @@ fn topological(stages: &DeTable, names: &[String]) -> Vec<usize> {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            input_refs(stages.get(n.as_str()).map(|v| v.get_ref()))
+            input_refs(stages.get(n.as_str()).and_then(|v| v.get_ref().as_table()))
                 .iter()
                 .filter_map(|(r, _)| index.get(base_of(r)).copied())
                 .filter(|&d| d != i)
@@ -224,8 +224,8 @@ fn base_of(input: &str) -> &str {
 }
 
 /// A stage table's `inputs`, as written, with their spans.
-fn input_refs(table: Option<&DeValue>) -> Vec<(String, std::ops::Range<usize>)> {
-    let Some(DeValue::Table(t)) = table else {
+fn input_refs(table: Option<&DeTable>) -> Vec<(String, std::ops::Range<usize>)> {
+    let Some(t) = table else {
         return Vec::new();
     };
     match t.get("inputs").map(|i| i.get_ref()) {
@@ -245,7 +245,7 @@ fn is_swept(variants: &[Variant]) -> bool {
 }
 
 fn reads_swept(table: &DeTable, done: &HashMap<String, Vec<Variant>>) -> bool {
-    input_refs(Some(&DeValue::Table(table.clone())))
+    input_refs(Some(table))
         .iter()
         .any(|(r, _)| done.get(base_of(r)).is_some_and(|v| is_swept(v)))
 }
@@ -451,7 +451,7 @@ fn variants_of<'s>(
         vec![(Vec::new(), HashMap::new())];
     if !gathers {
         let mut bases: Vec<&str> = Vec::new();
-        for (r, _) in input_refs(Some(&DeValue::Table(table.clone()))).iter() {
+        for (r, _) in input_refs(Some(table)).iter() {
             let base = base_of(r);
             if !bases.contains(&base) && done.get(base).is_some_and(|v| is_swept(v)) {
                 bases.push(

@@ -4,5 +4,6 @@ pub mod coverage;
 pub mod figures;
 pub mod html;
 pub mod metrics;
+pub mod row;
 pub mod table;
 pub mod variants;

@@ -3,8 +3,8 @@
 
 use super::coverage::{self, Coverage};
 use super::metrics::Evaluation;
-use super::variants::{self, Comparison, METRICS, VariantOf};
-use serde::Serialize;
+pub use super::row::{Missing, Row, pm};
+use super::variants::{self, Comparison, METRICS};
 use std::fmt::Write as _;
 
 /// The study's published table (mean, std), by head: same-object ("inter"), cross-object
@@ -94,36 +94,10 @@ pub fn study_comparison(e: &Evaluation) -> Result<&'static StudyRow, String> {
     Ok(row)
 }
 
-/// One evaluated head.
-#[derive(Serialize)]
-pub struct Row<'a> {
-    /// The evaluate stage.
-    pub stage: &'a str,
-    pub evaluation: &'a Evaluation,
-    /// The figure files it has (linked from results.md).
-    #[serde(skip)]
-    pub figures: Vec<String>,
-    /// What makes it a variant, when the pipeline swept a parameter it depends on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub variant: Option<&'a VariantOf>,
-}
-
-/// An evaluation the report has no result of (a failed variant), and why.
-#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct Missing {
-    pub evaluation: String,
-    pub reason: String,
-}
-
 /// What the study's names mean, said once above the table (in results.md and report.html).
 pub const NAMES_NOTE: &str = "Same-object similarity is what the study calls \"inter-object\", \
     cross-object what it calls \"intra-object\" (its names are swapped). Mean ± std pooled \
     over all pairs; test split, all views.";
-
-/// `mean ± std`, as every table writes it.
-pub fn pm(mean: f64, std: f64) -> String {
-    format!("{mean:.3} ± {std:.3}")
-}
 
 /// What results.md, results.csv, results.json and report.html are written from.
 pub struct Results<'a> {

@@ -10,40 +10,13 @@
 //! uncertain, and the report says so.
 
 use super::metrics::Evaluation;
-use super::table::Row;
-use serde::{Deserialize, Serialize};
+use super::row::Row;
+pub use super::row::VariantOf;
+use serde::Serialize;
 
 /// Below this many seeds, a standard deviation is itself too uncertain to lean on (the
 /// report says so beside the verdicts).
 pub const FEW_SEEDS: usize = 5;
-
-/// What makes an evaluation a variant: the stage the file names, the swept values that set it
-/// apart (seeds apart), and its seeds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VariantOf {
-    /// The stage as the pipeline file names it (`eval_contrastive`).
-    pub stage: String,
-    /// The swept parameters (its own and its inputs'), as `(name, value)`, seeds left out.
-    pub params: Vec<(String, String)>,
-    /// The swept seeds, as `(name, value)`.
-    #[serde(default)]
-    pub seeds: Vec<(String, String)>,
-}
-
-impl VariantOf {
-    /// `STAGE[param=value,…]` without the seeds: the name the variant's seeds share.
-    pub fn name(&self) -> String {
-        if self.params.is_empty() {
-            return self.stage.clone();
-        }
-        let shown: Vec<String> = self
-            .params
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        format!("{}[{}]", self.stage, shown.join(","))
-    }
-}
 
 /// A metric the report compares variants on, and which way is better.
 pub struct Metric {
@@ -344,7 +317,7 @@ pub fn notes(c: &Comparison) -> Vec<String> {
         )),
         None if c.groups.iter().any(|g| g.base.is_some()) => notes.push(format!(
             "Every variant has one seed, so nothing says how large the noise is and no \
-             difference gets a verdict: sweep `seed` ({FEW_SEEDS} values or more) to get one."
+             difference gets a verdict: sweep the seed ({FEW_SEEDS} values or more) to get one."
         )),
         _ => {}
     }
@@ -358,14 +331,14 @@ pub fn cell(group: &Group, k: usize) -> String {
         return "–".into();
     };
     if m.n > 1 {
-        return super::table::pm(m.mean, m.std);
+        return super::row::pm(m.mean, m.std);
     }
     let e = group.first();
     match METRICS[k].key {
-        "same_object" => super::table::pm(e.metrics.same_object.mean, e.metrics.same_object.std),
-        "cross_object" => super::table::pm(e.metrics.cross_object.mean, e.metrics.cross_object.std),
+        "same_object" => super::row::pm(e.metrics.same_object.mean, e.metrics.same_object.std),
+        "cross_object" => super::row::pm(e.metrics.cross_object.mean, e.metrics.cross_object.std),
         "text_to_image" => {
-            super::table::pm(e.metrics.text_to_image.mean, e.metrics.text_to_image.std)
+            super::row::pm(e.metrics.text_to_image.mean, e.metrics.text_to_image.std)
         }
         "reconstruction_mse" => format!("{:.4}", m.mean),
         _ => format!("{:.3}", m.mean),

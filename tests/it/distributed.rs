@@ -211,6 +211,52 @@ cmd = "touch {}/$MVC_ITEM.$WORKER_TAG; sleep 1; echo $MVC_ITEM-$WORKER_TAG > $MV
     sb.mvc(&["status", "--verify"]).assert_ok();
 }
 
+/// A variant runs on workers as on the coordinator: they build their stages from the
+/// pipeline as it runs (the file with its overlay and override merged), sweeps included.
+#[test]
+fn workers_run_the_variants_the_coordinator_was_given() {
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        r#"
+[stage.say]
+kind = "command"
+items = ["x"]
+params = { word = "file" }
+cmd = 'echo "$MVC_PARAM_WORD $MVC_PARAM_TIMES-$WORKER_TAG" > "$MVC_OUT/said.txt"'
+outputs = ["said.txt"]
+"#,
+    );
+    sb.write("more.toml", "[stage.say]\nparams = { times = 2 }\n");
+    let sweep =
+        "say.params={ sweep = [{ word = \"one\", times = 2 }, { word = \"two\", times = 3 }] }";
+    let (coord, url) = coordinator(&sb, &["--no-local", "--with", "more.toml", "--set", sweep]);
+    let _worker = worker(&sb, &url, "cpu=2", "far", &[]);
+    let mut coord = coord;
+    let ran = coord.finish(Duration::from_secs(60));
+    ran.assert_ok();
+    assert_eq!(ran.count("say[params={word=one,times=2}]", "ran"), 1);
+    assert_eq!(ran.count("say[params={word=two,times=3}]", "ran"), 1);
+    for (stage, said) in [
+        ("say[params={word=one,times=2}]", "one 2-far"),
+        ("say[params={word=two,times=3}]", "two 3-far"),
+    ] {
+        let out = format!("out-{}", &said[..3]);
+        sb.mvc(&[
+            "export",
+            "p.toml",
+            stage,
+            &out,
+            "--with",
+            "more.toml",
+            "--set",
+            sweep,
+        ])
+        .assert_ok();
+        assert_eq!(sb.read(&format!("{out}/x/said.txt")).trim(), said);
+    }
+}
+
 #[test]
 fn a_restarted_coordinator_takes_the_results_of_units_leased_before() {
     let sb = Sandbox::new();
