@@ -130,7 +130,13 @@ pub struct Against {
 impl Against {
     /// `+0.012 (better)`.
     pub fn cell(&self) -> String {
-        format!("{:+.3} ({})", self.difference, self.verdict.words())
+        // A difference that rounds to zero is written +0.000, not -0.000.
+        let shown = if self.difference.abs() < 5e-4 {
+            0.0
+        } else {
+            self.difference
+        };
+        format!("{shown:+.3} ({})", self.verdict.words())
     }
 }
 
@@ -413,6 +419,12 @@ pub fn to_json(c: &Comparison) -> serde_json::Value {
     serde_json::json!(list)
 }
 
+/// A line's points in their order along the axis, so that it is drawn from left to right.
+fn sorted_by_value(mut points: Vec<(usize, f64, f64)>) -> Vec<(usize, f64, f64)> {
+    points.sort_by_key(|p| p.0);
+    points
+}
+
 /// The folder of the sweeps' figures among the report's figures.
 pub const SWEEP_FIGURES: &str = "sweeps";
 
@@ -475,17 +487,19 @@ pub fn sweep_figure(c: &Comparison, stage: &str, param: &str) -> anyhow::Result<
                     } else {
                         line.clone()
                     },
-                    points: groups
-                        .iter()
-                        .filter(|g| &others(g) == line)
-                        .filter_map(|g| {
-                            let at = values
-                                .iter()
-                                .position(|v| Some(v.as_str()) == g.param(param))?;
-                            let m = g.metrics[k].as_ref()?;
-                            Some((at, m.mean, if m.n > 1 { m.std } else { 0.0 }))
-                        })
-                        .collect(),
+                    points: sorted_by_value(
+                        groups
+                            .iter()
+                            .filter(|g| &others(g) == line)
+                            .filter_map(|g| {
+                                let at = values
+                                    .iter()
+                                    .position(|v| Some(v.as_str()) == g.param(param))?;
+                                let m = g.metrics[k].as_ref()?;
+                                Some((at, m.mean, if m.n > 1 { m.std } else { 0.0 }))
+                            })
+                            .collect(),
+                    ),
                 })
                 .collect(),
         })

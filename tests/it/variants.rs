@@ -187,7 +187,7 @@ fn reported_one_row_per_variant(sb: &Sandbox) {
     assert!(md.contains("| eval_object | – | 1 | object |"), "{md}");
     assert!(md.contains("## Variants against their base"), "{md}");
     assert!(md.contains("(one seed: no verdict)"), "{md}");
-    assert!(md.contains("sweep `seed`"), "{md}");
+    assert!(md.contains("sweep the seed"), "{md}");
     let figure = sb
         .path()
         .join("runs/offline/figures/sweeps/eval_contrastive.weight_similarity.png");
