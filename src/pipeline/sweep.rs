@@ -118,11 +118,7 @@ fn expand_stages<'s>(
             continue;
         };
         let own = sweeps_of(name, table, sources)?;
-        let kind = table.get("kind").and_then(|k| match k.get_ref() {
-            DeValue::String(s) => Some(s.as_ref()),
-            _ => None,
-        });
-        let gathers = kind.is_some_and(takes_every_variant);
+        let gathers = reads_every_variant(table, takes_every_variant);
         let variants = variants_of(name, key.span(), table, &own, gathers, &done, sources)?;
         done.insert(name.clone(), variants);
     }
@@ -137,14 +133,12 @@ fn expand_stages<'s>(
             out.insert(key, value);
             continue;
         };
-        let swept = !(variants.len() == 1 && variants[0].choices.is_empty());
-        let gathers = table
-            .get("kind")
-            .is_some_and(|k| matches!(k.get_ref(), DeValue::String(s) if takes_every_variant(s)));
+        let swept = is_swept(variants);
         if !swept && !reads_swept(table, &done) {
             out.insert(key, value);
             continue;
         }
+        let gathers = reads_every_variant(table, takes_every_variant);
         for variant in variants {
             let t = variant_table(&name, table, variant, gathers, &done);
             out.insert(
@@ -157,29 +151,42 @@ fn expand_stages<'s>(
                 .iter()
                 .map(|v| describe(&name, &v.choices))
                 .collect();
-            let mut group = Swept {
-                stage: name.clone(),
-                stages: variants.iter().map(|v| v.name.clone()).collect(),
-                variants: Vec::new(),
-                seeds: Vec::new(),
-            };
-            for d in &described {
-                let seeds: Vec<String> = d.seeds.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let seeds = seeds.join(",");
-                if !group.variants.contains(&d.name()) {
-                    group.variants.push(d.name());
-                }
-                if !seeds.is_empty() && !group.seeds.contains(&seeds) {
-                    group.seeds.push(seeds);
-                }
-            }
-            groups.push(group);
+            groups.push(group_of(&name, variants, &described));
             for (v, d) in variants.iter().zip(described) {
                 variant_of.insert(v.name.clone(), d);
             }
         }
     }
     Ok(out)
+}
+
+/// Whether a stage of this table reads every variant of its inputs (a report).
+fn reads_every_variant(table: &DeTable, takes_every_variant: &dyn Fn(&str) -> bool) -> bool {
+    table
+        .get("kind")
+        .is_some_and(|k| matches!(k.get_ref(), DeValue::String(s) if takes_every_variant(s)))
+}
+
+/// What `mvc plan` lists of a swept stage: its stages, its variants without their seeds, and
+/// the seeds each has.
+fn group_of(stage: &str, variants: &[Variant], described: &[VariantOf]) -> Swept {
+    let mut group = Swept {
+        stage: stage.to_string(),
+        stages: variants.iter().map(|v| v.name.clone()).collect(),
+        variants: Vec::new(),
+        seeds: Vec::new(),
+    };
+    for d in described {
+        let seeds: Vec<String> = d.seeds.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let seeds = seeds.join(",");
+        if !group.variants.contains(&d.name()) {
+            group.variants.push(d.name());
+        }
+        if !seeds.is_empty() && !group.seeds.contains(&seeds) {
+            group.seeds.push(seeds);
+        }
+    }
+    group
 }
 
 /// The stages in an order where each comes after the stages it reads (declaration order
@@ -450,19 +457,16 @@ fn variants_of<'s>(
     let mut partial: Vec<(Vec<Choice<'s>>, HashMap<String, usize>)> =
         vec![(Vec::new(), HashMap::new())];
     if !gathers {
-        let mut bases: Vec<&str> = Vec::new();
-        for (r, _) in input_refs(Some(table)).iter() {
-            let base = base_of(r);
-            if !bases.contains(&base) && done.get(base).is_some_and(|v| is_swept(v)) {
-                bases.push(
-                    done.get_key_value(base)
-                        .map(|(k, _)| k.as_str())
-                        .expect("checked"),
-                );
+        // Each swept stage it reads, once (`objects` and `objects.select` are one).
+        let mut bases: Vec<String> = Vec::new();
+        for (r, _) in input_refs(Some(table)) {
+            let base = base_of(&r).to_string();
+            if !bases.contains(&base) && done.get(&base).is_some_and(|v| is_swept(v)) {
+                bases.push(base);
             }
         }
         for base in bases {
-            let upstream = &done[base];
+            let upstream = &done[&base];
             let mut next = Vec::new();
             for (choices, picks) in &partial {
                 for (i, v) in upstream.iter().enumerate() {
@@ -477,7 +481,7 @@ fn variants_of<'s>(
                             }
                         }
                         let mut picks = picks.clone();
-                        picks.insert(base.to_string(), i);
+                        picks.insert(base.clone(), i);
                         next.push((merged, picks));
                     }
                 }
