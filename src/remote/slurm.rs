@@ -66,6 +66,55 @@ pub const DEAD_JOBS_LIMIT: usize = 3;
 /// A job submitted is given this long to show in squeue before its absence means it ended.
 const SHOW_UP: Duration = Duration::from_secs(3);
 
+/// What the cluster lets one user submit (`scontrol show config`): Slurm refuses an array
+/// larger than `MaxArraySize` (default 1001) and any job past `MaxJobCount` (default 10,000)
+/// in the system, so the launcher splits its worker arrays and caps its jobs to fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterLimits {
+    pub max_array_size: u64,
+    pub max_job_count: u64,
+}
+
+impl ClusterLimits {
+    /// Slurm's own defaults, for a cluster whose configuration cannot be read.
+    pub const DEFAULT: ClusterLimits = ClusterLimits {
+        max_array_size: 1001,
+        max_job_count: 10_000,
+    };
+
+    /// The limits in `scontrol show config`'s output (`MaxArraySize = 5`); a limit it does
+    /// not give keeps Slurm's default.
+    pub fn parse(config: &str) -> ClusterLimits {
+        let value = |name: &str| {
+            config.lines().find_map(|line| {
+                let (key, value) = line.split_once('=')?;
+                (key.trim() == name)
+                    .then(|| value.split_whitespace().next()?.parse::<u64>().ok())
+                    .flatten()
+            })
+        };
+        ClusterLimits {
+            // An array of 0 jobs is no array: at least one job per submission.
+            max_array_size: value("MaxArraySize")
+                .unwrap_or(Self::DEFAULT.max_array_size)
+                .max(1),
+            max_job_count: value("MaxJobCount").unwrap_or(Self::DEFAULT.max_job_count),
+        }
+    }
+
+    /// The sizes of the arrays `count` jobs are submitted as: as large as the cluster allows.
+    pub fn arrays(&self, count: u64) -> Vec<u64> {
+        let mut left = count;
+        let mut sizes = Vec::new();
+        while left > 0 {
+            let size = left.min(self.max_array_size);
+            sizes.push(size);
+            left -= size;
+        }
+        sizes
+    }
+}
+
 /// What the launcher did, for the run's last lines.
 #[derive(Debug, Default)]
 pub struct SlurmSummary {
@@ -90,6 +139,8 @@ pub struct SlurmLauncher {
     dead: Vec<PathBuf>,
     /// Where its lines for people go (what it submitted, what Slurm refused).
     say: super::Say,
+    /// What the cluster lets one submission hold, read when the launcher starts.
+    limits: ClusterLimits,
 }
 
 /// Stage name → its job class, and what one of its tasks needs.
@@ -218,12 +269,39 @@ impl SlurmLauncher {
             watched: HashMap::new(),
             dead: Vec::new(),
             say,
+            limits: ClusterLimits::DEFAULT,
         })
+    }
+
+    /// The cluster's limits, from `scontrol show config`; Slurm's defaults (and a line
+    /// saying so) when it does not answer.
+    async fn read_limits(&self) -> ClusterLimits {
+        let out = Command::new("scontrol")
+            .args(["show", "config"])
+            .output()
+            .await;
+        match out {
+            Ok(out) if out.status.success() => {
+                ClusterLimits::parse(&String::from_utf8_lossy(&out.stdout))
+            }
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.say.line(&format!(
+                    "slurm: `scontrol show config` did not answer ({why}); assuming Slurm's \
+                     default limits (MaxArraySize 1001, MaxJobCount 10000)"
+                ));
+                ClusterLimits::DEFAULT
+            }
+        }
     }
 
     /// Submits and watches worker jobs until `stop`, then cancels what is left and waits
     /// for the queue to be free of them.
     pub async fn run(mut self, stop: CancellationToken) -> SlurmSummary {
+        self.limits = self.read_limits().await;
         let mut failures = 0u32;
         let mut quiet_until = Instant::now();
         loop {
@@ -367,31 +445,38 @@ impl SlurmLauncher {
             return Ok(());
         }
         let mut total: u64 = active.iter().sum();
-        for (k, class) in self.classes.iter().enumerate() {
-            let room = u64::from(self.config.max_workers).saturating_sub(total);
+        // Never more jobs than the cluster holds, whatever max_workers says.
+        let most = u64::from(self.config.max_workers).min(self.limits.max_job_count);
+        for k in 0..self.classes.len() {
+            let room = most.saturating_sub(total);
             let want = queued[k].saturating_sub(active[k]).min(room);
-            if want == 0 {
-                continue;
+            for size in self.limits.arrays(want) {
+                self.submit_array(k, size, queued[k]).await?;
+                total += size;
             }
-            let id = self.submit(class, want).await?;
-            let now = Instant::now();
-            for task in 0..want {
-                self.watched
-                    .insert(format!("{id}_{task}"), (class.job_name.clone(), now));
-            }
-            total += want;
-            self.summary.jobs_submitted += want;
-            self.summary.arrays.push(id.clone());
-            self.say.line(&format!(
-                "slurm: submitted {want} worker job(s) as array {id}{} for {} queued task(s)",
-                class
-                    .gres
-                    .as_ref()
-                    .map(|g| format!(" (--gres={g})"))
-                    .unwrap_or_default(),
-                queued[k]
-            ));
         }
+        Ok(())
+    }
+
+    /// Submits one array of `size` worker jobs of class `k`, and watches them.
+    async fn submit_array(&mut self, k: usize, size: u64, queued: u64) -> Result<()> {
+        let id = self.submit(&self.classes[k], size).await?;
+        let class = &self.classes[k];
+        let now = Instant::now();
+        for task in 0..size {
+            self.watched
+                .insert(format!("{id}_{task}"), (class.job_name.clone(), now));
+        }
+        self.summary.jobs_submitted += size;
+        self.summary.arrays.push(id.clone());
+        self.say.line(&format!(
+            "slurm: submitted {size} worker job(s) as array {id}{} for {queued} queued task(s)",
+            class
+                .gres
+                .as_ref()
+                .map(|g| format!(" (--gres={g})"))
+                .unwrap_or_default(),
+        ));
         Ok(())
     }
 
@@ -494,6 +579,21 @@ impl SlurmLauncher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_arrays_fit_the_clusters_limits() {
+        let config = "MaxArraySize            = 5\nMaxJobCount             = 10000\n\
+                      MaxJobId                = 67043328\n";
+        let limits = ClusterLimits::parse(config);
+        assert_eq!(limits.max_array_size, 5);
+        assert_eq!(limits.max_job_count, 10_000);
+        assert_eq!(limits.arrays(12), [5, 5, 2]);
+        assert_eq!(limits.arrays(5), [5]);
+        assert!(limits.arrays(0).is_empty());
+        assert_eq!(ClusterLimits::parse("nothing here"), ClusterLimits::DEFAULT);
+        assert_eq!(ClusterLimits::parse("MaxArraySize = 0").arrays(2), [1, 1]);
+        assert_eq!(ClusterLimits::DEFAULT.arrays(2500), [1001, 1001, 498]);
+    }
 
     #[test]
     fn gres_counts_gpus() {

@@ -6,6 +6,11 @@ use crate::common::slurm::{Cluster, unavailable};
 
 /// Skips (saying why) where Slurm cannot run, except where MVC_REQUIRE_SLURM is set (CI).
 fn cluster() -> Option<Cluster> {
+    cluster_with("")
+}
+
+/// The same, with `extra` lines in its slurm.conf.
+fn cluster_with(extra: &str) -> Option<Cluster> {
     if let Some(why) = unavailable() {
         assert!(
             std::env::var_os("MVC_REQUIRE_SLURM").is_none(),
@@ -14,7 +19,7 @@ fn cluster() -> Option<Cluster> {
         eprintln!("skipped: {why}");
         return None;
     }
-    Some(Cluster::start())
+    Some(Cluster::start_with(extra))
 }
 
 /// The executor table of the pipelines run on the test cluster: two workers at most.
@@ -332,5 +337,51 @@ cmd = "echo $MVC_ITEM > $MVC_OUT/item.txt"
         "{submitted} jobs submitted:\n{}",
         ran.stderr
     );
+    assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
+}
+
+/// Slurm refuses an array larger than its MaxArraySize: asked for 12 workers on a cluster that
+/// allows arrays of 5, the launcher reads the limit and submits arrays of 5, 5 and 2.
+#[test]
+fn worker_arrays_are_split_to_the_clusters_max_array_size() {
+    let Some(cluster) = cluster_with("MaxArraySize=5\n") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let items: Vec<String> = (0..24).map(|i| format!("\"i{i:02}\"")).collect();
+    sb.write(
+        "p.toml",
+        &format!(
+            "{}\n[stage.make]\nkind = \"command\"\nitems = [{}]\n\
+             cmd = \"sleep 0.2; echo $MVC_ITEM > $MVC_OUT/item.txt\"\n",
+            SLURM_EXECUTOR.replace("max_workers = 2", "max_workers = 12"),
+            items.join(", ")
+        ),
+    );
+    let mut cmd = sb.command(&["run", "p.toml", "--json", "--listen", "127.0.0.1:0"]);
+    cmd.env("SLURM_CONF", &cluster.conf);
+    // Bounded: a launcher whose arrays Slurm refused would wait for workers for ever.
+    let ran = crate::common::Background::start(&mut cmd, false)
+        .finish(std::time::Duration::from_secs(180));
+    ran.assert_ok();
+    assert_eq!(ran.count("make", "ran"), 24);
+    let arrays: Vec<u64> = ran
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            let (n, _) = l
+                .strip_prefix("slurm: submitted ")?
+                .split_once(" worker job(s) as array")?;
+            n.parse().ok()
+        })
+        .collect();
+    assert!(!arrays.is_empty(), "no submission:\n{}", ran.stderr);
+    assert!(
+        arrays.iter().all(|n| *n <= 5),
+        "arrays larger than MaxArraySize = 5: {arrays:?}\n{}",
+        ran.stderr
+    );
+    assert_eq!(arrays[..3], [5, 5, 2], "{}", ran.stderr);
+    assert!(!ran.stderr.contains("sbatch refused"), "{}", ran.stderr);
     assert!(cluster.queue().is_empty(), "{:?}", cluster.queue());
 }

@@ -120,6 +120,11 @@ fn slurm_conf(d: &Path, sock: &Path) -> String {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// A cluster whose slurm.conf has `extra` lines too (e.g. `MaxArraySize=5`).
+    pub fn start_with(extra: &str) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("mvc-slurm-")
             .tempdir()
@@ -146,7 +151,7 @@ impl Cluster {
             .arg(d.join("munge/seed"))
             .arg("--force"));
 
-        let conf = slurm_conf(d, &sock);
+        let conf = slurm_conf(d, &sock) + extra;
         let conf_path = d.join("slurm.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let cluster = Cluster {
