@@ -185,8 +185,11 @@ impl Pipeline {
                 sources.whole(format!("cannot write the merged pipeline as TOML: {e}"))
             })?
         };
-        let set_by = merged.origins.clone();
-        let expanded = sweep::expand(merged.root, &sources, &crate::stages::takes_every_variant)?;
+        let layers::Merged {
+            root,
+            origins: set_by,
+        } = merged;
+        let expanded = sweep::expand(root, &sources, &crate::stages::takes_every_variant)?;
         let raw = parse::parse(&sources, &expanded.root)?;
         let order = graph::check(&sources, &raw.stages)?;
         let mut stages = Vec::with_capacity(raw.stages.len());

@@ -19,12 +19,11 @@ pub type FigureSrc<'a> = &'a dyn Fn(&str, &str) -> Option<String>;
 /// The whole results section: the table (beside the study's numbers when compared), the
 /// objects left out, the per-ring table and every figure.
 pub fn results(r: &Results, figure: FigureSrc) -> Markup {
-    let comparison = variants::compare(r.rows);
     html! {
         h1 { (r.title) }
         @if let Some(note) = r.note { p.note { (note) } }
         p.muted { (NAMES_NOTE) }
-        @match &comparison {
+        @match &r.variants {
             Some(c) => { (variants_table(c, r.compare_study)) }
             None => { (main_table(r.rows, r.compare_study)) }
         }
@@ -32,7 +31,7 @@ pub fn results(r: &Results, figure: FigureSrc) -> Markup {
         (left_out(r.rows))
         (per_ring(r.rows))
         (figures(r.rows, figure))
-        @if let Some(c) = &comparison { (sweep_figures(c, figure)) }
+        @if let Some(c) = &r.variants { (sweep_figures(c, figure)) }
     }
 }
 
@@ -117,7 +116,7 @@ fn sweep_figures(c: &Comparison, figure: FigureSrc) -> Markup {
                 @for (stage, param) in &swept {
                     @let file = variants::sweep_figure_file(stage, param);
                     @if let Some(src) = figure(variants::SWEEP_FIGURES, &file) {
-                        figure {
+                        figure.sweep {
                             img src=(src) alt=(format!("{stage}: each metric against {param}"));
                             figcaption { (stage) ": each metric against " (param) }
                         }

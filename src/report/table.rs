@@ -107,6 +107,26 @@ pub struct Results<'a> {
     pub compare_study: bool,
     /// Evaluations without a result (failed variants), left out of the table.
     pub missing: &'a [Missing],
+    /// The rows grouped into variants, once for every output; `None` when no row is one.
+    pub variants: Option<Comparison<'a>>,
+}
+
+impl<'a> Results<'a> {
+    pub fn new(
+        (title, note): (&'a str, Option<&'a str>),
+        rows: &'a [Row<'a>],
+        compare_study: bool,
+        missing: &'a [Missing],
+    ) -> Results<'a> {
+        Results {
+            title,
+            note,
+            rows,
+            compare_study,
+            missing,
+            variants: variants::compare(rows),
+        }
+    }
 }
 
 /// `results.md`.
@@ -118,15 +138,14 @@ pub fn markdown(r: &Results) -> String {
     }
     md.push_str(NAMES_NOTE);
     md.push_str("\n\n");
-    let comparison = variants::compare(rows);
-    match &comparison {
+    match &r.variants {
         Some(c) => md.push_str(&variants_markdown(c, compare_study)),
         None => md.push_str(&plain_table(rows, compare_study)),
     }
     md.push_str(&missing_section(r.missing));
     md.push_str(&left_out_section(rows));
     md.push_str(&rings_and_figures(rows));
-    if let Some(c) = &comparison {
+    if let Some(c) = &r.variants {
         md.push_str(&sweep_figures(c));
     }
     md
@@ -210,8 +229,7 @@ fn variants_markdown(c: &Comparison, compare_study: bool) -> String {
         md.push('\n');
     }
     if compare_study {
-        let firsts: Vec<&Row> = c.groups.iter().map(|g| g.rows[0]).collect();
-        md.push_str(&study_notes_of(&firsts));
+        md.push_str(&study_notes(c.groups.iter().map(|g| g.rows[0])));
     }
     for note in variants::notes(c) {
         let _ = writeln!(md, "\n{note}");
@@ -314,12 +332,8 @@ fn main_rows(rows: &[Row], compare_study: bool) -> String {
     md
 }
 
-fn study_notes(rows: &[Row]) -> String {
-    study_notes_of(&rows.iter().collect::<Vec<_>>())
-}
-
 /// Under a table compared with the study: what its numbers are, and why a row has none.
-fn study_notes_of(rows: &[&Row]) -> String {
+fn study_notes<'a>(rows: impl IntoIterator<Item = &'a Row<'a>>) -> String {
     let mut md = String::from(
         "\nThe study's numbers are its published table (206 test objects × 36 views, \
          ViT-B/32). Its split came from NumPy's shuffle (`np.random.shuffle`, seed 42) over \
@@ -446,10 +460,11 @@ pub const FIGURES: &[(&str, &str)] = &[
 ];
 
 /// `results.csv`: one row per evaluation, or with variants one row per variant.
-pub fn csv(rows: &[Row]) -> anyhow::Result<Vec<u8>> {
-    if let Some(c) = variants::compare(rows) {
-        return variants_csv(&c);
+pub fn csv(r: &Results) -> anyhow::Result<Vec<u8>> {
+    if let Some(c) = &r.variants {
+        return variants_csv(c);
     }
+    let rows = r.rows;
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "evaluation",
@@ -537,17 +552,16 @@ fn variants_csv(c: &Comparison) -> anyhow::Result<Vec<u8>> {
             e.metrics.objects.to_string(),
             e.metrics.views.to_string(),
         ]);
-        let pooled = [
-            Some(e.metrics.same_object.std),
-            Some(e.metrics.cross_object.std),
-            Some(e.metrics.text_to_image.std),
-        ];
-        for (k, m) in g.metrics.iter().enumerate() {
-            let std = match m {
-                Some(m) if m.n > 1 => Some(m.std),
-                _ => pooled.get(k).copied().flatten(),
+        for (m, over) in METRICS.iter().zip(&g.metrics) {
+            let std = match over {
+                Some(over) if over.n > 1 => Some(over.std),
+                _ => (m.pooled_std)(e),
             };
-            record.push(m.as_ref().map(|m| m.mean.to_string()).unwrap_or_default());
+            record.push(
+                over.as_ref()
+                    .map(|o| o.mean.to_string())
+                    .unwrap_or_default(),
+            );
             record.push(std.map(|s| s.to_string()).unwrap_or_default());
         }
         record.push(

@@ -26,6 +26,11 @@ pub struct Metric {
     pub key: &'static str,
     pub higher_is_better: bool,
     pub of: fn(&Evaluation) -> Option<f64>,
+    /// Its std pooled over pairs of views within one evaluation (the similarities have
+    /// one): what a variant with one seed shows beside its mean.
+    pub pooled_std: fn(&Evaluation) -> Option<f64>,
+    /// Decimals a table gives it.
+    pub digits: usize,
 }
 
 /// Same-object similarity up (views of one object agree), cross-object down (objects stay
@@ -36,36 +41,48 @@ pub const METRICS: &[Metric] = &[
         key: "same_object",
         higher_is_better: true,
         of: |e| Some(e.metrics.same_object.mean),
+        pooled_std: |e| Some(e.metrics.same_object.std),
+        digits: 3,
     },
     Metric {
         title: "cross-object",
         key: "cross_object",
         higher_is_better: false,
         of: |e| Some(e.metrics.cross_object.mean),
+        pooled_std: |e| Some(e.metrics.cross_object.std),
+        digits: 3,
     },
     Metric {
         title: "text-to-image",
         key: "text_to_image",
         higher_is_better: true,
         of: |e| Some(e.metrics.text_to_image.mean),
+        pooled_std: |e| Some(e.metrics.text_to_image.std),
+        digits: 3,
     },
     Metric {
         title: "retrieval top-1",
         key: "retrieval_top1",
         higher_is_better: true,
         of: |e| Some(e.metrics.retrieval_top1),
+        pooled_std: |_| None,
+        digits: 3,
     },
     Metric {
         title: "top-5",
         key: "retrieval_top5",
         higher_is_better: true,
         of: |e| Some(e.metrics.retrieval_top5),
+        pooled_std: |_| None,
+        digits: 3,
     },
     Metric {
         title: "reconstruction MSE",
         key: "reconstruction_mse",
         higher_is_better: false,
         of: |e| e.metrics.reconstruction_mse,
+        pooled_std: |_| None,
+        digits: 4,
     },
 ];
 
@@ -339,15 +356,10 @@ pub fn cell(group: &Group, k: usize) -> String {
     if m.n > 1 {
         return super::row::pm(m.mean, m.std);
     }
-    let e = group.first();
-    match METRICS[k].key {
-        "same_object" => super::row::pm(e.metrics.same_object.mean, e.metrics.same_object.std),
-        "cross_object" => super::row::pm(e.metrics.cross_object.mean, e.metrics.cross_object.std),
-        "text_to_image" => {
-            super::row::pm(e.metrics.text_to_image.mean, e.metrics.text_to_image.std)
-        }
-        "reconstruction_mse" => format!("{:.4}", m.mean),
-        _ => format!("{:.3}", m.mean),
+    let metric = &METRICS[k];
+    match (metric.pooled_std)(group.first()) {
+        Some(std) => super::row::pm(m.mean, std),
+        None => format!("{:.*}", metric.digits, m.mean),
     }
 }
 

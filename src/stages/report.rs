@@ -152,17 +152,16 @@ impl ReportStage {
                 variant: self.variant_of(stage),
             })
             .collect();
-        let results = Results {
-            title: &self.title,
-            note: self.note.as_deref(),
-            rows: &rows,
-            compare_study: self.compare_study,
-            missing: &missing,
-        };
+        let results = Results::new(
+            (&self.title, self.note.as_deref()),
+            &rows,
+            self.compare_study,
+            &missing,
+        );
         let md = table::markdown(&results);
-        let csv = table::csv(&rows)?;
+        let csv = table::csv(&results)?;
         let json = self.results_json(&results);
-        let sweeps = sweep_figures(&rows)?;
+        let sweeps = sweep_figures(&results)?;
         let page = self.standalone_page(store, &results, &figures, &sweeps)?;
         let mut outputs = vec![
             output_from_bytes(store, "report.html".into(), page.into_bytes()),
@@ -258,8 +257,8 @@ impl ReportStage {
             "study": study,
             "comparisons": comparisons,
         });
-        if let Some(c) = variants::compare(rows) {
-            json["variants"] = variants::to_json(&c);
+        if let Some(c) = &results.variants {
+            json["variants"] = variants::to_json(c);
         }
         if !results.missing.is_empty() {
             json["missing"] = serde_json::json!(results.missing);
@@ -269,14 +268,14 @@ impl ReportStage {
 }
 
 /// Each swept parameter's figure, as `(file, png)`.
-fn sweep_figures(rows: &[Row]) -> Result<Vec<(String, Vec<u8>)>> {
-    let Some(c) = variants::compare(rows) else {
+fn sweep_figures(results: &Results) -> Result<Vec<(String, Vec<u8>)>> {
+    let Some(c) = &results.variants else {
         return Ok(Vec::new());
     };
-    variants::swept_params(&c)
+    variants::swept_params(c)
         .into_iter()
         .map(|(stage, param)| {
-            let png = variants::sweep_figure(&c, &stage, &param)?;
+            let png = variants::sweep_figure(c, &stage, &param)?;
             Ok((variants::sweep_figure_file(&stage, &param), png))
         })
         .collect()

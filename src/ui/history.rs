@@ -110,13 +110,12 @@ fn results_markup(p: &Published) -> Markup {
             .cloned()
     };
     html::results(
-        &Results {
-            title: &p.results.title,
-            note: p.results.note.as_deref(),
-            rows: &rows,
-            compare_study: !p.results.study.is_empty(),
-            missing: &p.results.missing,
-        },
+        &Results::new(
+            (&p.results.title, p.results.note.as_deref()),
+            &rows,
+            !p.results.study.is_empty(),
+            &p.results.missing,
+        ),
         &src,
     )
 }

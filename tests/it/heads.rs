@@ -1089,13 +1089,7 @@ fn the_studys_numbers_stand_only_beside_the_same_head_variant_and_a_large_enough
             variant: None,
         },
     ];
-    let md = markdown(&Results {
-        title: "t",
-        note: None,
-        rows: &rows,
-        compare_study: true,
-        missing: &[],
-    });
+    let md = markdown(&Results::new(("t", None), &rows, true, &[]));
     let line = |stage: &str| {
         md.lines()
             .find(|l| l.starts_with(&format!("| {stage} |")))
