@@ -11,6 +11,10 @@
 //! mode's extra slot-time per unit over the local mode's, and, separately, the
 //! coordinator process's own CPU time per unit (from wait4's rusage).
 
+#[path = "common/coordinator.rs"]
+mod coordinator;
+use coordinator::{read_url, wait_child};
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -159,57 +163,12 @@ fn report(mode: &str, wall: Duration, units: u64, slots: u64, cpu: Duration) {
     );
 }
 
-/// The URL the coordinator serves, and its certificate's fingerprint when it has one.
-fn read_url(child: &mut std::process::Child) -> (String, Option<String>) {
-    use std::io::{BufRead, BufReader};
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let said = loop {
-        let line = lines
-            .next()
-            .expect("the coordinator said where it listens")
-            .unwrap();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let Some(w) = words
-            .iter()
-            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        {
-            let fingerprint = words
-                .iter()
-                .position(|w| *w == "fingerprint")
-                .and_then(|i| words.get(i + 1))
-                .map(|f| f.to_string());
-            break (w.to_string(), fingerprint);
-        }
-    };
-    // Keep draining stderr so the coordinator never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    said
-}
-
 fn run_child(cmd: &mut Command) -> (i32, Duration) {
     wait_child(
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    )
-}
-
-/// Waits for a child and returns its exit code and CPU time (user + system).
-fn wait_child(child: std::process::Child) -> (i32, Duration) {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value to be overwritten.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child; the Child handle is forgotten so it is not waited
-    // for twice.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    std::mem::forget(child);
-    assert!(pid > 0, "wait4 failed");
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (
-        libc::WEXITSTATUS(status),
-        tv(usage.ru_utime) + tv(usage.ru_stime),
     )
 }
 

@@ -10,6 +10,7 @@ pub mod disk;
 pub mod exec;
 pub mod heads;
 pub mod hf;
+pub mod memory;
 pub mod meter;
 pub mod models;
 pub mod numpy_random;

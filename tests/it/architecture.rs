@@ -19,7 +19,7 @@ const FLOORS: &[&[&str]] = &[
         "numpy_random",
         "signals",
     ],
-    &["task", "hf", "disk"],
+    &["task", "hf", "disk", "memory"],
     // Leaves that compute: rendering, CLIP, heads, metrics and tables.
     &["render", "clip"],
     &["heads"],

@@ -1,0 +1,52 @@
+//! Shared by the benchmarks that start a coordinator (`mvc run --listen`): where it listens,
+//! and how much CPU it used.
+
+// Each benchmark that includes this module uses part of it.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// The URL the coordinator serves, and its certificate's fingerprint when it has one.
+pub fn read_url(child: &mut std::process::Child) -> (String, Option<String>) {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let said = loop {
+        let line = lines
+            .next()
+            .expect("the coordinator said where it listens")
+            .unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(w) = words
+            .iter()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        {
+            let fingerprint = words
+                .iter()
+                .position(|w| *w == "fingerprint")
+                .and_then(|i| words.get(i + 1))
+                .map(|f| f.to_string());
+            break (w.to_string(), fingerprint);
+        }
+    };
+    // Keep draining stderr so the coordinator never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    said
+}
+
+/// Waits for a child and returns its exit code and CPU time (user + system).
+pub fn wait_child(child: std::process::Child) -> (i32, Duration) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child; the Child handle is forgotten so it is not waited
+    // for twice.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    std::mem::forget(child);
+    assert!(pid > 0, "wait4 failed");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        libc::WEXITSTATUS(status),
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+    )
+}

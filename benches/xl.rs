@@ -1,0 +1,404 @@
+//! Objaverse-XL's shape at scale (issue 30): objects → render 36 views each → embed each view,
+//! planned, recorded and planned again by mvc, with every task's own work made negligible so
+//! that what is measured is mvc.
+//!
+//!     cargo bench --bench xl                                  # N = 1,000,000 tasks
+//!     MVC_BENCH_TASKS=10000000 cargo bench --bench xl         # 10M
+//!     MVC_BENCH_DIR=/tmp/xl cargo bench --bench xl            # keep the cache; plan it again later
+//!     MVC_BENCH_BASELINE=/tmp/mvc-old cargo bench --bench xl  # also plan with another build
+//!
+//! The pipeline (`p.toml`, written by this benchmark): `objects`, a `command` stage over
+//! N / 73 object ids from an items file; `views`, a `render` stage with 6 azimuths on 6 rings
+//! (36 views per object, as the study); `embed`, an `embed` stage of every view. 73 tasks per
+//! object: Objaverse-XL's 10M objects are 730M tasks. (Captions and a per-object gather are
+//! left out: captions need a download stage or a caption file per object, which would make
+//! the expansion read N blobs; they are 1 task in 74 and change no figure here.)
+//!
+//! How the cache is filled. Running 730M real renders is not the point, and a `command` task
+//! costs 2.4 ms of process start alone. So a child process (this program with
+//! `--fill-cache DIR N`) drives mvc's own engine as `mvc run` does, minus the kinds' work:
+//! the real graph is built and keyed (`Engine::resolve_ready`), every task to run gets its
+//! real key record (`Engine::record_of`), a result of one 8-byte inline output is committed to
+//! the index through the run's journal (`Store::commit_success`), the engine is told
+//! (`Engine::finish`), and the run ends as a run does (`exec::run::finish_driven_run`: memos,
+//! run record, journal). The same loop without mvc (computing each task's 8 bytes) is the
+//! baseline of the bookkeeping figure. A child, because a child's peak memory as `wait4`
+//! reports it starts from its parent's at spawn: the plans below are spawned by a small
+//! process.
+//!
+//! Then, as separate processes of the real `mvc` binary (peak memory from `wait4`):
+//! `mvc plan p.toml --json` on the fully cached state (best of 3), and `mvc plan` of the same
+//! pipeline with a seventh ring of 6 azimuths (1/6 = 17% more views), whose 2 × 6 new tasks
+//! per object must be planned with their reasons.
+//!
+//! Printed, one line per size:
+//! `xl: tasks=N cached_plan_s=… cached_plan_rss_mb=… ring_plan_s=… ring_plan_rss_mb=…
+//!  store_bytes_per_task=… record_tasks_per_s=… bookkeeping_us_per_task=…`
+//!
+//! A size this machine's memory cannot hold is refused before anything starts.
+
+use mvc::exec::graph::{Sources, TaskGraph};
+use mvc::exec::resolve::{Carry, Engine, Mode};
+use mvc::exec::run::finish_driven_run;
+use mvc::memory::Need;
+use mvc::pipeline::Pipeline;
+use mvc::store::Store;
+use mvc::store::memo::MemoValue;
+use mvc::store::records::{Output, RunOutcome, TaskResult, manifest_digest, now_ms, run_id};
+use mvc::task::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[path = "common/timed.rs"]
+mod timed;
+use timed::{group, timed};
+#[path = "common/xl_shape.rs"]
+mod xl_shape;
+use xl_shape::{TASKS_PER_OBJECT, VIEWS, made, object_id, write_pipelines};
+
+/// Peak memory of the most demanding step (filling the cache in a child process: the graph,
+/// the engine's per-task arrays in run mode, sled's page cache), from BENCHMARKS.md (921 MB
+/// at 1M tasks) with a margin. Used only to refuse a size before it starts; every figure
+/// printed is measured. (A baseline build given in `MVC_BENCH_BASELINE` may need more: the
+/// build before issue 30 planned the ring of 3M tasks in 4.1 GB.)
+const PEAK: Need = Need {
+    each: 1_100,
+    fixed: 512 << 20,
+};
+
+fn main() {
+    // The cache is filled by a child process (this program again), so that this one stays
+    // small: a child's peak memory, as wait4 reports it, starts from its parent's at spawn.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(k) = args.iter().position(|a| a == FILL_ARG) {
+        let dir = PathBuf::from(&args[k + 1]);
+        let tasks: u64 = args[k + 2].parse().unwrap();
+        std::env::set_current_dir(&dir).unwrap();
+        let fill = fill_cache(&dir, tasks);
+        std::fs::write(dir.join(FILLED), serde_json::to_vec(&fill).unwrap()).unwrap();
+        return;
+    }
+    let asked: u64 = std::env::var("MVC_BENCH_TASKS")
+        .ok()
+        .map(|v| {
+            v.replace(['_', ','], "").parse().unwrap_or_else(|_| {
+                eprintln!("xl: MVC_BENCH_TASKS={v} is not a number of tasks (e.g. 10000000)");
+                std::process::exit(2)
+            })
+        })
+        .unwrap_or(1_000_000);
+    let objects = (asked / TASKS_PER_OBJECT).max(1);
+    let tasks = objects * TASKS_PER_OBJECT;
+    refuse_what_memory_cannot_hold(tasks);
+
+    let kept;
+    let dir: PathBuf = match std::env::var("MVC_BENCH_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => {
+            kept = tempfile::tempdir().expect("temp dir");
+            kept.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let mvc = env!("CARGO_BIN_EXE_mvc");
+    println!(
+        "xl: {} tasks ({} objects x (1 + {VIEWS} views + {VIEWS} embeddings)), cache in {}",
+        group(tasks),
+        group(objects),
+        dir.display()
+    );
+    write_pipelines(&dir, objects);
+
+    let baseline = baseline_loop(objects);
+    let fill = filled(&dir, tasks);
+    println!(
+        "filled: {} tasks in {:.1}s ({:.2} us per task; the same loop without mvc {:.3} us); \
+         recording alone {:.1}s, slowest 100k records {:.0} tasks/s; peak RSS {} MB",
+        group(fill.tasks),
+        fill.wall_s,
+        fill.wall_s * 1e6 / fill.tasks as f64,
+        per_task_us(baseline, tasks),
+        fill.recording_s,
+        fill.slowest_window_per_s,
+        fill.peak_rss_mb
+    );
+
+    let (cached_s, cached_mb) = best_plan(mvc, &dir, "p.toml", 0);
+    let (ring_s, ring_mb) = best_plan(mvc, &dir, "p-ring.toml", 2 * 6 * objects);
+    if let Ok(baseline) = std::env::var("MVC_BENCH_BASELINE") {
+        // Another build of mvc (an earlier commit's) plans the same cache: the ratios say
+        // what a change did, on the same machine in the same command.
+        let (base_cached_s, base_cached_mb) = best_plan(&baseline, &dir, "p.toml", 0);
+        let (base_ring_s, base_ring_mb) =
+            best_plan(&baseline, &dir, "p-ring.toml", 2 * 6 * objects);
+        println!(
+            "baseline {baseline}: cached plan {base_cached_s:.2}s {base_cached_mb} MB, ring \
+             plan {base_ring_s:.2}s {base_ring_mb} MB; this build / baseline: cached plan \
+             time {:.2}, memory {:.2}; ring plan time {:.2}, memory {:.2}",
+            cached_s / base_cached_s,
+            cached_mb as f64 / base_cached_mb as f64,
+            ring_s / base_ring_s,
+            ring_mb as f64 / base_ring_mb as f64
+        );
+    }
+    let store = store_bytes(&dir.join("cache"));
+    println!(
+        "store: {} bytes on disk (index {}, journal {}, memos and other blobs {})",
+        group(store.total),
+        group(store.index),
+        group(store.journal),
+        group(store.total - store.index - store.journal)
+    );
+    let bookkeeping = fill.wall_s * 1e6 / fill.tasks as f64 - per_task_us(baseline, tasks);
+    println!(
+        "xl: tasks={tasks} cached_plan_s={cached_s:.2} cached_plan_rss_mb={cached_mb} \
+         ring_plan_s={ring_s:.2} ring_plan_rss_mb={ring_mb} store_bytes_per_task={:.0} \
+         record_tasks_per_s={:.0} bookkeeping_us_per_task={bookkeeping:.2}",
+        store.total as f64 / tasks as f64,
+        fill.tasks as f64 / fill.recording_s,
+    );
+}
+
+/// Exits with a message when the size asked for needs more memory than this machine has
+/// available now: an OOM kill half way is no answer.
+fn refuse_what_memory_cannot_hold(tasks: u64) {
+    if let Err(message) = PEAK.check(tasks, "tasks", "MVC_BENCH_TASKS", mvc::memory::available()) {
+        eprintln!("xl: {message}");
+        std::process::exit(2);
+    }
+}
+
+/// The baseline: the same work per task with no mvc (each task's item id and its 8 bytes).
+fn baseline_loop(objects: u64) -> Duration {
+    let started = Instant::now();
+    let mut sink = 0u64;
+    for i in 0..objects {
+        let object = object_id(i);
+        sink ^= made("objects", &object)[0] as u64;
+        for view in 0..VIEWS {
+            // As long as a view's real id: `<uid>@az030-pol050-d1.5-fov49.1343`.
+            let item = format!(
+                "{object}@az{:03}-pol{:03}-d1.5-fov49.1343",
+                view % 6,
+                view / 6
+            );
+            sink ^= made("views", &item)[0] as u64;
+            sink ^= made("embed", &item)[0] as u64;
+        }
+    }
+    std::hint::black_box(sink);
+    started.elapsed()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Fill {
+    tasks: u64,
+    wall_s: f64,
+    /// Time spent in `Store::commit_success` alone.
+    recording_s: f64,
+    /// The slowest rate over any 100,000 consecutive records (sled's known slowdown past
+    /// ~100M keys would show here first).
+    slowest_window_per_s: f64,
+    peak_rss_mb: u64,
+}
+
+/// The argument that makes this program the child that fills the cache: `--fill-cache DIR
+/// TASKS`.
+const FILL_ARG: &str = "--fill-cache";
+/// What the child found, in the benchmark's folder: a cache already filled is planned again
+/// without filling it (`MVC_BENCH_DIR`), with the figures of its fill.
+const FILLED: &str = "filled.json";
+
+/// Fills the cache in a child process, or reads what an earlier fill of this folder found.
+fn filled(dir: &Path, tasks: u64) -> Fill {
+    let path = dir.join(FILLED);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let fill: Fill = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(fill.tasks, tasks, "{} holds another size", dir.display());
+        println!(
+            "the cache in {} is already filled: planning it again (the fill's figures are \
+             those of {FILLED})",
+            dir.display()
+        );
+        return fill;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let tasks_arg = tasks.to_string();
+    let dir_arg = dir.display().to_string();
+    let child = timed(&exe, dir, &[FILL_ARG, &dir_arg, &tasks_arg]);
+    assert_eq!(
+        child.code,
+        Some(0),
+        "filling the cache failed:\n{}",
+        child.stderr
+    );
+    let mut fill: Fill = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    fill.peak_rss_mb = child.peak_rss_kb / 1024;
+    std::fs::write(&path, serde_json::to_vec(&fill).unwrap()).unwrap();
+    fill
+}
+
+/// Fills the cache as a run does, with every task's work replaced by [`made`].
+fn fill_cache(dir: &Path, expected: u64) -> Fill {
+    let pipeline = Pipeline::load(&dir.join("p.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let workflow = pipeline.workflow;
+    let store = Arc::new(Store::open(&dir.join("cache")).expect("opening the cache"));
+    let started_ms = now_ms();
+    let run = run_id(started_ms);
+    let started = Instant::now();
+    store.begin_journal(&run).unwrap();
+    let graph = TaskGraph::build(&workflow, &store, &Sources::new()).unwrap();
+    assert!(
+        !graph.has_deferred(),
+        "every stage expands from known items"
+    );
+    let mut engine = Engine::new(graph, store.clone(), Mode::Run, false, Carry::default()).unwrap();
+    let mut recording = Duration::ZERO;
+    let mut window = (Instant::now(), 0u64);
+    let mut slowest = f64::INFINITY;
+    let mut done = 0u64;
+    loop {
+        let ready = engine.resolve_ready().unwrap();
+        if ready.is_empty() {
+            break;
+        }
+        for t in ready {
+            engine.start(t);
+            let stage = engine.graph.stage_of(t).name.clone();
+            let item = engine.graph.item(t).to_string();
+            let bytes = made(&stage, &item);
+            let record = engine
+                .record_of(t)
+                .unwrap_or_else(|_| panic!("{item} keyed"));
+            let output = Output {
+                name: "o".into(),
+                digest: Digest::of(&bytes),
+                size: bytes.len() as u64,
+                inline: Some(bytes.to_vec()),
+            };
+            let manifest = manifest_digest(std::slice::from_ref(&output));
+            let result = TaskResult {
+                stage,
+                item,
+                outputs: vec![output],
+                manifest,
+                stdout: None,
+                stderr: None,
+                started_ms: 0,
+                duration_ms: 0,
+                host: "local".into(),
+            };
+            let key = engine.keys[t.index()];
+            let at = Instant::now();
+            store.commit_success(&key, &record, &result).unwrap();
+            recording += at.elapsed();
+            engine.finish(
+                t,
+                Ok((
+                    manifest,
+                    MemoValue::Done {
+                        manifest,
+                        blobs: Vec::new(),
+                    },
+                )),
+            );
+            done += 1;
+            if done.is_multiple_of(100_000) {
+                let rate = 100_000.0 / window.0.elapsed().as_secs_f64();
+                slowest = slowest.min(rate);
+                window = (Instant::now(), done);
+            }
+        }
+    }
+    let wall = started.elapsed();
+    let report = finish_driven_run(&workflow, &engine, (&run, started_ms), wall).unwrap();
+    assert_eq!(
+        report.outcome,
+        RunOutcome::Ok,
+        "the run is recorded as a success"
+    );
+    let wall = started.elapsed();
+    assert_eq!(done, expected, "every task ran once");
+    if window.1 == 0 {
+        slowest = done as f64 / wall.as_secs_f64();
+    }
+    // The cache's lock goes with the last handle on the store.
+    drop(engine);
+    drop(store);
+    Fill {
+        tasks: done,
+        wall_s: wall.as_secs_f64(),
+        recording_s: recording.as_secs_f64(),
+        slowest_window_per_s: slowest,
+        peak_rss_mb: 0,
+    }
+}
+
+/// Plans `file` three times as separate processes: the best wall time and the highest peak
+/// memory. Checks that exactly `to_run` tasks would run, every one a new view.
+fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64) -> (f64, u64) {
+    let mut best = f64::INFINITY;
+    let mut peak = 0;
+    for _ in 0..3 {
+        let plan = timed(mvc, dir, &["plan", file, "--json"]);
+        assert_eq!(
+            plan.code,
+            Some(0),
+            "mvc plan {file} failed:\n{}",
+            plan.stderr
+        );
+        let json: serde_json::Value = serde_json::from_str(plan.stdout.trim()).unwrap();
+        let planned: u64 = ["objects", "views", "embed"]
+            .iter()
+            .map(|s| json["stages"][s]["to_run"].as_u64().unwrap())
+            .sum();
+        assert_eq!(planned, to_run, "mvc plan {file}: {json}");
+        if to_run > 0 {
+            for s in ["views", "embed"] {
+                assert_eq!(
+                    json["stages"][s]["reasons"]["new item"].as_u64(),
+                    Some(to_run / 2),
+                    "mvc plan {file}: {s} says why: {json}"
+                );
+            }
+        }
+        best = best.min(plan.wall.as_secs_f64());
+        peak = peak.max(plan.peak_rss_kb / 1024);
+    }
+    (best, peak)
+}
+
+struct StoreBytes {
+    total: u64,
+    index: u64,
+    journal: u64,
+}
+
+fn store_bytes(cache: &Path) -> StoreBytes {
+    StoreBytes {
+        total: du(cache),
+        index: du(&cache.join("index")),
+        journal: du(&cache.join("journal")),
+    }
+}
+
+/// Bytes of the files under `path` (their allocated blocks, as `du`).
+fn du(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| du(&e.unwrap().path()))
+            .sum()
+    } else {
+        meta.blocks() * 512
+    }
+}
+
+fn per_task_us(d: Duration, tasks: u64) -> f64 {
+    d.as_secs_f64() * 1e6 / tasks as f64
+}
