@@ -28,6 +28,62 @@ pub struct InputEdge {
     pub binding: Binding,
 }
 
+/// The items' own parameters, each distinct slice stored once and each item naming its
+/// slice by number: a render stage's views of a million objects share their cameras' 36
+/// slices, where a slice per item (a `BTreeMap` and its strings) used to be most of a plan's
+/// memory. Keys are unchanged: a task is keyed by its slice's contents.
+#[derive(Debug, Default)]
+pub struct ItemParams {
+    slices: Vec<Arc<ParamSlice>>,
+    /// Per item, its slice's place in `slices` ([`ItemParams::NONE`]: none of its own);
+    /// empty while no item has any.
+    of_item: Vec<u32>,
+}
+
+/// The slices an [`ItemParams`] holds, found by address (the same `Arc` given again, as a
+/// kind that shares its slices does) and by contents (an equal slice made anew).
+#[derive(Default)]
+struct Interned {
+    by_address: HashMap<usize, u32>,
+    by_contents: HashMap<Arc<ParamSlice>, u32>,
+}
+
+impl ItemParams {
+    const NONE: u32 = u32::MAX;
+
+    /// Gives item `item` (of `items`) the parameters `slice`.
+    fn set(&mut self, item: u32, items: usize, slice: Arc<ParamSlice>, known: &mut Interned) {
+        if self.of_item.is_empty() {
+            self.of_item = vec![Self::NONE; items];
+        }
+        // Only addresses of slices kept in `slices` are remembered: a slice dropped after
+        // being found by its contents could have its address reused by another.
+        let address = Arc::as_ptr(&slice) as usize;
+        let k = match known.by_address.get(&address) {
+            Some(&k) => k,
+            None => match known.by_contents.get(&slice) {
+                Some(&k) => k,
+                None => {
+                    let k = self.slices.len() as u32;
+                    self.slices.push(slice.clone());
+                    known.by_address.insert(address, k);
+                    known.by_contents.insert(slice, k);
+                    k
+                }
+            },
+        };
+        self.of_item[item as usize] = k;
+    }
+
+    /// The parameters of item `item`, when it has its own.
+    pub fn get(&self, item: u32) -> Option<&ParamSlice> {
+        match self.of_item.get(item as usize) {
+            Some(&k) if k != Self::NONE => Some(&self.slices[k as usize]),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct StageNode {
     pub name: String,
@@ -36,8 +92,8 @@ pub struct StageNode {
     pub start: TaskId,
     /// Shared with the stages that fan out over the same items (no copy per stage).
     pub items: Vec<Arc<str>>,
-    /// Parameters of items that have their own (most have none).
-    pub item_params: HashMap<u32, ParamSlice>,
+    /// Parameters of items that have their own, each distinct slice once.
+    pub item_params: ItemParams,
     /// Expected bytes of items that declare them (progress only).
     pub item_bytes: HashMap<u32, u64>,
     /// The upstream item read through per-item inputs, for items where it is not their own.
@@ -103,8 +159,10 @@ impl StageNode {
         expansion: Expansion,
         (shared, deferred): (ParamSlice, Option<String>),
     ) -> StageNode {
-        let mut items = Vec::with_capacity(expansion.items.len());
-        let mut item_params = HashMap::new();
+        let n = expansion.items.len();
+        let mut items = Vec::with_capacity(n);
+        let mut item_params = ItemParams::default();
+        let mut known = Interned::default();
         let mut item_bytes = HashMap::new();
         let mut item_sources = HashMap::new();
         for (i, item) in expansion.items.into_iter().enumerate() {
@@ -112,7 +170,7 @@ impl StageNode {
                 item_sources.insert(i as u32, source);
             }
             if !item.params.is_empty() {
-                item_params.insert(i as u32, item.params);
+                item_params.set(i as u32, n, item.params, &mut known);
             }
             if let Some(bytes) = item.bytes {
                 item_bytes.insert(i as u32, bytes);
@@ -269,7 +327,7 @@ impl TaskGraph {
     pub fn item_params(&self, task: TaskId) -> ParamSlice {
         let node = self.stage_of(task);
         node.item_params
-            .get(&node.local(task))
+            .get(node.local(task))
             .cloned()
             .unwrap_or_default()
     }
@@ -455,4 +513,42 @@ fn dependents_of(
     }
     dependents.truncate(counts[total] as usize);
     (counts, dependents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(pairs: &[(&str, &str)]) -> Arc<ParamSlice> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn item_params_keep_each_distinct_slice_once() {
+        let mut params = ItemParams::default();
+        let mut known = Interned::default();
+        let front = slice(&[("azimuth", "0")]);
+        let side = slice(&[("azimuth", "90")]);
+        // Six items: the same two slices given again (as render shares them), and an equal
+        // slice made anew (as a kind that does not share them).
+        params.set(0, 6, front.clone(), &mut known);
+        params.set(1, 6, side.clone(), &mut known);
+        params.set(2, 6, front.clone(), &mut known);
+        params.set(3, 6, slice(&[("azimuth", "90")]), &mut known);
+        params.set(5, 6, slice(&[("azimuth", "180")]), &mut known);
+        assert_eq!(params.slices.len(), 3, "front, side and back, once each");
+        assert_eq!(params.get(0), Some(&*front));
+        assert_eq!(params.get(1), Some(&*side));
+        assert_eq!(params.get(2), Some(&*front));
+        assert_eq!(params.get(3), Some(&*side));
+        assert_eq!(params.get(4), None, "an item without parameters of its own");
+        assert_eq!(params.get(5).unwrap()["azimuth"], "180");
+        assert_eq!(params.get(6), None, "past the last item");
+        assert_eq!(ItemParams::default().get(0), None);
+    }
 }

@@ -133,7 +133,7 @@ impl Engine {
             kind_version: node.kind.version(),
             item: &node.items[local as usize],
             shared: &node.shared_digest,
-            item_params: node.item_params.get(&local).unwrap_or(&no_params),
+            item_params: node.item_params.get(local).unwrap_or(&no_params),
             inputs: &inputs,
         }
         .key())

@@ -60,7 +60,9 @@ pub struct LeftOut {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedItem {
     pub id: Arc<str>,
-    pub params: ParamSlice,
+    /// Shared where items have the same parameters (a render stage's views of different
+    /// objects share their camera's slice): a slice per item was most of a plan's memory.
+    pub params: Arc<ParamSlice>,
     /// Bytes the task is expected to transfer, when known: progress shows bytes done of
     /// the bytes of the tasks that run. Not part of the key.
     pub bytes: Option<u64>,
@@ -74,7 +76,7 @@ impl PlannedItem {
     pub fn new(id: impl Into<Arc<str>>) -> PlannedItem {
         PlannedItem {
             id: id.into(),
-            params: ParamSlice::new(),
+            params: Arc::default(),
             bytes: None,
             source: None,
         }

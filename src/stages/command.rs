@@ -178,7 +178,7 @@ impl CommandStage {
                     .iter()
                     .map(|i| PlannedItem {
                         id: Arc::from(i.id.as_str()),
-                        params: item_slice(&i.params),
+                        params: Arc::new(item_slice(&i.params)),
                         bytes: None,
                         source: None,
                     })
@@ -229,7 +229,7 @@ impl CommandStage {
             .into_iter()
             .map(|(id, _)| PlannedItem {
                 id: Arc::from(id),
-                params: ParamSlice::new(),
+                params: Default::default(),
                 bytes: None,
                 source: None,
             })
@@ -565,7 +565,7 @@ impl StageKind for CommandStage {
                     .iter()
                     .map(|id| PlannedItem {
                         id: id.clone(),
-                        params: ParamSlice::new(),
+                        params: Default::default(),
                         bytes: None,
                         source: None,
                     })
@@ -576,7 +576,7 @@ impl StageKind for CommandStage {
             Ok(Expansion {
                 items: vec![PlannedItem {
                     id: Arc::from(ALL_ITEM),
-                    params: ParamSlice::new(),
+                    params: Default::default(),
                     bytes: None,
                     source: None,
                 }],

@@ -597,11 +597,13 @@ impl StageKind for EmbedStage {
                     let (_, upstream) = ctx.inputs[k];
                     // The background is an image's own parameter: changing it re-embeds
                     // the images, not the captions.
-                    let background = config::colour_text(self.background);
+                    let background = Arc::new(ParamSlice::from([(
+                        "background".to_string(),
+                        config::colour_text(self.background),
+                    )]));
                     items.extend(upstream.iter().map(|id| {
                         let mut item = PlannedItem::new(id.clone());
-                        item.params =
-                            ParamSlice::from([("background".to_string(), background.clone())]);
+                        item.params = background.clone();
                         item
                     }));
                     // Caption items have no view to read.
@@ -614,7 +616,7 @@ impl StageKind for EmbedStage {
                 InputRole::Captions => {
                     for (uid, caption) in captions(ctx, k)? {
                         let mut item = PlannedItem::new(format!("{uid}{CAPTION_SUFFIX}"));
-                        item.params = ParamSlice::from([("caption".to_string(), caption)]);
+                        item.params = Arc::new(ParamSlice::from([("caption".to_string(), caption)]));
                         items.push(item);
                     }
                     bindings.push(Binding::Expansion);

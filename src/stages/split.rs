@@ -310,7 +310,7 @@ impl StageKind for SplitStage {
         // Checked while planning, so `mvc plan` says it before anything trains.
         assign(&uids, self.method, self.fractions, self.seed).check(&self.stage)?;
         let mut item = PlannedItem::new(ITEM);
-        item.params = ParamSlice::from([("objects".to_string(), uids.join("\n"))]);
+        item.params = std::sync::Arc::new(ParamSlice::from([("objects".to_string(), uids.join("\n"))]));
         Ok(Expansion {
             items: vec![item],
             bindings: vec![Binding::Expansion],

@@ -23,6 +23,7 @@ mod pipeline_errors;
 mod real_models;
 mod render;
 mod render_blender;
+mod scale;
 mod science;
 mod slurm;
 mod store;

@@ -52,7 +52,7 @@ fn dataset_params(config: &DownloadConfig) -> ParamSlice {
 fn item(id: &str) -> PlannedItem {
     PlannedItem {
         id: Arc::from(id),
-        params: ParamSlice::new(),
+        params: Default::default(),
         bytes: None,
         source: None,
     }
@@ -486,13 +486,13 @@ impl StageKind for ObjectsKind {
             .iter()
             .map(|o| PlannedItem {
                 id: Arc::from(o.uid.as_str()),
-                params: ParamSlice::from([("path".to_string(), o.path.clone())]),
+                params: Arc::new(ParamSlice::from([("path".to_string(), o.path.clone())])),
                 bytes: o.size,
                 source: None,
             })
             .chain(manifest.missing.iter().map(|m| PlannedItem {
                 id: Arc::from(m.uid.as_str()),
-                params: ParamSlice::from([("missing".to_string(), m.reason.clone())]),
+                params: Arc::new(ParamSlice::from([("missing".to_string(), m.reason.clone())])),
                 bytes: None,
                 source: None,
             }))

@@ -243,17 +243,26 @@ impl StageKind for RenderStage {
     }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         let (_, objects) = ctx.inputs[0];
-        let mut items = Vec::with_capacity(objects.len() * self.views.len());
-        for object in objects {
-            for view in &self.views {
-                let mut item = PlannedItem::new(format!("{object}{VIEW_SEPARATOR}{}", view.id()));
-                item.source = Some(object.clone());
-                item.params = ParamSlice::from([
+        // Each view's id and camera once, shared by every object's view.
+        let views: Vec<(String, Arc<ParamSlice>)> = self
+            .views
+            .iter()
+            .map(|view| {
+                let camera = ParamSlice::from([
                     ("azimuth".to_string(), view.azimuth.to_string()),
                     ("polar".to_string(), view.polar.to_string()),
                     ("distance".to_string(), view.distance.to_string()),
                     ("fov".to_string(), view.fov.to_string()),
                 ]);
+                (view.id(), Arc::new(camera))
+            })
+            .collect();
+        let mut items = Vec::with_capacity(objects.len() * views.len());
+        for object in objects {
+            for (id, camera) in &views {
+                let mut item = PlannedItem::new(format!("{object}{VIEW_SEPARATOR}{id}"));
+                item.source = Some(object.clone());
+                item.params = camera.clone();
                 items.push(item);
             }
         }

@@ -1,0 +1,49 @@
+//! Planning at Objaverse-XL's scale (issue 30) changed how a plan holds items' parameters
+//! (one shared slice per distinct set, not one per item). Task keys must not change with it:
+//! a cache made before still plans, and runs, fully cached.
+
+use crate::common::Sandbox;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn a_cache_made_before_the_xl_work_still_plans_and_runs_fully_cached() {
+    let sb = Sandbox::new();
+    sb.copy_from_repo("pipelines/offline/objects");
+    sb.copy_from_repo("tests/data/clip-tiny");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cache-before-xl");
+    std::fs::copy(
+        fixture.join("pipeline.toml"),
+        sb.path().join("pipeline.toml"),
+    )
+    .unwrap();
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(fixture.join("cache.tar.gz"))
+        .current_dir(sb.path())
+        .status()
+        .expect("running tar");
+    assert!(untar.success(), "tar could not unpack the fixture cache");
+
+    let expected: [(&str, u64); 4] = [("objects", 8), ("views", 48), ("embed", 56), ("split", 1)];
+    let plan = sb.mvc(&["plan", "pipeline.toml", "--json"]);
+    let json = plan.assert_ok().json();
+    for (stage, total) in expected {
+        let s = &json["stages"][stage];
+        assert_eq!(s["total"], total, "{stage}: {json}");
+        assert_eq!(s["cached"], total, "{stage} is not fully cached: {json}");
+        assert_eq!(s["to_run"], 0, "{stage} would run again: {json}");
+    }
+
+    let run = sb.mvc(&["run", "pipeline.toml", "--json", "-q"]);
+    run.assert_ok();
+    for (stage, total) in expected {
+        assert_eq!(run.count(stage, "cached"), total, "{stage}: {}", run.stdout);
+        assert_eq!(
+            run.count(stage, "ran"),
+            0,
+            "{stage} ran again: {}",
+            run.stdout
+        );
+    }
+}
