@@ -77,18 +77,23 @@ pub(super) struct RemoteUnits {
     told: HashSet<StageId>,
     /// Stages whose shared parameters are in the index (stored on first dispatch).
     saved: HashSet<StageId>,
-    /// Leased units on their way to their workers, once their leases are on disk.
-    durable: mpsc::UnboundedSender<(oneshot::Sender<Option<Unit>>, Unit)>,
+    /// Replies to workers (leased units, "recorded"), sent once what they answer for is on
+    /// disk.
+    durable: mpsc::UnboundedSender<AfterFlush>,
 }
 
-/// Sends leased units to their workers once their leases are on disk. One flush of the
-/// index covers every unit leased while the previous one ran: a flush per unit would hold
-/// the scheduler's loop for an fsync each, and a unit sent before its lease is on disk is
-/// run again should the coordinator be killed (its result would be refused by the next).
-fn durable_replies(
-    store: Arc<Store>,
-) -> mpsc::UnboundedSender<(oneshot::Sender<Option<Unit>>, Unit)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(oneshot::Sender<Option<Unit>>, Unit)>();
+/// A reply to a worker, sent once the index is flushed.
+type AfterFlush = Box<dyn FnOnce() + Send>;
+
+/// Sends replies to workers once what they answer for is on disk (group commit). One flush
+/// of the index covers every reply queued while the previous one ran: a flush per reply
+/// would hold the scheduler's loop for an fsync each. A unit sent before its lease is on
+/// disk is run again should the coordinator be killed (its result would be refused by the
+/// next); a result answered "recorded" before it is on disk is lost by such a kill, and its
+/// tasks run twice (`benches/xl_coordinator.rs` saw 108 of 438,000 acknowledged twice across
+/// a SIGKILL before replies waited for the flush).
+fn durable_replies(store: Arc<Store>) -> mpsc::UnboundedSender<AfterFlush> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<AfterFlush>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -98,11 +103,11 @@ fn durable_replies(
             let index = store.clone();
             match tokio::task::spawn_blocking(move || index.flush()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("flushing the leases to the index: {e:#}"),
-                Err(e) => tracing::warn!("flushing the leases to the index: {e}"),
+                Ok(Err(e)) => tracing::warn!("flushing the index before replying: {e:#}"),
+                Err(e) => tracing::warn!("flushing the index before replying: {e}"),
             }
-            for (reply, unit) in batch {
-                let _ = reply.send(Some(unit));
+            for reply in batch {
+                reply();
             }
         }
     });
@@ -320,7 +325,10 @@ impl RemoteUnits {
         }
         // (Should the request end while the lease is flushed, the worker's next heartbeat
         // does not list the unit, and it goes back to the queue.)
-        let _ = self.durable.send((w.reply, wire));
+        let reply = w.reply;
+        let _ = self.durable.send(Box::new(move || {
+            let _ = reply.send(Some(wire));
+        }));
         Ok(())
     }
 
@@ -477,6 +485,21 @@ impl RemoteUnits {
         }
     }
 
+    /// Waits until every reply queued so far has been sent (after its flush): the run's last
+    /// "recorded" reaches its worker before the coordinator ends.
+    pub(super) async fn replies_sent(&self) {
+        let (sent, done) = oneshot::channel::<()>();
+        if self
+            .durable
+            .send(Box::new(move || {
+                let _ = sent.send(());
+            }))
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+    }
+
     /// What waits in the queues, for `mvc status` and the Slurm launcher. Published on the
     /// ticker, not on every turn of the scheduler's loop: a turn per finished unit would
     /// rebuild it thousands of times a second for nothing.
@@ -520,7 +543,10 @@ impl RemoteUnits {
                 reply,
             } => {
                 let answer = self.complete(unit, body, session, engine, queues, effects);
-                let _ = reply.send(answer);
+                // "recorded" only once the results are on disk.
+                let _ = self.durable.send(Box::new(move || {
+                    let _ = reply.send(answer);
+                }));
             }
             SchedMsg::Fail {
                 unit,

@@ -409,6 +409,7 @@ impl Scheduler {
             if self.dispatch.is_over(remote_running, held) {
                 if let Some(r) = &self.remote {
                     r.publish_queue(engine, &self.dispatch.queues);
+                    r.replies_sent().await;
                 }
                 break;
             }
