@@ -331,6 +331,49 @@ cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.tx
     assert_eq!(sb.read("out/q/last.txt"), "q\n");
 }
 
+/// A result the coordinator answered "recorded" for survives a SIGKILL that comes at once:
+/// the answer waits until the result is on disk (sled writes its buffers out only every
+/// 100 ms, and before the answer waited, a kill in between lost the result, and its task
+/// ran again).
+#[test]
+fn a_result_answered_recorded_survives_a_kill_at_once() {
+    use mvc::remote::client::Client;
+
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n",
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for round in 0..3 {
+        let cache = format!("cache-{round}");
+        let (mut coord, url) = coordinator(&sb, &["--no-local", "--cache", &cache]);
+        let recorded = runtime.block_on(async {
+            let client = Client::new(&url, None).unwrap();
+            let me = client.register(&worker_named("w")).await.unwrap().worker;
+            let unit = client
+                .lease(&lease_for(me))
+                .await
+                .unwrap()
+                .unit
+                .expect("a unit");
+            client
+                .complete(unit.id, &completed(me, "w", &unit, "made"))
+                .await
+                .unwrap();
+            unit.tasks[0].item.clone()
+        });
+        coord.kill9();
+        let plan = sb.mvc(&["plan", "p.toml", "--json", "--cache", &cache]);
+        let json = plan.assert_ok().json();
+        assert_eq!(
+            json["stages"]["a"]["cached"], 1,
+            "round {round}: the result for `{recorded}` was answered \"recorded\" and then \
+             lost: {json}"
+        );
+    }
+}
+
 #[test]
 fn a_wrong_token_is_refused_and_the_worker_exits_non_zero() {
     let sb = Sandbox::new();
