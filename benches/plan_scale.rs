@@ -10,13 +10,13 @@
 //! all-at-once `count` over `copy`: N + 1 tasks. Every command spawns `sh`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[path = "common/timed.rs"]
 mod timed;
-use timed::{group, timed};
+use timed::{bench_dir, group, timed};
 
 const GEN_CMD: &str = r#"echo "$MVC_ITEM" > "$MVC_OUT/o""#;
 const COPY_CMD: &str = r#"cp "$MVC_IN_GEN/o" "$MVC_OUT/o""#;
@@ -27,15 +27,7 @@ fn main() {
         .and_then(|v| v.replace(['_', ','], "").parse().ok())
         .unwrap_or(1_000_000);
     let items = tasks / 2;
-    let kept;
-    let dir: PathBuf = match std::env::var("MVC_BENCH_DIR") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => {
-            kept = tempfile::tempdir().expect("temp dir");
-            kept.path().to_path_buf()
-        }
-    };
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, _kept) = bench_dir();
     let mvc = env!("CARGO_BIN_EXE_mvc");
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/timed.rs"]
 mod timed;
-use timed::{group, timed};
+use timed::{bench_dir, group, timed};
 #[path = "common/xl_shape.rs"]
 mod xl_shape;
 use xl_shape::{TASKS_PER_OBJECT, VIEWS, made, object_id, write_pipelines};
@@ -92,15 +92,7 @@ fn main() {
     let tasks = objects * TASKS_PER_OBJECT;
     refuse_what_memory_cannot_hold(tasks);
 
-    let kept;
-    let dir: PathBuf = match std::env::var("MVC_BENCH_DIR") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => {
-            kept = tempfile::tempdir().expect("temp dir");
-            kept.path().to_path_buf()
-        }
-    };
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, _kept) = bench_dir();
     let mvc = env!("CARGO_BIN_EXE_mvc");
     println!(
         "xl: {} tasks ({} objects x (1 + {VIEWS} views + {VIEWS} embeddings)), cache in {}",

@@ -64,6 +64,20 @@ pub fn timed(program: impl AsRef<std::ffi::OsStr>, dir: &Path, args: &[&str]) ->
     }
 }
 
+/// The benchmark's folder: `MVC_BENCH_DIR` (kept afterwards, to plan its cache again
+/// later), else a temporary one, removed when the returned guard is dropped.
+pub fn bench_dir() -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+    let (dir, guard) = match std::env::var("MVC_BENCH_DIR") {
+        Ok(d) => (std::path::PathBuf::from(d), None),
+        Err(_) => {
+            let temp = tempfile::tempdir().expect("temp dir");
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    (dir, guard)
+}
+
 /// 1234567 as "1,234,567".
 pub fn group(n: u64) -> String {
     let s = n.to_string();
