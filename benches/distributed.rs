@@ -13,7 +13,7 @@
 
 #[path = "common/coordinator.rs"]
 mod coordinator;
-use coordinator::{read_url, wait_child};
+use coordinator::{start_coordinator, wait_child};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -92,23 +92,8 @@ fn coordinated(mvc: &str, units: u64, slots: u64, tls: bool) -> (Duration, Durat
     std::fs::write(dir.path().join("token"), "bench-token-0123456789abcdef\n").unwrap();
     let listen = if tls { "0.0.0.0:0" } else { "127.0.0.1:0" };
     let started = Instant::now();
-    let mut coordinator = Command::new(mvc)
-        .args([
-            "run",
-            "p.toml",
-            "--json",
-            "-q",
-            "--listen",
-            listen,
-            "--no-local",
-        ])
-        .args(["--token-file", "token"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (url, fingerprint) = read_url(&mut coordinator);
+    let (coordinator, url, fingerprint) =
+        start_coordinator(mvc, dir.path(), listen, &["--token-file", "token"]);
     let url = url.replace("0.0.0.0", "127.0.0.1");
     assert_eq!(url.starts_with("https://"), tls, "{url}");
     let per_worker = slots / 2;

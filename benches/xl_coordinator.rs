@@ -33,7 +33,7 @@ use mvc::store::records::Output;
 use mvc::task::{Digest, TaskKey};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ mod coordinator;
 mod timed;
 #[path = "common/xl_shape.rs"]
 mod xl_shape;
-use coordinator::read_url;
+use coordinator::start_coordinator;
 use timed::group;
 use xl_shape::{TASKS_PER_OBJECT, made, write_pipelines};
 
@@ -155,7 +155,7 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mvc = env!("CARGO_BIN_EXE_mvc");
-    let mut coordinator = start_coordinator(mvc, dir.path(), &listen);
+    let mut coordinator = start_coordinator(mvc, dir.path(), &listen, &[]).0;
     let url = format!("http://{listen}");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let acknowledged = Arc::new(AtomicU64::new(0));
@@ -181,7 +181,7 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
         peak_rss_mb = rss_mb(coordinator.id());
         coordinator.kill().unwrap();
         coordinator.wait().unwrap();
-        coordinator = start_coordinator(mvc, dir.path(), &listen);
+        coordinator = start_coordinator(mvc, dir.path(), &listen, &[]).0;
     }
     // The coordinator's run ends once every task is recorded.
     let pid = coordinator.id();
@@ -223,26 +223,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn start_coordinator(mvc: &str, dir: &Path, listen: &str) -> std::process::Child {
-    let mut child = Command::new(mvc)
-        .args([
-            "run",
-            "p.toml",
-            "--json",
-            "-q",
-            "--listen",
-            listen,
-            "--no-local",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    read_url(&mut child);
-    child
 }
 
 /// The resident memory of a process now, in MB (0 once it is gone).

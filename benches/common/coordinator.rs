@@ -6,6 +6,34 @@
 
 use std::time::Duration;
 
+/// Starts `mvc run p.toml --listen LISTEN --no-local` in `dir` (plus `extra` arguments), its
+/// stderr piped for [`read_url`]; returns it and the URL and fingerprint it said.
+pub fn start_coordinator(
+    mvc: &str,
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+) -> (std::process::Child, String, Option<String>) {
+    let mut child = std::process::Command::new(mvc)
+        .args([
+            "run",
+            "p.toml",
+            "--json",
+            "-q",
+            "--listen",
+            listen,
+            "--no-local",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (url, fingerprint) = read_url(&mut child);
+    (child, url, fingerprint)
+}
+
 /// The URL the coordinator serves, and its certificate's fingerprint when it has one.
 pub fn read_url(child: &mut std::process::Child) -> (String, Option<String>) {
     use std::io::{BufRead, BufReader};
