@@ -116,14 +116,31 @@ fn main() {
         fill.peak_rss_mb
     );
 
-    let (cached_s, cached_mb) = best_plan(mvc, &dir, "p.toml", 0);
-    let (ring_s, ring_mb) = best_plan(mvc, &dir, "p-ring.toml", 2 * 6 * objects);
+    let cached = best_plan(mvc, &dir, "p.toml", 0, &[]);
+    let (cached_s, cached_mb) = (cached.wall_s, cached.peak_mb);
+    // The same plan with every task keyed and looked up, as every plan was before the
+    // stage summaries: what a plan costs when one stage's summary does not match.
+    let full = best_plan(mvc, &dir, "p.toml", 0, &["--full"]);
+    println!(
+        "cached plan: {cached_s:.2}s {cached_mb} MB {}; with every task keyed (--full) \
+         {:.2}s {} MB",
+        if cached.from_summaries {
+            "(decided by the stage summaries)"
+        } else {
+            "(NOT decided by the stage summaries: a cache filled by a build without them?)"
+        },
+        full.wall_s,
+        full.peak_mb
+    );
+    let ring = best_plan(mvc, &dir, "p-ring.toml", 2 * 6 * objects, &[]);
+    let (ring_s, ring_mb) = (ring.wall_s, ring.peak_mb);
     if let Ok(baseline) = std::env::var("MVC_BENCH_BASELINE") {
         // Another build of mvc (an earlier commit's) plans the same cache: the ratios say
         // what a change did, on the same machine in the same command.
-        let (base_cached_s, base_cached_mb) = best_plan(&baseline, &dir, "p.toml", 0);
-        let (base_ring_s, base_ring_mb) =
-            best_plan(&baseline, &dir, "p-ring.toml", 2 * 6 * objects);
+        let base = best_plan(&baseline, &dir, "p.toml", 0, &[]);
+        let (base_cached_s, base_cached_mb) = (base.wall_s, base.peak_mb);
+        let base = best_plan(&baseline, &dir, "p-ring.toml", 2 * 6 * objects, &[]);
+        let (base_ring_s, base_ring_mb) = (base.wall_s, base.peak_mb);
         println!(
             "baseline {baseline}: cached plan {base_cached_s:.2}s {base_cached_mb} MB, ring \
              plan {base_ring_s:.2}s {base_ring_mb} MB; this build / baseline: cached plan \
@@ -327,13 +344,27 @@ fn fill_cache(dir: &Path, expected: u64) -> Fill {
     }
 }
 
-/// Plans `file` three times as separate processes: the best wall time and the highest peak
-/// memory. Checks that exactly `to_run` tasks would run, every one a new view.
-fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64) -> (f64, u64) {
+/// What [`best_plan`] measured.
+struct Planned {
+    /// The best of three.
+    wall_s: f64,
+    /// The highest of three.
+    peak_mb: u64,
+    /// Whether the stage summaries decided it (every time).
+    from_summaries: bool,
+}
+
+/// Plans `file` (with `more` arguments) three times as separate processes: the best wall
+/// time and the highest peak memory. Checks that exactly `to_run` tasks would run, every one
+/// a new view, and that every task of the shape is counted.
+fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64, more: &[&str]) -> Planned {
     let mut best = f64::INFINITY;
     let mut peak = 0;
+    let mut from_summaries = true;
     for _ in 0..3 {
-        let plan = timed(mvc, dir, &["plan", file, "--json"]);
+        let mut args = vec!["plan", file, "--json"];
+        args.extend_from_slice(more);
+        let plan = timed(mvc, dir, &args);
         assert_eq!(
             plan.code,
             Some(0),
@@ -346,6 +377,13 @@ fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64) -> (f64, u64) {
             .map(|s| json["stages"][s]["to_run"].as_u64().unwrap())
             .sum();
         assert_eq!(planned, to_run, "mvc plan {file}: {json}");
+        let objects = json["stages"]["objects"]["total"].as_u64().unwrap();
+        for s in ["views", "embed"] {
+            let views = json["stages"][s]["total"].as_u64().unwrap();
+            assert_eq!(views % objects, 0, "mvc plan {file}: {s}: {json}");
+            assert!(views >= VIEWS * objects, "mvc plan {file}: {s}: {json}");
+        }
+        from_summaries &= json["from_summaries"] == serde_json::Value::Bool(true);
         if to_run > 0 {
             for s in ["views", "embed"] {
                 assert_eq!(
@@ -358,7 +396,11 @@ fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64) -> (f64, u64) {
         best = best.min(plan.wall.as_secs_f64());
         peak = peak.max(plan.peak_rss_kb / 1024);
     }
-    (best, peak)
+    Planned {
+        wall_s: best,
+        peak_mb: peak,
+        from_summaries,
+    }
 }
 
 struct StoreBytes {

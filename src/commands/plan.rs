@@ -1,6 +1,7 @@
 //! `mvc plan`: what `run` would do and why, without running anything.
 
 use super::{Global, Output, exit_without_freeing, load};
+use crate::exec::plan::{Depth, plan_report};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,10 @@ pub struct PlanArgs {
     /// Plan as if --retry-failed were given to run.
     #[arg(long)]
     pub retry_failed: bool,
+    /// Key and look up every task, even when the stage summaries the last run recorded say
+    /// that everything is cached (a check of the index itself; slower on large pipelines).
+    #[arg(long)]
+    pub full: bool,
     #[command(flatten)]
     pub variants: super::VariantArgs,
 }
@@ -19,13 +24,22 @@ pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
     let pipeline = load(&args.file, &args.variants)?;
     let dir = global.cache_dir(Some(&pipeline));
     let store = Arc::new(super::open_store(&dir, global)?);
-    let (engine, report) = crate::exec::plan::plan(&pipeline.workflow, store, args.retry_failed)?;
+    let depth = if args.full {
+        Depth::Full
+    } else {
+        Depth::Summaries
+    };
+    let (engine, report) =
+        plan_report(&pipeline.workflow, store.clone(), args.retry_failed, depth)?;
     let out = Output {
         text: report.to_text(&pipeline.workflow, &dir),
         json: report.to_json(),
         code: 0,
         text_on_stderr_with_json: false,
     };
-    exit_without_freeing(engine)?;
+    match engine {
+        Some(engine) => exit_without_freeing(engine)?,
+        None => store.flush()?,
+    }
     Ok(out)
 }

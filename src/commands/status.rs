@@ -231,7 +231,15 @@ pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
     let store = std::sync::Arc::new(super::open_store(&dir, global)?);
     let summary = summarize(&store, 5)?;
     let plan_report = match &pipeline {
-        Some(p) => Some(crate::exec::plan::plan(&p.workflow, store.clone(), false)?.1),
+        Some(p) => Some(
+            crate::exec::plan::plan_report(
+                &p.workflow,
+                store.clone(),
+                false,
+                crate::exec::plan::Depth::Summaries,
+            )?
+            .1,
+        ),
         None => None,
     };
     let verify_report = args

@@ -115,6 +115,10 @@ pub struct StageNode {
     pub shared_digest: Digest,
     /// Tasks (of other stages) that read this whole stage at once.
     pub all_consumers: Vec<TaskId>,
+    /// The digests of the files the expansion read ([`StageKind::expansion_files`]), taken
+    /// just before it read them: what the stage summary's key holds (`None` when one could
+    /// not be read).
+    pub expansion_files: Option<Vec<Digest>>,
 }
 
 impl StageNode {
@@ -209,6 +213,7 @@ impl StageNode {
             inputs: edges,
             item_inputs,
             all_consumers: Vec::new(),
+            expansion_files: None,
         }
     }
 }
@@ -250,6 +255,7 @@ impl TaskGraph {
                 .iter()
                 .map(|&u| stages[u].as_ref().expect("upstream expanded first"))
                 .collect();
+            let expansion_files = expansion_file_digests(stage.kind.as_ref(), store);
             let (shared, deferred, expansion) =
                 expand_stage(stage, &inputs, &upstream, sources, store)?;
             let start = next_task;
@@ -259,6 +265,7 @@ impl TaskGraph {
             }
             let mut node = StageNode::new(stage, &inputs, expansion, (shared, deferred));
             node.start = TaskId(start as u32);
+            node.expansion_files = expansion_files;
             node.deps_base = deps_len;
             deps_len += node.items.len() * node.item_inputs.len();
             stages[s] = Some(node);
@@ -448,6 +455,15 @@ fn expand_stage(
         .expand(&ctx)
         .with_context(|| format!("expanding stage `{}`", stage.name))?;
     Ok((shared, None, expansion))
+}
+
+/// The digests of the files a kind's expansion reads, through the stat cache; `None` when
+/// one cannot be read (the expansion then says why).
+pub fn expansion_file_digests(kind: &dyn StageKind, store: &Store) -> Option<Vec<Digest>> {
+    kind.expansion_files()
+        .iter()
+        .map(|path| store.file_digest(path).map(|(digest, _)| digest).ok())
+        .collect()
 }
 
 /// Per-item edges: for each task, the upstream task of each per-item input (`MISSING` when

@@ -218,8 +218,16 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     fn resources(&self) -> Resources;
     /// The parameters every task of the stage reads (they go into every key).
     fn shared_params(&self, ctx: &ParamCtx) -> Result<ParamSlice>;
-    /// The stage's items and how its inputs bind.
+    /// The stage's items and how its inputs bind. It may read only its context, its own
+    /// table, and the files [`StageKind::expansion_files`] names.
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion>;
+    /// Every file [`StageKind::expand`] reads (an items file). The stage summary's key
+    /// holds their digests, so that editing one makes the next plan key every task again
+    /// (ARCHITECTURE.md, "Stage summaries"). A file read by `expand` and missing here would
+    /// let a plan call stale items cached.
+    fn expansion_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
     /// Whether the items come from what the input stages made (a download's objects from
     /// its selection): such a stage is expanded only once every task of its inputs has
     /// been resolved, and until then its items are not known.

@@ -12,6 +12,7 @@ pub mod plan;
 mod remote_units;
 pub mod resolve;
 pub mod run;
+pub mod stage_summaries;
 pub mod summary;
 mod units;
 pub mod view;

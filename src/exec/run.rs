@@ -159,6 +159,7 @@ async fn run_inner(
         sched.view.set_stages(&totals, &deferred);
         sched.round(&mut engine).await?;
         engine.save_memos()?;
+        super::stage_summaries::record(pipeline, &engine)?;
         if sched.dispatch.stopping() || !engine.graph.has_deferred() {
             break engine;
         }
@@ -214,7 +215,7 @@ fn prepare_store(
 }
 
 /// Ends a run whose tasks the caller drove itself, through [`Engine::resolve_ready`] and
-/// [`Engine::finish`], as [`run`] ends its own: the memos, the run record, the end of the
+/// [`Engine::finish`], as [`run`] ends its own: the memos, the stage summaries, the run record, the end of the
 /// journal (begun with [`Store::begin_journal`]) and the results folder. The `xl` benchmark
 /// fills a cache of hundreds of millions of tasks this way, without their work.
 pub fn finish_driven_run(
@@ -224,6 +225,7 @@ pub fn finish_driven_run(
     elapsed: std::time::Duration,
 ) -> Result<RunReport> {
     engine.save_memos()?;
+    super::stage_summaries::record(pipeline, engine)?;
     let report = summarize(engine, &pipeline.order, false, elapsed);
     record_run(pipeline, engine, &report, (run_id, started_ms))?;
     Ok(report)

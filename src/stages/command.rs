@@ -550,6 +550,10 @@ impl StageKind for CommandStage {
         Ok(slice)
     }
 
+    fn expansion_files(&self) -> Vec<PathBuf> {
+        self.items_file.iter().cloned().collect()
+    }
+
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         let n_inputs = ctx.inputs.len();
         if let Some(items) = self.own_items()? {

@@ -81,6 +81,9 @@ pub fn gc(
         }
         return Ok(report);
     }
+    // The stage summaries say "all cached" without asking the index or the blob store:
+    // they go before anything they could speak for is deleted.
+    super::summaries::forget(store.index())?;
     // Index first (results disappear before their blobs, never the other way round).
     delete_entries(store, &keep, doomed)?;
     let memo_blobs = memo_digests(store)?;

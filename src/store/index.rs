@@ -29,10 +29,14 @@ pub enum Tree {
     /// Unit id → the tasks a remote worker holds (with their key records), so that a
     /// coordinator restarted on this cache accepts the results of units leased before.
     Leases,
+    /// Stage name → its stage summary (`store::summaries`): what the last run found for all
+    /// of the stage's tasks at once.
+    Summaries,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 10] = [
+    /// In the order of the journal's tree codes: a new tree goes at the end.
+    pub const ALL: [Tree; 11] = [
         Tree::Meta,
         Tree::Tasks,
         Tree::Records,
@@ -43,6 +47,7 @@ impl Tree {
         Tree::Runs,
         Tree::Memos,
         Tree::Leases,
+        Tree::Summaries,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +62,7 @@ impl Tree {
             Tree::Runs => "runs",
             Tree::Memos => "memos",
             Tree::Leases => "leases",
+            Tree::Summaries => "summaries",
         }
     }
 }

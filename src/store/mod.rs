@@ -18,6 +18,7 @@ pub mod memo;
 pub mod records;
 pub mod repair;
 pub mod stat_cache;
+pub mod summaries;
 pub mod verify;
 
 use crate::task::{Digest, KeyRecord, ParamSlice, TaskKey, slice_digest};
@@ -255,6 +256,9 @@ impl Store {
         if missing == 0 {
             return Ok(None);
         }
+        // Whatever the journals put back, the summaries were made from an index that has
+        // changed since: the next plan asks the index again.
+        summaries::forget(self.index())?;
         let journals = self.dir.join("journal");
         let restored = match journal::files(&journals)?.is_empty() {
             false => Some(repair::replay(self.index(), self.blobs(), &journals)?),

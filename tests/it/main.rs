@@ -27,5 +27,6 @@ mod scale;
 mod science;
 mod slurm;
 mod store;
+mod summaries;
 mod ui;
 mod variants;

@@ -1,6 +1,7 @@
 //! Planning at Objaverse-XL's scale (issue 30) changed how a plan holds items' parameters
 //! (one shared slice per distinct set, not one per item). Task keys must not change with it:
-//! a cache made before still plans, and runs, fully cached.
+//! a cache made before still plans, and runs, fully cached. Stage summaries (also issue 30)
+//! are new: such a cache has none until its next run records them.
 
 use crate::common::Sandbox;
 use std::path::Path;
@@ -45,5 +46,14 @@ fn a_cache_made_before_the_xl_work_still_plans_and_runs_fully_cached() {
             "{stage} ran again: {}",
             run.stdout
         );
+    }
+
+    // The old cache had no stage summaries; that run recorded them, and the next plan is
+    // decided by them, with the same counts.
+    let again = sb.mvc(&["plan", "pipeline.toml", "--json"]);
+    let json = again.assert_ok().json();
+    assert_eq!(json["from_summaries"], true, "{json}");
+    for (stage, total) in expected {
+        assert_eq!(json["stages"][stage]["cached"], total, "{stage}: {json}");
     }
 }

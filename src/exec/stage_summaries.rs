@@ -1,0 +1,266 @@
+//! Stage summaries (ARCHITECTURE.md, "Stage summaries"): a plan that decides "all cached"
+//! per stage, without making a task.
+//!
+//! A stage's tasks, items and keys are a function of the pipeline's text, the stage's kind
+//! and version, its shared parameters, the files its expansion reads, and what its input
+//! stages made. The summary key is the digest of exactly those, with each input stage's
+//! results standing in as the digest of all its tasks' keys and results. At the end of a
+//! run, every stage whose tasks all ended cached, done or recorded as failed gets a summary
+//! (`store::summaries`). A plan computes the summary keys top down (one hash each, plus the
+//! shared parameters and file digests the stat cache answers) and, when every stage's key
+//! is the one recorded, reports the recorded counts: a plan of a hundred million cached
+//! tasks costs what one of three stages does.
+//!
+//! When any stage's key differs (a new ring, an edited items file, a changed parameter),
+//! the plan keys and looks up every task as before, and says which and why.
+
+use super::graph::expansion_file_digests;
+use super::ids::StageId;
+use super::kind::ParamCtx;
+use super::plan::{PlanReport, StagePlan};
+use super::resolve::{Engine, State};
+use super::workflow::{Stage, Workflow};
+use crate::store::Store;
+use crate::store::memo::MemoValue;
+use crate::store::summaries::{self, StageSummary};
+use crate::task::{Digest, KEY_SCHEMA, slice_digest};
+use anyhow::Result;
+use indexmap::IndexMap;
+
+/// The digest of everything a stage's items and keys are made from, given the digests of
+/// its expansion's files and its inputs' results (one per input, in the order of
+/// `stage.inputs`).
+fn summary_key(
+    source: &Digest,
+    stage: &Stage,
+    shared: &Digest,
+    files: &[Digest],
+    inputs: &[Digest],
+) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mvc stage summary 1\0");
+    h.update(&KEY_SCHEMA.to_le_bytes());
+    // The whole text: each stage's table, and every setting a kind reads from elsewhere in
+    // it. Any edit at all makes the next plan a full one, never a stale one.
+    h.update(&source.0);
+    for text in [stage.name.as_str(), stage.kind.kind()] {
+        h.update(&(text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    h.update(&stage.kind.version().to_le_bytes());
+    h.update(&shared.0);
+    for file in files {
+        h.update(&file.0);
+    }
+    for (name, results) in stage.inputs.iter().zip(inputs) {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&results.0);
+    }
+    Digest(*h.finalize().as_bytes())
+}
+
+/// The plan of a pipeline whose every stage's summary key is the one its last run recorded;
+/// `None` when one is not (then every task must be keyed and looked up).
+pub fn plan(pipeline: &Workflow, store: &Store, retry_failed: bool) -> Result<Option<PlanReport>> {
+    let source = Digest::of(pipeline.source.as_bytes());
+    let mut results: Vec<Option<Digest>> = vec![None; pipeline.stages.len()];
+    let mut stages = IndexMap::new();
+    for &s in &pipeline.order {
+        let stage = &pipeline.stages[s];
+        let Some(summary) = summaries::load(store.index(), &stage.name)? else {
+            return Ok(miss(stage, "no summary recorded"));
+        };
+        if retry_failed && summary.failed > 0 {
+            return Ok(miss(stage, "failures to retry"));
+        }
+        // A stage whose parameters cannot be known now (a model not downloaded yet) is
+        // planned the full way, which says why.
+        let Ok(shared) = stage.kind.shared_params(&ParamCtx { store }) else {
+            return Ok(miss(stage, "shared parameters not known"));
+        };
+        let inputs: Option<Vec<Digest>> = stage
+            .inputs
+            .iter()
+            .map(|name| results[pipeline.stage_index(name)?])
+            .collect();
+        let Some(inputs) = inputs else {
+            return Ok(miss(stage, "an input has no summary"));
+        };
+        // A file that cannot be read now: the full plan says why.
+        let Some(files) = expansion_file_digests(stage.kind.as_ref(), store) else {
+            return Ok(miss(stage, "a file its items come from cannot be read"));
+        };
+        let key = summary_key(&source, stage, &slice_digest(&shared), &files, &inputs);
+        if key != summary.key {
+            return Ok(miss(stage, "its summary key changed"));
+        }
+        // As a memo hit does for its task: cached only while its blobs are still there.
+        if let Some(list) = &summary.blob_list
+            && !blobs_present(store, list)
+        {
+            return Ok(miss(stage, "an output blob is missing"));
+        }
+        results[s] = Some(summary.results);
+        stages.insert(
+            stage.name.clone(),
+            StagePlan {
+                total: summary.tasks,
+                cached: summary.cached,
+                to_run: 0,
+                failed_skipped: summary.failed,
+                reasons: IndexMap::new(),
+                not_expanded: None,
+            },
+        );
+    }
+    Ok(Some(PlanReport {
+        stages,
+        variants: pipeline.variants.clone(),
+        from_summaries: true,
+    }))
+}
+
+/// Says (at `-vv`) why the summaries did not decide the plan.
+fn miss(stage: &Stage, why: &str) -> Option<PlanReport> {
+    tracing::debug!("planning every task: stage `{}`: {why}", stage.name);
+    None
+}
+
+fn blobs_present(store: &Store, list: &Digest) -> bool {
+    let Ok(bytes) = store.blobs().read(list) else {
+        return false;
+    };
+    bytes.len().is_multiple_of(40)
+        && store.outputs_present(bytes.chunks_exact(40).map(|entry| {
+            (
+                Digest(entry[..32].try_into().unwrap()),
+                u64::from_le_bytes(entry[32..].try_into().unwrap()),
+            )
+        }))
+}
+
+/// What every task of one stage ended as, summed up.
+struct StageResults {
+    tasks: u64,
+    cached: u64,
+    failed: u64,
+    digest: Digest,
+    /// The stage's output blobs, 40 bytes each (digest, size).
+    blob_list: Vec<u8>,
+}
+
+/// The stage's results, when each of its tasks ended as the next plan will find it: cached
+/// or done, failed and recorded as failed, or blocked by such a failure. `None` when one is
+/// still to run, running, or failed for a reason that was not recorded against its item.
+fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
+    let node = &engine.graph.stages[s];
+    let mut h = blake3::Hasher::new();
+    let mut out = StageResults {
+        tasks: 0,
+        cached: 0,
+        failed: 0,
+        digest: Digest::default(),
+        blob_list: Vec::new(),
+    };
+    for t in node.tasks() {
+        let key = engine.keys[t];
+        out.tasks += 1;
+        match engine.state[t] {
+            State::Cached | State::Done => {
+                let value = match engine.fresh.get(&key) {
+                    Some(v) => Some(v.clone()),
+                    None => engine.memos[s].get(&key),
+                };
+                let blobs: Vec<(Digest, u64)> = match value {
+                    Some(MemoValue::Done { blobs, .. }) => blobs,
+                    _ => match engine.store.result(&key)? {
+                        Some(result) => result.blob_outputs().collect(),
+                        None => return Ok(None),
+                    },
+                };
+                for (digest, size) in blobs {
+                    out.blob_list.extend_from_slice(&digest.0);
+                    out.blob_list.extend_from_slice(&size.to_le_bytes());
+                }
+                out.cached += 1;
+                h.update(b"d");
+                h.update(&key.0);
+                h.update(&engine.manifests[t].0);
+            }
+            State::Failed | State::KnownFailure => {
+                // A failure of the machine, not the item, is not recorded: the next plan
+                // runs that task again, so there is nothing to summarize yet.
+                let recorded = engine.state[t] == State::KnownFailure
+                    || matches!(engine.fresh.get(&key), Some(MemoValue::Failed));
+                if !recorded {
+                    return Ok(None);
+                }
+                out.failed += 1;
+                h.update(b"f");
+                h.update(&key.0);
+            }
+            State::Blocked => {
+                out.failed += 1;
+                h.update(b"b");
+                h.update(engine.graph.item(t).as_bytes());
+                h.update(b"\0");
+            }
+            State::Waiting | State::ToRun | State::Running | State::Pending => return Ok(None),
+        }
+    }
+    out.digest = Digest(*h.finalize().as_bytes());
+    Ok(Some(out))
+}
+
+/// Records the summary of every stage whose tasks all ended as the next plan will find
+/// them, and whose inputs have summaries too. Called where a run saves its plan memos.
+pub fn record(pipeline: &Workflow, engine: &Engine) -> Result<()> {
+    let source = Digest::of(pipeline.source.as_bytes());
+    let g = &engine.graph;
+    let store = &engine.store;
+    let mut results: Vec<Option<Digest>> = vec![None; g.stages.len()];
+    for &s in &g.order {
+        let node = &g.stages[s];
+        let stage = &pipeline.stages[s];
+        let skip = |why: &str| tracing::debug!("no summary for stage `{}`: {why}", node.name);
+        if node.deferred.is_some() {
+            skip("not expanded");
+            continue;
+        }
+        let Some(files) = &node.expansion_files else {
+            skip("a file its items come from could not be read");
+            continue;
+        };
+        let inputs: Option<Vec<Digest>> = node.inputs.iter().map(|e| results[e.stage]).collect();
+        let Some(inputs) = inputs else {
+            skip("an input has none");
+            continue;
+        };
+        let Some(found) = stage_results(engine, s)? else {
+            skip("a task is not settled (to run, running, or failed unrecorded)");
+            continue;
+        };
+        let key = summary_key(&source, stage, &node.shared_digest, files, &inputs);
+        results[s] = Some(found.digest);
+        let blob_list = (!found.blob_list.is_empty()).then(|| Digest::of(&found.blob_list));
+        let summary = StageSummary {
+            key,
+            tasks: found.tasks,
+            cached: found.cached,
+            failed: found.failed,
+            results: found.digest,
+            blob_list,
+        };
+        if summaries::load(store.index(), &stage.name)?.as_ref() == Some(&summary)
+            && blob_list.is_none_or(|list| store.blobs().size(&list).is_some())
+        {
+            continue;
+        }
+        if !found.blob_list.is_empty() {
+            store.blobs().put_bytes(&found.blob_list)?;
+        }
+        summaries::save(store.index(), &stage.name, &summary)?;
+    }
+    Ok(())
+}
