@@ -1,7 +1,7 @@
 //! `mvc plan`: what `run` would do and why, without running anything.
 
 use super::{Global, Output, exit_without_freeing, load};
-use crate::exec::plan::{Depth, plan_report};
+use crate::exec::stage_summaries::{Depth, plan_report};
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;

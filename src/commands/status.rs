@@ -232,11 +232,11 @@ pub fn run(args: StatusArgs, global: &super::Global) -> Result<super::Output> {
     let summary = summarize(&store, 5)?;
     let plan_report = match &pipeline {
         Some(p) => Some(
-            crate::exec::plan::plan_report(
+            crate::exec::stage_summaries::plan_report(
                 &p.workflow,
                 store.clone(),
                 false,
-                crate::exec::plan::Depth::Summaries,
+                crate::exec::stage_summaries::Depth::Summaries,
             )?
             .1,
         ),

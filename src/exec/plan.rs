@@ -176,32 +176,6 @@ impl PlanReport {
     }
 }
 
-/// What [`plan_report`] does to find the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Depth {
-    /// The stage summaries when they all match; else every task.
-    Summaries,
-    /// Every task keyed and looked up, whatever the summaries say (`mvc plan --full`).
-    Full,
-}
-
-/// The plan of a pipeline: from its stage summaries when every one matches (no engine, no
-/// task made), else from every task keyed and looked up (with the engine that did it).
-pub fn plan_report(
-    pipeline: &Workflow,
-    store: Arc<Store>,
-    retry_failed: bool,
-    depth: Depth,
-) -> Result<(Option<Engine>, PlanReport)> {
-    if depth == Depth::Summaries
-        && let Some(report) = super::stage_summaries::plan(pipeline, &store, retry_failed)?
-    {
-        return Ok((None, report));
-    }
-    let (engine, report) = plan(pipeline, store, retry_failed)?;
-    Ok((Some(engine), report))
-}
-
 /// Plans a pipeline: every task keyed and looked up, nothing run.
 pub fn plan(
     pipeline: &Workflow,

@@ -26,6 +26,7 @@ use crate::store::summaries::{self, StageSummary};
 use crate::task::{Digest, KEY_SCHEMA, slice_digest};
 use anyhow::Result;
 use indexmap::IndexMap;
+use std::sync::Arc;
 
 /// The digest of everything a stage's items and keys are made from, given the digests of
 /// its expansion's files and its inputs' results (one per input, in the order of
@@ -58,6 +59,32 @@ fn summary_key(
         h.update(&results.0);
     }
     Digest(*h.finalize().as_bytes())
+}
+
+/// What [`plan_report`] does to find the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// The stage summaries when they all match; else every task.
+    Summaries,
+    /// Every task keyed and looked up, whatever the summaries say (`mvc plan --full`).
+    Full,
+}
+
+/// The plan of a pipeline: from its stage summaries when every one matches (no engine, no
+/// task made), else from every task keyed and looked up (with the engine that did it).
+pub fn plan_report(
+    pipeline: &Workflow,
+    store: Arc<Store>,
+    retry_failed: bool,
+    depth: Depth,
+) -> Result<(Option<Engine>, PlanReport)> {
+    if depth == Depth::Summaries
+        && let Some(report) = plan(pipeline, &store, retry_failed)?
+    {
+        return Ok((None, report));
+    }
+    let (engine, report) = super::plan::plan(pipeline, store, retry_failed)?;
+    Ok((Some(engine), report))
 }
 
 /// The plan of a pipeline whose every stage's summary key is the one its last run recorded;
