@@ -52,6 +52,12 @@ impl Global {
 /// opening it put back records its index had lost.
 pub fn open_store(dir: &Path, global: &Global) -> Result<crate::store::Store> {
     let store = crate::store::Store::open(dir)?;
+    note_restored(&store, global);
+    Ok(store)
+}
+
+/// Says what opening the main index put back from the journals, if it had lost records.
+pub fn note_restored(store: &crate::store::Store, global: &Global) {
     if let Some(restored) = store.restored()
         && global.format != Format::Quiet
     {
@@ -62,7 +68,6 @@ pub fn open_store(dir: &Path, global: &Global) -> Result<crate::store::Store> {
             restored.summary()
         );
     }
-    Ok(store)
 }
 
 /// `--with FILE` and `--set STAGE.KEY=VALUE`: a variant of the pipeline without editing its

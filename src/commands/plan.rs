@@ -23,14 +23,16 @@ pub struct PlanArgs {
 pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
     let pipeline = load(&args.file, &args.variants)?;
     let dir = global.cache_dir(Some(&pipeline));
-    let store = Arc::new(super::open_store(&dir, global)?);
+    // The main index is opened only if the stage summaries do not decide the plan.
+    let store = Arc::new(crate::store::Store::open_deferred(&dir)?);
     let depth = if args.full {
         Depth::Full
     } else {
         Depth::Summaries
     };
-    let (engine, report) =
-        plan_report(&pipeline.workflow, store.clone(), args.retry_failed, depth)?;
+    let planned = plan_report(&pipeline.workflow, store.clone(), args.retry_failed, depth);
+    super::note_restored(&store, global);
+    let (engine, report) = planned?;
     let out = Output {
         text: report.to_text(&pipeline.workflow, &dir),
         json: report.to_json(),

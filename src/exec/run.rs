@@ -187,6 +187,8 @@ fn prepare_store(
     run_id: &[u8],
     view: &dyn RunView,
 ) -> Result<()> {
+    // A run changes what the stage summaries speak for; it records them again at its end.
+    store.forget_stage_summaries()?;
     let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
     if let Some(lacked) = store.restore_what_memos_lack(&stages)? {
         view.note(&match &lacked.restored {

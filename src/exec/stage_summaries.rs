@@ -22,7 +22,7 @@ use super::resolve::{Engine, State};
 use super::workflow::{Stage, Workflow};
 use crate::store::Store;
 use crate::store::memo::MemoValue;
-use crate::store::summaries::{self, StageSummary};
+use crate::store::summaries::StageSummary;
 use crate::task::{Digest, KEY_SCHEMA, slice_digest};
 use anyhow::Result;
 use indexmap::IndexMap;
@@ -83,6 +83,8 @@ pub fn plan_report(
     {
         return Ok((None, report));
     }
+    // Opened here, if not yet, so that a damaged index is its own error.
+    store.open_main()?;
     let (engine, report) = super::plan::plan(pipeline, store, retry_failed)?;
     Ok((Some(engine), report))
 }
@@ -90,12 +92,19 @@ pub fn plan_report(
 /// The plan of a pipeline whose every stage's summary key is the one its last run recorded;
 /// `None` when one is not (then every task must be keyed and looked up).
 pub fn plan(pipeline: &Workflow, store: &Store, retry_failed: bool) -> Result<Option<PlanReport>> {
+    // The summaries speak for the main index as its last user left it. When its files have
+    // changed since (another process died with it open, or damage), it is opened first: a
+    // damaged one is then an error, as it would be for the full plan.
+    if !store.main_unchanged() {
+        tracing::debug!("the main index changed since it was last closed: opening it");
+        store.open_main()?;
+    }
     let source = Digest::of(pipeline.source.as_bytes());
     let mut results: Vec<Option<Digest>> = vec![None; pipeline.stages.len()];
     let mut stages = IndexMap::new();
     for &s in &pipeline.order {
         let stage = &pipeline.stages[s];
-        let Some(summary) = summaries::load(store.index(), &stage.name)? else {
+        let Some(summary) = store.stage_summary(&stage.name)? else {
             return Ok(miss(stage, "no summary recorded"));
         };
         if retry_failed && summary.failed > 0 {
@@ -247,6 +256,7 @@ pub fn record(pipeline: &Workflow, engine: &Engine) -> Result<()> {
     let g = &engine.graph;
     let store = &engine.store;
     let mut results: Vec<Option<Digest>> = vec![None; g.stages.len()];
+    let mut recorded = Vec::new();
     for &s in &g.order {
         let node = &g.stages[s];
         let stage = &pipeline.stages[s];
@@ -279,15 +289,12 @@ pub fn record(pipeline: &Workflow, engine: &Engine) -> Result<()> {
             results: found.digest,
             blob_list,
         };
-        if summaries::load(store.index(), &stage.name)?.as_ref() == Some(&summary)
-            && blob_list.is_none_or(|list| store.blobs().size(&list).is_some())
+        if store.stage_summary(&stage.name)?.as_ref() != Some(&summary)
+            || blob_list.is_some_and(|list| store.blobs().size(&list).is_none())
         {
-            continue;
+            recorded.push((stage.name.clone(), summary, found.blob_list));
         }
-        if !found.blob_list.is_empty() {
-            store.blobs().put_bytes(&found.blob_list)?;
-        }
-        summaries::save(store.index(), &stage.name, &summary)?;
     }
+    store.record_stage_summaries(&recorded)?;
     Ok(())
 }

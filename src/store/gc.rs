@@ -83,7 +83,7 @@ pub fn gc(
     }
     // The stage summaries say "all cached" without asking the index or the blob store:
     // they go before anything they could speak for is deleted.
-    super::summaries::forget(store.index())?;
+    store.forget_stage_summaries()?;
     // Index first (results disappear before their blobs, never the other way round).
     delete_entries(store, &keep, doomed)?;
     let memo_blobs = memo_digests(store)?;
@@ -261,8 +261,15 @@ fn delete_entries(store: &Store, keep: &KeySet, doomed: Doomed) -> Result<()> {
     for k in stale_latest {
         index.delete(Tree::Latest, &k)?;
     }
+    // The stat cache lives in the side index; what an mvc before it left in the main index
+    // is read no more.
+    let legacy: Vec<Vec<u8>> = index.keys(Tree::Stats).collect::<Result<_>>()?;
+    for key in legacy {
+        index.delete(Tree::Stats, &key)?;
+    }
+    let stats = store.stat_index();
     let mut gone_stats = Vec::new();
-    for entry in index.scan(Tree::Stats, b"") {
+    for entry in stats.scan(Tree::Stats, b"") {
         let (path, _) = entry?;
         let path = std::path::PathBuf::from(String::from_utf8_lossy(&path).to_string());
         if !path.exists() {
@@ -270,7 +277,7 @@ fn delete_entries(store: &Store, keep: &KeySet, doomed: Doomed) -> Result<()> {
         }
     }
     for path in gone_stats {
-        index.delete(Tree::Stats, path.as_os_str().as_encoded_bytes())?;
+        stats.delete(Tree::Stats, path.as_os_str().as_encoded_bytes())?;
     }
     for (stage, kept) in doomed.memos {
         StageMemo::save(index, store.blobs(), &stage, kept)?;

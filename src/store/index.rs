@@ -94,6 +94,58 @@ pub trait Index: Send + Sync {
     fn flush(&self) -> Result<()>;
     /// Bytes the index occupies on disk.
     fn size_on_disk(&self) -> u64;
+    /// Why this index cannot be used, when it is [`Unavailable`].
+    fn unavailable(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// An index that could not be opened when first used (`Store::index` on a store opened
+/// with `Store::open_deferred`): every call answers with the reason.
+pub struct Unavailable(pub String);
+
+impl Unavailable {
+    fn error(&self) -> anyhow::Error {
+        anyhow::anyhow!("{}", self.0)
+    }
+}
+
+impl Index for Unavailable {
+    fn get(&self, _: Tree, _: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(self.error())
+    }
+    fn put(&self, _: Tree, _: &[u8], _: &[u8]) -> Result<()> {
+        Err(self.error())
+    }
+    fn delete(&self, _: Tree, _: &[u8]) -> Result<()> {
+        Err(self.error())
+    }
+    fn scan<'a>(&'a self, _: Tree, _: &[u8]) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        Box::new(std::iter::once(Err(self.error())))
+    }
+    fn scan_from<'a>(
+        &'a self,
+        _: Tree,
+        _: &[u8],
+        _: &[u8],
+    ) -> Box<dyn Iterator<Item = Result<Entry>> + 'a> {
+        Box::new(std::iter::once(Err(self.error())))
+    }
+    fn keys<'a>(&'a self, _: Tree) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + 'a> {
+        Box::new(std::iter::once(Err(self.error())))
+    }
+    fn len(&self, _: Tree) -> usize {
+        0
+    }
+    fn flush(&self) -> Result<()> {
+        Err(self.error())
+    }
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+    fn unavailable(&self) -> Option<&str> {
+        Some(&self.0)
+    }
 }
 
 /// How often sled writes its buffers out. A SIGKILL loses the results recorded in the last

@@ -1,9 +1,13 @@
 //! The cache (ARCHITECTURE.md, "The cache"): a sled index behind the [`Index`] trait, a content-addressed
-//! blob store, a stat cache, plan memos, and the lock that keeps it to one process.
+//! blob store, a stat cache, plan memos, stage summaries, and the lock that keeps it to one
+//! process.
 //!
 //! Layout of a cache directory:
 //! - `LOCK`: held by the process that has the cache open (pid and command inside);
-//! - `index/`: sled;
+//! - `index/`: sled, the main index (results, key records, failures, runs, memos);
+//! - `side/`: sled, a small index of what a plan decided by the stage summaries reads (the
+//!   summaries, the stat cache, the stamp of `index/`'s files), so that it need not open
+//!   `index/`;
 //! - `blobs/ab/cdef…`: content-addressed files;
 //! - `journal/`: what each run recorded, again, to rebuild a damaged index from
 //!   ([`journal`], [`repair`]);
@@ -43,14 +47,29 @@ pub struct EntryCounts {
 
 pub struct Store {
     dir: PathBuf,
-    index: Box<dyn Index>,
+    /// The index of results, records and failures: opened with the store, or on first use
+    /// when the store was opened with [`Store::open_deferred`].
+    main: std::sync::OnceLock<MainIndex>,
+    /// Held while the main index is being opened (sled's own lock would refuse a second
+    /// open of it by this process).
+    opening: std::sync::Mutex<()>,
+    /// `side/`: a small index of its own for what a plan decided by the stage summaries
+    /// reads (the summaries, the stat cache, the stamp of the main index's files), so that
+    /// such a plan never loads the main index (sled loads a page table that grows with it:
+    /// 130 MB per million tasks).
+    side: SledIndex,
     blobs: BlobStore,
     tmp: PathBuf,
     /// The journal of the run in progress: every entry recorded goes there too.
     journal: std::sync::Mutex<Option<journal::Writer>>,
+    lock: CacheLock,
+}
+
+/// The main index, once opened.
+struct MainIndex {
+    index: Box<dyn Index>,
     /// What opening the cache put back into an index that had lost records.
     restored: Option<repair::Restored>,
-    lock: CacheLock,
 }
 
 /// What a run found when the index lacked records its plan memos named.
@@ -114,8 +133,17 @@ pub struct IndexDamaged {
 }
 
 impl Store {
-    /// Opens (creating if needed) the cache at `dir`, taking its lock.
+    /// Opens (creating if needed) the cache at `dir`, taking its lock, with its index.
     pub fn open(dir: &Path) -> Result<Store> {
+        let store = Store::open_deferred(dir)?;
+        store.open_main()?;
+        Ok(store)
+    }
+
+    /// Opens the cache at `dir` and takes its lock, leaving the main index to be opened on
+    /// first use ([`Store::open_main`]): `mvc plan`, which may be decided by the stage
+    /// summaries alone.
+    pub fn open_deferred(dir: &Path) -> Result<Store> {
         // Absolute, because tasks run in their own directories and get paths into the cache.
         let dir = &std::path::absolute(dir)
             .with_context(|| format!("resolving the cache path {}", dir.display()))?;
@@ -136,28 +164,62 @@ impl Store {
                 .with_context(|| format!("clearing leftovers in {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp)?;
-        let index = open_index(dir)?;
-        check_schema(&index, dir)?;
-        let blobs = BlobStore::new(dir.join("blobs"));
+        let side = open_side(dir)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            main: std::sync::OnceLock::new(),
+            opening: std::sync::Mutex::new(()),
+            side,
+            blobs: BlobStore::new(dir.join("blobs")),
+            tmp,
+            journal: std::sync::Mutex::new(None),
+            lock,
+        })
+    }
+
+    /// Opens the main index if it is not open yet: a damaged one is an [`IndexDamaged`]
+    /// error, one of a newer mvc is refused, and one that came back at an earlier state than
+    /// its journal gets back what it lost.
+    pub fn open_main(&self) -> Result<()> {
+        let _opening = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(main) = self.main.get() {
+            return match main.index.unavailable() {
+                Some(error) => Err(anyhow::anyhow!("{error}")),
+                None => Ok(()),
+            };
+        }
+        tracing::debug!(
+            "opening the main index {}",
+            self.dir.join("index").display()
+        );
+        let index = open_index(&self.dir)?;
+        check_schema(&index, &self.dir)?;
         // An index that opens but lacks the last run its journal ended with came back at an
         // earlier state (sled recovers to the last page it can read, without a word): the
         // journals put back what it lost before anything is planned on it.
-        let journals = dir.join("journal");
+        let journals = self.dir.join("journal");
         let restored = match journal::last_run(&journals)? {
             Some(run) if !run.is_empty() && index.get(Tree::Runs, &run)?.is_none() => {
-                Some(repair::replay(&index, &blobs, &journals)?)
+                self.forget_stage_summaries()?;
+                Some(repair::replay(&index, &self.blobs, &journals)?)
             }
             _ => None,
         };
-        Ok(Store {
-            dir: dir.to_path_buf(),
+        let _ = self.main.set(MainIndex {
             index: Box::new(index),
-            blobs,
-            tmp,
-            journal: std::sync::Mutex::new(None),
             restored,
-            lock,
-        })
+        });
+        Ok(())
+    }
+
+    /// Whether the main index's files are as the last process that had it open left them
+    /// (sizes, times, inodes): then the stage summaries, made from it, still speak for it.
+    /// A stamp that cannot be read, or files that differ, are "no".
+    pub fn main_unchanged(&self) -> bool {
+        let Ok(Some(recorded)) = self.side.get(Tree::Meta, MAIN_STAMP) else {
+            return false;
+        };
+        main_stamp(&self.dir).is_some_and(|now| now == recorded)
     }
 
     /// `mvc repair`: moves the index aside and builds a new one from the run journals and the
@@ -206,6 +268,10 @@ impl Store {
                 format!("moving the damaged index aside to {}", moved_to.display())
             })?;
         }
+        // The summaries were made from the index that goes aside.
+        let side = open_side(dir)?;
+        summaries::forget(&side)?;
+        side.flush()?;
         let index = SledIndex::open(&dir.join("index"))?;
         check_schema(&index, dir)?;
         let restored = repair::replay(&index, &BlobStore::new(dir.join("blobs")), &journals)?;
@@ -220,7 +286,7 @@ impl Store {
 
     /// What opening the cache put back into its index, if it had lost records.
     pub fn restored(&self) -> Option<&repair::Restored> {
-        self.restored.as_ref()
+        self.main.get().and_then(|main| main.restored.as_ref())
     }
 
     /// Checks that the index holds every record the plan memos of `stages` name (a result
@@ -258,7 +324,7 @@ impl Store {
         }
         // Whatever the journals put back, the summaries were made from an index that has
         // changed since: the next plan asks the index again.
-        summaries::forget(self.index())?;
+        self.forget_stage_summaries()?;
         let journals = self.dir.join("journal");
         let restored = match journal::files(&journals)?.is_empty() {
             false => Some(repair::replay(self.index(), self.blobs(), &journals)?),
@@ -285,7 +351,7 @@ impl Store {
         if journal::last_run(&dir)?.is_none()
             && let Some(last) = self.last_run_id()?
         {
-            journal::snapshot(self.index.as_ref(), &dir, &format!("{name}-s"), &last)?;
+            journal::snapshot(self.index(), &dir, &format!("{name}-s"), &last)?;
         }
         *self.journal.lock().unwrap() = Some(journal::Writer::create(&dir, &name)?);
         Ok(())
@@ -303,7 +369,7 @@ impl Store {
     pub fn snapshot_journal(&self) -> Result<()> {
         let last = self.last_run_id()?.unwrap_or_default();
         journal::snapshot(
-            self.index.as_ref(),
+            self.index(),
             &self.dir.join("journal"),
             &format!("{}-gc", crate::text::hex(&records::run_id(now_ms()))),
             &last,
@@ -312,12 +378,12 @@ impl Store {
 
     /// The id of the newest run the index records (ids sort by start time).
     fn last_run_id(&self) -> Result<Option<Vec<u8>>> {
-        self.index.keys(Tree::Runs).last().transpose()
+        self.index().keys(Tree::Runs).last().transpose()
     }
 
     /// Writes an entry to the index, and to the journal of the run in progress.
     fn put_kept(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.index.put(tree, key, value)?;
+        self.index().put(tree, key, value)?;
         if let Some(w) = self.journal.lock().unwrap().as_mut() {
             w.put(tree, key, value);
         }
@@ -325,7 +391,7 @@ impl Store {
     }
 
     fn delete_kept(&self, tree: Tree, key: &[u8]) -> Result<()> {
-        self.index.delete(tree, key)?;
+        self.index().delete(tree, key)?;
         if let Some(w) = self.journal.lock().unwrap().as_mut() {
             w.delete(tree, key);
         }
@@ -336,8 +402,50 @@ impl Store {
         &self.dir
     }
 
+    /// The main index, opened now if it was not (an index that cannot be opened then
+    /// answers every call with the reason; [`Store::open_main`] gives it as an error first).
     pub fn index(&self) -> &dyn Index {
-        self.index.as_ref()
+        if self.main.get().is_none()
+            && let Err(e) = self.open_main()
+        {
+            // Only the first failure is set; a concurrent opener's result stands.
+            let _ = self.main.set(MainIndex {
+                index: Box::new(index::Unavailable(format!("{e:#}"))),
+                restored: None,
+            });
+        }
+        self.main.get().expect("set above").index.as_ref()
+    }
+
+    /// The stage summary last recorded for `stage`.
+    pub fn stage_summary(&self, stage: &str) -> Result<Option<summaries::StageSummary>> {
+        summaries::load(&self.side, stage)
+    }
+
+    /// Records stage summaries, with the lists of their output blobs. The main index is made
+    /// durable first, so that a summary never speaks for results the index could still lose.
+    pub fn record_stage_summaries(
+        &self,
+        recorded: &[(String, summaries::StageSummary, Vec<u8>)],
+    ) -> Result<()> {
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        self.index().flush()?;
+        for (stage, summary, blob_list) in recorded {
+            if !blob_list.is_empty() {
+                self.blobs.put_bytes(blob_list)?;
+            }
+            summaries::save(&self.side, stage, summary)?;
+        }
+        self.side.flush()
+    }
+
+    /// Drops every stage summary, durably, before whatever changes the main index behind
+    /// them (a run, gc, a repair).
+    pub fn forget_stage_summaries(&self) -> Result<()> {
+        summaries::forget(&self.side)?;
+        self.side.flush()
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -351,28 +459,28 @@ impl Store {
     }
 
     pub fn result(&self, key: &TaskKey) -> Result<Option<TaskResult>> {
-        self.index
+        self.index()
             .get(Tree::Tasks, &key.0)?
             .map(|b| decode(&b, "task result"))
             .transpose()
     }
 
     pub fn failure(&self, key: &TaskKey) -> Result<Option<Failure>> {
-        self.index
+        self.index()
             .get(Tree::Failures, &key.0)?
             .map(|b| decode(&b, "failure record"))
             .transpose()
     }
 
     pub fn record(&self, key: &TaskKey) -> Result<Option<KeyRecord>> {
-        self.index
+        self.index()
             .get(Tree::Records, &key.0)?
             .map(|b| KeyRecord::decode(&b).context("the index holds an unreadable key record"))
             .transpose()
     }
 
     pub fn shared_params(&self, digest: &Digest) -> Result<Option<ParamSlice>> {
-        self.index
+        self.index()
             .get(Tree::Params, &digest.0)?
             .map(|b| decode(&b, "parameter slice"))
             .transpose()
@@ -381,8 +489,8 @@ impl Store {
     pub fn put_shared_params(&self, slice: &ParamSlice) -> Result<Digest> {
         let digest = slice_digest(slice);
         let value = encode(slice);
-        if self.index.get(Tree::Params, &digest.0)?.is_none() {
-            self.index.put(Tree::Params, &digest.0, &value)?;
+        if self.index().get(Tree::Params, &digest.0)?.is_none() {
+            self.index().put(Tree::Params, &digest.0, &value)?;
         }
         // Into the journal every time (once per stage and run): a plan may have put it in
         // the index before any run's journal had it.
@@ -393,7 +501,7 @@ impl Store {
     }
 
     pub fn latest(&self, stage: &str, item: &str) -> Result<Option<Latest>> {
-        self.index
+        self.index()
             .get(Tree::Latest, &latest_key(stage, item))?
             .map(|b| decode(&b, "latest entry"))
             .transpose()
@@ -408,7 +516,7 @@ impl Store {
     ) -> impl Iterator<Item = Result<(String, Latest)>> + 'a {
         let prefix = latest_key(stage, "");
         let start = latest_key(stage, from);
-        self.index
+        self.index()
             .scan_from(Tree::Latest, &prefix, &start)
             .map(move |entry| {
                 let (k, v) = entry?;
@@ -440,7 +548,7 @@ impl Store {
     /// Whether the index has ever recorded a task of `stage` (a stage never seen has only new
     /// items, which the planner says without a lookup each).
     pub fn has_seen_stage(&self, stage: &str) -> bool {
-        self.index
+        self.index()
             .scan(Tree::Latest, &latest_key(stage, ""))
             .next()
             .is_some()
@@ -454,7 +562,7 @@ impl Store {
     /// Every run record, oldest first.
     pub fn runs(&self) -> Result<Vec<records::RunRecord>> {
         let mut runs = Vec::new();
-        for entry in self.index.scan(Tree::Runs, b"") {
+        for entry in self.index().scan(Tree::Runs, b"") {
             let (_, value) = entry?;
             runs.push(records::decode_run(&value)?);
         }
@@ -464,9 +572,9 @@ impl Store {
     /// How many results, failures and key records the index holds.
     pub fn entry_counts(&self) -> EntryCounts {
         EntryCounts {
-            results: self.index.len(Tree::Tasks),
-            failures: self.index.len(Tree::Failures),
-            records: self.index.len(Tree::Records),
+            results: self.index().len(Tree::Tasks),
+            failures: self.index().len(Tree::Failures),
+            records: self.index().len(Tree::Records),
         }
     }
 
@@ -475,7 +583,7 @@ impl Store {
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<TaskKey>> + '_ {
-        self.index.scan(Tree::Records, prefix).map(|entry| {
+        self.index().scan(Tree::Records, prefix).map(|entry| {
             let (k, _) = entry?;
             Ok(Digest(k.as_slice().try_into().unwrap_or([0; 32])))
         })
@@ -485,7 +593,7 @@ impl Store {
     /// restarted coordinator records their results.
     pub fn leases(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
-        for entry in self.index.scan(Tree::Leases, b"") {
+        for entry in self.index().scan(Tree::Leases, b"") {
             let (id, value) = entry?;
             if let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) {
                 out.push((u64::from_be_bytes(id), value));
@@ -498,11 +606,11 @@ impl Store {
     /// scheduler sends the unit only after that, so a coordinator killed at any moment still
     /// knows every unit out and takes the results its workers send to the next one.
     pub fn put_lease(&self, id: u64, value: &[u8]) -> Result<()> {
-        self.index.put(Tree::Leases, &id.to_be_bytes(), value)
+        self.index().put(Tree::Leases, &id.to_be_bytes(), value)
     }
 
     pub fn delete_lease(&self, id: u64) -> Result<()> {
-        self.index.delete(Tree::Leases, &id.to_be_bytes())
+        self.index().delete(Tree::Leases, &id.to_be_bytes())
     }
 
     /// Records a completed task. The `tasks` entry is written after its record and before
@@ -599,13 +707,111 @@ impl Store {
             .all(|(d, size)| self.blobs.size(&d) == Some(size))
     }
 
+    /// A file's digest, through the stat cache (which lives in the side index: a plan
+    /// decided by the stage summaries digests its files without the main index).
     pub fn file_digest(&self, path: &Path) -> Result<(Digest, stat_cache::Hashed)> {
-        stat_cache::file_digest(self.index.as_ref(), path)
+        stat_cache::file_digest(&self.side, path)
     }
 
-    pub fn flush(&self) -> Result<()> {
-        self.index.flush()
+    /// The stat cache's index (gc drops the entries of files that are gone).
+    pub(crate) fn stat_index(&self) -> &dyn Index {
+        &self.side
     }
+
+    /// Makes everything recorded durable. With the main index open, its files are then
+    /// stamped: until another process changes them, a plan may trust the stage summaries
+    /// without opening it ([`Store::main_unchanged`]).
+    pub fn flush(&self) -> Result<()> {
+        if let Some(main) = self.main.get()
+            && main.index.unavailable().is_none()
+        {
+            main.index.flush()?;
+            if let Some(stamp) = main_stamp(&self.dir) {
+                self.side.put(Tree::Meta, MAIN_STAMP, &stamp)?;
+            }
+        }
+        self.side.flush()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // sled writes its files once more as it closes: the stamp is taken after that.
+        let Some(main) = self.main.take() else {
+            return;
+        };
+        let usable = main.index.unavailable().is_none();
+        drop(main);
+        if usable && let Some(stamp) = main_stamp(&self.dir) {
+            let _ = self.side.put(Tree::Meta, MAIN_STAMP, &stamp);
+            let _ = self.side.flush();
+        }
+    }
+}
+
+/// The side index's key of the main index's stamp.
+const MAIN_STAMP: &[u8] = b"main-stamp";
+
+/// The stamp of the main index's files: each one's name, size, modification time and
+/// inode, in name order, after the index schema of this mvc. `None` when they cannot be
+/// listed (no index yet).
+fn main_stamp(dir: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.join("index")];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).ok()? {
+            let entry = entry.ok()?;
+            let meta = entry.metadata().ok()?;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.path().strip_prefix(dir).ok()?.to_path_buf();
+            files.push((
+                name,
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ino(),
+            ));
+        }
+    }
+    if files.is_empty() {
+        return None;
+    }
+    files.sort();
+    let mut stamp = INDEX_SCHEMA.to_le_bytes().to_vec();
+    for (name, len, secs, nanos, inode) in files {
+        stamp.extend_from_slice(name.as_os_str().as_encoded_bytes());
+        stamp.push(0);
+        for n in [len, secs as u64, nanos as u64, inode] {
+            stamp.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    Some(stamp)
+}
+
+/// Opens the side index (`side/`). It holds only what can be made again (summaries, the
+/// stat cache, a stamp), so one that does not open is set aside and started afresh.
+fn open_side(dir: &Path) -> Result<SledIndex> {
+    let path = dir.join("side");
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| SledIndex::open(&path));
+    std::panic::set_hook(quiet);
+    if let Ok(Ok(side)) = opened {
+        return Ok(side);
+    }
+    tracing::warn!(
+        "the side index {} did not open: started afresh (it holds only the stage summaries \
+         and the stat cache, which are made again)",
+        path.display()
+    );
+    let aside = dir.join(format!("side.damaged-{}", now_ms()));
+    std::fs::rename(&path, &aside)
+        .with_context(|| format!("moving the damaged side index to {}", aside.display()))?;
+    SledIndex::open(&path)
 }
 
 /// Opens the index of the cache `dir`; a damaged one (sled's error, or a panic in its

@@ -148,8 +148,7 @@ pub fn forget_memos(index: &dyn Index) -> Result<()> {
     for stage in stages {
         index.delete(Tree::Memos, &stage)?;
     }
-    // The stage summaries were made from what the memos name: they go with them.
-    super::summaries::forget(index)
+    Ok(())
 }
 
 fn key_of(bytes: &[u8]) -> TaskKey {

@@ -189,3 +189,77 @@ fn a_missing_output_blob_or_a_gc_or_a_lost_items_file_is_never_planned_from_a_su
         failed.stderr
     );
 }
+
+/// A plan decided by the summaries does not open the main index (whose page table grows with
+/// the tasks), unless its files changed since the last process that had it open closed it.
+#[test]
+fn the_main_index_is_opened_only_when_its_files_changed_since_it_was_closed() {
+    let sb = sandbox();
+    run(&sb);
+    let quiet = sb.mvc(&["-vv", "plan", "p.toml", "--json"]);
+    assert!(
+        from_summaries(&quiet.assert_ok().json()),
+        "{}",
+        quiet.stdout
+    );
+    assert!(
+        !quiet.stderr.contains("opening the main index"),
+        "{}",
+        quiet.stderr
+    );
+    // --full opens it; closing it again stamps it, so the next plan still need not.
+    sb.mvc(&["plan", "p.toml", "--full"]).assert_ok();
+    let quiet = sb.mvc(&["-vv", "plan", "p.toml", "--json"]);
+    assert!(
+        !quiet.stderr.contains("opening the main index"),
+        "{}",
+        quiet.stderr
+    );
+
+    // The index gone: it is opened (and made again from the run's journal), and a summary
+    // made from the index it replaces is not trusted.
+    std::fs::remove_dir_all(sb.cache().join("index")).unwrap();
+    let opened = sb.mvc(&["-vv", "plan", "p.toml", "--json"]);
+    let json = opened.assert_ok().json();
+    assert!(
+        opened.stderr.contains("opening the main index"),
+        "{}",
+        opened.stderr
+    );
+    assert!(
+        opened.stderr.contains("had come back at an earlier state"),
+        "{}",
+        opened.stderr
+    );
+    assert!(!from_summaries(&json), "{json}");
+    assert_eq!(json["stages"]["objects"]["cached"], 2, "{json}");
+    assert_eq!(json["stages"]["all"]["cached"], 1, "{json}");
+}
+
+/// The side index holds only what can be made again: damaged, it is set aside and the plan
+/// is the full one.
+#[test]
+fn a_damaged_side_index_costs_only_the_full_plan() {
+    let sb = sandbox();
+    run(&sb);
+    assert!(from_summaries(&plan(&sb, &[])));
+    let side = sb.cache().join("side");
+    for entry in std::fs::read_dir(&side).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            std::fs::write(entry.path(), vec![0xa5u8; 8192]).unwrap();
+        }
+    }
+    let p = sb.mvc(&["plan", "p.toml", "--json"]);
+    let json = p.assert_ok().json();
+    assert!(!from_summaries(&json), "{json}");
+    assert_eq!(json["stages"]["objects"]["cached"], 2, "{json}");
+    assert_eq!(json["stages"]["all"]["cached"], 1, "{json}");
+    assert!(
+        p.stderr.contains("the side index") && p.stderr.contains("started afresh"),
+        "{}",
+        p.stderr
+    );
+    // The next run records them again.
+    run(&sb);
+    assert!(from_summaries(&plan(&sb, &[])));
+}
