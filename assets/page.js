@@ -92,10 +92,11 @@
     var box = document.getElementById("failure-groups");
     if (!box) return;
     if (lastGroups === null && box.getAttribute("data-rendered") !== "no") {
-      // The first snapshot matches what the server drew: keep it (and its log tails).
+      // The first snapshot matches what the server drew: keep it (and its log tails). Only
+      // failure cards count: the "None." the server draws before any failure is not a group
+      // (counted, a first snapshot with one group was never drawn).
       lastGroups = key;
-      if (box.children.length === snap.failure_groups.length ||
-          (snap.failure_groups.length === 0)) return;
+      if (box.querySelectorAll(".failure").length === snap.failure_groups.length) return;
     }
     lastGroups = key;
     while (box.firstChild) box.removeChild(box.firstChild);
