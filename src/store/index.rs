@@ -162,11 +162,23 @@ pub struct SledIndex {
 
 impl SledIndex {
     pub fn open(dir: &Path) -> Result<SledIndex> {
+        // sled's default page cache is 1 GiB; plans of a million tasks must stay under 1 GB
+        // in all, and the plan memos (not sled) carry the bulk lookups.
+        SledIndex::open_sized(dir, 128 << 20, 512 << 10)
+    }
+
+    /// A small index (the cache's side index: a few entries per stage and input file). sled
+    /// writes a segment as it opens: 32 KiB, not the default 512 KiB, so that on a nearly
+    /// full disk opening it does not take the room the main index needs to open.
+    pub fn open_small(dir: &Path) -> Result<SledIndex> {
+        SledIndex::open_sized(dir, 8 << 20, 32 << 10)
+    }
+
+    fn open_sized(dir: &Path, cache_bytes: u64, segment_bytes: usize) -> Result<SledIndex> {
         let db = sled::Config::new()
             .path(dir)
-            // sled's default page cache is 1 GiB; plans of a million tasks must stay under
-            // 1 GB in all, and the plan memos (not sled) carry the bulk lookups.
-            .cache_capacity(128 << 20)
+            .cache_capacity(cache_bytes)
+            .segment_size(segment_bytes)
             .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()
             .with_context(|| format!("opening the index at {}", dir.display()))?;

@@ -798,7 +798,7 @@ fn open_side(dir: &Path) -> Result<SledIndex> {
     let path = dir.join("side");
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| SledIndex::open(&path));
+    let opened = std::panic::catch_unwind(|| SledIndex::open_small(&path));
     std::panic::set_hook(quiet);
     if let Ok(Ok(side)) = opened {
         return Ok(side);
@@ -811,7 +811,7 @@ fn open_side(dir: &Path) -> Result<SledIndex> {
     let aside = dir.join(format!("side.damaged-{}", now_ms()));
     std::fs::rename(&path, &aside)
         .with_context(|| format!("moving the damaged side index to {}", aside.display()))?;
-    SledIndex::open(&path)
+    SledIndex::open_small(&path)
 }
 
 /// Opens the index of the cache `dir`; a damaged one (sled's error, or a panic in its
