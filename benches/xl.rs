@@ -122,7 +122,7 @@ fn main() {
     // stage summaries: what a plan costs when one stage's summary does not match.
     let full = best_plan(mvc, &dir, "p.toml", 0, &["--full"]);
     println!(
-        "cached plan: {cached_s:.2}s {cached_mb} MB {}; with every task keyed (--full) \
+        "cached plan: {cached_s:.3}s {cached_mb} MB {}; with every task keyed (--full) \
          {:.2}s {} MB",
         if cached.from_summaries {
             "(decided by the stage summaries)"
@@ -161,7 +161,7 @@ fn main() {
     );
     let bookkeeping = fill.wall_s * 1e6 / fill.tasks as f64 - per_task_us(baseline, tasks);
     println!(
-        "xl: tasks={tasks} cached_plan_s={cached_s:.2} cached_plan_rss_mb={cached_mb} \
+        "xl: tasks={tasks} cached_plan_s={cached_s:.3} cached_plan_rss_mb={cached_mb} \
          ring_plan_s={ring_s:.2} ring_plan_rss_mb={ring_mb} store_bytes_per_task={:.0} \
          record_tasks_per_s={:.0} bookkeeping_us_per_task={bookkeeping:.2}",
         store.total as f64 / tasks as f64,

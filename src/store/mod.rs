@@ -792,15 +792,23 @@ fn main_stamp(dir: &Path) -> Option<Vec<u8>> {
     Some(stamp)
 }
 
+/// Opens a sled index, catching the panics sled has on some damage ("tried to serialize
+/// Uninitialized" while it rewrites its snapshot), without the panic's message on stderr.
+fn open_quietly(
+    open: impl FnOnce() -> Result<SledIndex> + std::panic::UnwindSafe,
+) -> std::thread::Result<Result<SledIndex>> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(open);
+    std::panic::set_hook(quiet);
+    opened
+}
+
 /// Opens the side index (`side/`). It holds only what can be made again (summaries, the
 /// stat cache, a stamp), so one that does not open is set aside and started afresh.
 fn open_side(dir: &Path) -> Result<SledIndex> {
     let path = dir.join("side");
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| SledIndex::open_small(&path));
-    std::panic::set_hook(quiet);
-    if let Ok(Ok(side)) = opened {
+    if let Ok(Ok(side)) = open_quietly(|| SledIndex::open_small(&path)) {
         return Ok(side);
     }
     tracing::warn!(
@@ -822,13 +830,7 @@ fn open_index(dir: &Path) -> Result<SledIndex> {
         cache: dir.display().to_string(),
         cause,
     };
-    // sled panics on some damage ("tried to serialize Uninitialized" while it rewrites its
-    // snapshot): caught here, without the panic's own message on stderr.
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| SledIndex::open(&path));
-    std::panic::set_hook(quiet);
-    match opened {
+    match open_quietly(|| SledIndex::open(&path)) {
         Ok(Ok(index)) => Ok(index),
         Ok(Err(e)) if is_corruption(&e) => Err(damaged(format!("{:#}", e.root_cause())).into()),
         Ok(Err(e)) => Err(e),
