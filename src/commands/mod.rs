@@ -128,7 +128,7 @@ pub fn block_on<T>(work: impl std::future::Future<Output = T>) -> Result<T> {
 /// Makes the index durable and leaves the plan's memory to the operating system: freeing a
 /// million tasks' allocations one by one took a tenth of a second of a two-second plan.
 pub fn exit_without_freeing(engine: Engine) -> Result<()> {
-    engine.store.flush()?;
+    engine.store.flush_and_stamp()?;
     std::mem::forget(engine);
     Ok(())
 }

@@ -41,7 +41,7 @@ pub fn run(args: PlanArgs, global: &Global) -> Result<Output> {
     };
     match engine {
         Some(engine) => exit_without_freeing(engine)?,
-        None => store.flush()?,
+        None => store.flush_and_stamp()?,
     }
     Ok(out)
 }

@@ -265,7 +265,7 @@ fn record_run(
              results cannot be rebuilt"
         );
     }
-    store.flush()?;
+    store.flush_and_stamp()?;
     if let Err(e) = report.write_results(pipeline, &record) {
         tracing::warn!(
             "could not write the run summary to {}: {e:#}",

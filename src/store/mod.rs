@@ -659,6 +659,8 @@ impl Store {
 
     /// Forgets a result whose outputs are gone or corrupt, so its task runs again.
     pub fn forget_result(&self, key: &TaskKey) -> Result<()> {
+        // A summary may count it as cached: the summaries go first.
+        self.forget_stage_summaries()?;
         self.delete_kept(Tree::Tasks, &key.0)
     }
 
@@ -718,17 +720,25 @@ impl Store {
         &self.side
     }
 
-    /// Makes everything recorded durable. With the main index open, its files are then
-    /// stamped: until another process changes them, a plan may trust the stage summaries
-    /// without opening it ([`Store::main_unchanged`]).
+    /// Makes what the main index recorded durable. The coordinator calls it before each
+    /// group of replies to its workers, so it does no more than that.
     pub fn flush(&self) -> Result<()> {
+        match self.main.get() {
+            Some(main) if main.index.unavailable().is_none() => main.index.flush(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes everything durable, as a command does before it ends, and stamps the main
+    /// index's files: until another process changes them, a plan may trust the stage
+    /// summaries without opening it ([`Store::main_unchanged`]).
+    pub fn flush_and_stamp(&self) -> Result<()> {
+        self.flush()?;
         if let Some(main) = self.main.get()
             && main.index.unavailable().is_none()
+            && let Some(stamp) = main_stamp(&self.dir)
         {
-            main.index.flush()?;
-            if let Some(stamp) = main_stamp(&self.dir) {
-                self.side.put(Tree::Meta, MAIN_STAMP, &stamp)?;
-            }
+            self.side.put(Tree::Meta, MAIN_STAMP, &stamp)?;
         }
         self.side.flush()
     }

@@ -171,6 +171,23 @@ fn a_missing_output_blob_or_a_gc_or_a_lost_items_file_is_never_planned_from_a_su
     assert!(blob(b'a').exists(), "the run made it again");
     assert!(from_summaries(&plan(&sb, &[])));
 
+    // A blob damaged without changing its size passes the summary's check (a size, as a
+    // memo hit's). `mvc export` verifies it, removes it and forgets the result: the next
+    // plan is the full one.
+    std::fs::write(blob(b'a'), [b'x'; 6000]).unwrap();
+    let export = sb.mvc(&["export", "p.toml", "objects", "out"]);
+    assert_ne!(export.code, Some(0), "{}", export.stdout);
+    assert!(
+        export.stderr.contains("run the pipeline again"),
+        "{}",
+        export.stderr
+    );
+    let p = plan(&sb, &[]);
+    assert!(!from_summaries(&p), "{p}");
+    assert_eq!(p["stages"]["objects"]["to_run"], 1, "{p}");
+    run(&sb);
+    assert!(from_summaries(&plan(&sb, &[])));
+
     // gc deletes what the runs did not reach: the summaries go first.
     sb.mvc(&["gc"]).assert_ok();
     let p = plan(&sb, &[]);
