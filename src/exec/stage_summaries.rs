@@ -22,7 +22,7 @@ use super::resolve::{Engine, State};
 use super::workflow::{Stage, Workflow};
 use crate::store::Store;
 use crate::store::memo::MemoValue;
-use crate::store::summaries::StageSummary;
+use crate::store::summaries::{BlobList, StageSummary};
 use crate::task::{Digest, KEY_SCHEMA, slice_digest};
 use anyhow::Result;
 use indexmap::IndexMap;
@@ -132,9 +132,7 @@ pub fn plan(pipeline: &Workflow, store: &Store, retry_failed: bool) -> Result<Op
             return Ok(miss(stage, "its summary key changed"));
         }
         // As a memo hit does for its task: cached only while its blobs are still there.
-        if let Some(list) = &summary.blob_list
-            && !blobs_present(store, list)
-        {
+        if !store.summary_blobs_present(&summary) {
             return Ok(miss(stage, "an output blob is missing"));
         }
         results[s] = Some(summary.results);
@@ -163,27 +161,13 @@ fn miss(stage: &Stage, why: &str) -> Option<PlanReport> {
     None
 }
 
-fn blobs_present(store: &Store, list: &Digest) -> bool {
-    let Ok(bytes) = store.blobs().read(list) else {
-        return false;
-    };
-    bytes.len().is_multiple_of(40)
-        && store.outputs_present(bytes.chunks_exact(40).map(|entry| {
-            (
-                Digest(entry[..32].try_into().unwrap()),
-                u64::from_le_bytes(entry[32..].try_into().unwrap()),
-            )
-        }))
-}
-
 /// What every task of one stage ended as, summed up.
 struct StageResults {
     tasks: u64,
     cached: u64,
     failed: u64,
     digest: Digest,
-    /// The stage's output blobs, 40 bytes each (digest, size).
-    blob_list: Vec<u8>,
+    blob_list: BlobList,
 }
 
 /// The stage's results, when each of its tasks ended as the next plan will find it: cached
@@ -197,7 +181,7 @@ fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
         cached: 0,
         failed: 0,
         digest: Digest::default(),
-        blob_list: Vec::new(),
+        blob_list: BlobList::default(),
     };
     for t in node.tasks() {
         let key = engine.keys[t];
@@ -216,8 +200,7 @@ fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
                     },
                 };
                 for (digest, size) in blobs {
-                    out.blob_list.extend_from_slice(&digest.0);
-                    out.blob_list.extend_from_slice(&size.to_le_bytes());
+                    out.blob_list.push(&digest, size);
                 }
                 out.cached += 1;
                 h.update(b"d");
@@ -280,7 +263,7 @@ pub fn record(pipeline: &Workflow, engine: &Engine) -> Result<()> {
         };
         let key = summary_key(&source, stage, &node.shared_digest, files, &inputs);
         results[s] = Some(found.digest);
-        let blob_list = (!found.blob_list.is_empty()).then(|| Digest::of(&found.blob_list));
+        let blob_list = (!found.blob_list.is_empty()).then(|| Digest::of(found.blob_list.bytes()));
         let summary = StageSummary {
             key,
             tasks: found.tasks,

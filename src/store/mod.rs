@@ -426,7 +426,7 @@ impl Store {
     /// durable first, so that a summary never speaks for results the index could still lose.
     pub fn record_stage_summaries(
         &self,
-        recorded: &[(String, summaries::StageSummary, Vec<u8>)],
+        recorded: &[(String, summaries::StageSummary, summaries::BlobList)],
     ) -> Result<()> {
         if recorded.is_empty() {
             return Ok(());
@@ -434,11 +434,23 @@ impl Store {
         self.index().flush()?;
         for (stage, summary, blob_list) in recorded {
             if !blob_list.is_empty() {
-                self.blobs.put_bytes(blob_list)?;
+                self.blobs.put_bytes(blob_list.bytes())?;
             }
             summaries::save(&self.side, stage, summary)?;
         }
         self.side.flush()
+    }
+
+    /// Whether every output blob a summary lists is still there, as a memo hit checks its
+    /// task's (a size each, no read).
+    pub fn summary_blobs_present(&self, summary: &summaries::StageSummary) -> bool {
+        let Some(list) = &summary.blob_list else {
+            return true;
+        };
+        let Ok(bytes) = self.blobs.read(list) else {
+            return false;
+        };
+        summaries::BlobList::entries(&bytes).is_some_and(|blobs| self.outputs_present(blobs))
     }
 
     /// Drops every stage summary, durably, before whatever changes the main index behind

@@ -73,6 +73,40 @@ impl StageSummary {
     }
 }
 
+/// A stage's output blobs as its summary lists them (stored as one blob): digest and size,
+/// 40 bytes each, the layout of a plan memo's blob table.
+#[derive(Clone, Debug, Default)]
+pub struct BlobList(Vec<u8>);
+
+const BLOB_ENTRY: usize = 40;
+
+impl BlobList {
+    pub fn push(&mut self, digest: &Digest, size: u64) {
+        self.0.extend_from_slice(&digest.0);
+        self.0.extend_from_slice(&size.to_le_bytes());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The entries of a stored list; `None` when its length is not a whole number of them.
+    pub fn entries(bytes: &[u8]) -> Option<impl Iterator<Item = (Digest, u64)> + '_> {
+        bytes.len().is_multiple_of(BLOB_ENTRY).then(|| {
+            bytes.chunks_exact(BLOB_ENTRY).map(|entry| {
+                (
+                    Digest(entry[..32].try_into().unwrap()),
+                    u64::from_le_bytes(entry[32..].try_into().unwrap()),
+                )
+            })
+        })
+    }
+}
+
 /// The summary last recorded for `stage`; `None` when there is none or it does not decode.
 pub fn load(index: &dyn Index, stage: &str) -> Result<Option<StageSummary>> {
     Ok(index
@@ -108,6 +142,16 @@ mod tests {
             results: Digest::of(b"results"),
             blob_list,
         }
+    }
+
+    #[test]
+    fn a_blob_list_reads_back_and_a_truncated_one_is_refused() {
+        let mut list = BlobList::default();
+        list.push(&Digest::of(b"a"), 6000);
+        list.push(&Digest::of(b"b"), 1);
+        let entries: Vec<_> = BlobList::entries(list.bytes()).unwrap().collect();
+        assert_eq!(entries, [(Digest::of(b"a"), 6000), (Digest::of(b"b"), 1)]);
+        assert!(BlobList::entries(&list.bytes()[..79]).is_none());
     }
 
     #[test]
