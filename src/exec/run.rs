@@ -207,6 +207,17 @@ fn prepare_store(
             ),
         });
     }
+    // What the index never recorded is then answered without asking it, for this run's
+    // lookups and the plans after it (`store::presence`).
+    let rebuilding = std::time::Instant::now();
+    if store.rebuild_presence()? && rebuilding.elapsed().as_secs() >= 2 {
+        view.note(&format!(
+            "rebuilt the presence filter of {} in {:.0?} (once, after a crash or an older mvc \
+             changed the index)",
+            store.dir().join("index").display(),
+            rebuilding.elapsed()
+        ));
+    }
     if let Err(e) = store.begin_journal(run_id) {
         view.note(&format!(
             "warning: this run keeps no journal ({e:#}): if the index is damaged later, its \

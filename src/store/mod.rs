@@ -8,6 +8,8 @@
 //! - `side/`: sled, a small index of what a plan decided by the stage summaries reads (the
 //!   summaries, the stat cache, the stamp of `index/`'s files), so that it need not open
 //!   `index/`;
+//! - `presence/<digest>`: the presence filter of `index/` ([`presence`]): what the index may
+//!   hold, so that a lookup of what it never recorded need not ask it;
 //! - `blobs/ab/cdef…`: content-addressed files;
 //! - `journal/`: what each run recorded, again, to rebuild a damaged index from
 //!   ([`journal`], [`repair`]);
@@ -19,6 +21,7 @@ pub mod index;
 pub mod journal;
 pub mod lock;
 pub mod memo;
+pub mod presence;
 pub mod records;
 pub mod repair;
 pub mod stat_cache;
@@ -58,11 +61,24 @@ pub struct Store {
     /// such a plan never loads the main index (sled loads a page table that grows with it:
     /// 130 MB per million tasks).
     side: SledIndex,
+    /// The presence filter of the main index, while it speaks for it: set when the main
+    /// index opens as the last process left it (or new), dropped when anything writes to
+    /// the index behind the filter's back (a replay from the journals).
+    presence: std::sync::RwLock<Option<KnownPresence>>,
+    /// Lookups the presence filter answered "no" without asking the index.
+    answered_absent: std::sync::atomic::AtomicU64,
     blobs: BlobStore,
     tmp: PathBuf,
     /// The journal of the run in progress: every entry recorded goes there too.
     journal: std::sync::Mutex<Option<journal::Writer>>,
     lock: CacheLock,
+}
+
+/// The presence filter this process holds, and the file it was last saved as (`None`: not
+/// saved since it changed).
+struct KnownPresence {
+    filter: presence::Presence,
+    saved: Option<String>,
 }
 
 /// The main index, once opened.
@@ -170,6 +186,8 @@ impl Store {
             main: std::sync::OnceLock::new(),
             opening: std::sync::Mutex::new(()),
             side,
+            presence: std::sync::RwLock::new(None),
+            answered_absent: std::sync::atomic::AtomicU64::new(0),
             blobs: BlobStore::new(dir.join("blobs")),
             tmp,
             journal: std::sync::Mutex::new(None),
@@ -192,6 +210,10 @@ impl Store {
             "opening the main index {}",
             self.dir.join("index").display()
         );
+        // Whether the presence filter can speak for the index: asked before sled touches its
+        // files.
+        let existed = self.dir.join("index").exists();
+        let unchanged = existed && self.main_unchanged();
         let index = open_index(&self.dir)?;
         check_schema(&index, &self.dir)?;
         // An index that opens but lacks the last run its journal ended with came back at an
@@ -205,11 +227,157 @@ impl Store {
             }
             _ => None,
         };
+        let known = match (&restored, existed) {
+            // The journals wrote to the index behind the filter.
+            (Some(_), _) => None,
+            (None, false) => Some(KnownPresence {
+                filter: presence::Presence::new(presence::FIRST_CAPACITY),
+                saved: None,
+            }),
+            (None, true) if unchanged => self.load_presence(),
+            (None, true) => {
+                tracing::debug!(
+                    "the presence filter is not used: the main index changed since it was saved"
+                );
+                None
+            }
+        };
+        *self.presence.write().unwrap() = known;
         let _ = self.main.set(MainIndex {
             index: Box::new(index),
             restored,
         });
         Ok(())
+    }
+
+    /// The presence filter saved with the main index's stamp, when the stamp is the one the
+    /// side index holds (the caller checked that the files are still as stamped).
+    fn load_presence(&self) -> Option<KnownPresence> {
+        let not_used = |why: String| {
+            tracing::debug!("the presence filter is not used: {why}");
+            None
+        };
+        let (pointer, stamp) = match (
+            self.side.get(Tree::Meta, PRESENCE),
+            self.side.get(Tree::Meta, MAIN_STAMP),
+        ) {
+            (Ok(Some(pointer)), Ok(Some(stamp))) => (pointer, stamp),
+            _ => return not_used("none was saved with the main index's stamp".into()),
+        };
+        if pointer.len() <= 32 || pointer[..32] != Digest::of(&stamp).0 {
+            return not_used("it was saved with another stamp of the main index".into());
+        }
+        let name = String::from_utf8_lossy(&pointer[32..]).into_owned();
+        let path = self.dir.join("presence").join(&name);
+        // The pointer names a file that should be there, whole: anything else is damage,
+        // which costs only the lookups the filter would have saved until the next run.
+        let damaged = |why: String| {
+            tracing::warn!(
+                "the presence filter {} {why}: not used (the next run makes it again)",
+                path.display()
+            );
+            None
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => return damaged(format!("cannot be read ({e})")),
+        };
+        if crate::text::hex(&Digest::of(&bytes).0) != name {
+            return damaged("is damaged (its bytes are not those it was saved with)".into());
+        }
+        match presence::Presence::decode(&bytes) {
+            Ok(filter) => {
+                tracing::debug!(
+                    "the presence filter holds {} entries ({} bytes)",
+                    filter.entries(),
+                    bytes.len()
+                );
+                Some(KnownPresence {
+                    filter,
+                    saved: Some(name),
+                })
+            }
+            Err(e) => damaged(format!("is damaged ({e:#})")),
+        }
+    }
+
+    /// Whether the main index may hold `key` in `tree`: "no" only when the presence filter
+    /// speaks for the index and has never had it.
+    fn may_hold(&self, tree: Tree, key: &[u8]) -> bool {
+        match &*self.presence.read().unwrap() {
+            Some(known) => known.filter.may_hold(tree, key),
+            None => true,
+        }
+    }
+
+    /// Makes the presence filter hold every entry of the index when it does not speak for it
+    /// (a cache from before it, or whose index changed behind it: a crash, a replay): one
+    /// pass over the keys of three trees. A run does this before it plans; `true` when it
+    /// had to.
+    pub fn rebuild_presence(&self) -> Result<bool> {
+        let index = self.index();
+        if index.unavailable().is_some() || self.presence.read().unwrap().is_some() {
+            return Ok(false);
+        }
+        let mut keys: Vec<(Tree, Vec<u8>)> = Vec::new();
+        for tree in [Tree::Tasks, Tree::Failures, Tree::Latest] {
+            for key in index.keys(tree) {
+                keys.push((tree, key?));
+            }
+        }
+        // Room for as many again before it adds a layer.
+        let mut filter = presence::Presence::new(2 * keys.len() as u64);
+        for (tree, key) in &keys {
+            filter.insert(*tree, key);
+        }
+        tracing::debug!("the presence filter was rebuilt: {} entries", keys.len());
+        *self.presence.write().unwrap() = Some(KnownPresence {
+            filter,
+            saved: None,
+        });
+        Ok(true)
+    }
+
+    /// Something wrote to the main index behind the presence filter: it speaks for it no
+    /// more (until a run rebuilds it).
+    fn distrust_presence(&self) {
+        *self.presence.write().unwrap() = None;
+    }
+
+    /// Saves the presence filter (when it changed) and points the side index at it with the
+    /// main index's new `stamp`; without one that speaks for the index, drops the pointer.
+    fn save_presence(&self, stamp: &[u8]) -> Result<()> {
+        let mut guard = self.presence.write().unwrap();
+        let Some(known) = guard.as_mut() else {
+            return self.side.delete(Tree::Meta, PRESENCE);
+        };
+        let dir = self.dir.join("presence");
+        let name = match &known.saved {
+            Some(name) => name.clone(),
+            None => {
+                let bytes = known.filter.encode();
+                let digest = Digest::of(&bytes);
+                let name = crate::text::hex(&digest.0);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+                std::io::Write::write_all(&mut tmp, &bytes)?;
+                tmp.persist(dir.join(&name)).map_err(|e| e.error)?;
+                known.saved = Some(name.clone());
+                name
+            }
+        };
+        // Earlier filters and a temporary file a killed process left.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_name() != name.as_str() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let mut pointer = Digest::of(stamp).0.to_vec();
+        pointer.extend_from_slice(name.as_bytes());
+        self.side.put(Tree::Meta, PRESENCE, &pointer)
     }
 
     /// Whether the main index's files are as the last process that had it open left them
@@ -271,6 +439,7 @@ impl Store {
         // The summaries were made from the index that goes aside.
         let side = open_side(dir)?;
         summaries::forget(&side)?;
+        side.delete(Tree::Meta, PRESENCE)?;
         side.flush()?;
         let index = SledIndex::open(&dir.join("index"))?;
         check_schema(&index, dir)?;
@@ -327,7 +496,10 @@ impl Store {
         self.forget_stage_summaries()?;
         let journals = self.dir.join("journal");
         let restored = match journal::files(&journals)?.is_empty() {
-            false => Some(repair::replay(self.index(), self.blobs(), &journals)?),
+            false => {
+                self.distrust_presence();
+                Some(repair::replay(self.index(), self.blobs(), &journals)?)
+            }
             // Nothing to put back from: the memos go, so that the plan asks the index (and
             // runs again what it lacks) instead of trusting them.
             true => {
@@ -383,7 +555,15 @@ impl Store {
 
     /// Writes an entry to the index, and to the journal of the run in progress.
     fn put_kept(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
-        self.index().put(tree, key, value)?;
+        let index = self.index();
+        // Into the filter first: a lookup between the two writes must not be told "no".
+        if presence::covers(tree)
+            && let Some(known) = self.presence.write().unwrap().as_mut()
+        {
+            known.filter.insert(tree, key);
+            known.saved = None;
+        }
+        index.put(tree, key, value)?;
         if let Some(w) = self.journal.lock().unwrap().as_mut() {
             w.put(tree, key, value);
         }
@@ -470,16 +650,26 @@ impl Store {
         &self.tmp
     }
 
+    /// An entry of one of the trees the presence filter covers, asking the index only when
+    /// the filter says it may hold it.
+    fn get_present(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let index = self.index();
+        if !self.may_hold(tree, key) {
+            self.answered_absent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(None);
+        }
+        index.get(tree, key)
+    }
+
     pub fn result(&self, key: &TaskKey) -> Result<Option<TaskResult>> {
-        self.index()
-            .get(Tree::Tasks, &key.0)?
+        self.get_present(Tree::Tasks, &key.0)?
             .map(|b| decode(&b, "task result"))
             .transpose()
     }
 
     pub fn failure(&self, key: &TaskKey) -> Result<Option<Failure>> {
-        self.index()
-            .get(Tree::Failures, &key.0)?
+        self.get_present(Tree::Failures, &key.0)?
             .map(|b| decode(&b, "failure record"))
             .transpose()
     }
@@ -513,8 +703,7 @@ impl Store {
     }
 
     pub fn latest(&self, stage: &str, item: &str) -> Result<Option<Latest>> {
-        self.index()
-            .get(Tree::Latest, &latest_key(stage, item))?
+        self.get_present(Tree::Latest, &latest_key(stage, item))?
             .map(|b| decode(&b, "latest entry"))
             .transpose()
     }
@@ -746,11 +935,17 @@ impl Store {
     /// summaries without opening it ([`Store::main_unchanged`]).
     pub fn flush_and_stamp(&self) -> Result<()> {
         self.flush()?;
+        tracing::debug!(
+            "the presence filter answered {} lookups without the index",
+            self.answered_absent
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
         if let Some(main) = self.main.get()
             && main.index.unavailable().is_none()
             && let Some(stamp) = main_stamp(&self.dir)
         {
             self.side.put(Tree::Meta, MAIN_STAMP, &stamp)?;
+            self.save_presence(&stamp)?;
         }
         self.side.flush()
     }
@@ -766,6 +961,10 @@ impl Drop for Store {
         drop(main);
         if usable && let Some(stamp) = main_stamp(&self.dir) {
             let _ = self.side.put(Tree::Meta, MAIN_STAMP, &stamp);
+            if let Err(e) = self.save_presence(&stamp) {
+                tracing::debug!("the presence filter was not saved: {e:#}");
+                let _ = self.side.delete(Tree::Meta, PRESENCE);
+            }
             let _ = self.side.flush();
         }
     }
@@ -773,6 +972,10 @@ impl Drop for Store {
 
 /// The side index's key of the main index's stamp.
 const MAIN_STAMP: &[u8] = b"main-stamp";
+
+/// The side index's key of the presence filter's file: the digest of the main index's stamp
+/// it was saved with (32 bytes), then the file's name (the hex digest of its bytes).
+const PRESENCE: &[u8] = b"presence";
 
 /// The stamp of the main index's files: each one's name, size, modification time and
 /// inode, in name order, after the index schema of this mvc. `None` when they cannot be

@@ -20,6 +20,7 @@ mod incremental;
 mod interruptions;
 mod output;
 mod pipeline_errors;
+mod presence;
 mod real_models;
 mod render;
 mod render_blender;

@@ -1,7 +1,7 @@
 //! Planning at Objaverse-XL's scale (issue 30) changed how a plan holds items' parameters
 //! (one shared slice per distinct set, not one per item). Task keys must not change with it:
 //! a cache made before still plans, and runs, fully cached. Stage summaries (also issue 30)
-//! are new: such a cache has none until its next run records them.
+//! and the presence filter are new: such a cache has neither until its next run makes them.
 
 use crate::common::Sandbox;
 use std::path::Path;
@@ -36,8 +36,14 @@ fn a_cache_made_before_the_xl_work_still_plans_and_runs_fully_cached() {
         assert_eq!(s["to_run"], 0, "{stage} would run again: {json}");
     }
 
-    let run = sb.mvc(&["run", "pipeline.toml", "--json", "-q"]);
+    let run = sb.mvc(&["-vv", "run", "pipeline.toml", "--json", "-q"]);
     run.assert_ok();
+    // Nor had it a presence filter: the run made one from its index.
+    assert!(
+        run.stderr.contains("the presence filter was rebuilt"),
+        "{}",
+        run.stderr
+    );
     for (stage, total) in expected {
         assert_eq!(run.count(stage, "cached"), total, "{stage}: {}", run.stdout);
         assert_eq!(
@@ -53,6 +59,17 @@ fn a_cache_made_before_the_xl_work_still_plans_and_runs_fully_cached() {
     let again = sb.mvc(&["plan", "pipeline.toml", "--json"]);
     let json = again.assert_ok().json();
     assert_eq!(json["from_summaries"], true, "{json}");
+    for (stage, total) in expected {
+        assert_eq!(json["stages"][stage]["cached"], total, "{stage}: {json}");
+    }
+    // Every task looked up through that filter: all still found.
+    let full = sb.mvc(&["-vv", "plan", "pipeline.toml", "--json", "--full"]);
+    let json = full.assert_ok().json();
+    assert!(
+        full.stderr.contains("the presence filter holds"),
+        "{}",
+        full.stderr
+    );
     for (stage, total) in expected {
         assert_eq!(json["stages"][stage]["cached"], total, "{stage}: {json}");
     }
