@@ -826,7 +826,10 @@ impl Store {
         self.put_kept(Tree::Records, &key.0, &record.encode())?;
         self.put_kept(Tree::Tasks, &key.0, &encode(result))?;
         self.set_latest(&result.stage, &result.item, key)?;
-        self.delete_kept(Tree::Failures, &key.0)?;
+        // Most keys never failed: the filter says so without a walk down sled's tree.
+        if self.may_hold(Tree::Failures, &key.0) {
+            self.delete_kept(Tree::Failures, &key.0)?;
+        }
         Ok(())
     }
 
