@@ -217,8 +217,11 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
         let counts = &engine.counts[s];
         let mut reasons: HashMap<String, u64> = HashMap::new();
         if counts.to_run + counts.pending > 0 {
-            // A stage the index has never recorded: every task is new, without a lookup each.
-            let never_seen = !engine.store.has_seen_stage(&node.name);
+            // A stage the index has never recorded: every task is new, without a lookup each
+            // (the presence filter, when it speaks for the index, answers those lookups
+            // without it, and the index need not be opened to ask).
+            let never_seen =
+                !engine.store.presence_known() && !engine.store.has_seen_stage(&node.name);
             for t in node.tasks() {
                 let cause = match engine.state[t] {
                     State::ToRun | State::Pending if never_seen => "new item".to_string(),

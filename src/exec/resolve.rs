@@ -183,7 +183,7 @@ impl Engine {
         let memos = graph
             .stages
             .iter()
-            .map(|s| StageMemo::load(store.index(), store.blobs(), &s.name))
+            .map(|s| store.plan_memo(&s.name))
             .collect::<Result<Vec<_>>>()?;
         let left: Vec<u32> = TaskId::range(TaskId(0), n as u32)
             .map(|t| graph.dep_count(t))

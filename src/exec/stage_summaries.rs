@@ -83,8 +83,12 @@ pub fn plan_report(
     {
         return Ok((None, report));
     }
-    // Opened here, if not yet, so that a damaged index is its own error.
-    store.open_main()?;
+    // Opened here when its files changed since it was stamped, so that a damaged index is
+    // its own error. Otherwise it is opened only if the plan memos and the presence filter
+    // (copied and saved with the stamp) do not answer a lookup.
+    if !store.main_unchanged() {
+        store.open_main()?;
+    }
     let (engine, report) = super::plan::plan(pipeline, store, retry_failed)?;
     Ok((Some(engine), report))
 }

@@ -35,6 +35,7 @@ use index::{Index, SledIndex, Tree};
 use lock::CacheLock;
 use records::{Failure, Latest, Output, TaskResult, decode, encode, latest_key, now_ms};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 /// Version of the index's own layout (trees and value encodings). An index written by a newer
 /// mvc is refused rather than misread.
@@ -65,6 +66,8 @@ pub struct Store {
     /// index opens as the last process left it (or new), dropped when anything writes to
     /// the index behind the filter's back (a replay from the journals).
     presence: std::sync::RwLock<Option<KnownPresence>>,
+    /// Set once the presence filter was looked for while the main index was not open.
+    presence_tried: std::sync::atomic::AtomicBool,
     /// Lookups the presence filter answered "no" without asking the index.
     answered_absent: std::sync::atomic::AtomicU64,
     blobs: BlobStore,
@@ -187,6 +190,7 @@ impl Store {
             opening: std::sync::Mutex::new(()),
             side,
             presence: std::sync::RwLock::new(None),
+            presence_tried: std::sync::atomic::AtomicBool::new(false),
             answered_absent: std::sync::atomic::AtomicU64::new(0),
             blobs: BlobStore::new(dir.join("blobs")),
             tmp,
@@ -210,6 +214,7 @@ impl Store {
             "opening the main index {}",
             self.dir.join("index").display()
         );
+
         // Whether the presence filter can speak for the index: asked before sled touches its
         // files.
         let existed = self.dir.join("index").exists();
@@ -231,9 +236,13 @@ impl Store {
             // The journals wrote to the index behind the filter.
             (Some(_), _) => None,
             (None, false) => Some(KnownPresence {
-                filter: presence::Presence::new(presence::FIRST_CAPACITY),
+                filter: presence::Presence::default(),
                 saved: None,
             }),
+            // Loaded already, while the index was not open, from these same files.
+            (None, true) if unchanged && self.presence.read().unwrap().is_some() => {
+                self.presence.write().unwrap().take()
+            }
             (None, true) if unchanged => self.load_presence(),
             (None, true) => {
                 tracing::debug!(
@@ -302,8 +311,22 @@ impl Store {
     }
 
     /// Whether the main index may hold `key` in `tree`: "no" only when the presence filter
-    /// speaks for the index and has never had it.
+    /// speaks for the index and has never had it. With the index not open yet, the filter is
+    /// loaded without it when its files are as stamped: a plan whose lookups the filter and
+    /// the memos answer never opens it.
     fn may_hold(&self, tree: Tree, key: &[u8]) -> bool {
+        if self.main.get().is_none() && !self.presence_tried.load(Ordering::Acquire) {
+            // The other threads of a plan wait for it: one that went on without it would
+            // open the index for a lookup the filter answers.
+            let mut known = self.presence.write().unwrap();
+            if !self.presence_tried.swap(true, Ordering::AcqRel)
+                && known.is_none()
+                && self.main.get().is_none()
+                && self.main_unchanged()
+            {
+                *known = self.load_presence();
+            }
+        }
         match &*self.presence.read().unwrap() {
             Some(known) => known.filter.may_hold(tree, key),
             None => true,
@@ -325,11 +348,7 @@ impl Store {
                 keys.push((tree, key?));
             }
         }
-        // Room for as many again before it adds a layer.
-        let mut filter = presence::Presence::new(2 * keys.len() as u64);
-        for (tree, key) in &keys {
-            filter.insert(*tree, key);
-        }
+        let filter = presence::Presence::of(keys.iter().map(|(t, k)| (*t, k.as_slice())));
         tracing::debug!("the presence filter was rebuilt: {} entries", keys.len());
         *self.presence.write().unwrap() = Some(KnownPresence {
             filter,
@@ -653,13 +672,43 @@ impl Store {
     /// An entry of one of the trees the presence filter covers, asking the index only when
     /// the filter says it may hold it.
     fn get_present(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let index = self.index();
         if !self.may_hold(tree, key) {
             self.answered_absent
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(None);
         }
-        index.get(tree, key)
+        self.index().get(tree, key)
+    }
+
+    /// Whether the presence filter speaks for the main index (then a lookup of what the index
+    /// never held costs no read of it).
+    pub fn presence_known(&self) -> bool {
+        // Loaded on first use, as for a lookup.
+        self.may_hold(Tree::Meta, b"");
+        self.presence.read().unwrap().is_some()
+    }
+
+    /// The plan memo of `stage`: from the main index, or, while it is not open and its files
+    /// are as stamped, from the copy of its memo list the side index took with the stamp.
+    pub fn plan_memo(&self, stage: &str) -> Result<memo::StageMemo> {
+        if self.main.get().is_none() && self.main_unchanged() {
+            return memo::StageMemo::load(&self.side, &self.blobs, stage);
+        }
+        memo::StageMemo::load(self.index(), &self.blobs, stage)
+    }
+
+    /// Copies the main index's memo list into the side index, as the stamp is taken: the
+    /// copy is read only while the stamp holds.
+    fn copy_memo_list(&self, main: &dyn Index) -> Result<()> {
+        let old: Vec<Vec<u8>> = self.side.keys(Tree::Memos).collect::<Result<_>>()?;
+        for stage in old {
+            self.side.delete(Tree::Memos, &stage)?;
+        }
+        for entry in main.scan(Tree::Memos, b"") {
+            let (stage, digest) = entry?;
+            self.side.put(Tree::Memos, &stage, &digest)?;
+        }
+        Ok(())
     }
 
     pub fn result(&self, key: &TaskKey) -> Result<Option<TaskResult>> {
@@ -947,6 +996,7 @@ impl Store {
             && main.index.unavailable().is_none()
             && let Some(stamp) = main_stamp(&self.dir)
         {
+            self.copy_memo_list(main.index.as_ref())?;
             self.side.put(Tree::Meta, MAIN_STAMP, &stamp)?;
             self.save_presence(&stamp)?;
         }
@@ -960,7 +1010,8 @@ impl Drop for Store {
         let Some(main) = self.main.take() else {
             return;
         };
-        let usable = main.index.unavailable().is_none();
+        let usable =
+            main.index.unavailable().is_none() && self.copy_memo_list(main.index.as_ref()).is_ok();
         drop(main);
         if usable && let Some(stamp) = main_stamp(&self.dir) {
             let _ = self.side.put(Tree::Meta, MAIN_STAMP, &stamp);

@@ -1,202 +1,138 @@
-//! The presence filter: a Bloom filter of every entry the main index may hold in its
+//! The presence filter: a fingerprint of every entry the main index may hold in its
 //! results, failures and latest trees, so that a lookup of something the index has never
 //! recorded (the tasks of a new ring of views, a new object) is answered "no" without
 //! asking sled. At ten million tasks the index is 24 GB; each of those lookups went to a
 //! random place of it, and a plan after a new ring spent most of its time there
 //! (BENCHMARKS.md, "The presence filter").
 //!
-//! A Bloom filter never says "absent" for an entry that was put in it, and gc and
-//! `forget_result` may delete entries without telling it: it only ever holds a superset of
-//! the index, so a "maybe" falls back to the index and a "no" is exact. The store decides
-//! when the filter speaks for the index at all (`Store`: the stamp of the main index's
-//! files, as for the stage summaries).
+//! A fingerprint is 64 bits of the entry's blake3 hash: two entries share one with a
+//! chance of about one in 10^11 at a hundred million entries, so a plan of millions of new
+//! tasks finds none that the index must answer, and need not open it at all. (A Bloom
+//! filter of 10 bits an entry said "maybe" for 1% of them, and one "maybe" is enough to open
+//! a 24 GB index.) A shared fingerprint only sends the lookup to the index: "no" is exact.
 //!
-//! It grows in layers, each four times the one before, so that it never needs the entries
-//! it was made from; a lookup asks every layer. Each layer is a blocked Bloom filter: an
-//! entry's bits all lie in one 64-byte block (one cache line), about 10 bits per entry and
-//! 7 probes, for about 1% of false "maybe"s per full layer.
+//! gc and `forget_result` delete entries without telling it: it holds a superset of the
+//! index. The store decides when it speaks for the index at all (`Store`: the stamp of the
+//! main index's files, as for the stage summaries).
 //!
-//! File layout (`presence/<digest>`, the digest of its bytes): `mvcpres1`, layer count
-//! (u64 LE), then per layer its capacity, entries and block count (u64 LE each) and its
-//! blocks (8 u64 LE each).
+//! File layout (`presence/<digest>`, the digest of its bytes): `mvcpres2`, count (u64 LE),
+//! then the fingerprints, sorted, u64 LE each.
 
 use super::index::Tree;
+use super::memo::KeyHasher;
 use anyhow::{Result, bail};
+use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
 
-const MAGIC: &[u8; 8] = b"mvcpres1";
-const BITS_PER_ENTRY: u64 = 10;
-const PROBES: usize = 7;
-const GROWTH: u64 = 4;
-/// The first layer of a new cache: 80 KiB on disk.
-pub const FIRST_CAPACITY: u64 = 1 << 16;
-
-type Block = [u64; 8];
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Layer {
-    capacity: u64,
-    entries: u64,
-    blocks: Vec<Block>,
-}
-
-impl Layer {
-    fn new(capacity: u64) -> Layer {
-        let blocks = (capacity * BITS_PER_ENTRY).div_ceil(512).max(1);
-        Layer {
-            capacity,
-            entries: 0,
-            blocks: vec![[0; 8]; blocks as usize],
-        }
-    }
-
-    fn block(&self, probe: &Probe) -> usize {
-        // The block: the high bits of a 64×64-bit product, which spreads a uniform hash
-        // over any number of blocks without a division.
-        ((probe.select as u128 * self.blocks.len() as u128) >> 64) as usize
-    }
-
-    fn holds(&self, probe: &Probe) -> bool {
-        let block = &self.blocks[self.block(probe)];
-        probe
-            .bits
-            .iter()
-            .all(|&bit| block[bit as usize / 64] & (1 << (bit % 64)) != 0)
-    }
-
-    fn set(&mut self, probe: &Probe) {
-        let b = self.block(probe);
-        let block = &mut self.blocks[b];
-        for &bit in &probe.bits {
-            block[bit as usize / 64] |= 1 << (bit % 64);
-        }
-        self.entries += 1;
-    }
-}
-
-/// Where an entry's bits are: its block, and its 7 bits (of 512) in it.
-struct Probe {
-    select: u64,
-    bits: [u16; PROBES],
-}
-
-impl Probe {
-    fn of(tree: Tree, key: &[u8]) -> Probe {
-        let mut h = blake3::Hasher::new();
-        h.update(tree.name().as_bytes());
-        h.update(b"\0");
-        h.update(key);
-        let hash = h.finalize();
-        let bytes = hash.as_bytes();
-        let select = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-        let mut bits = [0u16; PROBES];
-        for (i, bit) in bits.iter_mut().enumerate() {
-            *bit = u16::from_le_bytes([bytes[8 + 2 * i], bytes[9 + 2 * i]]) % 512;
-        }
-        Probe { select, bits }
-    }
-}
+const MAGIC: &[u8; 8] = b"mvcpres2";
 
 /// The trees whose entries the filter holds.
 pub fn covers(tree: Tree) -> bool {
     matches!(tree, Tree::Tasks | Tree::Failures | Tree::Latest)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+fn fingerprint(tree: Tree, key: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(tree.name().as_bytes());
+    h.update(b"\0");
+    h.update(key);
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Presence {
-    layers: Vec<Layer>,
+    /// As loaded or last merged: sorted, without repeats.
+    sorted: Vec<u64>,
+    /// Put in since (merged when the filter is encoded).
+    added: HashSet<u64, BuildHasherDefault<KeyHasher>>,
 }
 
 impl Presence {
-    /// An empty filter sized for `expected` entries before it adds a layer.
-    pub fn new(expected: u64) -> Presence {
-        Presence {
-            layers: vec![Layer::new(expected.max(FIRST_CAPACITY))],
-        }
-    }
-
     /// Whether the index may hold `key` in `tree`: `false` is certain.
     pub fn may_hold(&self, tree: Tree, key: &[u8]) -> bool {
-        let probe = Probe::of(tree, key);
-        self.layers.iter().any(|layer| layer.holds(&probe))
+        self.holds(fingerprint(tree, key))
     }
 
-    /// Notes that the index holds `key` in `tree` (from now on, `may_hold` says so).
+    fn holds(&self, fp: u64) -> bool {
+        self.sorted.binary_search(&fp).is_ok() || self.added.contains(&fp)
+    }
+
+    /// Notes that the index holds `key` in `tree`: from now on `may_hold` says so.
     pub fn insert(&mut self, tree: Tree, key: &[u8]) {
-        let probe = Probe::of(tree, key);
-        // Already answered "maybe" (put before, or a false positive that stays one): the
-        // entry is not counted twice against the layer's capacity.
-        if self.layers.iter().any(|layer| layer.holds(&probe)) {
-            return;
+        let fp = fingerprint(tree, key);
+        if !self.holds(fp) {
+            self.added.insert(fp);
         }
-        let last = self.layers.last().expect("a filter has a layer");
-        if last.entries >= last.capacity {
-            let capacity = last.capacity * GROWTH;
-            self.layers.push(Layer::new(capacity));
-        }
-        self.layers.last_mut().unwrap().set(&probe);
     }
 
-    /// Entries put in it (a false positive at insertion is not counted).
+    /// A filter of exactly these entries.
+    pub fn of<'a>(entries: impl Iterator<Item = (Tree, &'a [u8])>) -> Presence {
+        let mut sorted: Vec<u64> = entries.map(|(t, k)| fingerprint(t, k)).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Presence {
+            sorted,
+            added: HashSet::default(),
+        }
+    }
+
     pub fn entries(&self) -> u64 {
-        self.layers.iter().map(|l| l.entries).sum()
+        (self.sorted.len() + self.added.len()) as u64
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let blocks: usize = self.layers.iter().map(|l| l.blocks.len()).sum();
-        let mut out = Vec::with_capacity(16 + self.layers.len() * 24 + blocks * 64);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.layers.len() as u64).to_le_bytes());
-        for layer in &self.layers {
-            for n in [layer.capacity, layer.entries, layer.blocks.len() as u64] {
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            for block in &layer.blocks {
-                for word in block {
-                    out.extend_from_slice(&word.to_le_bytes());
+    /// The bytes of the file (what was added is merged in: one pass).
+    pub fn encode(&mut self) -> Vec<u8> {
+        if !self.added.is_empty() {
+            let mut added: Vec<u64> = self.added.drain().collect();
+            added.sort_unstable();
+            let mut merged = Vec::with_capacity(self.sorted.len() + added.len());
+            let (mut a, mut b) = (self.sorted.iter().peekable(), added.iter().peekable());
+            while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
+                if x <= y {
+                    merged.push(x);
+                    a.next();
+                } else {
+                    merged.push(y);
+                    b.next();
                 }
             }
+            merged.extend(a);
+            merged.extend(b);
+            self.sorted = merged;
+        }
+        let mut out = Vec::with_capacity(16 + self.sorted.len() * 8);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.sorted.len() as u64).to_le_bytes());
+        for fp in &self.sorted {
+            out.extend_from_slice(&fp.to_le_bytes());
         }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Presence> {
-        let mut rest = bytes;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if rest.len() < n {
-                bail!("the presence filter is cut short");
-            }
-            let (head, tail) = rest.split_at(n);
-            rest = tail;
-            Ok(head)
-        };
-        if take(8)? != MAGIC {
-            bail!("not a presence filter (wrong magic)");
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            bail!("not a presence filter (wrong magic or cut short)");
         }
-        let number = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
-        let count = number(take(8)?);
-        let mut layers = Vec::new();
-        for _ in 0..count {
-            let capacity = number(take(8)?);
-            let entries = number(take(8)?);
-            let blocks = number(take(8)?);
-            if blocks == 0 || blocks != (capacity * BITS_PER_ENTRY).div_ceil(512).max(1) {
-                bail!("a layer of the presence filter has {blocks} blocks for {capacity} entries");
-            }
-            let words = take(blocks as usize * 64)?;
-            let blocks = words
-                .chunks_exact(64)
-                .map(|b| std::array::from_fn(|i| number(&b[i * 8..i * 8 + 8])))
-                .collect();
-            layers.push(Layer {
-                capacity,
-                entries,
-                blocks,
-            });
+        let count = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        let body = &bytes[16..];
+        if body.len() as u64 != count.saturating_mul(8) {
+            bail!(
+                "the presence filter says {count} entries but holds {} bytes of them",
+                body.len()
+            );
         }
-        if layers.is_empty() || !rest.is_empty() {
-            bail!("the presence filter has no layer, or bytes after its last");
+        let sorted: Vec<u64> = body
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        // Out of order, a binary search would miss what it holds.
+        if sorted.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("the presence filter's entries are not in order");
         }
-        Ok(Presence { layers })
+        Ok(Presence {
+            sorted,
+            added: HashSet::default(),
+        })
     }
 }
 
@@ -209,59 +145,41 @@ mod tests {
     }
 
     #[test]
-    fn what_was_put_in_is_always_held_and_what_was_not_rarely_is() {
-        let mut filter = Presence::new(1000);
-        for i in 0..100_000 {
+    fn what_was_put_in_is_held_and_nothing_else_is() {
+        let keys: Vec<[u8; 32]> = (0..50_000).map(key).collect();
+        let mut filter = Presence::of(keys.iter().map(|k| (Tree::Tasks, k.as_slice())));
+        for i in 50_000..60_000 {
             filter.insert(Tree::Tasks, &key(i));
         }
-        // It grew in layers of 1000 (the first is at least FIRST_CAPACITY), 4×, …
-        assert!((0..100_000).all(|i| filter.may_hold(Tree::Tasks, &key(i))));
-        let false_maybes = (100_000..200_000)
-            .filter(|&i| filter.may_hold(Tree::Tasks, &key(i)))
-            .count();
-        assert!(
-            false_maybes < 2_000,
-            "{false_maybes} false positives in 100,000"
-        );
+        assert_eq!(filter.entries(), 60_000);
+        assert!((0..60_000).all(|i| filter.may_hold(Tree::Tasks, &key(i))));
+        assert!(!(60_000..160_000).any(|i| filter.may_hold(Tree::Tasks, &key(i))));
         // Trees are apart: a result's key is not a latest entry's.
-        let other_tree = (0..10_000)
-            .filter(|&i| filter.may_hold(Tree::Latest, &key(i)))
-            .count();
-        assert!(other_tree < 200, "{other_tree}");
-    }
-
-    #[test]
-    fn it_grows_in_layers_without_its_entries() {
-        let mut filter = Presence::new(0);
-        let n = FIRST_CAPACITY * 4;
-        for i in 0..n {
-            filter.insert(Tree::Latest, &key(i));
-        }
-        assert_eq!(filter.layers.len(), 2, "{:?}", filter.layers.len());
-        assert_eq!(filter.layers[1].capacity, FIRST_CAPACITY * 4);
-        assert!(filter.entries() > n - n / 50 && filter.entries() <= n);
-        assert!((0..n).all(|i| filter.may_hold(Tree::Latest, &key(i))));
+        assert!(!(0..60_000).any(|i| filter.may_hold(Tree::Latest, &key(i))));
+        // Put twice, held once.
+        filter.insert(Tree::Tasks, &key(7));
+        filter.insert(Tree::Tasks, &key(55_000));
+        assert_eq!(filter.entries(), 60_000);
     }
 
     #[test]
     fn it_reads_back_what_it_wrote_and_refuses_damaged_bytes() {
-        let mut filter = Presence::new(10);
-        for i in 0..(FIRST_CAPACITY + 10) {
+        let mut filter = Presence::default();
+        for i in 0..1000 {
             filter.insert(Tree::Failures, &key(i));
         }
         let bytes = filter.encode();
-        assert_eq!(Presence::decode(&bytes).unwrap(), filter);
+        let read = Presence::decode(&bytes).unwrap();
+        assert_eq!(read, filter);
+        assert!((0..1000).all(|i| read.may_hold(Tree::Failures, &key(i))));
+
         let short = Presence::decode(&bytes[..bytes.len() - 1]).unwrap_err();
-        assert!(short.to_string().contains("cut short"), "{short}");
-        let mut longer = bytes.clone();
-        longer.push(0);
-        let after = Presence::decode(&longer).unwrap_err();
-        assert!(after.to_string().contains("bytes after"), "{after}");
+        assert!(short.to_string().contains("holds 7999 bytes"), "{short}");
         let magic = Presence::decode(b"mvcmemo1\0\0\0\0\0\0\0\0").unwrap_err();
         assert!(magic.to_string().contains("wrong magic"), "{magic}");
-        let mut lying = bytes.clone();
-        lying[16] ^= 1; // the first layer's capacity
-        let lie = Presence::decode(&lying).unwrap_err();
-        assert!(lie.to_string().contains("blocks for"), "{lie}");
+        let mut shuffled = bytes.clone();
+        shuffled[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let order = Presence::decode(&shuffled).unwrap_err();
+        assert!(order.to_string().contains("not in order"), "{order}");
     }
 }
