@@ -691,10 +691,30 @@ impl Store {
     /// The plan memo of `stage`: from the main index, or, while it is not open and its files
     /// are as stamped, from the copy of its memo list the side index took with the stamp.
     pub fn plan_memo(&self, stage: &str) -> Result<memo::StageMemo> {
-        if self.main.get().is_none() && self.main_unchanged() {
+        if self.main.get().is_none() && self.main_unchanged() && self.memo_copy_current() {
             return memo::StageMemo::load(&self.side, &self.blobs, stage);
         }
         memo::StageMemo::load(self.index(), &self.blobs, stage)
+    }
+
+    /// Whether the side index's copy of the memo list was taken with the stamp it holds (an
+    /// mvc from before the copy stamps the index without taking one).
+    fn memo_copy_current(&self) -> bool {
+        match (
+            self.side.get(Tree::Meta, MEMO_COPY),
+            self.side.get(Tree::Meta, MAIN_STAMP),
+        ) {
+            (Ok(Some(copy)), Ok(Some(stamp))) => copy == Digest::of(&stamp).0,
+            _ => false,
+        }
+    }
+
+    /// Records the main index's `stamp` in the side index, with what was taken with it: the
+    /// copy of the memo list (already copied) and the presence filter.
+    fn record_stamp(&self, stamp: &[u8]) -> Result<()> {
+        self.side.put(Tree::Meta, MAIN_STAMP, stamp)?;
+        self.side.put(Tree::Meta, MEMO_COPY, &Digest::of(stamp).0)?;
+        self.save_presence(stamp)
     }
 
     /// Copies the main index's memo list into the side index, as the stamp is taken: the
@@ -997,8 +1017,7 @@ impl Store {
             && let Some(stamp) = main_stamp(&self.dir)
         {
             self.copy_memo_list(main.index.as_ref())?;
-            self.side.put(Tree::Meta, MAIN_STAMP, &stamp)?;
-            self.save_presence(&stamp)?;
+            self.record_stamp(&stamp)?;
         }
         self.side.flush()
     }
@@ -1014,10 +1033,10 @@ impl Drop for Store {
             main.index.unavailable().is_none() && self.copy_memo_list(main.index.as_ref()).is_ok();
         drop(main);
         if usable && let Some(stamp) = main_stamp(&self.dir) {
-            let _ = self.side.put(Tree::Meta, MAIN_STAMP, &stamp);
-            if let Err(e) = self.save_presence(&stamp) {
-                tracing::debug!("the presence filter was not saved: {e:#}");
-                let _ = self.side.delete(Tree::Meta, PRESENCE);
+            if let Err(e) = self.record_stamp(&stamp) {
+                // Without all three, none: a plan then opens the index.
+                tracing::debug!("the stamp of the main index was not recorded: {e:#}");
+                let _ = self.side.delete(Tree::Meta, MAIN_STAMP);
             }
             let _ = self.side.flush();
         }
@@ -1026,6 +1045,9 @@ impl Drop for Store {
 
 /// The side index's key of the main index's stamp.
 const MAIN_STAMP: &[u8] = b"main-stamp";
+
+/// The side index's key of the digest of the stamp its copy of the memo list was taken with.
+const MEMO_COPY: &[u8] = b"memo-copy";
 
 /// The side index's key of the presence filter's file: the digest of the main index's stamp
 /// it was saved with (32 bytes), then the file's name (the hex digest of its bytes).
