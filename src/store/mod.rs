@@ -35,7 +35,6 @@ use index::{Index, SledIndex, Tree};
 use lock::CacheLock;
 use records::{Failure, Latest, Output, TaskResult, decode, encode, latest_key, now_ms};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 /// Version of the index's own layout (trees and value encodings). An index written by a newer
 /// mvc is refused rather than misread.
@@ -62,26 +61,15 @@ pub struct Store {
     /// such a plan never loads the main index (sled loads a page table that grows with it:
     /// 130 MB per million tasks).
     side: SledIndex,
-    /// The presence filter of the main index, while it speaks for it: set when the main
-    /// index opens as the last process left it (or new), dropped when anything writes to
-    /// the index behind the filter's back (a replay from the journals).
-    presence: std::sync::RwLock<Option<KnownPresence>>,
-    /// Set once the presence filter was looked for while the main index was not open.
-    presence_tried: std::sync::atomic::AtomicBool,
-    /// Lookups the presence filter answered "no" without asking the index.
-    answered_absent: std::sync::atomic::AtomicU64,
+    /// The presence filter of the main index, while it speaks for it: loaded when the main
+    /// index is as the last process left it (or new), dropped when anything writes to the
+    /// index behind the filter's back (a replay from the journals).
+    presence: presence::Keeper,
     blobs: BlobStore,
     tmp: PathBuf,
     /// The journal of the run in progress: every entry recorded goes there too.
     journal: std::sync::Mutex<Option<journal::Writer>>,
     lock: CacheLock,
-}
-
-/// The presence filter this process holds, and the file it was last saved as (`None`: not
-/// saved since it changed).
-struct KnownPresence {
-    filter: presence::Presence,
-    saved: Option<String>,
 }
 
 /// The main index, once opened.
@@ -189,9 +177,7 @@ impl Store {
             main: std::sync::OnceLock::new(),
             opening: std::sync::Mutex::new(()),
             side,
-            presence: std::sync::RwLock::new(None),
-            presence_tried: std::sync::atomic::AtomicBool::new(false),
-            answered_absent: std::sync::atomic::AtomicU64::new(0),
+            presence: presence::Keeper::new(dir),
             blobs: BlobStore::new(dir.join("blobs")),
             tmp,
             journal: std::sync::Mutex::new(None),
@@ -232,26 +218,14 @@ impl Store {
             }
             _ => None,
         };
-        let known = match (&restored, existed) {
-            // The journals wrote to the index behind the filter.
-            (Some(_), _) => None,
-            (None, false) => Some(KnownPresence {
-                filter: presence::Presence::default(),
-                saved: None,
-            }),
-            // Loaded already, while the index was not open, from these same files.
-            (None, true) if unchanged && self.presence.read().unwrap().is_some() => {
-                self.presence.write().unwrap().take()
-            }
-            (None, true) if unchanged => self.load_presence(),
-            (None, true) => {
-                tracing::debug!(
-                    "the presence filter is not used: the main index changed since it was saved"
-                );
-                None
-            }
+        let found = match (&restored, existed, unchanged) {
+            (Some(_), _, _) => presence::AtOpen::Replayed,
+            (None, false, _) => presence::AtOpen::New,
+            (None, true, true) => presence::AtOpen::AsStamped,
+            (None, true, false) => presence::AtOpen::Changed,
         };
-        *self.presence.write().unwrap() = known;
+        let stamp = self.side.get(Tree::Meta, MAIN_STAMP).ok().flatten();
+        self.presence.at_open(found, &self.side, stamp.as_deref());
         let _ = self.main.set(MainIndex {
             index: Box::new(index),
             restored,
@@ -259,78 +233,26 @@ impl Store {
         Ok(())
     }
 
-    /// The presence filter saved with the main index's stamp, when the stamp is the one the
-    /// side index holds (the caller checked that the files are still as stamped).
-    fn load_presence(&self) -> Option<KnownPresence> {
-        let not_used = |why: String| {
-            tracing::debug!("the presence filter is not used: {why}");
-            None
-        };
-        let (pointer, stamp) = match (
-            self.side.get(Tree::Meta, PRESENCE),
-            self.side.get(Tree::Meta, MAIN_STAMP),
-        ) {
-            (Ok(Some(pointer)), Ok(Some(stamp))) => (pointer, stamp),
-            _ => return not_used("none was saved with the main index's stamp".into()),
-        };
-        if pointer.len() <= 32 || pointer[..32] != Digest::of(&stamp).0 {
-            return not_used("it was saved with another stamp of the main index".into());
-        }
-        let name = String::from_utf8_lossy(&pointer[32..]).into_owned();
-        let path = self.dir.join("presence").join(&name);
-        // The pointer names a file that should be there, whole: anything else is damage,
-        // which costs only the lookups the filter would have saved until the next run.
-        let damaged = |why: String| {
-            tracing::warn!(
-                "the presence filter {} {why}: not used (the next run makes it again)",
-                path.display()
-            );
-            None
-        };
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) => return damaged(format!("cannot be read ({e})")),
-        };
-        if crate::text::hex(&Digest::of(&bytes).0) != name {
-            return damaged("is damaged (its bytes are not those it was saved with)".into());
-        }
-        match presence::Presence::decode(&bytes) {
-            Ok(filter) => {
-                tracing::debug!(
-                    "the presence filter holds {} entries ({} bytes)",
-                    filter.entries(),
-                    bytes.len()
-                );
-                Some(KnownPresence {
-                    filter,
-                    saved: Some(name),
-                })
-            }
-            Err(e) => damaged(format!("is damaged ({e:#})")),
-        }
-    }
-
     /// Whether the main index may hold `key` in `tree`: "no" only when the presence filter
     /// speaks for the index and has never had it. With the index not open yet, the filter is
     /// loaded without it when its files are as stamped: a plan whose lookups the filter and
     /// the memos answer never opens it.
     fn may_hold(&self, tree: Tree, key: &[u8]) -> bool {
-        if self.main.get().is_none() && !self.presence_tried.load(Ordering::Acquire) {
-            // The other threads of a plan wait for it: one that went on without it would
-            // open the index for a lookup the filter answers.
-            let mut known = self.presence.write().unwrap();
-            if !self.presence_tried.swap(true, Ordering::AcqRel)
-                && known.is_none()
-                && self.main.get().is_none()
-                && self.main_unchanged()
-            {
-                *known = self.load_presence();
-            }
+        self.presence_without_index();
+        self.presence.may_hold(tree, key)
+    }
+
+    /// Loads the presence filter (once) while the main index is not open and its files are
+    /// as stamped.
+    fn presence_without_index(&self) {
+        if self.main.get().is_some() {
+            return;
         }
-        match &*self.presence.read().unwrap() {
-            Some(known) => known.filter.may_hold(tree, key),
-            None => true,
-        }
+        self.presence.load_without_index(&self.side, || {
+            let unchanged = self.main.get().is_none() && self.main_unchanged();
+            let stamp = self.side.get(Tree::Meta, MAIN_STAMP).ok().flatten();
+            stamp.filter(|_| unchanged)
+        });
     }
 
     /// Makes the presence filter hold every entry of the index when it does not speak for it
@@ -338,65 +260,7 @@ impl Store {
     /// pass over the keys of three trees. A run does this before it plans; `true` when it
     /// had to.
     pub fn rebuild_presence(&self) -> Result<bool> {
-        let index = self.index();
-        if index.unavailable().is_some() || self.presence.read().unwrap().is_some() {
-            return Ok(false);
-        }
-        let mut keys: Vec<(Tree, Vec<u8>)> = Vec::new();
-        for tree in [Tree::Tasks, Tree::Failures, Tree::Latest] {
-            for key in index.keys(tree) {
-                keys.push((tree, key?));
-            }
-        }
-        let filter = presence::Presence::of(keys.iter().map(|(t, k)| (*t, k.as_slice())));
-        tracing::debug!("the presence filter was rebuilt: {} entries", keys.len());
-        *self.presence.write().unwrap() = Some(KnownPresence {
-            filter,
-            saved: None,
-        });
-        Ok(true)
-    }
-
-    /// Something wrote to the main index behind the presence filter: it speaks for it no
-    /// more (until a run rebuilds it).
-    fn distrust_presence(&self) {
-        *self.presence.write().unwrap() = None;
-    }
-
-    /// Saves the presence filter (when it changed) and points the side index at it with the
-    /// main index's new `stamp`; without one that speaks for the index, drops the pointer.
-    fn save_presence(&self, stamp: &[u8]) -> Result<()> {
-        let mut guard = self.presence.write().unwrap();
-        let Some(known) = guard.as_mut() else {
-            return self.side.delete(Tree::Meta, PRESENCE);
-        };
-        let dir = self.dir.join("presence");
-        let name = match &known.saved {
-            Some(name) => name.clone(),
-            None => {
-                let bytes = known.filter.encode();
-                let digest = Digest::of(&bytes);
-                let name = crate::text::hex(&digest.0);
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-                std::io::Write::write_all(&mut tmp, &bytes)?;
-                tmp.persist(dir.join(&name)).map_err(|e| e.error)?;
-                known.saved = Some(name.clone());
-                name
-            }
-        };
-        // Earlier filters and a temporary file a killed process left.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_name() != name.as_str() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        let mut pointer = Digest::of(stamp).0.to_vec();
-        pointer.extend_from_slice(name.as_bytes());
-        self.side.put(Tree::Meta, PRESENCE, &pointer)
+        self.presence.rebuild(self.index())
     }
 
     /// Whether the main index's files are as the last process that had it open left them
@@ -458,7 +322,7 @@ impl Store {
         // The summaries were made from the index that goes aside.
         let side = open_side(dir)?;
         summaries::forget(&side)?;
-        side.delete(Tree::Meta, PRESENCE)?;
+        presence::Keeper::forget(&side)?;
         side.flush()?;
         let index = SledIndex::open(&dir.join("index"))?;
         check_schema(&index, dir)?;
@@ -516,7 +380,7 @@ impl Store {
         let journals = self.dir.join("journal");
         let restored = match journal::files(&journals)?.is_empty() {
             false => {
-                self.distrust_presence();
+                self.presence.distrust();
                 Some(repair::replay(self.index(), self.blobs(), &journals)?)
             }
             // Nothing to put back from: the memos go, so that the plan asks the index (and
@@ -576,12 +440,7 @@ impl Store {
     fn put_kept(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<()> {
         let index = self.index();
         // Into the filter first: a lookup between the two writes must not be told "no".
-        if presence::covers(tree)
-            && let Some(known) = self.presence.write().unwrap().as_mut()
-        {
-            known.filter.insert(tree, key);
-            known.saved = None;
-        }
+        self.presence.note(tree, key);
         index.put(tree, key, value)?;
         if let Some(w) = self.journal.lock().unwrap().as_mut() {
             w.put(tree, key, value);
@@ -673,8 +532,6 @@ impl Store {
     /// the filter says it may hold it.
     fn get_present(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if !self.may_hold(tree, key) {
-            self.answered_absent
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(None);
         }
         self.index().get(tree, key)
@@ -683,9 +540,8 @@ impl Store {
     /// Whether the presence filter speaks for the main index (then a lookup of what the index
     /// never held costs no read of it).
     pub fn presence_known(&self) -> bool {
-        // Loaded on first use, as for a lookup.
-        self.may_hold(Tree::Meta, b"");
-        self.presence.read().unwrap().is_some()
+        self.presence_without_index();
+        self.presence.known()
     }
 
     /// The plan memo of `stage`: from the main index, or, while it is not open and its files
@@ -714,7 +570,7 @@ impl Store {
     fn record_stamp(&self, stamp: &[u8]) -> Result<()> {
         self.side.put(Tree::Meta, MAIN_STAMP, stamp)?;
         self.side.put(Tree::Meta, MEMO_COPY, &Digest::of(stamp).0)?;
-        self.save_presence(stamp)
+        self.presence.save(&self.side, stamp)
     }
 
     /// Copies the main index's memo list into the side index, as the stamp is taken: the
@@ -1009,8 +865,7 @@ impl Store {
         self.flush()?;
         tracing::debug!(
             "the presence filter answered {} lookups without the index",
-            self.answered_absent
-                .load(std::sync::atomic::Ordering::Relaxed)
+            self.presence.answered_absent()
         );
         if let Some(main) = self.main.get()
             && main.index.unavailable().is_none()
@@ -1048,10 +903,6 @@ const MAIN_STAMP: &[u8] = b"main-stamp";
 
 /// The side index's key of the digest of the stamp its copy of the memo list was taken with.
 const MEMO_COPY: &[u8] = b"memo-copy";
-
-/// The side index's key of the presence filter's file: the digest of the main index's stamp
-/// it was saved with (32 bytes), then the file's name (the hex digest of its bytes).
-const PRESENCE: &[u8] = b"presence";
 
 /// The stamp of the main index's files: each one's name, size, modification time and
 /// inode, in name order, after the index schema of this mvc. `None` when they cannot be

@@ -18,13 +18,21 @@
 //! File layout (`presence/<digest>`, the digest of its bytes): `mvcpres2`, count (u64 LE),
 //! then the fingerprints, sorted, u64 LE each.
 
-use super::index::Tree;
+use super::index::{Index, Tree};
 use super::memo::KeyHasher;
-use anyhow::{Result, bail};
+use crate::task::Digest;
+use anyhow::{Context, Result, bail};
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const MAGIC: &[u8; 8] = b"mvcpres2";
+
+/// The side index's key of the filter's file: the digest of the main index's stamp it was
+/// saved with (32 bytes), then the file's name (the hex digest of its bytes).
+const POINTER: &[u8] = b"presence";
 
 /// The trees whose entries the filter holds.
 pub fn covers(tree: Tree) -> bool {
@@ -37,6 +45,238 @@ fn fingerprint(tree: Tree, key: &[u8]) -> u64 {
     h.update(b"\0");
     h.update(key);
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap())
+}
+
+/// How the main index was found as it opened, which decides whether the filter speaks for it.
+pub enum AtOpen {
+    /// Created now: empty, as the filter.
+    New,
+    /// Its files as the side index's stamp has them.
+    AsStamped,
+    /// Changed since the stamp (a process died with it open, an older mvc).
+    Changed,
+    /// The journals wrote to it as it opened.
+    Replayed,
+}
+
+/// The filter as a store keeps it: loaded from `cache/presence/` when it speaks for the main
+/// index, told of every entry the store writes, saved with each stamp.
+pub struct Keeper {
+    dir: PathBuf,
+    known: RwLock<Option<Known>>,
+    /// Set once it was looked for while the main index was not open.
+    tried: AtomicBool,
+    /// Lookups it answered "no" without the index.
+    answered_absent: AtomicU64,
+}
+
+/// The filter this process holds, and the file it was last saved as (`None`: changed since).
+struct Known {
+    filter: Presence,
+    saved: Option<String>,
+}
+
+impl Keeper {
+    /// The keeper of the filter of the cache at `cache` (its file in `cache/presence/`).
+    pub fn new(cache: &Path) -> Keeper {
+        Keeper {
+            dir: cache.join("presence"),
+            known: RwLock::new(None),
+            tried: AtomicBool::new(false),
+            answered_absent: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads the filter once while the main index is not open, with the stamp that
+    /// `stamp_if_unchanged` (asked only then) gives when the index's files are as stamped.
+    /// The other threads of a plan wait for it: one that went on without it would open the
+    /// index for a lookup the filter answers.
+    pub fn load_without_index(
+        &self,
+        side: &dyn Index,
+        stamp_if_unchanged: impl FnOnce() -> Option<Vec<u8>>,
+    ) {
+        if self.tried.load(Ordering::Acquire) {
+            return;
+        }
+        let mut known = self.known.write().unwrap();
+        if !self.tried.swap(true, Ordering::AcqRel)
+            && known.is_none()
+            && let Some(stamp) = stamp_if_unchanged()
+        {
+            *known = self.load(side, Some(&stamp));
+        }
+    }
+
+    /// Decides, as the main index opens, whether the filter speaks for it.
+    pub fn at_open(&self, found: AtOpen, side: &dyn Index, stamp: Option<&[u8]>) {
+        let mut known = self.known.write().unwrap();
+        *known = match found {
+            AtOpen::Replayed => None,
+            AtOpen::New => Some(Known {
+                filter: Presence::default(),
+                saved: None,
+            }),
+            // Loaded already, while the index was not open, from these same files.
+            AtOpen::AsStamped if known.is_some() => known.take(),
+            AtOpen::AsStamped => self.load(side, stamp),
+            AtOpen::Changed => {
+                tracing::debug!(
+                    "the presence filter is not used: the main index changed since it was saved"
+                );
+                None
+            }
+        };
+    }
+
+    /// The filter saved with the main index's `stamp` (the one the side index holds).
+    fn load(&self, side: &dyn Index, stamp: Option<&[u8]>) -> Option<Known> {
+        let not_used = |why: &str| {
+            tracing::debug!("the presence filter is not used: {why}");
+            None
+        };
+        let (Ok(Some(pointer)), Some(stamp)) = (side.get(Tree::Meta, POINTER), stamp) else {
+            return not_used("none was saved with the main index's stamp");
+        };
+        if pointer.len() <= 32 || pointer[..32] != Digest::of(stamp).0 {
+            return not_used("it was saved with another stamp of the main index");
+        }
+        let name = String::from_utf8_lossy(&pointer[32..]).into_owned();
+        let path = self.dir.join(&name);
+        // The pointer names a file that should be there, whole: anything else is damage,
+        // which costs only the lookups the filter would have saved until the next run.
+        let damaged = |why: String| {
+            tracing::warn!(
+                "the presence filter {} {why}: not used (the next run makes it again)",
+                path.display()
+            );
+            None
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => return damaged(format!("cannot be read ({e})")),
+        };
+        if crate::text::hex(&Digest::of(&bytes).0) != name {
+            return damaged("is damaged (its bytes are not those it was saved with)".into());
+        }
+        match Presence::decode(&bytes) {
+            Ok(filter) => {
+                tracing::debug!(
+                    "the presence filter holds {} entries ({} bytes)",
+                    filter.entries(),
+                    bytes.len()
+                );
+                Some(Known {
+                    filter,
+                    saved: Some(name),
+                })
+            }
+            Err(e) => damaged(format!("is damaged ({e:#})")),
+        }
+    }
+
+    /// Whether it speaks for the main index.
+    pub fn known(&self) -> bool {
+        self.known.read().unwrap().is_some()
+    }
+
+    /// Whether the main index may hold `key` in `tree`: "no" only when the filter speaks for
+    /// it and has never had the key.
+    pub fn may_hold(&self, tree: Tree, key: &[u8]) -> bool {
+        let holds = match &*self.known.read().unwrap() {
+            Some(known) => known.filter.may_hold(tree, key),
+            None => true,
+        };
+        if !holds {
+            self.answered_absent.fetch_add(1, Ordering::Relaxed);
+        }
+        holds
+    }
+
+    /// Notes an entry the store is about to write to the main index.
+    pub fn note(&self, tree: Tree, key: &[u8]) {
+        if covers(tree)
+            && let Some(known) = self.known.write().unwrap().as_mut()
+        {
+            known.filter.insert(tree, key);
+            known.saved = None;
+        }
+    }
+
+    /// Lookups answered "no" without the index.
+    pub fn answered_absent(&self) -> u64 {
+        self.answered_absent.load(Ordering::Relaxed)
+    }
+
+    /// Makes the filter hold every entry of `index` when it does not speak for it: one pass
+    /// over the keys of three trees. `true` when it had to.
+    pub fn rebuild(&self, index: &dyn Index) -> Result<bool> {
+        if index.unavailable().is_some() || self.known() {
+            return Ok(false);
+        }
+        // Fingerprints as the keys go by: at 100M tasks the keys themselves would not fit.
+        let mut fingerprints = Vec::new();
+        for tree in [Tree::Tasks, Tree::Failures, Tree::Latest] {
+            for key in index.keys(tree) {
+                fingerprints.push(fingerprint(tree, &key?));
+            }
+        }
+        let filter = Presence::from_fingerprints(fingerprints);
+        tracing::debug!(
+            "the presence filter was rebuilt: {} entries",
+            filter.entries()
+        );
+        *self.known.write().unwrap() = Some(Known {
+            filter,
+            saved: None,
+        });
+        Ok(true)
+    }
+
+    /// Something wrote to the main index behind the filter: it speaks for it no more (until
+    /// a run rebuilds it).
+    pub fn distrust(&self) {
+        *self.known.write().unwrap() = None;
+    }
+
+    /// Saves the filter (when it changed) and points the side index at it with the main
+    /// index's new `stamp`; without one that speaks for the index, drops the pointer.
+    pub fn save(&self, side: &dyn Index, stamp: &[u8]) -> Result<()> {
+        let mut guard = self.known.write().unwrap();
+        let Some(known) = guard.as_mut() else {
+            return side.delete(Tree::Meta, POINTER);
+        };
+        let name = match &known.saved {
+            Some(name) => name.clone(),
+            None => {
+                let bytes = known.filter.encode();
+                let name = crate::text::hex(&Digest::of(&bytes).0);
+                std::fs::create_dir_all(&self.dir)
+                    .with_context(|| format!("creating {}", self.dir.display()))?;
+                let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+                std::io::Write::write_all(&mut tmp, &bytes)?;
+                tmp.persist(self.dir.join(&name)).map_err(|e| e.error)?;
+                known.saved = Some(name.clone());
+                name
+            }
+        };
+        // Earlier filters, and a temporary file a killed process left.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name() != name.as_str() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let mut pointer = Digest::of(stamp).0.to_vec();
+        pointer.extend_from_slice(name.as_bytes());
+        side.put(Tree::Meta, POINTER, &pointer)
+    }
+
+    /// Drops the side index's pointer (`mvc repair`: the index it spoke for goes aside).
+    pub fn forget(side: &dyn Index) -> Result<()> {
+        side.delete(Tree::Meta, POINTER)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,7 +307,10 @@ impl Presence {
 
     /// A filter of exactly these entries.
     pub fn of<'a>(entries: impl Iterator<Item = (Tree, &'a [u8])>) -> Presence {
-        let mut sorted: Vec<u64> = entries.map(|(t, k)| fingerprint(t, k)).collect();
+        Presence::from_fingerprints(entries.map(|(t, k)| fingerprint(t, k)).collect())
+    }
+
+    fn from_fingerprints(mut sorted: Vec<u64>) -> Presence {
         sorted.sort_unstable();
         sorted.dedup();
         Presence {
