@@ -86,6 +86,7 @@ pub fn gc(
     store.forget_stage_summaries()?;
     // Index first (results disappear before their blobs, never the other way round).
     delete_entries(store, &keep, doomed)?;
+    store.tighten_presence()?;
     let memo_blobs = memo_digests(store)?;
     for (digest, size) in &listing.blobs {
         if keep_blobs.contains(digest) || memo_blobs.contains(digest) {

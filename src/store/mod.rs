@@ -263,6 +263,14 @@ impl Store {
         self.presence.rebuild(self.index())
     }
 
+    /// Makes the presence filter again from what the index holds after `gc` deleted
+    /// entries: otherwise it would answer "maybe" for them forever, and grow with every
+    /// result the cache ever held. One pass over the keys, as gc's own.
+    pub fn tighten_presence(&self) -> Result<()> {
+        self.presence.distrust();
+        self.presence.rebuild(self.index()).map(|_| ())
+    }
+
     /// Whether the main index's files are as the last process that had it open left them
     /// (sizes, times, inodes): then the stage summaries, made from it, still speak for it.
     /// A stamp that cannot be read, or files that differ, are "no".

@@ -206,3 +206,28 @@ fn a_damaged_or_missing_presence_filter_is_named_and_costs_only_lookups() {
     let (_, stderr) = plan(&sb, "p.toml");
     assert!(stderr.contains("the presence filter holds"), "{stderr}");
 }
+
+#[test]
+fn gc_makes_the_filter_again_from_what_it_kept() {
+    let sb = Sandbox::new();
+    sb.write("p.toml", &pipeline(&sb, "hello"));
+    sb.write("p2.toml", &pipeline(&sb, "hi"));
+    sb.write("ids.txt", "a\nb\nc\n");
+    sb.mvc(&["run", "p.toml", "-q"]).assert_ok();
+    sb.mvc(&["run", "p2.toml", "-q"]).assert_ok();
+    // The last run's results (3 objects, 3 copies) and the 6 items' latest entries stay;
+    // the first run's 6 results go.
+    let gc = sb.mvc(&["-vv", "gc", "--keep-runs", "1"]);
+    gc.assert_ok();
+    assert!(
+        gc.stderr
+            .contains("the presence filter was rebuilt: 12 entries"),
+        "{}",
+        gc.stderr
+    );
+    // The first pipeline's results are gone, and the filter says so without the index: its
+    // result and failure lookups are answered (only the reasons read the latest entries).
+    let (json, stderr) = plan(&sb, "p.toml");
+    assert_eq!(count(&json, "objects", "to_run"), 3, "{json}");
+    assert!(answered(&stderr) >= 6, "{stderr}");
+}
