@@ -171,6 +171,9 @@ pub struct Engine {
     ready: Vec<TaskId>,
 }
 
+/// Tasks resolved at once (in parallel) before their resolutions are applied.
+const RESOLVE_CHUNK: usize = 1 << 16;
+
 impl Engine {
     pub fn new(
         graph: TaskGraph,
@@ -235,14 +238,19 @@ impl Engine {
         while !self.ready.is_empty() {
             let mut batch = std::mem::take(&mut self.ready);
             batch.sort_unstable();
-            let this = &*self;
-            let resolutions: Vec<Result<Resolution>> = if batch.len() >= 256 {
-                batch.par_iter().map(|&t| this.resolve_one(t)).collect()
-            } else {
-                batch.iter().map(|&t| this.resolve_one(t)).collect()
-            };
-            for (t, resolution) in batch.into_iter().zip(resolutions) {
-                self.apply(t, resolution?, &mut to_run);
+            // In chunks: the tasks of a batch do not read one another (each is ready because
+            // its inputs are resolved), and a resolution is about 140 bytes, so a stage of 5M
+            // views resolved at once held 700 MB of them.
+            for chunk in batch.chunks(RESOLVE_CHUNK) {
+                let this = &*self;
+                let resolutions: Vec<Result<Resolution>> = if chunk.len() >= 256 {
+                    chunk.par_iter().map(|&t| this.resolve_one(t)).collect()
+                } else {
+                    chunk.iter().map(|&t| this.resolve_one(t)).collect()
+                };
+                for (&t, resolution) in chunk.iter().zip(resolutions) {
+                    self.apply(t, resolution?, &mut to_run);
+                }
             }
         }
         Ok(to_run)
