@@ -156,7 +156,7 @@ impl Keeper {
             Ok(bytes) => bytes,
             Err(e) => return damaged(format!("cannot be read ({e})")),
         };
-        if crate::text::hex(&Digest::of(&bytes).0) != name {
+        if Digest::of(&bytes).to_hex() != name {
             return damaged("is damaged (its bytes are not those it was saved with)".into());
         }
         match Presence::decode(&bytes) {
@@ -250,7 +250,7 @@ impl Keeper {
             Some(name) => name.clone(),
             None => {
                 let bytes = known.filter.encode();
-                let name = crate::text::hex(&Digest::of(&bytes).0);
+                let name = Digest::of(&bytes).to_hex();
                 std::fs::create_dir_all(&self.dir)
                     .with_context(|| format!("creating {}", self.dir.display()))?;
                 let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
@@ -328,20 +328,10 @@ impl Presence {
         if !self.added.is_empty() {
             let mut added: Vec<u64> = self.added.drain().collect();
             added.sort_unstable();
-            let mut merged = Vec::with_capacity(self.sorted.len() + added.len());
-            let (mut a, mut b) = (self.sorted.iter().peekable(), added.iter().peekable());
-            while let (Some(&&x), Some(&&y)) = (a.peek(), b.peek()) {
-                if x <= y {
-                    merged.push(x);
-                    a.next();
-                } else {
-                    merged.push(y);
-                    b.next();
-                }
-            }
-            merged.extend(a);
-            merged.extend(b);
-            self.sorted = merged;
+            // Two sorted runs: the standard library's stable sort finds them and merges them
+            // in one pass.
+            self.sorted.extend(added);
+            self.sorted.sort();
         }
         let mut out = Vec::with_capacity(16 + self.sorted.len() * 8);
         out.extend_from_slice(MAGIC);
