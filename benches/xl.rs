@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/timed.rs"]
 mod timed;
-use timed::{bench_dir, group, timed};
+use timed::{bench_dir, du, group, timed};
 #[path = "common/xl_shape.rs"]
 mod xl_shape;
 use xl_shape::{TASKS_PER_OBJECT, VIEWS, made, object_id, write_pipelines};
@@ -414,22 +414,6 @@ fn store_bytes(cache: &Path) -> StoreBytes {
         total: du(cache),
         index: du(&cache.join("index")),
         journal: du(&cache.join("journal")),
-    }
-}
-
-/// Bytes of the files under `path` (their allocated blocks, as `du`).
-fn du(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if meta.is_dir() {
-        std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| du(&e.unwrap().path()))
-            .sum()
-    } else {
-        meta.blocks() * 512
     }
 }
 

@@ -38,7 +38,7 @@ fn nearly_full(free: u64, total: u64) -> bool {
 }
 
 /// The usage of the file system holding `path` (or its nearest existing ancestor).
-fn usage(path: &Path) -> std::io::Result<Usage> {
+pub fn usage(path: &Path) -> std::io::Result<Usage> {
     let path = std::path::absolute(path)?;
     let existing = path
         .ancestors()

@@ -1,5 +1,5 @@
 //! Shared by the benchmarks: running a program with its wall time and peak memory, Blender's
-//! own time in a `mvc run -v` log, and numbers with thousands separators.
+//! own time in a `mvc run -v` log, numbers with thousands separators, and bytes on disk.
 
 // Each benchmark that includes this module uses part of it.
 #![allow(dead_code)]
@@ -108,4 +108,20 @@ pub fn blender_seconds(log: &str) -> f64 {
         }
     }
     own
+}
+
+/// Bytes of the files under `path` (their allocated blocks, as `du`).
+pub fn du(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| du(&e.unwrap().path()))
+            .sum()
+    } else {
+        meta.blocks() * 512
+    }
 }

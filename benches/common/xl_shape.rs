@@ -1,6 +1,9 @@
 //! Objaverse-XL's shape, shared by `xl` and `xl_coordinator`: objects → render 36 views each
 //! → embed each view, with a pipeline file for it and for the same with a seventh ring.
 
+// Each benchmark that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::io::Write;
 use std::path::Path;
 

@@ -21,6 +21,7 @@ pub mod index;
 pub mod journal;
 pub mod lock;
 pub mod memo;
+pub mod object_stage;
 pub mod presence;
 pub mod records;
 pub mod repair;

@@ -1,0 +1,631 @@
+//! One record per object and stage: the layout step 1 of BENCHMARKS.md's "Objaverse-XL on
+//! 1,000 GPUs" plans for the index (issue 30).
+//!
+//! Today every task costs three index entries (its key record, its result, its item's latest
+//! key), about 500 bytes of keys and values and 2.4 KB of sled's log, and sled spends 10 to
+//! 50 µs on each insert. The views of one object in one stage (`<object>@<view>`, 36 of them
+//! in the study) share almost everything: the kind, the stage's parameters, the host, the
+//! names of their inputs and outputs, and a render's input (the object). So they can be one
+//! record, in which each view keeps only what is its own:
+//!
+//! - its **column**: the view's name and its own parameters (the camera), which are the same
+//!   for every object of the stage, so they are kept once per stage in [`Columns`];
+//! - the digests of the inputs that differ from view to view (an embedding's render);
+//! - its outputs: an inline output keeps only its bytes (its digest is theirs), a blob its
+//!   digest and size;
+//! - when it started (after the record's first view) and how long it took.
+//!
+//! The key record and the result of every view are made again from these, exactly: a view's
+//! key is the digest of its rebuilt key record, and `tests` check that both round-trip. A task
+//! that does not fit (a log, another host, other input or output names) is a [`Misfit`]: it
+//! stays an entry of its own.
+//!
+//! The engine does not write these records yet; `benches/xl_store.rs` measures them in sled
+//! against today's three entries per task, up to 100M tasks' worth.
+
+use super::records::{Output, TaskResult, manifest_digest};
+use crate::task::{Digest, KeyRecord, ParamSlice};
+use serde::{Deserialize, Serialize};
+
+/// The columns of a stage: each view's name and own parameters, numbered in the order they
+/// were first seen. Kept once per stage, not once per object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Columns {
+    columns: Vec<(String, ParamSlice)>,
+}
+
+impl Columns {
+    /// The number of `view` with `params`, added when it is new.
+    pub fn number(&mut self, view: &str, params: &ParamSlice) -> u32 {
+        match self
+            .columns
+            .iter()
+            .position(|(v, p)| v == view && p == params)
+        {
+            Some(i) => i as u32,
+            None => {
+                self.columns.push((view.to_string(), params.clone()));
+                (self.columns.len() - 1) as u32
+            }
+        }
+    }
+
+    pub fn get(&self, column: u32) -> Option<&(String, ParamSlice)> {
+        self.columns.get(column as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("columns always encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Columns, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("a stage's view columns are damaged: {e}"))
+    }
+}
+
+/// An object's tasks of one stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectStage {
+    stage: String,
+    object: String,
+    schema: u32,
+    kind: String,
+    kind_version: u32,
+    shared: Digest,
+    host: String,
+    /// The inputs every view reads, by name, with the digest when every view reads the same
+    /// (a render's object); `None` when each view has its own (an embedding's render).
+    inputs: Vec<(String, Option<Digest>)>,
+    output_names: Vec<String>,
+    /// When the first view started; the others count from it.
+    first_ms: u64,
+    /// In column order.
+    views: Vec<View>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct View {
+    column: u32,
+    /// The digests of the inputs whose digest is `None` in [`ObjectStage::inputs`], in order.
+    own_inputs: Vec<Digest>,
+    outputs: Vec<Kept>,
+    after_first_ms: u64,
+    duration_ms: u64,
+}
+
+/// An output as kept: an inline one by its bytes (its digest is theirs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Kept {
+    Inline(Vec<u8>),
+    Blob { digest: Digest, size: u64 },
+}
+
+/// Why a task cannot join its object's record; it is then kept as an entry of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misfit(pub String);
+
+/// `<object>@<view>`, split at the last `@`: the items of a view stage. An item without one
+/// is not a view.
+pub fn split_view(item: &str) -> Option<(&str, &str)> {
+    item.rsplit_once('@')
+        .filter(|(object, view)| !object.is_empty() && !view.is_empty())
+}
+
+impl ObjectStage {
+    /// The record of `stage` and `object` that the task of `record` and `result` starts.
+    pub fn first(
+        columns: &mut Columns,
+        record: &KeyRecord,
+        result: &TaskResult,
+    ) -> Result<ObjectStage, Misfit> {
+        let (object, _) = split_view(&result.item)
+            .ok_or_else(|| Misfit(format!("`{}` is not a view (`object@view`)", result.item)))?;
+        let mut made = ObjectStage {
+            stage: result.stage.clone(),
+            object: object.to_string(),
+            schema: record.schema,
+            kind: record.kind.clone(),
+            kind_version: record.kind_version,
+            shared: record.shared,
+            host: result.host.clone(),
+            inputs: record
+                .inputs
+                .iter()
+                .map(|(name, digest)| (name.clone(), Some(*digest)))
+                .collect(),
+            output_names: result.outputs.iter().map(|o| o.name.clone()).collect(),
+            first_ms: result.started_ms,
+            views: Vec::new(),
+        };
+        made.add(columns, record, result)?;
+        Ok(made)
+    }
+
+    /// Adds a view's task (or replaces the view's earlier one).
+    pub fn add(
+        &mut self,
+        columns: &mut Columns,
+        record: &KeyRecord,
+        result: &TaskResult,
+    ) -> Result<(), Misfit> {
+        let view = self.fits(record, result)?;
+        // An input that now differs between views becomes each view's own: the views kept
+        // so far get the digest they shared, after the own inputs of the inputs before it.
+        for i in 0..self.inputs.len() {
+            let (name, common) = &self.inputs[i];
+            let Some(shared_digest) = *common else {
+                continue;
+            };
+            if record.inputs[name] == shared_digest {
+                continue;
+            }
+            let at = self.inputs[..i].iter().filter(|(_, c)| c.is_none()).count();
+            self.inputs[i].1 = None;
+            for v in &mut self.views {
+                v.own_inputs.insert(at, shared_digest);
+            }
+        }
+        let own_inputs = self
+            .inputs
+            .iter()
+            .filter(|(_, common)| common.is_none())
+            .map(|(name, _)| record.inputs[name])
+            .collect();
+        let outputs = result
+            .outputs
+            .iter()
+            .map(|o| match &o.inline {
+                Some(bytes) => Kept::Inline(bytes.clone()),
+                None => Kept::Blob {
+                    digest: o.digest,
+                    size: o.size,
+                },
+            })
+            .collect();
+        let column = columns.number(view, &record.item_params);
+        if result.started_ms < self.first_ms {
+            let earlier = self.first_ms - result.started_ms;
+            for v in &mut self.views {
+                v.after_first_ms += earlier;
+            }
+            self.first_ms = result.started_ms;
+        }
+        let made = View {
+            column,
+            own_inputs,
+            outputs,
+            after_first_ms: result.started_ms - self.first_ms,
+            duration_ms: result.duration_ms,
+        };
+        match self.views.binary_search_by_key(&column, |v| v.column) {
+            Ok(at) => self.views[at] = made,
+            Err(at) => self.views.insert(at, made),
+        }
+        Ok(())
+    }
+
+    /// The view's name when the task fits this record, or why it does not.
+    fn fits<'a>(&self, record: &KeyRecord, result: &'a TaskResult) -> Result<&'a str, Misfit> {
+        let misfit = |what: &str| {
+            Err(Misfit(format!(
+                "{}/{}: {what} differs from the other views of {}",
+                result.stage, result.item, self.object
+            )))
+        };
+        let Some((object, view)) = split_view(&result.item) else {
+            return Err(Misfit(format!(
+                "`{}` is not a view (`object@view`)",
+                result.item
+            )));
+        };
+        if record.item != result.item {
+            return Err(Misfit(format!(
+                "{}/{}: its key record is of another item ({})",
+                result.stage, result.item, record.item
+            )));
+        }
+        if result.stage != self.stage || object != self.object {
+            return misfit("the stage or object");
+        }
+        if (record.schema, record.kind.as_str(), record.kind_version)
+            != (self.schema, self.kind.as_str(), self.kind_version)
+        {
+            return misfit("the kind");
+        }
+        if record.shared != self.shared {
+            return misfit("the stage's parameters");
+        }
+        if result.host != self.host {
+            return misfit("the host");
+        }
+        if result.stdout.is_some() || result.stderr.is_some() {
+            return Err(Misfit(format!(
+                "{}/{}: it kept a log",
+                result.stage, result.item
+            )));
+        }
+        if !record
+            .inputs
+            .keys()
+            .eq(self.inputs.iter().map(|(name, _)| name))
+        {
+            return misfit("the names of the inputs");
+        }
+        if !result
+            .outputs
+            .iter()
+            .map(|o| &o.name)
+            .eq(self.output_names.iter())
+        {
+            return misfit("the names of the outputs");
+        }
+        if result.manifest != manifest_digest(&result.outputs) {
+            return Err(Misfit(format!(
+                "{}/{}: its manifest is not its outputs' digest",
+                result.stage, result.item
+            )));
+        }
+        if let Some(o) = result
+            .outputs
+            .iter()
+            .find(|o| o.inline.as_ref().is_some_and(|b| Digest::of(b) != o.digest))
+        {
+            return Err(Misfit(format!(
+                "{}/{}: its inline output {} is not its digest's bytes",
+                result.stage, result.item, o.name
+            )));
+        }
+        Ok(view)
+    }
+
+    pub fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// The key record and result of every view, in column order.
+    pub fn tasks<'a>(
+        &'a self,
+        columns: &'a Columns,
+    ) -> impl Iterator<Item = Result<(KeyRecord, TaskResult), String>> + 'a {
+        self.views.iter().map(|v| self.task(columns, v))
+    }
+
+    /// The key record and result of the view named `view`.
+    pub fn view(
+        &self,
+        columns: &Columns,
+        view: &str,
+    ) -> Result<Option<(KeyRecord, TaskResult)>, String> {
+        match self
+            .views
+            .iter()
+            .find(|v| columns.get(v.column).is_some_and(|(name, _)| name == view))
+        {
+            Some(v) => self.task(columns, v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn task(&self, columns: &Columns, v: &View) -> Result<(KeyRecord, TaskResult), String> {
+        let (view, item_params) = columns.get(v.column).ok_or_else(|| {
+            format!(
+                "the record of {}/{} names view column {}, which the stage's columns lack",
+                self.stage, self.object, v.column
+            )
+        })?;
+        let item = format!("{}@{view}", self.object);
+        let mut own = v.own_inputs.iter();
+        let mut inputs = std::collections::BTreeMap::new();
+        for (name, common) in &self.inputs {
+            let digest = match common {
+                Some(d) => *d,
+                None => *own
+                    .next()
+                    .ok_or_else(|| format!("the record of {}/{} is damaged", self.stage, item))?,
+            };
+            inputs.insert(name.clone(), digest);
+        }
+        let outputs: Vec<Output> = self
+            .output_names
+            .iter()
+            .zip(&v.outputs)
+            .map(|(name, kept)| match kept {
+                Kept::Inline(bytes) => Output {
+                    name: name.clone(),
+                    digest: Digest::of(bytes),
+                    size: bytes.len() as u64,
+                    inline: Some(bytes.clone()),
+                },
+                Kept::Blob { digest, size } => Output {
+                    name: name.clone(),
+                    digest: *digest,
+                    size: *size,
+                    inline: None,
+                },
+            })
+            .collect();
+        let record = KeyRecord {
+            schema: self.schema,
+            kind: self.kind.clone(),
+            kind_version: self.kind_version,
+            item: item.clone(),
+            shared: self.shared,
+            item_params: item_params.clone(),
+            inputs,
+        };
+        let result = TaskResult {
+            stage: self.stage.clone(),
+            item,
+            manifest: manifest_digest(&outputs),
+            outputs,
+            stdout: None,
+            stderr: None,
+            started_ms: self.first_ms + v.after_first_ms,
+            duration_ms: v.duration_ms,
+            host: self.host.clone(),
+        };
+        Ok((record, result))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("object records always encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ObjectStage, String> {
+        postcard::from_bytes(bytes)
+            .map_err(|e| format!("the record of an object's views is damaged: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::KEY_SCHEMA;
+
+    const OBJECT: &str = "6416abeeabf14220b60e9e4ec1f21c64";
+
+    fn view_name(v: u32) -> String {
+        format!(
+            "az{:03}-pol{:03}-d1.5-fov49.1343",
+            (v % 6) * 60,
+            10 + (v / 6) * 15
+        )
+    }
+
+    /// A render view's task as `benches/xl.rs` records it: the camera is the view's own
+    /// parameters, the object its one input, 8 inline bytes its output.
+    fn render(v: u32, object_digest: Digest) -> (KeyRecord, TaskResult) {
+        let item = format!("{OBJECT}@{}", view_name(v));
+        let camera: ParamSlice = [
+            ("azimuth", ((v % 6) * 60).to_string()),
+            ("distance", "1.5".to_string()),
+            ("fov", "49.13434264120263".to_string()),
+            ("polar", (10 + (v / 6) * 15).to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        task("views", "render", &item, camera, "objects", object_digest)
+    }
+
+    /// An embedding of a view: its render is its own input.
+    fn embed(v: u32) -> (KeyRecord, TaskResult) {
+        let item = format!("{OBJECT}@{}", view_name(v));
+        let params: ParamSlice = [("background".to_string(), "#ffffff".to_string())].into();
+        let rendered = Digest::of(format!("render {v}").as_bytes());
+        task("embed", "embed", &item, params, "views", rendered)
+    }
+
+    fn task(
+        stage: &str,
+        kind: &str,
+        item: &str,
+        item_params: ParamSlice,
+        input: &str,
+        input_digest: Digest,
+    ) -> (KeyRecord, TaskResult) {
+        let record = KeyRecord {
+            schema: KEY_SCHEMA,
+            kind: kind.to_string(),
+            kind_version: 3,
+            item: item.to_string(),
+            shared: Digest::of(stage.as_bytes()),
+            item_params,
+            inputs: [(input.to_string(), input_digest)].into(),
+        };
+        let bytes = Digest::of(item.as_bytes()).0[..8].to_vec();
+        let outputs = vec![Output {
+            name: "o".to_string(),
+            digest: Digest::of(&bytes),
+            size: 8,
+            inline: Some(bytes),
+        }];
+        let result = TaskResult {
+            stage: stage.to_string(),
+            item: item.to_string(),
+            manifest: manifest_digest(&outputs),
+            outputs,
+            stdout: None,
+            stderr: None,
+            started_ms: 1_765_000_000_000 + item.len() as u64 * 7 % 1000,
+            duration_ms: 12,
+            host: "local".to_string(),
+        };
+        (record, result)
+    }
+
+    fn record_of(tasks: &[(KeyRecord, TaskResult)], columns: &mut Columns) -> ObjectStage {
+        let mut made = ObjectStage::first(columns, &tasks[0].0, &tasks[0].1).unwrap();
+        for (record, result) in &tasks[1..] {
+            made.add(columns, record, result).unwrap();
+        }
+        made
+    }
+
+    #[test]
+    fn every_view_comes_back_with_its_key_record_result_and_key() {
+        let object_digest = Digest::of(b"object");
+        for tasks in [
+            (0..36)
+                .map(|v| render(v, object_digest))
+                .collect::<Vec<_>>(),
+            (0..36).map(embed).collect(),
+        ] {
+            let mut columns = Columns::default();
+            // Out of column order: a record keeps its views in column order whatever came first.
+            let mut shuffled = tasks.clone();
+            shuffled.reverse();
+            let made = record_of(&shuffled, &mut columns);
+            let decoded = ObjectStage::decode(&made.encode()).unwrap();
+            let columns = Columns::decode(&columns.encode()).unwrap();
+            assert_eq!(decoded.len(), 36);
+            let mut back: Vec<_> = decoded.tasks(&columns).map(Result::unwrap).collect();
+            back.sort_by(|a, b| a.0.item.cmp(&b.0.item));
+            let mut expected = tasks.clone();
+            expected.sort_by(|a, b| a.0.item.cmp(&b.0.item));
+            assert_eq!(back, expected);
+            for ((record, _), (original, _)) in back.iter().zip(&expected) {
+                assert_eq!(record.key(), original.key());
+            }
+            let (record, result) = decoded.view(&columns, &view_name(17)).unwrap().unwrap();
+            assert_eq!((record, result), tasks[17]);
+            assert!(decoded.view(&columns, "az999").unwrap().is_none());
+        }
+    }
+
+    /// The figure step 1 is for: at most 100 bytes a task, against about 500 bytes of keys
+    /// and values in today's three entries.
+    #[test]
+    fn a_view_costs_well_under_a_hundred_bytes() {
+        let object_digest = Digest::of(b"object");
+        let mut columns = Columns::default();
+        let renders: Vec<_> = (0..36).map(|v| render(v, object_digest)).collect();
+        let rendered = record_of(&renders, &mut columns).encode().len();
+        let mut columns = Columns::default();
+        let embeds: Vec<_> = (0..36).map(embed).collect();
+        let embedded = record_of(&embeds, &mut columns).encode().len();
+        assert!(rendered / 36 <= 25, "{rendered} bytes for 36 renders");
+        assert!(embedded / 36 <= 60, "{embedded} bytes for 36 embeddings");
+        let today: usize = renders
+            .iter()
+            .chain(&embeds)
+            .map(|(r, t)| r.encode().len() + postcard::to_stdvec(t).unwrap().len())
+            .sum();
+        assert!(
+            today / 72 > 250,
+            "today's entries are {} bytes a task",
+            today / 72
+        );
+    }
+
+    #[test]
+    fn a_task_that_does_not_fit_says_why() {
+        let object_digest = Digest::of(b"object");
+        let mut columns = Columns::default();
+        let (r0, t0) = render(0, object_digest);
+        let mut made = ObjectStage::first(&mut columns, &r0, &t0).unwrap();
+        let misfit = |change: &dyn Fn(&mut KeyRecord, &mut TaskResult)| {
+            let (mut record, mut result) = render(1, object_digest);
+            change(&mut record, &mut result);
+            made.clone()
+                .add(&mut columns.clone(), &record, &result)
+                .unwrap_err()
+                .0
+        };
+        type Change<'a> = &'a dyn Fn(&mut KeyRecord, &mut TaskResult);
+        let cases: [(Change, &str); 7] = [
+            (&|_, t| t.host = "gpu-7".into(), "the host differs"),
+            (&|r, _| r.kind_version = 4, "the kind differs"),
+            (
+                &|r, _| r.shared = Digest::of(b"other"),
+                "the stage's parameters differ",
+            ),
+            (&|_, t| t.stdout = Some(Digest::of(b"log")), "it kept a log"),
+            (
+                &|_, t| t.outputs[0].name = "p".into(),
+                "the names of the outputs differ",
+            ),
+            (
+                &|r, t| {
+                    r.item = format!("other@{}", view_name(1));
+                    t.item = r.item.clone();
+                },
+                "the stage or object differs",
+            ),
+            (
+                &|r, t| {
+                    r.item = "plain".into();
+                    t.item = "plain".into();
+                },
+                "`plain` is not a view",
+            ),
+        ];
+        for (change, says) in cases {
+            let message = misfit(change);
+            assert!(message.contains(says), "{message}");
+        }
+        let (mut record, mut result) = render(1, object_digest);
+        result.outputs[0].inline = Some(b"not these".to_vec());
+        record.item = result.item.clone();
+        let message = made
+            .clone()
+            .add(&mut columns, &record, &result)
+            .unwrap_err()
+            .0;
+        assert!(
+            message.contains("manifest") || message.contains("inline"),
+            "{message}"
+        );
+        // A view that fits is taken.
+        let (record, result) = render(1, object_digest);
+        made.add(&mut columns, &record, &result).unwrap();
+        assert_eq!(made.len(), 2);
+    }
+
+    #[test]
+    fn damaged_bytes_are_refused_with_a_message() {
+        let mut columns = Columns::default();
+        let (record, result) = embed(0);
+        let bytes = ObjectStage::first(&mut columns, &record, &result)
+            .unwrap()
+            .encode();
+        let message = ObjectStage::decode(&bytes[..bytes.len() / 2]).unwrap_err();
+        assert!(message.contains("damaged"), "{message}");
+        let decoded = ObjectStage::decode(&bytes).unwrap();
+        let message = decoded
+            .tasks(&Columns::default())
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert!(message.contains("lack"), "{message}");
+        assert!(Columns::decode(&[0xff]).unwrap_err().contains("damaged"));
+    }
+
+    #[test]
+    fn views_are_the_part_after_the_last_at() {
+        assert_eq!(split_view("a@b@az030"), Some(("a@b", "az030")));
+        assert_eq!(split_view("plain"), None);
+        assert_eq!(split_view("@az030"), None);
+        assert_eq!(split_view("obj@"), None);
+    }
+}
