@@ -1,17 +1,17 @@
-//! The index at Objaverse-XL's size (issue 30, point 2): today's three entries per task
-//! against one record per object and stage (`mvc::store::object_stage`), written to sled
+//! The index at Objaverse-XL's size (issue 30, point 2): three entries per task (as mvc keeps
+//! tasks that are not views, and kept views before schema 2) against one record per object and stage (`mvc::store::object_stage`), written to sled
 //! through mvc's own `SledIndex` (its page cache, segment size and flush interval).
 //!
 //!     cargo bench --bench xl_store                                   # 1M tasks
 //!     MVC_BENCH_TASKS=100000000 cargo bench --bench xl_store         # 100M (one record per object and stage only)
-//!     MVC_BENCH_PER_TASK_MAX=3000000 cargo bench --bench xl_store    # the largest size today's layout is also written at
+//!     MVC_BENCH_PER_TASK_MAX=3000000 cargo bench --bench xl_store    # the largest size the per-task layout is also written at
 //!
 //! The shape is `xl`'s: per object one `objects` task, 36 render views and 36 embeddings of
 //! them (73 tasks), each with the key record and result `benches/xl.rs`'s fill records (the
 //! same item ids, camera parameters, inputs, and one 8-byte inline output).
 //!
-//! - **per task** (today): each task's key record, result and latest entry, three inserts.
-//! - **per object and stage**: the `objects` task as today (it is not a view); the 36 views of
+//! - **per task**: each task's key record, result and latest entry, three inserts.
+//! - **per object and stage** (what mvc writes): the `objects` task per task (it is not a view); the 36 views of
 //!   each view stage as one record; each stage's view columns once.
 //!
 //! Both write the same tasks in the same order; neither has the run's journal (which `xl`'s
@@ -38,7 +38,7 @@ use timed::{bench_dir, du, group};
 mod xl_shape;
 use xl_shape::{RINGS, TASKS_PER_OBJECT, VIEWS, made, object_id};
 
-/// Bytes on disk a task takes, with a margin, to refuse a size the disk cannot hold: today's
+/// Bytes on disk a task takes, with a margin, to refuse a size the disk cannot hold: the per-task
 /// layout measured 2.4 KB in `xl` (without the journal); one record per object and stage is
 /// the `objects` task's entries (about 2.4 KB for 73 tasks) and the views' records.
 const PER_TASK_DISK: u64 = 3_000;
@@ -82,7 +82,7 @@ fn main() {
         true => vec![Layout::PerTask, Layout::PerObjectStage],
         false => {
             println!(
-                "xl-store: {} tasks is more than MVC_BENCH_PER_TASK_MAX={}: today's layout is \
+                "xl-store: {} tasks is more than MVC_BENCH_PER_TASK_MAX={}: the per-task layout is \
                  not written at this size (it would need about {} GB of disk)",
                 group(tasks),
                 group(per_task_max),
@@ -118,7 +118,7 @@ fn main() {
     }
     if let [per_task, per_object] = &rates[..] {
         println!(
-            "xl-store: one record per object and stage against today's: {:.1}x the recording \
+            "xl-store: one record per object and stage against three entries per task: {:.1}x the recording \
              rate, {:.3}x the bytes, {:.2}x the lookup rate",
             per_object.record_per_s / per_task.record_per_s,
             per_object.bytes_per_task / per_task.bytes_per_task,
@@ -248,7 +248,7 @@ fn group_of(columns: &mut Columns, tasks: &[(KeyRecord, TaskResult)]) -> ObjectS
     let (record, result) = &tasks[0];
     let mut made = ObjectStage::first(columns, record, result).unwrap();
     for (record, result) in &tasks[1..] {
-        made.add(columns, record, result).unwrap();
+        made.add(columns, record, result, None).unwrap();
     }
     made
 }

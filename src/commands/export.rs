@@ -46,8 +46,7 @@ pub fn export(
         }
         let key = engine.keys[t];
         let result = engine
-            .store
-            .result(&key)?
+            .stored_result(t, &key)?
             .with_context(|| format!("the result of {stage}/{item} vanished from the index"))?;
         results.push((t, item, key, result));
     }
@@ -146,7 +145,7 @@ fn write_item(
         let dest = dir.join(node.kind.export_dir(item)).join(rel);
         if let Err(e) = engine.store.materialize_output(output, &dest) {
             if e.is_missing_or_corrupt() {
-                engine.store.forget_result(key)?;
+                engine.store.forget_result(key, stage, item)?;
                 engine.store.flush()?;
             }
             bail!(

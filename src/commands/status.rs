@@ -36,7 +36,7 @@ pub struct RunLine {
 pub fn summarize(store: &Store, last_runs: usize) -> Result<CacheSummary> {
     let listing = store.blobs().list()?;
     let runs: Vec<RunRecord> = store.runs()?;
-    let entries = store.entry_counts();
+    let entries = store.entry_counts()?;
     let runs = runs
         .iter()
         .rev()

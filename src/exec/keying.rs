@@ -6,6 +6,7 @@ use super::ids::TaskId;
 use super::resolve::{Aggregate, Engine, NotKeyed, Resolution, State};
 use crate::exec::kind::Binding;
 use crate::store::memo::MemoValue;
+use crate::store::records::TaskResult;
 use crate::task::{
     Digest, FieldChange, KEY_SCHEMA, KeyRecord, KeyRecordRef, ParamSlice, TaskKey, cause_of,
     diff_fields,
@@ -103,6 +104,13 @@ impl Engine {
         })
     }
 
+    /// The result recorded for task `t` under `key` (its object's record holds it when it is
+    /// a view).
+    pub fn stored_result(&self, t: TaskId, key: &TaskKey) -> Result<Option<TaskResult>> {
+        let stage = &self.graph.stage_of(t).name;
+        self.store.result_of(key, stage, self.graph.item(t))
+    }
+
     /// The key record of a task whose inputs are resolved.
     pub fn record_of(&self, t: TaskId) -> Result<KeyRecord, NotKeyed> {
         let node = self.graph.stage_of(t);
@@ -176,7 +184,7 @@ impl Engine {
             }
             _ => {}
         }
-        if !blobs_missing && let Some(result) = self.store.result(&key)? {
+        if !blobs_missing && let Some(result) = self.stored_result(t, &key)? {
             if self.store.outputs_present(result.blob_outputs()) {
                 return Ok(Resolution::Cached {
                     key,
@@ -242,7 +250,8 @@ impl Engine {
 
     /// Field changes of a task's record against the record stored under `old`.
     pub fn changes_since(&self, t: TaskId, old: &TaskKey) -> Result<Option<Vec<FieldChange>>> {
-        let Some(old_record) = self.store.record(old)? else {
+        let node = self.graph.stage_of(t);
+        let Some(old_record) = self.store.record_of(old, &node.name, self.graph.item(t))? else {
             return Ok(None);
         };
         let Ok(new_record) = self.record_of(t) else {

@@ -534,7 +534,9 @@ impl Engine {
         let c = consumer.index();
         let reopen_producer = self.state[p].is_success();
         if reopen_producer {
-            self.store.forget_result(&self.keys[p])?;
+            let stage = self.graph.stage_of(producer).name.clone();
+            let item = self.graph.item(producer).to_string();
+            self.store.forget_result(&self.keys[p], &stage, &item)?;
             let was_cached = self.state[p] == State::Cached;
             let counts = self.stage_counts(producer);
             if was_cached {
@@ -616,7 +618,7 @@ impl Engine {
                         outputs.failed.push(item);
                         continue;
                     }
-                    let Some(result) = self.store.result(&self.keys[t])? else {
+                    let Some(result) = self.stored_result(t, &self.keys[t])? else {
                         anyhow::bail!("the result of {} is gone from the index", g.task_label(t));
                     };
                     outputs.items.push((item, result.outputs));

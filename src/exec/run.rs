@@ -324,7 +324,7 @@ fn publish_results(engine: &Engine, pipeline: &Workflow) -> Result<()> {
             if !engine.state[t].is_success() {
                 continue;
             }
-            let Some(result) = engine.store.result(&engine.keys[t])? else {
+            let Some(result) = engine.stored_result(t, &engine.keys[t])? else {
                 continue;
             };
             for output in &result.outputs {

@@ -198,7 +198,7 @@ fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
                 };
                 let blobs: Vec<(Digest, u64)> = match value {
                     Some(MemoValue::Done { blobs, .. }) => blobs,
-                    _ => match engine.store.result(&key)? {
+                    _ => match engine.stored_result(t, &key)? {
                         Some(result) => result.blob_outputs().collect(),
                         None => return Ok(None),
                     },

@@ -259,7 +259,7 @@ fn result_note(engine: &Engine, node: &super::graph::StageNode) -> Option<String
         if !engine.state[t].is_success() {
             continue;
         }
-        if let Ok(Some(result)) = engine.store.result(&engine.keys[t])
+        if let Ok(Some(result)) = engine.stored_result(t, &engine.keys[t])
             && let Some(said) = node.kind.result_note(&engine.store, &result.outputs)
         {
             note = Some(said);

@@ -177,7 +177,7 @@ pub(super) fn read_inputs(
                             item: item.clone(),
                             error,
                         };
-                        match store.result(&key) {
+                        match store.result_of(&key, &stage, &item) {
                             Ok(Some(result)) => loaded.push((item, result)),
                             Ok(None) => {
                                 let error =

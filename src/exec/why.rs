@@ -107,9 +107,12 @@ pub fn why_task(engine: &Engine, stage: &str, item: &str) -> Result<Why> {
 }
 
 fn status_line(engine: &Engine, t: TaskId, state: State, key: Option<&TaskKey>) -> Result<String> {
-    let store = &engine.store;
     Ok(match state {
-        State::Cached => match key.map(|k| store.result(k)).transpose()?.flatten() {
+        State::Cached => match key
+            .map(|k| engine.stored_result(t, k))
+            .transpose()?
+            .flatten()
+        {
             Some(r) => format!(
                 "cached (ran {} in {:.2}s on {})",
                 format_time(r.started_ms),
@@ -308,8 +311,7 @@ fn find_key(store: &Store, text: &str) -> Result<TaskKey> {
         .map(|i| u8::from_str_radix(&even[i..i + 2], 16).unwrap())
         .collect();
     let mut found = Vec::new();
-    for d in store.record_keys_with_prefix(&prefix) {
-        let d = d?;
+    for d in store.record_keys_with_prefix(&prefix)? {
         if d.to_hex().starts_with(&text) {
             found.push(d);
         }

@@ -3,6 +3,7 @@
 use super::Store;
 use super::index::Tree;
 use super::memo::{KeySet, MemoValue, StageMemo};
+use super::object_stage::{Columns, ObjectStage};
 use super::records::{Failure, RunOutcome, RunRecord, TaskResult, decode};
 use crate::task::{Digest, KeyRecord, TaskKey};
 use anyhow::{Context, Result, bail};
@@ -50,7 +51,9 @@ pub fn gc(
     // Blobs the caller keeps whatever the runs reached (models downloaded from the hub, while
     // their manifest in `models/` names them): gc is told, it does not ask who uses what.
     keep_blobs.extend(extra_roots.iter().copied());
-    if kept_runs.is_empty() && store.index().len(Tree::Tasks) > 0 {
+    if kept_runs.is_empty()
+        && (store.index().len(Tree::Tasks) > 0 || store.index().len(Tree::Objects) > 0)
+    {
         bail!(
             "the cache holds results but no run records, so gc cannot tell what to keep; run \
              a pipeline first (gc keeps what the last runs reached)"
@@ -163,6 +166,8 @@ struct Doomed {
     records: Vec<TaskKey>,
     params: Vec<Vec<u8>>,
     runs: Vec<Vec<u8>>,
+    /// Object records that lost views: written again, or deleted when none is left.
+    objects: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Every stage's memo, filtered to what is kept (they stay a fast path for the kept
     /// runs).
     memos: Vec<(String, Vec<(TaskKey, MemoValue)>)>,
@@ -213,6 +218,14 @@ fn unreached_entries(
             doomed.records.push(key);
         }
     }
+    kept_views(
+        store,
+        keep,
+        keep_blobs,
+        &mut keep_params,
+        report,
+        &mut doomed,
+    )?;
     for entry in index.scan(Tree::Params, b"") {
         let (key, _) = entry?;
         if !keep_params.contains(&to_key(&key)) {
@@ -230,6 +243,62 @@ fn unreached_entries(
     report.failures_deleted = doomed.failures.len() as u64;
     report.records_deleted = doomed.records.len() as u64;
     Ok(doomed)
+}
+
+/// Sorts the views in object records as results are sorted: a view no kept run reached
+/// leaves its record.
+fn kept_views(
+    store: &Store,
+    keep: &KeySet,
+    keep_blobs: &mut HashSet<Digest>,
+    keep_params: &mut HashSet<Digest>,
+    report: &mut GcReport,
+    doomed: &mut Doomed,
+) -> Result<()> {
+    let index = store.index();
+    let mut columns: HashMap<Vec<u8>, Columns> = HashMap::new();
+    for entry in index.scan(Tree::Objects, b"") {
+        let (key, value) = entry?;
+        let Some(split) = key.iter().position(|&b| b == 0) else {
+            continue;
+        };
+        if split + 1 == key.len() {
+            columns.insert(
+                key[..split].to_vec(),
+                Columns::decode(&value).map_err(|e| anyhow::anyhow!(e))?,
+            );
+            continue;
+        }
+        let stage_columns = columns.get(&key[..split]).with_context(|| {
+            format!(
+                "the object record {} names a stage without view columns; run `mvc repair`",
+                String::from_utf8_lossy(&key)
+            )
+        })?;
+        let mut record = ObjectStage::decode(&value).map_err(|e| anyhow::anyhow!(e))?;
+        let removed = record
+            .retain(stage_columns, |r, result| {
+                let bytes: u64 = result.outputs.iter().map(|o| o.size).sum();
+                let kept = keep.contains(&r.key());
+                let counts = match kept {
+                    true => {
+                        keep_blobs.extend(result.referenced_blobs());
+                        keep_params.insert(r.shared);
+                        report.kept.entry(result.stage.clone()).or_default()
+                    }
+                    false => report.deleted.entry(result.stage.clone()).or_default(),
+                };
+                counts.tasks += 1;
+                counts.bytes += bytes;
+                kept
+            })
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if removed > 0 {
+            let value = (!record.is_empty()).then(|| record.encode());
+            doomed.objects.push((key, value));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the doomed entries, `latest` entries naming what is gone, and stat-cache entries
@@ -250,6 +319,12 @@ fn delete_entries(store: &Store, keep: &KeySet, doomed: Doomed) -> Result<()> {
     }
     for id in &doomed.runs {
         index.delete(Tree::Runs, id)?;
+    }
+    for (key, value) in &doomed.objects {
+        match value {
+            Some(value) => index.put(Tree::Objects, key, value)?,
+            None => index.delete(Tree::Objects, key)?,
+        }
     }
     let mut stale_latest = Vec::new();
     for entry in index.scan(Tree::Latest, b"") {

@@ -32,11 +32,14 @@ pub enum Tree {
     /// Stage name → its stage summary (`store::summaries`): what the last run found for all
     /// of the stage's tasks at once.
     Summaries,
+    /// `stage \0 object` → the views of an object in that stage, one record
+    /// (`store::object_stage`); `stage \0` → the stage's view columns.
+    Objects,
 }
 
 impl Tree {
     /// In the order of the journal's tree codes: a new tree goes at the end.
-    pub const ALL: [Tree; 11] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::Tasks,
         Tree::Records,
@@ -48,6 +51,7 @@ impl Tree {
         Tree::Memos,
         Tree::Leases,
         Tree::Summaries,
+        Tree::Objects,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Tree {
             Tree::Memos => "memos",
             Tree::Leases => "leases",
             Tree::Summaries => "summaries",
+            Tree::Objects => "objects",
         }
     }
 }

@@ -25,16 +25,17 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The trees a journal keeps: what a cached result needs (results, their key records, the
-/// negative cache), what plans and `mvc why` read (latest keys, shared parameters), and the
+/// negative cache, the object records of views), what plans and `mvc why` read (latest keys, shared parameters), and the
 /// run records (what gc keeps). Not kept: the stat cache and plan memos (rebuilt by the
 /// next run), leases (a restarted coordinator's), the schema (written at open).
-pub const KEPT: [Tree; 6] = [
+pub const KEPT: [Tree; 7] = [
     Tree::Tasks,
     Tree::Records,
     Tree::Failures,
     Tree::Latest,
     Tree::Params,
     Tree::Runs,
+    Tree::Objects,
 ];
 
 /// One frame's body.

@@ -28,6 +28,7 @@ pub mod repair;
 pub mod stat_cache;
 pub mod summaries;
 pub mod verify;
+pub mod views;
 
 use crate::task::{Digest, KeyRecord, ParamSlice, TaskKey, slice_digest};
 use anyhow::{Context, Result, bail};
@@ -38,8 +39,10 @@ use records::{Failure, Latest, Output, TaskResult, decode, encode, latest_key, n
 use std::path::{Path, PathBuf};
 
 /// Version of the index's own layout (trees and value encodings). An index written by a newer
-/// mvc is refused rather than misread.
-pub const INDEX_SCHEMA: u32 = 1;
+/// mvc is refused rather than misread. 2: views are kept one record per object and stage
+/// (`views`); an index of schema 1 is read as it is, and becomes 2 when its first object
+/// record is written.
+pub const INDEX_SCHEMA: u32 = views::SCHEMA_WITH_OBJECTS;
 
 /// Entries of the index, by what they are.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -70,6 +73,8 @@ pub struct Store {
     tmp: PathBuf,
     /// The journal of the run in progress: every entry recorded goes there too.
     journal: std::sync::Mutex<Option<journal::Writer>>,
+    /// Views recorded and not yet written to their objects' records (`views`).
+    pending: std::sync::Mutex<views::Pending>,
     lock: CacheLock,
 }
 
@@ -87,6 +92,37 @@ pub struct MemosLacked {
     pub missing: u64,
     /// What the journals put back (`None` without journals: the memos were dropped instead).
     pub restored: Option<repair::Restored>,
+}
+
+/// Two streams of `(item, latest)` in item order, merged; an item in both is taken from
+/// `views` (a view's object record speaks for it over an entry of its own).
+fn merge_by_item<'a>(
+    own: impl Iterator<Item = Result<(String, Latest)>> + 'a,
+    views: impl Iterator<Item = Result<(String, Latest)>> + 'a,
+) -> impl Iterator<Item = Result<(String, Latest)>> + 'a {
+    let mut own = own.peekable();
+    let mut views = views.peekable();
+    std::iter::from_fn(move || {
+        let take_view = match (own.peek(), views.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(Err(_)), _) => false,
+            (_, Some(Err(_))) => true,
+            (Some(Ok((a, _))), Some(Ok((b, _)))) => match a.cmp(b) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Equal => {
+                    own.next();
+                    true
+                }
+            },
+        };
+        match take_view {
+            true => views.next(),
+            false => own.next(),
+        }
+    })
 }
 
 /// How many of `wanted` (sorted here) are not keys of `tree`: one merge pass over both.
@@ -182,6 +218,7 @@ impl Store {
             blobs: BlobStore::new(dir.join("blobs")),
             tmp,
             journal: std::sync::Mutex::new(None),
+            pending: std::sync::Mutex::new(views::Pending::default()),
             lock,
         })
     }
@@ -365,6 +402,18 @@ impl Store {
                     memo::MemoValue::Done { .. } => done.push(key),
                     memo::MemoValue::Failed => failed.push(key),
                 }
+            }
+        }
+        // Views are in their objects' records, not entries of their own: one pass over
+        // those (each view's key made again) takes them off the lists.
+        if !done.is_empty() {
+            let mut in_views = memo::KeySet::default();
+            self.each_view(|key, _| {
+                in_views.insert(key);
+                true
+            })?;
+            if !in_views.is_empty() {
+                done.retain(|k| !in_views.contains(k));
             }
         }
         let mut recorded: Vec<TaskKey> = done.iter().chain(&failed).copied().collect();
@@ -596,7 +645,17 @@ impl Store {
         Ok(())
     }
 
+    /// The result of `key`, by its key alone: from its entry of its own, else searched
+    /// through the object records (a pass over them). A caller that knows the task's stage
+    /// and item asks [`Store::result_of`].
     pub fn result(&self, key: &TaskKey) -> Result<Option<TaskResult>> {
+        match self.own_result(key)? {
+            Some(result) => Ok(Some(result)),
+            None => Ok(self.find_view(key)?.map(|v| v.result)),
+        }
+    }
+
+    fn own_result(&self, key: &TaskKey) -> Result<Option<TaskResult>> {
         self.get_present(Tree::Tasks, &key.0)?
             .map(|b| decode(&b, "task result"))
             .transpose()
@@ -608,7 +667,15 @@ impl Store {
             .transpose()
     }
 
+    /// The key record of `key`, by its key alone (as [`Store::result`]).
     pub fn record(&self, key: &TaskKey) -> Result<Option<KeyRecord>> {
+        match self.own_record(key)? {
+            Some(record) => Ok(Some(record)),
+            None => Ok(self.find_view(key)?.map(|v| v.record)),
+        }
+    }
+
+    fn own_record(&self, key: &TaskKey) -> Result<Option<KeyRecord>> {
         self.index()
             .get(Tree::Records, &key.0)?
             .map(|b| KeyRecord::decode(&b).context("the index holds an unreadable key record"))
@@ -636,7 +703,16 @@ impl Store {
         Ok(digest)
     }
 
+    /// The item's latest result or failure: its view in its object's record, else its
+    /// entry of its own.
     pub fn latest(&self, stage: &str, item: &str) -> Result<Option<Latest>> {
+        if let Some(view) = self.view_task(stage, item)? {
+            return Ok(Some(view.latest()));
+        }
+        self.own_latest(stage, item)
+    }
+
+    fn own_latest(&self, stage: &str, item: &str) -> Result<Option<Latest>> {
         self.get_present(Tree::Latest, &latest_key(stage, item))?
             .map(|b| decode(&b, "latest entry"))
             .transpose()
@@ -651,13 +727,15 @@ impl Store {
     ) -> impl Iterator<Item = Result<(String, Latest)>> + 'a {
         let prefix = latest_key(stage, "");
         let start = latest_key(stage, from);
-        self.index()
+        let own = self
+            .index()
             .scan_from(Tree::Latest, &prefix, &start)
             .map(move |entry| {
                 let (k, v) = entry?;
                 let item = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
                 Ok((item, decode(&v, "latest entry")?))
-            })
+            });
+        merge_by_item(own, self.views_of_stage(stage, from))
     }
 
     /// Where partial downloads wait to be resumed by a later run (kept across runs, unlike
@@ -687,6 +765,7 @@ impl Store {
             .scan(Tree::Latest, &latest_key(stage, ""))
             .next()
             .is_some()
+            || self.has_views_of(stage)
     }
 
     /// Records a run under `run_id` (its start time and process, so records sort by time).
@@ -704,24 +783,37 @@ impl Store {
         Ok(runs)
     }
 
-    /// How many results, failures and key records the index holds.
-    pub fn entry_counts(&self) -> EntryCounts {
-        EntryCounts {
-            results: self.index().len(Tree::Tasks),
+    /// How many results, failures and key records the index holds (a view in an object
+    /// record counts as a result and a key record).
+    pub fn entry_counts(&self) -> Result<EntryCounts> {
+        let mut views = 0;
+        self.each_view(|_, _| {
+            views += 1;
+            true
+        })?;
+        Ok(EntryCounts {
+            results: self.index().len(Tree::Tasks) + views,
             failures: self.index().len(Tree::Failures),
-            records: self.index().len(Tree::Records),
-        }
+            records: self.index().len(Tree::Records) + views,
+        })
     }
 
     /// The keys of the key records whose bytes start with `prefix`, in order.
-    pub fn record_keys_with_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> impl Iterator<Item = Result<TaskKey>> + '_ {
-        self.index().scan(Tree::Records, prefix).map(|entry| {
+    pub fn record_keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<TaskKey>> {
+        let mut keys: Vec<TaskKey> = Vec::new();
+        for entry in self.index().scan(Tree::Records, prefix) {
             let (k, _) = entry?;
-            Ok(Digest(k.as_slice().try_into().unwrap_or([0; 32])))
-        })
+            keys.push(Digest(k.as_slice().try_into().unwrap_or([0; 32])));
+        }
+        self.each_view(|key, _| {
+            if key.0.starts_with(prefix) {
+                keys.push(key);
+            }
+            true
+        })?;
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// Units out with workers, as the engine persisted them (id, its own encoding): a
@@ -757,9 +849,12 @@ impl Store {
         record: &KeyRecord,
         result: &TaskResult,
     ) -> Result<()> {
-        self.put_kept(Tree::Records, &key.0, &record.encode())?;
-        self.put_kept(Tree::Tasks, &key.0, &encode(result))?;
-        self.set_latest(&result.stage, &result.item, key)?;
+        // A view joins its object's record; anything else is three entries of its own.
+        if let views::Joined::No { earlier } = self.commit_view(key, record, result)? {
+            self.put_kept(Tree::Records, &key.0, &record.encode())?;
+            self.put_kept(Tree::Tasks, &key.0, &encode(result))?;
+            self.set_latest(&result.stage, &result.item, key, earlier)?;
+        }
         // Most keys never failed: the filter says so without a walk down sled's tree.
         if self.may_hold(Tree::Failures, &key.0) {
             self.delete_kept(Tree::Failures, &key.0)?;
@@ -774,15 +869,27 @@ impl Store {
         record: &KeyRecord,
         failure: &Failure,
     ) -> Result<()> {
+        // The failure is now the item's latest: its object's record must not name the
+        // success before it.
+        let earlier = self.drop_view(&failure.stage, &failure.item)?;
         self.put_kept(Tree::Records, &key.0, &record.encode())?;
         self.put_kept(Tree::Failures, &key.0, &encode(failure))?;
-        self.set_latest(&failure.stage, &failure.item, key)?;
+        self.set_latest(&failure.stage, &failure.item, key, earlier)?;
         Ok(())
     }
 
-    fn set_latest(&self, stage: &str, item: &str, key: &TaskKey) -> Result<()> {
-        let previous = self.latest(stage, item)?;
+    /// `earlier`: the key the item's view had in its object's record, which it has no
+    /// more (the item's previous key when it has no entry of its own).
+    fn set_latest(
+        &self,
+        stage: &str,
+        item: &str,
+        key: &TaskKey,
+        earlier: Option<TaskKey>,
+    ) -> Result<()> {
+        let previous = self.own_latest(stage, item)?;
         let previous = match previous {
+            _ if earlier.is_some_and(|e| e != *key) => earlier,
             Some(p) if p.key == *key => p.previous,
             Some(p) => Some(p.key),
             None => None,
@@ -795,10 +902,17 @@ impl Store {
         self.put_kept(Tree::Latest, &latest_key(stage, item), &encode(&latest))
     }
 
-    /// Forgets a result whose outputs are gone or corrupt, so its task runs again.
-    pub fn forget_result(&self, key: &TaskKey) -> Result<()> {
+    /// Forgets a result whose outputs are gone or corrupt, so its task (of `item` in
+    /// `stage`) runs again.
+    pub fn forget_result(&self, key: &TaskKey, stage: &str, item: &str) -> Result<()> {
         // A summary may count it as cached: the summaries go first.
         self.forget_stage_summaries()?;
+        if self
+            .view_task(stage, item)?
+            .is_some_and(|v| v.record.key() == *key)
+        {
+            self.drop_view(stage, item)?;
+        }
         self.delete_kept(Tree::Tasks, &key.0)
     }
 
@@ -861,6 +975,9 @@ impl Store {
     /// Makes what the main index recorded durable. The coordinator calls it before each
     /// group of replies to its workers, so it does no more than that.
     pub fn flush(&self) -> Result<()> {
+        if self.main.get().is_some() {
+            self.write_pending_views()?;
+        }
         match self.main.get() {
             Some(main) if main.index.unavailable().is_none() => main.index.flush(),
             _ => Ok(()),
@@ -889,6 +1006,15 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // The views not yet written to their objects' records are results recorded.
+        if self
+            .main
+            .get()
+            .is_some_and(|m| m.index.unavailable().is_none())
+            && let Err(e) = self.write_pending_views()
+        {
+            tracing::warn!("the last views recorded could not be written: {e:#}");
+        }
         // sled writes its files once more as it closes: the stamp is taken after that.
         let Some(main) = self.main.take() else {
             return;

@@ -1,7 +1,7 @@
-//! One record per object and stage: the layout step 1 of BENCHMARKS.md's "Objaverse-XL on
-//! 1,000 GPUs" plans for the index (issue 30).
+//! One record per object and stage: the layout of views in the index (issue 30, step 1 of
+//! BENCHMARKS.md's "Objaverse-XL on 1,000 GPUs").
 //!
-//! Today every task costs three index entries (its key record, its result, its item's latest
+//! Any other task costs three index entries (its key record, its result, its item's latest
 //! key), about 500 bytes of keys and values and 2.4 KB of sled's log, and sled spends 10 to
 //! 50 µs on each insert. The views of one object in one stage (`<object>@<view>`, 36 of them
 //! in the study) share almost everything: the kind, the stage's parameters, the host, the
@@ -13,15 +13,17 @@
 //! - the digests of the inputs that differ from view to view (an embedding's render);
 //! - its outputs: an inline output keeps only its bytes (its digest is theirs), a blob its
 //!   digest and size;
-//! - when it started (after the record's first view) and how long it took.
+//! - when it started (after the record's first view) and how long it took;
+//! - where it ran, its logs, its kind and stage parameters, only when they are not those of
+//!   the record's first view.
 //!
 //! The key record and the result of every view are made again from these, exactly: a view's
 //! key is the digest of its rebuilt key record, and `tests` check that both round-trip. A task
-//! that does not fit (a log, another host, other input or output names) is a [`Misfit`]: it
-//! stays an entry of its own.
+//! that does not fit (other names of inputs or outputs than its object's other views) is a
+//! [`Misfit`]: it stays an entry of its own.
 //!
-//! The engine does not write these records yet; `benches/xl_store.rs` measures them in sled
-//! against today's three entries per task, up to 100M tasks' worth.
+//! `store/views.rs` keeps them in the index's `objects` tree; `benches/xl_store.rs` measures
+//! them in sled against three entries per task, up to 100M tasks' worth.
 
 use super::records::{Output, TaskResult, manifest_digest};
 use crate::task::{Digest, KeyRecord, ParamSlice};
@@ -84,6 +86,8 @@ pub struct ObjectStage {
     /// The inputs every view reads, by name, with the digest when every view reads the same
     /// (a render's object); `None` when each view has its own (an embedding's render).
     inputs: Vec<(String, Option<Digest>)>,
+    /// The outputs' names, with the view's name in them as [`VIEW_MARK`] (a render names
+    /// its image after its view).
     output_names: Vec<String>,
     /// When the first view started; the others count from it.
     first_ms: u64,
@@ -99,6 +103,15 @@ struct View {
     outputs: Vec<Kept>,
     after_first_ms: u64,
     duration_ms: u64,
+    /// The key this view had before its latest (`mvc why` shows what changed).
+    previous: Option<Digest>,
+    /// Where it ran, when not where the record's first view ran (a unit on another worker).
+    host: Option<String>,
+    /// Its logs (stdout, stderr), when it kept any.
+    logs: Option<(Option<Digest>, Option<Digest>)>,
+    /// Its kind (schema, kind, version) and stage parameters, when not the record's: while
+    /// a stage's parameters change or its kind is upgraded, old and new views share it.
+    own_kind: Option<(u32, String, u32, Digest)>,
 }
 
 /// An output as kept: an inline one by its bytes (its digest is theirs).
@@ -111,6 +124,22 @@ enum Kept {
 /// Why a task cannot join its object's record; it is then kept as an entry of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Misfit(pub String);
+
+/// Stands for the view's name in an output's name: a path cannot hold a NUL.
+const VIEW_MARK: char = '\0';
+
+/// The outputs' names of a view's result, with the view's name marked.
+fn output_names(result: &TaskResult) -> Vec<String> {
+    let view = split_view(&result.item).map(|(_, v)| v).unwrap_or_default();
+    result
+        .outputs
+        .iter()
+        .map(|o| match view.is_empty() {
+            true => o.name.clone(),
+            false => o.name.replace(view, &VIEW_MARK.to_string()),
+        })
+        .collect()
+}
 
 /// `<object>@<view>`, split at the last `@`: the items of a view stage. An item without one
 /// is not a view.
@@ -126,9 +155,16 @@ impl ObjectStage {
         record: &KeyRecord,
         result: &TaskResult,
     ) -> Result<ObjectStage, Misfit> {
+        let mut made = ObjectStage::empty_for(record, result)?;
+        made.add(columns, record, result, None)?;
+        Ok(made)
+    }
+
+    /// A record with no views yet, of the stage, object, kind and host of this task.
+    pub fn empty_for(record: &KeyRecord, result: &TaskResult) -> Result<ObjectStage, Misfit> {
         let (object, _) = split_view(&result.item)
             .ok_or_else(|| Misfit(format!("`{}` is not a view (`object@view`)", result.item)))?;
-        let mut made = ObjectStage {
+        let made = ObjectStage {
             stage: result.stage.clone(),
             object: object.to_string(),
             schema: record.schema,
@@ -141,44 +177,35 @@ impl ObjectStage {
                 .iter()
                 .map(|(name, digest)| (name.clone(), Some(*digest)))
                 .collect(),
-            output_names: result.outputs.iter().map(|o| o.name.clone()).collect(),
+            output_names: output_names(result),
             first_ms: result.started_ms,
             views: Vec::new(),
         };
-        made.add(columns, record, result)?;
         Ok(made)
     }
 
-    /// Adds a view's task (or replaces the view's earlier one).
+    /// Adds a view's task, or replaces the view's earlier one (whose key becomes the view's
+    /// previous key when it differs; its key record is returned then, for whoever keeps
+    /// it). `previous` is the key the item had before when the record did not hold it (an
+    /// entry of its own, from before these records).
     pub fn add(
         &mut self,
         columns: &mut Columns,
         record: &KeyRecord,
         result: &TaskResult,
-    ) -> Result<(), Misfit> {
+        previous: Option<Digest>,
+    ) -> Result<Option<KeyRecord>, Misfit> {
         let view = self.fits(record, result)?;
-        // An input that now differs between views becomes each view's own: the views kept
-        // so far get the digest they shared, after the own inputs of the inputs before it.
-        for i in 0..self.inputs.len() {
-            let (name, common) = &self.inputs[i];
-            let Some(shared_digest) = *common else {
-                continue;
-            };
-            if record.inputs[name] == shared_digest {
-                continue;
-            }
-            let at = self.inputs[..i].iter().filter(|(_, c)| c.is_none()).count();
-            self.inputs[i].1 = None;
-            for v in &mut self.views {
-                v.own_inputs.insert(at, shared_digest);
-            }
+        // An empty record takes its first view's inputs as everyone's.
+        if self.views.is_empty() {
+            self.inputs = record
+                .inputs
+                .iter()
+                .map(|(name, digest)| (name.clone(), Some(*digest)))
+                .collect();
+            self.first_ms = result.started_ms;
         }
-        let own_inputs = self
-            .inputs
-            .iter()
-            .filter(|(_, common)| common.is_none())
-            .map(|(name, _)| record.inputs[name])
-            .collect();
+        let own_inputs = self.own_inputs_of(record);
         let outputs = result
             .outputs
             .iter()
@@ -198,25 +225,154 @@ impl ObjectStage {
             }
             self.first_ms = result.started_ms;
         }
-        let made = View {
+        let mut made = View {
             column,
             own_inputs,
             outputs,
             after_first_ms: result.started_ms - self.first_ms,
             duration_ms: result.duration_ms,
+            previous,
+            host: (result.host != self.host).then(|| result.host.clone()),
+            logs: (result.stdout.is_some() || result.stderr.is_some())
+                .then_some((result.stdout, result.stderr)),
+            own_kind: self.own_kind_of(record),
         };
-        match self.views.binary_search_by_key(&column, |v| v.column) {
-            Ok(at) => self.views[at] = made,
-            Err(at) => self.views.insert(at, made),
+        // The view's earlier task, by name: its parameters may have changed (another
+        // column of the same name).
+        let earlier = self
+            .views
+            .iter()
+            .position(|v| columns.get(v.column).is_some_and(|(name, _)| name == view));
+        let replaced = match earlier {
+            Some(at) => {
+                let before = self.views.remove(at);
+                let (before_record, _) = self.task(columns, &before).map_err(Misfit)?;
+                let before_key = before_record.key();
+                match before_key == record.key() {
+                    true => {
+                        made.previous = before.previous;
+                        None
+                    }
+                    false => {
+                        made.previous = Some(before_key);
+                        Some(before_record)
+                    }
+                }
+            }
+            None => None,
+        };
+        let at = self
+            .views
+            .binary_search_by_key(&column, |v| v.column)
+            .unwrap_or_else(|at| at);
+        self.views.insert(at, made);
+        self.lift_what_every_view_shares();
+        Ok(replaced)
+    }
+
+    /// The digests of the inputs that are the view's own. An input that now differs between
+    /// views becomes each view's own: the views kept so far get the digest they shared, after
+    /// the own inputs of the inputs before it.
+    fn own_inputs_of(&mut self, record: &KeyRecord) -> Vec<Digest> {
+        for i in 0..self.inputs.len() {
+            let (name, common) = &self.inputs[i];
+            let Some(shared_digest) = *common else {
+                continue;
+            };
+            if record.inputs[name] == shared_digest {
+                continue;
+            }
+            let at = self.inputs[..i].iter().filter(|(_, c)| c.is_none()).count();
+            self.inputs[i].1 = None;
+            for v in &mut self.views {
+                v.own_inputs.insert(at, shared_digest);
+            }
         }
-        Ok(())
+        self.inputs
+            .iter()
+            .filter(|(_, common)| common.is_none())
+            .map(|(name, _)| record.inputs[name])
+            .collect()
+    }
+
+    /// The kind and stage parameters of `record`, when they are not the record's.
+    fn own_kind_of(&self, record: &KeyRecord) -> Option<(u32, String, u32, Digest)> {
+        let own = (
+            record.schema,
+            record.kind.as_str(),
+            record.kind_version,
+            record.shared,
+        );
+        let shared = (
+            self.schema,
+            self.kind.as_str(),
+            self.kind_version,
+            self.shared,
+        );
+        (own != shared).then(|| {
+            (
+                record.schema,
+                record.kind.clone(),
+                record.kind_version,
+                record.shared,
+            )
+        })
+    }
+
+    /// Once every view has the same kind and stage parameters of its own (or the same host),
+    /// they become the record's: after a change of the stage's parameters has reached all
+    /// views, each view keeps only what is its own again.
+    fn lift_what_every_view_shares(&mut self) {
+        if let Some(first) = self.views.first().and_then(|v| v.own_kind.clone())
+            && self
+                .views
+                .iter()
+                .all(|v| v.own_kind.as_ref() == Some(&first))
+        {
+            (self.schema, self.kind, self.kind_version, self.shared) = first;
+            self.views.iter_mut().for_each(|v| v.own_kind = None);
+        }
+        if let Some(first) = self.views.first().and_then(|v| v.host.clone())
+            && self.views.iter().all(|v| v.host.as_ref() == Some(&first))
+        {
+            self.host = first;
+            self.views.iter_mut().for_each(|v| v.host = None);
+        }
+    }
+
+    /// Removes the view named `view`; whether the record held it.
+    pub fn remove(&mut self, columns: &Columns, view: &str) -> bool {
+        let before = self.views.len();
+        self.views
+            .retain(|v| columns.get(v.column).is_none_or(|(name, _)| name != view));
+        self.views.len() != before
+    }
+
+    /// Keeps only the views `keep` says yes to (given each view's key record and result);
+    /// how many it removed.
+    pub fn retain(
+        &mut self,
+        columns: &Columns,
+        mut keep: impl FnMut(&KeyRecord, &TaskResult) -> bool,
+    ) -> Result<usize, String> {
+        let before = self.views.len();
+        let mut kept = Vec::with_capacity(before);
+        for v in std::mem::take(&mut self.views) {
+            let (record, result) = self.task(columns, &v)?;
+            if keep(&record, &result) {
+                kept.push(v);
+            }
+        }
+        let removed = before - kept.len();
+        self.views = kept;
+        Ok(removed)
     }
 
     /// The view's name when the task fits this record, or why it does not.
     fn fits<'a>(&self, record: &KeyRecord, result: &'a TaskResult) -> Result<&'a str, Misfit> {
         let misfit = |what: &str| {
             Err(Misfit(format!(
-                "{}/{}: {what} differs from the other views of {}",
+                "{}/{}: {what} from the other views of {}",
                 result.stage, result.item, self.object
             )))
         };
@@ -233,39 +389,23 @@ impl ObjectStage {
             )));
         }
         if result.stage != self.stage || object != self.object {
-            return misfit("the stage or object");
-        }
-        if (record.schema, record.kind.as_str(), record.kind_version)
-            != (self.schema, self.kind.as_str(), self.kind_version)
-        {
-            return misfit("the kind");
-        }
-        if record.shared != self.shared {
-            return misfit("the stage's parameters");
-        }
-        if result.host != self.host {
-            return misfit("the host");
-        }
-        if result.stdout.is_some() || result.stderr.is_some() {
-            return Err(Misfit(format!(
-                "{}/{}: it kept a log",
-                result.stage, result.item
-            )));
+            return misfit("the stage or object differs");
         }
         if !record
             .inputs
             .keys()
             .eq(self.inputs.iter().map(|(name, _)| name))
         {
-            return misfit("the names of the inputs");
+            return misfit("the names of the inputs differ");
         }
-        if !result
-            .outputs
-            .iter()
-            .map(|o| &o.name)
-            .eq(self.output_names.iter())
-        {
-            return misfit("the names of the outputs");
+        if result.outputs.iter().any(|o| o.name.contains(VIEW_MARK)) {
+            return Err(Misfit(format!(
+                "{}/{}: an output's name holds a NUL",
+                result.stage, result.item
+            )));
+        }
+        if output_names(result) != self.output_names {
+            return misfit("the names of the outputs differ");
         }
         if result.manifest != manifest_digest(&result.outputs) {
             return Err(Misfit(format!(
@@ -326,6 +466,24 @@ impl ObjectStage {
         }
     }
 
+    /// The items of the views, `<object>@<view>` (a view whose column is unknown is left
+    /// out: its record is damaged, which reading it says).
+    pub fn items<'a>(&'a self, columns: &'a Columns) -> impl Iterator<Item = String> + 'a {
+        self.views.iter().filter_map(move |v| {
+            columns
+                .get(v.column)
+                .map(|(view, _)| format!("{}@{view}", self.object))
+        })
+    }
+
+    /// The key the view named `view` had before its latest, when it changed.
+    pub fn previous(&self, columns: &Columns, view: &str) -> Option<Digest> {
+        self.views
+            .iter()
+            .find(|v| columns.get(v.column).is_some_and(|(name, _)| name == view))
+            .and_then(|v| v.previous)
+    }
+
     fn task(&self, columns: &Columns, v: &View) -> Result<(KeyRecord, TaskResult), String> {
         let (view, item_params) = columns.get(v.column).ok_or_else(|| {
             format!(
@@ -348,6 +506,7 @@ impl ObjectStage {
         let outputs: Vec<Output> = self
             .output_names
             .iter()
+            .map(|name| name.replace(VIEW_MARK, view))
             .zip(&v.outputs)
             .map(|(name, kept)| match kept {
                 Kept::Inline(bytes) => Output {
@@ -364,12 +523,21 @@ impl ObjectStage {
                 },
             })
             .collect();
+        let (schema, kind, kind_version, shared) = match &v.own_kind {
+            Some((schema, kind, version, shared)) => (*schema, kind.clone(), *version, *shared),
+            None => (
+                self.schema,
+                self.kind.clone(),
+                self.kind_version,
+                self.shared,
+            ),
+        };
         let record = KeyRecord {
-            schema: self.schema,
-            kind: self.kind.clone(),
-            kind_version: self.kind_version,
+            schema,
+            kind,
+            kind_version,
             item: item.clone(),
-            shared: self.shared,
+            shared,
             item_params: item_params.clone(),
             inputs,
         };
@@ -378,11 +546,11 @@ impl ObjectStage {
             item,
             manifest: manifest_digest(&outputs),
             outputs,
-            stdout: None,
-            stderr: None,
+            stdout: v.logs.and_then(|(out, _)| out),
+            stderr: v.logs.and_then(|(_, err)| err),
             started_ms: self.first_ms + v.after_first_ms,
             duration_ms: v.duration_ms,
-            host: self.host.clone(),
+            host: v.host.clone().unwrap_or_else(|| self.host.clone()),
         };
         Ok((record, result))
     }
@@ -477,7 +645,7 @@ mod tests {
     fn record_of(tasks: &[(KeyRecord, TaskResult)], columns: &mut Columns) -> ObjectStage {
         let mut made = ObjectStage::first(columns, &tasks[0].0, &tasks[0].1).unwrap();
         for (record, result) in &tasks[1..] {
-            made.add(columns, record, result).unwrap();
+            made.add(columns, record, result, None).unwrap();
         }
         made
     }
@@ -548,19 +716,12 @@ mod tests {
             let (mut record, mut result) = render(1, object_digest);
             change(&mut record, &mut result);
             made.clone()
-                .add(&mut columns.clone(), &record, &result)
+                .add(&mut columns.clone(), &record, &result, None)
                 .unwrap_err()
                 .0
         };
         type Change<'a> = &'a dyn Fn(&mut KeyRecord, &mut TaskResult);
-        let cases: [(Change, &str); 7] = [
-            (&|_, t| t.host = "gpu-7".into(), "the host differs"),
-            (&|r, _| r.kind_version = 4, "the kind differs"),
-            (
-                &|r, _| r.shared = Digest::of(b"other"),
-                "the stage's parameters differ",
-            ),
-            (&|_, t| t.stdout = Some(Digest::of(b"log")), "it kept a log"),
+        let cases: [(Change, &str); 3] = [
             (
                 &|_, t| t.outputs[0].name = "p".into(),
                 "the names of the outputs differ",
@@ -589,7 +750,7 @@ mod tests {
         record.item = result.item.clone();
         let message = made
             .clone()
-            .add(&mut columns, &record, &result)
+            .add(&mut columns, &record, &result, None)
             .unwrap_err()
             .0;
         assert!(
@@ -598,8 +759,71 @@ mod tests {
         );
         // A view that fits is taken.
         let (record, result) = render(1, object_digest);
-        made.add(&mut columns, &record, &result).unwrap();
+        made.add(&mut columns, &record, &result, None).unwrap();
         assert_eq!(made.len(), 2);
+    }
+
+    /// What a render's view keeps (its image named after the view, a blob, a log, another
+    /// worker) and the key a view replaced all come back.
+    #[test]
+    fn names_after_the_view_logs_hosts_and_replaced_keys_come_back() {
+        let object_digest = Digest::of(b"object");
+        let mut columns = Columns::default();
+        let mut tasks: Vec<_> = (0..6).map(|v| render(v, object_digest)).collect();
+        for (v, (_, result)) in tasks.iter_mut().enumerate() {
+            let view = view_name(v as u32);
+            let blob = Output {
+                name: format!("{view}.png"),
+                digest: Digest::of(view.as_bytes()),
+                size: 5_000,
+                inline: None,
+            };
+            result.outputs.insert(0, blob);
+            result.manifest = manifest_digest(&result.outputs);
+        }
+        tasks[2].1.stdout = Some(Digest::of(b"out"));
+        tasks[3].1.host = "gpu-7".into();
+        // A stage's parameters changed, and its kind upgraded, for some views only so far.
+        tasks[1].0.shared = Digest::of(b"resolution = 32");
+        tasks[5].0.kind_version = 4;
+        let made = record_of(&tasks, &mut columns);
+        let back: Vec<_> = made.tasks(&columns).map(Result::unwrap).collect();
+        assert_eq!(back, tasks);
+        // The same view again, with another key: the old key is its previous one, and its
+        // record is handed back.
+        let (mut record, result) = tasks[4].clone();
+        record
+            .inputs
+            .insert("objects".into(), Digest::of(b"another object"));
+        let mut changed = made.clone();
+        let replaced = changed.add(&mut columns, &record, &result, None).unwrap();
+        assert_eq!(replaced, Some(tasks[4].0.clone()));
+        assert_eq!(
+            changed.previous(&columns, &view_name(4)),
+            Some(tasks[4].0.key())
+        );
+        assert_eq!(changed.len(), 6);
+        // The object's digest is now each view's own: the others keep theirs.
+        let back: Vec<_> = changed.tasks(&columns).map(Result::unwrap).collect();
+        assert_eq!(back[4].0, record);
+        assert_eq!(back[5], tasks[5]);
+        // Once every view has the new stage parameters, the record holds them once.
+        let mut all_new = made.clone();
+        let mut renewed = Vec::new();
+        for (record, result) in &tasks {
+            let mut record = record.clone();
+            record.shared = Digest::of(b"resolution = 16");
+            record.kind_version = 4;
+            all_new.add(&mut columns, &record, result, None).unwrap();
+            renewed.push((record, result.clone()));
+        }
+        let back: Vec<_> = all_new.tasks(&columns).map(Result::unwrap).collect();
+        assert_eq!(back, renewed);
+        assert!(all_new.views.iter().all(|v| v.own_kind.is_none()));
+        assert_eq!(all_new.shared, Digest::of(b"resolution = 16"));
+        assert!(changed.remove(&columns, &view_name(4)));
+        assert!(!changed.remove(&columns, &view_name(4)));
+        assert_eq!(changed.len(), 5);
     }
 
     #[test]

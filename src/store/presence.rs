@@ -36,7 +36,10 @@ const POINTER: &[u8] = b"presence";
 
 /// The trees whose entries the filter holds.
 pub fn covers(tree: Tree) -> bool {
-    matches!(tree, Tree::Tasks | Tree::Failures | Tree::Latest)
+    matches!(
+        tree,
+        Tree::Tasks | Tree::Failures | Tree::Latest | Tree::Objects
+    )
 }
 
 fn fingerprint(tree: Tree, key: &[u8]) -> u64 {
@@ -219,6 +222,36 @@ impl Keeper {
         for tree in [Tree::Tasks, Tree::Failures, Tree::Latest] {
             for key in index.keys(tree) {
                 fingerprints.push(fingerprint(tree, &key?));
+            }
+        }
+        // An object record, and each of its views as if it had a latest entry of its own:
+        // a lookup of a view that no record holds (a new ring's) is then answered "no".
+        let mut columns = (Vec::new(), super::object_stage::Columns::default());
+        for entry in index.scan(Tree::Objects, b"") {
+            let (key, value) = entry?;
+            fingerprints.push(fingerprint(Tree::Objects, &key));
+            let Some(split) = key.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let (stage, object) = (&key[..split], &key[split + 1..]);
+            if object.is_empty() {
+                // The stage's columns come before its records.
+                let decoded =
+                    super::object_stage::Columns::decode(&value).map_err(|e| anyhow::anyhow!(e))?;
+                columns = (stage.to_vec(), decoded);
+                continue;
+            }
+            if columns.0 != stage {
+                continue;
+            }
+            let record =
+                super::object_stage::ObjectStage::decode(&value).map_err(|e| anyhow::anyhow!(e))?;
+            for item in record.items(&columns.1) {
+                let stage = String::from_utf8_lossy(stage);
+                fingerprints.push(fingerprint(
+                    Tree::Latest,
+                    &super::records::latest_key(&stage, &item),
+                ));
             }
         }
         let filter = Presence::from_fingerprints(fingerprints);

@@ -9,10 +9,11 @@
 use super::blobs::BlobStore;
 use super::index::{Index, Tree};
 use super::journal::{self, Frame};
+use super::object_stage::{Columns, ObjectStage};
 use super::records::{Latest, RunRecord, TaskResult, decode};
 use crate::task::{Digest, TaskKey};
-use anyhow::Result;
-use std::collections::HashSet;
+use anyhow::{Result, anyhow, bail};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// What a replay put back, and what it could not.
@@ -64,6 +65,7 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
     let mut results: HashSet<TaskKey> = HashSet::new();
     let mut failures: HashSet<TaskKey> = HashSet::new();
     let mut lost: HashSet<TaskKey> = HashSet::new();
+    let mut columns: HashMap<Vec<u8>, Columns> = HashMap::new();
     for path in journal::files(dir)? {
         let contents = journal::read(&path)?;
         restored.journals += 1;
@@ -130,6 +132,14 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
                     failures.insert(key_of(&key));
                     index.put(tree, &key, &value)?;
                 }
+                Tree::Objects => {
+                    let record = ObjectEntry {
+                        key: &key,
+                        value: &value,
+                        journal: &path,
+                    };
+                    put_object_entry(index, blobs, record, &mut columns, &mut results, &mut lost)?;
+                }
                 _ => index.put(tree, &key, &value)?,
             }
         }
@@ -140,6 +150,75 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
     restored.failures = failures.len() as u64;
     restored.lost = lost.len() as u64;
     Ok(restored)
+}
+
+/// An entry of the `objects` tree, as a journal holds it.
+struct ObjectEntry<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+    journal: &'a Path,
+}
+
+/// Puts back a stage's view columns, or an object's record as results are put back: a view
+/// whose blobs are gone is left out (its task runs again).
+fn put_object_entry(
+    index: &dyn Index,
+    blobs: &BlobStore,
+    entry: ObjectEntry,
+    columns: &mut HashMap<Vec<u8>, Columns>,
+    results: &mut HashSet<TaskKey>,
+    lost: &mut HashSet<TaskKey>,
+) -> Result<()> {
+    let ObjectEntry {
+        key,
+        value,
+        journal,
+    } = entry;
+    let stage = key.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+    if key.len() == stage.len() + 1 {
+        // A stage's view columns (written before the records that name them).
+        columns.insert(stage, Columns::decode(value).map_err(|e| anyhow!(e))?);
+        return index.put(Tree::Objects, key, value);
+    }
+    if !columns.contains_key(&stage) {
+        let mut columns_key = stage.clone();
+        columns_key.push(0);
+        if let Some(bytes) = index.get(Tree::Objects, &columns_key)? {
+            let decoded = Columns::decode(&bytes).map_err(|e| anyhow!(e))?;
+            columns.insert(stage.clone(), decoded);
+        }
+    }
+    let Some(stage_columns) = columns.get(&stage) else {
+        bail!(
+            "journal {}: the record of {} comes before its stage's view columns",
+            journal.display(),
+            String::from_utf8_lossy(key)
+        );
+    };
+    let mut record = ObjectStage::decode(value).map_err(|e| anyhow!(e))?;
+    let mut present = Vec::new();
+    record
+        .retain(stage_columns, |r, result| {
+            let whole = result
+                .blob_outputs()
+                .all(|(digest, size)| blobs.size(&digest) == Some(size));
+            match whole {
+                true => present.push(r.key()),
+                false => {
+                    lost.insert(r.key());
+                }
+            }
+            whole
+        })
+        .map_err(|e| anyhow!(e))?;
+    for k in present {
+        lost.remove(&k);
+        results.insert(k);
+    }
+    match record.is_empty() {
+        true => index.delete(Tree::Objects, key),
+        false => index.put(Tree::Objects, key, &record.encode()),
+    }
 }
 
 /// Removes every plan memo pointer: the next run writes them again from what the index holds.

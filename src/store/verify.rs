@@ -3,6 +3,7 @@
 
 use super::Store;
 use super::index::Tree;
+use super::object_stage::{Columns, ObjectStage};
 use super::records::{Failure, Latest, TaskResult, decode};
 use crate::task::{Digest, KeyRecord};
 use anyhow::Result;
@@ -29,6 +30,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     let sizes = verify_blobs(store, &mut report)?;
     let blobs = Blobs { sizes: &sizes };
     verify_results(store, &blobs, &mut report)?;
+    verify_views(store, &blobs, &mut report)?;
     for entry in store.index().scan(Tree::Records, b"") {
         let (key, value) = entry?;
         if let Err(e) = KeyRecord::decode(&value) {
@@ -159,6 +161,67 @@ fn verify_results(store: &Store, blobs: &Blobs, report: &mut VerifyReport) -> Re
                 "{label}: result {} has no key record",
                 crate::text::hex(&key)
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every object record: it decodes with its stage's columns, and its views' blob
+/// outputs and logs are whole.
+fn verify_views(store: &Store, blobs: &Blobs, report: &mut VerifyReport) -> Result<()> {
+    let mut columns: HashMap<Vec<u8>, Columns> = HashMap::new();
+    for entry in store.index().scan(Tree::Objects, b"") {
+        let (key, value) = entry?;
+        let name = String::from_utf8_lossy(&key).replace('\0', "/");
+        let Some(split) = key.iter().position(|&b| b == 0) else {
+            report
+                .problems
+                .push(format!("object record `{name}` has no stage"));
+            continue;
+        };
+        if split + 1 == key.len() {
+            match Columns::decode(&value) {
+                Ok(c) => {
+                    columns.insert(key[..split].to_vec(), c);
+                }
+                Err(e) => report.problems.push(format!("view columns of {name}: {e}")),
+            }
+            continue;
+        }
+        let Some(stage_columns) = columns.get(&key[..split]) else {
+            report.problems.push(format!(
+                "object record {name}: its stage has no view columns"
+            ));
+            continue;
+        };
+        let record = match ObjectStage::decode(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problems.push(format!("object record {name}: {e}"));
+                continue;
+            }
+        };
+        for task in record.tasks(stage_columns) {
+            let (_, result) = match task {
+                Ok(t) => t,
+                Err(e) => {
+                    report.problems.push(format!("object record {name}: {e}"));
+                    break;
+                }
+            };
+            report.results += 1;
+            let label = format!("{}/{}", result.stage, result.item);
+            for output in result.outputs.iter().filter(|o| o.inline.is_none()) {
+                blobs.need(
+                    format!("{label} output `{}`", output.name),
+                    &output.digest,
+                    Some(output.size),
+                    &mut report.problems,
+                );
+            }
+            for log in result.stdout.iter().chain(&result.stderr) {
+                blobs.need(format!("{label} log"), log, None, &mut report.problems);
+            }
         }
     }
     Ok(())

@@ -119,15 +119,21 @@ fn read_objects(
                 views: Vec::new(),
             });
         }
-        let view = view_of(store, spec, &latest)?;
+        let view = view_of(store, spec, stage, &item, &latest)?;
         objects.last_mut().expect("pushed above").views.push(view);
     }
     Ok((objects, None))
 }
 
-fn view_of(store: &Store, spec: ViewSpec, latest: &Latest) -> Result<View, UiError> {
+fn view_of(
+    store: &Store,
+    spec: ViewSpec,
+    stage: &str,
+    item: &str,
+    latest: &Latest,
+) -> Result<View, UiError> {
     let key = latest.key;
-    let src = store.result(&key)?.and_then(|r| {
+    let src = store.result_of(&key, stage, item)?.and_then(|r| {
         r.outputs
             .iter()
             .enumerate()
@@ -149,7 +155,7 @@ fn view_of(store: &Store, spec: ViewSpec, latest: &Latest) -> Result<View, UiErr
 fn caption(store: &Store, stages: &[(String, String)], uid: &str) -> Option<String> {
     let of = |stage: &str, item: &str| {
         let latest = store.latest(stage, item).ok()??;
-        let record = store.record(&latest.key).ok()??;
+        let record = store.record_of(&latest.key, stage, item).ok()??;
         let params = &record.item_params;
         params
             .get("caption")

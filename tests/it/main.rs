@@ -18,6 +18,7 @@ mod failures;
 mod heads;
 mod incremental;
 mod interruptions;
+mod object_records;
 mod output;
 mod pipeline_errors;
 mod presence;
