@@ -134,28 +134,7 @@ fn verify_results(store: &Store, blobs: &Blobs, report: &mut VerifyReport) -> Re
                 continue;
             }
         };
-        let label = format!("{}/{}", result.stage, result.item);
-        for output in &result.outputs {
-            match &output.inline {
-                Some(bytes) => {
-                    if Digest::of(bytes) != output.digest {
-                        report.problems.push(format!(
-                            "{label}: inline output `{}` is corrupt",
-                            output.name
-                        ));
-                    }
-                }
-                None => blobs.need(
-                    format!("{label} output `{}`", output.name),
-                    &output.digest,
-                    Some(output.size),
-                    &mut report.problems,
-                ),
-            }
-        }
-        for log in result.stdout.iter().chain(&result.stderr) {
-            blobs.need(format!("{label} log"), log, None, &mut report.problems);
-        }
+        let label = check_outputs(&result, blobs, &mut report.problems);
         if store.record(&digest_of(&key))?.is_none() {
             report.problems.push(format!(
                 "{label}: result {} has no key record",
@@ -210,21 +189,38 @@ fn verify_views(store: &Store, blobs: &Blobs, report: &mut VerifyReport) -> Resu
                 }
             };
             report.results += 1;
-            let label = format!("{}/{}", result.stage, result.item);
-            for output in result.outputs.iter().filter(|o| o.inline.is_none()) {
-                blobs.need(
-                    format!("{label} output `{}`", output.name),
-                    &output.digest,
-                    Some(output.size),
-                    &mut report.problems,
-                );
-            }
-            for log in result.stdout.iter().chain(&result.stderr) {
-                blobs.need(format!("{label} log"), log, None, &mut report.problems);
-            }
+            check_outputs(&result, blobs, &mut report.problems);
         }
     }
     Ok(())
+}
+
+/// Notes a result's inline outputs that do not match their digests and its blob outputs and
+/// logs that are not whole; returns its `stage/item` label.
+fn check_outputs(result: &TaskResult, blobs: &Blobs, problems: &mut Vec<String>) -> String {
+    let label = format!("{}/{}", result.stage, result.item);
+    for output in &result.outputs {
+        match &output.inline {
+            Some(bytes) => {
+                if Digest::of(bytes) != output.digest {
+                    problems.push(format!(
+                        "{label}: inline output `{}` is corrupt",
+                        output.name
+                    ));
+                }
+            }
+            None => blobs.need(
+                format!("{label} output `{}`", output.name),
+                &output.digest,
+                Some(output.size),
+                problems,
+            ),
+        }
+    }
+    for log in result.stdout.iter().chain(&result.stderr) {
+        blobs.need(format!("{label} log"), log, None, problems);
+    }
+    label
 }
 
 fn digest_of(key: &[u8]) -> Digest {
