@@ -125,6 +125,26 @@ fn merge_by_item<'a>(
     })
 }
 
+/// The keys of `wanted` that a pass over `tree` does not meet.
+fn absent_keys(index: &dyn Index, tree: Tree, wanted: &[TaskKey]) -> Result<Vec<TaskKey>> {
+    let mut wanted = wanted.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut seen = vec![false; wanted.len()];
+    for key in index.keys(tree) {
+        let key = key?;
+        if let Ok(at) = wanted.binary_search_by(|w| w.0.as_slice().cmp(key.as_slice())) {
+            seen[at] = true;
+        }
+    }
+    Ok(wanted
+        .into_iter()
+        .zip(seen)
+        .filter(|(_, seen)| !seen)
+        .map(|(k, _)| k)
+        .collect())
+}
+
 /// How many of `wanted` (sorted here) are not keys of `tree`: one merge pass over both.
 fn absent(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<u64> {
     wanted.sort_unstable();
@@ -239,6 +259,14 @@ impl Store {
             self.dir.join("index").display()
         );
 
+        // A run found the index damaged where it still opens: it is not used until repaired.
+        if let Ok(Some(cause)) = self.side.get(Tree::Meta, FOUND_DAMAGED) {
+            return Err(IndexDamaged {
+                cache: self.dir.display().to_string(),
+                cause: String::from_utf8_lossy(&cause).into_owned(),
+            }
+            .into());
+        }
         // Whether the presence filter can speak for the index: asked before sled touches its
         // files.
         let existed = self.dir.join("index").exists();
@@ -346,16 +374,24 @@ impl Store {
                     Some(run) if !run.is_empty() => index.get(Tree::Runs, run)?.is_none(),
                     _ => false,
                 };
-                if !lacks && !force {
-                    bail!(
+                // Damage a run found where the index still opens (`check_scans_see`).
+                let found = open_side(dir)?.get(Tree::Meta, FOUND_DAMAGED)?;
+                match (found, lacks) {
+                    (Some(cause), _) => {
+                        format!(
+                            "a run found it damaged: {}",
+                            String::from_utf8_lossy(&cause)
+                        )
+                    }
+                    (None, true) => {
+                        "it opened at an earlier state than the last run left it".into()
+                    }
+                    (None, false) if force => "--force".into(),
+                    (None, false) => bail!(
                         "the index of {} opens and holds the last run its journal recorded: \
                          nothing to repair (--force rebuilds it from the journals anyway)",
                         dir.display()
-                    );
-                }
-                match lacks {
-                    true => "it opened at an earlier state than the last run left it".into(),
-                    false => "--force".into(),
+                    ),
                 }
             }
         };
@@ -369,6 +405,7 @@ impl Store {
         let side = open_side(dir)?;
         summaries::forget(&side)?;
         presence::Keeper::forget(&side)?;
+        side.delete(Tree::Meta, FOUND_DAMAGED)?;
         side.flush()?;
         let index = SledIndex::open(&dir.join("index"))?;
         check_schema(&index, dir)?;
@@ -439,7 +476,10 @@ impl Store {
         let restored = match journal::files(&journals)?.is_empty() {
             false => {
                 self.presence.distrust();
-                Some(repair::replay(self.index(), self.blobs(), &journals)?)
+                let restored = repair::replay(self.index(), self.blobs(), &journals)?;
+                self.check_scans_see(Tree::Tasks, &done)?;
+                self.check_scans_see(Tree::Failures, &failed)?;
+                Some(restored)
             }
             // Nothing to put back from: the memos go, so that the plan asks the index (and
             // runs again what it lacks) instead of trusting them.
@@ -453,6 +493,35 @@ impl Store {
 
     fn forget_memos(&self) -> Result<()> {
         repair::forget_memos(self.index())
+    }
+
+    /// After a replay into an index that had lost records: a key that a lookup finds but a
+    /// pass over the tree does not is damage in the tree itself (sled can come back so).
+    /// The presence filter, gc and the other passes would miss it, so the index is not used
+    /// until `mvc repair` rebuilds it.
+    fn check_scans_see(&self, tree: Tree, keys: &[TaskKey]) -> Result<()> {
+        let unseen = absent_keys(self.index(), tree, keys)?;
+        let found = unseen
+            .iter()
+            .filter(|k| matches!(self.index().get(tree, &k.0), Ok(Some(_))))
+            .count();
+        if found > 0 {
+            let cause = format!(
+                "{found} entries of its {} tree are found by key but not by a pass over the \
+                 tree",
+                tree.name()
+            );
+            // Noted where the next command and `mvc repair` look, before anything else
+            // reads this index.
+            self.side.put(Tree::Meta, FOUND_DAMAGED, cause.as_bytes())?;
+            self.side.flush()?;
+            return Err(IndexDamaged {
+                cache: self.dir.display().to_string(),
+                cause,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Starts the journal of a run: from now on every entry recorded is written there too.
@@ -1036,6 +1105,10 @@ impl Drop for Store {
 /// The side index's key of the main index's stamp.
 const MAIN_STAMP: &[u8] = b"main-stamp";
 
+/// The side index's key of the damage a command found in a main index that still opens
+/// (`Store::check_scans_see`): until `mvc repair` rebuilds it, it is not opened.
+const FOUND_DAMAGED: &[u8] = b"found-damaged";
+
 /// The side index's key of the digest of the stamp its copy of the memo list was taken with.
 const MEMO_COPY: &[u8] = b"memo-copy";
 
@@ -1211,6 +1284,46 @@ mod tests {
         StageMemo::save(store.index(), store.blobs(), "s", memo).unwrap();
         store.end_journal(b"run1").unwrap();
         keys
+    }
+
+    /// Damage a run found in an index that still opens (a pass over a tree missing keys a
+    /// lookup finds: the presence filter rebuilt from it would send their tasks to run
+    /// again) keeps the index closed until `mvc repair`, which rebuilds it without --force.
+    #[test]
+    fn an_index_a_run_found_damaged_is_not_used_until_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        {
+            let store = Store::open(&cache).unwrap();
+            recorded(&store, 5);
+            store
+                .side
+                .put(
+                    Tree::Meta,
+                    FOUND_DAMAGED,
+                    b"2 entries of its tasks tree ...",
+                )
+                .unwrap();
+        }
+        let error = Store::open(&cache).err().expect("refused").to_string();
+        assert!(
+            error.contains("is damaged (2 entries of its tasks tree"),
+            "{error}"
+        );
+        assert!(error.contains("run `mvc repair --cache"), "{error}");
+        let report = Store::repair(&cache, false).unwrap();
+        assert!(
+            report.why.starts_with("a run found it damaged"),
+            "{}",
+            report.why
+        );
+        assert_eq!(report.restored.results, 5);
+        let store = Store::open(&cache).unwrap();
+        assert_eq!(store.index().len(Tree::Tasks), 5);
+        drop(store);
+        // The finding went with the index it was about.
+        let side = open_side(&cache).unwrap();
+        assert!(side.get(Tree::Meta, FOUND_DAMAGED).unwrap().is_none());
     }
 
     #[test]
