@@ -448,6 +448,8 @@ impl Scheduler {
                     self.take_effects(engine, effects)?;
                 }
                 _ = ticker.tick() => {
+                    // Views recorded before a lull are written, not held until the next.
+                    engine.store.write_views_if_due()?;
                     let mut effects = Vec::new();
                     if let Some(r) = &mut self.remote {
                         r.tick(engine, &mut self.dispatch.queues, &mut effects);

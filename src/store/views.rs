@@ -2,11 +2,12 @@
 //! ([`super::object_stage`]) in the `objects` tree, instead of three entries per task.
 //!
 //! A view's result is recorded by adding it to its object's record, held here until it is
-//! written: when [`WRITE_AT`] views wait, when [`WRITE_EVERY`] has passed since the first of
-//! them, and always before the index is flushed ([`Store::flush`]), so that what a flush
-//! makes durable includes them (a coordinator answers "recorded" only after a flush). A kill
-//! loses the views not yet written, as it loses what sled had not yet written out: their
-//! tasks run again.
+//! written: when [`WRITE_AT`] views wait, once [`WRITE_EVERY`] has passed since the first of
+//! them (checked as results come and on the run's 250 ms tick,
+//! [`Store::write_views_if_due`]), and always before the index is flushed ([`Store::flush`]),
+//! so that what a flush makes durable includes them (a coordinator answers "recorded" only
+//! after a flush). A kill loses the views not yet written, about a third of a second of
+//! them, as it loses what sled had not yet written out: their tasks run again.
 //!
 //! Lookups that know the task's stage and item ([`Store::result_of`], [`Store::record_of`],
 //! [`Store::latest`]) read the object's record. A lookup by key alone (`mvc why KEY`, the
@@ -213,6 +214,17 @@ impl Store {
         }
         self.write_views(&mut pending)?;
         Ok(earlier)
+    }
+
+    /// Writes the records waiting when the first of their views has waited
+    /// [`WRITE_EVERY`]: the run calls it on its tick, so that views recorded before a lull
+    /// do not wait for the next result to be written.
+    pub fn write_views_if_due(&self) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap();
+        match pending.since {
+            Some(since) if since.elapsed() >= WRITE_EVERY => self.write_views(&mut pending),
+            _ => Ok(()),
+        }
     }
 
     /// Writes every record waiting (columns first: a record names its columns by number).
@@ -619,6 +631,29 @@ mod tests {
         );
         assert!(store.latest("views", "a@v9").unwrap().is_none());
         assert!(store.has_seen_stage("views") && !store.has_seen_stage("embed"));
+    }
+
+    /// A view recorded before a lull is written by the run's tick once it has waited
+    /// [`WRITE_EVERY`], not held until the next result.
+    #[test]
+    fn a_view_waits_at_most_write_every_for_the_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let (key, record, result) = view("views", "a", 0, b"a");
+        let committed = Instant::now();
+        store.commit_success(&key, &record, &result).unwrap();
+        store.write_views_if_due().unwrap();
+        // (Unless this machine stalled for as long between the two calls.)
+        if committed.elapsed() < WRITE_EVERY {
+            assert_eq!(store.index().len(Tree::Objects), 0, "not due yet");
+        }
+        std::thread::sleep(WRITE_EVERY + Duration::from_millis(20));
+        store.write_views_if_due().unwrap();
+        assert_eq!(
+            store.index().len(Tree::Objects),
+            2,
+            "the record and its columns"
+        );
     }
 
     #[test]
