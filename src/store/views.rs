@@ -534,6 +534,13 @@ mod tests {
         (record.key(), record, result)
     }
 
+    /// A new cache's store (the folder goes with the guard).
+    fn opened() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        (dir, store)
+    }
+
     fn command(item: &str) -> (TaskKey, KeyRecord, TaskResult) {
         let record = KeyRecord {
             schema: 1,
@@ -637,8 +644,7 @@ mod tests {
     /// [`WRITE_EVERY`], not held until the next result.
     #[test]
     fn a_view_waits_at_most_write_every_for_the_tick() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let (_dir, store) = opened();
         let (key, record, result) = view("views", "a", 0, b"a");
         let committed = Instant::now();
         store.commit_success(&key, &record, &result).unwrap();
@@ -658,8 +664,7 @@ mod tests {
 
     #[test]
     fn a_changed_view_keeps_its_previous_key_and_a_failure_takes_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let (_dir, store) = opened();
         let (old, record, result) = view("views", "a", 0, b"first");
         store.commit_success(&old, &record, &result).unwrap();
         let (new, record, result) = view("views", "a", 0, b"second model");
@@ -693,8 +698,7 @@ mod tests {
 
     #[test]
     fn the_items_of_a_stage_merge_views_with_entries_of_their_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let (_dir, store) = opened();
         // An entry of its own for a view, as an mvc before object records wrote it.
         let (own, record, result) = view("views", "a", 1, b"a");
         store
@@ -744,8 +748,7 @@ mod tests {
 
     #[test]
     fn a_lost_object_record_comes_back_from_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let (dir, store) = opened();
         std::fs::create_dir_all(dir.path().join("cache/blobs")).unwrap();
         store.blobs().put_bytes(b"a blob").unwrap();
         store.begin_journal(b"run1").unwrap();
