@@ -125,40 +125,17 @@ fn merge_by_item<'a>(
     })
 }
 
-/// The keys of `wanted` that a pass over `tree` does not meet.
-fn absent_keys(index: &dyn Index, tree: Tree, wanted: &[TaskKey]) -> Result<Vec<TaskKey>> {
-    let mut wanted = wanted.to_vec();
+/// The keys of `wanted` (sorted here) that are not keys of `tree`: one merge pass over both.
+fn absent_keys(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<Vec<TaskKey>> {
     wanted.sort_unstable();
     wanted.dedup();
-    let mut seen = vec![false; wanted.len()];
-    for key in index.keys(tree) {
-        let key = key?;
-        if let Ok(at) = wanted.binary_search_by(|w| w.0.as_slice().cmp(key.as_slice())) {
-            seen[at] = true;
-        }
-    }
-    Ok(wanted
-        .into_iter()
-        .zip(seen)
-        .filter(|(_, seen)| !seen)
-        .map(|(k, _)| k)
-        .collect())
-}
-
-/// How many of `wanted` (sorted here) are not keys of `tree`: one merge pass over both.
-fn absent(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<u64> {
-    wanted.sort_unstable();
-    wanted.dedup();
-    let mut missing = 0;
+    let mut missing = Vec::new();
     let mut want = wanted.iter().peekable();
     for key in index.keys(tree) {
         let key = key?;
         while let Some(w) = want.peek() {
             match w.0.as_slice().cmp(key.as_slice()) {
-                std::cmp::Ordering::Less => {
-                    missing += 1;
-                    want.next();
-                }
+                std::cmp::Ordering::Less => missing.extend(want.next()),
                 std::cmp::Ordering::Equal => {
                     want.next();
                     break;
@@ -170,7 +147,13 @@ fn absent(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<u6
             break;
         }
     }
-    Ok(missing + want.count() as u64)
+    missing.extend(want);
+    Ok(missing)
+}
+
+/// How many of `wanted` (sorted here) are not keys of `tree`.
+fn absent(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<u64> {
+    Ok(absent_keys(index, tree, wanted)?.len() as u64)
 }
 
 /// What `mvc repair` did.
@@ -500,7 +483,7 @@ impl Store {
     /// The presence filter, gc and the other passes would miss it, so the index is not used
     /// until `mvc repair` rebuilds it.
     fn check_scans_see(&self, tree: Tree, keys: &[TaskKey]) -> Result<()> {
-        let unseen = absent_keys(self.index(), tree, keys)?;
+        let unseen = absent_keys(self.index(), tree, &mut keys.to_vec())?;
         let found = unseen
             .iter()
             .filter(|k| matches!(self.index().get(tree, &k.0), Ok(Some(_))))

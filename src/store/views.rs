@@ -294,25 +294,34 @@ impl Store {
             return Ok(None);
         };
         let rkey = record_key(stage, object);
-        let (waiting, columns) = {
+        let columns = {
             let mut pending = self.pending.lock().unwrap();
-            let waiting = pending.records.get(&rkey).cloned();
-            if waiting.is_none()
-                && !(self.may_hold(Tree::Objects, &rkey)
-                    && self.may_hold(Tree::Latest, &latest_key(stage, item)))
+            // A record still waiting is read where it waits, not copied out.
+            if pending.records.contains_key(&rkey) {
+                let columns = self.load_columns(&mut pending, stage)?;
+                return self.view_of(stage, pending.records[&rkey].as_ref(), &columns, view);
+            }
+            if !(self.may_hold(Tree::Objects, &rkey)
+                && self.may_hold(Tree::Latest, &latest_key(stage, item)))
             {
                 return Ok(None);
             }
-            (waiting, self.load_columns(&mut pending, stage)?)
+            self.load_columns(&mut pending, stage)?
         };
-        let record = match waiting {
-            Some(r) => r,
-            None => self.stored_record(stage, object)?,
-        };
+        let record = self.stored_record(stage, object)?;
+        self.view_of(stage, record.as_ref(), &columns, view)
+    }
+
+    fn view_of(
+        &self,
+        stage: &str,
+        record: Option<&ObjectStage>,
+        columns: &Columns,
+        view: &str,
+    ) -> Result<Option<ViewTask>> {
         let Some(record) = record else {
             return Ok(None);
         };
-        let columns = columns.as_ref();
         let previous = record.previous(columns, view);
         Ok(record
             .view(columns, view)
