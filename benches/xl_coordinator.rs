@@ -24,6 +24,14 @@
 //! again), and no task may be acknowledged twice (`duplicated`: a result the coordinator
 //! took, then asked for again). One line per run:
 //! `xl-coordinator: workers=1000 tasks_per_s=… p99_lease_ms=… lost=0 duplicated=0`.
+//!
+//! Those figures span the whole run, which starts with 1,000 workers asking at the same
+//! moment and ends with workers waiting for the last renders to finish so that their
+//! embeddings can be leased: a lease then waits for work to exist, not for the coordinator.
+//! A second line gives the same figures for the **sustained** stretch alone: from the moment
+//! every worker has had its first unit to the lease of the last object (after which no new
+//! work enters the pipeline):
+//! `xl-coordinator-sustained: seconds=… tasks_per_s=… p50_lease_ms=… p99_lease_ms=…`.
 
 use mvc::exec::kind::TaskOutcome;
 use mvc::remote::client::{CallError, Client};
@@ -114,6 +122,15 @@ fn main() {
             outcome.lost,
             outcome.duplicated
         );
+        let sustained = &outcome.sustained;
+        println!(
+            "xl-coordinator-sustained: seconds={:.1} tasks_per_s={:.0} p50_lease_ms={:.1} \
+             p99_lease_ms={:.1}",
+            sustained.wall.as_secs_f64(),
+            sustained.view_tasks as f64 / sustained.wall.as_secs_f64(),
+            percentile(&sustained.latencies_us, 0.50),
+            percentile(&sustained.latencies_us, 0.99),
+        );
     }
 }
 
@@ -137,6 +154,12 @@ struct Seen {
     last_report: Option<Instant>,
     latencies_us: Vec<u64>,
     reregistered: u64,
+    /// When each lease that got a unit was asked for, its latency and its stage.
+    leases: Vec<(Instant, u64, String)>,
+    /// When each view unit's results were acknowledged, and its tasks.
+    acknowledged_at: Vec<(Instant, u64)>,
+    /// When each worker got its first unit.
+    first_unit: HashMap<u64, Instant>,
 }
 
 struct Outcome {
@@ -147,6 +170,47 @@ struct Outcome {
     lost: u64,
     duplicated: u64,
     coordinator_rss_mb: u64,
+    sustained: Sustained,
+}
+
+/// The figures of the sustained stretch: from the moment every worker has had its first
+/// unit to the lease of the last object.
+#[derive(Default)]
+struct Sustained {
+    wall: Duration,
+    view_tasks: u64,
+    latencies_us: Vec<u64>,
+}
+
+impl Seen {
+    fn sustained(&self) -> Sustained {
+        let (Some(&from), Some(to)) = (
+            self.first_unit.values().max(),
+            self.leases
+                .iter()
+                .filter(|(_, _, stage)| stage == "objects")
+                .map(|(at, _, _)| *at)
+                .max(),
+        ) else {
+            return Sustained::default();
+        };
+        let within = |at: &Instant| (from..=to).contains(at);
+        Sustained {
+            wall: to.saturating_duration_since(from),
+            view_tasks: self
+                .acknowledged_at
+                .iter()
+                .filter(|(at, _)| within(at))
+                .map(|(_, n)| n)
+                .sum(),
+            latencies_us: self
+                .leases
+                .iter()
+                .filter(|(at, _, _)| within(at))
+                .map(|(_, us, _)| *us)
+                .collect(),
+        }
+    }
 }
 
 async fn one_run(settings: &Settings, restart: bool) -> Outcome {
@@ -202,7 +266,9 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
     let lost = tasks_to_run(mvc, dir.path());
     let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
     let duplicated = seen.acknowledged.values().filter(|&&n| n > 1).count() as u64;
+    let sustained = seen.sustained();
     Outcome {
+        sustained,
         view_tasks: seen.view_tasks,
         wall: seen
             .last_report
@@ -330,6 +396,9 @@ async fn simulated_worker(
             let mut s = seen.lock().unwrap();
             s.first_lease.get_or_insert(asked);
             s.latencies_us.push(latency.as_micros() as u64);
+            s.leases
+                .push((asked, latency.as_micros() as u64, unit.stage.clone()));
+            s.first_unit.entry(w).or_insert(asked);
         }
         running.store(unit.id, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(task_ms * unit.tasks.len() as u64)).await;
@@ -342,10 +411,12 @@ async fn simulated_worker(
                 for t in &unit.tasks {
                     *s.acknowledged.entry(t.key).or_default() += 1;
                 }
+                let now = Instant::now();
                 if views {
                     s.view_tasks += unit.tasks.len() as u64;
+                    s.acknowledged_at.push((now, unit.tasks.len() as u64));
                 }
-                s.last_report = Some(Instant::now());
+                s.last_report = Some(now);
                 acknowledged.fetch_add(unit.tasks.len() as u64, Ordering::Relaxed);
             }
             Reported::Unknown => must_register = true,

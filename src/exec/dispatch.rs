@@ -6,11 +6,11 @@
 //! process, socket or timer, as HyperQueue's `tako` tests its reactor.
 
 use super::ids::{StageId, TaskId};
+use super::queue::StageQueue;
 use super::resolve::Engine;
-use super::units::{Reported, find_item, reads_from, reopen_producer, take_unit};
+use super::units::{Reported, find_item, reads_from, reopen_producer};
 use crate::resources::Resources;
 use anyhow::Result;
-use std::collections::VecDeque;
 
 /// A unit the scheduler may start now: its tasks (already marked running in the engine)
 /// and the slots it holds until it is done.
@@ -35,7 +35,7 @@ pub(super) enum Interrupt {
 /// built again once deferred stages can expand) starts with [`Dispatch::begin_round`].
 pub(super) struct Dispatch {
     /// Tasks ready to run, per stage (indexed like the graph's stages), in this round.
-    pub(super) queues: Vec<VecDeque<TaskId>>,
+    pub(super) queues: Vec<StageQueue>,
     /// All the slots of this machine.
     slots: Resources,
     /// Slots not held by a running unit.
@@ -72,7 +72,7 @@ impl Dispatch {
     /// A new round over a graph of `stages` stages: empty queues, every slot free. Whether
     /// the run is stopping carries over.
     pub(super) fn begin_round(&mut self, stages: usize) {
-        self.queues = vec![VecDeque::new(); stages];
+        self.queues = vec![StageQueue::default(); stages];
         self.free = self.slots;
         self.running = 0;
     }
@@ -93,7 +93,7 @@ impl Dispatch {
     /// Queues a task that has just become ready.
     pub(super) fn enqueue(&mut self, engine: &Engine, t: TaskId) {
         let s = engine.graph.task_stage[t];
-        self.queues[s].push_back(t);
+        self.queues[s].push_back(engine, t);
     }
 
     /// The next unit of stage `s`, whose tasks each need `need`, if it fits in the free
@@ -108,7 +108,7 @@ impl Dispatch {
         if self.stopping || self.queues[s].is_empty() || !self.free.fits(&need) {
             return None;
         }
-        let tasks = take_unit(engine, &mut self.queues[s]);
+        let tasks = self.queues[s].take_unit(engine, usize::MAX);
         for &t in &tasks {
             engine.start(t);
         }
@@ -254,12 +254,7 @@ impl Dispatch {
             // Tasks queued already that read it wait for it too (they would be dispatched
             // with an input that is no longer there).
             for queue in self.queues.iter_mut() {
-                let readers: Vec<TaskId> = queue
-                    .iter()
-                    .copied()
-                    .filter(|&c| reads_from(engine, c, p))
-                    .collect();
-                queue.retain(|c| !readers.contains(c));
+                let readers = queue.remove_where(engine, |c| reads_from(engine, c, p));
                 for c in readers {
                     reopen_producer(engine, c, stage, item)?;
                 }
@@ -292,12 +287,14 @@ mod tests {
 
     /// A kind for the scheduler alone: fixed items (or one item per upstream item, or one
     /// item over all of them), one cpu slot a task, and optionally units grouped by the
-    /// item's first letter. It never executes: the tests report for it.
-    #[derive(Debug)]
+    /// item's first letter, in batches of (fewest, most) tasks. It never executes: the tests
+    /// report for it.
+    #[derive(Debug, Default)]
     struct Fixed {
         items: Vec<&'static str>,
         binding: Option<Binding>,
         grouped: bool,
+        batch: Option<(usize, usize)>,
     }
 
     #[async_trait::async_trait]
@@ -329,8 +326,14 @@ mod tests {
                 bindings: self.binding.into_iter().collect(),
             })
         }
-        fn unit_group(&self, item: &str) -> Option<String> {
-            self.grouped.then(|| item[..1].to_string())
+        fn unit_group<'a>(&self, item: &'a str) -> Option<&'a str> {
+            self.grouped.then(|| &item[..1])
+        }
+        fn max_unit_tasks(&self) -> usize {
+            self.batch.map_or(usize::MAX, |(_, most)| most)
+        }
+        fn min_unit_tasks(&self) -> usize {
+            self.batch.map_or(1, |(fewest, _)| fewest)
         }
         async fn execute(&self, _: &ExecCtx, _: Vec<UnitTask>) -> Vec<TaskOutcome> {
             unreachable!("the scheduler's tests execute nothing")
@@ -357,26 +360,24 @@ mod tests {
                 &[],
                 Fixed {
                     items: a_items,
-                    binding: None,
                     grouped,
+                    ..Fixed::default()
                 },
             ),
             stage(
                 "b",
                 &["a"],
                 Fixed {
-                    items: vec![],
                     binding: Some(Binding::Item),
-                    grouped: false,
+                    ..Fixed::default()
                 },
             ),
             stage(
                 "c",
                 &["b"],
                 Fixed {
-                    items: vec![],
                     binding: Some(Binding::All),
-                    grouped: false,
+                    ..Fixed::default()
                 },
             ),
         ]
@@ -548,6 +549,56 @@ mod tests {
         let mut run = Run::new(three_stages(vec!["p1", "p2", "q1"], true), 4, true);
         assert_eq!(run.step(), units(&[&["a/p1", "a/p2"], &["a/q1"]]));
         assert_eq!(run.dispatch.running(), 2, "a unit holds one task's slots");
+    }
+
+    #[test]
+    fn a_unit_takes_its_groups_tasks_wherever_they_wait_and_only_those() {
+        // No slot: everything stays queued, for the test to take units by hand.
+        let mut run = Run::new(
+            three_stages(vec!["p1", "q1", "p2", "q2", "p3"], true),
+            0,
+            true,
+        );
+        assert_eq!(run.step(), units(&[]));
+        let label = |run: &Run, ts: Vec<TaskId>| -> Vec<String> {
+            ts.into_iter().map(|t| run.label(t)).collect()
+        };
+        let taken = run.dispatch.queues[0].take_unit(&run.engine, usize::MAX);
+        assert_eq!(label(&run, taken), ["a/p1", "a/p2", "a/p3"]);
+        assert_eq!(run.dispatch.queues[0].len(), 2, "q1 and q2 wait, in order");
+        // A lost unit's task goes back first, another comes back last: both join one unit.
+        let (p1, p2, q1) = (run.task("a/p1"), run.task("a/p2"), run.task("a/q1"));
+        run.dispatch.queues[0].push_front(&run.engine, p2);
+        run.dispatch.queues[0].push_back(&run.engine, p1);
+        let taken = run.dispatch.queues[0].take_unit(&run.engine, usize::MAX);
+        assert_eq!(label(&run, taken), ["a/p2", "a/p1"]);
+        let removed = run.dispatch.queues[0].remove_where(&run.engine, |t| t == q1);
+        assert_eq!(label(&run, removed), ["a/q1"]);
+        let taken = run.dispatch.queues[0].take_unit(&run.engine, usize::MAX);
+        assert_eq!(label(&run, taken), ["a/q2"], "the count of q forgot q1");
+        assert!(run.dispatch.queues[0].is_empty());
+    }
+
+    #[test]
+    fn a_batch_kinds_unit_is_cut_to_the_share_asked_but_not_below_its_fewest() {
+        let batches = Fixed {
+            items: vec!["x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10"],
+            grouped: true,
+            batch: Some((2, 4)),
+            ..Fixed::default()
+        };
+        let mut run = Run::new(vec![stage("a", &[], batches)], 0, true);
+        assert_eq!(run.step(), units(&[]));
+        let mut sizes = Vec::new();
+        for limit in [usize::MAX, 3, 1, 100] {
+            sizes.push(run.dispatch.queues[0].take_unit(&run.engine, limit).len());
+        }
+        assert_eq!(
+            sizes,
+            [4, 3, 2, 1],
+            "its most, the share, its fewest, and the one left"
+        );
+        assert!(run.dispatch.queues[0].is_empty());
     }
 
     #[test]

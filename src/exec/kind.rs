@@ -287,13 +287,19 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     }
     /// Tasks whose group is the same `Some` run together in one unit (one Blender process
     /// for all missing views of an object); `None` runs the task alone.
-    fn unit_group(&self, _item: &str) -> Option<String> {
+    fn unit_group<'a>(&self, _item: &'a str) -> Option<&'a str> {
         None
     }
     /// The most tasks one unit takes (an embed stage: a few batches, so progress and
     /// Ctrl-C are not held up by one huge unit).
     fn max_unit_tasks(&self) -> usize {
         usize::MAX
+    }
+    /// The fewest tasks a unit is cut to when workers share out a stage's last tasks (an
+    /// embed stage: one batch, below which a GPU waits on its own overhead). Units take
+    /// fewer only when fewer are queued.
+    fn min_unit_tasks(&self) -> usize {
+        1
     }
     /// The folder under an export directory that holds an item's outputs.
     fn export_dir(&self, item: &str) -> String {

@@ -9,6 +9,7 @@ pub mod keying;
 pub mod kind;
 pub mod launcher;
 pub mod plan;
+mod queue;
 mod remote_units;
 pub mod resolve;
 pub mod run;

@@ -6,10 +6,10 @@
 //! wins, and the others find the lease gone.
 
 use super::ids::{StageId, TaskId};
+use super::queue::{StageQueue, guided_share};
 use super::resolve::Engine;
 use super::units::{
     MissingInput, PreparedTask, Reported, TaskIdentity, commit_outcome, prepare_unit, read_inputs,
-    take_unit,
 };
 use super::workers::{Complete, Refused, Reply, SchedMsg, Unit, UnitTaskWire, WorkerHub};
 use crate::exec::kind::TaskOutcome;
@@ -206,15 +206,24 @@ impl RemoteUnits {
     }
 
     /// Answers waiting lease requests from the queues; when `stopping`, with nothing.
+    ///
+    /// A worker is given the most downstream stage's work that fits it (the reverse of the
+    /// local order). Objects then go through the whole pipeline one after another (depth
+    /// first): what waits between stages (renders not yet embedded) stays bounded, finished
+    /// objects appear from the start, and the run does not end with every worker waiting on
+    /// one stage's last units. Served upstream first, 1,000 workers rendered every object
+    /// before embedding any, and the embeddings, leased last in 256-task units, left most
+    /// workers idle for the last 10 s (`benches/xl_coordinator.rs`).
     pub(super) fn serve(
         &mut self,
         engine: &mut Engine,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         order: &[StageId],
         stopping: bool,
         effects: &mut Effects,
     ) -> Result<()> {
         let now = Instant::now();
+        let workers = self.coord.shared().lock().unwrap().workers.len();
         let mut still = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
             if w.reply.is_closed() {
@@ -224,11 +233,15 @@ impl RemoteUnits {
                 let _ = w.reply.send(None);
                 continue;
             }
-            let found = order.iter().copied().find(|&s| {
+            let found = order.iter().rev().copied().find(|&s| {
                 !queues[s].is_empty() && w.free.fits(&engine.graph.stages[s].kind.resources())
             });
             match found {
-                Some(s) => self.lease(engine, &mut queues[s], s, w, effects)?,
+                Some(s) => {
+                    let limit =
+                        share_of(engine, s, queues[s].len(), self.waiting.len() + 1, workers);
+                    self.lease(engine, &mut queues[s], s, limit, w, effects)?
+                }
                 None => still.push_back(w),
             }
         }
@@ -236,15 +249,18 @@ impl RemoteUnits {
         Ok(())
     }
 
+    /// Leases the next unit of `stage` (at most `limit` tasks for a kind whose units are
+    /// batches) to the waiting request `w`.
     fn lease(
         &mut self,
         engine: &mut Engine,
-        queue: &mut VecDeque<TaskId>,
+        queue: &mut StageQueue,
         stage: StageId,
+        limit: usize,
         w: Waiting,
         effects: &mut Effects,
     ) -> Result<()> {
-        let unit = take_unit(engine, queue);
+        let unit = queue.take_unit(engine, limit);
         let prepared: Vec<PreparedTask> = prepare_unit(engine, &unit)?;
         let node = &engine.graph.stages[stage];
         if self.saved.insert(stage) {
@@ -319,7 +335,7 @@ impl RemoteUnits {
             // the unit goes back, costing no attempt.
             let lease = self.drop_lease(id).expect("just inserted");
             for (t, _) in lease.tasks.into_iter().rev() {
-                queue.push_front(t);
+                queue.push_front(engine, t);
             }
             return Ok(());
         }
@@ -377,9 +393,10 @@ impl RemoteUnits {
     /// after `max_attempts` lost leases, fail in this run with the last reason.
     fn lost(
         &mut self,
+        engine: &Engine,
         lease: Lease,
         why: &str,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) {
         let max = self.coord.max_attempts().max(1);
@@ -396,7 +413,7 @@ impl RemoteUnits {
                     )),
                 ));
             } else {
-                queues[lease.stage].push_front(t);
+                queues[lease.stage].push_front(engine, t);
             }
         }
     }
@@ -407,7 +424,7 @@ impl RemoteUnits {
     pub(super) fn tick(
         &mut self,
         engine: &Engine,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) {
         self.publish_queue(engine, queues);
@@ -452,14 +469,14 @@ impl RemoteUnits {
                     "unit {id} of stage {}: {why}; it goes back to the queue",
                     engine.graph.stages[lease.stage].name
                 );
-                self.lost(lease, &why, queues, effects);
+                self.lost(engine, lease, &why, queues, effects);
             }
         }
         // Workers cannot start: what waits for them fails for this run, with the reason.
         let halt = self.coord.shared().lock().unwrap().halt.clone();
         if let Some(why) = halt {
             for queue in queues.iter_mut() {
-                for t in queue.drain(..) {
+                for t in queue.drain_all() {
                     effects.push((t, Reported::Aborted(why.clone())));
                 }
             }
@@ -480,7 +497,7 @@ impl RemoteUnits {
             self.held_keys.clear();
             for t in std::mem::take(&mut self.held_tasks) {
                 let s = engine.graph.task_stage[t];
-                queues[s].push_back(t);
+                queues[s].push_back(engine, t);
             }
         }
     }
@@ -503,7 +520,7 @@ impl RemoteUnits {
     /// What waits in the queues, for `mvc status` and the Slurm launcher. Published on the
     /// ticker, not on every turn of the scheduler's loop: a turn per finished unit would
     /// rebuild it thousands of times a second for nothing.
-    pub(super) fn publish_queue(&self, engine: &Engine, queues: &[VecDeque<TaskId>]) {
+    pub(super) fn publish_queue(&self, engine: &Engine, queues: &[StageQueue]) {
         let mut shared = self.coord.shared().lock().unwrap();
         shared.queued =
             queues.iter().map(|q| q.len() as u64).sum::<u64>() + self.held_tasks.len() as u64;
@@ -521,7 +538,7 @@ impl RemoteUnits {
         &mut self,
         msg: SchedMsg,
         engine: &Engine,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) {
         match msg {
@@ -558,7 +575,7 @@ impl RemoteUnits {
                     Some(lease) if lease.session == session => {
                         let lease = self.drop_lease(unit).expect("present");
                         let why = format!("worker {}: {}", lease.worker_name, body.error);
-                        self.lost(lease, &why, queues, effects);
+                        self.lost(engine, lease, &why, queues, effects);
                         Ok("the unit goes back to the queue".to_string())
                     }
                     _ => Ok("the unit is not leased to this worker; nothing to do".to_string()),
@@ -574,7 +591,7 @@ impl RemoteUnits {
         body: Complete,
         session: Digest,
         engine: &Engine,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) -> Reply {
         if self.leases.contains_key(&unit) {
@@ -608,7 +625,7 @@ impl RemoteUnits {
         body: Complete,
         session: Digest,
         engine: &Engine,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) -> Reply {
         {
@@ -632,7 +649,7 @@ impl RemoteUnits {
         let lease = self.drop_lease(unit).expect("present");
         if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
             let why = format!("worker {}: {problem}", lease.worker_name);
-            self.lost(lease, &why, queues, effects);
+            self.lost(engine, lease, &why, queues, effects);
             return Err((Refused::BadRequest, problem));
         }
         let worker = lease.worker;
@@ -653,7 +670,7 @@ impl RemoteUnits {
         lease: Lease,
         outcomes: Vec<TaskOutcome>,
         engine: &Engine,
-        queues: &mut [VecDeque<TaskId>],
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) {
         let stage = engine.graph.stages[lease.stage].name.clone();
@@ -682,7 +699,7 @@ impl RemoteUnits {
                 worker_name: lease.worker_name.clone(),
                 ..lease
             };
-            self.lost(partial, &why, queues, effects);
+            self.lost(engine, partial, &why, queues, effects);
         }
     }
 
@@ -739,6 +756,15 @@ impl RemoteUnits {
             let _ = w.reply.send(None);
         }
     }
+}
+
+/// The most tasks of stage `s` one unit may take when its kind batches them
+/// ([`guided_share`]), with `queued` tasks queued and `waiting` requests waiting together.
+fn share_of(engine: &Engine, s: StageId, queued: usize, waiting: usize, workers: usize) -> usize {
+    let counts = &engine.counts[s];
+    let stage_tasks = engine.graph.stages[s].len() as u64;
+    let left = stage_tasks.saturating_sub(counts.resolved() + counts.running) as usize;
+    guided_share(queued, waiting, left, workers)
 }
 
 /// Every output a worker reports must be here: blobs uploaded with their size, inline bytes

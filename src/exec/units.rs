@@ -12,7 +12,6 @@ use crate::store::memo::MemoValue;
 use crate::store::records::*;
 use crate::task::{Digest, KeyRecord, TaskKey};
 use anyhow::{Result, bail};
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What a task's outcome did to the index, for the scheduler.
@@ -29,29 +28,6 @@ pub(super) enum Reported {
     /// Not run for want of room on the cache's file system: not recorded, and no new work
     /// starts (every task would fail the same way).
     DiskFull(String),
-}
-
-/// Takes the next unit from a stage's queue: the front task, and every queued task of the
-/// same unit group when the kind groups them.
-pub(super) fn take_unit(engine: &Engine, queue: &mut VecDeque<TaskId>) -> Vec<TaskId> {
-    let first = queue.pop_front().expect("queue is not empty");
-    let node = engine.graph.stage_of(first);
-    let Some(group) = node.kind.unit_group(engine.graph.item(first)) else {
-        return vec![first];
-    };
-    let mut unit = vec![first];
-    let max = node.kind.max_unit_tasks().max(1);
-    queue.retain(|&t| {
-        if unit.len() < max
-            && node.kind.unit_group(engine.graph.item(t)).as_deref() == Some(group.as_str())
-        {
-            unit.push(t);
-            false
-        } else {
-            true
-        }
-    });
-    unit
 }
 
 /// What a task reads from one input.
@@ -158,6 +134,8 @@ pub(super) fn read_inputs(
     store: &Store,
     wanted: Vec<Vec<InputKeys>>,
 ) -> Result<Vec<Vec<InputData>>, MissingInput> {
+    // One reader for the unit: its tasks read the views of a few objects.
+    let mut reader = store.result_reader();
     wanted
         .into_iter()
         .map(|inputs| {
@@ -177,7 +155,7 @@ pub(super) fn read_inputs(
                             item: item.clone(),
                             error,
                         };
-                        match store.result_of(&key, &stage, &item) {
+                        match reader.result_of(&key, &stage, &item) {
                             Ok(Some(result)) => loaded.push((item, result)),
                             Ok(None) => {
                                 let error =

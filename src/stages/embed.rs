@@ -634,19 +634,19 @@ impl StageKind for EmbedStage {
         }
         Ok(Expansion { items, bindings })
     }
-    fn unit_group(&self, item: &str) -> Option<String> {
+    fn unit_group<'a>(&self, item: &'a str) -> Option<&'a str> {
         // Images batch with images, captions with captions.
-        Some(
-            if item.ends_with(CAPTION_SUFFIX) {
-                "text"
-            } else {
-                "image"
-            }
-            .to_string(),
-        )
+        Some(if item.ends_with(CAPTION_SUFFIX) {
+            "text"
+        } else {
+            "image"
+        })
     }
     fn max_unit_tasks(&self) -> usize {
         self.batch * BATCHES_PER_UNIT
+    }
+    fn min_unit_tasks(&self) -> usize {
+        self.batch
     }
     async fn execute(&self, ctx: &ExecCtx, unit: Vec<UnitTask>) -> Vec<TaskOutcome> {
         let store = ctx.store.clone();

@@ -52,6 +52,38 @@ pub struct Pending {
     owners: Option<HashMap<TaskKey, (String, String)>>,
 }
 
+/// Object records decoded for one reader, by record key (`None`: no record).
+type DecodedRecords = HashMap<Vec<u8>, Option<Arc<ObjectStage>>>;
+
+/// Records a [`ResultReader`] keeps decoded at most (it forgets them all past that: its
+/// reads come an object at a time, and a whole stage's records would not fit in memory).
+const DECODED_AT_MOST: usize = 64;
+
+/// Reads results by key, stage and item ([`Store::result_reader`]). Its decoded records are
+/// its own: it sees what was written before it read each record, so it is meant for one
+/// pass (a unit's inputs), not to be kept.
+pub struct ResultReader<'s> {
+    store: &'s Store,
+    decoded: DecodedRecords,
+}
+
+impl ResultReader<'_> {
+    /// As [`Store::result_of`].
+    pub fn result_of(
+        &mut self,
+        key: &TaskKey,
+        stage: &str,
+        item: &str,
+    ) -> Result<Option<TaskResult>> {
+        if let Some(v) = self.store.view_task_with(stage, item, &mut self.decoded)?
+            && v.record.key() == *key
+        {
+            return Ok(Some(v.result));
+        }
+        self.store.own_result(key)
+    }
+}
+
 /// The key of an object's record: `stage \0 object`.
 fn record_key(stage: &str, object: &str) -> Vec<u8> {
     latest_key(stage, object)
@@ -290,6 +322,17 @@ impl Store {
 
     /// The view `item` of `stage` as its object's record holds it.
     pub fn view_task(&self, stage: &str, item: &str) -> Result<Option<ViewTask>> {
+        self.view_task_with(stage, item, &mut HashMap::new())
+    }
+
+    /// [`Store::view_task`], decoding a record written already only if `decoded` lacks it
+    /// (records still waiting are read where they wait).
+    fn view_task_with(
+        &self,
+        stage: &str,
+        item: &str,
+        decoded: &mut DecodedRecords,
+    ) -> Result<Option<ViewTask>> {
         let Some((object, view)) = split_view(item) else {
             return Ok(None);
         };
@@ -308,8 +351,27 @@ impl Store {
             }
             self.load_columns(&mut pending, stage)?
         };
-        let record = self.stored_record(stage, object)?;
-        self.view_of(stage, record.as_ref(), &columns, view)
+        let record = match decoded.get(&rkey) {
+            Some(record) => record.clone(),
+            None => {
+                let record = self.stored_record(stage, object)?.map(Arc::new);
+                if decoded.len() >= DECODED_AT_MOST {
+                    decoded.clear();
+                }
+                decoded.insert(rkey, record.clone());
+                record
+            }
+        };
+        self.view_of(stage, record.as_deref(), &columns, view)
+    }
+
+    /// A reader of many results that decodes each object's record once, not once per view:
+    /// an embedding unit reads the renders of a few objects, 36 views each.
+    pub fn result_reader(&self) -> ResultReader<'_> {
+        ResultReader {
+            store: self,
+            decoded: HashMap::new(),
+        }
     }
 
     fn view_of(
@@ -336,12 +398,7 @@ impl Store {
     /// The result of `key`, the task of `item` in `stage`: from its object's record when it
     /// is a view recorded there, else from its entry of its own.
     pub fn result_of(&self, key: &TaskKey, stage: &str, item: &str) -> Result<Option<TaskResult>> {
-        if let Some(v) = self.view_task(stage, item)?
-            && v.record.key() == *key
-        {
-            return Ok(Some(v.result));
-        }
-        self.own_result(key)
+        self.result_reader().result_of(key, stage, item)
     }
 
     /// The key record of `key`, the task of `item` in `stage` (as [`Store::result_of`]).
@@ -631,6 +688,15 @@ mod tests {
             let latest = store.latest("views", &result.item).unwrap().unwrap();
             assert_eq!((latest.key, latest.previous), (*key, None));
         }
+        // One reader for all of them (a unit's inputs), each record decoded once: the same,
+        // and a key its record does not hold is still not found.
+        let mut reader = store.result_reader();
+        for (key, _, result) in tasks.iter().chain(&tasks) {
+            let read = reader.result_of(key, "views", &result.item).unwrap();
+            assert_eq!(read.as_ref(), Some(result));
+        }
+        let wrong = reader.result_of(&tasks[2].0, "views", &tasks[1].2.item);
+        assert!(wrong.unwrap().is_none(), "a@v2's key is not a@v1's");
         // Another stage's item of the same name, or another key, is not these.
         let (key, _, result) = &tasks[0];
         assert!(

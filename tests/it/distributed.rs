@@ -1150,11 +1150,24 @@ async fn listening_run(
     Arc<mvc::store::Store>,
     tokio::task::JoinHandle<mvc::exec::run::RunReport>,
 ) {
+    let text = "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n";
+    listening_run_of(dir, lease_timeout_s, text).await
+}
+
+/// [`listening_run`] of the pipeline `text`.
+async fn listening_run_of(
+    dir: &Path,
+    lease_timeout_s: u64,
+    text: &str,
+) -> (
+    String,
+    Arc<mvc::store::Store>,
+    tokio::task::JoinHandle<mvc::exec::run::RunReport>,
+) {
     use mvc::exec::run::{Listener, RunOptions, run_with};
     use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
     use mvc::remote::protocol::PipelineText;
     use mvc::store::Store;
-    let text = "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n";
     let path = dir.join("p.toml");
     std::fs::write(&path, text).unwrap();
     let pipeline = mvc::pipeline::Pipeline::parse(&path, text).unwrap();
@@ -1163,7 +1176,7 @@ async fn listening_run(
     config.lease_timeout = Duration::from_secs(lease_timeout_s);
     let source = PipelineText {
         path: path.display().to_string(),
-        text: text.into(),
+        text: text.to_string(),
     };
     let (coord, rx) = Coordinator::start(config, store.clone(), "p", source)
         .await
@@ -1185,6 +1198,43 @@ async fn listening_run(
     });
 
     (url, store, run)
+}
+
+/// A worker is given the most downstream work that waits: each item goes through the whole
+/// pipeline before the next starts, so what waits between stages stays bounded and a run
+/// does not end with every worker waiting on one stage's last units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_given_the_most_downstream_work_first() {
+    use mvc::remote::client::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[stage.a]\nkind = \"command\"\nitems = [\"x\", \"y\"]\ncmd = \"true\"\n\n\
+                [stage.b]\nkind = \"command\"\ninputs = [\"a\"]\ncmd = \"true\"\n";
+    let (url, _store, run) = listening_run_of(dir.path(), 30, text).await;
+    let client = Client::new(&url, None).unwrap();
+    let w = client.register(&worker_named("w")).await.unwrap().worker;
+    let mut given = Vec::new();
+    for _ in 0..4 {
+        let unit = client
+            .lease(&lease_for(w))
+            .await
+            .unwrap()
+            .unit
+            .expect("a unit");
+        given.push(format!("{}/{}", unit.stage, unit.tasks[0].item));
+        client
+            .complete(unit.id, &completed(w, "w", &unit, "made"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        given,
+        ["a/x", "b/x", "a/y", "b/y"],
+        "b/x, ready once a/x is done, goes before a/y"
+    );
+    let report = run.await.unwrap();
+    assert!(report.ok(), "{}", report.to_text());
+    assert_eq!((report.stages["a"].ran, report.stages["b"].ran), (2, 2));
 }
 
 /// A hand-written worker's registration.

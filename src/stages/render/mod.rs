@@ -271,14 +271,13 @@ impl StageKind for RenderStage {
             bindings: vec![Binding::Item],
         })
     }
-    fn unit_group(&self, item: &str) -> Option<String> {
+    fn unit_group<'a>(&self, item: &'a str) -> Option<&'a str> {
         // All views of one object: one scene load (one Blender call, with that backend).
-        item.rsplit_once(VIEW_SEPARATOR)
-            .map(|(object, _)| object.to_string())
+        item.rsplit_once(VIEW_SEPARATOR).map(|(object, _)| object)
     }
     fn export_dir(&self, item: &str) -> String {
         // `<uid>/<view>.png`: the views of an object together.
-        self.unit_group(item).unwrap_or_else(|| item.to_string())
+        self.unit_group(item).unwrap_or(item).to_string()
     }
     fn export_finish(&self, dir: &std::path::Path, items: &[&str]) -> Result<()> {
         // Per object, `cameras.json`: every exported view's camera, in view-id order.
