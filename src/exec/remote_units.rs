@@ -490,12 +490,64 @@ impl RemoteUnits {
             }
         }
         self.waiting = still;
+        self.release_units_not_running(engine, queues);
         if now >= self.held_until && (!self.before.is_empty() || !self.held_tasks.is_empty()) {
             for id in std::mem::take(&mut self.before).into_keys() {
                 let _ = self.store().delete_lease(id);
             }
             self.held_keys.clear();
             for t in std::mem::take(&mut self.held_tasks) {
+                let s = engine.graph.task_stage[t];
+                queues[s].push_back(engine, t);
+            }
+        }
+    }
+
+    /// Units an earlier coordinator leased that their worker no longer runs: the worker (its
+    /// session) registered again with this coordinator and sent a heartbeat that does not
+    /// list them (the answer with the unit never reached it, or it dropped the unit). Their
+    /// tasks go to the queue now instead of waiting out the lease timeout (30 s by default)
+    /// for a report that will not come. A coordinator killed while a lease's answer waited
+    /// for its flush leaves such a unit behind.
+    fn release_units_not_running(&mut self, engine: &Engine, queues: &mut [StageQueue]) {
+        if self.before.is_empty() {
+            return;
+        }
+        let not_running: Vec<u64> = {
+            let shared = self.coord.shared().lock().unwrap();
+            self.before
+                .iter()
+                .filter(|(id, lease)| {
+                    shared.workers.values().any(|w| {
+                        Some(w.session) == lease.session
+                            && w.heartbeat
+                                .as_ref()
+                                .is_some_and(|(_, running)| !running.contains(id))
+                    })
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in not_running {
+            let lease = self.before.remove(&id).expect("listed above");
+            if let Err(e) = self.store().delete_lease(id) {
+                tracing::warn!("could not forget lease {id}: {e:#}");
+            }
+            let keys: HashSet<TaskKey> = lease.tasks.iter().map(|t| t.key).collect();
+            self.held_keys.retain(|k| !keys.contains(k));
+            let (released, held): (Vec<TaskId>, Vec<TaskId>) = self
+                .held_tasks
+                .iter()
+                .partition(|&&t| keys.contains(&engine.keys[t]));
+            self.held_tasks = held;
+            tracing::info!(
+                "unit {id} of stage {} is no longer run by worker {}: its {} task(s) go back to \
+                 the queue",
+                lease.stage,
+                lease.worker_name,
+                lease.tasks.len()
+            );
+            for t in released {
                 let s = engine.graph.task_stage[t];
                 queues[s].push_back(engine, t);
             }

@@ -374,6 +374,70 @@ fn a_result_answered_recorded_survives_a_kill_at_once() {
     }
 }
 
+/// A unit the killed coordinator leased to a worker that no longer runs it (the answer with
+/// the unit never arrived, or the worker dropped it) goes back to the queue once that worker,
+/// registered again with the restarted coordinator, sends a heartbeat without it: not after a
+/// whole lease timeout, waiting for a report that will not come.
+#[test]
+fn a_unit_its_worker_no_longer_runs_is_not_held_for_a_lease_timeout_after_a_restart() {
+    use mvc::remote::client::Client;
+    use mvc::remote::protocol::Heartbeat;
+
+    let sb = Sandbox::new();
+    sb.write(
+        "p.toml",
+        "[stage.a]\nkind = \"command\"\nitems = [\"x\"]\ncmd = \"true\"\n",
+    );
+    let flags = ["--no-local", "--lease-timeout", "60"];
+    let (mut first, url) = coordinator(&sb, &flags);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // One client is one worker process: one session, kept across the restart.
+    let client = Client::new(&url, None).unwrap();
+    let leased = runtime.block_on(async {
+        let me = client.register(&worker_named("w")).await.unwrap().worker;
+        let unit = client.lease(&lease_for(me)).await.unwrap().unit;
+        unit.expect("a unit")
+    });
+    first.kill9();
+    let listen = url.trim_start_matches("http://").to_string();
+    let mut args = vec!["run", "p.toml", "--json", "--listen", &listen];
+    args.extend_from_slice(&flags);
+    let (mut second, _) = spawn(&sb, &args, &[]);
+    let again = runtime.block_on(async {
+        let me = loop {
+            match client.register(&worker_named("w")).await {
+                Ok(registered) => break registered.worker,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        // The worker runs nothing: the unit it was leased is not among its units.
+        let beat = Heartbeat {
+            worker: me,
+            running: vec![],
+        };
+        client.heartbeat(&beat).await.unwrap();
+        let asked = Instant::now();
+        let unit = client.lease(&lease_for(me)).await.unwrap().unit;
+        let unit = unit.unwrap_or_else(|| {
+            panic!(
+                "unit {} is still held after {:?} (the lease timeout is 60 s)",
+                leased.id,
+                asked.elapsed()
+            )
+        });
+        client
+            .complete(unit.id, &completed(me, "w", &unit, "made"))
+            .await
+            .unwrap();
+        unit
+    });
+    assert_eq!(again.tasks[0].key, leased.tasks[0].key, "the same task");
+    assert_ne!(again.id, leased.id, "leased anew");
+    let ran = second.finish(Duration::from_secs(30));
+    ran.assert_ok();
+    assert_eq!(ran.count("a", "ran"), 1, "{}", ran.stderr);
+}
+
 #[test]
 fn a_wrong_token_is_refused_and_the_worker_exits_non_zero() {
     let sb = Sandbox::new();
