@@ -25,10 +25,16 @@ pub struct ServerLimits {
     pub handshake: Duration,
 }
 
+/// Connections open at once by default. A worker holds up to three (a lease request that
+/// waits, its heartbeats, a report), so 1,024 did not admit 1,000 workers: after a
+/// coordinator restarted under them, the connections of 35 workers' reports were closed as
+/// they were accepted, again and again, until the run ended (`benches/xl_coordinator.rs`).
+pub const MAX_CONNECTIONS: usize = 16_384;
+
 impl Default for ServerLimits {
     fn default() -> ServerLimits {
         ServerLimits {
-            max_connections: 1024,
+            max_connections: MAX_CONNECTIONS,
             idle: Duration::from_secs(120),
             handshake: Duration::from_secs(20),
         }
@@ -42,6 +48,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: ServerLimits,
 ) {
+    allow_open_files(limits.max_connections);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let mut said_full = false;
     loop {
@@ -115,4 +122,37 @@ where
     builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
+}
+
+/// Raises this process's soft limit on open files, as far as its hard limit allows, so that
+/// `connections` connections fit beside the cache's files (a login shell's soft limit is
+/// often 1,024, its hard limit far higher; Go's runtime raises it the same way). Says so when
+/// the hard limit is too low: connections past it wait in the accept loop.
+fn allow_open_files(connections: usize) {
+    const BESIDE: libc::rlim_t = 1024;
+    let wanted = (connections as libc::rlim_t).saturating_add(BESIDE);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= wanted
+    {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the hard
+    // one needs no privilege.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    if !set || raised.rlim_cur < wanted {
+        tracing::warn!(
+            "this process may open {} files (its hard limit), fewer than the {connections} \
+             connections the coordinator allows plus its own files: with many workers, raise \
+             it (`ulimit -Hn`, or LimitNOFILE= under systemd)",
+            if set { raised.rlim_cur } else { limit.rlim_cur }
+        );
+    }
 }

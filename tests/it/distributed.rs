@@ -656,6 +656,43 @@ fn certificate_files_that_are_not_pem_are_named(sb: &Sandbox) {
     assert!(alone.stderr.contains("--tls-cert"), "{}", alone.stderr);
 }
 
+/// By default a coordinator admits the connections of 1,000 workers, three each (a lease
+/// request that waits, heartbeats, a report): with 1,024 at most, the reports of some workers
+/// were closed as they were accepted until the run ended. It raises its own limit on open
+/// files to hold them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_admits_the_connections_of_a_thousand_workers() {
+    use mvc::remote::client::Client;
+    use mvc::remote::coordinator::{Coordinator, CoordinatorConfig};
+    use mvc::remote::protocol::PipelineText;
+    use mvc::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("cache")).unwrap());
+    let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), None);
+    let text = PipelineText {
+        path: "p.toml".into(),
+        text: String::new(),
+    };
+    // The coordinator shares this process: its server and these connections both count
+    // against the process's limit on open files, which the server raises as it starts.
+    let (coord, _rx) = Coordinator::start(config, store, "p", text).await.unwrap();
+    let mut open = Vec::new();
+    for n in 0..3_000 {
+        let connected = tokio::net::TcpStream::connect(coord.addr).await;
+        open.push(connected.unwrap_or_else(|e| panic!("connection {n}: {e}")));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = Client::new(&coord.url(), None).unwrap();
+    let status = client.status().await;
+    assert!(
+        status.is_ok(),
+        "with {} connections open: {:?}",
+        open.len(),
+        status.err()
+    );
+}
+
 /// The coordinator's server closes a connection that says nothing (after its limit for a
 /// request head) and any connection beyond its bound; a client whose transfer stalls, or
 /// whose answer grows past the bound on JSON, gets an error instead of waiting or filling
