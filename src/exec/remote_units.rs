@@ -68,9 +68,11 @@ pub(super) struct RemoteUnits {
     done_units: HashSet<u64>,
     /// Units leased by an earlier coordinator process on this cache, by id.
     before: HashMap<u64, PersistedLease>,
-    /// Their task keys, held back from dispatch until `held_until` so that the workers
-    /// running them can report first.
+    /// Their task keys, held back from dispatch so that the workers running them can report
+    /// first, until their unit is reported or released (`release_earlier_units`).
     held_keys: HashSet<TaskKey>,
+    /// One lease timeout after this coordinator started: units of the earlier one that no
+    /// worker lists by then are released.
     held_until: Instant,
     held_tasks: Vec<TaskId>,
     /// Stages already said to need a worker (said once).
@@ -141,6 +143,10 @@ impl RemoteUnits {
             );
         }
         let held_until = Instant::now() + coord.lease_timeout();
+        coord.shared().lock().unwrap().earlier = before
+            .iter()
+            .filter_map(|(id, l)| Some((*id, l.session?)))
+            .collect();
         let durable = durable_replies(coord.store().clone());
         Ok(RemoteUnits {
             coord,
@@ -185,7 +191,8 @@ impl RemoteUnits {
     /// Whether a task that is ready to run must wait for a worker of an earlier coordinator
     /// (it is then kept here instead of queued).
     pub(super) fn hold(&mut self, engine: &Engine, t: TaskId) -> bool {
-        if self.held_keys.is_empty() || Instant::now() >= self.held_until {
+        // Keys leave `held_keys` as their units are reported or released.
+        if self.held_keys.is_empty() {
             return false;
         }
         if self.held_keys.contains(&engine.keys[t]) {
@@ -490,11 +497,8 @@ impl RemoteUnits {
             }
         }
         self.waiting = still;
-        self.release_units_not_running(engine, queues);
-        if now >= self.held_until && (!self.before.is_empty() || !self.held_tasks.is_empty()) {
-            for id in std::mem::take(&mut self.before).into_keys() {
-                let _ = self.store().delete_lease(id);
-            }
+        self.release_earlier_units(engine, queues, now);
+        if now >= self.held_until && self.before.is_empty() && !self.held_tasks.is_empty() {
             self.held_keys.clear();
             for t in std::mem::take(&mut self.held_tasks) {
                 let s = engine.graph.task_stage[t];
@@ -503,33 +507,54 @@ impl RemoteUnits {
         }
     }
 
-    /// Units an earlier coordinator leased that their worker no longer runs: the worker (its
-    /// session) registered again with this coordinator and sent a heartbeat that does not
-    /// list them (the answer with the unit never reached it, or it dropped the unit). Their
-    /// tasks go to the queue now instead of waiting out the lease timeout (30 s by default)
-    /// for a report that will not come. A coordinator killed while a lease's answer waited
-    /// for its flush leaves such a unit behind.
-    fn release_units_not_running(&mut self, engine: &Engine, queues: &mut [StageQueue]) {
+    /// Releases the units an earlier coordinator leased once their report will not come:
+    ///
+    /// - their worker (its session) registered again with this coordinator and sent a
+    ///   heartbeat that does not list them (the answer with the unit never reached it, or it
+    ///   dropped the unit): at once, instead of after the lease timeout (30 s by default). A
+    ///   coordinator killed while a lease's answer waited for its flush leaves such a unit;
+    /// - the lease timeout has passed since this coordinator started, and no worker that
+    ///   still answers lists them. A unit its worker still runs and lists stays held, its
+    ///   lease extended by the heartbeats as any lease is: a unit longer than the timeout is
+    ///   not stopped and run again because its coordinator restarted.
+    ///
+    /// Their tasks go to the queue.
+    fn release_earlier_units(&mut self, engine: &Engine, queues: &mut [StageQueue], now: Instant) {
         if self.before.is_empty() {
             return;
         }
-        let not_running: Vec<u64> = {
+        let timeout = self.coord.lease_timeout();
+        let window_over = now >= self.held_until;
+        let released: Vec<(u64, &'static str)> = {
             let shared = self.coord.shared().lock().unwrap();
             self.before
                 .iter()
-                .filter(|(id, lease)| {
-                    shared.workers.values().any(|w| {
-                        Some(w.session) == lease.session
-                            && w.heartbeat
-                                .as_ref()
-                                .is_some_and(|(_, running)| !running.contains(id))
-                    })
+                .filter_map(|(id, lease)| {
+                    let mut beats = shared
+                        .workers
+                        .values()
+                        .filter(|w| Some(w.session) == lease.session)
+                        .filter_map(|w| Some((w.last_seen, &w.heartbeat.as_ref()?.1)));
+                    let (mut listed, mut unlisted) = (false, false);
+                    for (seen, running) in &mut beats {
+                        match running.contains(id) {
+                            true => listed |= now.duration_since(seen) <= timeout,
+                            false => unlisted = true,
+                        }
+                    }
+                    if unlisted && !listed {
+                        Some((*id, "its worker no longer runs it"))
+                    } else if window_over && !listed {
+                        Some((*id, "its worker did not report it within the lease timeout"))
+                    } else {
+                        None
+                    }
                 })
-                .map(|(id, _)| *id)
                 .collect()
         };
-        for id in not_running {
+        for (id, why) in released {
             let lease = self.before.remove(&id).expect("listed above");
+            self.coord.shared().lock().unwrap().earlier.remove(&id);
             if let Err(e) = self.store().delete_lease(id) {
                 tracing::warn!("could not forget lease {id}: {e:#}");
             }
@@ -541,8 +566,8 @@ impl RemoteUnits {
                 .partition(|&&t| keys.contains(&engine.keys[t]));
             self.held_tasks = held;
             tracing::info!(
-                "unit {id} of stage {} is no longer run by worker {}: its {} task(s) go back to \
-                 the queue",
+                "unit {id} of stage {}, leased to {} before this coordinator started: {why}; \
+                 its {} task(s) go back to the queue",
                 lease.stage,
                 lease.worker_name,
                 lease.tasks.len()
@@ -657,8 +682,9 @@ impl RemoteUnits {
                 && l.tasks.iter().map(|t| t.key).eq(body.keys.iter().copied())
                 && body.outcomes.len() == body.keys.len()
         });
-        if adoptable && Instant::now() < self.held_until {
-            return self.adopt(unit, body, engine, effects);
+        // (A unit still in `before` is not released: its tasks have not run again.)
+        if adoptable {
+            return self.adopt(unit, body, engine, queues, effects);
         }
         Err((
             Refused::Conflict,
@@ -762,14 +788,34 @@ impl RemoteUnits {
         unit: u64,
         body: Complete,
         engine: &Engine,
+        queues: &mut [StageQueue],
         effects: &mut Effects,
     ) -> Reply {
         if let Err(problem) = check_outputs(self.store(), &body.outcomes) {
             return Err((Refused::BadRequest, problem));
         }
         let lease = self.before.remove(&unit).expect("present");
+        self.coord.shared().lock().unwrap().earlier.remove(&unit);
         let _ = self.store().delete_lease(unit);
         for (identity, outcome) in lease.tasks.iter().zip(body.outcomes) {
+            let held = self
+                .held_tasks
+                .iter()
+                .position(|&t| engine.keys[t] == identity.key)
+                .map(|k| self.held_tasks.swap_remove(k));
+            self.held_keys.remove(&identity.key);
+            // A task the worker did not run to an outcome (it was stopped, or could not
+            // start it) is not the item's doing: it runs again, here or on another worker.
+            if matches!(
+                outcome,
+                TaskOutcome::Cancelled | TaskOutcome::Aborted(_) | TaskOutcome::DiskFull(_)
+            ) {
+                if let Some(t) = held {
+                    let s = engine.graph.task_stage[t];
+                    queues[s].push_back(engine, t);
+                }
+                continue;
+            }
             let reported = commit_outcome(
                 self.store(),
                 &lease.stage,
@@ -779,15 +825,9 @@ impl RemoteUnits {
             );
             // A task of this run already waiting for it finishes now; one not reached yet
             // will find the result in the cache.
-            if let Some(k) = self
-                .held_tasks
-                .iter()
-                .position(|&t| engine.keys[t] == identity.key)
-            {
-                let t = self.held_tasks.swap_remove(k);
+            if let Some(t) = held {
                 effects.push((t, reported));
             }
-            self.held_keys.remove(&identity.key);
         }
         self.done_units.insert(unit);
         Ok("recorded (leased by the previous coordinator)".into())

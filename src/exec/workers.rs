@@ -99,6 +99,9 @@ pub struct Shared {
     pub next_worker: u64,
     /// Unit id → the worker that holds it.
     pub leased: HashMap<u64, u64>,
+    /// Units the previous coordinator process leased, held for their workers' reports: unit
+    /// id → the session it was leased to. A worker still running one is not told to stop.
+    pub earlier: HashMap<u64, crate::task::Digest>,
     /// Tasks waiting in the scheduler's queues (for `mvc status`), and per stage (for the
     /// Slurm launcher, which sizes its job arrays by them).
     pub queued: u64,

@@ -462,13 +462,18 @@ async fn heartbeat(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let beat: Heartbeat = parse_json(&body)?;
-    touch(&c, beat.worker, session_of(&headers)?)?;
+    let session = session_of(&headers)?;
+    touch(&c, beat.worker, session)?;
     let mut shared = c.shared.lock().unwrap();
+    // A unit is this worker's if this process leased it to the worker, or if the previous
+    // process leased it to the worker's session and holds it for its report.
     let cancel: Vec<u64> = beat
         .running
         .iter()
         .copied()
-        .filter(|u| shared.leased.get(u) != Some(&beat.worker))
+        .filter(|u| {
+            shared.leased.get(u) != Some(&beat.worker) && shared.earlier.get(u) != Some(&session)
+        })
         .collect();
     if let Some(w) = shared.workers.get_mut(&beat.worker) {
         w.heartbeat = Some((Instant::now(), beat.running));

@@ -331,6 +331,46 @@ cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.tx
     assert_eq!(sb.read("out/q/last.txt"), "q\n");
 }
 
+/// A unit that runs on across a coordinator's restart, for longer than a heartbeat, is left
+/// to finish: the new coordinator holds it for the worker's report and does not tell the
+/// worker to stop it (it did: the unit was not among its own leases, so the first heartbeat
+/// said "no longer this worker's", and the worker killed it and ran it again).
+#[test]
+fn a_unit_running_across_a_restart_is_not_stopped_by_the_new_coordinator() {
+    let sb = Sandbox::new();
+    let started = sb.path().join("started");
+    std::fs::create_dir(&started).unwrap();
+    sb.write(
+        "p.toml",
+        &format!(
+            "[stage.slow]\nkind = \"command\"\nitems = [\"x\"]\n\
+             cmd = \"touch {}/slow.$$; sleep 5; echo done > $MVC_OUT/o.txt\"\n",
+            started.display()
+        ),
+    );
+    // Heartbeats every second (a quarter of the lease timeout).
+    let flags = ["--no-local", "--lease-timeout", "4"];
+    let (mut first, url) = coordinator(&sb, &flags);
+    let w = worker(&sb, &url, "cpu=1", "w", &[]);
+    wait_for("the unit to start", Duration::from_secs(30), || {
+        count_files(&started, "slow.") == 1
+    });
+    first.kill9();
+    let listen = url.trim_start_matches("http://").to_string();
+    let mut args = vec!["run", "p.toml", "--json", "--listen", &listen];
+    args.extend_from_slice(&flags);
+    let (mut second, _) = spawn(&sb, &args, &[]);
+    let ran = second.finish(Duration::from_secs(60));
+    ran.assert_ok();
+    assert_eq!(
+        count_files(&started, "slow."),
+        1,
+        "the unit was started again: {}\nthe worker said:\n{}",
+        ran.stderr,
+        w.stderr.lock().unwrap()
+    );
+}
+
 /// A result the coordinator answered "recorded" for survives a SIGKILL that comes at once:
 /// the answer waits until the result is on disk (sled writes its buffers out only every
 /// 100 ms, and before the answer waited, a kill in between lost the result, and its task
