@@ -40,6 +40,22 @@ fn coordinator(sb: &Sandbox, extra: &[&str]) -> (Background, String) {
     (p, url.unwrap())
 }
 
+/// `mvc run p.toml --json --listen ADDR` again, with `flags`, on the address of `url`, whose
+/// coordinator was killed: the same cache and port, for its workers to find.
+fn coordinator_again(sb: &Sandbox, url: &str, flags: &[&str]) -> Background {
+    let listen = url.trim_start_matches("http://");
+    let mut args = vec!["run", "p.toml", "--json", "--listen", listen];
+    args.extend_from_slice(flags);
+    spawn(sb, &args, &[]).0
+}
+
+/// A folder in which a pipeline's commands note each start (`touch DIR/NAME.$$`).
+fn starts_folder(sb: &Sandbox) -> std::path::PathBuf {
+    let started = sb.path().join("started");
+    std::fs::create_dir(&started).unwrap();
+    started
+}
+
 /// `mvc worker` with its own cache directory; `tag` reaches its tasks as $WORKER_TAG.
 fn worker(sb: &Sandbox, url: &str, slots: &str, tag: &str, extra: &[&str]) -> Background {
     let cache = sb.path().join(format!("worker-{tag}"));
@@ -170,8 +186,7 @@ cmd = "cat $MVC_IN_MAKE/item.txt > $MVC_OUT/out.txt; wc -c < $MVC_IN_MAKE/big.bi
 #[test]
 fn a_killed_workers_unit_completes_on_another_worker() {
     let sb = Sandbox::new();
-    std::fs::create_dir(sb.path().join("started")).unwrap();
-    let started = sb.path().join("started");
+    let started = starts_folder(&sb);
     sb.write(
         "p.toml",
         &format!(
@@ -260,8 +275,7 @@ outputs = ["said.txt"]
 #[test]
 fn a_restarted_coordinator_takes_the_results_of_units_leased_before() {
     let sb = Sandbox::new();
-    let started = sb.path().join("started");
-    std::fs::create_dir(&started).unwrap();
+    let started = starts_folder(&sb);
     sb.write(
         "p.toml",
         &format!(
@@ -284,29 +298,15 @@ cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.tx
             s = started.display()
         ),
     );
-    let (mut first_coord, url) = coordinator(&sb, &["--no-local", "--lease-timeout", "10"]);
-    let port = url.rsplit(':').next().unwrap().to_string();
+    let flags = ["--no-local", "--lease-timeout", "10"];
+    let (mut first_coord, url) = coordinator(&sb, &flags);
     let _w = worker(&sb, &url, "cpu=2", "w", &[]);
     wait_for("both slow units to start", Duration::from_secs(30), || {
         count_files(&started, "slow-") == 2
     });
     // A unit leaves only once its lease is on disk: the kill may come at once.
     first_coord.kill9();
-    let listen = format!("127.0.0.1:{port}");
-    let (mut second, _) = spawn(
-        &sb,
-        &[
-            "run",
-            "p.toml",
-            "--json",
-            "--listen",
-            &listen,
-            "--no-local",
-            "--lease-timeout",
-            "10",
-        ],
-        &[],
-    );
+    let mut second = coordinator_again(&sb, &url, &flags);
     let ran = second.finish(Duration::from_secs(90));
     ran.assert_ok();
     assert_eq!(ran.count("first", "cached"), 2, "{}", ran.stderr);
@@ -338,8 +338,7 @@ cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.tx
 #[test]
 fn a_unit_running_across_a_restart_is_not_stopped_by_the_new_coordinator() {
     let sb = Sandbox::new();
-    let started = sb.path().join("started");
-    std::fs::create_dir(&started).unwrap();
+    let started = starts_folder(&sb);
     sb.write(
         "p.toml",
         &format!(
@@ -356,10 +355,7 @@ fn a_unit_running_across_a_restart_is_not_stopped_by_the_new_coordinator() {
         count_files(&started, "slow.") == 1
     });
     first.kill9();
-    let listen = url.trim_start_matches("http://").to_string();
-    let mut args = vec!["run", "p.toml", "--json", "--listen", &listen];
-    args.extend_from_slice(&flags);
-    let (mut second, _) = spawn(&sb, &args, &[]);
+    let mut second = coordinator_again(&sb, &url, &flags);
     let ran = second.finish(Duration::from_secs(60));
     ran.assert_ok();
     assert_eq!(
@@ -439,10 +435,7 @@ fn a_unit_its_worker_no_longer_runs_is_not_held_for_a_lease_timeout_after_a_rest
         unit.expect("a unit")
     });
     first.kill9();
-    let listen = url.trim_start_matches("http://").to_string();
-    let mut args = vec!["run", "p.toml", "--json", "--listen", &listen];
-    args.extend_from_slice(&flags);
-    let (mut second, _) = spawn(&sb, &args, &[]);
+    let mut second = coordinator_again(&sb, &url, &flags);
     let again = runtime.block_on(async {
         let me = loop {
             match client.register(&worker_named("w")).await {
