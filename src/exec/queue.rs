@@ -117,9 +117,8 @@ impl StageQueue {
     /// queue order, up to the stage's `max_unit_tasks`. A kind whose units are batches (it
     /// has such a maximum) takes at most `limit`, but not fewer than its `min_unit_tasks`:
     /// its tasks do not share a costly setup, and workers share them out
-    /// (`RemoteUnits::serve`). A kind with whole
-    /// groups (an object's views: one scene load) keeps them whole. The queue must not be
-    /// empty.
+    /// (`RemoteUnits::serve`). A kind with whole groups (an object's views: one scene load)
+    /// keeps them whole. The queue must not be empty.
     pub(super) fn take_unit(&mut self, engine: &Engine, limit: usize) -> Vec<TaskId> {
         let first = self.tasks.pop_front().expect("queue is not empty");
         let Some(group) = group_of(engine, first) else {
@@ -136,33 +135,29 @@ impl StageQueue {
         let mut unit = Vec::with_capacity(wanted + 1);
         unit.push(first);
         if wanted > 0 {
-            // How far the group's tasks reach; only that prefix is taken apart.
-            let mut found = 0;
+            // Only the prefix up to the group's last wanted task is taken apart; the other
+            // groups' tasks in it go back first, in their order.
+            let mut others = Vec::new();
             let mut end = 0;
             for (i, &t) in self.tasks.iter().enumerate() {
-                if group_of(engine, t) == Some(group) {
-                    found += 1;
-                    if found == wanted {
-                        end = i + 1;
-                        break;
-                    }
+                if unit.len() > wanted {
+                    break;
                 }
-            }
-            debug_assert_eq!(found, wanted, "the group's count matches its queued tasks");
-            if found < wanted {
-                end = self.tasks.len();
-            }
-            let prefix: Vec<TaskId> = self.tasks.drain(..end).collect();
-            for &t in prefix.iter().rev() {
-                if group_of(engine, t) != Some(group) {
-                    self.tasks.push_front(t);
+                match group_of(engine, t) == Some(group) {
+                    true => unit.push(t),
+                    false => others.push(t),
                 }
+                end = i + 1;
             }
-            unit.extend(
-                prefix
-                    .into_iter()
-                    .filter(|&t| group_of(engine, t) == Some(group)),
+            debug_assert_eq!(
+                unit.len(),
+                wanted + 1,
+                "the group's count matches its tasks"
             );
+            self.tasks.drain(..end);
+            for t in others.into_iter().rev() {
+                self.tasks.push_front(t);
+            }
         }
         self.uncount(group, unit.len());
         unit

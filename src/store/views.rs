@@ -75,12 +75,8 @@ impl ResultReader<'_> {
         stage: &str,
         item: &str,
     ) -> Result<Option<TaskResult>> {
-        if let Some(v) = self.store.view_task_with(stage, item, &mut self.decoded)?
-            && v.record.key() == *key
-        {
-            return Ok(Some(v.result));
-        }
-        self.store.own_result(key)
+        self.store
+            .result_with(key, stage, item, Some(&mut self.decoded))
     }
 }
 
@@ -322,16 +318,17 @@ impl Store {
 
     /// The view `item` of `stage` as its object's record holds it.
     pub fn view_task(&self, stage: &str, item: &str) -> Result<Option<ViewTask>> {
-        self.view_task_with(stage, item, &mut HashMap::new())
+        self.view_task_with(stage, item, None)
     }
 
-    /// [`Store::view_task`], decoding a record written already only if `decoded` lacks it
-    /// (records still waiting are read where they wait).
+    /// [`Store::view_task`]; a record written already is decoded only if `decoded` (a
+    /// [`ResultReader`]'s records) lacks it, and kept there. Records still waiting are read
+    /// where they wait.
     fn view_task_with(
         &self,
         stage: &str,
         item: &str,
-        decoded: &mut DecodedRecords,
+        decoded: Option<&mut DecodedRecords>,
     ) -> Result<Option<ViewTask>> {
         let Some((object, view)) = split_view(item) else {
             return Ok(None);
@@ -350,6 +347,10 @@ impl Store {
                 return Ok(None);
             }
             self.load_columns(&mut pending, stage)?
+        };
+        let Some(decoded) = decoded else {
+            let record = self.stored_record(stage, object)?;
+            return self.view_of(stage, record.as_ref(), &columns, view);
         };
         let record = match decoded.get(&rkey) {
             Some(record) => record.clone(),
@@ -398,7 +399,23 @@ impl Store {
     /// The result of `key`, the task of `item` in `stage`: from its object's record when it
     /// is a view recorded there, else from its entry of its own.
     pub fn result_of(&self, key: &TaskKey, stage: &str, item: &str) -> Result<Option<TaskResult>> {
-        self.result_reader().result_of(key, stage, item)
+        self.result_with(key, stage, item, None)
+    }
+
+    /// [`Store::result_of`], with a [`ResultReader`]'s decoded records when there is one.
+    fn result_with(
+        &self,
+        key: &TaskKey,
+        stage: &str,
+        item: &str,
+        decoded: Option<&mut DecodedRecords>,
+    ) -> Result<Option<TaskResult>> {
+        if let Some(v) = self.view_task_with(stage, item, decoded)?
+            && v.record.key() == *key
+        {
+            return Ok(Some(v.result));
+        }
+        self.own_result(key)
     }
 
     /// The key record of `key`, the task of `item` in `stage` (as [`Store::result_of`]).
