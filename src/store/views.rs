@@ -1,5 +1,9 @@
 //! The views of objects in the index: one record per object and stage
-//! ([`super::object_stage`]) in the `objects` tree, instead of three entries per task.
+//! ([`super::object_stage`]) in the `objects` tree, instead of three entries per task. An
+//! item that is not a view (an object's own task) and has no parameters of its own is kept
+//! the same way, as the view named "" of its own record ([`super::object_stage::place`]).
+//! A task a record no longer holds (another key of its item, or a failure, took its place)
+//! becomes entries of its own, so that going back to earlier parameters finds it by key.
 //!
 //! A view's result is recorded by adding it to its object's record, held here until it is
 //! written: when [`WRITE_AT`] views wait, once [`WRITE_EVERY`] has passed since the first of
@@ -17,7 +21,7 @@
 
 use super::Store;
 use super::index::Tree;
-use super::object_stage::{Columns, ObjectStage, split_view};
+use super::object_stage::{Columns, ObjectStage, place};
 use super::records::{Latest, TaskResult, latest_key};
 use crate::task::{Digest, KeyRecord, TaskKey};
 use anyhow::Result;
@@ -31,8 +35,9 @@ pub const WRITE_EVERY: Duration = Duration::from_millis(100);
 pub const WRITE_AT: usize = 8192;
 
 /// The index's layout once it holds object records: an mvc that does not know them must not
-/// open it (its gc would delete their blobs).
-pub const SCHEMA_WITH_OBJECTS: u32 = 2;
+/// open it (its gc would delete their blobs). 3: items that are not views are in records too
+/// (an mvc of schema 2 would look for them in entries of their own, and run them again).
+pub const SCHEMA_WITH_OBJECTS: u32 = 3;
 
 /// Object records being added to, and each stage's view columns.
 #[derive(Default)]
@@ -50,6 +55,10 @@ pub struct Pending {
     /// ([`Store::result`]) and added to as views are recorded; an entry that no longer
     /// holds is found out when its view is read.
     owners: Option<HashMap<TaskKey, (String, String)>>,
+    /// The stages that have records, found on the first lookup that needs them
+    /// ([`Store::view_in_another_stage`]); `None` again when a new stage's columns are
+    /// written.
+    stages: Option<Vec<String>>,
 }
 
 /// Object records decoded for one reader, by record key (`None`: no record).
@@ -126,13 +135,14 @@ impl Store {
         record: &KeyRecord,
         result: &TaskResult,
     ) -> Result<Joined> {
-        let Some((object, view)) = split_view(&result.item) else {
+        let Some((object, view)) = place(&result.item) else {
             return Ok(Joined::No { earlier: None });
         };
         let mut pending = self.pending.lock().unwrap();
         self.load_columns(&mut pending, &result.stage)?;
         let rkey = record_key(&result.stage, object);
-        if !pending.records.contains_key(&rkey) {
+        let loaded_now = !pending.records.contains_key(&rkey);
+        if loaded_now {
             let stored = self.stored_record(&result.stage, object)?;
             pending.records.insert(rkey.clone(), stored);
         }
@@ -175,27 +185,32 @@ impl Store {
                 tracing::debug!("kept as an entry of its own: {}", misfit.0);
                 let mut earlier = None;
                 if let Some(r) = slot
-                    && let Ok(Some((old, _))) = r.view(columns, view)
+                    && let Ok(Some((old, old_result))) = r.view(columns, view)
                 {
                     r.remove(columns, view);
                     if r.is_empty() {
                         *slot = None;
                     }
                     earlier = Some(old.key());
-                    self.put_kept(Tree::Records, &old.key().0, &old.encode())?;
+                    self.keep_as_entries(&old, &old_result)?;
+                }
+                // No record, before or now (an item with parameters of its own): nothing to
+                // write or delete.
+                if loaded_now && slot.is_none() {
+                    records.remove(&rkey);
                 }
                 return Ok(Joined::No { earlier });
             }
         };
-        // The key record the view replaced stays an entry of its own, as every key record
-        // did: `mvc why` compares the view with it, and gc removes it with its run.
-        if let Some(old) = replaced {
-            self.put_kept(Tree::Records, &old.key().0, &old.encode())?;
+        if let Some((old, old_result)) = replaced {
+            self.keep_as_entries(&old, &old_result)?;
         }
-        // As if the view had a latest entry of its own (`presence`): the filter says "no"
-        // to a view no record holds without reading one.
+        // As if the view had a latest entry and a result of its own (`presence`): the filter
+        // says "no" to a view no record holds without reading one, and to a key no stage
+        // recorded without looking for it under other stages' names.
         self.presence
             .note(Tree::Latest, &latest_key(&result.stage, &result.item));
+        self.presence.note(Tree::Tasks, &key.0);
         if let Some(owners) = pending.owners.as_mut() {
             owners.insert(*key, (result.stage.clone(), result.item.clone()));
         }
@@ -211,7 +226,7 @@ impl Store {
     /// entry of its own, and the record must not still name the old success as latest).
     /// Returns the key it had, whose key record stays an entry of its own.
     pub(super) fn drop_view(&self, stage: &str, item: &str) -> Result<Option<TaskKey>> {
-        let Some((object, view)) = split_view(item) else {
+        let Some((object, view)) = place(item) else {
             return Ok(None);
         };
         let mut pending = self.pending.lock().unwrap();
@@ -231,17 +246,27 @@ impl Store {
         let mut earlier = None;
         if let Some(slot) = records.get_mut(&rkey)
             && let Some(r) = slot
-            && let Ok(Some((old, _))) = r.view(&columns, view)
+            && let Ok(Some((old, old_result))) = r.view(&columns, view)
         {
             r.remove(&columns, view);
             if r.is_empty() {
                 *slot = None;
             }
             earlier = Some(old.key());
-            self.put_kept(Tree::Records, &old.key().0, &old.encode())?;
+            self.keep_as_entries(&old, &old_result)?;
         }
         self.write_views(&mut pending)?;
         Ok(earlier)
+    }
+
+    /// A task its record no longer holds (another key of its item took its place, or a
+    /// failure did) stays as entries of its own, as every task was before records: going
+    /// back to the earlier parameters finds its result by key, `mvc why` compares with its
+    /// key record, and gc removes both with the runs that reached them.
+    fn keep_as_entries(&self, record: &KeyRecord, result: &TaskResult) -> Result<()> {
+        let key = record.key();
+        self.put_kept(Tree::Records, &key.0, &record.encode())?;
+        self.put_kept(Tree::Tasks, &key.0, &super::records::encode(result))
     }
 
     /// Writes the records waiting when the first of their views has waited
@@ -253,6 +278,18 @@ impl Store {
             Some(since) if since.elapsed() >= WRITE_EVERY => self.write_views(&mut pending),
             _ => Ok(()),
         }
+    }
+
+    /// Forgets what was read from the index about records (each stage's columns, the stages,
+    /// the views' keys) after the index was put back from the journals under it: read from
+    /// the damaged index, a stage's columns would name its views wrongly.
+    pub(super) fn forget_what_views_read(&self) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap();
+        self.write_views(&mut pending)?;
+        pending.columns.clear();
+        pending.stages = None;
+        pending.owners = None;
+        Ok(())
     }
 
     /// Writes every record waiting (columns first: a record names its columns by number).
@@ -274,9 +311,15 @@ impl Store {
             if *changed {
                 self.put_kept(Tree::Objects, &columns_key(stage), &columns.encode())?;
                 *changed = false;
+                if pending.stages.as_ref().is_some_and(|s| !s.contains(stage)) {
+                    pending.stages = None;
+                }
             }
         }
-        for (key, record) in pending.records.drain() {
+        // In key order: consecutive inserts land in the same or the next of sled's leaves.
+        let mut records: Vec<_> = pending.records.drain().collect();
+        records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, record) in records {
             match record {
                 Some(r) => self.put_kept(Tree::Objects, &key, &r.encode())?,
                 None => self.delete_kept(Tree::Objects, &key)?,
@@ -330,7 +373,7 @@ impl Store {
         item: &str,
         decoded: Option<&mut DecodedRecords>,
     ) -> Result<Option<ViewTask>> {
-        let Some((object, view)) = split_view(item) else {
+        let Some((object, view)) = place(item) else {
             return Ok(None);
         };
         let rkey = record_key(stage, object);
@@ -415,7 +458,12 @@ impl Store {
         {
             return Ok(Some(v.result));
         }
-        self.own_result(key)
+        match self.own_result(key)? {
+            Some(result) => Ok(Some(result)),
+            None => Ok(self
+                .view_in_another_stage(key, stage, item)?
+                .map(|v| v.result)),
+        }
     }
 
     /// The key record of `key`, the task of `item` in `stage` (as [`Store::result_of`]).
@@ -425,7 +473,67 @@ impl Store {
         {
             return Ok(Some(v.record));
         }
-        self.own_record(key)
+        match self.own_record(key)? {
+            Some(record) => Ok(Some(record)),
+            None => Ok(self
+                .view_in_another_stage(key, stage, item)?
+                .map(|v| v.record)),
+        }
+    }
+
+    /// The task `key` of `item` kept in the record of another stage than `stage`. A task's
+    /// key does not name its stage, so a stage renamed (a sweep that gains a value names its
+    /// variants after their values) still finds what it recorded under its old name, as it
+    /// did when every task was an entry of its own found by key. The presence filter answers
+    /// for most stages without a read: a record is read only where the stage has recorded
+    /// this item.
+    fn view_in_another_stage(
+        &self,
+        key: &TaskKey,
+        stage: &str,
+        item: &str,
+    ) -> Result<Option<ViewTask>> {
+        // A new task's key: no stage recorded it (answered without opening the index).
+        if !self.may_hold(Tree::Tasks, &key.0) {
+            return Ok(None);
+        }
+        for other in self.stages_with_records()? {
+            if other != stage
+                && let Some(v) = self.view_task(&other, item)?
+                && v.record.key() == *key
+            {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stages with records in the index or waiting to be written: one seek a stage
+    /// (each stage's keys begin with its columns'), the first time.
+    fn stages_with_records(&self) -> Result<Vec<String>> {
+        let mut pending = self.pending.lock().unwrap();
+        if pending.stages.is_none() {
+            let mut stages = Vec::new();
+            let mut from = Vec::new();
+            while let Some(entry) = self.index().scan_from(Tree::Objects, b"", &from).next() {
+                let (key, _) = entry?;
+                let stage = match key.iter().position(|&b| b == 0) {
+                    Some(split) => &key[..split],
+                    None => &key[..],
+                };
+                stages.push(String::from_utf8_lossy(stage).into_owned());
+                // Past every key of this stage: `stage NUL …` sorts before `stage 0x01`.
+                from = [stage, &[1u8][..]].concat();
+            }
+            pending.stages = Some(stages);
+        }
+        let mut stages = pending.stages.clone().expect("set above");
+        for waiting in pending.columns.keys() {
+            if !stages.contains(waiting) {
+                stages.push(waiting.clone());
+            }
+        }
+        Ok(stages)
     }
 
     /// Every view in the object records, with its key (write what waits first). `visit`
@@ -454,7 +562,7 @@ impl Store {
             let columns = &columns[&stage];
             for task in record.tasks(columns) {
                 let (record_, result) = task.map_err(|e| self.damaged_views(&stage, e))?;
-                let view = split_view(&result.item).map(|(_, v)| v.to_string());
+                let view = place(&result.item).map(|(_, v)| v.to_string());
                 let previous = view.and_then(|v| record.previous(columns, &v));
                 let key = record_.key();
                 if !visit(
@@ -521,7 +629,7 @@ impl Store {
             return Box::new(std::iter::once(Err(e))) as Box<dyn Iterator<Item = _>>;
         }
         let prefix = columns_key(stage);
-        let from_object = split_view(from).map(|(o, _)| o).unwrap_or(from);
+        let from_object = place(from).map(|(o, _)| o).unwrap_or(from);
         let start = record_key(stage, from_object);
         let stage = stage.to_string();
         let from = from.to_string();
@@ -550,7 +658,7 @@ impl Store {
                         if result.item.as_str() < from.as_str() {
                             continue;
                         }
-                        let view = split_view(&result.item).map(|(_, v)| v.to_string());
+                        let view = place(&result.item).map(|(_, v)| v.to_string());
                         let v = ViewTask {
                             previous: view.and_then(|v| record.previous(columns, &v)),
                             record: r,
@@ -675,10 +783,11 @@ mod tests {
             );
             assert_eq!(store.record(key).unwrap().as_ref(), Some(record));
             store.flush().unwrap();
-            // One entry of its own (the object), two object records and the stage's columns.
-            assert_eq!(store.index().len(Tree::Tasks), 1);
-            assert_eq!(store.index().len(Tree::Latest), 1);
-            assert_eq!(store.index().len(Tree::Objects), 3);
+            // Two records of views and one of the object's own task, with their stages'
+            // columns; no entry of its own.
+            assert_eq!(store.index().len(Tree::Tasks), 0);
+            assert_eq!(store.index().len(Tree::Latest), 0);
+            assert_eq!(store.index().len(Tree::Objects), 5);
             let counts = store.entry_counts().unwrap();
             assert_eq!((counts.results, counts.records), (9, 9));
         }
@@ -714,11 +823,19 @@ mod tests {
         }
         let wrong = reader.result_of(&tasks[2].0, "views", &tasks[1].2.item);
         assert!(wrong.unwrap().is_none(), "a@v2's key is not a@v1's");
-        // Another stage's item of the same name, or another key, is not these.
+        // A task's key does not name its stage: under another stage's name (a stage
+        // renamed) the same key is found, as an entry of its own was; another key is not.
         let (key, _, result) = &tasks[0];
-        assert!(
+        assert_eq!(
             store
                 .result_of(key, "embed", &result.item)
+                .unwrap()
+                .as_ref(),
+            Some(result)
+        );
+        assert!(
+            store
+                .result_of(&tasks[1].0, "embed", &result.item)
                 .unwrap()
                 .is_none()
         );
@@ -730,6 +847,44 @@ mod tests {
         );
         assert!(store.latest("views", "a@v9").unwrap().is_none());
         assert!(store.has_seen_stage("views") && !store.has_seen_stage("embed"));
+    }
+
+    /// An object's own task is a record of its own, found by key, stage and item; one with
+    /// parameters of its own stays three entries.
+    #[test]
+    fn an_objects_own_task_is_a_record_unless_it_has_parameters_of_its_own() {
+        let (_dir, store) = opened();
+        let (key, record, result) = command("a");
+        store.commit_success(&key, &record, &result).unwrap();
+        let (_, mut with_params, mut its_result) = command("c");
+        with_params.item_params = [("path".to_string(), "c.glb".to_string())].into();
+        its_result.item = with_params.item.clone();
+        let key_with_params = with_params.key();
+        store
+            .commit_success(&key_with_params, &with_params, &its_result)
+            .unwrap();
+        store.flush().unwrap();
+        assert_eq!(
+            store.index().len(Tree::Objects),
+            2,
+            "a's record, the columns"
+        );
+        assert_eq!(store.index().len(Tree::Tasks), 1, "c's result");
+        assert_eq!(store.result(&key).unwrap().as_ref(), Some(&result));
+        assert_eq!(
+            store.record_of(&key, "objects", "a").unwrap().as_ref(),
+            Some(&record)
+        );
+        assert_eq!(store.latest("objects", "a").unwrap().unwrap().key, key);
+        let latest = store.latest("objects", "c").unwrap().unwrap();
+        assert_eq!(latest.key, key_with_params);
+        assert_eq!(
+            store
+                .result_of(&key_with_params, "objects", "c")
+                .unwrap()
+                .as_ref(),
+            Some(&its_result)
+        );
     }
 
     /// A view recorded before a lull is written by the run's tick once it has waited
@@ -757,14 +912,18 @@ mod tests {
     #[test]
     fn a_changed_view_keeps_its_previous_key_and_a_failure_takes_its_place() {
         let (_dir, store) = opened();
-        let (old, record, result) = view("views", "a", 0, b"first");
-        store.commit_success(&old, &record, &result).unwrap();
+        let (old, record, first) = view("views", "a", 0, b"first");
+        store.commit_success(&old, &record, &first).unwrap();
         let (new, record, result) = view("views", "a", 0, b"second model");
         store.commit_success(&new, &record, &result).unwrap();
         store.flush().unwrap();
         let latest = store.latest("views", "a@v0").unwrap().unwrap();
         assert_eq!((latest.key, latest.previous), (new, Some(old)));
-        assert!(store.result_of(&old, "views", "a@v0").unwrap().is_none());
+        // The task it replaced is an entry of its own: going back finds it.
+        assert_eq!(
+            store.result_of(&old, "views", "a@v0").unwrap().as_ref(),
+            Some(&first)
+        );
         // The same key again keeps the key before it.
         store.commit_success(&new, &record, &result).unwrap();
         let latest = store.latest("views", "a@v0").unwrap().unwrap();

@@ -46,7 +46,8 @@ fn committed(sb: &Sandbox) -> BTreeSet<String> {
         return BTreeSet::new();
     }
     let store = Store::open(&sb.cache()).expect("the cache opens after a kill");
-    store
+    // Results of their own, and those kept in records (an item's task is one).
+    let mut committed: BTreeSet<String> = store
         .index()
         .scan(Tree::Tasks, b"")
         .map(|e| {
@@ -54,7 +55,14 @@ fn committed(sb: &Sandbox) -> BTreeSet<String> {
             let r: TaskResult = decode(&v, "task result").unwrap();
             format!("{}:{}", r.stage, r.item)
         })
-        .collect()
+        .collect();
+    store
+        .each_view(|_, v| {
+            committed.insert(format!("{}:{}", v.result.stage, v.result.item));
+            true
+        })
+        .unwrap();
+    committed
 }
 
 fn ran_counts(sb: &Sandbox) -> BTreeMap<String, usize> {

@@ -36,17 +36,18 @@ fn views_are_kept_one_record_per_object_and_every_command_reads_them() {
     let first = sb.mvc(&["run", "p.toml", "--json"]);
     first.assert_ok();
     assert_eq!(first.count("views", "ran"), 36);
-    // 3 objects: 3 entries of their own; 36 views: 3 records and the stage's columns.
+    // 3 objects: 3 records of their own; 36 views: 3 records; and each stage's columns.
     let (own, latest, records, key) = layout(&sb);
-    assert_eq!((own, latest, records), (3, 3, 4));
+    assert_eq!((own, latest, records), (0, 0, 8));
     let status = sb.mvc(&["status", "p.toml", "--json"]);
     status.assert_ok();
     assert_eq!(status.json()["cache"]["results"], 39, "{}", status.stdout);
     // An mvc that does not know object records refuses this cache (its gc would delete
-    // their blobs): the index's schema says 2.
+    // their blobs, and look for an object's own task in entries of its own): the index's
+    // schema says 3.
     let store = Store::open(&sb.cache()).unwrap();
     let schema = store.index().get(Tree::Meta, b"schema").unwrap().unwrap();
-    assert_eq!(u32::from_le_bytes(schema.try_into().unwrap()), 2);
+    assert_eq!(u32::from_le_bytes(schema.try_into().unwrap()), 3);
     drop(store);
 
     // By key alone, as the page's task links ask.
@@ -85,9 +86,18 @@ fn views_are_kept_one_record_per_object_and_every_command_reads_them() {
     why.assert_ok();
     assert!(why.stdout.contains("status: cached"), "{}", why.stdout);
     assert!(why.stdout.contains("resolution: 64 → 32"), "{}", why.stdout);
-    let (_, _, records, new_key) = layout(&sb);
-    assert_eq!(records, 4, "the views were replaced in their records");
+    let (own, _, records, new_key) = layout(&sb);
+    assert_eq!(records, 8, "the views were replaced in their records");
+    assert_eq!(own, 36, "the views they replaced are results of their own");
     assert_ne!(new_key, key);
+    // So going back to the earlier parameters finds them: nothing to render.
+    sb.write(
+        "p.toml",
+        &render_pipeline(sb.path(), "polar = [20, 50]", SIX),
+    );
+    let back = sb.mvc(&["plan", "p.toml", "--json"]);
+    back.assert_ok();
+    assert_eq!(back.count("views", "cached"), 36, "{}", back.stdout);
 
     // A new ring: only its views run, each object's as before.
     sb.write(

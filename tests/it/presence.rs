@@ -215,13 +215,15 @@ fn gc_makes_the_filter_again_from_what_it_kept() {
     sb.write("ids.txt", "a\nb\nc\n");
     sb.mvc(&["run", "p.toml", "-q"]).assert_ok();
     sb.mvc(&["run", "p2.toml", "-q"]).assert_ok();
-    // The last run's results (3 objects, 3 copies) and the 6 items' latest entries stay;
-    // the first run's 6 results go.
+    // The last run's results (3 objects, 3 copies) stay, in records of their own: each
+    // one's key and latest entry (12), the 6 records and the 2 stages' columns (8). The
+    // first run's 6 results, kept as entries of their own when the second run's took their
+    // place in the records, go.
     let gc = sb.mvc(&["-vv", "gc", "--keep-runs", "1"]);
     gc.assert_ok();
     assert!(
         gc.stderr
-            .contains("the presence filter was rebuilt: 12 entries"),
+            .contains("the presence filter was rebuilt: 20 entries"),
         "{}",
         gc.stderr
     );
