@@ -127,16 +127,16 @@ fn merge_by_item<'a>(
 }
 
 /// The keys of `wanted` (sorted here) that are not keys of `tree`: one merge pass over both.
-fn absent_keys(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Result<Vec<TaskKey>> {
-    wanted.sort_unstable();
-    wanted.dedup();
+fn absent_keys<K: IndexKey>(index: &dyn Index, tree: Tree, wanted: &mut Vec<K>) -> Result<Vec<K>> {
+    wanted.sort_unstable_by(|a, b| a.bytes().cmp(b.bytes()));
+    wanted.dedup_by(|a, b| a.bytes() == b.bytes());
     let mut missing = Vec::new();
     let mut want = wanted.iter().peekable();
     for key in index.keys(tree) {
         let key = key?;
         while let Some(w) = want.peek() {
-            match w.0.as_slice().cmp(key.as_slice()) {
-                std::cmp::Ordering::Less => missing.extend(want.next()),
+            match w.bytes().cmp(key.as_slice()) {
+                std::cmp::Ordering::Less => missing.extend(want.next().cloned()),
                 std::cmp::Ordering::Equal => {
                     want.next();
                     break;
@@ -148,8 +148,25 @@ fn absent_keys(index: &dyn Index, tree: Tree, wanted: &mut Vec<TaskKey>) -> Resu
             break;
         }
     }
-    missing.extend(want);
+    missing.extend(want.cloned());
     Ok(missing)
+}
+
+/// A key of the index: a task's, or an object record's.
+trait IndexKey: Clone {
+    fn bytes(&self) -> &[u8];
+}
+
+impl IndexKey for TaskKey {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl IndexKey for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
 }
 
 /// How many of `wanted` (sorted here) are not keys of `tree`.
@@ -464,6 +481,7 @@ impl Store {
                 self.forget_what_views_read()?;
                 self.check_scans_see(Tree::Tasks, &done)?;
                 self.check_scans_see(Tree::Failures, &failed)?;
+                self.check_scans_see(Tree::Objects, &restored.object_records)?;
                 Some(restored)
             }
             // Nothing to put back from: the memos go, so that the plan asks the index (and
@@ -484,11 +502,11 @@ impl Store {
     /// pass over the tree does not is damage in the tree itself (sled can come back so).
     /// The presence filter, gc and the other passes would miss it, so the index is not used
     /// until `mvc repair` rebuilds it.
-    fn check_scans_see(&self, tree: Tree, keys: &[TaskKey]) -> Result<()> {
+    fn check_scans_see<K: IndexKey>(&self, tree: Tree, keys: &[K]) -> Result<()> {
         let unseen = absent_keys(self.index(), tree, &mut keys.to_vec())?;
         let found = unseen
             .iter()
-            .filter(|k| matches!(self.index().get(tree, &k.0), Ok(Some(_))))
+            .filter(|k| matches!(self.index().get(tree, k.bytes()), Ok(Some(_))))
             .count();
         if found > 0 {
             let cause = format!(

@@ -224,9 +224,8 @@ impl Keeper {
                 fingerprints.push(fingerprint(tree, &key?));
             }
         }
-        // An object record, and each of its views as if it had a latest entry and a result
-        // of its own: a lookup of a view that no record holds (a new ring's) is then
-        // answered "no".
+        // An object record, and each of its views as if it had a latest entry of its own: a
+        // lookup of a view that no record holds (a new ring's) is then answered "no".
         let mut columns = (Vec::new(), super::object_stage::Columns::default());
         for entry in index.scan(Tree::Objects, b"") {
             let (key, value) = entry?;
@@ -247,16 +246,17 @@ impl Keeper {
             }
             let record =
                 super::object_stage::ObjectStage::decode(&value).map_err(|e| anyhow::anyhow!(e))?;
-            // Each view's key too, as if it had a result of its own: a key recorded under a
-            // stage's old name is looked for only when the filter says "maybe"
-            // (`Store::view_in_another_stage`). Making the keys again costs about a
-            // microsecond a view, as the check a run makes before it plans.
-            for task in record.tasks(&columns.1) {
-                let (record, result) = task.map_err(|e| anyhow::anyhow!(e))?;
+            for item in record.items(&columns.1) {
+                let stage = String::from_utf8_lossy(stage);
                 fingerprints.push(fingerprint(
                     Tree::Latest,
-                    &super::records::latest_key(&result.stage, &result.item),
+                    &super::records::latest_key(&stage, &item),
                 ));
+            }
+            // An item that is not a view, as if it had a result of its own too: its key,
+            // recorded under a stage's old name, is looked for only when the filter says
+            // "maybe" (`Store::view_in_another_stage`).
+            if let Ok(Some((record, _))) = record.view(&columns.1, "") {
                 fingerprints.push(fingerprint(Tree::Tasks, &record.key().0));
             }
         }

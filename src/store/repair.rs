@@ -31,6 +31,10 @@ pub struct Restored {
     pub lost: u64,
     /// Journals read only in part (cut short by a killed run, or damaged), and why.
     pub partial: Vec<String>,
+    /// The keys of the object records (and stages' columns) put back: a pass over the tree
+    /// must see them all (`Store::check_scans_see`).
+    #[serde(skip)]
+    pub object_records: Vec<Vec<u8>>,
 }
 
 impl Restored {
@@ -66,6 +70,7 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
     let mut failures: HashSet<TaskKey> = HashSet::new();
     let mut lost: HashSet<TaskKey> = HashSet::new();
     let mut columns: HashMap<Vec<u8>, Columns> = HashMap::new();
+    let mut object_records: HashSet<Vec<u8>> = HashSet::new();
     for path in journal::files(dir)? {
         let contents = journal::read(&path)?;
         restored.journals += 1;
@@ -88,6 +93,7 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
                 match tree {
                     Tree::Tasks => results.remove(&key_of(&key)),
                     Tree::Failures => failures.remove(&key_of(&key)),
+                    Tree::Objects => object_records.remove(&key),
                     _ => false,
                 };
                 continue;
@@ -138,7 +144,17 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
                         value: &value,
                         journal: &path,
                     };
-                    put_object_entry(index, blobs, record, &mut columns, &mut results, &mut lost)?;
+                    match put_object_entry(
+                        index,
+                        blobs,
+                        record,
+                        &mut columns,
+                        &mut results,
+                        &mut lost,
+                    )? {
+                        true => object_records.insert(key),
+                        false => object_records.remove(&key),
+                    };
                 }
                 _ => index.put(tree, &key, &value)?,
             }
@@ -149,6 +165,7 @@ pub fn replay(index: &dyn Index, blobs: &BlobStore, dir: &Path) -> Result<Restor
     restored.results = results.len() as u64;
     restored.failures = failures.len() as u64;
     restored.lost = lost.len() as u64;
+    restored.object_records = object_records.into_iter().collect();
     Ok(restored)
 }
 
@@ -160,7 +177,8 @@ struct ObjectEntry<'a> {
 }
 
 /// Puts back a stage's view columns, or an object's record as results are put back: a view
-/// whose blobs are gone is left out (its task runs again).
+/// whose blobs are gone is left out (its task runs again). Whether the index holds the
+/// entry now (a record whose every view was left out is deleted).
 fn put_object_entry(
     index: &dyn Index,
     blobs: &BlobStore,
@@ -168,7 +186,7 @@ fn put_object_entry(
     columns: &mut HashMap<Vec<u8>, Columns>,
     results: &mut HashSet<TaskKey>,
     lost: &mut HashSet<TaskKey>,
-) -> Result<()> {
+) -> Result<bool> {
     let ObjectEntry {
         key,
         value,
@@ -178,7 +196,7 @@ fn put_object_entry(
     if key.len() == stage.len() + 1 {
         // A stage's view columns (written before the records that name them).
         columns.insert(stage, Columns::decode(value).map_err(|e| anyhow!(e))?);
-        return index.put(Tree::Objects, key, value);
+        return index.put(Tree::Objects, key, value).map(|()| true);
     }
     if !columns.contains_key(&stage) {
         let mut columns_key = stage.clone();
@@ -216,8 +234,10 @@ fn put_object_entry(
         results.insert(k);
     }
     match record.is_empty() {
-        true => index.delete(Tree::Objects, key),
-        false => index.put(Tree::Objects, key, &record.encode()),
+        true => index.delete(Tree::Objects, key).map(|()| false),
+        false => index
+            .put(Tree::Objects, key, &record.encode())
+            .map(|()| true),
     }
 }
 
