@@ -55,9 +55,8 @@ pub struct Pending {
     /// ([`Store::result`]) and added to as views are recorded; an entry that no longer
     /// holds is found out when its view is read.
     owners: Option<HashMap<TaskKey, (String, String)>>,
-    /// The stages that have records, found on the first lookup that needs them
-    /// ([`Store::view_in_another_stage`]); `None` again when a new stage's columns are
-    /// written.
+    /// The stages that had records in the index, found on the first lookup that needs them
+    /// ([`Store::view_in_another_stage`]); a stage with records since has its columns loaded.
     stages: Option<Vec<String>>,
 }
 
@@ -315,9 +314,6 @@ impl Store {
             if *changed {
                 self.put_kept(Tree::Objects, &columns_key(stage), &columns.encode())?;
                 *changed = false;
-                if pending.stages.as_ref().is_some_and(|s| !s.contains(stage)) {
-                    pending.stages = None;
-                }
             }
         }
         // In key order: consecutive inserts land in the same or the next of sled's leaves.
@@ -457,32 +453,37 @@ impl Store {
         item: &str,
         decoded: Option<&mut DecodedRecords>,
     ) -> Result<Option<TaskResult>> {
-        if let Some(v) = self.view_task_with(stage, item, decoded)?
-            && v.record.key() == *key
-        {
-            return Ok(Some(v.result));
-        }
-        match self.own_result(key)? {
-            Some(result) => Ok(Some(result)),
-            None => Ok(self
-                .view_in_another_stage(key, stage, item)?
-                .map(|v| v.result)),
-        }
+        let in_record = self.view_task_with(stage, item, decoded)?;
+        let own = |key: &TaskKey| self.own_result(key);
+        self.found((key, stage, item), in_record, own, |v| v.result)
     }
 
     /// The key record of `key`, the task of `item` in `stage` (as [`Store::result_of`]).
     pub fn record_of(&self, key: &TaskKey, stage: &str, item: &str) -> Result<Option<KeyRecord>> {
-        if let Some(v) = self.view_task(stage, item)?
+        let in_record = self.view_task(stage, item)?;
+        let own = |key: &TaskKey| self.own_record(key);
+        self.found((key, stage, item), in_record, own, |v| v.record)
+    }
+
+    /// What `part` takes of the task `key` of `item` in `stage`: from its record's view
+    /// (`in_record`) when that has this key, else from its entry of its own (`own`), else
+    /// from another stage's record ([`Store::view_in_another_stage`]).
+    fn found<T>(
+        &self,
+        (key, stage, item): (&TaskKey, &str, &str),
+        in_record: Option<ViewTask>,
+        own: impl FnOnce(&TaskKey) -> Result<Option<T>>,
+        part: impl Fn(ViewTask) -> T,
+    ) -> Result<Option<T>> {
+        if let Some(v) = in_record
             && v.record.key() == *key
         {
-            return Ok(Some(v.record));
+            return Ok(Some(part(v)));
         }
-        match self.own_record(key)? {
-            Some(record) => Ok(Some(record)),
-            None => Ok(self
-                .view_in_another_stage(key, stage, item)?
-                .map(|v| v.record)),
+        if let Some(own) = own(key)? {
+            return Ok(Some(own));
         }
+        Ok(self.view_in_another_stage(key, stage, item)?.map(part))
     }
 
     /// The task `key` of `item` (not a view) kept in the record of another stage than
@@ -516,8 +517,9 @@ impl Store {
         Ok(None)
     }
 
-    /// The stages with records in the index or waiting to be written: one seek a stage
-    /// (each stage's keys begin with its columns'), the first time.
+    /// The stages with records in the index (one seek a stage, the first time: each stage's
+    /// keys begin with its columns'), and those whose columns are loaded (every stage that
+    /// recorded a view since is among them).
     fn stages_with_records(&self) -> Result<Vec<String>> {
         let mut pending = self.pending.lock().unwrap();
         if pending.stages.is_none() {

@@ -2,7 +2,7 @@
 //! 127.0.0.1, and the faults a cluster brings (a killed worker, a killed coordinator, a bad
 //! upload, a wrong token).
 
-use crate::common::{Background, Sandbox};
+use crate::common::{Background, Ran, Sandbox};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,26 @@ fn coordinator_again(sb: &Sandbox, url: &str, flags: &[&str]) -> Background {
     let mut args = vec!["run", "p.toml", "--json", "--listen", listen];
     args.extend_from_slice(flags);
     spawn(sb, &args, &[]).0
+}
+
+/// A coordinator with `flags` and one worker of `slots`; once `started` holds, the
+/// coordinator is killed (SIGKILL) and another starts on the same cache and address. Its run,
+/// ended within `limit` and ok, and the worker.
+fn restarted_once(
+    sb: &Sandbox,
+    flags: &[&str],
+    slots: &str,
+    (what, started): (&str, &dyn Fn() -> bool),
+    limit: Duration,
+) -> (Ran, Background) {
+    let (mut first, url) = coordinator(sb, flags);
+    let worker = worker(sb, &url, slots, "w", &[]);
+    wait_for(what, Duration::from_secs(30), started);
+    // A unit leaves only once its lease is on disk: the kill may come at once.
+    first.kill9();
+    let ran = coordinator_again(sb, &url, flags).finish(limit);
+    ran.assert_ok();
+    (ran, worker)
 }
 
 /// A folder in which a pipeline's commands note each start (`touch DIR/NAME.$$`).
@@ -298,17 +318,15 @@ cmd = "touch {s}/last-$MVC_ITEM.$$; cat $MVC_IN_SLOW/slow.txt > $MVC_OUT/last.tx
             s = started.display()
         ),
     );
-    let flags = ["--no-local", "--lease-timeout", "10"];
-    let (mut first_coord, url) = coordinator(&sb, &flags);
-    let _w = worker(&sb, &url, "cpu=2", "w", &[]);
-    wait_for("both slow units to start", Duration::from_secs(30), || {
-        count_files(&started, "slow-") == 2
-    });
-    // A unit leaves only once its lease is on disk: the kill may come at once.
-    first_coord.kill9();
-    let mut second = coordinator_again(&sb, &url, &flags);
-    let ran = second.finish(Duration::from_secs(90));
-    ran.assert_ok();
+    let (ran, _worker) = restarted_once(
+        &sb,
+        &["--no-local", "--lease-timeout", "10"],
+        "cpu=2",
+        ("both slow units to start", &|| {
+            count_files(&started, "slow-") == 2
+        }),
+        Duration::from_secs(90),
+    );
     assert_eq!(ran.count("first", "cached"), 2, "{}", ran.stderr);
     // The worker's two results are taken: as they arrive before the new coordinator reaches
     // those tasks (then they are cache hits) or after (then they count as run).
@@ -348,16 +366,13 @@ fn a_unit_running_across_a_restart_is_not_stopped_by_the_new_coordinator() {
         ),
     );
     // Heartbeats every second (a quarter of the lease timeout).
-    let flags = ["--no-local", "--lease-timeout", "4"];
-    let (mut first, url) = coordinator(&sb, &flags);
-    let w = worker(&sb, &url, "cpu=1", "w", &[]);
-    wait_for("the unit to start", Duration::from_secs(30), || {
-        count_files(&started, "slow.") == 1
-    });
-    first.kill9();
-    let mut second = coordinator_again(&sb, &url, &flags);
-    let ran = second.finish(Duration::from_secs(60));
-    ran.assert_ok();
+    let (ran, w) = restarted_once(
+        &sb,
+        &["--no-local", "--lease-timeout", "4"],
+        "cpu=1",
+        ("the unit to start", &|| count_files(&started, "slow.") == 1),
+        Duration::from_secs(60),
+    );
     assert_eq!(
         count_files(&started, "slow."),
         1,
