@@ -38,6 +38,10 @@ use timed::{bench_dir, du, group};
 mod xl_shape;
 use xl_shape::{RINGS, TASKS_PER_OBJECT, VIEWS, made, object_id};
 
+/// As `mvc` itself (`src/main.rs`): what is measured in this process is mvc's engine and store.
+#[global_allocator]
+static ALLOCATOR: mvc::commands::Allocator = mvc::commands::Allocator;
+
 /// Bytes on disk a task takes, with a margin, to refuse a size the disk cannot hold: the per-task
 /// layout measured 2.4 KB in `xl` (without the journal); one record per object and stage is
 /// the `objects` task's entries (about 2.4 KB for 73 tasks) and the views' records.

@@ -5,6 +5,10 @@ use mvc::commands::{self, Format, Global};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Why this allocator: [`mvc::commands::Allocator`].
+#[global_allocator]
+static ALLOCATOR: mvc::commands::Allocator = mvc::commands::Allocator;
+
 #[derive(Parser)]
 #[command(
     name = "mvc",

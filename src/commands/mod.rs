@@ -30,6 +30,15 @@ use std::time::Duration;
 /// `exec::launcher`), and that helper's entry point.
 pub use crate::exec::launcher::{LAUNCHER_ARG, helper_main as launcher_helper_main};
 
+/// The allocator of mvc's binaries: `main.rs`, and the benchmarks that run mvc's engine and
+/// store in their own process, each declare it as their `#[global_allocator]` (the library
+/// does not, so that `tests/memory.rs` can count with its own). mimalloc, not glibc's malloc:
+/// recording a result makes and frees many small allocations (sled's copy-on-write nodes
+/// above all); glibc's spent a quarter of recording's time in them, part of it waiting on an
+/// arena's lock held by sled's flusher thread (BENCHMARKS.md, "The allocator, and sled's
+/// inserts on two threads").
+pub use mimalloc::MiMalloc as Allocator;
+
 /// What every command is given besides its own arguments.
 #[derive(Clone, Debug)]
 pub struct Global {
