@@ -319,12 +319,7 @@ impl Store {
         // In key order: consecutive inserts land in the same or the next of sled's leaves.
         let mut records: Vec<_> = pending.records.drain().collect();
         records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, record) in records {
-            match record {
-                Some(r) => self.put_kept(Tree::Objects, &key, &r.encode())?,
-                None => self.delete_kept(Tree::Objects, &key)?,
-            }
-        }
+        self.write_sorted_kept(Tree::Objects, &records, ObjectStage::encode)?;
         pending.views = 0;
         pending.since = None;
         Ok(())
