@@ -64,9 +64,9 @@ static ALLOCATOR: mvc::commands::Allocator = mvc::commands::Allocator;
 /// Peak memory of the most demanding step (filling the cache in a child process: the graph,
 /// the engine's per-task arrays in run mode, sled's page cache), from BENCHMARKS.md with a
 /// margin: 580 MB at 1M tasks, 1,369 MB at 3M and 4,304 MB at 10M since views are kept one
-/// record per object and stage (921 MB at 1M before); 1,589 MB at 3M and 4,609 MB at 10M
-/// with mimalloc (the `--full` plan of 10M: 3.6 GB). Used only to refuse a size before it
-/// starts; every figure printed is measured. (A baseline build given in
+/// record per object and stage (921 MB at 1M before); 1,589 MB at 3M, 4,609 MB at 10M and
+/// 15,287 MB at 30M with mimalloc (the `--full` plan: 3.6 GB at 10M, 10.4 GB at 30M). Used
+/// only to refuse a size before it starts; every figure printed is measured. (A baseline build given in
 /// `MVC_BENCH_BASELINE` may need more: the build before issue 30 planned the ring of 3M
 /// tasks in 4.1 GB.)
 const PEAK: Need = Need {
