@@ -113,14 +113,16 @@ fn main() {
     let fill = filled(&dir, tasks);
     println!(
         "filled: {} tasks in {:.1}s ({:.2} us per task; the same loop without mvc {:.3} us); \
-         recording alone {:.1}s, slowest 100k records {:.0} tasks/s (recording alone; the \
-         whole loop's slowest 100k tasks {:.0}/s); peak RSS {} MB",
+         recording alone {:.1}s, slowest 100k records {:.0} tasks/s (recording alone, ending \
+         at task {} of stage {}; the whole loop's slowest 100k tasks {:.0}/s); peak RSS {} MB",
         group(fill.tasks),
         fill.wall_s,
         fill.wall_s * 1e6 / fill.tasks as f64,
         per_task_us(baseline, tasks),
         fill.recording_s,
         fill.slowest_window_per_s,
+        group(fill.slowest_window_end.0),
+        fill.slowest_window_end.1,
         fill.slowest_loop_window_per_s,
         fill.peak_rss_mb
     );
@@ -230,6 +232,10 @@ struct Fill {
     /// engine's bookkeeping (keying a stage's tasks as they become ready).
     #[serde(default)]
     slowest_loop_window_per_s: f64,
+    /// Where recording's slowest window ended: the tasks recorded by then, and the stage of
+    /// its last one.
+    #[serde(default)]
+    slowest_window_end: (u64, String),
     /// Recording's rate in each stage (tasks, seconds in `commit_success`).
     #[serde(default)]
     per_stage: Vec<(String, u64, f64)>,
@@ -358,6 +364,7 @@ struct RecordingMeter {
     /// The current window: when it began, and the time its records took.
     window: (Instant, Duration),
     slowest: f64,
+    slowest_end: (u64, String),
     slowest_loop: f64,
     per_stage: Vec<(String, u64, Duration)>,
 }
@@ -371,6 +378,7 @@ impl RecordingMeter {
             recording: Duration::ZERO,
             window: (Instant::now(), Duration::ZERO),
             slowest: f64::INFINITY,
+            slowest_end: (0, String::new()),
             slowest_loop: f64::INFINITY,
             per_stage: Vec::new(),
         }
@@ -387,7 +395,11 @@ impl RecordingMeter {
         }
         if self.done.is_multiple_of(Self::WINDOW) {
             let tasks = Self::WINDOW as f64;
-            self.slowest = self.slowest.min(tasks / self.window.1.as_secs_f64());
+            let rate = tasks / self.window.1.as_secs_f64();
+            if rate < self.slowest {
+                self.slowest = rate;
+                self.slowest_end = (self.done, stage.to_string());
+            }
             let whole = self.window.0.elapsed().as_secs_f64();
             self.slowest_loop = self.slowest_loop.min(tasks / whole);
             self.window = (Instant::now(), Duration::ZERO);
@@ -406,6 +418,7 @@ impl RecordingMeter {
             recording_s: self.recording.as_secs_f64(),
             slowest_window_per_s: slowest,
             slowest_loop_window_per_s: slowest_loop,
+            slowest_window_end: self.slowest_end,
             per_stage: (self.per_stage.into_iter())
                 .map(|(stage, n, d)| (stage, n, d.as_secs_f64()))
                 .collect(),
