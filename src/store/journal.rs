@@ -132,18 +132,19 @@ impl Writer {
     }
 
     pub fn put(&mut self, tree: Tree, key: &[u8], value: &[u8]) {
-        self.frame(&FrameOut::Entry {
-            tree: tree_code(tree),
-            key,
-            value: Some(value),
-        });
+        self.entry(tree, key, Some(value));
     }
 
     pub fn delete(&mut self, tree: Tree, key: &[u8]) {
+        self.entry(tree, key, None);
+    }
+
+    /// `tree[key] = value`, or the entry removed when `value` is `None`.
+    pub fn entry(&mut self, tree: Tree, key: &[u8], value: Option<&[u8]>) {
         self.frame(&FrameOut::Entry {
             tree: tree_code(tree),
             key,
-            value: None,
+            value,
         });
     }
 

@@ -621,10 +621,7 @@ impl Store {
             }
             if let Some(w) = self.journal.lock().unwrap().as_mut() {
                 for (key, value) in &encoded {
-                    match value {
-                        Some(value) => w.put(tree, key, value),
-                        None => w.delete(tree, key),
-                    }
+                    w.entry(tree, key, value.as_deref());
                 }
             }
             Ok(())
@@ -1311,6 +1308,7 @@ mod tests {
     /// replayed in order, make the same entries.
     #[test]
     fn batches_written_on_two_threads_are_whole_in_the_index_and_in_the_journal() {
+        use std::collections::BTreeMap;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("cache")).unwrap();
         store.begin_journal(b"run1").unwrap();
@@ -1334,18 +1332,18 @@ mod tests {
             .unwrap();
         store.end_journal(b"run1").unwrap();
 
-        let expected: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = second
+        let expected: BTreeMap<Vec<u8>, Vec<u8>> = second
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
             .collect();
-        let indexed: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = store
+        let indexed: BTreeMap<Vec<u8>, Vec<u8>> = store
             .index()
             .scan(Tree::Objects, b"")
             .map(|e| e.unwrap())
             .collect();
         assert_eq!(indexed.len(), n + n / 2);
         assert_eq!(indexed, expected);
-        let mut replayed = std::collections::BTreeMap::new();
+        let mut replayed = BTreeMap::new();
         let mut frames = 0;
         for file in journal::files(&dir.path().join("cache/journal")).unwrap() {
             for frame in journal::read(&file).unwrap().frames {

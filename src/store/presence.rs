@@ -246,8 +246,8 @@ impl Keeper {
             }
             let record =
                 super::object_stage::ObjectStage::decode(&value).map_err(|e| anyhow::anyhow!(e))?;
+            let stage = String::from_utf8_lossy(stage);
             for item in record.items(&columns.1) {
-                let stage = String::from_utf8_lossy(stage);
                 fingerprints.push(fingerprint(
                     Tree::Latest,
                     &super::records::latest_key(&stage, &item),
