@@ -8,6 +8,7 @@ pub mod ids;
 pub mod keying;
 pub mod kind;
 pub mod launcher;
+mod learnt;
 pub mod plan;
 mod queue;
 mod remote_units;

@@ -6,10 +6,11 @@
 
 use super::graph::{MISSING, Sources, TaskGraph};
 use super::ids::{StageId, TaskId};
+use super::learnt::Learnt;
 use super::workdir::LeftOut;
 use crate::exec::kind::{Binding, StageOutputs};
 use crate::store::Store;
-use crate::store::memo::{KeyMap, MemoValue, StageMemo};
+use crate::store::memo::{MemoValue, StageMemo};
 use crate::task::{Digest, TaskKey};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -156,8 +157,9 @@ pub struct Engine {
     /// kind reads whole: its items without a result, each with the failure that stopped it,
     /// and the digest of that list (which goes into the reader's key).
     pub(super) left_out: Vec<Option<(Arc<Vec<LeftOut>>, Digest)>>,
-    /// Memo values learnt outside the memo (index hits, fresh results, new failures).
-    pub fresh: KeyMap<MemoValue>,
+    /// What each task's plan memo does not say: index hits, results and failures recorded
+    /// in this run ([`Engine::learnt`]).
+    learnt: Learnt,
     /// Per task: why it is blocked, pending, failed, or to run.
     pub notes: HashMap<TaskId, String>,
     /// Tasks whose cached outputs were missing (they run again).
@@ -210,7 +212,7 @@ impl Engine {
             store,
             mode,
             retry_failed,
-            fresh: KeyMap::default(),
+            learnt: Learnt::new(n),
             notes: HashMap::new(),
             blobs_missing: HashSet::new(),
             reopened: HashSet::new(),
@@ -274,7 +276,7 @@ impl Engine {
                     self.stage_counts(t).cached += 1;
                 }
                 if let Some(v) = memo_value {
-                    self.fresh.insert(key, v);
+                    self.learnt.set(t, v);
                 }
                 self.resolved(t);
             }
@@ -299,7 +301,7 @@ impl Engine {
                 self.state[i] = State::KnownFailure;
                 self.stage_counts(t).known_failed += 1;
                 self.notes.insert(t, error);
-                self.fresh.insert(key, MemoValue::Failed);
+                self.learnt.set(t, MemoValue::Failed);
                 self.resolved(t);
             }
             Resolution::ToRun { key, blobs_missing } => {
@@ -330,6 +332,17 @@ impl Engine {
     }
 
     /// Records that a task to run has run: `Some(manifest)` on success, `None` on failure.
+    /// What this run learnt of task `t` that its plan memo may not hold (an index hit, a
+    /// result or a failure it recorded); `None` when nothing.
+    pub fn learnt(&self, t: TaskId) -> Option<MemoValue> {
+        self.learnt.get(t, self.manifests[t])
+    }
+
+    /// Whether this run recorded task `t`'s failure against its item.
+    pub fn learnt_failed(&self, t: TaskId) -> bool {
+        self.learnt.failed(t)
+    }
+
     pub fn finish(&mut self, t: TaskId, outcome: Result<(Digest, MemoValue), String>) {
         let i = t.index();
         self.leave_running(t);
@@ -339,13 +352,13 @@ impl Engine {
                 self.state[i] = State::Done;
                 self.stage_counts(t).ran += 1;
                 self.manifests[i] = manifest;
-                self.fresh.insert(self.keys[i], value);
+                self.learnt.set(t, value);
             }
             Err(error) => {
                 self.state[i] = State::Failed;
                 self.stage_counts(t).failed += 1;
                 self.notes.insert(t, error);
-                self.fresh.insert(self.keys[i], MemoValue::Failed);
+                self.learnt.set(t, MemoValue::Failed);
             }
         }
         self.resolved(t);
@@ -644,9 +657,9 @@ impl Engine {
                 let key = self.keys[i];
                 let value = match self.state[i] {
                     State::Cached | State::Done | State::Failed | State::KnownFailure => {
-                        if let Some(v) = self.fresh.get(&key) {
+                        if let Some(v) = self.learnt(t) {
                             learnt = true;
-                            v.clone()
+                            v
                         } else if let Some(v) = self.memos[s].get(&key) {
                             v
                         } else {

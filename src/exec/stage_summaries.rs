@@ -192,8 +192,8 @@ fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
         out.tasks += 1;
         match engine.state[t] {
             State::Cached | State::Done => {
-                let value = match engine.fresh.get(&key) {
-                    Some(v) => Some(v.clone()),
+                let value = match engine.learnt(t) {
+                    Some(v) => Some(v),
                     None => engine.memos[s].get(&key),
                 };
                 let blobs: Vec<(Digest, u64)> = match value {
@@ -214,8 +214,7 @@ fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
             State::Failed | State::KnownFailure => {
                 // A failure of the machine, not the item, is not recorded: the next plan
                 // runs that task again, so there is nothing to summarize yet.
-                let recorded = engine.state[t] == State::KnownFailure
-                    || matches!(engine.fresh.get(&key), Some(MemoValue::Failed));
+                let recorded = engine.state[t] == State::KnownFailure || engine.learnt_failed(t);
                 if !recorded {
                     return Ok(None);
                 }
