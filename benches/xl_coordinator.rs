@@ -221,7 +221,12 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
     let mvc = env!("CARGO_BIN_EXE_mvc");
     let mut coordinator = start_coordinator(mvc, dir.path(), &listen, &[]).0;
     let url = format!("http://{listen}");
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    // Sized for every task at once: a table that grows moves its entries while it holds
+    // the lock, and every simulated worker waiting on it waits too.
+    let seen = Arc::new(Mutex::new(Seen {
+        acknowledged: HashMap::with_capacity((settings.objects * TASKS_PER_OBJECT) as usize),
+        ..Seen::default()
+    }));
     let acknowledged = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
