@@ -323,7 +323,71 @@ pub struct Presence {
     /// As loaded or last merged: sorted, without repeats.
     sorted: Vec<u64>,
     /// Put in since (merged when the filter is encoded).
-    added: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    added: Added,
+}
+
+/// The fingerprints put in since the filter was loaded, as 256 sets by 8 bits of each that
+/// the sets' tables do not use (fingerprints are uniformly random). A set that outgrows its
+/// table moves every entry at once: one set of a 30M-task fill's 29 million view items moved
+/// them all, 600 MB, while one window of 100,000 records waited 2.2 s for it (the `xl`
+/// benchmark's slowest, BENCHMARKS.md, "`xl` at 30M"). Here a table that grows moves a
+/// 256th of them.
+#[derive(Clone, Debug, Default)]
+struct Added {
+    /// Empty until the first fingerprint.
+    sets: Vec<HashSet<u64, BuildHasherDefault<KeyHasher>>>,
+}
+
+/// The same fingerprints, however they are laid out (no sets before the first insert).
+impl PartialEq for Added {
+    fn eq(&self, other: &Added) -> bool {
+        self.len() == other.len() && self.iter().all(|fp| other.contains(fp))
+    }
+}
+
+impl Eq for Added {}
+
+impl Added {
+    const SETS: usize = 256;
+
+    /// Bits 48 to 55: a set's table takes its places from the low bits and its tags from
+    /// the top seven, so these stay as random within a set as they are among all.
+    fn set_of(fp: u64) -> usize {
+        (fp >> 48) as usize % Self::SETS
+    }
+
+    fn contains(&self, fp: u64) -> bool {
+        !self.sets.is_empty() && self.sets[Self::set_of(fp)].contains(&fp)
+    }
+
+    fn insert(&mut self, fp: u64) {
+        if self.sets.is_empty() {
+            self.sets = (0..Self::SETS).map(|_| HashSet::default()).collect();
+        }
+        self.sets[Self::set_of(fp)].insert(fp);
+    }
+
+    fn len(&self) -> usize {
+        self.sets.iter().map(|s| s.len()).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sets.iter().all(|s| s.is_empty())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.sets.iter().flatten().copied()
+    }
+
+    /// Every fingerprint, sorted; leaves the sets empty.
+    fn take_sorted(&mut self) -> Vec<u64> {
+        let mut all = Vec::with_capacity(self.len());
+        for set in &mut self.sets {
+            all.extend(set.drain());
+        }
+        all.sort_unstable();
+        all
+    }
 }
 
 impl Presence {
@@ -333,7 +397,7 @@ impl Presence {
     }
 
     fn holds(&self, fp: u64) -> bool {
-        self.sorted.binary_search(&fp).is_ok() || self.added.contains(&fp)
+        self.sorted.binary_search(&fp).is_ok() || self.added.contains(fp)
     }
 
     /// Notes that the index holds `key` in `tree`: from now on `may_hold` says so.
@@ -354,7 +418,7 @@ impl Presence {
         sorted.dedup();
         Presence {
             sorted,
-            added: HashSet::default(),
+            added: Added::default(),
         }
     }
 
@@ -365,8 +429,7 @@ impl Presence {
     /// The bytes of the file (what was added is merged in: one pass).
     pub fn encode(&mut self) -> Vec<u8> {
         if !self.added.is_empty() {
-            let mut added: Vec<u64> = self.added.drain().collect();
-            added.sort_unstable();
+            let added = self.added.take_sorted();
             // Two sorted runs: the standard library's stable sort finds them and merges them
             // in one pass.
             self.sorted.extend(added);
@@ -403,7 +466,7 @@ impl Presence {
         }
         Ok(Presence {
             sorted,
-            added: HashSet::default(),
+            added: Added::default(),
         })
     }
 }
@@ -453,5 +516,28 @@ mod tests {
         shuffled[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         let order = Presence::decode(&shuffled).unwrap_err();
         assert!(order.to_string().contains("not in order"), "{order}");
+    }
+
+    #[test]
+    fn added_fingerprints_are_held_whichever_set_they_fall_in() {
+        let mut added = Added::default();
+        assert!(added.is_empty() && !added.contains(1));
+        // The same bits 48 to 55 (one set) and different ones (others), some put in twice.
+        let one_set: Vec<u64> = (0..1000u64).map(|i| (7 << 48) | i << 56 | i).collect();
+        let spread: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        for &fp in one_set.iter().chain(&spread).chain(&spread[..10]) {
+            added.insert(fp);
+        }
+        let mut all: Vec<u64> = one_set.iter().chain(&spread).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(added.len(), all.len());
+        assert!(all.iter().all(|&fp| added.contains(fp)));
+        assert!(!added.contains(6 << 48) && !added.contains(u64::MAX));
+        assert_eq!(added.take_sorted(), all);
+        assert!(added.is_empty() && !added.contains(all[0]));
+        assert_eq!(added, Added::default());
     }
 }
