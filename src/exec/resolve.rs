@@ -331,7 +331,6 @@ impl Engine {
         }
     }
 
-    /// Records that a task to run has run: `Some(manifest)` on success, `None` on failure.
     /// What this run learnt of task `t` that its plan memo may not hold (an index hit, a
     /// result or a failure it recorded); `None` when nothing.
     pub fn learnt(&self, t: TaskId) -> Option<MemoValue> {
@@ -343,6 +342,7 @@ impl Engine {
         self.learnt.failed(t)
     }
 
+    /// Records that a task to run has run: `Some(manifest)` on success, `None` on failure.
     pub fn finish(&mut self, t: TaskId, outcome: Result<(Digest, MemoValue), String>) {
         let i = t.index();
         self.leave_running(t);
