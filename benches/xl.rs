@@ -65,7 +65,8 @@ static ALLOCATOR: mvc::commands::Allocator = mvc::commands::Allocator;
 /// the engine's per-task arrays in run mode, sled's page cache), from BENCHMARKS.md with a
 /// margin: 580 MB at 1M tasks, 1,369 MB at 3M and 4,304 MB at 10M since views are kept one
 /// record per object and stage (921 MB at 1M before); 1,589 MB at 3M, 4,609 MB at 10M and
-/// 15,287 MB at 30M with mimalloc (the `--full` plan: 3.6 GB at 10M, 10.4 GB at 30M). Used
+/// 15,287 MB at 30M with mimalloc; 3,195 MB at 10M and 8,879 MB at 30M since a run's
+/// learnt results are kept per task (the `--full` plan: 3.6 GB at 10M, 10.4 GB at 30M). Used
 /// only to refuse a size before it starts; every figure printed is measured. (A baseline build given in
 /// `MVC_BENCH_BASELINE` may need more: the build before issue 30 planned the ring of 3M
 /// tasks in 4.1 GB.)

@@ -192,10 +192,7 @@ fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
         out.tasks += 1;
         match engine.state[t] {
             State::Cached | State::Done => {
-                let value = match engine.learnt(t) {
-                    Some(v) => Some(v),
-                    None => engine.memos[s].get(&key),
-                };
+                let value = engine.learnt(t).or_else(|| engine.memos[s].get(&key));
                 let blobs: Vec<(Digest, u64)> = match value {
                     Some(MemoValue::Done { blobs, .. }) => blobs,
                     _ => match engine.stored_result(t, &key)? {

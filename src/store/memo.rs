@@ -18,7 +18,7 @@ use super::blobs::BlobStore;
 use super::index::{Index, Tree};
 use crate::task::{Digest, TaskKey};
 use anyhow::{Result, bail};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +50,6 @@ impl Hasher for KeyHasher {
     }
 }
 
-pub type KeyMap<V> = HashMap<TaskKey, V, BuildHasherDefault<KeyHasher>>;
 pub type KeySet = HashSet<TaskKey, BuildHasherDefault<KeyHasher>>;
 
 const MAGIC: &[u8; 8] = b"mvcmemo1";

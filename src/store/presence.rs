@@ -332,20 +332,11 @@ pub struct Presence {
 /// them all, 600 MB, while one window of 100,000 records waited 2.2 s for it (the `xl`
 /// benchmark's slowest, BENCHMARKS.md, "`xl` at 30M"). Here a table that grows moves a
 /// 256th of them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Added {
-    /// Empty until the first fingerprint.
+    /// Empty until the first fingerprint, and again once they are taken.
     sets: Vec<HashSet<u64, BuildHasherDefault<KeyHasher>>>,
 }
-
-/// The same fingerprints, however they are laid out (no sets before the first insert).
-impl PartialEq for Added {
-    fn eq(&self, other: &Added) -> bool {
-        self.len() == other.len() && self.iter().all(|fp| other.contains(fp))
-    }
-}
-
-impl Eq for Added {}
 
 impl Added {
     const SETS: usize = 256;
@@ -375,15 +366,11 @@ impl Added {
         self.sets.iter().all(|s| s.is_empty())
     }
 
-    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.sets.iter().flatten().copied()
-    }
-
-    /// Every fingerprint, sorted; leaves the sets empty.
+    /// Every fingerprint, sorted; leaves none (and no sets) behind.
     fn take_sorted(&mut self) -> Vec<u64> {
         let mut all = Vec::with_capacity(self.len());
-        for set in &mut self.sets {
-            all.extend(set.drain());
+        for set in std::mem::take(&mut self.sets) {
+            all.extend(set);
         }
         all.sort_unstable();
         all
