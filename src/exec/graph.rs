@@ -204,11 +204,7 @@ impl StageNode {
             item_bytes,
             item_sources,
             deferred,
-            input_keys: if stage.input_keys.len() == stage.inputs.len() {
-                stage.input_keys.clone()
-            } else {
-                stage.inputs.clone()
-            },
+            input_keys: stage.key_names().to_vec(),
             set_by: stage.set_by.clone(),
             inputs: edges,
             item_inputs,

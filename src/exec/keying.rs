@@ -135,16 +135,13 @@ impl Engine {
         let inputs = self.input_digests(t)?;
         let local = node.local(t);
         let no_params = ParamSlice::new();
-        Ok(KeyRecordRef {
-            schema: KEY_SCHEMA,
-            kind: node.kind.kind(),
-            kind_version: node.kind.version(),
-            item: &node.items[local as usize],
-            shared: &node.shared_digest,
-            item_params: node.item_params.get(local).unwrap_or(&no_params),
-            inputs: &inputs,
-        }
-        .key())
+        Ok(task_key(
+            node.kind.as_ref(),
+            &node.shared_digest,
+            &node.items[local as usize],
+            node.item_params.get(local).unwrap_or(&no_params),
+            &inputs,
+        ))
     }
 
     pub(super) fn resolve_one(&self, t: TaskId) -> Result<Resolution> {
@@ -263,4 +260,27 @@ impl Engine {
         let new_fields = new_record.fields(Some(&node.shared));
         Ok(Some(diff_fields(&old_fields, &new_fields)))
     }
+}
+
+/// The key of a task of a stage of `kind` whose shared parameters digest to `shared`:
+/// `inputs` are the digests it reads from each input, sorted by the name they count under.
+/// The engine keys every task so, and a plan by view columns a new column's
+/// (`exec/columns.rs`).
+pub(super) fn task_key(
+    kind: &dyn crate::exec::kind::StageKind,
+    shared: &Digest,
+    item: &str,
+    item_params: &ParamSlice,
+    inputs: &[(&str, Digest)],
+) -> TaskKey {
+    KeyRecordRef {
+        schema: KEY_SCHEMA,
+        kind: kind.kind(),
+        kind_version: kind.version(),
+        item,
+        shared,
+        item_params,
+        inputs,
+    }
+    .key()
 }

@@ -91,6 +91,32 @@ pub struct Expansion {
     pub bindings: Vec<Binding>,
 }
 
+/// How a stage's items are made of view columns: what lets a plan after a new ring of views
+/// key only the new views' tasks, without making any (`exec/columns.rs`; ARCHITECTURE.md,
+/// "Stage summaries").
+#[derive(Clone, Debug, Default)]
+pub enum Columns {
+    /// Not made of columns: planned task by task when anything changed.
+    #[default]
+    None,
+    /// One item `<input item>@<column>` ([`Columns::item`]) for every item of its one input
+    /// (bound [`Binding::Item`]) and every column, with the column's parameters as the item's
+    /// own, in this order: a render stage's views.
+    Own(Vec<(String, Arc<ParamSlice>)>),
+    /// One item for every item of its one input, with the same id (bound
+    /// [`Binding::Item`]) and these parameters as its own: when that input is made of
+    /// columns, so is this stage (an embed stage of a render stage's views).
+    Follow(Arc<ParamSlice>),
+}
+
+impl Columns {
+    /// The item of `column` made from the input's item `input`: `<input>@<column>`, a view
+    /// as the store keeps views (`store::object_stage::split_view`).
+    pub fn item(input: &str, column: &str) -> String {
+        format!("{input}@{column}")
+    }
+}
+
 /// The results of an upstream stage whose tasks have all been resolved: what a kind that
 /// expands from its inputs' outputs reads.
 #[derive(Debug, Default)]
@@ -227,6 +253,11 @@ pub trait StageKind: Send + Sync + std::fmt::Debug {
     /// let a plan call stale items cached.
     fn expansion_files(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
+    }
+    /// How the items are made of view columns ([`Columns`]). A kind that says so must
+    /// expand exactly as it says: a plan keys a new column's tasks from this alone.
+    fn columns(&self) -> Columns {
+        Columns::None
     }
     /// Whether the items come from what the input stages made (a download's objects from
     /// its selection): such a stage is expanded only once every task of its inputs has

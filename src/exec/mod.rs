@@ -2,6 +2,7 @@
 //! remote workers. It defines the `StageKind` trait (`kind`) and names no kind; what a run
 //! shows live goes through `view::RunView`, which the commands implement.
 
+mod columns;
 mod dispatch;
 pub mod graph;
 pub mod ids;
@@ -14,6 +15,7 @@ mod queue;
 mod remote_units;
 pub mod resolve;
 pub mod run;
+mod stage_results;
 pub mod stage_summaries;
 pub mod summary;
 mod units;

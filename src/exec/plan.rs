@@ -1,6 +1,7 @@
 //! `mvc plan`: expand, key and look up every task, and say what would run and why.
 
 use super::graph::{Sources, TaskGraph};
+use super::kind::Columns;
 use super::resolve::{Carry, Engine, Mode, State};
 use super::workflow::Workflow;
 use crate::store::Store;
@@ -23,6 +24,10 @@ pub struct StagePlan {
     /// Set when the stage's items are not known yet: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_expanded: Option<String>,
+    /// The views (of a stage made of view columns) whose tasks are all new items or
+    /// blocked, sorted: a new ring's cameras.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub new_views: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -35,6 +40,11 @@ pub struct PlanReport {
     /// up (`exec::stage_summaries`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_summaries: bool,
+    /// Set when the view stages were planned by their columns: the summaries of the views
+    /// that did not change, and the new views' tasks keyed without being made
+    /// (`exec::columns`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_columns: bool,
 }
 
 impl PlanReport {
@@ -131,7 +141,12 @@ impl PlanReport {
                 .iter()
                 .map(|(cause, n)| format!("{} {cause}", group_digits(*n)))
                 .collect();
-            let _ = writeln!(out, "  {name}: {}", reasons.join("; "));
+            let _ = writeln!(
+                out,
+                "  {name}: {}{}",
+                reasons.join("; "),
+                new_views_text(&s.new_views)
+            );
         }
         if self
             .stages
@@ -176,6 +191,47 @@ impl PlanReport {
     }
 }
 
+/// " (new views: a, b, …)", naming the first few.
+fn new_views_text(views: &[String]) -> String {
+    const SHOWN: usize = 6;
+    match views.len() {
+        0 => String::new(),
+        n if n <= SHOWN => format!(" (new views: {})", views.join(", ")),
+        n => format!(
+            " (new views: {} and {} more)",
+            views[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    }
+}
+
+/// The views of a stage made of view columns that are new: each of their tasks that is to
+/// run is a new item (the rest are blocked), and none is cached or failed.
+#[derive(Default)]
+struct NewViews<'a> {
+    /// By view: whether every task seen so far leaves it new.
+    views: HashMap<&'a str, bool>,
+}
+
+impl<'a> NewViews<'a> {
+    fn saw(&mut self, item: &'a str, new: bool) {
+        if let Some((_, view)) = crate::store::object_stage::split_view(item) {
+            *self.views.entry(view).or_insert(true) &= new;
+        }
+    }
+
+    fn sorted(self) -> Vec<String> {
+        let mut new: Vec<String> = self
+            .views
+            .into_iter()
+            .filter(|&(_, new)| new)
+            .map(|(view, _)| view.to_string())
+            .collect();
+        new.sort_unstable();
+        new
+    }
+}
+
 /// Plans a pipeline: every task keyed and looked up, nothing run.
 pub fn plan(
     pipeline: &Workflow,
@@ -216,6 +272,8 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
         let node = &g.stages[s];
         let counts = &engine.counts[s];
         let mut reasons: HashMap<String, u64> = HashMap::new();
+        let mut new_views = NewViews::default();
+        let has_views = !matches!(node.kind.columns(), Columns::None);
         if counts.to_run + counts.pending > 0 {
             // A stage the index has never recorded: every task is new, without a lookup each
             // (the presence filter, when it speaks for the index, answers those lookups
@@ -226,8 +284,17 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
                 let cause = match engine.state[t] {
                     State::ToRun | State::Pending if never_seen => "new item".to_string(),
                     State::ToRun | State::Pending => engine.cause(t)?,
-                    _ => continue,
+                    State::Blocked => continue,
+                    _ => {
+                        if has_views {
+                            new_views.saw(g.item(t), false);
+                        }
+                        continue;
+                    }
                 };
+                if has_views {
+                    new_views.saw(g.item(t), cause == "new item");
+                }
                 *reasons.entry(cause).or_default() += 1;
             }
         }
@@ -242,6 +309,7 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
                 failed_skipped: counts.known_failed + counts.blocked,
                 reasons: reasons.into_iter().collect(),
                 not_expanded: node.deferred.clone(),
+                new_views: new_views.sorted(),
             },
         );
     }
@@ -249,5 +317,6 @@ pub fn report(engine: &Engine) -> Result<PlanReport> {
         stages,
         variants: Vec::new(),
         from_summaries: false,
+        from_columns: false,
     })
 }

@@ -12,17 +12,18 @@
 //! tasks costs what one of three stages does.
 //!
 //! When any stage's key differs (a new ring, an edited items file, a changed parameter),
-//! the plan keys and looks up every task as before, and says which and why.
+//! the plan keys and looks up every task as before, and says which and why; unless only
+//! views were added, which the view columns decide (`exec/columns.rs`, whose summaries a
+//! run's end records here too).
 
+use super::columns::{self, ColumnResults};
 use super::graph::expansion_file_digests;
-use super::ids::StageId;
 use super::kind::ParamCtx;
 use super::plan::{PlanReport, StagePlan};
-use super::resolve::{Engine, State};
+use super::resolve::Engine;
+use super::stage_results::{StageResults, settled};
 use super::workflow::{Stage, Workflow};
 use crate::store::Store;
-use crate::store::memo::MemoValue;
-use crate::store::summaries::{BlobList, StageSummary};
 use crate::task::{Digest, KEY_SCHEMA, slice_digest};
 use anyhow::Result;
 use indexmap::IndexMap;
@@ -78,10 +79,13 @@ pub fn plan_report(
     retry_failed: bool,
     depth: Depth,
 ) -> Result<(Option<Engine>, PlanReport)> {
-    if depth == Depth::Summaries
-        && let Some(report) = plan(pipeline, &store, retry_failed)?
-    {
-        return Ok((None, report));
+    if depth == Depth::Summaries {
+        if let Some(report) = plan(pipeline, &store, retry_failed)? {
+            return Ok((None, report));
+        }
+        if let Some(report) = columns::plan(pipeline, &store, retry_failed)? {
+            return Ok((None, report));
+        }
     }
     // Opened here when its files changed since it was stamped, so that a damaged index is
     // its own error. Otherwise it is opened only if the plan memos and the presence filter
@@ -149,6 +153,7 @@ pub fn plan(pipeline: &Workflow, store: &Store, retry_failed: bool) -> Result<Op
                 failed_skipped: summary.failed,
                 reasons: IndexMap::new(),
                 not_expanded: None,
+                new_views: Vec::new(),
             },
         );
     }
@@ -156,6 +161,7 @@ pub fn plan(pipeline: &Workflow, store: &Store, retry_failed: bool) -> Result<Op
         stages,
         variants: pipeline.variants.clone(),
         from_summaries: true,
+        from_columns: false,
     }))
 }
 
@@ -165,80 +171,15 @@ fn miss(stage: &Stage, why: &str) -> Option<PlanReport> {
     None
 }
 
-/// What every task of one stage ended as, summed up.
-struct StageResults {
-    tasks: u64,
-    cached: u64,
-    failed: u64,
-    digest: Digest,
-    blob_list: BlobList,
-}
-
-/// The stage's results, when each of its tasks ended as the next plan will find it: cached
-/// or done, failed and recorded as failed, or blocked by such a failure. `None` when one is
-/// still to run, running, or failed for a reason that was not recorded against its item.
-fn stage_results(engine: &Engine, s: StageId) -> Result<Option<StageResults>> {
-    let node = &engine.graph.stages[s];
-    let mut h = blake3::Hasher::new();
-    let mut out = StageResults {
-        tasks: 0,
-        cached: 0,
-        failed: 0,
-        digest: Digest::default(),
-        blob_list: BlobList::default(),
-    };
-    for t in node.tasks() {
-        let key = engine.keys[t];
-        out.tasks += 1;
-        match engine.state[t] {
-            State::Cached | State::Done => {
-                let value = engine.learnt(t).or_else(|| engine.memos[s].get(&key));
-                let blobs: Vec<(Digest, u64)> = match value {
-                    Some(MemoValue::Done { blobs, .. }) => blobs,
-                    _ => match engine.stored_result(t, &key)? {
-                        Some(result) => result.blob_outputs().collect(),
-                        None => return Ok(None),
-                    },
-                };
-                for (digest, size) in blobs {
-                    out.blob_list.push(&digest, size);
-                }
-                out.cached += 1;
-                h.update(b"d");
-                h.update(&key.0);
-                h.update(&engine.manifests[t].0);
-            }
-            State::Failed | State::KnownFailure => {
-                // A failure of the machine, not the item, is not recorded: the next plan
-                // runs that task again, so there is nothing to summarize yet.
-                let recorded = engine.state[t] == State::KnownFailure || engine.learnt_failed(t);
-                if !recorded {
-                    return Ok(None);
-                }
-                out.failed += 1;
-                h.update(b"f");
-                h.update(&key.0);
-            }
-            State::Blocked => {
-                out.failed += 1;
-                h.update(b"b");
-                h.update(engine.graph.item(t).as_bytes());
-                h.update(b"\0");
-            }
-            State::Waiting | State::ToRun | State::Running | State::Pending => return Ok(None),
-        }
-    }
-    out.digest = Digest(*h.finalize().as_bytes());
-    Ok(Some(out))
-}
-
 /// Records the summary of every stage whose tasks all ended as the next plan will find
-/// them, and whose inputs have summaries too. Called where a run saves its plan memos.
+/// them, and whose inputs have summaries too, and of every view column of a stage made of
+/// them whose tasks did (`exec/columns.rs`). Called where a run saves its plan memos.
 pub fn record(pipeline: &Workflow, engine: &Engine) -> Result<()> {
     let source = Digest::of(pipeline.source.as_bytes());
     let g = &engine.graph;
     let store = &engine.store;
     let mut results: Vec<Option<Digest>> = vec![None; g.stages.len()];
+    let mut column_results: Vec<Option<ColumnResults>> = vec![None; g.stages.len()];
     let mut recorded = Vec::new();
     for &s in &g.order {
         let node = &g.stages[s];
@@ -253,31 +194,52 @@ pub fn record(pipeline: &Workflow, engine: &Engine) -> Result<()> {
             continue;
         };
         let inputs: Option<Vec<Digest>> = node.inputs.iter().map(|e| results[e.stage]).collect();
-        let Some(inputs) = inputs else {
+        let mut columns = columns::ColumnKeys::of(stage, node, files, &results, &column_results);
+        if inputs.is_none() && columns.is_none() {
+            skip("an input has none");
+            continue;
+        }
+        // One pass over the tasks for the stage and its columns.
+        let mut whole = inputs.as_ref().map(|_| StageResults::new());
+        for t in node.tasks() {
+            let settled = settled(engine, s, t)?;
+            if let Some(whole) = whole.as_mut() {
+                whole.add(engine, t, settled.as_ref());
+            }
+            if let Some(c) = columns.as_mut()
+                && let Some(found) = c.results_of(g.item(t))
+            {
+                found.add(engine, t, settled.as_ref());
+            }
+        }
+        if let Some(c) = columns {
+            let (found, summaries) = c.summaries(&stage.name);
+            column_results[s] = Some(found);
+            recorded.extend(summaries);
+        }
+        let (Some(inputs), Some(whole)) = (inputs, whole) else {
             skip("an input has none");
             continue;
         };
-        let Some(found) = stage_results(engine, s)? else {
+        let key = summary_key(&source, stage, &node.shared_digest, files, &inputs);
+        let Some((summary, blob_list)) = whole.summary(key) else {
             skip("a task is not settled (to run, running, or failed unrecorded)");
             continue;
         };
-        let key = summary_key(&source, stage, &node.shared_digest, files, &inputs);
-        results[s] = Some(found.digest);
-        let blob_list = (!found.blob_list.is_empty()).then(|| Digest::of(found.blob_list.bytes()));
-        let summary = StageSummary {
-            key,
-            tasks: found.tasks,
-            cached: found.cached,
-            failed: found.failed,
-            results: found.digest,
-            blob_list,
-        };
-        if store.stage_summary(&stage.name)?.as_ref() != Some(&summary)
-            || blob_list.is_some_and(|list| store.blobs().size(&list).is_none())
+        results[s] = Some(summary.results);
+        recorded.push((stage.name.clone(), summary, blob_list));
+    }
+    // Only what changed is written again.
+    let mut changed = Vec::new();
+    for (name, summary, blob_list) in recorded {
+        if store.stage_summary(&name)?.as_ref() != Some(&summary)
+            || summary
+                .blob_list
+                .is_some_and(|list| store.blobs().size(&list).is_none())
         {
-            recorded.push((stage.name.clone(), summary, found.blob_list));
+            changed.push((name, summary, blob_list));
         }
     }
-    store.record_stage_summaries(&recorded)?;
+    store.record_stage_summaries(&changed)?;
     Ok(())
 }

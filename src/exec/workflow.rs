@@ -26,6 +26,17 @@ pub struct Stage {
     pub kind: Arc<dyn StageKind>,
 }
 
+impl Stage {
+    /// The name each input counts under in task keys, by position in `inputs`.
+    pub fn key_names(&self) -> &[String] {
+        if self.input_keys.len() == self.inputs.len() {
+            &self.input_keys
+        } else {
+            &self.inputs
+        }
+    }
+}
+
 /// The stages of a pipeline and where its results go.
 #[derive(Debug, Clone)]
 pub struct Workflow {
@@ -68,5 +79,26 @@ impl Workflow {
             .iter()
             .position(|s| s.name == name)
             .map(|i| StageId(i as u32))
+    }
+
+    /// The pipeline of the stages `keep` says yes to, in the same order. None of them may
+    /// read a stage it leaves out.
+    pub fn only(&self, keep: impl Fn(StageId) -> bool) -> Workflow {
+        let kept: Vec<StageId> = (0..self.stages.len())
+            .map(|s| StageId(s as u32))
+            .filter(|&s| keep(s))
+            .collect();
+        let renumbered =
+            |s: StageId| StageId(kept.iter().position(|&k| k == s).expect("kept above") as u32);
+        Workflow {
+            stages: kept.iter().map(|&s| self.stages[s].clone()).collect(),
+            order: self
+                .order
+                .iter()
+                .filter(|&&s| keep(s))
+                .map(|&s| renumbered(s))
+                .collect(),
+            ..self.clone()
+        }
     }
 }

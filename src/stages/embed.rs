@@ -8,8 +8,8 @@
 
 use crate::diag::at;
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ExportedItem, NotYetAvailable, ParamCtx, PlannedItem,
-    StageKind, TaskOutcome, UnitTask,
+    Binding, Columns, ExecCtx, ExpandCtx, Expansion, ExportedItem, NotYetAvailable, ParamCtx,
+    PlannedItem, StageKind, TaskOutcome, UnitTask,
 };
 use crate::clip::config::{self, Preprocess, parse_colour};
 use crate::clip::model::select_device;
@@ -231,6 +231,15 @@ impl EmbedStage {
                 }))
             })
             .clone()
+    }
+
+    /// An image item's own parameters. The background is one: changing it re-embeds the
+    /// images, not the captions.
+    fn image_params(&self) -> Arc<ParamSlice> {
+        Arc::new(ParamSlice::from([(
+            "background".to_string(),
+            config::colour_text(self.background),
+        )]))
     }
 
     fn role_index(&self, role: InputRole) -> Option<usize> {
@@ -588,6 +597,13 @@ impl StageKind for EmbedStage {
         // Images are the render stage's planned views; only captions need outputs.
         self.roles.get(input) == Some(&InputRole::Captions)
     }
+    fn columns(&self) -> Columns {
+        // Images alone: an image item is its render view, with the same parameters each.
+        match self.roles.as_slice() {
+            [InputRole::Images] => Columns::Follow(self.image_params()),
+            _ => Columns::None,
+        }
+    }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         let mut items = Vec::new();
         let mut bindings = Vec::with_capacity(self.roles.len());
@@ -595,12 +611,7 @@ impl StageKind for EmbedStage {
             match role {
                 InputRole::Images => {
                     let (_, upstream) = ctx.inputs[k];
-                    // The background is an image's own parameter: changing it re-embeds
-                    // the images, not the captions.
-                    let background = Arc::new(ParamSlice::from([(
-                        "background".to_string(),
-                        config::colour_text(self.background),
-                    )]));
+                    let background = self.image_params();
                     items.extend(upstream.iter().map(|id| {
                         let mut item = PlannedItem::new(id.clone());
                         item.params = background.clone();

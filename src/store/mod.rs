@@ -672,6 +672,15 @@ impl Store {
         summaries::load(&self.side, stage)
     }
 
+    /// The summary last recorded for one view column of `stage`.
+    pub fn column_summary(
+        &self,
+        stage: &str,
+        column: &str,
+    ) -> Result<Option<summaries::StageSummary>> {
+        summaries::load(&self.side, &summaries::column_name(stage, column))
+    }
+
     /// Records stage summaries, with the lists of their output blobs. The main index is made
     /// durable first, so that a summary never speaks for results the index could still lose.
     pub fn record_stage_summaries(
@@ -727,6 +736,17 @@ impl Store {
             return Ok(None);
         }
         self.index().get(tree, key)
+    }
+
+    /// Whether the main index has never held the task `key` of `item` in `stage`: no result
+    /// or failure under its key, and no latest entry or record view of its item. Asked of
+    /// the presence filter alone: `false` ("it may have") whenever the filter does not speak
+    /// for the index, or holds one of their fingerprints.
+    pub fn never_held(&self, stage: &str, item: &str, key: Option<&TaskKey>) -> bool {
+        !self.may_hold(Tree::Latest, &latest_key(stage, item))
+            && key.is_none_or(|key| {
+                !self.may_hold(Tree::Tasks, &key.0) && !self.may_hold(Tree::Failures, &key.0)
+            })
     }
 
     /// Whether the presence filter speaks for the main index (then a lookup of what the index

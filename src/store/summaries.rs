@@ -107,7 +107,14 @@ impl BlobList {
     }
 }
 
-/// The summary last recorded for `stage`; `None` when there is none or it does not decode.
+/// The name the summary of one view column of a stage is kept under, beside its stage's:
+/// `stage \0 column` (no stage name holds a NUL).
+pub fn column_name(stage: &str, column: &str) -> String {
+    format!("{stage}\0{column}")
+}
+
+/// The summary last recorded for `stage` (or a [column](column_name) of it); `None` when
+/// there is none or it does not decode.
 pub fn load(index: &dyn Index, stage: &str) -> Result<Option<StageSummary>> {
     Ok(index
         .get(Tree::Summaries, stage.as_bytes())?

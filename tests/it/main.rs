@@ -9,6 +9,7 @@ mod common;
 
 mod architecture;
 mod clip;
+mod columns;
 mod distributed;
 mod docs;
 mod download;

@@ -16,7 +16,8 @@ mod params;
 pub use params::{Angles, RenderParams};
 
 use super::{
-    Binding, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome, UnitTask,
+    Binding, Columns, ExecCtx, ExpandCtx, Expansion, ParamCtx, PlannedItem, StageKind, TaskOutcome,
+    UnitTask,
 };
 use crate::exec::workdir::output_from_bytes;
 use crate::render::blender::{BlenderPool, SCRIPT, blender_version};
@@ -241,26 +242,33 @@ impl StageKind for RenderStage {
         }
         Ok(slice)
     }
+    fn columns(&self) -> Columns {
+        // Each view's id and camera once, shared by every object's view.
+        Columns::Own(
+            self.views
+                .iter()
+                .map(|view| {
+                    let camera = ParamSlice::from([
+                        ("azimuth".to_string(), view.azimuth.to_string()),
+                        ("polar".to_string(), view.polar.to_string()),
+                        ("distance".to_string(), view.distance.to_string()),
+                        ("fov".to_string(), view.fov.to_string()),
+                    ]);
+                    (view.id(), Arc::new(camera))
+                })
+                .collect(),
+        )
+    }
     fn expand(&self, ctx: &ExpandCtx) -> Result<Expansion> {
         let (_, objects) = ctx.inputs[0];
-        // Each view's id and camera once, shared by every object's view.
-        let views: Vec<(String, Arc<ParamSlice>)> = self
-            .views
-            .iter()
-            .map(|view| {
-                let camera = ParamSlice::from([
-                    ("azimuth".to_string(), view.azimuth.to_string()),
-                    ("polar".to_string(), view.polar.to_string()),
-                    ("distance".to_string(), view.distance.to_string()),
-                    ("fov".to_string(), view.fov.to_string()),
-                ]);
-                (view.id(), Arc::new(camera))
-            })
-            .collect();
+        // Exactly as the columns say: a plan after a new ring keys the new views from them.
+        let Columns::Own(views) = self.columns() else {
+            unreachable!("a render stage's items are its views")
+        };
         let mut items = Vec::with_capacity(objects.len() * views.len());
         for object in objects {
             for (id, camera) in &views {
-                let mut item = PlannedItem::new(format!("{object}{VIEW_SEPARATOR}{id}"));
+                let mut item = PlannedItem::new(Columns::item(object, id));
                 item.source = Some(object.clone());
                 item.params = camera.clone();
                 items.push(item);
