@@ -29,7 +29,9 @@
 //! Then, as separate processes of the real `mvc` binary (peak memory from `wait4`):
 //! `mvc plan p.toml --json` on the fully cached state (best of 3), and `mvc plan` of the same
 //! pipeline with a seventh ring of 6 azimuths (1/6 = 17% more views), whose 2 × 6 new tasks
-//! per object must be planned with their reasons.
+//! per object must be planned with their reasons: by the view columns (best of 3), and once
+//! with every task keyed (`--full`, as every ring plan was before them), the baseline of its
+//! ratios.
 //!
 //! Printed, one line per size:
 //! `xl: tasks=N cached_plan_s=… cached_plan_rss_mb=… ring_plan_s=… ring_plan_rss_mb=…
@@ -130,8 +132,27 @@ fn main() {
         full.wall_s,
         full.peak_mb
     );
-    let ring = best_plan(mvc, &dir, "p-ring.toml", 2 * 6 * objects, &[]);
+    let new_tasks = 2 * 6 * objects;
+    let ring = best_plan(mvc, &dir, "p-ring.toml", new_tasks, &[]);
     let (ring_s, ring_mb) = (ring.wall_s, ring.peak_mb);
+    // The baseline in the same command: the same plan with every task made, keyed and looked
+    // up, as every ring plan was before view columns. Once: it takes minutes at 30M.
+    let ring_full = planned(mvc, &dir, "p-ring.toml", new_tasks, &["--full"]);
+    println!(
+        "ring plan: {ring_s:.2}s {ring_mb} MB {}, {:.1} bytes per new task above the cached \
+         plan; with every task keyed (--full) {:.2}s {} MB; view columns / --full: time {:.3}, \
+         memory {:.3}",
+        if ring.from_columns {
+            "(decided by the view columns)"
+        } else {
+            "(NOT decided by the view columns)"
+        },
+        ring_mb.saturating_sub(cached_mb) as f64 * 1048576.0 / new_tasks as f64,
+        ring_full.wall_s,
+        ring_full.peak_mb,
+        ring_s / ring_full.wall_s,
+        ring_mb as f64 / ring_full.peak_mb as f64
+    );
     if let Ok(baseline) = std::env::var("MVC_BENCH_BASELINE") {
         // Another build of mvc (an earlier commit's) plans the same cache: the ratios say
         // what a change did, on the same machine in the same command.
@@ -445,16 +466,35 @@ struct Planned {
     peak_mb: u64,
     /// Whether the stage summaries decided it (every time).
     from_summaries: bool,
+    /// Whether the view columns decided it (every time).
+    from_columns: bool,
 }
 
 /// Plans `file` (with `more` arguments) three times as separate processes: the best wall
 /// time and the highest peak memory. Checks that exactly `to_run` tasks would run, every one
 /// a new view, and that every task of the shape is counted.
 fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64, more: &[&str]) -> Planned {
+    plan_times(mvc, dir, file, to_run, more, 3)
+}
+
+/// [`best_plan`], planned once.
+fn planned(mvc: &str, dir: &Path, file: &str, to_run: u64, more: &[&str]) -> Planned {
+    plan_times(mvc, dir, file, to_run, more, 1)
+}
+
+fn plan_times(
+    mvc: &str,
+    dir: &Path,
+    file: &str,
+    to_run: u64,
+    more: &[&str],
+    times: usize,
+) -> Planned {
     let mut best = f64::INFINITY;
     let mut peak = 0;
     let mut from_summaries = true;
-    for _ in 0..3 {
+    let mut from_columns = true;
+    for _ in 0..times {
         let mut args = vec!["plan", file, "--json"];
         args.extend_from_slice(more);
         let plan = timed(mvc, dir, &args);
@@ -477,6 +517,7 @@ fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64, more: &[&str]) -> P
             assert!(views >= VIEWS * objects, "mvc plan {file}: {s}: {json}");
         }
         from_summaries &= json["from_summaries"] == serde_json::Value::Bool(true);
+        from_columns &= json["from_columns"] == serde_json::Value::Bool(true);
         if to_run > 0 {
             for s in ["views", "embed"] {
                 assert_eq!(
@@ -493,6 +534,7 @@ fn best_plan(mvc: &str, dir: &Path, file: &str, to_run: u64, more: &[&str]) -> P
         wall_s: best,
         peak_mb: peak,
         from_summaries,
+        from_columns,
     }
 }
 
