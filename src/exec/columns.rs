@@ -157,11 +157,7 @@ fn view_stages(pipeline: &Workflow) -> Option<Vec<Option<Columns>>> {
     let mut views: Vec<Option<Columns>> = vec![None; pipeline.stages.len()];
     for &s in &pipeline.order {
         let stage = &pipeline.stages[s];
-        let inputs: Vec<StageId> = stage
-            .inputs
-            .iter()
-            .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
-            .collect();
+        let inputs = pipeline.input_ids(stage);
         views[s] = match (stage.kind.columns(), inputs.as_slice()) {
             (Columns::Own(columns), [u]) if views[*u].is_none() => Some(Columns::Own(columns)),
             (Columns::Follow(params), [u]) if views[*u].is_some() => Some(Columns::Follow(params)),
@@ -504,108 +500,62 @@ mod tests {
         }
     }
 
+    /// Everything a column key is made from, as one value to vary.
+    #[derive(Clone)]
+    struct Ingredients {
+        stage: (&'static str, u32),
+        shared: Digest,
+        files: Vec<Digest>,
+        column: &'static str,
+        azimuth: &'static str,
+        input: (&'static str, Digest),
+    }
+
+    impl Ingredients {
+        fn key(&self) -> Digest {
+            let camera = ParamSlice::from([("azimuth".to_string(), self.azimuth.to_string())]);
+            column_key(
+                &stage(self.stage.0, self.stage.1),
+                &self.shared,
+                &self.files,
+                self.column,
+                &camera,
+                self.input,
+            )
+        }
+    }
+
     #[test]
     fn a_column_key_changes_with_everything_its_tasks_are_made_from_and_nothing_else() {
-        let views = stage("views", 1);
-        let camera = ParamSlice::from([("azimuth".to_string(), "30".to_string())]);
-        let (shared, file, input) = (
-            Digest::of(b"shared"),
-            Digest::of(b"file"),
-            Digest::of(b"in"),
-        );
-        let key = |stage: &Stage, shared, files: &[Digest], column, params, input| {
-            column_key(stage, shared, files, column, params, input)
+        let base = Ingredients {
+            stage: ("views", 1),
+            shared: Digest::of(b"shared"),
+            files: vec![Digest::of(b"file")],
+            column: "az030",
+            azimuth: "30",
+            input: ("objects", Digest::of(b"in")),
         };
-        let base = key(
-            &views,
-            &shared,
-            &[file],
-            "az030",
-            &camera,
-            ("objects", input),
-        );
         // The same ingredients, the same key: a stage built again from the same file.
-        assert_eq!(
-            base,
-            key(
-                &stage("views", 1),
-                &shared,
-                &[file],
-                "az030",
-                &camera,
-                ("objects", input)
-            )
-        );
-        let other_camera = ParamSlice::from([("azimuth".to_string(), "31".to_string())]);
-        let changed = [
-            key(
-                &stage("views2", 1),
-                &shared,
-                &[file],
-                "az030",
-                &camera,
-                ("objects", input),
-            ),
-            key(
-                &stage("views", 2),
-                &shared,
-                &[file],
-                "az030",
-                &camera,
-                ("objects", input),
-            ),
-            key(
-                &views,
-                &Digest::of(b"other"),
-                &[file],
-                "az030",
-                &camera,
-                ("objects", input),
-            ),
-            key(&views, &shared, &[], "az030", &camera, ("objects", input)),
-            key(
-                &views,
-                &shared,
-                &[file, file],
-                "az030",
-                &camera,
-                ("objects", input),
-            ),
-            key(
-                &views,
-                &shared,
-                &[file],
-                "az031",
-                &camera,
-                ("objects", input),
-            ),
-            key(
-                &views,
-                &shared,
-                &[file],
-                "az030",
-                &other_camera,
-                ("objects", input),
-            ),
-            key(
-                &views,
-                &shared,
-                &[file],
-                "az030",
-                &camera,
-                ("things", input),
-            ),
-            key(
-                &views,
-                &shared,
-                &[file],
-                "az030",
-                &camera,
-                ("objects", shared),
-            ),
+        assert_eq!(base.key(), base.clone().key());
+        let changes: [fn(&mut Ingredients); 9] = [
+            |i| i.stage.0 = "views2",
+            |i| i.stage.1 = 2,
+            |i| i.shared = Digest::of(b"other"),
+            |i| i.files.clear(),
+            |i| i.files.push(Digest::of(b"file")),
+            |i| i.column = "az031",
+            |i| i.azimuth = "31",
+            |i| i.input.0 = "things",
+            |i| i.input.1 = Digest::of(b"out"),
         ];
-        for (i, other) in changed.iter().enumerate() {
-            assert_ne!(base, *other, "change {i} left the key as it was");
+        for (n, change) in changes.iter().enumerate() {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(
+                base.key(),
+                changed.key(),
+                "change {n} left the key as it was"
+            );
         }
     }
 }

@@ -242,11 +242,7 @@ impl TaskGraph {
         // always have smaller indices; assign `start` in that order.
         for &s in &pipeline.order {
             let stage = &pipeline.stages[s];
-            let inputs: Vec<StageId> = stage
-                .inputs
-                .iter()
-                .map(|name| pipeline.stage_index(name).expect("inputs were validated"))
-                .collect();
+            let inputs = pipeline.input_ids(stage);
             let upstream: Vec<&StageNode> = inputs
                 .iter()
                 .map(|&u| stages[u].as_ref().expect("upstream expanded first"))

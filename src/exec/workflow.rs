@@ -81,6 +81,15 @@ impl Workflow {
             .map(|i| StageId(i as u32))
     }
 
+    /// The stages `stage` reads, in the order written.
+    pub fn input_ids(&self, stage: &Stage) -> Vec<StageId> {
+        stage
+            .inputs
+            .iter()
+            .map(|name| self.stage_index(name).expect("inputs were validated"))
+            .collect()
+    }
+
     /// The pipeline of the stages `keep` says yes to, in the same order. None of them may
     /// read a stage it leaves out.
     pub fn only(&self, keep: impl Fn(StageId) -> bool) -> Workflow {

@@ -77,15 +77,7 @@ fn by_columns(sb: &Sandbox, file: &str) -> Value {
 
 /// A run to its end: `broken` fails (the first time) and everything else is done.
 fn run(sb: &Sandbox, file: &str) {
-    let ran = sb.mvc(&["run", file, "--json", "-q"]);
-    assert!(
-        matches!(ran.code, Some(0 | 1)),
-        "{}\n{}",
-        ran.stdout,
-        ran.stderr
-    );
-    assert_eq!(ran.json()["interrupted"], false, "{}", ran.stdout);
-    assert_eq!(ran.count("objects", "failed"), 1, "{}", ran.stdout);
+    sb.run_with_one_failed(file, "objects");
 }
 
 fn counts(plan: &Value, stage: &str) -> [u64; 4] {

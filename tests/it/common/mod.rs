@@ -121,6 +121,21 @@ impl Sandbox {
         self.command(args).output().expect("running mvc").into()
     }
 
+    /// `mvc run FILE` to its end, leaving exactly one item of `stage` failed for good: it
+    /// exits 1 the first time, 0 once the failure is an earlier run's.
+    pub fn run_with_one_failed(&self, file: &str, stage: &str) -> Ran {
+        let ran = self.mvc(&["run", file, "--json", "-q"]);
+        assert!(
+            matches!(ran.code, Some(0 | 1)),
+            "{}\n{}",
+            ran.stdout,
+            ran.stderr
+        );
+        assert_eq!(ran.json()["interrupted"], false, "{}", ran.stdout);
+        assert_eq!(ran.count(stage, "failed"), 1, "{}", ran.stdout);
+        ran
+    }
+
     /// Starts `mvc ARGS` in the background, output captured.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args)
