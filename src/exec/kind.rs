@@ -111,9 +111,9 @@ pub enum Columns {
 
 impl Columns {
     /// The item of `column` made from the input's item `input`: `<input>@<column>`, a view
-    /// as the store keeps views (`store::object_stage::split_view`).
+    /// as the store keeps views.
     pub fn item(input: &str, column: &str) -> String {
-        format!("{input}@{column}")
+        crate::store::object_stage::view_item(input, column)
     }
 }
 

@@ -169,8 +169,13 @@ pub fn place(item: &str) -> Option<(&str, &str)> {
 fn item_at(object: &str, view: &str) -> String {
     match view.is_empty() {
         true => object.to_string(),
-        false => format!("{object}@{view}"),
+        false => view_item(object, view),
     }
+}
+
+/// The item of `view` of `object`: `<object>@<view>` ([`split_view`] the other way).
+pub fn view_item(object: &str, view: &str) -> String {
+    format!("{object}@{view}")
 }
 
 impl ObjectStage {
