@@ -2,6 +2,7 @@
 //! remote workers. It defines the `StageKind` trait (`kind`) and names no kind; what a run
 //! shows live goes through `view::RunView`, which the commands implement.
 
+mod aggregate;
 mod columns;
 mod dispatch;
 pub mod graph;

@@ -440,30 +440,26 @@ impl Engine {
         let node = &self.graph.stages[s];
         let mut pending = false;
         let mut failed = 0usize;
-        let mut pairs: Vec<(&str, &Digest)> = Vec::with_capacity(node.items.len());
+        let mut succeeded = 0usize;
         for t in node.tasks() {
             match self.state[t] {
-                State::Cached | State::Done => {
-                    pairs.push((&*node.items[node.local(t) as usize], &self.manifests[t]))
-                }
+                State::Cached | State::Done => succeeded += 1,
                 State::ToRun | State::Pending | State::Running | State::Waiting => pending = true,
                 _ => failed += 1,
             }
         }
         self.aggregates[s] = Some(if pending {
             Aggregate::Pending(format!("upstream reruns: {}", node.name))
-        } else if failed > 0 && pairs.is_empty() {
+        } else if failed > 0 && succeeded == 0 {
             // Failed items are left out of what downstream reads; with none left there is
             // nothing to read.
             Aggregate::Failed(format!("every item of upstream `{}` failed", node.name))
         } else {
-            // Items usually arrive sorted (ids files are): checking is cheaper than sorting.
-            if !pairs.is_sorted_by(|a, b| a.0 <= b.0) {
-                pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            }
-            Aggregate::Digest(Digest::of(
-                &postcard::to_stdvec(&pairs).expect("aggregates always encode"),
-            ))
+            let pairs = node
+                .tasks()
+                .filter(|&t| self.state[t].is_success())
+                .map(|t| (&*node.items[node.local(t) as usize], &self.manifests[t]));
+            Aggregate::Digest(super::aggregate::results_digest(pairs, succeeded))
         });
         self.stage_failed[s] = failed;
         self.left_out[s] = (failed > 0 && self.failures_are_read(s)).then(|| {
@@ -650,45 +646,61 @@ impl Engine {
                 // Not expanded in this round: its memo stays as the last run left it.
                 continue;
             }
-            let mut list = Vec::with_capacity(node.items.len());
+            // The tasks with a value to keep, by key: 4 bytes a task. The values are made
+            // again as the memo is written, not held (a stage of 50M tasks held 170 bytes
+            // a task here, with its encoding).
             let mut learnt = false;
+            let mut kept: Vec<u32> = Vec::new();
             for t in node.tasks() {
-                let i = t.index();
-                let key = self.keys[i];
-                let value = match self.state[i] {
-                    State::Cached | State::Done | State::Failed | State::KnownFailure => {
-                        if let Some(v) = self.learnt(t) {
-                            learnt = true;
-                            v
-                        } else if let Some(v) = self.memos[s].get(&key) {
-                            v
-                        } else {
-                            continue;
-                        }
-                    }
-                    _ => continue,
-                };
-                list.push((key, value));
+                if self.memo_value(t).is_some() {
+                    learnt |= self.learnt(t).is_some();
+                    kept.push(node.local(t));
+                }
             }
             // A memo that already holds exactly these keys is kept as it is.
-            if learnt || list.len() != self.memos[s].len() {
-                StageMemo::save(self.store.index(), self.store.blobs(), &node.name, list)?;
+            if !learnt && kept.len() == self.memos[s].len() {
+                continue;
             }
+            let task = |local: &u32| TaskId(node.start.0 + *local);
+            kept.par_sort_unstable_by_key(|local| self.keys[task(local)]);
+            kept.dedup_by_key(|local| self.keys[task(&*local)]);
+            let entries = kept.iter().map(|local| {
+                let t = task(local);
+                let value = self.memo_value(t).expect("kept for its value");
+                (self.keys[t], value)
+            });
+            let (index, blobs) = (self.store.index(), self.store.blobs());
+            StageMemo::save_sorted(index, blobs, &node.name, kept.len(), entries)?;
         }
         Ok(())
     }
 
-    /// Task keys this run (or plan) reached, sorted: what `gc` keeps.
-    pub fn reached_keys(&self) -> Vec<TaskKey> {
-        let mut keys: Vec<TaskKey> = self
-            .state
-            .iter()
-            .zip(&self.keys)
-            .filter(|(s, _)| !matches!(s, State::Waiting | State::Blocked | State::Pending))
-            .map(|(_, k)| *k)
+    /// What its stage's plan memo keeps of task `t`: what this run learnt of it, or else
+    /// what the memo held, for a task that ended cached, done or failed.
+    fn memo_value(&self, t: TaskId) -> Option<MemoValue> {
+        match self.state[t] {
+            State::Cached | State::Done | State::Failed | State::KnownFailure => self
+                .learnt(t)
+                .or_else(|| self.memos[self.graph.task_stage[t]].get(&self.keys[t])),
+            _ => None,
+        }
+    }
+
+    /// The tasks whose keys this run (or plan) reached, sorted by key, each key once: what
+    /// `gc` keeps. Tasks, not keys: 4 bytes a task instead of 32, and the keys are encoded
+    /// as they are written ([`crate::store::records::encode_seq_into`]).
+    pub fn reached_tasks(&self) -> Vec<TaskId> {
+        let mut tasks: Vec<TaskId> = (0..self.state.len() as u32)
+            .map(TaskId)
+            .filter(|&t| {
+                !matches!(
+                    self.state[t],
+                    State::Waiting | State::Blocked | State::Pending
+                )
+            })
             .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
+        tasks.par_sort_unstable_by_key(|&t| self.keys[t]);
+        tasks.dedup_by_key(|t| self.keys[*t]);
+        tasks
     }
 }

@@ -18,7 +18,7 @@ use super::workflow::Workflow;
 use crate::exec::kind::{ByteMeter, ExecCtx, TaskOutcome, UnitTask};
 use crate::resources::Resources;
 use crate::store::Store;
-use crate::store::records::{RunRecord, encode, now_ms};
+use crate::store::records::{RunRecord, encode_seq_into, now_ms};
 use anyhow::{Context, Result, bail};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -253,10 +253,15 @@ fn record_run(
     (run_id, started_ms): (&[u8], u64),
 ) -> Result<()> {
     let store = &engine.store;
+    let reached = engine.reached_tasks();
     let reach = store
         .blobs()
-        .put_bytes(&encode(&engine.reached_keys()))
+        .put_streamed(|out| {
+            let keys = reached.iter().map(|&t| engine.keys[t]);
+            encode_seq_into(out, reached.len(), keys).map(drop)
+        })
         .context("recording what this run reached")?;
+    drop(reached);
     let record = RunRecord {
         pipeline: pipeline.name.clone(),
         pipeline_path: pipeline.path.display().to_string(),

@@ -75,6 +75,37 @@ impl BlobStore {
         Ok(digest)
     }
 
+    /// Stores what `write` writes, hashed as it goes, without holding it: lists of a value
+    /// per task (a stage's plan memo, the keys a run reached) are gigabytes at Objaverse-XL's
+    /// size. The bytes go to a temp file under `.tmp/` (where `gc` finds one a killed process
+    /// left), then move to their digest's place.
+    pub fn put_streamed(
+        &self,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<Digest> {
+        let dir = self.dir.join(TMP_PREFIX);
+        fs::create_dir_all(&dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempfile_in(&dir)?;
+        let mut out = Hashed {
+            file: io::BufWriter::with_capacity(CHUNK, tmp),
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        };
+        write(&mut out)?;
+        let digest = Digest::from_hasher(&out.hasher);
+        if self.size(&digest) == Some(out.size) {
+            return Ok(digest);
+        }
+        let tmp = out.file.into_inner().map_err(|e| e.into_error())?;
+        tmp.as_file().sync_all()?;
+        let shard = self.shard(&digest)?;
+        tmp.persist(self.path(&digest)).map_err(|e| e.error)?;
+        sync_dir(&shard)?;
+        Ok(digest)
+    }
+
     /// Moves `src` (a file on the same file system, such as a task's output) into the store.
     pub fn put_file(&self, src: &Path) -> io::Result<(Digest, u64)> {
         let mut file = File::open(src)?;
@@ -270,6 +301,25 @@ impl BlobStore {
     }
 }
 
+/// A blob being written by [`BlobStore::put_streamed`]: its bytes, hashed and counted.
+struct Hashed {
+    file: io::BufWriter<tempfile::NamedTempFile>,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl Write for Hashed {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A blob being received: see [`BlobStore::writer`]. Dropped unfinished, it leaves nothing.
 pub struct BlobWriter {
     file: io::BufWriter<tempfile::NamedTempFile>,
@@ -355,6 +405,35 @@ mod tests {
         let err = store.read(&d).unwrap_err();
         assert!(err.to_string().contains("failed verification"), "{err}");
         assert!(matches!(store.read(&d), Err(BlobError::Missing(_))));
+    }
+
+    #[test]
+    fn a_streamed_blob_is_the_blob_of_its_bytes_and_a_failed_one_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(tmp.path().join("blobs"));
+        let bytes: Vec<u8> = (0..3 * CHUNK as u32).map(|i| (i % 251) as u8).collect();
+        let streamed = store
+            .put_streamed(|out| {
+                for piece in bytes.chunks(1000) {
+                    out.write_all(piece)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(streamed, Digest::of(&bytes));
+        assert_eq!(store.read(&streamed).unwrap(), bytes);
+        let again = store.put_streamed(|out| out.write_all(&bytes)).unwrap();
+        assert_eq!(again, streamed, "idempotent");
+
+        let failed = store.put_streamed(|out| {
+            out.write_all(b"half a list")?;
+            Err(io::Error::other("the disk is full"))
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the disk is full");
+        let listing = store.list().unwrap();
+        assert_eq!(listing.blobs, vec![(streamed, bytes.len() as u64)]);
+        assert!(listing.strays.is_empty(), "{:?}", listing.strays);
+        assert!(listing.temp_files.is_empty(), "{:?}", listing.temp_files);
     }
 
     #[test]

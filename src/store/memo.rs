@@ -20,6 +20,7 @@ use crate::task::{Digest, TaskKey};
 use anyhow::{Result, bail};
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemoValue {
@@ -188,32 +189,7 @@ impl StageMemo {
         list.sort_unstable_by_key(|e| e.0);
         list.dedup_by_key(|e| e.0);
         let mut bytes = Vec::with_capacity(HEADER + list.len() * ENTRY);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&(list.len() as u64).to_le_bytes());
-        let mut table: Vec<u8> = Vec::new();
-        let mut next_blob = 0u32;
-        for (key, value) in &list {
-            bytes.extend_from_slice(&key.0);
-            match value {
-                MemoValue::Done { manifest, blobs } => {
-                    bytes.extend_from_slice(&manifest.0);
-                    bytes.extend_from_slice(&[0u8; 8]);
-                    bytes.extend_from_slice(&next_blob.to_le_bytes());
-                    bytes.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
-                    for (digest, size) in blobs {
-                        table.extend_from_slice(&digest.0);
-                        table.extend_from_slice(&size.to_le_bytes());
-                    }
-                    next_blob += blobs.len() as u32;
-                }
-                MemoValue::Failed => {
-                    bytes.extend_from_slice(&[0u8; 32]);
-                    bytes.extend_from_slice(&[1u8, 0, 0, 0, 0, 0, 0, 0]);
-                    bytes.extend_from_slice(&[0u8; 8]);
-                }
-            }
-        }
-        bytes.extend_from_slice(&table);
+        write_sorted(&mut bytes, list.len(), list.into_iter()).expect("a Vec takes every write");
         bytes
     }
 
@@ -227,6 +203,67 @@ impl StageMemo {
         index.put(Tree::Memos, stage.as_bytes(), &digest.0)?;
         Ok(())
     }
+
+    /// Saves the memo of `count` entries given sorted by key, each key once, as they come:
+    /// neither the list nor its encoding is held (at Objaverse-XL's size a stage's memo is
+    /// gigabytes, and a run's end held both, 170 bytes a task, at once).
+    pub fn save_sorted(
+        index: &dyn Index,
+        blobs: &BlobStore,
+        stage: &str,
+        count: usize,
+        entries: impl Iterator<Item = (TaskKey, MemoValue)>,
+    ) -> Result<()> {
+        let digest = blobs.put_streamed(|out| write_sorted(out, count, entries))?;
+        index.put(Tree::Memos, stage.as_bytes(), &digest.0)?;
+        Ok(())
+    }
+}
+
+/// Writes a memo of `count` entries, given sorted by key and each key once; the blob table
+/// (the outputs that are files: none for a stage whose outputs live inline) is held until
+/// the entries are written.
+fn write_sorted(
+    out: &mut dyn Write,
+    count: usize,
+    entries: impl Iterator<Item = (TaskKey, MemoValue)>,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    out.write_all(MAGIC)?;
+    out.write_all(&(count as u64).to_le_bytes())?;
+    let mut table: Vec<u8> = Vec::new();
+    let mut next_blob = 0u32;
+    let mut written = 0usize;
+    for (key, value) in entries {
+        written += 1;
+        out.write_all(&key.0)?;
+        match value {
+            MemoValue::Done { manifest, blobs } => {
+                out.write_all(&manifest.0)?;
+                out.write_all(&[0u8; 8])?;
+                out.write_all(&next_blob.to_le_bytes())?;
+                out.write_all(&(blobs.len() as u32).to_le_bytes())?;
+                for (digest, size) in &blobs {
+                    table.extend_from_slice(&digest.0);
+                    table.extend_from_slice(&size.to_le_bytes());
+                }
+                next_blob += blobs.len() as u32;
+            }
+            MemoValue::Failed => {
+                out.write_all(&[0u8; 32])?;
+                out.write_all(&[1u8, 0, 0, 0, 0, 0, 0, 0])?;
+                out.write_all(&[0u8; 8])?;
+            }
+        }
+    }
+    if written != count {
+        // The header's count would not be the entries': a memo that does not parse.
+        return Err(std::io::Error::other(format!(
+            "{written} memo entries given for a memo of {count}"
+        )));
+    }
+    out.write_all(&table)?;
+    out.flush()
 }
 
 #[cfg(test)]
@@ -264,5 +301,43 @@ mod tests {
         expected.sort_by_key(|e| e.0);
         assert_eq!(listed, expected);
         assert!(StageMemo::parse(b"mvcmemo1\x05\0\0\0\0\0\0\0".to_vec()).is_err());
+    }
+
+    #[test]
+    fn a_memo_saved_as_it_comes_is_the_memo_saved_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("cache")).unwrap();
+        let list: Vec<(TaskKey, MemoValue)> = (0..500u32)
+            .map(|i| {
+                let value = match i % 4 {
+                    0 => MemoValue::Failed,
+                    _ => MemoValue::Done {
+                        manifest: Digest::of(&[i as u8]),
+                        blobs: vec![(Digest::of(&i.to_le_bytes()), i as u64); (i % 3) as usize],
+                    },
+                };
+                (Digest::of(&i.to_le_bytes()), value)
+            })
+            .collect();
+        let (index, blobs) = (store.index(), store.blobs());
+        StageMemo::save(index, blobs, "whole", list.clone()).unwrap();
+        let mut sorted = list.clone();
+        sorted.sort_unstable_by_key(|e| e.0);
+        StageMemo::save_sorted(index, blobs, "streamed", sorted.len(), sorted.into_iter()).unwrap();
+        let saved = |stage: &str| index.get(Tree::Memos, stage.as_bytes()).unwrap().unwrap();
+        assert_eq!(saved("streamed"), saved("whole"), "the same blob");
+        let memo = StageMemo::load(index, blobs, "streamed").unwrap();
+        for (key, value) in &list {
+            assert_eq!(memo.get(key).as_ref(), Some(value));
+        }
+        let short = StageMemo::save_sorted(index, blobs, "short", 3, list.into_iter().take(2));
+        assert!(
+            short
+                .unwrap_err()
+                .to_string()
+                .contains("2 memo entries given for a memo of 3"),
+            "a count that is not the entries' is refused, not saved"
+        );
+        assert!(index.get(Tree::Memos, b"short").unwrap().is_none());
     }
 }

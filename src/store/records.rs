@@ -211,6 +211,54 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("index values always encode")
 }
 
+/// Writes `count` values into `out` as [`encode`] writes a `Vec` of them, without the `Vec`
+/// or the encoding's buffer: lists of a value per task (the keys a run reached, a stage's
+/// results) are gigabytes at Objaverse-XL's size.
+pub fn encode_seq_into<W, T, I>(out: W, count: usize, values: I) -> std::io::Result<W>
+where
+    W: std::io::Write,
+    T: Serialize,
+    I: Iterator<Item = T>,
+{
+    let seq = Seq {
+        values: std::cell::RefCell::new(Some(values)),
+        count,
+        written: std::cell::Cell::new(0),
+    };
+    postcard::to_io(&seq, out).map_err(|e| match seq.written.get() {
+        // postcard keeps no message of its own errors: say what went wrong here.
+        written if written != count => {
+            std::io::Error::other(format!("{written} values given for a sequence of {count}"))
+        }
+        _ => std::io::Error::other(e),
+    })
+}
+
+/// A sequence of `count` values encoded once, as they come.
+struct Seq<I> {
+    values: std::cell::RefCell<Option<I>>,
+    count: usize,
+    written: std::cell::Cell<usize>,
+}
+
+impl<T: Serialize, I: Iterator<Item = T>> Serialize for Seq<I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let values = self.values.borrow_mut().take();
+        let values = values.ok_or_else(|| S::Error::custom("a sequence is encoded once"))?;
+        let mut seq = serializer.serialize_seq(Some(self.count))?;
+        for value in values {
+            seq.serialize_element(&value)?;
+            self.written.set(self.written.get() + 1);
+        }
+        // Another count than the values' would encode another sequence than the `Vec`'s.
+        if self.written.get() != self.count {
+            return Err(S::Error::custom("the values are not as many as said"));
+        }
+        seq.end()
+    }
+}
+
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> anyhow::Result<T> {
     postcard::from_bytes(bytes)
         .map_err(|e| anyhow::anyhow!("the index holds an unreadable {what}: {e}"))
@@ -219,6 +267,25 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sequence_encoded_as_it_comes_is_the_vec_encoded_whole() {
+        // 0, 1, 127 and 128 values: where postcard's length prefix takes one byte or two.
+        for n in [0usize, 1, 127, 128, 1000] {
+            let keys: Vec<TaskKey> = (0..n as u32)
+                .map(|i| Digest::of(&i.to_le_bytes()))
+                .collect();
+            let streamed = encode_seq_into(Vec::new(), n, keys.iter()).unwrap();
+            assert_eq!(streamed, encode(&keys), "{n} keys");
+        }
+        let wrong = encode_seq_into(Vec::new(), 3, [1u8, 2].into_iter());
+        assert!(
+            wrong
+                .unwrap_err()
+                .to_string()
+                .contains("2 values given for a sequence of 3")
+        );
+    }
 
     #[test]
     fn a_run_record_written_before_the_command_line_was_kept_reads_whole() {
