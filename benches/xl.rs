@@ -31,13 +31,17 @@
 //! pipeline with a seventh ring of 6 azimuths (1/6 = 17% more views), whose 2 × 6 new tasks
 //! per object must be planned with their reasons: by the view columns (best of 3), and once
 //! with every task keyed (`--full`, as every ring plan was before them), the baseline of its
-//! ratios.
+//! ratios. The fully cached plan is also made with `--full` (best of 3).
+//!
+//! The fill's resident memory is printed after each of its steps (the graph built, the
+//! engine made, the last task recorded, the run ended), beside its peak.
 //!
 //! Printed, one line per size:
 //! `xl: tasks=N cached_plan_s=… cached_plan_rss_mb=… ring_plan_s=… ring_plan_rss_mb=…
 //!  store_bytes_per_task=… record_tasks_per_s=… bookkeeping_us_per_task=…`
 //!
-//! A size this machine's memory cannot hold is refused before anything starts.
+//! A size this machine's memory cannot hold is refused before anything starts; a size whose
+//! `--full` baselines it cannot hold is planned without them, and says so.
 
 use mvc::exec::graph::{Sources, TaskGraph};
 use mvc::exec::resolve::{Carry, Engine, Mode};
@@ -63,17 +67,39 @@ use xl_shape::{TASKS_PER_OBJECT, VIEWS, made, object_id, write_pipelines};
 #[global_allocator]
 static ALLOCATOR: mvc::commands::Allocator = mvc::commands::Allocator;
 
+/// Peak memory of a plan with every task made (`--full`): 2,884–2,964 MB at 10M since the
+/// lists a run writes per task are streamed, and 9,247–10,467 MB at 30M before (BENCHMARKS.md),
+/// with a margin. Sizes whose baselines this machine cannot hold are planned without them.
+const PEAK_FULL_PLAN: Need = Need {
+    each: 400,
+    fixed: 512 << 20,
+};
+
+/// `Err(why)` when `tasks` planned with every task made need more than `available` bytes.
+fn full_plans_fit(tasks: u64, available: Option<u64>) -> Result<(), String> {
+    let need = PEAK_FULL_PLAN.of(tasks);
+    match available {
+        Some(available) if need > available => Err(format!(
+            "{} tasks planned with every task made need about {} MB ({} bytes a task), and \
+             this machine has {} MB available",
+            group(tasks),
+            group(need >> 20),
+            PEAK_FULL_PLAN.each,
+            group(available >> 20)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Peak memory of the most demanding step (filling the cache in a child process: the graph,
 /// the engine's per-task arrays in run mode, sled's page cache), from BENCHMARKS.md with a
-/// margin: 580 MB at 1M tasks, 1,369 MB at 3M and 4,304 MB at 10M since views are kept one
-/// record per object and stage (921 MB at 1M before); 1,589 MB at 3M, 4,609 MB at 10M and
-/// 15,287 MB at 30M with mimalloc; 3,195 MB at 10M and 8,879 MB at 30M since a run's
-/// learnt results are kept per task (the `--full` plan: 3.6 GB at 10M, 10.4 GB at 30M). Used
-/// only to refuse a size before it starts; every figure printed is measured. (A baseline build given in
-/// `MVC_BENCH_BASELINE` may need more: the build before issue 30 planned the ring of 3M
-/// tasks in 4.1 GB.)
+/// margin: 831 MB at 3M tasks and 2,362 MB at 10M since the lists a run writes per task are
+/// streamed (229 bytes a task between them; 3,246 MB at 10M before, and 8,879 MB at 30M).
+/// Used only to refuse a size before it starts; every figure printed is measured. (A
+/// baseline build given in `MVC_BENCH_BASELINE` may need more: the build before issue 30
+/// planned the ring of 3M tasks in 4.1 GB.)
 const PEAK: Need = Need {
-    each: 600,
+    each: 250,
     fixed: 512 << 20,
 };
 
@@ -116,43 +142,9 @@ fn main() {
     let fill = filled(&dir, tasks);
     print_fill(&fill, per_task_us(baseline, tasks));
 
-    let cached = best_plan(mvc, &dir, "p.toml", 0, &[]);
+    let (cached, ring) = plans(mvc, &dir, tasks, objects);
     let (cached_s, cached_mb) = (cached.wall_s, cached.peak_mb);
-    // The same plan with every task keyed and looked up, as every plan was before the
-    // stage summaries: what a plan costs when one stage's summary does not match.
-    let full = best_plan(mvc, &dir, "p.toml", 0, &["--full"]);
-    println!(
-        "cached plan: {cached_s:.3}s {cached_mb} MB {}; with every task keyed (--full) \
-         {:.2}s {} MB",
-        if cached.from_summaries {
-            "(decided by the stage summaries)"
-        } else {
-            "(NOT decided by the stage summaries: a cache filled by a build without them?)"
-        },
-        full.wall_s,
-        full.peak_mb
-    );
-    let new_tasks = 2 * 6 * objects;
-    let ring = best_plan(mvc, &dir, "p-ring.toml", new_tasks, &[]);
     let (ring_s, ring_mb) = (ring.wall_s, ring.peak_mb);
-    // The baseline in the same command: the same plan with every task made, keyed and looked
-    // up, as every ring plan was before view columns. Once: it takes minutes at 30M.
-    let ring_full = planned(mvc, &dir, "p-ring.toml", new_tasks, &["--full"]);
-    println!(
-        "ring plan: {ring_s:.2}s {ring_mb} MB {}, {:.1} bytes per new task above the cached \
-         plan; with every task keyed (--full) {:.2}s {} MB; view columns / --full: time {:.3}, \
-         memory {:.3}",
-        if ring.from_columns {
-            "(decided by the view columns)"
-        } else {
-            "(NOT decided by the view columns)"
-        },
-        ring_mb.saturating_sub(cached_mb) as f64 * 1048576.0 / new_tasks as f64,
-        ring_full.wall_s,
-        ring_full.peak_mb,
-        ring_s / ring_full.wall_s,
-        ring_mb as f64 / ring_full.peak_mb as f64
-    );
     if let Ok(baseline) = std::env::var("MVC_BENCH_BASELINE") {
         // Another build of mvc (an earlier commit's) plans the same cache: the ratios say
         // what a change did, on the same machine in the same command.
@@ -186,6 +178,62 @@ fn main() {
         store.total as f64 / tasks as f64,
         fill.tasks as f64 / fill.recording_s,
     );
+}
+
+/// The plans of the filled cache, each a separate `mvc` process: fully cached (best of 3),
+/// and after the new ring (best of 3), each also with `--full` (the baselines) when this
+/// machine can hold them. Prints them; returns the cached plan and the ring plan.
+fn plans(mvc: &str, dir: &Path, tasks: u64, objects: u64) -> (Planned, Planned) {
+    let cached = best_plan(mvc, dir, "p.toml", 0, &[]);
+    let (cached_s, cached_mb) = (cached.wall_s, cached.peak_mb);
+    // The same plans with every task made, keyed and looked up, as every plan was before the
+    // stage summaries and the view columns: the baselines, when this machine can hold them.
+    let full_fits = full_plans_fit(tasks, mvc::memory::available());
+    if let Err(why) = &full_fits {
+        println!("the plans with every task keyed (--full, the baselines) are not run: {why}");
+    }
+    // Best of three when nothing changed; once after the ring: it takes minutes at 30M.
+    let full = full_fits
+        .is_ok()
+        .then(|| best_plan(mvc, dir, "p.toml", 0, &["--full"]));
+    println!(
+        "cached plan: {cached_s:.3}s {cached_mb} MB {}; with every task keyed (--full) {}",
+        if cached.from_summaries {
+            "(decided by the stage summaries)"
+        } else {
+            "(NOT decided by the stage summaries: a cache filled by a build without them?)"
+        },
+        full.as_ref()
+            .map(|f| format!("{:.2}s {} MB", f.wall_s, f.peak_mb))
+            .unwrap_or_else(|| "not run".into())
+    );
+    let new_tasks = 2 * 6 * objects;
+    let ring = best_plan(mvc, dir, "p-ring.toml", new_tasks, &[]);
+    let (ring_s, ring_mb) = (ring.wall_s, ring.peak_mb);
+    let ring_full = full_fits
+        .is_ok()
+        .then(|| planned(mvc, dir, "p-ring.toml", new_tasks, &["--full"]));
+    println!(
+        "ring plan: {ring_s:.2}s {ring_mb} MB {}, {:.1} bytes per new task above the cached \
+         plan; with every task keyed (--full) {}",
+        if ring.from_columns {
+            "(decided by the view columns)"
+        } else {
+            "(NOT decided by the view columns)"
+        },
+        ring_mb.saturating_sub(cached_mb) as f64 * 1048576.0 / new_tasks as f64,
+        ring_full
+            .as_ref()
+            .map(|f| format!(
+                "{:.2}s {} MB; view columns / --full: time {:.3}, memory {:.3}",
+                f.wall_s,
+                f.peak_mb,
+                ring_s / f.wall_s,
+                ring_mb as f64 / f.peak_mb as f64
+            ))
+            .unwrap_or_else(|| "not run".into())
+    );
+    (cached, ring)
 }
 
 /// Exits with a message when the size asked for needs more memory than this machine has
@@ -240,6 +288,10 @@ struct Fill {
     /// Recording's rate in each stage (tasks, seconds in `commit_success`).
     #[serde(default)]
     per_stage: Vec<(String, u64, f64)>,
+    /// Resident memory after each step of the fill (the graph built, the engine made, the
+    /// last task recorded, the run ended), in MB.
+    #[serde(default)]
+    resident_mb: Vec<(String, u64)>,
     peak_rss_mb: u64,
 }
 
@@ -288,12 +340,15 @@ fn fill_cache(dir: &Path, expected: u64) -> Fill {
     let run = run_id(started_ms);
     let started = Instant::now();
     store.begin_journal(&run).unwrap();
+    let mut memory = Vec::new();
     let graph = TaskGraph::build(&workflow, &store, &Sources::new()).unwrap();
+    memory.push(("the graph", resident_mb()));
     assert!(
         !graph.has_deferred(),
         "every stage expands from known items"
     );
     let mut engine = Engine::new(graph, store.clone(), Mode::Run, false, Carry::default()).unwrap();
+    memory.push(("the engine", resident_mb()));
     let mut meter = RecordingMeter::new();
     loop {
         let ready = engine.resolve_ready().unwrap();
@@ -343,6 +398,7 @@ fn fill_cache(dir: &Path, expected: u64) -> Fill {
         }
     }
     let wall = started.elapsed();
+    memory.push(("the last task", resident_mb()));
     let report = finish_driven_run(&workflow, &engine, (&run, started_ms), wall).unwrap();
     assert_eq!(
         report.outcome,
@@ -350,11 +406,28 @@ fn fill_cache(dir: &Path, expected: u64) -> Fill {
         "the run is recorded as a success"
     );
     let wall = started.elapsed();
+    memory.push(("the run's end", resident_mb()));
     assert_eq!(meter.done, expected, "every task ran once");
     // The cache's lock goes with the last handle on the store.
     drop(engine);
     drop(store);
-    meter.fill(wall)
+    let mut fill = meter.fill(wall);
+    fill.resident_mb = memory
+        .into_iter()
+        .map(|(at, mb)| (at.to_string(), mb))
+        .collect();
+    fill
+}
+
+/// This process's resident memory now, in MB: where the fill's memory goes.
+fn resident_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
 }
 
 /// The fill's figures: its time, recording's, and each stage's.
@@ -374,6 +447,14 @@ fn print_fill(fill: &Fill, without_mvc_us: f64) {
         fill.slowest_loop_window_per_s,
         fill.peak_rss_mb
     );
+    if !fill.resident_mb.is_empty() {
+        let steps: Vec<String> = fill
+            .resident_mb
+            .iter()
+            .map(|(at, mb)| format!("{at} {mb} MB"))
+            .collect();
+        println!("fill memory, resident after: {}", steps.join(", "));
+    }
     for (stage, n, s) in &fill.per_stage {
         println!(
             "recorded: stage {stage}: {} tasks at {:.0} tasks/s",
@@ -453,6 +534,7 @@ impl RecordingMeter {
             per_stage: (self.per_stage.into_iter())
                 .map(|(stage, n, d)| (stage, n, d.as_secs_f64()))
                 .collect(),
+            resident_mb: Vec::new(),
             peak_rss_mb: 0,
         }
     }
