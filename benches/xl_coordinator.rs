@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench xl_coordinator
 //!     MVC_BENCH_WORKERS=1000 MVC_BENCH_OBJECTS=6000 MVC_BENCH_TASK_MS=40 cargo bench --bench xl_coordinator
+//!     MVC_BENCH_RUNS=steady cargo bench --bench xl_coordinator   # the steady run alone
 //!
 //! The pipeline is `xl`'s (`benches/common/xl_shape.rs`): per object one `objects` task, 36
 //! render tasks (one unit per object) and 36 embed tasks. Each simulated worker registers,
@@ -94,7 +95,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    for restart in [false, true] {
+    // `MVC_BENCH_RUNS=steady` leaves out the restart run (for measuring a change quickly).
+    let runs: &[bool] = match std::env::var("MVC_BENCH_RUNS").as_deref() {
+        Ok("steady") => &[false],
+        _ => &[false, true],
+    };
+    for &restart in runs {
         let outcome = runtime.block_on(one_run(&settings, restart));
         println!(
             "{}: {} view tasks acknowledged in {:.1}s; leases with a unit: {} (p50 {:.1} ms, \
@@ -131,6 +137,7 @@ fn main() {
             percentile(&sustained.latencies_us, 0.50),
             percentile(&sustained.latencies_us, 0.99),
         );
+        println!("{}", outcome.phases);
     }
 }
 
@@ -171,6 +178,8 @@ struct Outcome {
     duplicated: u64,
     coordinator_rss_mb: u64,
     sustained: Sustained,
+    /// The whole run's leases in its three stretches, as one printed line.
+    phases: String,
 }
 
 /// The figures of the sustained stretch: from the moment every worker has had its first
@@ -210,6 +219,56 @@ impl Seen {
                 .map(|(_, us, _)| *us)
                 .collect(),
         }
+    }
+
+    /// The leases of the whole run in three stretches: the start (before every worker had
+    /// its first unit), the sustained stretch, and the end (after the last object's lease):
+    /// how many, and their p50 and p99, so that the whole run's p99 says where it comes
+    /// from. With `MVC_BENCH_LEASES=FILE`, every lease is also written to `FILE.steady` or `FILE.restart` as
+    /// `seconds since the first lease,latency in µs,stage`.
+    fn phases(&self, run: &str) -> String {
+        let from = self.first_unit.values().max().copied();
+        let to = self
+            .leases
+            .iter()
+            .filter(|(_, _, stage)| stage == "objects")
+            .map(|(at, _, _)| *at)
+            .max();
+        let mut stretches: [Vec<u64>; 3] = Default::default();
+        for (at, us, _) in &self.leases {
+            let k = match (from, to) {
+                (Some(from), _) if *at < from => 0,
+                (_, Some(to)) if *at > to => 2,
+                _ => 1,
+            };
+            stretches[k].push(*us);
+        }
+        if let (Ok(path), Some(first)) = (std::env::var("MVC_BENCH_LEASES"), self.first_lease) {
+            let epoch = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+                - first.elapsed().as_secs_f64();
+            let rows: String = format!("# first lease at {epoch:.3}\n")
+                + &self
+                    .leases
+                    .iter()
+                    .map(|(at, us, stage)| {
+                        let s = at.saturating_duration_since(first).as_secs_f64();
+                        format!("{s:.4},{us},{stage}\n")
+                    })
+                    .collect::<String>();
+            std::fs::write(format!("{path}.{run}"), rows).unwrap();
+        }
+        let [start, sustained, end] = stretches.map(|us| {
+            format!(
+                "{} (p50 {:.1} ms, p99 {:.1} ms)",
+                us.len(),
+                percentile(&us, 0.50),
+                percentile(&us, 0.99)
+            )
+        });
+        format!("leases by stretch: start {start}; sustained {sustained}; end {end}")
     }
 }
 
@@ -272,8 +331,10 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
     let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
     let duplicated = seen.acknowledged.values().filter(|&&n| n > 1).count() as u64;
     let sustained = seen.sustained();
+    let phases = seen.phases(if restart { "restart" } else { "steady" });
     Outcome {
         sustained,
+        phases,
         view_tasks: seen.view_tasks,
         wall: seen
             .last_report
