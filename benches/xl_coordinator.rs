@@ -54,7 +54,7 @@ mod timed;
 #[path = "common/xl_shape.rs"]
 mod xl_shape;
 use coordinator::start_coordinator;
-use timed::group;
+use timed::{group, resident_mb};
 use xl_shape::{TASKS_PER_OBJECT, made, write_pipelines};
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -306,7 +306,7 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
         while acknowledged.load(Ordering::Relaxed) < half {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        peak_rss_mb = rss_mb(coordinator.id());
+        peak_rss_mb = resident_mb(&coordinator.id().to_string());
         coordinator.kill().unwrap();
         coordinator.wait().unwrap();
         coordinator = start_coordinator(mvc, dir.path(), &listen, &[]).0;
@@ -318,7 +318,7 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
         assert!(status.success(), "the coordinator's run failed: {status}");
     });
     while !watcher.is_finished() {
-        peak_rss_mb = peak_rss_mb.max(rss_mb(pid));
+        peak_rss_mb = peak_rss_mb.max(resident_mb(&pid.to_string()));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     watcher.await.unwrap();
@@ -355,17 +355,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The resident memory of a process now, in MB (0 once it is gone).
-fn rss_mb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
 }
 
 /// Tasks `mvc plan` would still run on the cache the run left.

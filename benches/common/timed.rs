@@ -1,5 +1,6 @@
-//! Shared by the benchmarks: running a program with its wall time and peak memory, Blender's
-//! own time in a `mvc run -v` log, numbers with thousands separators, and bytes on disk.
+//! Shared by the benchmarks: running a program with its wall time and peak memory, a
+//! process's resident memory now, Blender's own time in a `mvc run -v` log, numbers with
+//! thousands separators, and bytes on disk.
 
 // Each benchmark that includes this module uses part of it.
 #![allow(dead_code)]
@@ -124,4 +125,16 @@ pub fn du(path: &Path) -> u64 {
     } else {
         meta.blocks() * 512
     }
+}
+
+/// The resident memory of a process now, in MB (0 once it is gone): `process` is a pid, or
+/// `self`.
+pub fn resident_mb(process: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
 }
