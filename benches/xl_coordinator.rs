@@ -192,15 +192,21 @@ struct Sustained {
 }
 
 impl Seen {
+    /// The sustained stretch: from the moment every worker has had its first unit to the
+    /// lease of the last object.
+    fn sustained_bounds(&self) -> (Option<Instant>, Option<Instant>) {
+        let from = self.first_unit.values().max().copied();
+        let to = self
+            .leases
+            .iter()
+            .filter(|(_, _, stage)| stage == "objects")
+            .map(|(at, _, _)| *at)
+            .max();
+        (from, to)
+    }
+
     fn sustained(&self) -> Sustained {
-        let (Some(&from), Some(to)) = (
-            self.first_unit.values().max(),
-            self.leases
-                .iter()
-                .filter(|(_, _, stage)| stage == "objects")
-                .map(|(at, _, _)| *at)
-                .max(),
-        ) else {
+        let (Some(from), Some(to)) = self.sustained_bounds() else {
             return Sustained::default();
         };
         let within = |at: &Instant| (from..=to).contains(at);
@@ -224,16 +230,9 @@ impl Seen {
     /// The leases of the whole run in three stretches: the start (before every worker had
     /// its first unit), the sustained stretch, and the end (after the last object's lease):
     /// how many, and their p50 and p99, so that the whole run's p99 says where it comes
-    /// from. With `MVC_BENCH_LEASES=FILE`, every lease is also written to `FILE.steady` or `FILE.restart` as
-    /// `seconds since the first lease,latency in µs,stage`.
-    fn phases(&self, run: &str) -> String {
-        let from = self.first_unit.values().max().copied();
-        let to = self
-            .leases
-            .iter()
-            .filter(|(_, _, stage)| stage == "objects")
-            .map(|(at, _, _)| *at)
-            .max();
+    /// from.
+    fn phases(&self) -> String {
+        let (from, to) = self.sustained_bounds();
         let mut stretches: [Vec<u64>; 3] = Default::default();
         for (at, us, _) in &self.leases {
             let k = match (from, to) {
@@ -242,23 +241,6 @@ impl Seen {
                 _ => 1,
             };
             stretches[k].push(*us);
-        }
-        if let (Ok(path), Some(first)) = (std::env::var("MVC_BENCH_LEASES"), self.first_lease) {
-            let epoch = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-                - first.elapsed().as_secs_f64();
-            let rows: String = format!("# first lease at {epoch:.3}\n")
-                + &self
-                    .leases
-                    .iter()
-                    .map(|(at, us, stage)| {
-                        let s = at.saturating_duration_since(first).as_secs_f64();
-                        format!("{s:.4},{us},{stage}\n")
-                    })
-                    .collect::<String>();
-            std::fs::write(format!("{path}.{run}"), rows).unwrap();
         }
         let [start, sustained, end] = stretches.map(|us| {
             format!(
@@ -269,6 +251,23 @@ impl Seen {
             )
         });
         format!("leases by stretch: start {start}; sustained {sustained}; end {end}")
+    }
+
+    /// With `MVC_BENCH_LEASES=FILE`, writes every lease to `FILE.steady` or `FILE.restart`
+    /// as `seconds since the first lease,latency in µs,stage`.
+    fn write_leases(&self, run: &str) {
+        let (Ok(path), Some(first)) = (std::env::var("MVC_BENCH_LEASES"), self.first_lease) else {
+            return;
+        };
+        let rows: String = self
+            .leases
+            .iter()
+            .map(|(at, us, stage)| {
+                let s = at.saturating_duration_since(first).as_secs_f64();
+                format!("{s:.4},{us},{stage}\n")
+            })
+            .collect();
+        std::fs::write(format!("{path}.{run}"), rows).unwrap();
     }
 }
 
@@ -331,7 +330,8 @@ async fn one_run(settings: &Settings, restart: bool) -> Outcome {
     let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
     let duplicated = seen.acknowledged.values().filter(|&&n| n > 1).count() as u64;
     let sustained = seen.sustained();
-    let phases = seen.phases(if restart { "restart" } else { "steady" });
+    seen.write_leases(if restart { "restart" } else { "steady" });
+    let phases = seen.phases();
     Outcome {
         sustained,
         phases,
