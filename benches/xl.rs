@@ -289,6 +289,14 @@ struct Fill {
     /// Recording's rate in each stage (tasks, seconds in `commit_success`).
     #[serde(default)]
     per_stage: Vec<(String, u64, f64)>,
+    /// Each stage's slowest 100,000 consecutive records of its own (recording alone); a
+    /// stage of fewer has none.
+    #[serde(default)]
+    slowest_per_stage: Vec<(String, f64)>,
+    /// Every window of 100,000 records of a stage's own, as (stage, records of the stage
+    /// by its end, tasks/s, recording alone): where the slow ones fall.
+    #[serde(default)]
+    windows: Vec<(String, u64, f64)>,
     /// Resident memory after each step of the fill (the graph built, the engine made, the
     /// last task recorded, the run ended), in MB.
     #[serde(default)]
@@ -446,8 +454,16 @@ fn print_fill(fill: &Fill, without_mvc_us: f64) {
         println!("fill memory, resident after: {}", steps.join(", "));
     }
     for (stage, n, s) in &fill.per_stage {
+        let slowest = match fill
+            .slowest_per_stage
+            .iter()
+            .find(|(name, _)| name == stage)
+        {
+            Some((_, rate)) => format!(", slowest 100k of its own {rate:.0} tasks/s"),
+            None => String::new(),
+        };
         println!(
-            "recorded: stage {stage}: {} tasks at {:.0} tasks/s",
+            "recorded: stage {stage}: {} tasks at {:.0} tasks/s{slowest}",
             group(*n),
             *n as f64 / s
         );
@@ -465,6 +481,9 @@ struct RecordingMeter {
     slowest_end: (u64, String),
     slowest_loop: f64,
     per_stage: Vec<(String, u64, Duration)>,
+    /// Per stage: the time of its current window of its own records, and its slowest rate.
+    stage_windows: Vec<(Duration, f64)>,
+    windows: Vec<(String, u64, f64)>,
 }
 
 impl RecordingMeter {
@@ -479,6 +498,8 @@ impl RecordingMeter {
             slowest_end: (0, String::new()),
             slowest_loop: f64::INFINITY,
             per_stage: Vec::new(),
+            stage_windows: Vec::new(),
+            windows: Vec::new(),
         }
     }
 
@@ -487,9 +508,23 @@ impl RecordingMeter {
         self.done += 1;
         self.recording += took;
         self.window.1 += took;
-        match self.per_stage.iter_mut().find(|(name, _, _)| name == stage) {
-            Some((_, n, d)) => (*n, *d) = (*n + 1, *d + took),
-            None => self.per_stage.push((stage.to_string(), 1, took)),
+        let at = match self.per_stage.iter().position(|(name, _, _)| name == stage) {
+            Some(at) => at,
+            None => {
+                self.per_stage.push((stage.to_string(), 0, Duration::ZERO));
+                self.stage_windows.push((Duration::ZERO, f64::INFINITY));
+                self.per_stage.len() - 1
+            }
+        };
+        let (_, n, d) = &mut self.per_stage[at];
+        (*n, *d) = (*n + 1, *d + took);
+        let (window, slowest) = &mut self.stage_windows[at];
+        *window += took;
+        if n.is_multiple_of(Self::WINDOW) {
+            let rate = Self::WINDOW as f64 / window.as_secs_f64();
+            *slowest = slowest.min(rate);
+            *window = Duration::ZERO;
+            self.windows.push((stage.to_string(), *n, rate));
         }
         if self.done.is_multiple_of(Self::WINDOW) {
             let tasks = Self::WINDOW as f64;
@@ -521,9 +556,14 @@ impl RecordingMeter {
             slowest_window_per_s: slowest,
             slowest_loop_window_per_s: slowest_loop,
             slowest_window_end: slowest_end,
+            slowest_per_stage: (self.per_stage.iter().zip(&self.stage_windows))
+                .filter(|(_, (_, slowest))| slowest.is_finite())
+                .map(|((stage, _, _), (_, slowest))| (stage.clone(), *slowest))
+                .collect(),
             per_stage: (self.per_stage.into_iter())
                 .map(|(stage, n, d)| (stage, n, d.as_secs_f64()))
                 .collect(),
+            windows: self.windows,
             resident_mb: Vec::new(),
             peak_rss_mb: 0,
         }
