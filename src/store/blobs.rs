@@ -88,11 +88,7 @@ impl BlobStore {
         let tmp = tempfile::Builder::new()
             .prefix(TMP_PREFIX)
             .tempfile_in(&dir)?;
-        let mut out = Hashed {
-            file: io::BufWriter::with_capacity(CHUNK, tmp),
-            hasher: blake3::Hasher::new(),
-            size: 0,
-        };
+        let mut out = Hashed::new(io::BufWriter::with_capacity(CHUNK, tmp));
         write(&mut out)?;
         let digest = Digest::from_hasher(&out.hasher);
         if self.size(&digest) == Some(out.size) {
@@ -301,14 +297,25 @@ impl BlobStore {
     }
 }
 
-/// A blob being written by [`BlobStore::put_streamed`]: its bytes, hashed and counted.
-struct Hashed {
-    file: io::BufWriter<tempfile::NamedTempFile>,
-    hasher: blake3::Hasher,
-    size: u64,
+/// A file being written as it is made (a blob by [`BlobStore::put_streamed`], the presence
+/// filter): its bytes, hashed and counted, so that it can be named by its digest when done.
+pub(super) struct Hashed<W> {
+    pub(super) file: W,
+    pub(super) hasher: blake3::Hasher,
+    pub(super) size: u64,
 }
 
-impl Write for Hashed {
+impl<W: Write> Hashed<W> {
+    pub(super) fn new(file: W) -> Hashed<W> {
+        Hashed {
+            file,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashed<W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let n = self.file.write(bytes)?;
         self.hasher.update(&bytes[..n]);

@@ -18,6 +18,7 @@
 //! File layout (`presence/<digest>`, the digest of its bytes): `mvcpres2`, count (u64 LE),
 //! then the fingerprints, sorted, u64 LE each.
 
+use super::blobs::Hashed;
 use super::index::{Index, Tree};
 use super::memo::KeyHasher;
 use crate::task::Digest;
@@ -29,6 +30,9 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 const MAGIC: &[u8; 8] = b"mvcpres2";
+
+/// The filter's file is read and written this many bytes at a time.
+const PIECE: usize = 1 << 20;
 
 /// The side index's key of the filter's file: the digest of the main index's stamp it was
 /// saved with (32 bytes), then the file's name (the hex digest of its bytes).
@@ -291,12 +295,21 @@ impl Keeper {
         let name = match &known.saved {
             Some(name) => name.clone(),
             None => {
-                let bytes = known.filter.encode();
-                let name = Digest::of(&bytes).to_hex();
                 std::fs::create_dir_all(&self.dir)
                     .with_context(|| format!("creating {}", self.dir.display()))?;
-                let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-                std::io::Write::write_all(&mut tmp, &bytes)?;
+                // Written as it is encoded, and named by the digest of what was written: at a
+                // hundred million tasks its bytes are 800 MB that need not be held at once.
+                let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+                let mut out = Hashed::new(std::io::BufWriter::new(tmp));
+                let written = known
+                    .filter
+                    .write_to(&mut out)
+                    .and_then(|()| std::io::Write::flush(&mut out));
+                written.with_context(|| {
+                    format!("writing the presence filter in {}", self.dir.display())
+                })?;
+                let name = Digest::from_hasher(&out.hasher).to_hex();
+                let tmp = out.file.into_inner().map_err(|e| e.into_error())?;
                 tmp.persist(self.dir.join(&name)).map_err(|e| e.error)?;
                 known.saved = Some(name.clone());
                 name
@@ -329,12 +342,16 @@ pub struct Presence {
     added: Added,
 }
 
-/// The fingerprints put in since the filter was loaded, as 256 sets by 8 bits of each that
-/// the sets' tables do not use (fingerprints are uniformly random). A set that outgrows its
-/// table moves every entry at once: one set of a 30M-task fill's 29 million view items moved
-/// them all, 600 MB, while one window of 100,000 records waited 2.2 s for it (the `xl`
+/// The fingerprints put in since the filter was loaded, as 4,096 sets by 12 bits of each
+/// that the sets' tables do not use (fingerprints are uniformly random). A set that outgrows
+/// its table moves every entry at once: one set of a 30M-task fill's 29 million view items
+/// moved them all, 600 MB, while one window of 100,000 records waited 2.2 s for it (the `xl`
 /// benchmark's slowest, BENCHMARKS.md, "`xl` at 30M"). Here a table that grows moves a
-/// 256th of them.
+/// 4,096th of them. And the sets grow at different moments: equal sets fill at the same
+/// pace, so 256 of them (as before) still all doubled within about 1% of the same count,
+/// and that window of records was still the `embed` stage's slowest at 30M (65,871/s against
+/// 113,000 and more; BENCHMARKS.md, "Each stage's slowest 100k"). Sets of a sixteenth the
+/// size spread their doublings four times wider.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Added {
     /// Empty until the first fingerprint, and again once they are taken.
@@ -342,12 +359,13 @@ struct Added {
 }
 
 impl Added {
-    const SETS: usize = 256;
+    const SETS: usize = 4096;
 
-    /// Bits 48 to 55: a set's table takes its places from the low bits and its tags from
-    /// the top seven, so these stay as random within a set as they are among all.
+    /// Bits 40 to 51: a set's table takes its places from the low bits (16 of them at a
+    /// billion entries) and its tags from the top seven, so these stay as random within a
+    /// set as they are among all.
     fn set_of(fp: u64) -> usize {
-        (fp >> 48) as usize % Self::SETS
+        (fp >> 40) as usize % Self::SETS
     }
 
     fn contains(&self, fp: u64) -> bool {
@@ -416,22 +434,63 @@ impl Presence {
         (self.sorted.len() + self.added.len()) as u64
     }
 
-    /// The bytes of the file (what was added is merged in: one pass).
+    /// Writes the bytes of the file to `out` a piece at a time, after merging in what was
+    /// added ([`Presence::merge_added`]).
+    pub fn write_to(&mut self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.merge_added();
+        out.write_all(MAGIC)?;
+        out.write_all(&(self.sorted.len() as u64).to_le_bytes())?;
+        let mut piece = Vec::with_capacity(PIECE);
+        for fps in self.sorted.chunks(PIECE / 8) {
+            piece.clear();
+            for fp in fps {
+                piece.extend_from_slice(&fp.to_le_bytes());
+            }
+            out.write_all(&piece)?;
+        }
+        Ok(())
+    }
+
+    /// The bytes of the file, whole.
+    #[cfg(test)]
     pub fn encode(&mut self) -> Vec<u8> {
-        if !self.added.is_empty() {
-            let added = self.added.take_sorted();
-            // Two sorted runs: the standard library's stable sort finds them and merges them
-            // in one pass.
-            self.sorted.extend(added);
-            self.sorted.sort();
-        }
-        let mut out = Vec::with_capacity(16 + self.sorted.len() * 8);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.sorted.len() as u64).to_le_bytes());
-        for fp in &self.sorted {
-            out.extend_from_slice(&fp.to_le_bytes());
-        }
+        let mut out = Vec::with_capacity(16 + self.entries() as usize * 8);
+        self.write_to(&mut out).expect("writing to memory");
         out
+    }
+
+    /// Merges what was added into the sorted entries, in place: from the back, into room
+    /// made for exactly them. A stable sort of the two runs took half of them again as
+    /// scratch, and the file's bytes, made whole, a third copy: at the end of a first run of
+    /// a hundred million tasks, about 1.3 GB above what it held before and after
+    /// (BENCHMARKS.md, "The presence filter written as it is encoded").
+    fn merge_added(&mut self) {
+        if self.added.is_empty() {
+            return;
+        }
+        let added = self.added.take_sorted();
+        if self.sorted.is_empty() {
+            self.sorted = added;
+            return;
+        }
+        let kept = self.sorted.len();
+        self.sorted.reserve_exact(added.len());
+        self.sorted.resize(kept + added.len(), 0);
+        // `insert` puts in only what the sorted entries do not hold: no repeats to drop.
+        let (mut from_kept, mut from_added) = (kept, added.len());
+        for at in (0..self.sorted.len()).rev() {
+            if from_added == 0 {
+                break;
+            }
+            if from_kept > 0 && self.sorted[from_kept - 1] > added[from_added - 1] {
+                from_kept -= 1;
+                self.sorted[at] = self.sorted[from_kept];
+            } else {
+                from_added -= 1;
+                self.sorted[at] = added[from_added];
+            }
+        }
+        debug_assert!(self.sorted.windows(2).all(|w| w[0] < w[1]));
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Presence> {
@@ -463,7 +522,7 @@ impl Presence {
         };
         // Sized by the file's length, not by what its bytes claim.
         let mut sorted = Vec::with_capacity(if shape.is_ok() { count as usize } else { 0 });
-        let mut piece = vec![0u8; 1 << 20];
+        let mut piece = vec![0u8; PIECE];
         loop {
             let n = fill(&mut from, &mut piece)?;
             hasher.update(&piece[..n]);
@@ -661,10 +720,106 @@ mod tests {
     }
 
     #[test]
+    fn what_was_added_is_merged_in_place_into_the_sorted_union_and_written_as_it_goes() {
+        let fps = |range: std::ops::Range<u64>| -> Vec<u64> {
+            range.map(|i| fingerprint(Tree::Tasks, &key(i))).collect()
+        };
+        // Loaded entries and added ones, interleaved, some put in twice; then added alone
+        // (nothing loaded), and loaded alone (nothing added).
+        for (loaded, added) in [(0..50_000, 40_000..90_000), (0..0, 0..3), (0..5, 0..0)] {
+            let mut filter = Presence::from_fingerprints(fps(loaded.clone()));
+            for i in added.clone() {
+                filter.insert(Tree::Tasks, &key(i));
+            }
+            let mut union = fps(loaded.start..loaded.end.max(added.end));
+            union.sort_unstable();
+            let mut expected = MAGIC.to_vec();
+            expected.extend_from_slice(&(union.len() as u64).to_le_bytes());
+            for fp in &union {
+                expected.extend_from_slice(&fp.to_le_bytes());
+            }
+            let mut written = Vec::new();
+            filter.write_to(&mut written).unwrap();
+            assert_eq!(filter.sorted, union, "{loaded:?} and {added:?}");
+            assert!(filter.added.is_empty());
+            assert_eq!(written, expected, "{loaded:?} and {added:?}");
+        }
+    }
+
+    #[test]
+    fn a_saved_filter_is_named_by_its_digest_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = super::super::index::SledIndex::open_small(&dir.path().join("side")).unwrap();
+        let keeper = Keeper::new(dir.path());
+        keeper.at_open(AtOpen::New, &side, None);
+        // More than a piece of the file (1 MB is 131,072 entries).
+        for i in 0..200_000 {
+            keeper.note(Tree::Latest, &key(i));
+        }
+        keeper.save(&side, b"stamp").unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("presence"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(names.len(), 1, "one file, no temporary one: {names:?}");
+        let bytes = std::fs::read(&names[0]).unwrap();
+        assert_eq!(
+            names[0].file_name().unwrap().to_str().unwrap(),
+            Digest::of(&bytes).to_hex()
+        );
+
+        let again = Keeper::new(dir.path());
+        again.at_open(AtOpen::AsStamped, &side, Some(b"stamp"));
+        assert!(again.known());
+        assert!((0..200_000).all(|i| again.may_hold(Tree::Latest, &key(i))));
+        assert!(!(200_000..210_000).any(|i| again.may_hold(Tree::Latest, &key(i))));
+    }
+
+    #[test]
+    fn the_sets_of_what_was_added_do_not_all_grow_at_once() {
+        // 2.4M random fingerprints (splitmix64): past the count at which every one of 4,096
+        // sets has doubled from 512 places to 1,024 (7/8 full). What a window of a
+        // hundredth of the inserts moves, against what the sets then hold: 256 sets, 16
+        // times fuller, all doubled within one such window.
+        let total = 2_457_600;
+        let window = total / 100;
+        let mut added = Added::default();
+        let mut state = 0u64;
+        let (mut moved, mut worst) = (0usize, 0f64);
+        for n in 1..=total {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut fp = state;
+            fp = (fp ^ (fp >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            fp = (fp ^ (fp >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            fp ^= fp >> 31;
+            let set = Added::set_of(fp);
+            let before = added.sets.get(set).map_or(0, |s| s.capacity());
+            added.insert(fp);
+            let grown = &added.sets[set];
+            if before != 0 && grown.capacity() != before {
+                moved += grown.len() - 1;
+            }
+            if n % window == 0 {
+                // The first tenth: tables of a few entries, moved in no time.
+                if n > total / 10 {
+                    worst = worst.max(moved as f64 / n as f64);
+                }
+                moved = 0;
+            }
+        }
+        assert_eq!(added.len(), total);
+        assert!(
+            worst < 0.25,
+            "one window moved {:.0}% of the entries",
+            worst * 100.0
+        );
+    }
+
+    #[test]
     fn added_fingerprints_are_held_whichever_set_they_fall_in() {
         let mut added = Added::default();
         assert!(added.is_empty() && !added.contains(1));
-        // The same bits 48 to 55 (one set) and different ones (others), some put in twice.
+        // The same bits 40 to 51 (one set) and different ones (others), some put in twice.
         let one_set: Vec<u64> = (0..1000u64).map(|i| (7 << 48) | i << 56 | i).collect();
         let spread: Vec<u64> = (0..1000u64)
             .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
