@@ -347,11 +347,12 @@ pub struct Presence {
 /// its table moves every entry at once: one set of a 30M-task fill's 29 million view items
 /// moved them all, 600 MB, while one window of 100,000 records waited 2.2 s for it (the `xl`
 /// benchmark's slowest, BENCHMARKS.md, "`xl` at 30M"). Here a table that grows moves a
-/// 4,096th of them. And the sets grow at different moments: equal sets fill at the same
-/// pace, so 256 of them (as before) still all doubled within about 1% of the same count,
-/// and that window of records was still the `embed` stage's slowest at 30M (65,871/s against
-/// 113,000 and more; BENCHMARKS.md, "Each stage's slowest 100k"). Sets of a sixteenth the
-/// size spread their doublings four times wider.
+/// 4,096th of them. Sets that fill at the same pace also double at nearly the same count:
+/// 256 of them (as before) all doubled within about 1% of it, and that window of records
+/// was still the `embed` stage's slowest at 30M (65,871/s against 113,000 and more;
+/// BENCHMARKS.md, "Each stage's slowest 100k; …"). A set's count strays from the mean by
+/// about its square root, so sets of a sixteenth the size spread their doublings four
+/// times wider.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Added {
     /// Empty until the first fingerprint, and again once they are taken.
@@ -461,9 +462,9 @@ impl Presence {
 
     /// Merges what was added into the sorted entries, in place: from the back, into room
     /// made for exactly them. A stable sort of the two runs took half of them again as
-    /// scratch, and the file's bytes, made whole, a third copy: at the end of a first run of
-    /// a hundred million tasks, about 1.3 GB above what it held before and after
-    /// (BENCHMARKS.md, "The presence filter written as it is encoded").
+    /// scratch, and the file's bytes, made whole, a third copy: 8 bytes a task each, at the
+    /// end of a run (a 10M fill's end rose 83 MB with them and 11 MB without; BENCHMARKS.md,
+    /// "Each stage's slowest 100k; the presence filter's sets and its save").
     fn merge_added(&mut self) {
         if self.added.is_empty() {
             return;
