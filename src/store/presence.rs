@@ -362,7 +362,7 @@ struct Added {
 impl Added {
     const SETS: usize = 4096;
 
-    /// Bits 40 to 51: a set's table takes its places from the low bits (16 of them at a
+    /// Bits 40 to 51: a set's table takes its places from the low bits (18 of them at a
     /// billion entries) and its tags from the top seven, so these stay as random within a
     /// set as they are among all.
     fn set_of(fp: u64) -> usize {
