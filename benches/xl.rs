@@ -289,12 +289,8 @@ struct Fill {
     /// Recording's rate in each stage (tasks, seconds in `commit_success`).
     #[serde(default)]
     per_stage: Vec<(String, u64, f64)>,
-    /// Each stage's slowest 100,000 consecutive records of its own (recording alone); a
-    /// stage of fewer has none.
-    #[serde(default)]
-    slowest_per_stage: Vec<(String, f64)>,
     /// Every window of 100,000 records of a stage's own, as (stage, records of the stage
-    /// by its end, tasks/s, recording alone): where the slow ones fall.
+    /// by its end, tasks/s, recording alone): each stage's slowest, and where they fall.
     #[serde(default)]
     windows: Vec<(String, u64, f64)>,
     /// Resident memory after each step of the fill (the graph built, the engine made, the
@@ -454,14 +450,13 @@ fn print_fill(fill: &Fill, without_mvc_us: f64) {
         println!("fill memory, resident after: {}", steps.join(", "));
     }
     for (stage, n, s) in &fill.per_stage {
-        let slowest = match fill
-            .slowest_per_stage
-            .iter()
-            .find(|(name, _)| name == stage)
-        {
-            Some((_, rate)) => format!(", slowest 100k of its own {rate:.0} tasks/s"),
-            None => String::new(),
-        };
+        // A stage of fewer than 100,000 records has no window of its own.
+        let slowest = (fill.windows.iter())
+            .filter(|(name, _, _)| name == stage)
+            .map(|(_, _, rate)| *rate)
+            .reduce(f64::min)
+            .map(|rate| format!(", slowest 100k of its own {rate:.0} tasks/s"))
+            .unwrap_or_default();
         println!(
             "recorded: stage {stage}: {} tasks at {:.0} tasks/s{slowest}",
             group(*n),
@@ -480,9 +475,8 @@ struct RecordingMeter {
     slowest: f64,
     slowest_end: (u64, String),
     slowest_loop: f64,
-    per_stage: Vec<(String, u64, Duration)>,
-    /// Per stage: the time of its current window of its own records, and its slowest rate.
-    stage_windows: Vec<(Duration, f64)>,
+    /// Per stage: its records, their time, and the time of its current window of them.
+    per_stage: Vec<(String, u64, Duration, Duration)>,
     windows: Vec<(String, u64, f64)>,
 }
 
@@ -498,7 +492,6 @@ impl RecordingMeter {
             slowest_end: (0, String::new()),
             slowest_loop: f64::INFINITY,
             per_stage: Vec::new(),
-            stage_windows: Vec::new(),
             windows: Vec::new(),
         }
     }
@@ -508,21 +501,18 @@ impl RecordingMeter {
         self.done += 1;
         self.recording += took;
         self.window.1 += took;
-        let at = match self.per_stage.iter().position(|(name, _, _)| name == stage) {
+        let at = match self.per_stage.iter().position(|(name, ..)| name == stage) {
             Some(at) => at,
             None => {
-                self.per_stage.push((stage.to_string(), 0, Duration::ZERO));
-                self.stage_windows.push((Duration::ZERO, f64::INFINITY));
+                let zero = Duration::ZERO;
+                self.per_stage.push((stage.to_string(), 0, zero, zero));
                 self.per_stage.len() - 1
             }
         };
-        let (_, n, d) = &mut self.per_stage[at];
-        (*n, *d) = (*n + 1, *d + took);
-        let (window, slowest) = &mut self.stage_windows[at];
-        *window += took;
+        let (_, n, d, window) = &mut self.per_stage[at];
+        (*n, *d, *window) = (*n + 1, *d + took, *window + took);
         if n.is_multiple_of(Self::WINDOW) {
             let rate = Self::WINDOW as f64 / window.as_secs_f64();
-            *slowest = slowest.min(rate);
             *window = Duration::ZERO;
             self.windows.push((stage.to_string(), *n, rate));
         }
@@ -544,7 +534,7 @@ impl RecordingMeter {
         let mut slowest_end = self.slowest_end;
         if self.done < Self::WINDOW {
             // Fewer tasks than a window: the one window is the whole fill.
-            let last = self.per_stage.last().map(|(stage, _, _)| stage.clone());
+            let last = self.per_stage.last().map(|(stage, ..)| stage.clone());
             slowest_end = (self.done, last.unwrap_or_default());
             slowest = self.done as f64 / self.recording.as_secs_f64();
             slowest_loop = self.done as f64 / wall.as_secs_f64();
@@ -556,12 +546,8 @@ impl RecordingMeter {
             slowest_window_per_s: slowest,
             slowest_loop_window_per_s: slowest_loop,
             slowest_window_end: slowest_end,
-            slowest_per_stage: (self.per_stage.iter().zip(&self.stage_windows))
-                .filter(|(_, (_, slowest))| slowest.is_finite())
-                .map(|((stage, _, _), (_, slowest))| (stage.clone(), *slowest))
-                .collect(),
             per_stage: (self.per_stage.into_iter())
-                .map(|(stage, n, d)| (stage, n, d.as_secs_f64()))
+                .map(|(stage, n, d, _)| (stage, n, d.as_secs_f64()))
                 .collect(),
             windows: self.windows,
             resident_mb: Vec::new(),
