@@ -299,18 +299,15 @@ impl Keeper {
                     .with_context(|| format!("creating {}", self.dir.display()))?;
                 // Written as it is encoded, and named by the digest of what was written: at a
                 // hundred million tasks its bytes are 800 MB that need not be held at once.
-                let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-                let mut out = Hashed::new(std::io::BufWriter::new(tmp));
-                let written = known
-                    .filter
-                    .write_to(&mut out)
-                    .and_then(|()| std::io::Write::flush(&mut out));
-                written.with_context(|| {
+                // (`write_to` writes pieces of a megabyte: no buffer between.)
+                let mut out = Hashed::new(tempfile::NamedTempFile::new_in(&self.dir)?);
+                known.filter.write_to(&mut out).with_context(|| {
                     format!("writing the presence filter in {}", self.dir.display())
                 })?;
                 let name = Digest::from_hasher(&out.hasher).to_hex();
-                let tmp = out.file.into_inner().map_err(|e| e.into_error())?;
-                tmp.persist(self.dir.join(&name)).map_err(|e| e.error)?;
+                out.file
+                    .persist(self.dir.join(&name))
+                    .map_err(|e| e.error)?;
                 known.saved = Some(name.clone());
                 name
             }
